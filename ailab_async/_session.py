@@ -1,0 +1,64 @@
+"""The aiohttp session's lifecycle: created lazily and owned, or injected and borrowed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from .errors import ClientClosedError
+
+
+class SessionManager:
+    """Hands out the one ``aiohttp.ClientSession`` a client uses.
+
+    An owned session is created on first use (inside the running loop) with a connector
+    sized to the client's concurrency, and closed by :meth:`aclose`. An injected session is
+    used as is and never closed by us: its owner decides its lifetime.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession | None, *, pool_size: int) -> None:
+        self._session = session
+        self._owned = session is None
+        self._pool_size = pool_size
+        self._closed = False
+        self._lock = asyncio.Lock()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def owned(self) -> bool:
+        return self._owned
+
+    async def get(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise ClientClosedError("this AILabClient is closed; create a new one")
+        if self._session is not None:
+            if self._session.closed:
+                raise ClientClosedError("the aiohttp session given to AILabClient is closed")
+            return self._session
+        async with self._lock:
+            if self._closed:
+                raise ClientClosedError("this AILabClient is closed; create a new one")
+            if self._session is None:
+                connector = aiohttp.TCPConnector(
+                    limit=self._pool_size,
+                    limit_per_host=self._pool_size,
+                    ttl_dns_cache=300,
+                    keepalive_timeout=30,
+                )
+                # No default headers: the key is added per request to the API host only, so
+                # it can never leak to the hosts result images are downloaded from.
+                self._session = aiohttp.ClientSession(
+                    connector=connector, raise_for_status=False, trust_env=True
+                )
+            return self._session
+
+    async def aclose(self) -> None:
+        """Close the owned session (idempotent); leave an injected one alone."""
+        self._closed = True
+        session, self._session = self._session, None
+        if self._owned and session is not None and not session.closed:
+            await session.close()

@@ -1,0 +1,268 @@
+"""``AILabClient``: the one object users hold. It wires the parts; the logic lives in them."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import TracebackType
+from typing import overload
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from . import _protocol as protocol
+from ._dispatch import Call, Dispatcher, RetryPolicy
+from ._download import DEFAULT_MAX_DOWNLOAD_BYTES, download_to
+from ._ratelimit import AdaptiveRateLimiter
+from ._session import SessionManager
+from .errors import ClientClosedError, ConfigurationError
+from .images import SMART_SKIN_RULES, ImageInput, aprepare_image
+from .models import ClientStats, Credits, ImageResult
+
+__all__ = ["AILabClient"]
+
+API_KEY_ENV = "AILAB_API_KEY"
+BASE_URL_ENV = "AILAB_BASE_URL"
+DEFAULT_DEADLINE = 300.0
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class AILabClient:
+    """An asyncio client for the AILabTools portrait-effects API.
+
+    One client holds one HTTP connection pool, one concurrency limit and one rate budget;
+    share it across your application (it is safe to use from many tasks at once)::
+
+        async with AILabClient() as client:          # key from AILAB_API_KEY
+            result = await client.smart_skin("face.jpg", retouch_degree=0.8)
+            await client.download(result, "face-smooth.png")
+
+    Arguments:
+        api_key: The API key; defaults to the ``AILAB_API_KEY`` environment variable.
+        base_url: Defaults to ``AILAB_BASE_URL``, then ``https://www.ailabapi.com``.
+        max_concurrency: Requests in flight at once, at most (polls and downloads included).
+        rate_limit: Requests per second across all endpoints; ``None`` starts unlimited.
+            Either way the client slows down by itself on ``429 EXCEEDING_LIMITS``.
+        timeout: Seconds one attempt may take.
+        max_retries: Retries after transient failures (5xx, connection errors, timeouts).
+        session: An ``aiohttp.ClientSession`` to use; it is never closed by the client.
+        deadline: Seconds a whole call may take, retries and waiting included.
+        retry_ambiguous: Retry billed calls that failed after the request may have been
+            processed (a timeout, a reset connection). Such a retry can be billed twice; they
+            are counted in :attr:`stats` as ``ambiguous_retries``. Set ``False`` to raise
+            instead.
+        dangerously_allow_plain_http: Allow sending the API key over plain ``http://`` to a
+            host that is not this machine. Off: only loopback may use plain HTTP.
+        clock, sleep, random: Time and chance, injectable so tests never wait for real.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        max_concurrency: int = 8,
+        rate_limit: float | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        session: aiohttp.ClientSession | None = None,
+        *,
+        deadline: float = DEFAULT_DEADLINE,
+        retry_ambiguous: bool = True,
+        dangerously_allow_plain_http: bool = False,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        random: Callable[[], float] | None = None,
+    ) -> None:
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        if not key or not key.strip():
+            raise ConfigurationError(
+                f"no API key: pass api_key= or set the {API_KEY_ENV} environment variable"
+            )
+        url = base_url or os.environ.get(BASE_URL_ENV) or protocol.DEFAULT_BASE_URL
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigurationError(f"base_url must be an http(s) URL, got {url!r}")
+        if (
+            parts.scheme == "http"
+            and not _is_loopback(parts.hostname)
+            and not dangerously_allow_plain_http
+        ):
+            raise ConfigurationError(
+                f"refusing to send the API key over plain HTTP to {parts.hostname}; use "
+                "https, or pass dangerously_allow_plain_http=True if you really mean it"
+            )
+        if isinstance(max_concurrency, bool) or not (
+            isinstance(max_concurrency, int) and max_concurrency >= 1
+        ):
+            raise ConfigurationError("max_concurrency must be an integer >= 1")
+        if not timeout > 0 or not deadline > 0:
+            raise ConfigurationError("timeout and deadline must be positive numbers of seconds")
+        if not (isinstance(max_retries, int) and max_retries >= 0):
+            raise ConfigurationError("max_retries must be an integer >= 0")
+        if rate_limit is not None and not rate_limit > 0:
+            raise ConfigurationError("rate_limit must be a positive number of requests/second")
+
+        self._api_key = key.strip()
+        self._base_url = url.rstrip("/")
+        self._max_concurrency = max_concurrency
+        self._clock = clock or time.monotonic
+        self._sleep = sleep or asyncio.sleep
+        self._rand = random or _random_source()
+        self._sessions = SessionManager(session, pool_size=max_concurrency)
+        self._limiter = AdaptiveRateLimiter(rate_limit, clock=self._clock, sleep=self._sleep)
+        self._dispatcher = Dispatcher(
+            self._sessions,
+            base_url=self._base_url,
+            api_key=self._api_key,
+            max_concurrency=max_concurrency,
+            limiter=self._limiter,
+            timeout=timeout,
+            deadline=deadline,
+            policy=RetryPolicy(max_retries=max_retries, retry_ambiguous=retry_ambiguous),
+            clock=self._clock,
+            sleep=self._sleep,
+            rand=self._rand,
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> AILabClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Release the connection pool (if the client created it). Safe to call twice."""
+        await self._sessions.aclose()
+
+    @property
+    def closed(self) -> bool:
+        return self._sessions.closed
+
+    def __repr__(self) -> str:
+        return (
+            f"AILabClient(base_url={self._base_url!r}, max_concurrency={self._max_concurrency}, "
+            f"rate_limit={self._limiter.configured_rate!r}, api_key='***', "
+            f"closed={self.closed})"
+        )
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    @property
+    def stats(self) -> ClientStats:
+        """What the dispatcher has done so far: attempts, retries, ambiguous retries, ..."""
+        return self._dispatcher.stats()
+
+    # -- API calls -----------------------------------------------------------------------
+
+    async def smart_skin(
+        self,
+        image: ImageInput,
+        retouch_degree: float = 1.0,
+        whitening_degree: float = 1.0,
+        *,
+        deadline: float | None = None,
+    ) -> ImageResult:
+        """AI Skin Beauty: smooth skin (``retouch_degree``) and whiten (``whitening_degree``).
+
+        Both degrees are in [0, 1.5]. The image (JPEG/PNG, at most 6 MB, sides above 128 and
+        below 5000 pixels) is a path, bytes or a binary file object; it is checked before
+        upload and streamed from disk on every attempt.
+
+        >>> result = await client.smart_skin("face.jpg", retouch_degree=0.6)  # doctest: +SKIP
+        >>> data = await client.download(result)  # doctest: +SKIP
+        """
+        fields = protocol.smart_skin_fields(retouch_degree, whitening_degree)
+        self._check_open()
+        prepared = await aprepare_image(image, SMART_SKIN_RULES)
+        envelope = await self._dispatcher.call(
+            Call(protocol.SMART_SKIN, fields, prepared), deadline=deadline
+        )
+        return protocol.parse_image_result(envelope)
+
+    async def credits(self, *, deadline: float | None = None) -> Credits:
+        """The account's credit balances (``query-credits``; free).
+
+        >>> credits = await client.credits()  # doctest: +SKIP
+        >>> credits.balance  # doctest: +SKIP
+        1200.0
+        """
+        self._check_open()
+        envelope = await self._dispatcher.call(Call(protocol.QUERY_CREDITS), deadline=deadline)
+        return protocol.parse_credits(envelope)
+
+    @overload
+    async def download(
+        self,
+        result: ImageResult | str,
+        dest: None = None,
+        *,
+        max_bytes: int = ...,
+        deadline: float | None = ...,
+    ) -> bytes: ...
+
+    @overload
+    async def download(
+        self,
+        result: ImageResult | str,
+        dest: str | os.PathLike[str],
+        *,
+        max_bytes: int = ...,
+        deadline: float | None = ...,
+    ) -> Path: ...
+
+    async def download(
+        self,
+        result: ImageResult | str,
+        dest: str | os.PathLike[str] | None = None,
+        *,
+        max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+        deadline: float | None = None,
+    ) -> bytes | Path:
+        """Fetch a result image: its bytes, or, given ``dest``, write it there atomically.
+
+        The API key is never sent to the result host. Only ``http(s)`` URLs are fetched, the
+        response must be an image, and at most ``max_bytes`` are accepted.
+
+        >>> path = await client.download(result, "out/face.png")  # doctest: +SKIP
+        """
+        self._check_open()
+        return await download_to(
+            self._dispatcher,
+            result,
+            None if dest is None else Path(dest),
+            max_bytes=max_bytes,
+            deadline=deadline,
+        )
+
+    def _check_open(self) -> None:
+        if self._sessions.closed:
+            raise ClientClosedError("this AILabClient is closed; create a new one")
+
+
+def _random_source() -> Callable[[], float]:
+    # Jitter needs no cryptographic strength; a private generator keeps user seeds intact.
+    return random.Random().random  # noqa: S311

@@ -1,0 +1,150 @@
+"""Typed results: frozen attrs classes, and the one cattrs converter that builds them.
+
+Result URLs are temporary credentials (anyone holding one can fetch the image for 24 hours),
+so reprs show only their host.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import cattrs
+
+__all__ = [
+    "RESULT_URL_TTL",
+    "ClientStats",
+    "CreditBalance",
+    "Credits",
+    "ImageResult",
+    "TaskStatus",
+    "converter",
+    "redact_url",
+]
+
+#: How long the API keeps a result URL valid after it was produced.
+RESULT_URL_TTL = dt.timedelta(hours=24)
+
+
+def redact_url(url: str | None) -> str:
+    """Show where a URL points without the parts that grant access.
+
+    >>> redact_url("https://cdn.example/r/abc.png?sig=secret")
+    'https://cdn.example/…'
+    """
+    if not url:
+        return repr(url)
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or '?'}/…"
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@attrs.frozen
+class ImageResult:
+    """A processed image: where to fetch it, and the ids to quote to support.
+
+    ``image_url`` is valid for 24 hours from ``produced_at`` (see :attr:`expires_at`);
+    download it promptly with :meth:`AILabClient.download`.
+    """
+
+    image_url: str = attrs.field(repr=redact_url)
+    request_id: str | None = None
+    log_id: str | None = None
+    #: The smart-beauty task that produced it, if any.
+    task_id: str | None = None
+    #: When the result was produced (or, failing better evidence, received), UTC.
+    produced_at: dt.datetime = attrs.field(factory=_utcnow)
+
+    @property
+    def expires_at(self) -> dt.datetime:
+        """When ``image_url`` stops working."""
+        return self.produced_at + RESULT_URL_TTL
+
+    def expired(self, now: dt.datetime | None = None) -> bool:
+        """Whether ``image_url`` has passed its 24-hour validity."""
+        return (now or _utcnow()) >= self.expires_at
+
+
+@attrs.frozen
+class CreditBalance:
+    """One credit bucket of the account, as ``query-credits`` reports it."""
+
+    unique_sign: str
+    name: str
+    balance: float
+    total: float
+
+
+@attrs.frozen
+class Credits:
+    """The account's credit buckets. Iterable; ``balance`` sums them."""
+
+    balances: tuple[CreditBalance, ...]
+    request_id: str | None = None
+    log_id: str | None = None
+
+    @property
+    def balance(self) -> float:
+        """Credits left across all buckets."""
+        return sum(b.balance for b in self.balances)
+
+    def __iter__(self) -> Iterator[CreditBalance]:
+        return iter(self.balances)
+
+    def __len__(self) -> int:
+        return len(self.balances)
+
+
+class TaskStatus(enum.IntEnum):
+    """States of a smart-beauty task, as ``task_status`` reports them."""
+
+    QUEUED = 0
+    PROCESSING = 1
+    SUCCEEDED = 2
+
+
+@attrs.frozen
+class ClientStats:
+    """A snapshot of what a client's dispatcher has done so far."""
+
+    requests: int = 0
+    attempts: int = 0
+    retries: int = 0
+    #: Retries after a failure where the server may already have processed (and billed) the
+    #: request: each may have cost twice.
+    ambiguous_retries: int = 0
+    rate_limited: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    #: Requests per second the adaptive limiter currently allows (``None``: unlimited).
+    current_rate: float | None = None
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter()
+
+    def _structure_number(value: Any, _: type) -> float:
+        # The API has sent balances both as numbers and as numeric strings.
+        return float(value) if value not in (None, "") else 0.0
+
+    def _structure_str(value: Any, _: type) -> str:
+        return "" if value is None else str(value)
+
+    conv.register_structure_hook(float, _structure_number)
+    conv.register_structure_hook(str, _structure_str)
+    conv.register_unstructure_hook(dt.datetime, dt.datetime.isoformat)
+    conv.register_structure_hook(
+        dt.datetime, lambda value, _: dt.datetime.fromisoformat(str(value))
+    )
+    return conv
+
+
+#: The one converter: API payloads → models, and models ↔ JSON-ready dicts (journal, manifest).
+converter = _make_converter()
