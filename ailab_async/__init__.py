@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._polling import PollingConfig
+from ._tracker import TaskHandle
 from .client import AILabClient
 from .errors import (
     AILabError,
@@ -59,11 +61,13 @@ __all__ = [
     "InvalidRequestError",
     "MalformedResponseError",
     "PermissionDeniedError",
+    "PollingConfig",
     "RateLimitedError",
     "RequestTimeoutError",
     "ServerError",
     "TaskError",
     "TaskFailedError",
+    "TaskHandle",
     "TaskStatus",
     "TaskTimeoutError",
     "TransportError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import ipaddress
 import os
 import random
@@ -18,10 +19,12 @@ import aiohttp
 from . import _protocol as protocol
 from ._dispatch import Call, Dispatcher, RetryPolicy
 from ._download import DEFAULT_MAX_DOWNLOAD_BYTES, download_to
+from ._polling import PollingConfig
 from ._ratelimit import AdaptiveRateLimiter
 from ._session import SessionManager
+from ._tracker import TaskHandle, TaskTracker
 from .errors import ClientClosedError, ConfigurationError
-from .images import SMART_SKIN_RULES, ImageInput, aprepare_image
+from .images import SMART_BEAUTY_RULES, SMART_SKIN_RULES, ImageInput, aprepare_image
 from .models import ClientStats, Credits, ImageResult
 
 __all__ = ["AILabClient"]
@@ -29,6 +32,7 @@ __all__ = ["AILabClient"]
 API_KEY_ENV = "AILAB_API_KEY"
 BASE_URL_ENV = "AILAB_BASE_URL"
 DEFAULT_DEADLINE = 300.0
+DEFAULT_TASK_TIMEOUT = 600.0
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -68,6 +72,10 @@ class AILabClient:
             instead.
         dangerously_allow_plain_http: Allow sending the API key over plain ``http://`` to a
             host that is not this machine. Off: only loopback may use plain HTTP.
+        task_timeout: Default seconds ``await task`` waits for a smart-beauty result
+            (``None``: no limit). The task itself is not affected.
+        polling: Knobs of the smart poller (:class:`PollingConfig`): polls per task, the
+            share of the rate budget and of the concurrency polls may use, ...
         clock, sleep, random: Time and chance, injectable so tests never wait for real.
     """
 
@@ -84,6 +92,8 @@ class AILabClient:
         deadline: float = DEFAULT_DEADLINE,
         retry_ambiguous: bool = True,
         dangerously_allow_plain_http: bool = False,
+        task_timeout: float | None = DEFAULT_TASK_TIMEOUT,
+        polling: PollingConfig | None = None,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         random: Callable[[], float] | None = None,
@@ -138,6 +148,15 @@ class AILabClient:
             sleep=self._sleep,
             rand=self._rand,
         )
+        self._tracker = TaskTracker(
+            self._dispatcher,
+            self._limiter,
+            max_concurrency=max_concurrency,
+            config=polling or PollingConfig(),
+            clock=self._clock,
+            sleep=self._sleep,
+            wait_timeout=task_timeout,
+        )
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -153,7 +172,12 @@ class AILabClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Release the connection pool (if the client created it). Safe to call twice."""
+        """Stop the task tracker and release the connection pool. Safe to call twice.
+
+        Waiters of smart-beauty tasks still pending get :class:`ClientClosedError`; the
+        remote tasks go on and can be tracked again by ``task_id``.
+        """
+        await self._tracker.aclose()
         await self._sessions.aclose()
 
     @property
@@ -202,6 +226,70 @@ class AILabClient:
             Call(protocol.SMART_SKIN, fields, prepared), deadline=deadline
         )
         return protocol.parse_image_result(envelope)
+
+    async def submit_smart_beauty(
+        self,
+        image: ImageInput,
+        beauty_level: float = 1.0,
+        multi_face: bool = False,
+        *,
+        deadline: float | None = None,
+    ) -> TaskHandle:
+        """Smart Beauty: submit the task and return its handle at once.
+
+        ``beauty_level`` is in [0, 1]; ``multi_face=True`` beautifies every face (fewer than
+        18 recommended), otherwise only the largest. The image is JPEG/PNG/BMP, at most 5 MB,
+        below 4096x4096. Persist ``task.task_id``: it is what you paid for.
+
+        >>> task = await client.submit_smart_beauty("face.jpg", beauty_level=0.7)  # doctest: +SKIP
+        >>> save(task.task_id)  # doctest: +SKIP
+        >>> result = await task  # or: await task.result(timeout=120)  # doctest: +SKIP
+        """
+        fields = protocol.smart_beauty_fields(beauty_level, multi_face)
+        self._check_open()
+        prepared = await aprepare_image(image, SMART_BEAUTY_RULES)
+        envelope = await self._dispatcher.call(
+            Call(protocol.SMART_BEAUTY, fields, prepared), deadline=deadline
+        )
+        return self._tracker.track(protocol.parse_task_id(envelope), fresh=True)
+
+    async def smart_beauty(
+        self,
+        image: ImageInput,
+        beauty_level: float = 1.0,
+        multi_face: bool = False,
+        *,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> ImageResult:
+        """Smart Beauty, submitted and awaited: the finished result.
+
+        ``timeout`` bounds the wait for the result (default: the client's ``task_timeout``);
+        on :class:`TaskTimeoutError` the task goes on, and ``error.task_id`` can be tracked.
+
+        >>> result = await client.smart_beauty("face.jpg", beauty_level=0.7)  # doctest: +SKIP
+        """
+        task = await self.submit_smart_beauty(image, beauty_level, multi_face, deadline=deadline)
+        return await task.result(timeout)
+
+    def track(self, task_id: str, *, submitted_at: dt.datetime | None = None) -> TaskHandle:
+        """Pick up a smart-beauty task submitted earlier (another process, a restart).
+
+        Tracking an id that is already tracked returns the same handle. Give
+        ``submitted_at`` (UTC) when you know it: polls are then placed from experience.
+
+        >>> task = client.track(saved_task_id)  # doctest: +SKIP
+        >>> result = await task  # doctest: +SKIP
+        """
+        self._check_open()
+        if not isinstance(task_id, str) or not task_id.strip():
+            raise ValueError("task_id must be a non-empty string")
+        return self._tracker.track(task_id.strip(), submitted_at=submitted_at)
+
+    @property
+    def tracker(self) -> TaskTracker:
+        """The task tracker (pending count, polls sent, the learned poll plan)."""
+        return self._tracker
 
     async def credits(self, *, deadline: float | None = None) -> Credits:
         """The account's credit balances (``query-credits``; free).

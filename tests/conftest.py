@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import struct
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -21,10 +23,12 @@ TEST_KEY = "test-key-not-real-0123456789"
 
 
 class FakeTime:
-    """A clock and a sleeper: a sleep moves the clock to its wake-up time at once.
+    """Virtual time: a clock, and a sleeper whose sleeps end in wake-up order, instantly.
 
-    Concurrent sleepers overlap as in real time (the clock goes to the latest wake-up time,
-    it does not add the waits up). ``wakeups`` records each sleeper's wake-up time.
+    Time moves only when every task on the loop is blocked: it then jumps to the earliest
+    pending wake-up. Concurrent sleepers overlap as they would in real time, so races between
+    a timeout and a result resolve as they would, without waiting. ``sleeps`` records each
+    requested duration, ``wakeups`` each wake-up time.
     """
 
     def __init__(self, start: float = 1000.0) -> None:
@@ -32,6 +36,9 @@ class FakeTime:
         self.now = start
         self.sleeps: list[float] = []
         self.wakeups: list[float] = []
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._sequence = itertools.count()
+        self._advancer: asyncio.Task[None] | None = None
 
     def clock(self) -> float:
         return self.now
@@ -40,8 +47,27 @@ class FakeTime:
         self.sleeps.append(seconds)
         wake_at = self.now + max(0.0, seconds)
         self.wakeups.append(wake_at)
-        self.now = max(self.now, wake_at)
-        await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        heapq.heappush(self._sleepers, (wake_at, next(self._sequence), future))
+        if self._advancer is None or self._advancer.done():
+            self._advancer = loop.create_task(self._advance())
+        await future
+
+    async def _advance(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._sleepers:
+            quiet_rounds = 0
+            while quiet_rounds < 3:  # let everything that can run, run
+                await asyncio.sleep(0)
+                quiet_rounds = 0 if loop._ready else quiet_rounds + 1  # type: ignore[attr-defined]
+            while self._sleepers and self._sleepers[0][2].done():
+                heapq.heappop(self._sleepers)  # a cancelled sleeper
+            if not self._sleepers:
+                return
+            wake_at, _, future = heapq.heappop(self._sleepers)
+            self.now = max(self.now, wake_at)
+            future.set_result(None)
 
 
 def png_bytes(width: int = 256, height: int = 256) -> bytes:

@@ -1,0 +1,327 @@
+"""The task tracker on an injected clock: scheduling, learning, failures, waiters, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import re
+from typing import Any
+
+import pytest
+from aioresponses import CallbackResult, aioresponses
+from yarl import URL
+
+from ailab_async import (
+    AILabClient,
+    ClientClosedError,
+    ImageRejectedError,
+    PollingConfig,
+    TaskFailedError,
+    TaskStatus,
+    TaskTimeoutError,
+    ValidationError,
+)
+from ailab_async._polling import PollPlanner, solve_schedule
+
+from .conftest import (
+    BASE_URL,
+    BEAUTY_URL,
+    TEST_KEY,
+    FakeTime,
+    envelope,
+    error_envelope,
+    png_bytes,
+)
+
+QUERY_PATTERN = re.compile(r"^http://127\.0\.0\.1:9/api/common/query-async-task-result\?.*$")
+
+
+class FakeBeautyAPI:
+    """Smart-beauty submit and query, with task durations on the fake clock."""
+
+    def __init__(self, mocked: aioresponses, time: FakeTime, durations: list[float]) -> None:
+        self.time = time
+        self.durations = list(durations)
+        self.done_at: dict[str, float] = {}
+        self.detected_at: dict[str, float] = {}
+        self.polls: dict[str, int] = {}
+        self.poll_times: list[float] = []
+        self.query_override: dict[str, list[CallbackResult]] = {}
+        self.submits = 0
+        mocked.post(BEAUTY_URL, callback=self.submit, repeat=True)
+        mocked.get(QUERY_PATTERN, callback=self.query, repeat=True)
+
+    def submit(self, url: URL, **kwargs: Any) -> CallbackResult:
+        self.submits += 1
+        task_id = f"T{self.submits}"
+        self.done_at[task_id] = self.time.now + self.durations.pop(0)
+        return CallbackResult(payload=envelope(None, task_type="async", task_id=task_id))
+
+    def query(self, url: URL, **kwargs: Any) -> CallbackResult:
+        task_id = kwargs["params"][0][1]
+        self.polls[task_id] = self.polls.get(task_id, 0) + 1
+        self.poll_times.append(self.time.now)
+        scripted = self.query_override.get(task_id)
+        if scripted:
+            return scripted.pop(0)
+        if task_id not in self.done_at:
+            return CallbackResult(
+                status=400, payload=error_envelope(400, "ERROR_INVALID_PARAMETER")
+            )
+        if self.time.now >= self.done_at[task_id]:
+            self.detected_at.setdefault(task_id, self.time.now)
+            return CallbackResult(
+                payload=envelope({"image_url": f"https://r.example/{task_id}.png"}, task_status=2)
+            )
+        started = self.done_at[task_id] - 1.0 <= self.time.now
+        return CallbackResult(payload=envelope(None, task_status=1 if started else 0))
+
+
+def make_client(time: FakeTime, **kwargs: Any) -> AILabClient:
+    return AILabClient(
+        api_key=TEST_KEY,
+        base_url=BASE_URL,
+        clock=time.clock,
+        sleep=time.sleep,
+        random=lambda: 0.5,
+        **kwargs,
+    )
+
+
+def tracker_tasks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == "ailab-async task tracker"]
+
+
+IMAGE = png_bytes(300, 300)
+
+
+async def test_submit_then_await_uses_the_5s_fallback_before_evidence(
+    mocked: aioresponses, fake_time: FakeTime
+) -> None:
+    api = FakeBeautyAPI(mocked, fake_time, [3.0])
+    async with make_client(fake_time) as client:
+        task = await client.submit_smart_beauty(IMAGE, beauty_level=0.7, multi_face=True)
+        assert task.task_id == "T1"
+        assert not task.done()
+        result = await task
+    assert result.task_id == "T1"
+    assert result.image_url == "https://r.example/T1.png"
+    assert api.polls == {"T1": 1}
+    assert api.poll_times == [pytest.approx(fake_time.start + 5.0)]
+    assert task.done()
+    assert task.status is TaskStatus.SUCCEEDED
+
+
+async def test_many_tasks_share_one_scheduler(mocked: aioresponses, fake_time: FakeTime) -> None:
+    api = FakeBeautyAPI(mocked, fake_time, [2.0 + i % 4 for i in range(40)])
+    async with make_client(fake_time, max_concurrency=16) as client:
+        tasks = [await client.submit_smart_beauty(IMAGE) for _ in range(40)]
+        await asyncio.sleep(0)
+        assert len(tracker_tasks()) == 1
+        assert client.tracker.pending == 40
+        results = await asyncio.gather(*(t.result() for t in tasks))
+        assert {r.task_id for r in results} == set(api.done_at)
+        assert client.tracker.pending == 0
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert tracker_tasks() == []  # idle once nothing is pending
+    assert api.submits == 40
+
+
+async def test_learning_beats_fixed_polling(mocked: aioresponses, fake_time: FakeTime) -> None:
+    rng = random.Random(7)
+    durations = [rng.uniform(1.0, 6.0) for _ in range(160)]
+    api = FakeBeautyAPI(mocked, fake_time, durations)
+    lags: list[float] = []
+    polls: list[int] = []
+    async with make_client(fake_time) as client:
+        for _ in range(160):
+            task = await client.submit_smart_beauty(IMAGE)
+            await task
+            lags.append(api.detected_at[task.task_id] - api.done_at[task.task_id])
+            polls.append(api.polls[task.task_id])
+        assert client.tracker.planner.plan  # a learned schedule is in use
+    learned_lag = sum(lags[60:]) / 100
+    learned_polls = sum(polls[60:]) / 100
+    assert learned_lag <= 1.0
+    assert learned_polls <= 2.2
+    fixed_lag = sum(lags[:5]) / 5  # the first tasks, on the 5 s fallback
+    assert learned_lag < fixed_lag
+
+
+def test_planner_schedule_meets_the_budget_for_uniform_1_to_6() -> None:
+    observations = [(1.0 + 5.0 * i / 200, 1.0 + 5.0 * i / 200 + 0.01) for i in range(200)]
+    plan = solve_schedule(observations, target_polls=2.0)
+    # Expected polls and lag of the plan for D ~ U(1, 6), computed exactly.
+    points = [0.0, *plan]
+    polls = sum(max(0.0, min(1.0, (6 - p) / 5)) for p in points[:-1])
+    lag = sum(
+        ((min(b, 6) - max(a, 1)) / 5) * (b - (max(a, 1) + min(b, 6)) / 2)
+        for a, b in itertools.pairwise(points)
+        if min(b, 6) > max(a, 1)
+    )
+    assert polls <= 2.05  # the budget, up to the grid's discretisation
+    assert lag < 0.85
+
+
+def test_planner_falls_back_to_5s_without_evidence() -> None:
+    planner = PollPlanner()
+    assert planner.next_poll(0.0, None) == 5.0
+    assert planner.next_poll(5.0, 5.0) == 10.0
+    for _ in range(4):
+        planner.observe(2.0, 3.0)
+    assert planner.plan == ()  # below min_observations
+    planner.observe(2.0, 3.0)
+    assert planner.plan
+    assert planner.next_poll(0.0, None) <= 3.0 + 1e-9
+
+
+async def test_transient_poll_failures_are_retried_without_failing(
+    mocked: aioresponses, fake_time: FakeTime
+) -> None:
+    api = FakeBeautyAPI(mocked, fake_time, [1.0])
+    api.query_override["T1"] = [
+        CallbackResult(status=503, payload=error_envelope(503, "ERROR_INSUFFICIENT_RESOURCES")),
+        CallbackResult(status=502, body=b"<html>bad gateway</html>"),
+    ]
+    async with make_client(fake_time, max_retries=0) as client:
+        result = await (await client.submit_smart_beauty(IMAGE))
+    assert result.task_id == "T1"
+    assert api.polls["T1"] == 3
+
+
+async def test_terminal_error_fails_the_task_with_its_code_and_ids(
+    mocked: aioresponses, fake_time: FakeTime
+) -> None:
+    api = FakeBeautyAPI(mocked, fake_time, [1.0])
+    api.query_override["T1"] = [
+        CallbackResult(status=422, payload=error_envelope(422, "ERROR_NO_FACE_IN_FILE"))
+    ]
+    async with make_client(fake_time) as client:
+        task = await client.submit_smart_beauty(IMAGE)
+        with pytest.raises(TaskFailedError) as info:
+            await task
+    error = info.value
+    assert (error.task_id, error.code, error.status) == ("T1", "ERROR_NO_FACE_IN_FILE", 422)
+    assert (error.request_id, error.log_id) == ("req-err", "log-err")
+    assert error.retryable is False
+    assert isinstance(error.__cause__, ImageRejectedError)
+    assert task.status == "failed"
+
+
+async def test_unknown_task_status_fails_the_task(
+    mocked: aioresponses, fake_time: FakeTime
+) -> None:
+    api = FakeBeautyAPI(mocked, fake_time, [1.0])
+    api.query_override["T1"] = [CallbackResult(payload=envelope(None, task_status=3))]
+    async with make_client(fake_time) as client:
+        with pytest.raises(TaskFailedError, match="task_status=3"):
+            await (await client.submit_smart_beauty(IMAGE))
+
+
+async def test_wait_timeout_keeps_the_task_id_and_the_task_goes_on(
+    mocked: aioresponses, fake_time: FakeTime
+) -> None:
+    FakeBeautyAPI(mocked, fake_time, [100.0])
+    async with make_client(fake_time) as client:
+        task = await client.submit_smart_beauty(IMAGE)
+        with pytest.raises(TaskTimeoutError) as info:
+            await task.result(timeout=30)
+        assert info.value.task_id == task.task_id
+        assert not task.done()
+        result = await task.result(timeout=1000)  # the same task, waited for again
+        assert result.task_id == task.task_id
+
+
+async def test_smart_beauty_timeout_uses_client_default(
+    mocked: aioresponses, fake_time: FakeTime
+) -> None:
+    FakeBeautyAPI(mocked, fake_time, [100.0])
+    async with make_client(fake_time, task_timeout=10) as client:
+        with pytest.raises(TaskTimeoutError):
+            await client.smart_beauty(IMAGE)
+
+
+async def test_cancelling_one_waiter_leaves_the_others(
+    mocked: aioresponses, fake_time: FakeTime
+) -> None:
+    api = FakeBeautyAPI(mocked, fake_time, [3.0])
+    async with make_client(fake_time) as client:
+        task = await client.submit_smart_beauty(IMAGE)
+        first = asyncio.create_task(task.result())
+        second = asyncio.create_task(task.result())
+        await asyncio.sleep(0)
+        first.cancel()
+        result = await second
+        with pytest.raises(asyncio.CancelledError):
+            await first
+    assert result.task_id == "T1"
+    assert api.polls == {"T1": 1}  # one poll stream shared by every waiter
+
+
+async def test_track_returns_the_same_handle_and_resumes_by_id(
+    mocked: aioresponses, fake_time: FakeTime
+) -> None:
+    api = FakeBeautyAPI(mocked, fake_time, [4.0])
+    async with make_client(fake_time) as client:
+        submitted = await client.submit_smart_beauty(IMAGE)
+        assert client.track(submitted.task_id) is submitted
+    # A new client (a restart) picks the task up by id and polls it at once.
+    async with make_client(fake_time) as again:
+        handle = again.track("T1")
+        assert again.track("T1") is handle
+        result = await handle
+    assert result.task_id == "T1"
+    assert api.submits == 1
+
+
+async def test_unknown_task_id_is_answered_with_a_typed_failure(
+    mocked: aioresponses, fake_time: FakeTime
+) -> None:
+    FakeBeautyAPI(mocked, fake_time, [])
+    async with make_client(fake_time) as client:
+        with pytest.raises(TaskFailedError) as info:
+            await client.track("nope")
+    assert info.value.code == "ERROR_INVALID_PARAMETER"
+
+
+async def test_close_with_pending_tasks_answers_every_waiter(
+    mocked: aioresponses, fake_time: FakeTime
+) -> None:
+    FakeBeautyAPI(mocked, fake_time, [1000.0, 1000.0])
+    client = make_client(fake_time)
+    tasks = [await client.submit_smart_beauty(IMAGE) for _ in range(2)]
+    waiters = [asyncio.create_task(t.result(timeout=None)) for t in tasks]
+    await asyncio.sleep(0)
+    await client.aclose()
+    for waiter, task in zip(waiters, tasks, strict=False):
+        with pytest.raises(ClientClosedError, match=task.task_id):
+            await waiter
+    assert tracker_tasks() == []
+    with pytest.raises(ClientClosedError):
+        client.track("T1")
+
+
+async def test_polls_keep_to_their_share_of_the_rate_limit(
+    mocked: aioresponses, fake_time: FakeTime
+) -> None:
+    api = FakeBeautyAPI(mocked, fake_time, [0.0] * 20)
+    async with make_client(
+        fake_time, rate_limit=10, max_concurrency=32, polling=PollingConfig(poll_share=0.5)
+    ) as client:
+        handles = [client.track(f"T{i}") for i in range(1, 21)]
+        api.done_at.update({f"T{i}": 0.0 for i in range(1, 21)})
+        await asyncio.gather(*(h.result() for h in handles))
+    # 20 polls at half of 10/s: at least 0.2 s apart, so at least 3.8 s from first to last.
+    assert len(api.poll_times) == 20
+    assert max(api.poll_times) - min(api.poll_times) >= 3.8 - 1e-6
+
+
+async def test_submit_validates_before_sending(mocked: aioresponses, fake_time: FakeTime) -> None:
+    async with make_client(fake_time) as client:
+        with pytest.raises(ValidationError):
+            await client.submit_smart_beauty(IMAGE, beauty_level=1.5)
+        with pytest.raises(ValidationError):
+            await client.submit_smart_beauty(png_bytes(4096, 16))
+    assert mocked.requests == {}
