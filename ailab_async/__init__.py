@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._map import Outcome
 from ._polling import PollingConfig
 from ._tracker import TaskHandle
 from .client import AILabClient
@@ -60,6 +61,7 @@ __all__ = [
     "InsufficientCreditsError",
     "InvalidRequestError",
     "MalformedResponseError",
+    "Outcome",
     "PermissionDeniedError",
     "PollingConfig",
     "RateLimitedError",

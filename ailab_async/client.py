@@ -8,10 +8,10 @@ import ipaddress
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import overload
+from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -19,6 +19,7 @@ import aiohttp
 from . import _protocol as protocol
 from ._dispatch import Call, Dispatcher, RetryPolicy
 from ._download import DEFAULT_MAX_DOWNLOAD_BYTES, download_to
+from ._map import Outcome, map_outcomes
 from ._polling import PollingConfig
 from ._ratelimit import AdaptiveRateLimiter
 from ._session import SessionManager
@@ -28,6 +29,9 @@ from .images import SMART_BEAUTY_RULES, SMART_SKIN_RULES, ImageInput, aprepare_i
 from .models import ClientStats, Credits, ImageResult
 
 __all__ = ["AILabClient"]
+
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
 
 API_KEY_ENV = "AILAB_API_KEY"
 BASE_URL_ENV = "AILAB_BASE_URL"
@@ -285,6 +289,36 @@ class AILabClient:
         if not isinstance(task_id, str) or not task_id.strip():
             raise ValueError("task_id must be a non-empty string")
         return self._tracker.track(task_id.strip(), submitted_at=submitted_at)
+
+    def map(
+        self,
+        fn: Callable[..., Awaitable[ResultT]],
+        items: Iterable[ItemT] | AsyncIterable[ItemT],
+        *,
+        concurrency: int | None = None,
+        ordered: bool = False,
+        **kwargs: Any,
+    ) -> AsyncIterator[Outcome[ItemT, ResultT]]:
+        """Run ``fn(item, **kwargs)`` over ``items``; yield an ``Outcome`` per item.
+
+        Works for ``client.smart_skin``, ``client.smart_beauty`` and any coroutine function
+        taking an item first. ``items`` may be a sync or async iterable, even an endless one:
+        it is consumed lazily, and at most ``concurrency`` items are in progress (default:
+        twice ``max_concurrency``; raise it for ``smart_beauty``, whose items mostly wait on
+        remote tasks). Outcomes come as items complete, or in input order with
+        ``ordered=True`` (through a bounded reorder buffer). A failed item is an outcome
+        with ``error`` set; it never stops the others.
+
+        >>> async for outcome in client.map(client.smart_skin, paths, retouch_degree=0.6):
+        ...     print(outcome.item, outcome.result or outcome.error)  # doctest: +SKIP
+        """
+        return map_outcomes(
+            fn,
+            items,
+            concurrency=concurrency or 2 * self._max_concurrency,
+            ordered=ordered,
+            kwargs=kwargs,
+        )
 
     @property
     def tracker(self) -> TaskTracker:

@@ -1,0 +1,149 @@
+"""client.map: ordering, laziness, failure isolation, bounded memory, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from ailab_async import AILabClient, Outcome
+from ailab_async._map import map_outcomes
+
+from .conftest import BASE_URL, TEST_KEY
+
+
+class Probe:
+    """A work function that records how many items run at once and which were started."""
+
+    def __init__(self, delays: dict[int, int] | None = None) -> None:
+        self.active = 0
+        self.peak = 0
+        self.started: list[int] = []
+        self.cancelled: list[int] = []
+        self.delays = delays or {}
+
+    async def __call__(self, item: int, *, scale: int = 1) -> int:
+        self.started.append(item)
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            for _ in range(self.delays.get(item, 1)):
+                await asyncio.sleep(0)
+            if item % 7 == 3:
+                raise ValueError(f"bad item {item}")
+            return item * scale
+        except asyncio.CancelledError:
+            self.cancelled.append(item)
+            raise
+        finally:
+            self.active -= 1
+
+
+async def collect(agen: AsyncIterator[Outcome[int, int]]) -> list[Outcome[int, int]]:
+    return [outcome async for outcome in agen]
+
+
+async def test_every_item_gets_one_outcome_and_failures_are_isolated() -> None:
+    probe = Probe()
+    outcomes = await collect(map_outcomes(probe, range(50), concurrency=4, kwargs={"scale": 10}))
+    assert sorted(o.index for o in outcomes) == list(range(50))
+    for outcome in outcomes:
+        assert (outcome.result is None) != (outcome.error is None)
+        if outcome.item % 7 == 3:
+            assert isinstance(outcome.error, ValueError)
+            assert not outcome.ok
+        else:
+            assert outcome.result == outcome.item * 10
+    assert probe.peak == 4
+
+
+async def test_unordered_yields_as_completed() -> None:
+    probe = Probe(delays={0: 50})  # the first item is the slowest
+    outcomes = await collect(map_outcomes(probe, range(6), concurrency=6))
+    assert outcomes[-1].item == 0
+
+
+async def test_ordered_keeps_input_order_with_a_bounded_buffer() -> None:
+    probe = Probe(delays={0: 200})
+    seen: list[int] = []
+    async for outcome in map_outcomes(probe, range(100), concurrency=4, ordered=True):
+        seen.append(outcome.item)
+    assert seen == list(range(100))
+    # While item 0 was stuck, no more than the reorder window (2 x concurrency) was started.
+    assert probe.started.index(0) == 0
+    assert max(probe.started[: probe.started.index(8) + 1]) <= 8
+
+
+async def test_endless_sync_generator_is_consumed_lazily() -> None:
+    pulled = 0
+
+    def endless() -> Iterator[int]:
+        nonlocal pulled
+        for n in itertools.count():
+            pulled += 1
+            yield n
+
+    probe = Probe()
+    got = 0
+    async with contextlib.aclosing(map_outcomes(probe, endless(), concurrency=3)) as outcomes:
+        async for _ in outcomes:
+            got += 1
+            if got == 20:
+                break
+    assert pulled <= 20 + 3  # never more than what was consumed plus what was in flight
+    assert probe.active == 0
+
+
+async def test_async_iterable_input() -> None:
+    async def numbers() -> AsyncIterator[int]:
+        for n in range(10):
+            await asyncio.sleep(0)
+            yield n
+
+    outcomes = await collect(map_outcomes(Probe(), numbers(), concurrency=2))
+    assert sorted(o.item for o in outcomes) == list(range(10))
+
+
+async def test_leaving_early_cancels_work_in_flight() -> None:
+    probe = Probe(delays=dict.fromkeys(range(1, 100), 10000))
+    async with contextlib.aclosing(map_outcomes(probe, range(100), concurrency=5)) as outcomes:
+        async for outcome in outcomes:
+            assert outcome.item == 0
+            break
+    assert probe.active == 0
+    assert sorted(probe.cancelled) == [1, 2, 3, 4]  # the four still running at the break
+
+
+async def test_cancelling_the_consumer_cancels_everything() -> None:
+    probe = Probe(delays=dict.fromkeys(range(100), 10000))
+
+    async def consume() -> None:
+        async with contextlib.aclosing(map_outcomes(probe, range(100), concurrency=8)) as out:
+            async for _ in out:
+                pass
+
+    consumer = asyncio.create_task(consume())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert probe.active == 8
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+    assert probe.active == 0
+    assert len(probe.cancelled) == 8
+
+
+async def test_bad_concurrency_is_refused() -> None:
+    with pytest.raises(ValueError, match="concurrency"):
+        await collect(map_outcomes(Probe(), range(3), concurrency=0))
+
+
+async def test_client_map_passes_keyword_arguments() -> None:
+    async with AILabClient(api_key=TEST_KEY, base_url=BASE_URL, max_concurrency=3) as client:
+        probe = Probe()
+        results = {o.item: o.result async for o in client.map(probe, range(5), scale=2) if o.ok}
+    assert results == {0: 0, 1: 2, 2: 4, 4: 8}
+    assert probe.peak <= 6  # default concurrency: twice max_concurrency
