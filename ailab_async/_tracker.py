@@ -89,6 +89,8 @@ class TaskHandle:
                     pending.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await pending
+            if waiter.done() and not waiter.cancelled():
+                waiter.exception()  # retrieved: no "exception was never retrieved" at GC
         if self._future.done():
             return self._future.result()
         raise errors.TaskTimeoutError(

@@ -196,7 +196,9 @@ class PreparedImage:
             yield self.fileobj
         else:
             assert self.data is not None
-            yield self.data
+            # A buffer, not raw bytes: aiohttp streams it in chunks (and does not warn that a
+            # large bytes body may block the loop). BytesIO shares the bytes, no copy.
+            yield io.BytesIO(self.data)
 
 
 def _label(image: object) -> str:

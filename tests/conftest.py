@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import heapq
 import itertools
 import struct
@@ -136,6 +137,21 @@ def error_envelope(status: int, code: str, message: str = "nope") -> dict[str, o
 
 def skin_ok(url: str = "https://results.example/r/1.png?sig=s3cret") -> dict[str, object]:
     return envelope({"image_url": url})
+
+
+@pytest.fixture(autouse=True)
+async def _loop_errors_fail_the_test() -> AsyncIterator[None]:
+    """Errors the loop would only log (a future's exception never retrieved, a task
+    destroyed while pending, a callback that raised) fail the test instead."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    yield
+    gc.collect()
+    await asyncio.sleep(0)
+    loop.set_exception_handler(previous)
+    assert not reported, [c.get("message") for c in reported]
 
 
 @pytest.fixture

@@ -68,7 +68,7 @@ async def test_smart_skin_returns_typed_result_and_sends_key_and_fields(
     fields = {opts["name"]: value for opts, _, value in form._fields}
     assert fields["retouch_degree"] == "0.8"
     assert fields["whitening_degree"] == "0.5"
-    assert fields["image"] == face_png
+    assert fields["image"].getvalue() == face_png
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,134 @@
+"""``ailab-async simulate``: argument parsing, and a real process serving requests."""
+
+from __future__ import annotations
+
+import json
+import selectors
+import signal
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from ailab_async._cli import _simulator_config, build_parser, main
+from ailab_async.simulator import Credits, Fixed, RateLimit, SimulatorConfig, Uniform
+
+
+def parse(*argv: str) -> SimulatorConfig:
+    return _simulator_config(build_parser().parse_args(["simulate", *argv]))
+
+
+def test_defaults_are_a_healthy_api_on_loopback() -> None:
+    config = parse()
+    assert config.host == "127.0.0.1"
+    assert config.port == 8080
+    assert config.rate_limit is None
+    assert config.credits is None
+    assert config.faults.pick(0.0) is None
+
+
+def test_knobs_map_onto_the_config() -> None:
+    c = parse(
+        "--port",
+        "0",
+        "--api-key",
+        "k",
+        "--seed",
+        "4",
+        "--latency",
+        "0.1",
+        "--rate-limit",
+        "5",
+        "--burst",
+        "7",
+        "--no-retry-after",
+        "--concurrency-limit",
+        "3",
+        "--credits",
+        "100",
+        "--task-duration",
+        "1:2",
+        "--failure-share",
+        "0.1",
+        "--fault-5xx",
+        "0.2",
+        "--fault-reset",
+        "0.05",
+        "--fault-stall",
+        "0.01",
+        "--stall-seconds",
+        "3",
+        "--fault-after-processing",
+        "0.5",
+        "--envelope",
+        "modern",
+    )
+    assert (c.api_key, c.seed, c.port, c.envelope) == ("k", 4, 0, "modern")
+    assert c.latency.smart_skin == Fixed(0.1)
+    assert c.latency.results is None
+    assert c.rate_limit == RateLimit(5.0, 7, retry_after=False)
+    assert c.concurrency_limit == 3
+    assert c.credits == Credits(100.0)
+    assert c.tasks.duration == Uniform(1.0, 2.0)
+    assert c.tasks.failure_share == 0.1
+    assert c.faults.error_503 == pytest.approx(0.05)
+    assert c.faults.connection_reset == 0.05
+    assert c.faults.stall_seconds == 3.0
+    assert c.faults.after_processing_share == 0.5
+
+
+def test_bad_knob_values_exit_with_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--task-duration", "9:1"]) == 2
+    assert "error" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["simulate", "--failure-share", "2"])
+
+
+def test_a_subcommand_is_required() -> None:
+    with pytest.raises(SystemExit):
+        main([])
+
+
+def _read_line(proc: subprocess.Popen[str], timeout: float = 15.0) -> str:
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            raise AssertionError("the simulator printed nothing")
+    return proc.stdout.readline()
+
+
+def test_simulate_serves_until_sigterm() -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "ailab_async._cli",
+        "simulate",
+        "--port",
+        "0",
+        "--api-key",
+        "cli-key",
+        "--credits",
+        "7",
+    ]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            first = _read_line(proc)
+            url = first.strip().rsplit(" ", 1)[-1]
+            assert url.startswith("http://127.0.0.1:")
+            assert proc.stdout is not None
+            assert "cli-key" in proc.stdout.readline()  # printed right after the URL
+            request = urllib.request.Request(
+                url + "/api/common/query-credits", headers={"ailabapi-api-key": "cli-key"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                body = json.load(response)
+            assert body["data"][0]["balance"] == 7
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert "stopped" in out
