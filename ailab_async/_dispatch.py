@@ -13,11 +13,10 @@ Retry decisions are pure (:class:`RetryPolicy`); the loop here only applies them
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import aiohttp
@@ -241,12 +240,16 @@ class Dispatcher:
             attempt_started = self._clock()
             error: errors.AILabError
             sent_at = attempt_started
+            # The slot is held for this attempt only (not during backoff), and released on
+            # any exit, cancellation included. Inlined: this is the per-request hot path.
+            await self._semaphore.acquire()
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
             try:
-                async with self._slot():
-                    if rate_limited:
-                        sent_at = await self._limiter.acquire()
-                    self._attempts += 1
-                    outcome, sent_at = await attempt(min(self._timeout, remaining))
+                if rate_limited:
+                    sent_at = await self._limiter.acquire()
+                self._attempts += 1
+                outcome, sent_at = await attempt(min(self._timeout, remaining))
             except errors.AILabError as exc:
                 error = exc
             else:
@@ -256,6 +259,9 @@ class Dispatcher:
                     self._log(endpoint, state.attempts, attempt_started, outcome, url)
                     return outcome
                 error = outcome
+            finally:
+                self._in_flight -= 1
+                self._semaphore.release()
             state.last_error = error
             self._log(endpoint, state.attempts, attempt_started, error, url)
 
@@ -288,17 +294,6 @@ class Dispatcher:
                 ", may have been billed" if ambiguous else "",
             )
             await self._sleep(delay)
-
-    @contextlib.asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
-        """One concurrency slot, held for one attempt; released on any exit, cancellation too."""
-        async with self._semaphore:
-            self._in_flight += 1
-            self._max_in_flight = max(self._max_in_flight, self._in_flight)
-            try:
-                yield
-            finally:
-                self._in_flight -= 1
 
     async def _api_attempt(
         self, call: Call, attempt_timeout: float

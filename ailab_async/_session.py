@@ -17,8 +17,11 @@ class SessionManager:
     used as is and never closed by us: its owner decides its lifetime.
     """
 
-    def __init__(self, session: aiohttp.ClientSession | None, *, pool_size: int) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession | None, *, pool_size: int, trust_env: bool = False
+    ) -> None:
         self._session = session
+        self._trust_env = trust_env
         self._owned = session is None
         self._pool_size = pool_size
         self._closed = False
@@ -51,8 +54,10 @@ class SessionManager:
                 )
                 # No default headers: the key is added per request to the API host only, so
                 # it can never leak to the hosts result images are downloaded from.
+                # trust_env costs two thread-pool round trips per request (netrc and
+                # proxy look-ups): opt-in only, for deployments behind a proxy.
                 self._session = aiohttp.ClientSession(
-                    connector=connector, raise_for_status=False, trust_env=True
+                    connector=connector, raise_for_status=False, trust_env=self._trust_env
                 )
             return self._session
 
