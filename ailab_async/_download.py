@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -90,12 +91,16 @@ def _flush_and_sync(handle: IO[bytes]) -> None:
 async def download_to(
     dispatcher: Dispatcher,
     result: ImageResult | str,
-    dest: Path | None,
+    dest: Path | Callable[[str], Path] | None,
     *,
     max_bytes: int,
     deadline: float | None,
 ) -> bytes | Path:
-    """Fetch ``result``'s image through the dispatcher; bytes, or ``dest`` once written."""
+    """Fetch ``result``'s image through the dispatcher; bytes, or ``dest`` once written.
+
+    ``dest`` may be a function of the response's content type (``image/png``) returning
+    the path, so the file extension can follow what was actually served.
+    """
     url = result.image_url if isinstance(result, ImageResult) else result
     shown = redact_url(url)
     if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
@@ -110,6 +115,7 @@ async def download_to(
         _check_response(response, max_bytes, shown)
         if dest is None:
             return await _read_capped(response, max_bytes, shown)
-        return await _stream_to_file(response, dest, max_bytes, shown)
+        target = dest(response.content_type) if callable(dest) else dest
+        return await _stream_to_file(response, target, max_bytes, shown)
 
     return await dispatcher.fetch(url, consume, deadline=deadline)

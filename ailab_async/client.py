@@ -78,6 +78,8 @@ class AILabClient:
             host that is not this machine. Off: only loopback may use plain HTTP.
         task_timeout: Default seconds ``await task`` waits for a smart-beauty result
             (``None``: no limit). The task itself is not affected.
+        trust_env: Let the owned session read ``HTTP(S)_PROXY`` and ``~/.netrc`` from the
+            environment (off: it costs CPU on every request, and the key is ours to send).
         polling: Knobs of the smart poller (:class:`PollingConfig`): polls per task, the
             share of the rate budget and of the concurrency polls may use, ...
         clock, sleep, random: Time and chance, injectable so tests never wait for real.
@@ -98,6 +100,7 @@ class AILabClient:
         dangerously_allow_plain_http: bool = False,
         task_timeout: float | None = DEFAULT_TASK_TIMEOUT,
         polling: PollingConfig | None = None,
+        trust_env: bool = False,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         random: Callable[[], float] | None = None,
@@ -137,7 +140,9 @@ class AILabClient:
         self._clock = clock or time.monotonic
         self._sleep = sleep or asyncio.sleep
         self._rand = random or _random_source()
-        self._sessions = SessionManager(session, pool_size=max_concurrency)
+        self._sessions = SessionManager(
+            session, pool_size=max_concurrency, trust_env=trust_env
+        )
         self._limiter = AdaptiveRateLimiter(rate_limit, clock=self._clock, sleep=self._sleep)
         self._dispatcher = Dispatcher(
             self._sessions,
@@ -198,6 +203,10 @@ class AILabClient:
     @property
     def base_url(self) -> str:
         return self._base_url
+
+    @property
+    def max_concurrency(self) -> int:
+        return self._max_concurrency
 
     @property
     def stats(self) -> ClientStats:
@@ -379,6 +388,26 @@ class AILabClient:
             max_bytes=max_bytes,
             deadline=deadline,
         )
+
+    async def download_to_dir(
+        self,
+        result: ImageResult | str,
+        destination: Callable[[str], Path],
+        *,
+        max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+        deadline: float | None = None,
+    ) -> Path:
+        """Like :meth:`download` to a file, with the path chosen from the content type.
+
+        ``destination("image/png")`` returns where to write; the batch runner uses it to
+        give outputs the extension of what the API actually served.
+        """
+        self._check_open()
+        written = await download_to(
+            self._dispatcher, result, destination, max_bytes=max_bytes, deadline=deadline
+        )
+        assert isinstance(written, Path)
+        return written
 
     def _check_open(self) -> None:
         if self._sessions.closed:
