@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -90,10 +91,8 @@ def test_envelope_shaped_json_classifies_and_parses_without_crashing(
         protocol.parse_task_id,
         protocol.parse_credits,
     ):
-        try:
+        with contextlib.suppress(errors.MalformedResponseError):
             parse(outcome)  # type: ignore[operator]
-        except errors.MalformedResponseError:
-            pass
     status_outcome = protocol.parse_task_status(outcome, task_id="T")
     assert isinstance(status_outcome, (TaskStatus, errors.TaskFailedError))
 
@@ -119,10 +118,8 @@ def test_any_bytes_are_accepted_or_refused_by_the_validator(data: bytes) -> None
 @settings(max_examples=400)
 def test_damaged_headers_of_known_formats_never_crash(prefix: bytes, tail: bytes) -> None:
     for rules in (SMART_SKIN_RULES, SMART_BEAUTY_RULES):
-        try:
+        with contextlib.suppress(errors.ValidationError):
             prepare_image(prefix + tail, rules)
-        except errors.ValidationError:
-            pass
 
 
 @given(
@@ -135,7 +132,7 @@ def test_jpeg_resolution_rule_matches_the_documented_bounds(
     width: int, height: int, padding: int
 ) -> None:
     data = jpeg_header(width, height, app_padding=padding)
-    acceptable = 128 < min(width, height) and max(width, height) < 5000
+    acceptable = min(width, height) > 128 and max(width, height) < 5000
     try:
         prepared = prepare_image(data, SMART_SKIN_RULES)
     except errors.ValidationError as exc:
