@@ -74,6 +74,9 @@ class AILabClient:
             processed (a timeout, a reset connection). Such a retry can be billed twice; they
             are counted in :attr:`stats` as ``ambiguous_retries``. Set ``False`` to raise
             instead.
+        backoff_initial, backoff_max: The backoff cap before the first retry (doubling for
+            each further retry) and its ceiling, in seconds. Full jitter: each wait is drawn
+            uniformly below the cap; a ``Retry-After`` is a floor.
         dangerously_allow_plain_http: Allow sending the API key over plain ``http://`` to a
             host that is not this machine. Off: only loopback may use plain HTTP.
         task_timeout: Default seconds ``await task`` waits for a smart-beauty result
@@ -97,6 +100,8 @@ class AILabClient:
         *,
         deadline: float = DEFAULT_DEADLINE,
         retry_ambiguous: bool = True,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 30.0,
         dangerously_allow_plain_http: bool = False,
         task_timeout: float | None = DEFAULT_TASK_TIMEOUT,
         polling: PollingConfig | None = None,
@@ -131,6 +136,8 @@ class AILabClient:
             raise ConfigurationError("timeout and deadline must be positive numbers of seconds")
         if not (isinstance(max_retries, int) and max_retries >= 0):
             raise ConfigurationError("max_retries must be an integer >= 0")
+        if not (0 < backoff_initial <= backoff_max):
+            raise ConfigurationError("backoff must satisfy 0 < backoff_initial <= backoff_max")
         if rate_limit is not None and not rate_limit > 0:
             raise ConfigurationError("rate_limit must be a positive number of requests/second")
 
@@ -140,9 +147,7 @@ class AILabClient:
         self._clock = clock or time.monotonic
         self._sleep = sleep or asyncio.sleep
         self._rand = random or _random_source()
-        self._sessions = SessionManager(
-            session, pool_size=max_concurrency, trust_env=trust_env
-        )
+        self._sessions = SessionManager(session, pool_size=max_concurrency, trust_env=trust_env)
         self._limiter = AdaptiveRateLimiter(rate_limit, clock=self._clock, sleep=self._sleep)
         self._dispatcher = Dispatcher(
             self._sessions,
@@ -152,7 +157,12 @@ class AILabClient:
             limiter=self._limiter,
             timeout=timeout,
             deadline=deadline,
-            policy=RetryPolicy(max_retries=max_retries, retry_ambiguous=retry_ambiguous),
+            policy=RetryPolicy(
+                max_retries=max_retries,
+                base_delay=backoff_initial,
+                max_delay=backoff_max,
+                retry_ambiguous=retry_ambiguous,
+            ),
             clock=self._clock,
             sleep=self._sleep,
             rand=self._rand,
