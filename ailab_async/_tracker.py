@@ -203,6 +203,8 @@ class TaskTracker:
         self._pending[task_id] = tracked
         handle = TaskHandle(tracked, self._wait_timeout, self._sleep)
         self._handles[task_id] = handle
+        # Once nobody holds the handle, nobody can ever read the result: stop polling.
+        weakref.finalize(handle, self._forget, tracked)
         # A task submitted just now is placed by the learned plan; one picked up again
         # (unknown or old submit time) is polled at once.
         if tracked.timed:
@@ -232,6 +234,12 @@ class TaskTracker:
                 )
         self._pending.clear()
         self._heap.clear()
+
+    def _forget(self, tracked: _Tracked) -> None:
+        if self._pending.get(tracked.task_id) is tracked:
+            del self._pending[tracked.task_id]  # its heap entry goes stale
+            tracked.future.cancel()
+            self._wakeup.set()
 
     # -- scheduling --------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import random
 import re
@@ -325,3 +326,20 @@ async def test_submit_validates_before_sending(mocked: aioresponses, fake_time: 
         with pytest.raises(ValidationError):
             await client.submit_smart_beauty(png_bytes(4096, 16))
     assert mocked.requests == {}
+
+
+async def test_a_task_nobody_can_read_any_more_is_no_longer_polled(
+    mocked: aioresponses, fake_time: FakeTime
+) -> None:
+    api = FakeBeautyAPI(mocked, fake_time, [1000.0, 1000.0])
+    async with make_client(fake_time) as client:
+        kept = await client.submit_smart_beauty(IMAGE)
+        dropped = await client.submit_smart_beauty(IMAGE)
+        assert client.tracker.pending == 2
+        del dropped
+        gc.collect()
+        assert client.tracker.pending == 1
+        with pytest.raises(TaskTimeoutError):
+            await kept.result(timeout=60)
+    assert api.polls.get("T2", 0) == 0
+    assert api.polls["T1"] >= 2
