@@ -14,7 +14,6 @@ import asyncio
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
-    AsyncIterator,
     Awaitable,
     Callable,
     Iterable,
@@ -71,7 +70,7 @@ async def map_outcomes(
     ordered: bool = False,
     reorder_window: int | None = None,
     kwargs: dict[str, Any] | None = None,
-) -> AsyncIterator[Outcome[ItemT, ResultT]]:
+) -> AsyncGenerator[Outcome[ItemT, ResultT], None]:
     """Yield an :class:`Outcome` for every item, running at most ``concurrency`` at once."""
     if isinstance(concurrency, bool) or not (isinstance(concurrency, int) and concurrency >= 1):
         raise ValueError("concurrency must be an integer >= 1")

@@ -8,7 +8,7 @@ import ipaddress
 import os
 import random
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, overload
@@ -317,7 +317,7 @@ class AILabClient:
         concurrency: int | None = None,
         ordered: bool = False,
         **kwargs: Any,
-    ) -> AsyncIterator[Outcome[ItemT, ResultT]]:
+    ) -> AsyncGenerator[Outcome[ItemT, ResultT], None]:
         """Run ``fn(item, **kwargs)`` over ``items``; yield an ``Outcome`` per item.
 
         Works for ``client.smart_skin``, ``client.smart_beauty`` and any coroutine function
