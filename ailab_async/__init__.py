@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._map import Outcome
 from ._polling import PollingConfig
+from ._ratelimit import AdaptiveRateLimiter, RateLimiter
 from ._tracker import TaskHandle
 from .client import AILabClient
 from .errors import (
@@ -47,6 +48,7 @@ __all__ = [
     "AILabClient",
     "AILabError",
     "APIError",
+    "AdaptiveRateLimiter",
     "AuthenticationError",
     "ClientClosedError",
     "ClientStats",
@@ -65,6 +67,7 @@ __all__ = [
     "PermissionDeniedError",
     "PollingConfig",
     "RateLimitedError",
+    "RateLimiter",
     "RequestTimeoutError",
     "ServerError",
     "TaskError",

@@ -25,7 +25,7 @@ import attrs
 
 from . import errors
 from ._protocol import API_KEY_HEADER, Endpoint, Envelope, classify_response
-from ._ratelimit import AdaptiveRateLimiter, Clock, Sleeper
+from ._ratelimit import Clock, RateLimiter, Sleeper
 from ._session import SessionManager
 from .images import PreparedImage
 from .models import ClientStats, redact_url
@@ -105,7 +105,7 @@ class Dispatcher:
         base_url: str,
         api_key: str,
         max_concurrency: int,
-        limiter: AdaptiveRateLimiter,
+        limiter: RateLimiter,
         timeout: float,
         deadline: float,
         policy: RetryPolicy,
@@ -153,7 +153,7 @@ class Dispatcher:
         """Send ``call`` with retries; its success envelope, or a typed error."""
         endpoint = call.endpoint
 
-        async def attempt(attempt_timeout: float) -> tuple[Envelope | errors.APIError, float]:
+        async def attempt(attempt_timeout: float) -> Envelope | errors.APIError:
             return await self._api_attempt(call, attempt_timeout)
 
         return await self._run(endpoint, attempt, deadline, rate_limited=True)
@@ -172,16 +172,15 @@ class Dispatcher:
         """
         endpoint = Endpoint("download", "GET", "", billed=False)
 
-        async def attempt(attempt_timeout: float) -> tuple[T | errors.APIError, float]:
+        async def attempt(attempt_timeout: float) -> T | errors.APIError:
             session = await self._sessions.get()
-            sent_at = self._clock()
             try:
                 async with session.get(
                     url,
                     timeout=aiohttp.ClientTimeout(total=attempt_timeout),
                     headers={"User-Agent": _USER_AGENT},
                 ) as response:
-                    return await consume(response), sent_at
+                    return await consume(response)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 raise _transport_error(exc, endpoint, billed=False) from None
 
@@ -192,7 +191,7 @@ class Dispatcher:
     async def _run(
         self,
         endpoint: Endpoint,
-        attempt: Callable[[float], Awaitable[tuple[T | errors.APIError, float]]],
+        attempt: Callable[[float], Awaitable[T | errors.APIError]],
         deadline: float | None,
         *,
         rate_limited: bool,
@@ -221,7 +220,7 @@ class Dispatcher:
     async def _attempts_until_done(
         self,
         endpoint: Endpoint,
-        attempt: Callable[[float], Awaitable[tuple[T | errors.APIError, float]]],
+        attempt: Callable[[float], Awaitable[T | errors.APIError]],
         state: _CallState,
         *,
         rate_limited: bool,
@@ -249,7 +248,7 @@ class Dispatcher:
                 if rate_limited:
                     sent_at = await self._limiter.acquire()
                 self._attempts += 1
-                outcome, sent_at = await attempt(min(self._timeout, remaining))
+                outcome = await attempt(min(self._timeout, remaining))
             except errors.AILabError as exc:
                 error = exc
             else:
@@ -295,9 +294,7 @@ class Dispatcher:
             )
             await self._sleep(delay)
 
-    async def _api_attempt(
-        self, call: Call, attempt_timeout: float
-    ) -> tuple[Envelope | errors.APIError, float]:
+    async def _api_attempt(self, call: Call, attempt_timeout: float) -> Envelope | errors.APIError:
         endpoint = call.endpoint
         session = await self._sessions.get()
         url = self._base_url + endpoint.path
@@ -332,8 +329,7 @@ class Dispatcher:
         form: aiohttp.FormData | None,
         *,
         params: list[tuple[str, str]] | None = None,
-    ) -> tuple[Envelope | errors.APIError, float]:
-        sent_at = self._clock()
+    ) -> Envelope | errors.APIError:
         async with session.request(
             endpoint.method,
             url,
@@ -343,10 +339,9 @@ class Dispatcher:
             timeout=aiohttp.ClientTimeout(total=attempt_timeout),
         ) as response:
             body = await response.read()
-            outcome = classify_response(
+            return classify_response(
                 response.status, body, retry_after=response.headers.get("Retry-After")
             )
-        return outcome, sent_at
 
     def _log(
         self,

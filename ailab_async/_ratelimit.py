@@ -20,9 +20,47 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Awaitable, Callable
+from typing import Protocol, runtime_checkable
 
 Clock = Callable[[], float]
 Sleeper = Callable[[float], Awaitable[None]]
+
+
+@runtime_checkable
+class RateLimiter(Protocol):
+    """What a client's dispatcher needs from a rate limiter (pass one as ``rate_limit=``).
+
+    The dispatcher calls :meth:`acquire` before every API request and reports back: a
+    success, or a ``429 EXCEEDING_LIMITS`` for a request that left at ``sent_at`` (the value
+    :meth:`acquire` returned, on the limiter's own clock). :class:`AdaptiveRateLimiter` is the
+    in-process one; ``ailab_async.redis_limiter.RedisRateLimiter`` shares one budget, and the
+    slow-down, between processes.
+    """
+
+    #: ``429 EXCEEDING_LIMITS`` answers reported so far.
+    rate_limited_count: int
+
+    @property
+    def configured_rate(self) -> float | None:
+        """The ceiling in requests per second (``None``: none)."""
+        ...
+
+    def current_rate(self) -> float | None:
+        """Requests per second allowed now (``None``: no limit)."""
+        ...
+
+    async def acquire(self) -> float:
+        """Wait for the next send slot; return the send time on the limiter's clock."""
+        ...
+
+    def on_success(self) -> None:
+        """A request was answered without a rate-limit error."""
+        ...
+
+    def on_rate_limited(self, sent_at: float, retry_after: float | None = None) -> None:
+        """A request sent at ``sent_at`` was answered ``429 EXCEEDING_LIMITS``."""
+        ...
+
 
 _WINDOW = 1.0  # seconds of history used to estimate the achievable rate
 

@@ -26,7 +26,7 @@ from . import _protocol as protocol
 from . import errors
 from ._dispatch import Call, Dispatcher
 from ._polling import PollingConfig, PollPlanner
-from ._ratelimit import AdaptiveRateLimiter, Clock, Sleeper
+from ._ratelimit import Clock, RateLimiter, Sleeper
 from .models import ImageResult, TaskStatus
 
 logger = logging.getLogger("ailab_async")
@@ -147,7 +147,7 @@ class TaskTracker:
     def __init__(
         self,
         dispatcher: Dispatcher,
-        limiter: AdaptiveRateLimiter,
+        limiter: RateLimiter,
         *,
         max_concurrency: int,
         config: PollingConfig,

@@ -21,7 +21,7 @@ from ._dispatch import Call, Dispatcher, RetryPolicy
 from ._download import DEFAULT_MAX_DOWNLOAD_BYTES, download_to
 from ._map import Outcome, map_outcomes
 from ._polling import PollingConfig
-from ._ratelimit import AdaptiveRateLimiter
+from ._ratelimit import AdaptiveRateLimiter, RateLimiter
 from ._session import SessionManager
 from ._tracker import TaskHandle, TaskTracker
 from .errors import ClientClosedError, ConfigurationError
@@ -65,7 +65,8 @@ class AILabClient:
         base_url: Defaults to ``AILAB_BASE_URL``, then ``https://www.ailabapi.com``.
         max_concurrency: Requests in flight at once, at most (polls and downloads included).
         rate_limit: Requests per second across all endpoints; ``None`` starts unlimited.
-            Either way the client slows down by itself on ``429 EXCEEDING_LIMITS``.
+            Either way the client slows down by itself on ``429 EXCEEDING_LIMITS``. Or a
+            :class:`RateLimiter` object, for example a Redis-backed one shared by processes.
         timeout: Seconds one attempt may take.
         max_retries: Retries after transient failures (5xx, connection errors, timeouts).
         session: An ``aiohttp.ClientSession`` to use; it is never closed by the client.
@@ -93,7 +94,7 @@ class AILabClient:
         api_key: str | None = None,
         base_url: str | None = None,
         max_concurrency: int = 8,
-        rate_limit: float | None = None,
+        rate_limit: float | RateLimiter | None = None,
         timeout: float = 60.0,
         max_retries: int = 4,
         session: aiohttp.ClientSession | None = None,
@@ -138,8 +139,17 @@ class AILabClient:
             raise ConfigurationError("max_retries must be an integer >= 0")
         if not (0 < backoff_initial <= backoff_max):
             raise ConfigurationError("backoff must satisfy 0 < backoff_initial <= backoff_max")
-        if rate_limit is not None and not rate_limit > 0:
-            raise ConfigurationError("rate_limit must be a positive number of requests/second")
+        limiter: RateLimiter | None = None
+        if isinstance(rate_limit, RateLimiter):
+            limiter, rate_limit = rate_limit, None
+        elif rate_limit is not None and (
+            isinstance(rate_limit, bool)
+            or not isinstance(rate_limit, (int, float))
+            or not rate_limit > 0
+        ):
+            raise ConfigurationError(
+                "rate_limit must be a positive number of requests/second or a RateLimiter"
+            )
 
         self._api_key = key.strip()
         self._base_url = url.rstrip("/")
@@ -148,7 +158,9 @@ class AILabClient:
         self._sleep = sleep or asyncio.sleep
         self._rand = random or _random_source()
         self._sessions = SessionManager(session, pool_size=max_concurrency, trust_env=trust_env)
-        self._limiter = AdaptiveRateLimiter(rate_limit, clock=self._clock, sleep=self._sleep)
+        self._limiter: RateLimiter = limiter or AdaptiveRateLimiter(
+            rate_limit, clock=self._clock, sleep=self._sleep
+        )
         self._dispatcher = Dispatcher(
             self._sessions,
             base_url=self._base_url,

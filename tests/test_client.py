@@ -513,3 +513,51 @@ async def test_download_refusals(
 async def test_download_refuses_non_http_urls(mock_client: AILabClient) -> None:
     with pytest.raises(DownloadError, match="non-http"):
         await mock_client.download("file:///etc/passwd")
+
+
+class CountingLimiter:
+    """A custom RateLimiter: what the dispatcher tells it is recorded."""
+
+    def __init__(self) -> None:
+        self.rate_limited_count = 0
+        self.acquired = 0
+        self.successes = 0
+        self.limited_at: list[float] = []
+
+    @property
+    def configured_rate(self) -> float | None:
+        return 3.0
+
+    def current_rate(self) -> float | None:
+        return 3.0
+
+    async def acquire(self) -> float:
+        self.acquired += 1
+        return 100.0 + self.acquired  # its own clock, not the client's
+
+    def on_success(self) -> None:
+        self.successes += 1
+
+    def on_rate_limited(self, sent_at: float, retry_after: float | None = None) -> None:
+        self.rate_limited_count += 1
+        self.limited_at.append(sent_at)
+
+
+async def test_a_limiter_object_can_be_plugged_in(
+    mocked: aioresponses, fake_time: FakeTime, face_png: bytes
+) -> None:
+    mocked.post(SKIN_URL, status=429, payload=error_envelope(429, "EXCEEDING_LIMITS"))
+    mocked.post(SKIN_URL, payload=skin_ok())
+    limiter = CountingLimiter()
+    async with client_for(fake_time, rate_limit=limiter) as client:
+        await client.smart_skin(face_png)
+        assert client.stats.rate_limited == 1
+        assert client.stats.current_rate == 3.0
+        assert "rate_limit=3.0" in repr(client)
+    assert (limiter.acquired, limiter.successes) == (2, 1)
+    assert limiter.limited_at == [101.0]  # the send time its own acquire() gave
+
+
+def test_rate_limit_of_the_wrong_type_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="RateLimiter"):
+        AILabClient(api_key=TEST_KEY, base_url=BASE_URL, rate_limit="fast")  # type: ignore[arg-type]
