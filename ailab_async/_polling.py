@@ -2,13 +2,17 @@
 
 Evidence: each finished task tells us its completion time (seconds after submit) lies in
 ``(last poll that saw it unfinished, poll that saw it finished]``. The planner keeps the
-most recent observations, spreads each uniformly over its interval into a histogram, and
-solves for the poll schedule that minimises mean detection lag for a budget of polls per task:
+most recent observations and estimates the completion-time distribution from these
+interval-censored data with a few rounds of Turnbull's self-consistency (EM) algorithm on a
+time grid, so wide intervals (from the 5 s fallback) do not smear what narrow ones show. It
+then solves for the poll schedule that minimises mean detection lag for a budget of polls per task:
 
-    minimise  E[lag] + cost · E[polls]        (dynamic programming over a time grid)
+    minimise  E[lag] + cost · E[polls]        (dynamic programming over the grid)
 
-with ``cost`` found by bisection so that ``E[polls]`` meets ``target_polls``. Before there is
-enough evidence it falls back to the provider's advice: poll every 5 seconds.
+with ``cost`` found by bisection. The schedules are discrete, so the two that bracket the
+budget are mixed: each task draws its ``lane`` in [0, 1) and follows the denser schedule with
+the probability that makes the expected polls per task meet ``target_polls``. Before there is
+enough evidence the planner falls back to the provider's advice: poll every 5 seconds.
 
 Nothing here does I/O or reads a clock; the tracker passes times in.
 """
@@ -22,6 +26,10 @@ import math
 import attrs
 
 FALLBACK_INTERVAL = 5.0
+# A few self-consistency rounds: enough to pull wide intervals' mass to where narrow ones
+# put it, few enough to keep the estimate smooth (fully converged, Turnbull's estimate is a
+# handful of spikes, and schedules fitted to spikes overshoot their poll budget in practice).
+_EM_ROUNDS = 3
 
 
 @attrs.frozen
@@ -41,7 +49,7 @@ class PollingConfig:
             submissions.
     """
 
-    target_polls: float = 2.0
+    target_polls: float = 1.8
     fallback_interval: float = FALLBACK_INTERVAL
     min_observations: int = 5
     window: int = 200
@@ -63,10 +71,13 @@ class PollPlanner:
 
     def __init__(self, config: PollingConfig | None = None) -> None:
         self.config = config or PollingConfig()
-        self._observations: collections.deque[tuple[float, float]] = collections.deque(
+        # (unfinished at, finished at, whether the task's polls followed a learned plan)
+        self._observations: collections.deque[tuple[float, float, bool]] = collections.deque(
             maxlen=self.config.window
         )
-        self._plan: list[float] = []
+        self._plan: list[float] = []  # the sparser schedule (at most target_polls)
+        self._dense_plan: list[float] = []  # the denser one (above target_polls)
+        self._dense_share = 0.0  # share of tasks that follow the denser schedule
         self._new_since_plan = 0
         self._replans = 0
 
@@ -76,14 +87,28 @@ class PollPlanner:
         return tuple(self._plan)
 
     @property
+    def plans(self) -> tuple[tuple[float, ...], tuple[float, ...], float]:
+        """The sparser and the denser schedule, and the share of tasks on the denser."""
+        return tuple(self._plan), tuple(self._dense_plan), self._dense_share
+
+    @property
     def observations(self) -> int:
         return len(self._observations)
 
-    def observe(self, not_done_at: float, done_at: float) -> None:
-        """A task was seen unfinished at offset ``not_done_at`` and finished at ``done_at``."""
+    @property
+    def has_plan(self) -> bool:
+        """Whether a learned schedule is in use (else the fallback spacing)."""
+        return bool(self._plan)
+
+    def observe(self, not_done_at: float, done_at: float, *, planned: bool = True) -> None:
+        """A task was seen unfinished at offset ``not_done_at`` and finished at ``done_at``.
+
+        ``planned`` says whether the task was polled by a learned plan (kept with the
+        evidence, for inspection; both kinds inform the estimate).
+        """
         low = max(0.0, not_done_at)
         high = max(low + 1e-6, done_at)
-        self._observations.append((low, high))
+        self._observations.append((low, high, planned))
         self._new_since_plan += 1
         count = len(self._observations)
         # Re-plan often while learning, then every tenth of the window.
@@ -91,21 +116,23 @@ class PollPlanner:
         if count >= self.config.min_observations and (due or not self._plan):
             self._replan()
 
-    def next_poll(self, age: float, last_not_done: float | None) -> float:
+    def next_poll(self, age: float, last_not_done: float | None, lane: float = 1.0) -> float:
         """Offset (seconds after submit) of the next poll for a task now ``age`` old.
 
         ``last_not_done`` is the offset of the last poll that saw it unfinished (``None``
-        if never polled). The answer is never earlier than ``age``.
+        if never polled); ``lane`` is the task's own draw in [0, 1) that picks its schedule.
+        The answer is never earlier than ``age``.
         """
         floor = age if last_not_done is None else max(age, last_not_done + self.config.min_interval)
         if not self._plan:
             start = 0.0 if last_not_done is None else last_not_done
             return max(floor, start + self.config.fallback_interval)
-        index = bisect.bisect_right(self._plan, floor - 1e-9)
-        if index < len(self._plan):
-            return self._plan[index]
+        plan = self._dense_plan if lane < self._dense_share else self._plan
+        index = bisect.bisect_right(plan, floor - 1e-9)
+        if index < len(plan):
+            return plan[index]
         # Outlived every task we have seen: keep looking, at a pace set by what we know.
-        tail = min(self.config.fallback_interval, max(1.0, 0.25 * self._plan[-1]))
+        tail = min(self.config.fallback_interval, max(1.0, 0.25 * plan[-1]))
         return floor + tail
 
     # -- the solver ------------------------------------------------------------------------
@@ -113,25 +140,52 @@ class PollPlanner:
     def _replan(self) -> None:
         self._new_since_plan = 0
         self._replans += 1
-        self._plan = solve_schedule(list(self._observations), self.config.target_polls)
+        evidence = [(low, high) for low, high, _ in self._observations]
+        self._plan, self._dense_plan, self._dense_share = solve_schedules(
+            evidence, self.config.target_polls
+        )
 
 
 def _histogram(observations: list[tuple[float, float]], cells: int) -> tuple[float, list[float]]:
+    """Completion-time probability per grid cell, from interval-censored observations.
+
+    Turnbull's self-consistency iteration: each observation's unit of probability is shared
+    among the cells its interval covers in proportion to the current estimate, until the
+    estimate stops changing. Observations are grouped by the cells they cover (polls happen
+    at plan points, so there are few distinct groups), which keeps this cheap.
+    """
     horizon = max(high for _, high in observations)
     step = horizon / cells
-    mass = [0.0] * cells
-    weight = 1.0 / len(observations)
-    for low, high in observations:
+    groups: collections.Counter[tuple[int, int]] = collections.Counter()
+    for seen_unfinished, high in observations:
+        # Done by the first poll: nothing bounds it from below, and a uniform spread would
+        # claim completions right after submit. Assume the upper half: if tasks are shorter,
+        # the next, earlier first polls say so and the estimate moves down.
+        low = seen_unfinished if seen_unfinished > 0.0 else high / 2
         first = min(cells - 1, int(low / step))
         last = min(cells - 1, max(first, math.ceil(high / step) - 1))
-        width = high - low
+        groups[(first, last)] += 1
+    total = len(observations)
+    mass = [0.0] * cells
+    for (first, last), count in groups.items():  # start: each interval spread evenly
+        share = count / (total * (last - first + 1))
         for cell in range(first, last + 1):
-            left, right = cell * step, (cell + 1) * step
-            overlap = min(high, right) - max(low, left)
-            if overlap > 0:
-                mass[cell] += weight * overlap / width
-    total = sum(mass) or 1.0
-    return step, [m / total for m in mass]
+            mass[cell] += share
+    for _ in range(_EM_ROUNDS):
+        updated = [0.0] * cells
+        for (first, last), count in groups.items():
+            covered = sum(mass[first : last + 1])
+            if covered <= 0.0:
+                continue
+            scale = count / (total * covered)
+            for cell in range(first, last + 1):
+                updated[cell] += mass[cell] * scale
+        change = max(abs(a - b) for a, b in zip(mass, updated, strict=True))
+        mass = updated
+        if change < 1e-6:
+            break
+    norm = sum(mass) or 1.0
+    return step, [m / norm for m in mass]
 
 
 def _best_schedule(step: float, mass: list[float], cost: float) -> tuple[list[float], float, float]:
@@ -169,22 +223,35 @@ def _best_schedule(step: float, mass: list[float], cost: float) -> tuple[list[fl
     return points, lag_total, polls
 
 
-def solve_schedule(
+def solve_schedules(
     observations: list[tuple[float, float]], target_polls: float, cells: int = 60
-) -> list[float]:
-    """The lag-minimising schedule whose expected polls per task meet ``target_polls``."""
+) -> tuple[list[float], list[float], float]:
+    """The lag-minimising schedules just within and just over ``target_polls`` polls per task,
+    and the share of tasks to put on the denser one so that the mean meets the budget."""
     if not observations:
-        return []
+        return [], [], 0.0
     step, mass = _histogram(observations, cells)
     low_cost, high_cost = 0.0, 100.0 * max(step * cells, 1.0)
-    points, _, polls = _best_schedule(step, mass, high_cost)
-    if polls > target_polls:
-        return points  # even the sparsest useful schedule is over budget; take it
-    for _ in range(18):
+    sparse, _, sparse_polls = _best_schedule(step, mass, high_cost)
+    if sparse_polls > target_polls:
+        return sparse, sparse, 0.0  # even the sparsest useful schedule is over budget
+    dense: list[float] = []
+    dense_polls = math.inf
+    for _ in range(24):
         middle = (low_cost + high_cost) / 2
         candidate, _, polls = _best_schedule(step, mass, middle)
         if polls <= target_polls:
-            high_cost, points = middle, candidate
+            high_cost, sparse, sparse_polls = middle, candidate, polls
         else:
-            low_cost = middle
-    return points
+            low_cost, dense, dense_polls = middle, candidate, polls
+    if not dense or dense_polls <= sparse_polls:
+        return sparse, sparse, 0.0
+    share = (target_polls - sparse_polls) / (dense_polls - sparse_polls)
+    return sparse, dense, min(1.0, max(0.0, share))
+
+
+def solve_schedule(
+    observations: list[tuple[float, float]], target_polls: float, cells: int = 60
+) -> list[float]:
+    """The lag-minimising schedule whose expected polls per task stay within ``target_polls``."""
+    return solve_schedules(observations, target_polls, cells)[0]

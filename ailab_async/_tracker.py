@@ -19,7 +19,7 @@ import heapq
 import itertools
 import logging
 import weakref
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from . import _protocol as protocol
@@ -113,8 +113,10 @@ class _Tracked:
 
     __slots__ = (
         "future",
+        "lane",
         "last_not_done",
         "next_poll_at",
+        "planned",
         "polls",
         "status",
         "submitted_at",
@@ -122,8 +124,12 @@ class _Tracked:
         "timed",
     )
 
-    def __init__(self, task_id: str, submitted_at: float, *, timed: bool) -> None:
+    def __init__(self, task_id: str, submitted_at: float, *, timed: bool, lane: float) -> None:
         self.task_id = task_id
+        #: The task's draw in [0, 1) that picks its poll schedule (see PollPlanner).
+        self.lane = lane
+        #: Whether its polls were placed by a learned plan (not the fallback spacing).
+        self.planned = False
         self.submitted_at = submitted_at
         #: Whether ``submitted_at`` is known (fresh submit, or given): only then we learn.
         self.timed = timed
@@ -154,7 +160,9 @@ class TaskTracker:
         clock: Clock,
         sleep: Sleeper,
         wait_timeout: float | None,
+        rand: Callable[[], float],
     ) -> None:
+        self._rand = rand
         self._dispatcher = dispatcher
         self._limiter = limiter
         self._config = config
@@ -199,7 +207,9 @@ class TaskTracker:
             started = now - max(0.0, age)
         else:
             started = now
-        tracked = _Tracked(task_id, started, timed=fresh or submitted_at is not None)
+        tracked = _Tracked(
+            task_id, started, timed=fresh or submitted_at is not None, lane=self._rand()
+        )
         self._pending[task_id] = tracked
         handle = TaskHandle(tracked, self._wait_timeout, self._sleep)
         self._handles[task_id] = handle
@@ -208,7 +218,8 @@ class TaskTracker:
         # A task submitted just now is placed by the learned plan; one picked up again
         # (unknown or old submit time) is polled at once.
         if tracked.timed:
-            first = self._planner.next_poll(now - started, None)
+            tracked.planned = self._planner.has_plan
+            first = self._planner.next_poll(now - started, None, tracked.lane)
             self._schedule(tracked, started + first)
         else:
             self._schedule(tracked, now)
@@ -325,6 +336,10 @@ class TaskTracker:
         self.polls_sent += 1
         outcome: TaskStatus | errors.AILabError
         envelope: protocol.Envelope | None = None
+        # The server looked at the task some time between now and the answer: "unfinished"
+        # is dated to now and "finished" to the answer, so the interval always holds the
+        # true completion time, however long the poll queued.
+        poll_started = self._clock()
         try:
             envelope = await self._dispatcher.call(
                 Call(protocol.QUERY_TASK, [("task_id", task_id)]), deadline=_POLL_DEADLINE
@@ -344,11 +359,10 @@ class TaskTracker:
                 self._give_up(tracked)
                 return
             tracked.status = outcome
-            tracked.last_not_done = now - tracked.submitted_at
+            tracked.last_not_done = poll_started - tracked.submitted_at
             age = now - tracked.submitted_at
-            self._schedule(
-                tracked, tracked.submitted_at + self._planner.next_poll(age, tracked.last_not_done)
-            )
+            offset = self._planner.next_poll(age, tracked.last_not_done, tracked.lane)
+            self._schedule(tracked, tracked.submitted_at + offset)
             return
         if outcome.retryable and not isinstance(outcome, errors.TaskFailedError):
             logger.info(
@@ -366,11 +380,26 @@ class TaskTracker:
         except errors.MalformedResponseError as exc:
             self._fail(tracked, exc)
             return
-        if tracked.timed:
-            # Finished between the last "not done" poll (or the submit) and now: learn.
-            self._planner.observe(tracked.last_not_done or 0.0, now - tracked.submitted_at)
         del self._pending[tracked.task_id]
         tracked.future.set_result(result)
+        if tracked.timed:
+            # Finished between the last "not done" poll (or the submit) and now: learn.
+            had_plan = self._planner.has_plan
+            self._planner.observe(
+                tracked.last_not_done or 0.0, now - tracked.submitted_at, planned=tracked.planned
+            )
+            if not had_plan and self._planner.has_plan:
+                self._replace_fallback_polls(now)
+
+    def _replace_fallback_polls(self, now: float) -> None:
+        """The first learned plan is in: bring forward polls placed by the 5 s fallback."""
+        for pending in self._pending.values():
+            if not pending.timed or pending.next_poll_at == float("inf"):
+                continue  # unknown submit time, or a poll in flight
+            age = now - pending.submitted_at
+            offset = self._planner.next_poll(age, pending.last_not_done, pending.lane)
+            if pending.submitted_at + offset < pending.next_poll_at:
+                self._schedule(pending, pending.submitted_at + offset)
 
     def _give_up(self, tracked: _Tracked) -> None:
         del self._pending[tracked.task_id]

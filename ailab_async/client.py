@@ -187,6 +187,7 @@ class AILabClient:
             clock=self._clock,
             sleep=self._sleep,
             wait_timeout=task_timeout,
+            rand=self._rand,
         )
 
     # -- lifecycle -----------------------------------------------------------------------

@@ -1,0 +1,821 @@
+"""Detection lag and polls per task: the task tracker against fixed 5 s polling (issue 4).
+
+**Lag.** The same smart-beauty tasks (the same images, arriving on the same seeded Poisson
+schedule at ``--rate`` per second) go through each poller at once, each to its own simulator
+with the same seed, so every poller sees exactly the same task durations (Uniform(1, 6) s):
+
+* ``ailab-async tracker``: ``await client.submit_smart_beauty(image)``, the way users do;
+* ``fixed 5 s poll``: submitted with our client too, then one loop per task of raw
+  ``query-async-task-result`` calls, the first at once and then every 5 s (what the official
+  SDK's ``wait_for_task`` does). The submitting client's own tracker is kept idle (its first
+  poll would come after ``BASELINE_IDLE_POLL`` seconds) and closed unused;
+* ``ailabtools-sdk``: the provider's official SDK, ``wait_for_task(task_id, interval=5.0)``,
+  when it is installed.
+
+Lag and polls come from the simulators' own counters (``detection_lag``: time of the first
+query that saw the task finished minus the moment it finished; ``polls_per_task``), so every
+poller is measured the same way. Figures are given over all tasks, over the steady state
+(leaving out the first ``--learning`` tasks, 50 by default) and, for the tracker, over the
+tasks it placed by a learned plan rather than its 5 s fallback. Target: the tracker's
+steady-state mean lag at most 1.0 s with at most 2.2 polls per task (``--check``).
+
+**Scale.** 10,000 long tasks (Uniform(60, 120) s) are submitted, then tracked at once by one
+client via ``client.track(task_id, submitted_at=...)``: memory per tracked task (tracemalloc
+difference around the ``track`` calls, and the resident-set difference), then CPU time of
+this process per tracked task per second over a window, for a fresh client (no evidence: it
+polls every 5 s) and for one whose planner has already learned the durations (fed with 200
+observations of that distribution, as a long-running client would have them).
+
+Each simulator runs in a child interpreter (``python -m benchmarks.bench_tracker
+--serve-simulator``; the ``ailab-async simulate`` command cannot report its counters), so
+its CPU never counts as the client's.
+
+    python -m benchmarks.bench_tracker                  # 300 tasks at 20/s, then 10,000 pending
+    python -m benchmarks.bench_tracker --check          # exit 1 if the tracker misses the target
+    python -m benchmarks.bench_tracker --scale-tasks 0  # the lag part only
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import functools
+import gc
+import json
+import math
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from ailab_async import AILabClient, ClientClosedError, PollingConfig, TaskHandle
+
+TRACKER = "ailab-async tracker"
+FIXED = "fixed 5 s poll"
+OFFICIAL = "ailabtools-sdk"
+SIDES = (TRACKER, FIXED, OFFICIAL)
+TARGET_LAG = 1.0
+TARGET_POLLS = 2.2
+BASELINE_INTERVAL = 5.0
+#: The baseline's submitting client must not poll: its tracker's first poll is this far off.
+BASELINE_IDLE_POLL = 1e6
+IMAGE_SIDE = 96
+SCALE_IMAGE_SIDE = 32
+PRIMING_OBSERVATIONS = 200
+QUERY_PATH = "/api/common/query-async-task-result"
+SMART_BEAUTY_PATH = "/api/portrait/effects/smart-beauty"
+KEY_HEADER = "ailabapi-api-key"
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+_SHUTDOWN_TIMEOUT = 15.0
+
+Progress = Callable[[str], None]
+
+
+class SideUnavailableError(Exception):
+    """A poller cannot run here (the official SDK is not installed, or has changed)."""
+
+
+# --- the simulator, in a child interpreter ------------------------------------------------
+
+
+async def _serve_simulator(duration: str, seed: int) -> None:
+    """Child side: serve a simulator; answer ``stats`` lines on stdin; stop at EOF."""
+    from ailab_async.simulator import (  # noqa: PLC0415 - the parent never needs Pillow
+        Simulator,
+        SimulatorConfig,
+        TaskBehaviour,
+        parse_distribution,
+    )
+
+    config = SimulatorConfig(seed=seed, tasks=TaskBehaviour(duration=parse_distribution(duration)))
+    loop = asyncio.get_running_loop()
+    async with Simulator(config) as sim:
+        print(sim.url, sim.api_key, flush=True)
+        # One line in ("stats"), one JSON line out; EOF (the parent closed our stdin): stop.
+        while await loop.run_in_executor(None, sys.stdin.readline):
+            stats = sim.stats
+            answer = {
+                "detection_lag": stats.detection_lag,
+                "polls_per_task": dict(stats.polls_per_task),
+                "submits": stats.count("smart-beauty", "OK"),
+                "duplicate_submits": stats.duplicate_submits(),
+                "requests": stats.count(),
+                "rejected": stats.count() - stats.count(outcome="OK"),
+            }
+            print(json.dumps(answer), flush=True)
+
+
+class SimulatorProcess:
+    """A simulator in a child interpreter, at :attr:`url` while in the block.
+
+    Its counters come back as JSON through :meth:`stats` (a blocking call: use it between
+    phases, not while a measured loop runs).
+    """
+
+    def __init__(self, duration: str, seed: int) -> None:
+        self.duration = duration
+        self.seed = seed
+        self.url = ""
+        self.api_key = ""
+        self._process: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> SimulatorProcess:
+        command = [sys.executable, "-m", "benchmarks.bench_tracker"]
+        command += ["--serve-simulator", self.duration, "--seed", str(self.seed)]
+        process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=_REPO_ROOT
+        )
+        self._process = process
+        assert process.stdout is not None
+        words = process.stdout.readline().split()  # [] if the child died before binding
+        if len(words) != 2 or not words[0].startswith("http://127.0.0.1:"):
+            self._stop()
+            raise RuntimeError(f"the simulator did not start (it said {words!r})")
+        self.url, self.api_key = words
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop()
+
+    def stats(self) -> dict[str, Any]:
+        process = self._process
+        assert process is not None
+        assert process.stdin is not None
+        assert process.stdout is not None
+        process.stdin.write("stats\n")
+        process.stdin.flush()
+        answer: dict[str, Any] = json.loads(process.stdout.readline())
+        return answer
+
+    def _stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        try:
+            process.communicate(input="", timeout=_SHUTDOWN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
+# --- inputs ----------------------------------------------------------------------------------
+
+
+def make_images(count: int, side: int, *, first_seed: int = 0) -> list[bytes]:
+    """Distinct small portraits (the simulator draws a task's duration from its image)."""
+    from ailab_async.simulator import sample_image  # noqa: PLC0415
+
+    return [sample_image(side, side, seed=first_seed + i) for i in range(count)]
+
+
+def poisson_arrivals(count: int, rate: float, seed: int) -> list[float]:
+    """Seconds after the start at which each task is submitted (a seeded Poisson process)."""
+    rng = random.Random(f"{seed}:arrivals")
+    arrivals, at = [], 0.0
+    for _ in range(count):
+        arrivals.append(at)
+        at += rng.expovariate(rate)
+    return arrivals
+
+
+# --- the pollers -------------------------------------------------------------------------------
+
+#: Submits image ``index`` and waits until its task ends; returns the task id.
+RunOne = Callable[[int, bytes], Awaitable[str]]
+#: Runs one poller against (simulator URL, API key, images, arrival times).
+Driver = Callable[[str, str, Sequence[bytes], Sequence[float]], Awaitable["SideRun"]]
+
+
+@dataclass
+class SideRun:
+    """What one poller did: task ids by input index, and failures by kind."""
+
+    task_ids: dict[int, str] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    note: str = ""
+    #: Input indexes of the tasks the tracker placed by a learned plan (not the 5 s fallback).
+    planned: list[int] | None = None
+
+
+async def _drive(run_one: RunOne, images: Sequence[bytes], arrivals: Sequence[float]) -> SideRun:
+    """Start task ``i`` at ``arrivals[i]`` seconds; wait for every task to end."""
+    run = SideRun()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    async def one(index: int) -> None:
+        try:
+            run.task_ids[index] = await run_one(index, images[index])
+        except Exception as exc:
+            kind = type(exc).__name__
+            run.failures[kind] = run.failures.get(kind, 0) + 1
+
+    tasks = []
+    for index, at in enumerate(arrivals):
+        delay = started + at - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(index)))
+    await asyncio.gather(*tasks)
+    run.wall_seconds = loop.time() - started
+    return run
+
+
+async def tracker_side(
+    url: str, key: str, images: Sequence[bytes], arrivals: Sequence[float]
+) -> SideRun:
+    """ailab-async as users drive it: submit, then await the handle."""
+    planned: list[int] = []  # indexes of the tasks placed by a learned plan, not the fallback
+    async with AILabClient(api_key=key, base_url=url, max_concurrency=16) as client:
+
+        async def run_one(index: int, image: bytes) -> str:
+            handle = await client.submit_smart_beauty(image)
+            if client.tracker.planner.plan:
+                planned.append(index)
+            await handle
+            return handle.task_id
+
+        run = await _drive(run_one, images, arrivals)
+        plan = ", ".join(f"{t:.2f}" for t in client.tracker.planner.plan)
+    run.planned = planned
+    run.note = f"final plan (s after submit): {plan}"
+    return run
+
+
+async def fixed_side(
+    url: str,
+    key: str,
+    images: Sequence[bytes],
+    arrivals: Sequence[float],
+    interval: float = BASELINE_INTERVAL,
+) -> SideRun:
+    """Submit with our client; poll each task with raw queries, at once then every ``interval``."""
+    idle = PollingConfig(fallback_interval=BASELINE_IDLE_POLL, give_up_after=2 * BASELINE_IDLE_POLL)
+    async with (
+        AILabClient(api_key=key, base_url=url, max_concurrency=16, polling=idle) as client,
+        aiohttp.ClientSession(headers={KEY_HEADER: key}) as session,
+    ):
+
+        async def run_one(index: int, image: bytes) -> str:
+            handle = await client.submit_smart_beauty(image)
+            while True:
+                async with session.get(
+                    url + QUERY_PATH, params={"task_id": handle.task_id}
+                ) as response:
+                    body = await response.json()
+                if body.get("error_code") not in (0, None) or response.status != 200:
+                    raise RuntimeError(f"task {handle.task_id}: {body.get('error_detail')!r}")
+                if body.get("task_status") == 2:
+                    return handle.task_id
+                await asyncio.sleep(interval)
+
+        run = await _drive(run_one, images, arrivals)
+        if client.tracker.polls_sent:
+            raise RuntimeError("the baseline's submitting client polled; the figures are mixed")
+    return run
+
+
+async def official_side(
+    url: str,
+    key: str,
+    images: Sequence[bytes],
+    arrivals: Sequence[float],
+    interval: float = BASELINE_INTERVAL,
+) -> SideRun:
+    """The provider's official SDK: submit, then ``wait_for_task(task_id, interval=5.0)``."""
+    try:
+        import ailabtools  # noqa: PLC0415 - optional: the benchmark runs without it
+    except ImportError as exc:
+        raise SideUnavailableError(f"not installed ({exc})") from None
+    sdk: Any = ailabtools.AILabClient(api_key=key, base_url=url, timeout=30.0)
+    submit = getattr(sdk.portrait, "portraitIntelligentBeautification", None)
+    if submit is None or not hasattr(sdk, "wait_for_task"):
+        await sdk.aclose()
+        raise SideUnavailableError("no portraitIntelligentBeautification / wait_for_task")
+    try:
+
+        async def run_one(index: int, image: bytes) -> str:
+            answer = await submit({"imageTarget": image, "taskType": "async", "beautyLevel": 1.0})
+            task_id: str = answer["task_id"]
+            await sdk.wait_for_task(task_id, interval=interval, timeout=600.0)
+            return task_id
+
+        return await _drive(run_one, images, arrivals)
+    finally:
+        await sdk.aclose()
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], share: float) -> float:
+    """Nearest-rank percentile (``share`` in (0, 1])."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+
+
+@dataclass
+class LagFigures:
+    """Detection lag and polls over a set of tasks (``None`` when the set is empty)."""
+
+    tasks: int
+    mean_lag: float | None
+    p95_lag: float | None
+    mean_polls: float | None
+
+    @classmethod
+    def of(cls, lags: Sequence[float], polls: Sequence[int]) -> LagFigures:
+        if not lags:
+            return cls(0, None, None, None)
+        return cls(
+            len(lags), statistics.fmean(lags), percentile(lags, 0.95), statistics.fmean(polls)
+        )
+
+
+@dataclass
+class SideReport:
+    """One poller's figures, overall and in the steady state."""
+
+    side: str
+    overall: LagFigures | None = None
+    steady: LagFigures | None = None
+    #: The tracker only: tasks placed by a learned plan, and the first of them.
+    planned: LagFigures | None = None
+    first_planned: int | None = None
+    failures: dict[str, int] = field(default_factory=dict)
+    undetected: int = 0
+    duplicate_submits: int = 0
+    wall_seconds: float = 0.0
+    note: str = ""
+    unavailable: str | None = None
+
+
+def side_report(side: str, run: SideRun, stats: dict[str, Any], learning: int) -> SideReport:
+    lags: dict[str, float] = stats["detection_lag"]
+    polls: dict[str, int] = stats["polls_per_task"]
+    every = [(i, run.task_ids[i]) for i in sorted(run.task_ids) if run.task_ids[i] in lags]
+
+    def figures(indexes: Callable[[int], bool]) -> LagFigures:
+        chosen = [task_id for i, task_id in every if indexes(i)]
+        return LagFigures.of([lags[t] for t in chosen], [polls[t] for t in chosen])
+
+    planned = None
+    if run.planned is not None:
+        placed = set(run.planned)
+        planned = figures(placed.__contains__)
+    return SideReport(
+        side=side,
+        overall=figures(lambda _: True),
+        steady=figures(lambda i: i >= learning),
+        planned=planned,
+        first_planned=min(run.planned) if run.planned else None,
+        failures=run.failures,
+        undetected=len(run.task_ids) - len(every),
+        duplicate_submits=stats["duplicate_submits"],
+        wall_seconds=run.wall_seconds,
+        note=run.note,
+    )
+
+
+# --- scale: 10,000 pending tasks -------------------------------------------------------------
+
+
+@dataclass
+class ScaleWindow:
+    """CPU of this process while ``tasks`` tasks were pending for ``seconds``."""
+
+    regime: str
+    tasks: int
+    seconds: float
+    cpu_seconds: float
+    polls: int
+
+    @property
+    def cpu_us_per_task_second(self) -> float:
+        return 1e6 * self.cpu_seconds / (self.tasks * self.seconds)
+
+    @property
+    def polls_per_second(self) -> float:
+        return self.polls / self.seconds
+
+    @property
+    def cpu_us_per_poll(self) -> float | None:
+        return 1e6 * self.cpu_seconds / self.polls if self.polls else None
+
+
+@dataclass
+class ScaleReport:
+    tasks: int
+    submit_seconds: float = 0.0
+    track_seconds: float = 0.0
+    traced_bytes_per_task: float = 0.0
+    rss_bytes_per_task: float | None = None
+    close_seconds: float = 0.0
+    closed_waiters: int = 0
+    windows: list[ScaleWindow] = field(default_factory=list)
+    learned_plan: list[float] = field(default_factory=list)
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+async def _submit_all(url: str, key: str, images: Sequence[bytes]) -> list[tuple[str, dt.datetime]]:
+    """Submit every image (raw aiohttp, 64 at a time); (task_id, submit time) in order."""
+    gate = asyncio.Semaphore(64)
+    connector = aiohttp.TCPConnector(limit=64)
+    async with aiohttp.ClientSession(headers={KEY_HEADER: key}, connector=connector) as session:
+
+        async def submit(image: bytes) -> tuple[str, dt.datetime]:
+            form = aiohttp.FormData()
+            form.add_field("task_type", "async")
+            form.add_field("image_target", image, filename="face.jpg", content_type="image/jpeg")
+            async with gate, session.post(url + SMART_BEAUTY_PATH, data=form) as response:
+                body = await response.json()
+            if response.status != 200:
+                raise RuntimeError(f"submit failed: {body.get('error_detail')!r}")
+            return str(body["task_id"]), dt.datetime.now(dt.timezone.utc)
+
+        return await asyncio.gather(*(submit(image) for image in images))
+
+
+async def _tracking_window(
+    client: AILabClient, regime: str, tasks: int, seconds: float
+) -> ScaleWindow:
+    polls_before = client.tracker.polls_sent
+    cpu_before, wall_before = time.process_time(), time.perf_counter()
+    await asyncio.sleep(seconds)
+    cpu, wall = time.process_time() - cpu_before, time.perf_counter() - wall_before
+    if client.tracker.pending != tasks:
+        raise RuntimeError(f"{tasks - client.tracker.pending} tasks ended during the window")
+    return ScaleWindow(regime, tasks, wall, cpu, client.tracker.polls_sent - polls_before)
+
+
+async def _close_all(client: AILabClient, handles: Sequence[TaskHandle]) -> tuple[float, int]:
+    started = time.perf_counter()
+    await client.aclose()
+    seconds = time.perf_counter() - started
+    closed = 0
+    for handle in handles:
+        try:
+            await handle.result(timeout=1.0)
+        except ClientClosedError:
+            closed += 1
+    return seconds, closed
+
+
+async def _scale(
+    url: str, key: str, images: Sequence[bytes], window: float, duration: tuple[float, float]
+) -> ScaleReport:
+    report = ScaleReport(tasks=len(images))
+    started = time.perf_counter()
+    submitted = await _submit_all(url, key, images)
+    report.submit_seconds = time.perf_counter() - started
+
+    # A fresh client: no evidence, so every task is polled every 5 s (the provider's advice).
+    fresh = AILabClient(api_key=key, base_url=url, max_concurrency=32)
+    gc.collect()
+    rss_before = _rss_bytes()
+    tracemalloc.start()
+    traced_before = tracemalloc.get_traced_memory()[0]
+    handles = [fresh.track(task_id, submitted_at=at) for task_id, at in submitted]
+    traced_after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    rss_after = _rss_bytes()
+    report.traced_bytes_per_task = (traced_after - traced_before) / len(handles)
+    if rss_before is not None and rss_after is not None:
+        report.rss_bytes_per_task = (rss_after - rss_before) / len(handles)
+    try:
+        window_fresh = await _tracking_window(fresh, "fresh (5 s fallback)", len(handles), window)
+    finally:
+        report.close_seconds, report.closed_waiters = await _close_all(fresh, handles)
+    report.windows.append(window_fresh)
+
+    # A client that has seen 200 tasks of this distribution finish: the long-running case.
+    learned = AILabClient(api_key=key, base_url=url, max_concurrency=32)
+    rng = random.Random("priming")
+    for _ in range(PRIMING_OBSERVATIONS):
+        done_at = rng.uniform(*duration)
+        learned.tracker.planner.observe(done_at - rng.uniform(0.0, 1.0), done_at)
+    report.learned_plan = list(learned.tracker.planner.plan)
+    started = time.perf_counter()  # timed here: tracemalloc slowed the first client's calls
+    handles = [learned.track(task_id, submitted_at=at) for task_id, at in submitted]
+    report.track_seconds = time.perf_counter() - started
+    try:
+        report.windows.append(await _tracking_window(learned, "learned plan", len(handles), window))
+    finally:
+        await _close_all(learned, handles)
+    return report
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    settings: dict[str, Any]
+    environment: dict[str, str]
+    sides: dict[str, SideReport]
+    scale: ScaleReport | None
+
+    @property
+    def tracker_steady(self) -> LagFigures | None:
+        report = self.sides.get(TRACKER)
+        return report.steady if report is not None else None
+
+    def meets_target(self) -> bool:
+        steady = self.tracker_steady
+        return (
+            steady is not None
+            and steady.mean_lag is not None
+            and steady.mean_polls is not None
+            and steady.mean_lag <= TARGET_LAG
+            and steady.mean_polls <= TARGET_POLLS
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        scale = None
+        if self.scale is not None:
+            scale = asdict(self.scale)
+            scale["windows"] = [
+                {
+                    **asdict(w),
+                    "cpu_us_per_task_second": w.cpu_us_per_task_second,
+                    "polls_per_second": w.polls_per_second,
+                    "cpu_us_per_poll": w.cpu_us_per_poll,
+                }
+                for w in self.scale.windows
+            ]
+        return {
+            "benchmark": "tracker",
+            "settings": self.settings,
+            "environment": self.environment,
+            "target": {"mean_lag": TARGET_LAG, "mean_polls": TARGET_POLLS},
+            "meets_target": self.meets_target(),
+            "sides": {name: asdict(report) for name, report in self.sides.items()},
+            "scale": scale,
+        }
+
+
+def _package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _environment() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": str(os.cpu_count()),
+        "aiohttp": _package_version("aiohttp"),
+        "ailab-async": _package_version("ailab-async"),
+        "ailabtools-sdk": _package_version("ailabtools-sdk"),
+    }
+
+
+def _parse_duration(spec: str) -> tuple[float, float]:
+    low, _, high = spec.partition(":")
+    return float(low), float(high or low)
+
+
+def run_benchmark(
+    *,
+    tasks: int = 300,
+    rate: float = 20.0,
+    duration: str = "1:6",
+    interval: float = BASELINE_INTERVAL,
+    learning: int = 50,
+    sides: Sequence[str] = SIDES,
+    scale_tasks: int = 10_000,
+    scale_duration: str = "60:120",
+    window: float = 10.0,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> Result:
+    """Run the lag comparison, then the scale part; blocking (each has its own event loop)."""
+    if tasks < 1 or rate <= 0 or interval <= 0 or window <= 0 or scale_tasks < 0:
+        raise ValueError("tasks, rate, interval and window must be positive")
+    say = progress or (lambda _line: None)
+    settings = {
+        "tasks": tasks,
+        "rate": rate,
+        "duration": duration,
+        "baseline_interval": interval,
+        "learning": learning,
+        "scale_tasks": scale_tasks,
+        "scale_duration": scale_duration,
+        "window": window,
+        "seed": seed,
+    }
+    images = make_images(tasks, IMAGE_SIDE)
+    arrivals = poisson_arrivals(tasks, rate, seed)
+    drivers: dict[str, Driver] = {
+        TRACKER: tracker_side,
+        FIXED: functools.partial(fixed_side, interval=interval),
+        OFFICIAL: functools.partial(official_side, interval=interval),
+    }
+    reports: dict[str, SideReport] = {}
+    # One simulator per poller, all with the same seed: the same image gets the same duration.
+    with contextlib.ExitStack() as stack:
+        sims = {name: stack.enter_context(SimulatorProcess(duration, seed)) for name in sides}
+
+        async def lag_phase() -> dict[str, SideRun | BaseException]:
+            coroutines = [
+                drivers[name](sims[name].url, sims[name].api_key, images, arrivals)
+                for name in sides
+            ]
+            runs = await asyncio.gather(*coroutines, return_exceptions=True)
+            return dict(zip(sides, runs, strict=True))
+
+        say(f"lag: {tasks} tasks at {rate:g}/s, durations {duration} s, pollers: {list(sides)}")
+        for name, run in asyncio.run(lag_phase()).items():
+            if isinstance(run, SideUnavailableError):
+                reports[name] = SideReport(side=name, unavailable=str(run))
+            elif isinstance(run, BaseException):
+                raise run
+            else:
+                reports[name] = side_report(name, run, sims[name].stats(), learning)
+
+    scale = None
+    if scale_tasks:
+        say(f"scale: {scale_tasks} pending tasks, durations {scale_duration} s")
+        scale_images = make_images(scale_tasks, SCALE_IMAGE_SIDE, first_seed=10**6)
+        with SimulatorProcess(scale_duration, seed) as sim:
+            scale = asyncio.run(
+                _scale(sim.url, sim.api_key, scale_images, window, _parse_duration(scale_duration))
+            )
+            stats = sim.stats()
+        if stats["duplicate_submits"]:
+            raise RuntimeError("the scale phase submitted an image twice")
+    return Result(settings, _environment(), reports, scale)
+
+
+# --- reporting ---------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(result: Result) -> str:
+    """The human-readable summary."""
+    s, env = result.settings, result.environment
+    lines = [
+        f"detection lag: {s['tasks']} smart-beauty tasks, Poisson arrivals at {s['rate']:g}/s, "
+        f"durations Uniform({s['duration'].replace(':', ', ')}) s; steady state = after the "
+        f"first {s['learning']} tasks",
+        f"python {env['python']}, aiohttp {env['aiohttp']}, {env['cpus']} CPUs; "
+        "simulators in child processes",
+        "",
+        f"{'poller':<22} {'tasks':>5} {'mean lag':>9} {'p95 lag':>8} {'polls':>6}   "
+        f"{'steady':>6} {'mean lag':>9} {'p95 lag':>8} {'polls':>6}  failed",
+    ]
+    for name, report in result.sides.items():
+        if report.unavailable or report.overall is None or report.steady is None:
+            lines.append(f"{name:<22} unavailable: {report.unavailable}")
+            continue
+        all_, steady = report.overall, report.steady
+        failed = sum(report.failures.values()) + report.undetected
+        lines.append(
+            f"{name:<22} {all_.tasks:>5} {_fmt(all_.mean_lag):>8}s {_fmt(all_.p95_lag):>7}s "
+            f"{_fmt(all_.mean_polls):>6}   {steady.tasks:>6} {_fmt(steady.mean_lag):>8}s "
+            f"{_fmt(steady.p95_lag):>7}s {_fmt(steady.mean_polls):>6}  {failed}"
+        )
+    tracker = result.sides.get(TRACKER)
+    if tracker is not None and tracker.first_planned is None and tracker.planned is not None:
+        lines.append("tracker: no task was placed by a learned plan (all by the fallback)")
+    elif tracker is not None and tracker.planned is not None:
+        placed = tracker.planned
+        lines.append(
+            f"tracker, tasks placed by a learned plan (#{tracker.first_planned} on, "
+            f"{placed.tasks} tasks): mean lag {_fmt(placed.mean_lag)} s, p95 "
+            f"{_fmt(placed.p95_lag)} s, {_fmt(placed.mean_polls)} polls; before that it polls "
+            f"at its {PollingConfig().fallback_interval:g} s fallback"
+        )
+    if tracker is not None and tracker.note:
+        lines.append(f"tracker's {tracker.note}")
+    target = result.tracker_steady
+    if target is not None and target.mean_lag is not None:
+        verdict = "meets" if result.meets_target() else "MISSES"
+        lines += [
+            "",
+            f"tracker {verdict} the target (steady state: mean lag <= {TARGET_LAG} s, "
+            f"<= {TARGET_POLLS} polls/task): {target.mean_lag:.2f} s, "
+            f"{_fmt(target.mean_polls)} polls",
+        ]
+    scale = result.scale
+    if scale is not None:
+        lines += [
+            "",
+            f"scale: {scale.tasks} pending tasks, durations "
+            f"Uniform({s['scale_duration'].replace(':', ', ')}) s, one client "
+            f"(submitted in {scale.submit_seconds:.1f} s, tracked in "
+            f"{1000 * scale.track_seconds:.0f} ms)",
+            f"memory per tracked task: {scale.traced_bytes_per_task:.0f} B (tracemalloc), "
+            f"{_fmt(scale.rss_bytes_per_task, '.0f')} B (RSS)",
+            f"{'regime':<22} {'window':>7} {'polls/s':>8} {'CPU us/task/s':>14} "
+            f"{'CPU us/poll':>12} {'CPU %':>6}",
+        ]
+        for w in scale.windows:
+            lines.append(
+                f"{w.regime:<22} {w.seconds:>6.1f}s {w.polls_per_second:>8.0f} "
+                f"{w.cpu_us_per_task_second:>14.3f} {_fmt(w.cpu_us_per_poll, '.0f'):>12} "
+                f"{100 * w.cpu_seconds / w.seconds:>6.1f}"
+            )
+        plan = ", ".join(f"{t:.0f}" for t in scale.learned_plan)
+        lines.append(f"learned plan: polls at {plan} s after submit")
+        lines.append(
+            f"closing the fresh client with {scale.tasks} pending took "
+            f"{1000 * scale.close_seconds:.0f} ms; {scale.closed_waiters} waiters got "
+            "ClientClosedError"
+        )
+    return "\n".join(lines)
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_tracker",
+        description="Detection lag and polls per task: the ailab-async tracker vs fixed 5 s "
+        "polling (and the official SDK); then CPU and memory with 10,000 pending tasks.",
+    )
+    add = parser.add_argument
+    add("--tasks", type=int, default=300, help="tasks per poller (default 300)")
+    add("--rate", type=float, default=20.0, help="task arrivals per second (default 20)")
+    add("--duration", default="1:6", help="task durations MIN:MAX, seconds (default 1:6)")
+    add("--interval", type=float, default=BASELINE_INTERVAL, help="baseline poll interval")
+    add("--learning", type=int, default=50, help="first tasks left out of the steady state")
+    add("--pollers", default=",".join(SIDES), help=f"subset of: {', '.join(SIDES)}")
+    add("--scale-tasks", type=int, default=10_000, help="pending tasks at once; 0: skip")
+    add("--scale-duration", default="60:120", help="their durations MIN:MAX (default 60:120)")
+    add("--window", type=float, default=10.0, help="seconds of CPU measured per regime")
+    add("--seed", type=int, default=0, help="seed of arrivals and simulators")
+    add("--json", metavar="PATH", help="also write the full result as JSON")
+    add("--check", action="store_true", help="exit 1 if the tracker misses the target")
+    add("--quiet", action="store_true", help="no progress lines")
+    add("--serve-simulator", metavar="DURATION", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.pollers = [name.strip() for name in args.pollers.split(",") if name.strip()]
+    unknown = [name for name in args.pollers if name not in SIDES]
+    if unknown or not args.pollers:
+        parser.error(f"unknown poller(s) {unknown}; choose from {', '.join(SIDES)}")
+    if args.check and TRACKER not in args.pollers:
+        parser.error(f"--check needs {TRACKER!r} among --pollers")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    if args.serve_simulator:
+        asyncio.run(_serve_simulator(args.serve_simulator, args.seed))
+        return 0
+    result = run_benchmark(
+        tasks=args.tasks,
+        rate=args.rate,
+        duration=args.duration,
+        interval=args.interval,
+        learning=args.learning,
+        sides=args.pollers,
+        scale_tasks=args.scale_tasks,
+        scale_duration=args.scale_duration,
+        window=args.window,
+        seed=args.seed,
+        progress=None if args.quiet else lambda line: print(line, file=sys.stderr),
+    )
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(result.to_json(), out, indent=2)
+            out.write("\n")
+    if args.check and not result.meets_target():
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""The tracker benchmark runs end to end and reports its figures (no timing is asserted).
+
+Excluded from the default run; run it with ``python -m pytest benchmarks -m benchmark``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.bench_tracker import FIXED, OFFICIAL, TRACKER, main
+
+TINY = [
+    *("--tasks", "24", "--rate", "40", "--duration", "0.2:0.6", "--learning", "8"),
+    *("--interval", "0.5", "--scale-tasks", "200", "--window", "0.5", "--quiet"),
+]
+
+
+@pytest.mark.benchmark
+def test_tracker_benchmark_reports_lag_polls_cpu_and_memory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "tracker.json"
+    code = main([*TINY, "--json", str(out)])
+
+    assert code == 0  # no --check: the figures never decide the exit status
+    written = json.loads(out.read_text(encoding="utf-8"))
+    for name in (TRACKER, FIXED):
+        side = written["sides"][name]
+        assert side["unavailable"] is None
+        assert side["failures"] == {}
+        assert side["undetected"] == 0
+        assert side["duplicate_submits"] == 0
+        assert side["overall"]["tasks"] == 24
+        assert side["steady"]["tasks"] == 16
+        for figures in (side["overall"], side["steady"]):
+            assert figures["mean_lag"] is not None
+            assert figures["p95_lag"] >= figures["mean_lag"] >= 0
+            assert figures["mean_polls"] >= 1
+    official = written["sides"][OFFICIAL]
+    assert official["unavailable"] or official["overall"]["tasks"] == 24
+    assert isinstance(written["meets_target"], bool)
+
+    scale = written["scale"]
+    assert scale["tasks"] == 200
+    assert scale["closed_waiters"] == 200
+    assert scale["traced_bytes_per_task"] > 0
+    assert [w["regime"] for w in scale["windows"]] == ["fresh (5 s fallback)", "learned plan"]
+    assert all(w["cpu_us_per_task_second"] >= 0 for w in scale["windows"])
+    assert scale["learned_plan"]
+
+    table = capsys.readouterr().out
+    for text in (TRACKER, FIXED, "mean lag", "p95 lag", "polls", "memory per tracked task"):
+        assert text in table
