@@ -4,20 +4,63 @@ Add a subcommand by writing ``_add_<name>(subparsers)`` that registers its parse
 ``handler`` (a ``Callable[[argparse.Namespace], int]``) with ``set_defaults``, then listing it
 in :data:`_SUBCOMMANDS`.
 
+    ailab-async skin photos/ --out retouched/ --retouch 0.8
+    ailab-async beauty photos/ --out beautified/ --simulate
+    ailab-async sample-photos demo-photos -n 24
+    ailab-async credits
     ailab-async simulate --port 8080 --rate-limit 10 --fault-5xx 0.05
+
+Exit status: 0 success, 1 some items (or the call) failed, 2 usage or configuration error,
+130 interrupted. See docs/cli.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import hashlib
+import importlib.util
+import logging
+import os
 import signal
+import sqlite3
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._polling import FALLBACK_INTERVAL, PollingConfig
+from ._progress import ProgressDisplay, display_text, open_progress
+from .batch import (
+    BatchItem,
+    BatchReport,
+    BatchSpec,
+    Operation,
+    discover_inputs,
+    normalized_params,
+    run_batch,
+    safe_output_path,
+)
+from .client import API_KEY_ENV, AILabClient
+from .errors import (
+    AILabError,
+    AuthenticationError,
+    ConfigurationError,
+    PermissionDeniedError,
+    ValidationError,
+)
+from .journal import (
+    ItemIdentity,
+    ItemState,
+    Journal,
+    JournalEntry,
+    ResumeAction,
+    canonical_params,
+)
 
 if TYPE_CHECKING:
-    from ailab_async.simulator import SimulatorConfig
+    from ailab_async.simulator import Simulator, SimulatorConfig
 
 __all__ = ["main"]
 
@@ -170,9 +213,758 @@ def _run_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- shared plumbing
+
+
+class _CliError(Exception):
+    """An expected failure: its message is printed without a traceback; ``code`` is the exit
+    status (2: usage or configuration)."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _warn(command: str, message: str) -> None:
+    print(f"ailab-async {command}: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _exit_code_for(error: AILabError) -> int:
+    # A missing or refused key is fixed by configuration, not by running again.
+    if isinstance(error, ConfigurationError):
+        return 2
+    if isinstance(error, AuthenticationError) and not isinstance(error, PermissionDeniedError):
+        return 2
+    return 1
+
+
+def _guarded(args: argparse.Namespace, run: Callable[[], int]) -> int:
+    """Run a command; expected errors become a one-line message and an exit status."""
+    command = args.command
+    try:
+        with _logging_to_stderr(getattr(args, "verbose", 0)):
+            return run()
+    except _CliError as exc:
+        print(f"ailab-async {command}: error: {exc}", file=sys.stderr)
+        return exc.code
+    except AILabError as exc:
+        print(f"ailab-async {command}: error: {exc}", file=sys.stderr)
+        return _exit_code_for(exc)
+    except OSError as exc:  # the disk, not the API: a full disk, a file that vanished
+        print(f"ailab-async {command}: error: {exc}", file=sys.stderr)
+        return 1
+    except sqlite3.Error as exc:  # a journal that is not one, or a failing disk under it
+        print(f"ailab-async {command}: error: journal: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"ailab-async {command}: interrupted", file=sys.stderr)
+        return 130
+
+
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is *now*: rich's live display swaps it, and log
+    lines must go through it rather than tear the progress bar."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(verbosity: int) -> Iterator[None]:
+    """``-v``: the SDK's INFO log (retries, slow-downs) on stderr; ``-vv``: DEBUG too.
+
+    The SDK never logs the key, image bytes or result URLs.
+    """
+    if verbosity <= 0:
+        yield
+        return
+    logger = logging.getLogger("ailab_async")
+    handler = logging.StreamHandler(_CurrentStderr())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    previous = logger.level
+    logger.setLevel(logging.INFO if verbosity == 1 else logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
+def _number(text: str, kind: Callable[[str], Any] = float) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        noun = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+
+
+def _positive_int(text: str) -> int:
+    value: int = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value: float = _number(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def _within(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value: float = _number(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is not within [{low:g}, {high:g}]")
+        return value
+
+    return parse
+
+
+class _RefuseKeyOption(argparse.Action):
+    """``--api-key`` exists only to say no, without echoing the value it swallowed."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            f"{option_string} is not accepted: a key on the command line lands in shell "
+            f"history and process lists; set {API_KEY_ENV} or pass --api-key-file PATH"
+        )
+
+
+def _add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """Where the API is and how the key is found: shared by every command that calls it.
+
+    Parsers using it must be built with ``allow_abbrev=False``: otherwise ``--api-key SECRET``
+    would be taken for ``--api-key-file SECRET``.
+    """
+    parser.add_argument("--api-key", nargs="?", action=_RefuseKeyOption, help=argparse.SUPPRESS)
+    group = parser.add_argument_group("connection")
+    target = group.add_mutually_exclusive_group()
+    target.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="the API's base URL (default: $AILAB_BASE_URL, then https://www.ailabapi.com)",
+    )
+    target.add_argument(
+        "--simulate",
+        action="store_true",
+        help="run against an in-process simulator: no key, no network (needs Pillow)",
+    )
+    group.add_argument(
+        "--api-key-file",
+        type=Path,
+        metavar="PATH",
+        help=f"read the API key from this file (default: ${API_KEY_ENV}); there is "
+        "deliberately no option taking the key itself, which would land in shell history",
+    )
+    group.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long one HTTP attempt may take (default 60)",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log the SDK's activity to stderr (-v: INFO, -vv: DEBUG)",
+    )
+    sim = parser.add_argument_group("simulator (with --simulate)")
+    sim.add_argument(
+        "--sim-task-duration",
+        default="0.5:2.0",
+        metavar="DURATION",
+        help="smart-beauty task time: SECONDS, MIN:MAX or lognormal:MEDIAN:SIGMA (0.5:2.0)",
+    )
+    sim.add_argument("--sim-latency", metavar="DURATION", help="extra latency per API call")
+    sim.add_argument(
+        "--sim-failure-share", type=_share, default=0.0, metavar="SHARE", help="failing tasks"
+    )
+    sim.add_argument(
+        "--sim-credits", type=float, metavar="N", help="credit balance (default unlimited)"
+    )
+    sim.add_argument("--sim-seed", type=int, default=0, metavar="N", help="seed (default 0)")
+
+
+def _api_key(args: argparse.Namespace, command: str) -> str | None:
+    """The key from ``--api-key-file``; ``None`` when the client is to read ``AILAB_API_KEY``.
+
+    Checked here so that a missing key is a clear message before anything starts.
+    """
+    path: Path | None = args.api_key_file
+    if path is None:
+        if not os.environ.get(API_KEY_ENV, "").strip():
+            raise _CliError(
+                f"no API key: set {API_KEY_ENV} or pass --api-key-file PATH "
+                "(or try --simulate, which needs neither)"
+            )
+        return None
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise _CliError(f"cannot read the API key file {path}: {reason}") from None
+    if os.name == "posix" and mode & 0o044:
+        _warn(command, f"{path} is readable by other users; restrict it with: chmod 600 {path}")
+    key = text.strip()
+    if not key:
+        raise _CliError(f"the API key file {path} is empty")
+    if any(character.isspace() for character in key):
+        raise _CliError(f"the API key file {path} must hold the key alone, on one line")
+    return key
+
+
+def _embedded_simulator_config(args: argparse.Namespace) -> SimulatorConfig:
+    if importlib.util.find_spec("PIL") is None:
+        raise _CliError(
+            "--simulate needs Pillow; install it with: pip install 'ailab-async[simulator]'"
+        )
+    from ailab_async.simulator import (  # noqa: PLC0415 - optional dependency
+        Credits,
+        Latency,
+        SimulatorConfig,
+        TaskBehaviour,
+        parse_distribution,
+    )
+
+    try:
+        duration = parse_distribution(args.sim_task_duration)
+        latency = Latency()
+        if args.sim_latency is not None:
+            api = parse_distribution(args.sim_latency)
+            latency = Latency(api, api, api, api, None)
+        credits = Credits(args.sim_credits) if args.sim_credits is not None else None
+    except ValueError as exc:
+        raise _CliError(str(exc)) from None
+    return SimulatorConfig(
+        seed=args.sim_seed,
+        latency=latency,
+        credits=credits,
+        tasks=TaskBehaviour(duration=duration, failure_share=args.sim_failure_share),
+    )
+
+
+@contextlib.asynccontextmanager
+async def _open_client(
+    args: argparse.Namespace,
+    api_key: str | None,
+    *,
+    max_concurrency: int = 8,
+    rate_limit: float | None = None,
+    poll_interval: float = FALLBACK_INTERVAL,
+) -> AsyncIterator[AILabClient]:
+    """A client for the real API, or for an in-process simulator with ``--simulate``."""
+    async with contextlib.AsyncExitStack() as stack:
+        base_url: str | None = args.base_url
+        if args.simulate:
+            simulator = await stack.enter_async_context(_start_simulator(args))
+            api_key, base_url = simulator.api_key, simulator.url
+            print(
+                f"ailab-async {args.command}: using an in-process simulator at {base_url} "
+                "(no key, no network)",
+                file=sys.stderr,
+            )
+        client = AILabClient(
+            api_key=api_key,
+            base_url=base_url,
+            max_concurrency=max_concurrency,
+            rate_limit=rate_limit,
+            timeout=args.timeout,
+            polling=PollingConfig(
+                fallback_interval=poll_interval, min_interval=min(0.25, poll_interval)
+            ),
+        )
+        await stack.enter_async_context(client)
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def _start_simulator(args: argparse.Namespace) -> AsyncIterator[Simulator]:
+    config = _embedded_simulator_config(args)
+    from ailab_async.simulator import Simulator  # noqa: PLC0415
+
+    async with Simulator(config) as simulator:
+        yield simulator
+
+
+# --------------------------------------------------------------------------- skin / beauty
+
+
+def _add_batch_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, and directories searched recursively for .jpg .jpeg .png .bmp",
+    )
+    add("--out", required=True, type=Path, metavar="DIR", help="where results go")
+    add(
+        "--journal",
+        type=Path,
+        metavar="PATH",
+        help="the resume journal (default: DIR/.ailab-journal.sqlite3; with --simulate, "
+        f"always DIR/{SIMULATED_JOURNAL})",
+    )
+    add(
+        "--retry-failed",
+        action="store_true",
+        help="also retry items that failed for good in an earlier run (retryable ones always are)",
+    )
+    add(
+        "--concurrency",
+        type=_positive_int,
+        default=8,
+        metavar="N",
+        help="HTTP requests in flight at most (default 8)",
+    )
+    add("--rate", type=_positive_float, metavar="RPS", help="requests per second at most")
+    add(
+        "--poll-interval",
+        type=_positive_float,
+        default=FALLBACK_INTERVAL,
+        metavar="SECONDS",
+        help="smart-beauty poll spacing until task times are learned (default 5, the "
+        "provider's advice)",
+    )
+    add("-q", "--quiet", action="store_true", help="no progress display, only the summary")
+    _add_connection_options(parser)
+
+
+def _add_skin(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "skin",
+        allow_abbrev=False,
+        help="AI Skin Beauty (smart-skin) on a batch of photos",
+        description="Smooth and whiten the skin in every photo; results go to --out, with "
+        "manifest.jsonl. Interrupted? Run the same command again: it resumes.",
+    )
+    parser.add_argument(
+        "--retouch",
+        type=_within(0.0, 1.5),
+        default=1.0,
+        metavar="X",
+        help="smoothing, 0 to 1.5 (default 1)",
+    )
+    parser.add_argument(
+        "--whitening",
+        type=_within(0.0, 1.5),
+        default=1.0,
+        metavar="Y",
+        help="whitening, 0 to 1.5 (default 1)",
+    )
+    _add_batch_options(parser)
+    parser.set_defaults(
+        handler=_run_batch_command,
+        operation=Operation.SKIN,
+        params_of=lambda a: {"retouch_degree": a.retouch, "whitening_degree": a.whitening},
+    )
+
+
+def _add_beauty(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "beauty",
+        allow_abbrev=False,
+        help="Smart Beauty (smart-beauty, asynchronous tasks) on a batch of photos",
+        description="Beautify every photo; results go to --out, with manifest.jsonl. "
+        "Interrupted? Run the same command again: submitted tasks are picked up, not paid "
+        "for twice.",
+    )
+    parser.add_argument(
+        "--level",
+        type=_within(0.0, 1.0),
+        default=1.0,
+        metavar="X",
+        help="strength, 0 to 1 (default 1)",
+    )
+    parser.add_argument(
+        "--multi-face", action="store_true", help="beautify every face, not only the largest"
+    )
+    _add_batch_options(parser)
+    parser.set_defaults(
+        handler=_run_batch_command,
+        operation=Operation.BEAUTY,
+        params_of=lambda a: {"beauty_level": a.level, "multi_face": a.multi_face},
+    )
+
+
+#: Longest file-name component (UTF-8 bytes) passed on as an output name. Output names add a
+#: suffix and the atomic download a temporary prefix and suffix; most file systems stop at 255.
+_MAX_NAME_BYTES = 180
+
+
+def _fit_component(part: str) -> str:
+    raw = part.encode("utf-8", "surrogateescape")
+    if len(raw) <= _MAX_NAME_BYTES:
+        return part
+    stem, dot, ext = part.rpartition(".")
+    if not dot or not stem or len(ext) > 8:
+        stem, dot, ext = part, "", ""
+    # A digest of the full name keeps two long names that share a prefix apart.
+    tail = f"~{hashlib.sha256(raw).hexdigest()[:8]}{dot}{ext}"
+    budget = _MAX_NAME_BYTES - len(tail.encode("utf-8", "surrogateescape"))
+    short = stem.encode("utf-8", "surrogateescape")[:budget].decode("utf-8", "ignore")
+    return short + tail
+
+
+def _fit_relative(relative: str) -> str:
+    """``relative`` with every over-long component shortened (by bytes, not characters)."""
+    return "/".join(_fit_component(part) for part in relative.split("/"))
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _collect_items(inputs: Sequence[str], out_dir: Path) -> tuple[list[BatchItem], list[str]]:
+    """The photos to process, and the names that cannot be (not valid UTF-8).
+
+    Results already in ``out_dir`` are never inputs (``--out`` may lie inside an input
+    folder), each file counts once, and two inputs that would write the same output refuse
+    the batch rather than overwrite each other.
+    """
+    for raw in inputs:
+        path = Path(raw)
+        if not path.exists():
+            raise _CliError(f"no such file or directory: {display_text(raw)}")
+        if not (path.is_dir() or path.is_file()):
+            raise _CliError(f"not a file or directory: {display_text(raw)}")
+    out_root = out_dir.resolve()
+    seen: set[Path] = set()
+    items: list[BatchItem] = []
+    unusable: list[str] = []
+    for item in discover_inputs(inputs):
+        resolved = item.path.resolve()
+        if resolved == out_root or out_root in resolved.parents or resolved in seen:
+            continue
+        seen.add(resolved)
+        if not (_utf8(str(resolved)) and _utf8(item.relative)):
+            unusable.append(display_text(str(item.path)))
+            continue
+        items.append(BatchItem(item.path, _fit_relative(item.relative)))
+    if not items and not unusable:
+        raise _CliError(
+            "no input images found in "
+            + ", ".join(display_text(raw) for raw in inputs)
+            + " (looked for .jpg .jpeg .png .bmp)"
+        )
+    claimed: dict[Path, str] = {}
+    for item in items:
+        try:
+            target = safe_output_path(out_dir, item.relative, ".png")
+        except ValidationError as exc:
+            raise _CliError(str(exc)) from None
+        other = claimed.setdefault(target, str(item.path))
+        if other != str(item.path):
+            raise _CliError(
+                f"{display_text(other)} and {display_text(str(item.path))} would write the "
+                "same output; pass their folders instead, or rename one"
+            )
+    return items, unusable
+
+
+def _prepare_out_dir(out_dir: Path, journal_file: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise _CliError(f"--out {display_text(str(out_dir))} is not a directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _CliError(
+            f"cannot create --out {display_text(str(out_dir))}: {exc.strerror}"
+        ) from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise _CliError(f"--out {display_text(str(out_dir))} is not writable")
+    if journal_file.is_dir():
+        raise _CliError(f"--journal {display_text(str(journal_file))} is a directory")
+
+
+#: The journal of ``--simulate`` runs, apart from real ones: a real run must never count a
+#: simulated result as done, nor a simulated run reset a real (paid) task.
+SIMULATED_JOURNAL = ".ailab-journal-simulated.sqlite3"
+
+
+def _batch_spec(args: argparse.Namespace) -> BatchSpec:
+    journal: Path | None = args.journal
+    if args.simulate:
+        if journal is not None:
+            raise _CliError(
+                f"--journal cannot be combined with --simulate: simulated runs keep their own "
+                f"journal, DIR/{SIMULATED_JOURNAL}"
+            )
+        journal = args.out / SIMULATED_JOURNAL
+    return BatchSpec(
+        operation=args.operation,
+        params=args.params_of(args),
+        out_dir=args.out,
+        journal_path=journal,
+        retry_failed=args.retry_failed,
+    )
+
+
+async def _forget_dead_simulator_work(command: str, spec: BatchSpec) -> None:
+    """An in-process simulator forgets its tasks and result URLs when it stops. Items of an
+    earlier simulated run that wait on them go back to pending (it costs nothing)."""
+    if not spec.journal_file.exists():
+        return
+    async with await Journal.open(spec.journal_file) as journal:
+        stale = await journal.entries(states={ItemState.SUBMITTED, ItemState.SUCCEEDED})
+        for entry in stale:
+            await journal.reset(entry.item_id)
+    if stale:
+        print(
+            f"ailab-async {command}: {len(stale)} item(s) of an earlier simulated run waited "
+            "on its simulator, which is gone: running them again",
+            file=sys.stderr,
+        )
+
+
+def _run_batch_command(args: argparse.Namespace) -> int:
+    return _guarded(args, lambda: _batch_command(args))
+
+
+def _batch_command(args: argparse.Namespace) -> int:
+    spec = _batch_spec(args)
+    api_key = None if args.simulate else _api_key(args, args.command)
+    if args.simulate:
+        _embedded_simulator_config(args)  # report a missing Pillow or bad knob before work
+    items, unusable = _collect_items(args.inputs, spec.out_dir)
+    _prepare_out_dir(spec.out_dir, spec.journal_file)
+    for name in unusable:
+        _warn(args.command, f"skipping {name}: its name is not valid UTF-8; rename it")
+    try:
+        report = asyncio.run(_batch(args, api_key, items, spec))
+    except KeyboardInterrupt:
+        print(
+            f"ailab-async {args.command}: interrupted; the journal "
+            f"{display_text(str(spec.journal_file))} keeps the progress: run the same "
+            "command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    _print_summary(report, spec, unusable=len(unusable))
+    return 0 if report.failed == 0 and not unusable else 1
+
+
+async def _batch(
+    args: argparse.Namespace, api_key: str | None, items: list[BatchItem], spec: BatchSpec
+) -> BatchReport:
+    async with _open_client(
+        args,
+        api_key,
+        max_concurrency=args.concurrency,
+        rate_limit=args.rate,
+        poll_interval=args.poll_interval,
+    ) as client:
+        if not args.quiet:
+            print(
+                f"{args.command}: {len(items)} photo(s) -> {display_text(str(spec.out_dir))}"
+                f" (journal: {display_text(str(spec.journal_file))})",
+                flush=True,
+            )
+        if args.simulate:
+            await _forget_dead_simulator_work(args.command, spec)
+        await _check_credits(args.command, client, items, spec)
+        with open_progress(
+            len(items),
+            out=sys.stdout,
+            err=sys.stderr,
+            mode="none" if args.quiet else "auto",
+            description=args.command,
+        ) as progress:
+            ticker = asyncio.create_task(_tick(progress))
+            try:
+                return await run_batch(client, items, spec, on_event=progress.on_event)
+            finally:
+                ticker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ticker
+
+
+async def _tick(progress: ProgressDisplay) -> None:
+    while True:  # periodic summaries even while every item waits on a slow task
+        await asyncio.sleep(1.0)
+        progress.tick()
+
+
+async def _billable_items(items: list[BatchItem], spec: BatchSpec) -> int:
+    """How many items will send a billed request: not done, not tracked, not kept failed."""
+    if not spec.journal_file.exists():
+        return len(items)
+    async with await Journal.open(spec.journal_file) as journal:
+        known: dict[tuple[str, str, str], JournalEntry] = {
+            (entry.identity, entry.operation, entry.params): entry
+            async for entry in journal.iter_entries()
+        }
+    params = canonical_params(normalized_params(spec))
+
+    def identities() -> list[str | None]:
+        keys: list[str | None] = []
+        for item in items:
+            try:
+                keys.append(ItemIdentity.for_path(item.path).key)
+            except OSError:
+                keys.append(None)
+        return keys
+
+    billable = 0
+    for key in await asyncio.to_thread(identities):
+        entry = known.get((key, spec.operation.value, params)) if key else None
+        if entry is None or entry.resume_action(retry_failed=spec.retry_failed) is (
+            ResumeAction.RUN
+        ):
+            billable += 1
+    return billable
+
+
+async def _check_credits(
+    command: str, client: AILabClient, items: list[BatchItem], spec: BatchSpec
+) -> None:
+    """Warn when the balance cannot pay for the batch. Querying credits is free."""
+    needed = await _billable_items(items, spec)
+    if needed == 0:
+        return
+    try:
+        credits = await client.credits(deadline=30.0)
+    except AuthenticationError:
+        raise  # every item would fail, and be journaled as failed for good: stop now
+    except AILabError as exc:
+        _warn(command, f"could not check the credit balance ({exc}); going on")
+        return
+    if credits.balance < needed:
+        _warn(
+            command,
+            f"the credit balance ({_amount(credits.balance)}) cannot cover the {needed} billed "
+            f"call(s) this batch needs; items beyond it will fail with ERROR_NOT_ENOUGH_CREDITS",
+        )
+
+
+def _amount(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.2f}"
+
+
+def _print_summary(report: BatchReport, spec: BatchSpec, *, unusable: int = 0) -> None:
+    lines = [
+        f"summary: {report.total + unusable} item(s)",
+        f"  downloaded      {report.downloaded}",
+        f"  already done    {report.skipped}",
+        f"  resumed         {report.resumed} (picked up from an earlier run)",
+        f"  failed          {report.failed}",
+    ]
+    for code, count in sorted(report.errors_by_code.items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"    {code:<34} {count}")
+    if unusable:
+        lines.append(f"  not processed   {unusable} (file name not valid UTF-8)")
+    lines.append(f"manifest: {display_text(str(report.manifest_path))}")
+    lines.append(f"journal:  {display_text(str(spec.journal_file))}")
+    if report.failed:
+        lines.append(
+            "a rerun retries the retryable failures; add --retry-failed to retry the others"
+        )
+    print("\n".join(lines), flush=True)
+
+
+# --------------------------------------------------------------------------- credits
+
+
+def _add_credits(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "credits",
+        allow_abbrev=False,
+        help="show the account's credit balance",
+        description="Show each credit bucket of the account and the total (a free call).",
+    )
+    _add_connection_options(parser)
+    parser.set_defaults(handler=lambda args: _guarded(args, lambda: _credits_command(args)))
+
+
+def _credits_command(args: argparse.Namespace) -> int:
+    api_key = None if args.simulate else _api_key(args, args.command)
+    if args.simulate:
+        _embedded_simulator_config(args)
+    return asyncio.run(_show_credits(args, api_key))
+
+
+async def _show_credits(args: argparse.Namespace, api_key: str | None) -> int:
+    async with _open_client(args, api_key) as client:
+        credits = await client.credits()
+    width = max([len(display_text(b.name)) for b in credits] + [5])
+    for bucket in credits:
+        print(
+            f"{display_text(bucket.name):<{width}}  {_amount(bucket.balance)} of "
+            f"{_amount(bucket.total)}  ({display_text(bucket.unique_sign)})"
+        )
+    print(f"{'total':<{width}}  {_amount(credits.balance)}", flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------- sample-photos
+
+
+def _add_sample_photos(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "sample-photos",
+        help="write synthetic portraits to try the tool on",
+        description="Write N deterministic synthetic portraits (JPEG) into DIR, for demos "
+        "with --simulate. Needs Pillow (pip install 'ailab-async[simulator]').",
+    )
+    parser.add_argument("dir", type=Path, metavar="DIR", help="where to write them")
+    parser.add_argument(
+        "-n", type=_positive_int, default=12, metavar="N", help="how many (default 12)"
+    )
+    parser.add_argument(
+        "--size", type=_positive_int, default=512, metavar="PX", help="side in pixels (512)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first (default 0)")
+    parser.set_defaults(handler=lambda args: _guarded(args, lambda: _sample_photos(args)))
+
+
+def _sample_photos(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("PIL") is None:
+        raise _CliError(
+            "sample-photos needs Pillow; install it with: pip install 'ailab-async[simulator]'"
+        )
+    from ailab_async.simulator import sample_image  # noqa: PLC0415 - optional dependency
+
+    folder: Path = args.dir
+    if folder.exists() and not folder.is_dir():
+        raise _CliError(f"{display_text(str(folder))} is not a directory")
+    folder.mkdir(parents=True, exist_ok=True)
+    digits = max(3, len(str(args.n - 1)))
+    for number in range(args.n):
+        data = sample_image(args.size, args.size, seed=args.seed + number)
+        (folder / f"portrait-{number:0{digits}d}.jpg").write_bytes(data)
+    print(
+        f"wrote {args.n} sample portrait(s), {args.size}x{args.size} JPEG, to "
+        f"{display_text(str(folder))}"
+    )
+    return 0
+
+
 # --------------------------------------------------------------------------- skeleton
 
 _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
+    _add_skin,
+    _add_beauty,
+    _add_credits,
+    _add_sample_photos,
     _add_simulate,
 )
 
@@ -191,7 +983,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``ailab-async`` with ``argv`` (default: the process arguments); returns the exit code.
 
-    >>> main(["simulate", "--help"])  # doctest: +SKIP
+    Usage errors exit through ``SystemExit(2)`` (argparse).
+
+    >>> main(["credits", "--simulate"])  # doctest: +SKIP
     """
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import enum
+import hashlib
 import json
 import os
 import re
@@ -36,10 +37,13 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "BatchItem",
     "BatchReport",
+    "BatchRunner",
     "BatchSpec",
     "ItemOutcome",
     "Operation",
     "discover_inputs",
+    "manifest_line",
+    "normalized_params",
     "run_batch",
     "safe_output_path",
 ]
@@ -152,6 +156,9 @@ def discover_inputs(inputs: Iterable[str | os.PathLike[str]]) -> Iterator[BatchI
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f<>:\"|?*\\/]")
 
 
+_MAX_NAME_BYTES = 180  # leaves room for the download's temporary prefix and suffix
+
+
 def _safe_component(part: str) -> str:
     part = unicodedata.normalize("NFC", part)
     part = _UNSAFE.sub("_", part).strip().rstrip(".")
@@ -159,7 +166,21 @@ def _safe_component(part: str) -> str:
         return "_"
     if part.startswith("."):
         part = "_" + part[1:]
-    return part[:200]
+    return _fit(part)
+
+
+def _fit(name: str) -> str:
+    """``name`` within the file-name byte limit: a prefix, a digest of the whole so two long
+    names sharing a prefix stay apart, and the extension."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= _MAX_NAME_BYTES:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem or len(ext) > 8:
+        stem, dot, ext = name, "", ""
+    tail = f"~{hashlib.sha256(raw).hexdigest()[:8]}{dot}{ext}"
+    budget = _MAX_NAME_BYTES - len(tail.encode("utf-8"))
+    return stem.encode("utf-8", "surrogateescape")[:budget].decode("utf-8", "ignore") + tail
 
 
 def safe_output_path(out_dir: Path, relative: str, suffix: str) -> Path:
@@ -178,7 +199,7 @@ def safe_output_path(out_dir: Path, relative: str, suffix: str) -> Path:
     stem, dot, ext = name.rpartition(".")
     if dot and stem:
         name = stem if f".{ext.lower()}" == suffix else f"{stem}_{ext}"
-    clean[-1] = name + suffix
+    clean[-1] = _fit(name + suffix)
     target = out_dir.joinpath(*clean)
     root = out_dir.resolve()
     resolved = target.resolve()
@@ -194,8 +215,8 @@ def safe_output_path(out_dir: Path, relative: str, suffix: str) -> Path:
 # --- running ------------------------------------------------------------------------------
 
 
-def _params_for(spec: BatchSpec) -> dict[str, Any]:
-    # Canonical values, so 1 and 1.0 name the same journaled operation.
+def normalized_params(spec: BatchSpec) -> dict[str, Any]:
+    """The spec's parameters with canonical values (1 and 1.0 name the same operation)."""
     return {
         key: float(value) if isinstance(value, int) and not isinstance(value, bool) else value
         for key, value in sorted(spec.params.items())
@@ -212,7 +233,10 @@ def _failure(error: BaseException) -> tuple[str, str, bool]:
     return type(error).__name__, str(error), False
 
 
-class _Runner:
+class BatchRunner:
+    """Settles one item at a time against a journal (``run_batch`` drives it; the Dask
+    recipe drives one per partition)."""
+
     def __init__(
         self,
         client: AILabClient,
@@ -223,18 +247,31 @@ class _Runner:
         self.client = client
         self.journal = journal
         self.spec = spec
-        self.params = _params_for(spec)
+        self.params = normalized_params(spec)
         self.on_event = on_event or (lambda _kind, _outcome: None)
 
     async def process(self, item: BatchItem) -> ItemOutcome:
-        identity = await anyio.to_thread.run_sync(ItemIdentity.for_path, item.path)
-        entry = await self.journal.claim(
-            identity,
-            self.spec.operation.value,
-            self.params,
-            source=str(item.path),
-            relative=item.relative,
-        )
+        """Do what is left for ``item``; its outcome, failures included (never raises for
+        one item's problem)."""
+        try:
+            identity = await anyio.to_thread.run_sync(ItemIdentity.for_path, item.path)
+            entry = await self.journal.claim(
+                identity,
+                self.spec.operation.value,
+                self.params,
+                source=str(item.path),
+                relative=item.relative,
+            )
+        except (OSError, ValueError) as exc:  # vanished, unreadable, unencodable name
+            code, message, retryable = _failure(exc)
+            return ItemOutcome(
+                item=item,
+                state=ItemState.FAILED,
+                how="ran",
+                error_code=code,
+                error_message=message,
+                retryable=retryable,
+            )
         action = entry.resume_action(retry_failed=self.spec.retry_failed)
         if action is ResumeAction.SKIP:
             return self._outcome(item, entry, "skipped")
@@ -338,7 +375,7 @@ async def run_batch(
     report = BatchReport()
     await anyio.to_thread.run_sync(lambda: spec.out_dir.mkdir(parents=True, exist_ok=True))
     async with await Journal.open(spec.journal_file) as journal:
-        runner = _Runner(client, journal, spec, on_event)
+        runner = BatchRunner(client, journal, spec, on_event)
         concurrency = spec.concurrency
         if concurrency is None and spec.operation is Operation.BEAUTY:
             concurrency = 8 * client.max_concurrency  # items mostly wait on remote tasks
@@ -359,7 +396,7 @@ async def write_manifest(journal: Journal, spec: BatchSpec) -> Path:
     temporary = target.with_name(".manifest.jsonl.part")
     lines = []
     async for entry in journal.iter_entries():
-        lines.append(json.dumps(_manifest_line(entry, spec), sort_keys=True))
+        lines.append(json.dumps(manifest_line(entry, spec), sort_keys=True))
 
     def write() -> None:
         temporary.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
@@ -369,8 +406,9 @@ async def write_manifest(journal: Journal, spec: BatchSpec) -> Path:
     return target
 
 
-def _manifest_line(entry: JournalEntry, spec: BatchSpec) -> dict[str, Any]:
-    # Result URLs are left out: they grant access to the image for 24 hours.
+def manifest_line(entry: JournalEntry, spec: BatchSpec) -> dict[str, Any]:
+    """One ``manifest.jsonl`` line for a journaled item (result URLs are left out: they
+    grant access to the image for 24 hours)."""
     output = entry.output_path
     if output:
         with contextlib.suppress(ValueError):

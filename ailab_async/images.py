@@ -181,8 +181,8 @@ class PreparedImage:
 
     @property
     def filename(self) -> str:
-        if self.path is not None:
-            return self.path.name
+        # Never the local file name: it would leak to the provider, and names with control
+        # characters cannot go in a multipart header anyway.
         return f"image.{_EXTENSIONS[self.format]}"
 
     @contextlib.contextmanager

@@ -204,3 +204,25 @@ def test_discover_inputs_prefixes_directory_names_and_sorts(tmp_path: Path) -> N
     single.write_bytes(b"x")
     found = [item.relative for item in discover_inputs([tmp_path / "a", tmp_path / "b", single])]
     assert found == ["a/x/p000.jpg", "a/x/p001.jpg", "b/p000.jpg", "single.jpg"]
+
+
+def test_over_long_names_are_shortened_by_bytes_and_stay_distinct(tmp_path: Path) -> None:
+    first = "写真" * 60 + "A.jpg"  # 360+ bytes in UTF-8
+    second = "写真" * 60 + "B.jpg"
+    a = safe_output_path(tmp_path, first, ".png")
+    b = safe_output_path(tmp_path, second, ".png")
+    assert a != b
+    for path in (a, b):
+        assert len(path.name.encode("utf-8")) <= 180
+        assert path.suffix == ".png"
+
+
+async def test_an_input_that_vanishes_fails_alone(sim: Simulator, tmp_path: Path) -> None:
+    photos = make_photos(tmp_path / "in", 3)
+    items = list(discover_inputs([tmp_path / "in"]))
+    photos[1].unlink()  # gone between discovery and processing
+    spec = BatchSpec(operation=Operation.SKIN, params={}, out_dir=tmp_path / "out")
+    async with client_for(sim) as client:
+        report = await run_batch(client, items, spec)
+    assert (report.total, report.downloaded, report.failed) == (3, 2, 1)
+    assert list(report.errors_by_code) == ["FileNotFoundError"]

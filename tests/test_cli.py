@@ -1,0 +1,789 @@
+"""The ``ailab-async`` command line: batches, exit codes, names, progress, credits, resume.
+
+``main`` runs ``asyncio.run``, so the in-process tests are plain functions. The crash test
+runs the CLI as a subprocess against a simulator in the test's own process, whose counters
+say whether anything was paid for twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import io
+import json
+import logging
+import os
+import re
+import sqlite3
+import sys
+import threading
+from collections import Counter
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from PIL import Image
+
+from ailab_async import _cli
+from ailab_async._cli import main
+from ailab_async._progress import (
+    PlainProgress,
+    ProgressState,
+    RichProgress,
+    display_text,
+    format_duration,
+)
+from ailab_async.batch import BatchItem, ItemOutcome
+from ailab_async.journal import ItemIdentity, ItemState, Journal
+from ailab_async.simulator import (
+    Credits,
+    Fixed,
+    Simulator,
+    SimulatorConfig,
+    TaskBehaviour,
+    Uniform,
+    sample_image,
+)
+
+T = TypeVar("T")
+
+
+def make_photos(folder: Path, count: int, *, size: int = 160, start_seed: int = 0) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number in range(count):
+        path = folder / f"p{number:03d}.jpg"
+        path.write_bytes(sample_image(size, size, seed=start_seed + number))
+        paths.append(path)
+    return paths
+
+
+def manifest(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(autouse=True)
+def _no_real_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AILAB_API_KEY", raising=False)
+    monkeypatch.delenv("AILAB_BASE_URL", raising=False)
+
+
+class ThreadedSimulator:
+    """A simulator on its own loop and thread, for in-process ``main`` (which owns its loop)."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.sim: Simulator | None = None
+
+    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=15)
+
+    def __enter__(self) -> Simulator:
+        async def start() -> Simulator:
+            sim = Simulator(self.config)
+            await sim.start()
+            return sim
+
+        self.thread.start()
+        self.sim = self._call(start())
+        return self.sim
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.sim is not None
+        self._call(self.sim.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=15)
+        self.loop.close()
+
+
+@pytest.fixture
+def threaded_sim() -> Iterator[Simulator]:
+    with ThreadedSimulator(SimulatorConfig(credits=Credits(42, total=100))) as sim:
+        yield sim
+
+
+def key_file(tmp_path: Path, key: str, mode: int = 0o600) -> Path:
+    path = tmp_path / "key.txt"
+    path.write_text(key + "\n")
+    path.chmod(mode)
+    return path
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def test_skin_batch_on_the_simulator_writes_outputs_and_manifest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_photos(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    code = main(["skin", str(tmp_path / "in"), "--out", str(out), "--simulate", "--retouch", "0.5"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    outputs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert outputs == [f"in/p{i:03d}_jpg.png" for i in range(3)]
+    assert all((out / name).read_bytes().startswith(b"\x89PNG") for name in outputs)
+    lines = manifest(out)
+    assert len(lines) == 3
+    assert {line["state"] for line in lines} == {"downloaded"}
+    assert {line["params"]["retouch_degree"] for line in lines} == {0.5}
+    # Not a terminal: plain lines, one per item, then the summary.
+    item_lines = [line for line in captured.out.splitlines() if line.startswith("[")]
+    assert len(item_lines) == 3
+    assert all(" ok " in line and "_jpg.png" in line for line in item_lines)
+    assert "\x1b[" not in captured.out + captured.err  # no terminal control codes
+    assert "downloaded      3" in captured.out
+    assert f"manifest: {out / 'manifest.jsonl'}" in captured.out
+    # Simulated runs keep a journal of their own: a real run never takes their results.
+    assert f"journal:  {out / '.ailab-journal-simulated.sqlite3'}" in captured.out
+    assert not (out / ".ailab-journal.sqlite3").exists()
+    assert "sim-key-000" not in captured.out + captured.err
+
+
+def test_rerun_with_the_same_journal_does_nothing_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_photos(tmp_path / "in", 2)
+    argv = ["skin", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--simulate"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "already done    2" in out
+    assert "downloaded      0" in out
+    assert not [line for line in out.splitlines() if line.startswith("[")]
+
+
+def test_beauty_batch_with_a_custom_journal_against_a_base_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_photos(tmp_path / "in", 2)
+    journal = tmp_path / "state" / "j.sqlite3"
+    config = SimulatorConfig(tasks=TaskBehaviour(duration=Fixed(0.05)))
+    with ThreadedSimulator(config) as sim:
+        argv = ["beauty", str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+        argv += ["--base-url", sim.url, "--api-key-file", str(key_file(tmp_path, sim.api_key))]
+        argv += ["--journal", str(journal), "--level", "0.7", "--multi-face"]
+        argv += ["--poll-interval", "0.05", "--concurrency", "2", "--rate", "50", "--timeout", "5"]
+        assert main(argv) == 0, capsys.readouterr().err
+        assert sim.stats.count("smart-beauty", "OK") == 2
+    assert journal.exists()
+    assert not (tmp_path / "out" / ".ailab-journal.sqlite3").exists()
+    lines = manifest(tmp_path / "out")
+    assert [line["params"] for line in lines] == [{"beauty_level": 0.7, "multi_face": True}] * 2
+    assert all(line["task_id"] for line in lines)
+
+
+def test_simulated_runs_refuse_a_custom_journal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_photos(tmp_path / "in", 1)
+    argv = ["skin", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--simulate"]
+    assert main([*argv, "--journal", str(tmp_path / "j.sqlite3")]) == 2
+    assert "cannot be combined with --simulate" in capsys.readouterr().err
+
+
+def test_a_simulated_rerun_runs_again_what_waited_on_the_dead_simulator(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    [photo, _] = make_photos(tmp_path / "in", 2)
+    out = tmp_path / "out"
+
+    async def interrupted_earlier_run() -> None:
+        # What an interrupted simulated run leaves: a task only its simulator knew.
+        async with await Journal.open(out / ".ailab-journal-simulated.sqlite3") as journal:
+            entry = await journal.claim(
+                ItemIdentity.for_path(photo),
+                "smart-beauty",
+                {"beauty_level": 1.0, "multi_face": False},
+                source=str(photo),
+                relative=f"in/{photo.name}",
+            )
+            await journal.mark_sending(entry.item_id)
+            await journal.mark_submitted(
+                entry.item_id,
+                task_id="task-of-a-dead-simulator",
+                request_id=None,
+                log_id=None,
+                submitted_at=dt.datetime.now(dt.timezone.utc),
+            )
+
+    asyncio.run(interrupted_earlier_run())
+    argv = ["beauty", str(tmp_path / "in"), "--out", str(out), "--simulate"]
+    argv += ["--sim-task-duration", "0.05", "--poll-interval", "0.05"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "1 item(s) of an earlier simulated run" in captured.err
+    assert [line["state"] for line in manifest(out)] == ["downloaded"] * 2
+
+
+def test_some_failures_exit_1_and_are_summarised_by_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "in"
+    make_photos(folder, 1)
+    Image.new("RGB", (300, 300), (128, 128, 128)).save(folder / "blank.jpg")  # no face
+    (folder / "tiny.jpg").write_bytes(sample_image(100, 100))  # below smart-skin's 128 px
+    out = tmp_path / "out"
+    assert main(["skin", str(folder), "--out", str(out), "--simulate"]) == 1
+    stdout = capsys.readouterr().out
+    assert "failed          2" in stdout
+    assert "ERROR_NO_FACE_IN_FILE" in stdout
+    assert "VALIDATION_RESOLUTION" in stdout
+    assert "--retry-failed" in stdout
+    states = {Path(line["input"]).name: line["state"] for line in manifest(out)}
+    assert states == {"p000.jpg": "downloaded", "blank.jpg": "failed", "tiny.jpg": "failed"}
+    # Failed for good: the rerun reports them again (exit 1) without sending anything.
+    assert main(["skin", str(folder), "--out", str(out), "--simulate"]) == 1
+    assert "failed in an earlier run" in capsys.readouterr().out
+
+
+def test_output_folder_inside_an_input_folder_is_not_read_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_photos(tmp_path / "in", 2)
+    argv = ["skin", str(tmp_path / "in"), "--out", str(tmp_path / "in" / "out"), "--simulate"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 0  # the first run's results are not inputs of the second
+    out = capsys.readouterr().out
+    assert "summary: 2 item(s)" in out
+    assert "already done    2" in out
+    assert len(manifest(tmp_path / "in" / "out")) == 2
+
+
+def test_keyboard_interrupt_exits_130_and_closes_everything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_photos(tmp_path / "in", 1)
+
+    async def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_cli, "run_batch", interrupted)
+    code = main(["skin", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--simulate"])
+    assert code == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+
+
+def test_verbose_logs_the_sdk_on_stderr_without_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_photos(tmp_path / "in", 1)
+    logger = logging.getLogger("ailab_async")
+    handlers_before = list(logger.handlers)
+    argv = ["skin", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--simulate", "-vv"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "DEBUG ailab_async" in err
+    assert "sim-key-000" not in err
+    assert "/results/" not in err  # result URLs are never logged
+    assert logger.handlers == handlers_before
+
+
+# --------------------------------------------------------------------------- unsafe names
+
+
+HOSTILE_NAMES = [
+    "...jpg",
+    "..hidden.jpg",
+    ".hidden.jpg",
+    "a..b.jpg",
+    " spaced  name .jpg",
+    "ünïcødé 照片.jpg",
+    "[bold]markup[red].jpg",
+    "-looks-like-an-option.jpg",
+    "x" * 240 + ".jpg",
+    "照" * 80 + ".jpg",  # 244 bytes: fits the disk, but not with a suffix, unless shortened
+    "照" * 79 + "X.jpg",  # the same long prefix must not collide with the one above
+]
+
+
+def test_hostile_names_end_up_inside_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "in"
+    nested = folder / "..." / ".git" / "sub dir"
+    nested.mkdir(parents=True)
+    for seed, name in enumerate(HOSTILE_NAMES):
+        (folder / name).write_bytes(sample_image(160, 160, seed=seed))
+    (nested / "deep.jpg").write_bytes(sample_image(160, 160, seed=99))
+    single = tmp_path / "single..jpg"
+    single.write_bytes(sample_image(160, 160, seed=100))
+    out = tmp_path / "out"
+    before = {p for p in tmp_path.rglob("*") if out not in p.parents}
+    code = main(
+        ["skin", str(folder), f"{tmp_path}/in/../single..jpg", "--out", str(out), "--simulate"]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.out + captured.err
+    after = {p for p in tmp_path.rglob("*") if out not in p.parents and p != out}
+    assert after == before  # nothing written anywhere but --out
+    outputs = list(out.rglob("*.png"))
+    assert len(outputs) == len(HOSTILE_NAMES) + 2
+    root = out.resolve()
+    for path in outputs:
+        assert root in path.resolve().parents
+        assert not any(part.startswith(".") for part in path.relative_to(out).parts)
+        assert len(path.name.encode()) <= 200
+    lines = manifest(out)
+    assert len(lines) == len(HOSTILE_NAMES) + 2
+    assert {line["state"] for line in lines} == {"downloaded"}
+    assert all(not Path(line["output"]).is_absolute() for line in lines)
+    assert all(".." not in Path(line["output"]).parts for line in lines)
+    assert "[bold]markup[red]" in captured.out  # printed as text
+
+
+CONTROL_NAMES = ["new\nline.jpg", "esc\x1b[2Jape.jpg", "tab\there.jpg"]
+
+
+def photos_with_control_characters(folder: Path) -> None:
+    folder.mkdir()
+    for seed, name in enumerate(CONTROL_NAMES):
+        (folder / name).write_bytes(sample_image(160, 160, seed=seed))
+
+
+def test_names_with_control_characters_are_escaped_on_screen(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photos_with_control_characters(tmp_path / "in")
+    main(["skin", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--simulate"])
+    captured = capsys.readouterr()
+    assert "\x1b" not in captured.out + captured.err
+    assert "in/new\\nline.jpg" in captured.out
+    assert "in/tab\\there.jpg" in captured.out
+    assert len(manifest(tmp_path / "out")) == 3
+
+
+def test_names_with_control_characters_are_processed(tmp_path: Path) -> None:
+    photos_with_control_characters(tmp_path / "in")
+    out = tmp_path / "out"
+    assert main(["skin", str(tmp_path / "in"), "--out", str(out), "--simulate"]) == 0
+    assert len(list(out.rglob("*.png"))) == 3
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS refuses non-UTF-8 file names")
+def test_names_that_are_not_utf8_are_skipped_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "in"
+    make_photos(folder, 1)
+    (folder / os.fsdecode(b"bad\xff.jpg")).write_bytes(sample_image(160, 160, seed=5))
+    out = tmp_path / "out"
+    assert main(["skin", str(folder), "--out", str(out), "--simulate"]) == 1
+    captured = capsys.readouterr()
+    assert "not valid UTF-8" in captured.err
+    assert "not processed   1" in captured.out
+    assert [line["state"] for line in manifest(out)] == ["downloaded"]
+
+
+def test_two_inputs_that_would_write_the_same_output_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    [first] = make_photos(tmp_path / "a", 1)
+    [second] = make_photos(tmp_path / "b", 1, start_seed=1)
+    code = main(["skin", str(first), str(second), "--out", str(tmp_path / "o"), "--simulate"])
+    assert code == 2
+    assert "same output" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- exit code 2
+
+
+def test_missing_key_exits_2_with_a_clear_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_photos(tmp_path / "in", 1)
+    assert main(["skin", str(tmp_path / "in"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "no API key" in err
+    assert "AILAB_API_KEY" in err
+    assert "--api-key-file" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_inputs_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not a photo")
+    argv = ["beauty", str(tmp_path / "empty"), "--out", str(tmp_path / "out"), "--simulate"]
+    assert main(argv) == 2
+    assert "no input images found" in capsys.readouterr().err
+    argv = ["skin", str(tmp_path / "missing"), "--out", str(tmp_path / "out"), "--simulate"]
+    assert main(argv) == 2
+    assert "no such file or directory" in capsys.readouterr().err
+
+
+def test_an_output_dir_that_is_a_file_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_photos(tmp_path / "in", 1)
+    (tmp_path / "taken").write_text("a file")
+    argv = ["skin", str(tmp_path / "in"), "--out", str(tmp_path / "taken"), "--simulate"]
+    assert main(argv) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--retouch", "9"],
+        ["--concurrency", "0"],
+        ["--rate", "-1"],
+        ["--simulate", "--base-url", "http://127.0.0.1:1"],
+        ["--api-key", "k"],  # there is deliberately no such option
+        ["--api-key=k"],
+        ["--api-key"],
+        ["--api-k", "k"],  # and no abbreviation of --api-key-file
+        ["--nonsense"],
+    ],
+)
+def test_bad_flags_exit_2(tmp_path: Path, extra: list[str]) -> None:
+    with pytest.raises(SystemExit) as excinfo:
+        main(["skin", str(tmp_path), "--out", str(tmp_path / "out"), *extra])
+    assert excinfo.value.code == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_key_on_the_command_line_is_refused_without_echoing_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for argv in (["--api-key", "sk-secret-123"], ["--api-key=sk-secret-123"]):
+        with pytest.raises(SystemExit) as excinfo:
+            main(["credits", *argv])
+        assert excinfo.value.code == 2
+        err = capsys.readouterr().err
+        assert "AILAB_API_KEY" in err
+        assert "sk-secret-123" not in err
+
+
+def test_out_is_required(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as excinfo:
+        main(["beauty", str(tmp_path)])
+    assert excinfo.value.code == 2
+
+
+def test_a_journal_that_is_not_one_is_an_error_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], threaded_sim: Simulator
+) -> None:
+    make_photos(tmp_path / "in", 1)
+    journal = tmp_path / "j.sqlite3"
+    journal.write_bytes(b"this is not an SQLite database" * 100)
+    argv = ["skin", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--journal"]
+    argv += [str(journal), "--base-url", threaded_sim.url]
+    argv += ["--api-key-file", str(key_file(tmp_path, threaded_sim.api_key))]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "journal" in err
+    assert "Traceback" not in err
+
+
+def test_bad_simulator_knob_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_photos(tmp_path / "in", 1)
+    argv = ["skin", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--simulate"]
+    assert main([*argv, "--sim-task-duration", "3:1"]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_empty_or_odd_key_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_photos(tmp_path / "in", 1)
+    argv = ["skin", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--api-key-file"]
+    assert main([*argv, str(key_file(tmp_path, "   "))]) == 2
+    assert "is empty" in capsys.readouterr().err
+    assert main([*argv, str(key_file(tmp_path, "two words"))]) == 2
+    assert "the key alone" in capsys.readouterr().err
+    assert main([*argv, str(tmp_path / "nope.txt")]) == 2
+    assert "cannot read the API key file" in capsys.readouterr().err
+
+
+def test_a_plain_http_base_url_elsewhere_is_a_configuration_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_photos(tmp_path / "in", 1)
+    monkeypatch.setenv("AILAB_API_KEY", "not-a-real-key")
+    argv = ["skin", str(tmp_path / "in"), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--base-url", "http://example.invalid"]) == 2
+    err = capsys.readouterr().err
+    assert "plain HTTP" in err
+    assert "not-a-real-key" not in err
+
+
+# --------------------------------------------------------------------------- credits
+
+
+def test_credits_on_the_simulator_prints_buckets_and_total(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["credits", "--simulate", "--sim-credits", "42"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert any("42 of 42" in line for line in out)
+    assert out[-1].split() == ["total", "42"]
+
+
+def test_credits_with_a_key_file_and_base_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], threaded_sim: Simulator
+) -> None:
+    path = key_file(tmp_path, threaded_sim.api_key)
+    assert main(["credits", "--base-url", threaded_sim.url, "--api-key-file", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "42 of 100" in captured.out
+    assert "warning" not in captured.err
+
+
+def test_a_key_file_readable_by_others_is_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], threaded_sim: Simulator
+) -> None:
+    path = key_file(tmp_path, threaded_sim.api_key, mode=0o644)
+    assert main(["credits", "--base-url", threaded_sim.url, "--api-key-file", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "readable by other users" in err
+    assert "chmod 600" in err
+    assert threaded_sim.api_key not in err
+
+
+def test_a_refused_key_exits_2_with_the_api_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], threaded_sim: Simulator
+) -> None:
+    path = key_file(tmp_path, "wrong-key-not-real")
+    assert main(["credits", "--base-url", threaded_sim.url, "--api-key-file", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "ERROR_USER_NOT_EXISTS" in err
+    assert "wrong-key-not-real" not in err
+    assert "Traceback" not in err
+
+
+def test_a_refused_key_stops_a_batch_before_any_item_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], threaded_sim: Simulator
+) -> None:
+    make_photos(tmp_path / "in", 2)
+    path = key_file(tmp_path, "wrong-key-not-real")
+    argv = ["skin", str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+    argv += ["--base-url", threaded_sim.url, "--api-key-file", str(path)]
+    assert main(argv) == 2
+    assert "ERROR_USER_NOT_EXISTS" in capsys.readouterr().err
+    assert threaded_sim.stats.count("smart-skin") == 0
+
+
+def test_batch_warns_when_the_balance_cannot_cover_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_photos(tmp_path / "in", 4)
+    argv = ["skin", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--simulate"]
+    assert main([*argv, "--sim-credits", "2", "--concurrency", "1"]) == 1
+    captured = capsys.readouterr()
+    assert "credit balance (2) cannot cover the 4 billed call(s)" in captured.err
+    assert "ERROR_NOT_ENOUGH_CREDITS" in captured.out
+    # The rerun counts only what still needs paying: the 2 failed items (with --retry-failed).
+    assert main([*argv, "--sim-credits", "1", "--retry-failed"]) == 1  # one more paid for
+    captured = capsys.readouterr()
+    assert "cannot cover the 2 billed call(s)" in captured.err
+    assert "already done    2" in captured.out
+    assert main([*argv, "--sim-credits", "1", "--retry-failed"]) == 0  # the last one
+    captured = capsys.readouterr()
+    assert "cannot cover" not in captured.err
+    assert "already done    3" in captured.out
+
+
+# --------------------------------------------------------------------------- sample-photos
+
+
+def test_sample_photos_are_deterministic_jpegs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["sample-photos", str(tmp_path / "a"), "-n", "3", "--size", "200"]) == 0
+    assert "wrote 3" in capsys.readouterr().out
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == ["portrait-000.jpg", "portrait-001.jpg", "portrait-002.jpg"]
+    assert main(["sample-photos", str(tmp_path / "b"), "-n", "3", "--size", "200"]) == 0
+    for name in names:
+        data = (tmp_path / "a" / name).read_bytes()
+        assert data == (tmp_path / "b" / name).read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            assert (image.format, image.size) == ("JPEG", (200, 200))
+    assert (tmp_path / "a" / names[0]).read_bytes() != (tmp_path / "a" / names[1]).read_bytes()
+
+
+def test_sample_photos_refuses_a_file_as_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "f").write_text("x")
+    assert main(["sample-photos", str(tmp_path / "f")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def outcome(name: str, state: ItemState, how: str = "ran", code: str | None = None) -> ItemOutcome:
+    return ItemOutcome(
+        item=BatchItem(Path(name), name),
+        state=state,
+        how=how,
+        output_path=Path("out") / f"{name}.png" if state is ItemState.DOWNLOADED else None,
+        error_code=code,
+        error_message="no face" if code else None,
+    )
+
+
+def test_progress_state_counts_rate_and_eta() -> None:
+    clock = FakeClock()
+    state = ProgressState(total=10, clock=clock)
+    assert state.rate() is None
+    assert state.eta() is None
+    state.record("finished", outcome("old", ItemState.DOWNLOADED, how="skipped"))
+    for _ in range(4):
+        state.record("started", None)
+    clock.now += 2.0
+    state.record("finished", outcome("a", ItemState.DOWNLOADED))
+    state.record("finished", outcome("b", ItemState.FAILED, code="ERROR_NO_FACE_IN_FILE"))
+    assert (state.settled, state.downloaded, state.failed, state.skipped) == (3, 2, 1, 1)
+    assert state.in_flight == 2
+    assert state.rate() == pytest.approx(1.0)  # 2 worked items in 2 s; the skipped one is free
+    assert state.eta() == pytest.approx(7.0)
+    assert state.summary() == "3/10 settled, 1 failed, 2 in flight, 1.0/s, ETA 7s"
+
+
+def test_plain_progress_prints_items_and_periodic_summaries() -> None:
+    clock = FakeClock()
+    stream = io.StringIO()
+    progress = PlainProgress(ProgressState(3, clock), stream, summary_every=10.0)
+    progress.on_event("finished", outcome("done-before", ItemState.DOWNLOADED, how="skipped"))
+    progress.on_event("started", None)
+    progress.on_event("started", None)
+    progress.on_event("finished", outcome("a.jpg", ItemState.DOWNLOADED))
+    clock.now += 11
+    progress.tick()
+    progress.on_event("finished", outcome("b\x1b.jpg", ItemState.FAILED, code="ERROR_X"))
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "[2/3] ok        a.jpg -> out/a.jpg.png"
+    assert lines[1].startswith("progress: 2/3 settled, 0 failed, 1 in flight")
+    assert lines[2] == "[3/3] FAILED    b\\x1b.jpg: ERROR_X: no face"
+    assert len(lines) == 3  # the item done in an earlier run is counted, not listed
+
+
+def test_rich_progress_renders_on_a_terminal() -> None:
+    stream = io.StringIO()
+    progress = RichProgress(ProgressState(2), stream, description="skin", force_terminal=True)
+    try:
+        progress.on_event("started", None)
+        progress.on_event("finished", outcome("[red]x.jpg", ItemState.FAILED, code="ERROR_X"))
+        progress.on_event("started", None)
+        progress.on_event("finished", outcome("y.jpg", ItemState.DOWNLOADED))
+    finally:
+        progress.close()
+    text = stream.getvalue()
+    assert "[red]x.jpg: ERROR_X" in text  # printed as text, not as markup
+    assert "2/2" in text
+    assert "1 failed" in text
+
+
+def test_display_helpers() -> None:
+    assert display_text("plain name.jpg") == "plain name.jpg"
+    assert display_text("a\nb\x1b") == "a\\nb\\x1b"
+    assert [format_duration(s) for s in (0, 59.4, 61, 3600 + 120)] == [
+        "0s",
+        "59s",
+        "1m01s",
+        "1h02m",
+    ]
+
+
+# --------------------------------------------------------------------------- crash and resume
+
+
+def journal_counts(path: Path) -> Counter[str]:
+    if not path.exists():
+        return Counter()
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            rows = db.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall()
+    except sqlite3.OperationalError:  # not created yet
+        return Counter()
+    return Counter(dict(rows))
+
+
+async def test_killed_mid_batch_and_rerun_pays_for_nothing_twice(tmp_path: Path) -> None:
+    count = 30
+    photos = tmp_path / "photos"
+    make_photos(photos, count, size=160)
+    out = tmp_path / "out"
+    journal = out / ".ailab-journal.sqlite3"
+    config = SimulatorConfig(tasks=TaskBehaviour(duration=Uniform(1.0, 4.0)), seed=11)
+    async with Simulator(config) as sim:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AILAB_")}
+        env["AILAB_API_KEY"] = sim.api_key
+        command = [sys.executable, "-m", "ailab_async._cli", "beauty", str(photos)]
+        command += ["--out", str(out), "--base-url", sim.url, "--poll-interval", "0.5"]
+
+        async def run(log: str) -> asyncio.subprocess.Process:
+            with open(tmp_path / log, "wb") as sink:
+                return await asyncio.create_subprocess_exec(
+                    *command, stdout=sink, stderr=asyncio.subprocess.STDOUT, env=env
+                )
+
+        first = await run("first.log")
+        try:
+            # Kill once some results are on disk and some tasks are still running remotely,
+            # with no billed request in flight (a request killed in flight may have been paid
+            # for, and nothing can know: the journal calls that state SENDING).
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 25
+            while True:
+                states = journal_counts(journal)
+                if (
+                    sum(states.values()) == count
+                    and states["downloaded"] >= 1
+                    and states["submitted"] >= 1
+                    and states["pending"] + states["sending"] == 0
+                ):
+                    break
+                assert first.returncode is None, (tmp_path / "first.log").read_text()
+                assert loop.time() < deadline, f"never reached the kill point: {states}"
+                await asyncio.sleep(0.05)
+        finally:
+            first.kill()  # SIGKILL: no cleanup, no flush
+            await first.wait()
+        submitted_before_kill = Counter(sim.stats.submits_per_image)
+        assert len(submitted_before_kill) == count
+
+        second = await run("second.log")
+        try:
+            code = await asyncio.wait_for(second.wait(), timeout=30)
+        finally:
+            if second.returncode is None:
+                second.kill()
+                await second.wait()
+        log = (tmp_path / "second.log").read_text()
+        assert code == 0, log
+
+        assert sim.stats.duplicate_submits() == 0
+        assert all(sim.stats.submits_per_image[sha] == 1 for sha in submitted_before_kill)
+        assert sim.stats.count("smart-beauty", "OK") == count
+        assert sim.stats.credits_spent == count
+    expected = {f"photos/p{i:03d}_jpg.png" for i in range(count)}
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*.png")} == expected
+    lines = manifest(out)
+    assert len(lines) == count
+    assert {line["state"] for line in lines} == {"downloaded"}
+    assert {Path(line["input"]).name for line in lines} == {f"p{i:03d}.jpg" for i in range(count)}
+    summary = {
+        match[1]: int(match[2])
+        for match in re.finditer(r"^  (downloaded|already done|resumed)\s+(\d+)", log, re.M)
+    }
+    assert summary["already done"] >= 1  # downloaded before the kill
+    assert summary["resumed"] >= 1  # submitted before the kill, tracked by task_id
+    assert summary["already done"] + summary["downloaded"] == count
