@@ -1,0 +1,477 @@
+"""The Redis-shared rate budget, against a real ``redis-server`` on 127.0.0.1.
+
+The acceptance check runs four OS processes (``tests/_redis_worker.py``), each with its own
+client, against one simulator limited to N requests/s: together they must hold N within 5 %
+and never see a rate-limit error. Another test kills Redis mid-run and restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from ailab_async import (
+    AILabClient,
+    AILabError,
+    ClientClosedError,
+    ConfigurationError,
+    RateLimiter,
+)
+from ailab_async.redis_limiter import RedisRateLimiter, SharedBudget, redact_redis_url
+from ailab_async.simulator import RateLimit, Simulator, SimulatorConfig
+
+REDIS_SERVER = shutil.which("redis-server")
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(
+    REDIS_SERVER is None,
+    reason="redis-server is not installed here (CI installs Debian's redis-server package)",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A throw-away ``redis-server`` on 127.0.0.1: no persistence, killable, restartable."""
+
+    def __init__(self, password: str | None = None) -> None:
+        self.port = free_port()
+        self.password = password
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        credentials = f":{self.password}@" if self.password else ""
+        return f"redis://{credentials}127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        assert REDIS_SERVER is not None
+        command = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--save", "", "--appendonly", "no"]
+        if self.password:
+            command += ["--requirepass", self.password]
+        self._process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self._process.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(64).startswith((b"+PONG", b"-NOAUTH")):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        self.kill()
+        raise RuntimeError("redis-server did not start within 10 s")
+
+    def kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    async def client(self) -> aioredis.Redis:
+        return aioredis.Redis(host="127.0.0.1", port=self.port, password=self.password)
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def budget_name() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+def rate_between(times: list[float], start: float, end: float) -> float:
+    return sum(1 for t in times if start <= t < end) / (end - start)
+
+
+# -- acceptance: several OS processes, one budget -------------------------------------------
+
+
+async def test_four_processes_hold_the_accounts_limit_together(
+    redis_server: RedisServer,
+) -> None:
+    limit, processes, seconds, concurrency = 40.0, 4, 6.0, 4
+    name = budget_name()
+    async with Simulator(SimulatorConfig(rate_limit=RateLimit(limit))) as sim:
+        workers = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "tests._redis_worker",
+                redis_server.url,
+                sim.url,
+                sim.api_key,
+                name,
+                str(limit),
+                str(seconds),
+                str(concurrency),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                cwd=ROOT,
+            )
+            for _ in range(processes)
+        ]
+        try:
+            for worker in workers:
+                assert worker.stdout is not None
+                assert await asyncio.wait_for(worker.stdout.readline(), 30) == b"ready\n"
+            start_at = time.time() + 0.2
+            line = f"{start_at!r}\n".encode()
+            outputs = await asyncio.wait_for(
+                asyncio.gather(*(w.communicate(line) for w in workers)), seconds + 30
+            )
+        finally:
+            for worker in workers:
+                if worker.returncode is None:
+                    worker.kill()
+                await worker.wait()
+        rejected = sim.stats.count(outcome="EXCEEDING_LIMITS")
+
+    results = [json.loads(out.splitlines()[-1]) for out, _ in outputs]
+    done = sorted(t for result in results for t in result["done"])
+    # Steady state: after the first second (processes connect, load the script), before
+    # the last half second (the calls in flight when the loops stop).
+    steady = rate_between(done, start_at + 1.0, start_at + seconds - 0.5)
+    print(
+        f"\n{processes} processes, limit {limit:g}/s: steady combined rate {steady:.2f}/s "
+        f"({steady / limit:.1%} of the limit), per process "
+        f"{[len(r['done']) for r in results]}, 429s at the simulator {rejected}"
+    )
+    assert [r["errors"] for r in results] == [{}] * processes
+    assert [r["rate_limited"] for r in results] == [0] * processes
+    assert rejected == 0
+    assert abs(steady - limit) <= 0.05 * limit
+    assert all(r["using_redis"] and r["degraded"] == 0 for r in results)
+    # The budget is shared, not split unevenly: every process got a fair part of it.
+    assert min(len(r["done"]) for r in results) >= 0.5 * len(done) / processes
+
+
+# -- the shared slow-down, two limiters on one Redis ----------------------------------------
+
+
+class RecordedSleeps:
+    def __init__(self) -> None:
+        self.sleeps: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+
+
+async def test_a_429_in_one_process_slows_every_process(redis_server: RedisServer) -> None:
+    name = budget_name()
+    sleeps = RecordedSleeps()
+    async with (
+        RedisRateLimiter(redis_server.url, name=name, rate=20) as first,
+        RedisRateLimiter(redis_server.url, name=name, rate=20, sleep=sleeps) as second,
+    ):
+        assert isinstance(second, RateLimiter)
+        sent_at = await first.acquire()
+        await second.acquire()
+        assert second.current_rate() == 20
+
+        first.on_rate_limited(sent_at)
+        await first.flush()
+        assert first.rate_limited_count == 1
+        assert first.current_rate() == pytest.approx(10.0)  # nothing succeeded yet: halve
+
+        slot = await second.acquire()
+        next_slot = await second.acquire()
+        assert second.current_rate() == pytest.approx(10.0, rel=0.01)
+        assert next_slot - slot == pytest.approx(0.1, rel=0.01)
+        assert second.rate_limited_count == 0
+
+        # A 429 for a request sent before the slow-down is the same congestion event.
+        second.on_rate_limited(sent_at)
+        await second.flush()
+        assert second.current_rate() == pytest.approx(10.0, rel=0.01)
+
+
+async def test_retry_after_told_to_one_process_pauses_the_others(
+    redis_server: RedisServer,
+) -> None:
+    name = budget_name()
+    sleeps = RecordedSleeps()
+    async with (
+        RedisRateLimiter(redis_server.url, name=name, rate=20) as told,
+        RedisRateLimiter(redis_server.url, name=name, rate=20, sleep=sleeps) as other,
+    ):
+        told.on_rate_limited(await told.acquire(), retry_after=3.0)
+        await told.flush()
+        await other.acquire()
+    assert sleeps.sleeps
+    assert 2.9 <= sleeps.sleeps[-1] <= 3.0
+
+
+# -- the script's decisions, on a clock we choose -------------------------------------------
+
+
+@pytest.fixture
+async def budget(redis_server: RedisServer) -> AsyncIterator[SharedBudget]:
+    client = await redis_server.client()
+    yield SharedBudget(client, f"{{{budget_name()}}}:ailab-rate", ceiling=50.0, ttl=60.0)
+    await client.aclose()
+
+
+async def test_slots_are_spaced_and_idle_time_is_not_banked(budget: SharedBudget) -> None:
+    slots = [await budget.reserve(now=100.0) for _ in range(3)]
+    assert [s.send_at for s in slots] == pytest.approx([100.0, 100.02, 100.04])
+    assert [s.wait for s in slots] == pytest.approx([0.0, 0.02, 0.04])
+    later = [await budget.reserve(now=200.0) for _ in range(2)]  # no burst after idling
+    assert [s.wait for s in later] == pytest.approx([0.0, 0.02])
+
+
+async def test_429_drops_to_ninety_percent_of_the_accounts_succeeding_rate(
+    budget: SharedBudget,
+) -> None:
+    await budget.add_successes(15, now=100.2)  # two processes' successes add up
+    await budget.add_successes(25, now=100.6)
+    decision = await budget.rate_limited(100.8, now=100.9)
+    assert decision.decreased
+    assert decision.rate == pytest.approx(36.0)
+
+
+async def test_succeeding_rate_counts_the_recent_part_of_the_previous_second(
+    budget: SharedBudget,
+) -> None:
+    await budget.add_successes(40, now=100.5)
+    await budget.add_successes(10, now=101.25)
+    # Over the last second: 10 now, plus three quarters of the previous second's 40.
+    decision = await budget.rate_limited(101.25, now=101.25)
+    assert decision.rate == pytest.approx(0.9 * 40.0)
+
+
+async def test_rate_halves_without_successes_then_recovers_linearly(
+    budget: SharedBudget,
+) -> None:
+    decision = await budget.rate_limited(100.0, now=100.0)
+    assert decision.rate == pytest.approx(25.0)
+    recovery = 0.02 * 25.0  # per second
+    assert (await budget.peek(now=110.0)).rate == pytest.approx(25.0 + 10 * recovery)
+    assert (await budget.peek(now=1000.0)).rate == 50.0  # up to the ceiling, no further
+    slots = [await budget.reserve(now=100.0) for _ in range(2)]
+    assert slots[1].send_at - slots[0].send_at == pytest.approx(1 / 25.0)
+
+
+async def test_one_decrease_per_congestion_event(budget: SharedBudget) -> None:
+    first = await budget.rate_limited(100.0, now=100.0)
+    for _ in range(10):  # sent before the decrease: the same event
+        assert not (await budget.rate_limited(99.99, now=100.1)).decreased
+    assert (await budget.peek(now=100.1)).rate == pytest.approx(first.rate, rel=0.01)
+    second = await budget.rate_limited(100.2, now=100.3)  # sent after it: a new event
+    assert second.decreased
+    assert second.rate == pytest.approx(first.rate / 2, rel=0.01)
+
+
+async def test_retry_after_pushes_the_shared_schedule_back(budget: SharedBudget) -> None:
+    await budget.rate_limited(100.0, retry_after=2.0, now=100.0)
+    assert (await budget.reserve(now=100.5)).wait == pytest.approx(1.5)
+
+
+async def test_rate_never_drops_below_the_minimum(budget: SharedBudget) -> None:
+    for step in range(20):
+        await budget.rate_limited(100.0 + step, now=100.0 + step)
+    assert (await budget.peek(now=119.0)).rate == pytest.approx(0.2, rel=0.01)
+
+
+async def test_state_is_one_hash_tagged_key_that_expires(
+    budget: SharedBudget, redis_server: RedisServer
+) -> None:
+    await budget.reserve()
+    client = await redis_server.client()
+    try:
+        assert budget.key.startswith("{")
+        assert "}:" in budget.key
+        assert await client.type(budget.key) == b"hash"
+        assert 0 < await client.pttl(budget.key) <= 61_000
+        await budget.rate_limited(0.0, retry_after=120.0)  # a long pause outlives the TTL
+        assert await client.pttl(budget.key) > 120_000
+    finally:
+        await client.aclose()
+
+
+# -- failure: Redis down, killed, or refusing us --------------------------------------------
+
+
+async def test_redis_outage_degrades_to_the_fallback_and_recovers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ailab_async")
+    secret = "outage-s3cret-pw"
+    server = RedisServer(password=secret)
+    server.start()
+    limit = 40.0
+    done: list[float] = []
+    errors: list[AILabError] = []
+    try:
+        async with (
+            Simulator(SimulatorConfig(rate_limit=RateLimit(limit))) as sim,
+            RedisRateLimiter(server.url, name=budget_name(), rate=limit) as limiter,
+            AILabClient(
+                api_key=sim.api_key, base_url=sim.url, rate_limit=limiter, max_concurrency=4
+            ) as client,
+        ):
+            stop = asyncio.Event()
+
+            async def calls() -> None:
+                while not stop.is_set():
+                    try:
+                        await client.credits()
+                    except AILabError as exc:
+                        errors.append(exc)
+                    else:
+                        done.append(time.monotonic())
+
+            async def until(condition: Callable[[], bool], timeout: float) -> float:
+                for _ in range(int(timeout / 0.005)):
+                    if condition():
+                        break
+                    await asyncio.sleep(0.005)
+                return time.monotonic()
+
+            loops = [asyncio.create_task(calls()) for _ in range(4)]
+            started = time.monotonic()
+            await asyncio.sleep(2.0)
+            killed = time.monotonic()
+            await asyncio.to_thread(server.kill)
+            degraded = await until(lambda: not limiter.using_redis, 2.0)
+            assert limiter.degraded_count == 1  # on the local fallback now
+            await asyncio.sleep(killed + 2.0 - time.monotonic())
+            restarted = time.monotonic()  # redis-server takes a few ms to be ready
+            await asyncio.to_thread(server.start)
+            recovered = await until(lambda: limiter.using_redis, 3.0)
+            assert limiter.recovered_count == 1  # back on the shared budget
+            await asyncio.sleep(1.5)
+            stop.set()
+            await asyncio.gather(*loops)
+            ended = time.monotonic()
+            key_is_back = await (check := await server.client()).exists(limiter.key)
+            await check.aclose()
+            text = caplog.text + repr(limiter) + repr(client)
+            before = rate_between(done, started + 0.5, killed)
+            during = rate_between(done, degraded + 0.3, restarted)
+            after = rate_between(done, recovered + 0.3, ended - 0.1)
+            fallback = limiter.fallback_rate
+            rejected = sim.stats.count(outcome="EXCEEDING_LIMITS")
+    finally:
+        server.kill()
+
+    print(
+        f"\nbefore {before:.1f}/s, degraded after {degraded - killed:.3f}s, during "
+        f"{during:.1f}/s (fallback {fallback:g}), recovered {recovered - restarted:.3f}s "
+        f"after restart, after {after:.1f}/s; 429s at the simulator {rejected}"
+    )
+    assert errors == []
+    assert degraded - killed < 0.5
+    assert recovered - restarted < 1.5
+    assert abs(before - limit) <= 0.1 * limit
+    assert 0.7 * fallback <= during <= 1.3 * fallback
+    assert abs(after - limit) <= 0.15 * limit
+    assert key_is_back == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len([m for m in warnings if "unreachable" in m]) == 1
+    assert len([m for m in warnings if "reachable again" in m]) == 1
+    assert secret not in text
+    assert (limiter.degraded_count, limiter.recovered_count) == (1, 1)
+    assert limiter.using_redis
+
+
+async def test_a_wrong_password_degrades_and_never_leaks(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ailab_async")
+    secret = "never-log-this-s3cret"
+    url = f"redis://someone:{secret}@127.0.0.1:{redis_server.port}/0"
+    sleeps = RecordedSleeps()
+    async with RedisRateLimiter(url, name=budget_name(), rate=8, sleep=sleeps) as limiter:
+        slots = [await limiter.acquire() for _ in range(3)]  # never raises
+        assert not limiter.using_redis
+        assert limiter.current_rate() == pytest.approx(2.0)  # rate / expected_processes
+        assert slots[2] - slots[0] >= 0.0
+        assert sleeps.sleeps == pytest.approx([0.5, 1.0], abs=0.01)
+        text = caplog.text + repr(limiter)
+    assert secret not in text
+    assert "someone" not in text  # the user name is not shown either
+    assert "***@127.0.0.1" in text
+    assert "unreachable" in caplog.text
+
+
+async def test_unreachable_from_the_start_serves_at_the_fallback_rate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sleeps = RecordedSleeps()
+    limiter = RedisRateLimiter(
+        f"redis://127.0.0.1:{free_port()}", name="nowhere", rate=30, fallback_rate=5, sleep=sleeps
+    )
+    try:
+        for _ in range(3):
+            await limiter.acquire()
+            limiter.on_success()
+        limiter.on_rate_limited(time.time())
+        assert limiter.rate_limited_count == 1
+    finally:
+        await limiter.aclose()
+    assert sleeps.sleeps[:2] == pytest.approx([0.2, 0.4], abs=0.01)
+    assert limiter.current_rate() < 5  # the local limiter slowed down on the 429
+    assert [r.levelno for r in caplog.records if "unreachable" in r.getMessage()] == [
+        logging.WARNING
+    ]
+    with pytest.raises(ClientClosedError):
+        await limiter.acquire()
+
+
+def test_redis_urls_are_redacted() -> None:
+    assert redact_redis_url("redis://:pw@h:1/0") == "redis://***@h:1/0"
+    assert redact_redis_url("rediss://u:pw@h:1/0?password=x") == "rediss://***@h:1/0"
+    assert redact_redis_url("redis://h:6379") == "redis://h:6379"
+
+
+async def test_an_injected_client_is_not_closed_and_its_password_not_shown(
+    redis_server: RedisServer,
+) -> None:
+    client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
+    try:
+        async with RedisRateLimiter(client, name=budget_name(), rate=10) as limiter:
+            await limiter.acquire()
+            assert f"redis://127.0.0.1:{redis_server.port}/0" in repr(limiter)
+        assert await client.ping()  # still usable: the limiter did not close it
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"rate": 0}, {"rate": -1.0}, {"rate": 5, "fallback_rate": 0}, {"rate": 5, "name": ""}],
+)
+def test_rejects_bad_settings(kwargs: dict[str, object]) -> None:
+    options: dict[str, object] = {"name": "x", **kwargs}
+    with pytest.raises(ConfigurationError):
+        RedisRateLimiter("redis://127.0.0.1:1", **options)  # type: ignore[arg-type]
