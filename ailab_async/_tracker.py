@@ -267,8 +267,13 @@ class TaskTracker:
             )
 
     def _poll_spacing(self) -> float:
-        """Seconds between poll launches so polls keep to their share of the rate limit."""
-        rate = self._limiter.current_rate()
+        """Seconds between poll launches so polls keep to their share of the rate limit.
+
+        A limiter shared by processes may say which part of the budget is this process's
+        (``local_rate()``); polls take their share of that, not of the whole account's.
+        """
+        local_rate = getattr(self._limiter, "local_rate", None)
+        rate = local_rate() if callable(local_rate) else self._limiter.current_rate()
         if rate is None:
             return 0.0
         return 1.0 / (rate * self._config.poll_share)

@@ -335,6 +335,7 @@ class RedisRateLimiter:
             raise ConfigurationError("name must be a non-empty string")
         if not (isinstance(expected_processes, int) and expected_processes >= 1):
             raise ConfigurationError("expected_processes must be an integer >= 1")
+        self._expected_processes = expected_processes
         if fallback_rate is None:
             fallback_rate = rate / expected_processes
         if not fallback_rate > 0:
@@ -430,6 +431,13 @@ class RedisRateLimiter:
             return self._shared_rate
         rate = self._fallback.current_rate()
         return self._fallback_rate if rate is None else rate
+
+    def local_rate(self) -> float:
+        """The part of the budget this process can count on (the tracker caps its polls to
+        a share of this, not of the whole account's rate)."""
+        if self._using_redis:
+            return self._shared_rate / self._expected_processes
+        return self.current_rate()
 
     async def acquire(self) -> float:
         """Wait for the next send slot; return its time on Redis's clock (seconds)."""

@@ -343,3 +343,38 @@ async def test_a_task_nobody_can_read_any_more_is_no_longer_polled(
             await kept.result(timeout=60)
     assert api.polls.get("T2", 0) == 0
     assert api.polls["T1"] >= 2
+
+
+async def test_polls_take_their_share_of_this_process_part_of_a_shared_budget(
+    mocked: aioresponses, fake_time: FakeTime
+) -> None:
+    class SharedLimiter:
+        """Forty requests/s for the account, ten of them this process's."""
+
+        rate_limited_count = 0
+        configured_rate = 40.0
+
+        def current_rate(self) -> float:
+            return 40.0
+
+        def local_rate(self) -> float:
+            return 10.0
+
+        async def acquire(self) -> float:
+            return fake_time.now
+
+        def on_success(self) -> None:
+            pass
+
+        def on_rate_limited(self, sent_at: float, retry_after: float | None = None) -> None:
+            pass
+
+    api = FakeBeautyAPI(mocked, fake_time, [])
+    async with make_client(
+        fake_time, rate_limit=SharedLimiter(), polling=PollingConfig(poll_share=0.5)
+    ) as client:
+        handles = [client.track(f"T{i}") for i in range(1, 11)]
+        api.done_at.update({f"T{i}": 0.0 for i in range(1, 11)})
+        await asyncio.gather(*(h.result() for h in handles))
+    # Half of this process's 10/s: 0.2 s apart (half of the account's 40/s would be 0.05 s).
+    assert max(api.poll_times) - min(api.poll_times) >= 9 * 0.2 - 1e-6
