@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import importlib.util
 import logging
 import os
@@ -602,30 +601,6 @@ def _add_beauty(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     )
 
 
-#: Longest file-name component (UTF-8 bytes) passed on as an output name. Output names add a
-#: suffix and the atomic download a temporary prefix and suffix; most file systems stop at 255.
-_MAX_NAME_BYTES = 180
-
-
-def _fit_component(part: str) -> str:
-    raw = part.encode("utf-8", "surrogateescape")
-    if len(raw) <= _MAX_NAME_BYTES:
-        return part
-    stem, dot, ext = part.rpartition(".")
-    if not dot or not stem or len(ext) > 8:
-        stem, dot, ext = part, "", ""
-    # A digest of the full name keeps two long names that share a prefix apart.
-    tail = f"~{hashlib.sha256(raw).hexdigest()[:8]}{dot}{ext}"
-    budget = _MAX_NAME_BYTES - len(tail.encode("utf-8", "surrogateescape"))
-    short = stem.encode("utf-8", "surrogateescape")[:budget].decode("utf-8", "ignore")
-    return short + tail
-
-
-def _fit_relative(relative: str) -> str:
-    """``relative`` with every over-long component shortened (by bytes, not characters)."""
-    return "/".join(_fit_component(part) for part in relative.split("/"))
-
-
 def _utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -659,7 +634,7 @@ def _collect_items(inputs: Sequence[str], out_dir: Path) -> tuple[list[BatchItem
         if not (_utf8(str(resolved)) and _utf8(item.relative)):
             unusable.append(display_text(str(item.path)))
             continue
-        items.append(BatchItem(item.path, _fit_relative(item.relative)))
+        items.append(item)
     if not items and not unusable:
         raise _CliError(
             "no input images found in "
