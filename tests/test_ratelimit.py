@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ailab_async._ratelimit import AdaptiveRateLimiter
+from ailab_async._ratelimit import _HEADROOM, _SLOW_START_DOUBLING, AdaptiveRateLimiter
 
 from .conftest import FakeTime
 
@@ -16,7 +16,8 @@ def make(rate: float | None, t: FakeTime) -> AdaptiveRateLimiter:
 async def test_sends_are_spaced_at_the_configured_rate(fake_time: FakeTime) -> None:
     limiter = make(10.0, fake_time)
     sent = [await limiter.acquire() for _ in range(21)]
-    assert sent[-1] - sent[0] == pytest.approx(2.0)
+    # Paced a little under the configured rate (headroom for jitter), never over it.
+    assert sent[-1] - sent[0] == pytest.approx(2.0 / _HEADROOM)
     # No window of one second ever holds more than rate + 1 sends.
     assert max(sum(1 for s in sent if a <= s < a + 1.0) for a in sent) <= 10
 
@@ -56,22 +57,68 @@ async def test_rate_recovers_gradually_up_to_the_ceiling(fake_time: FakeTime) ->
     limiter = make(50.0, fake_time)
     limiter.on_rate_limited(fake_time.now)
     low = limiter.current_rate()
-    assert low == pytest.approx(25.0)  # nothing succeeded yet: halve
-    fake_time.now += 5
+    # Too little evidence: 90% of the rate in force (the configured one, paced with headroom).
+    assert low == pytest.approx(0.9 * 50.0 * _HEADROOM)
+    fake_time.now += 1  # recovery: 5% of the lowered rate per second
     mid = limiter.current_rate()
     assert mid is not None
     assert low is not None
-    assert low < mid < 50
+    assert mid == pytest.approx(low * 1.05)
     fake_time.now += 1000
-    assert limiter.current_rate() == 50.0
+    assert limiter.current_rate() == pytest.approx(50.0 * _HEADROOM)
 
 
-async def test_retry_after_pauses_every_sender(fake_time: FakeTime) -> None:
+async def test_a_few_early_successes_do_not_collapse_the_rate(fake_time: FakeTime) -> None:
+    limiter = make(50.0, fake_time)
+    for _ in range(2):  # two answers in the first 0.3 s are not a rate of 2/s
+        fake_time.now += 0.1
+        limiter.on_success()
+    limiter.on_rate_limited(fake_time.now - 0.05)
+    assert limiter.current_rate() == pytest.approx(0.9 * 50.0 * _HEADROOM)
+
+
+async def test_refused_before_any_success_probes_upward_from_one_per_round_trip(
+    fake_time: FakeTime,
+) -> None:
     limiter = make(None, fake_time)
-    limiter.on_rate_limited(fake_time.now, retry_after=3.0)
+    sent = fake_time.now
+    fake_time.now += 0.2  # the 429 came back after 0.2 s
+    limiter.on_rate_limited(sent)
+    assert limiter.current_rate() == pytest.approx(5.0)
+    fake_time.now += 2 * _SLOW_START_DOUBLING
+    assert limiter.current_rate() == pytest.approx(20.0)  # doubled twice
+    # The next 429 ends the probing at 90% of the rate in force when it was sent.
+    sent = fake_time.now - _SLOW_START_DOUBLING
+    limiter.on_rate_limited(sent)
+    settled = limiter.current_rate()
+    assert settled is not None
+    assert settled == pytest.approx(0.9 * 10.0)
+    fake_time.now += 1.0
+    grown = limiter.current_rate()
+    assert grown is not None
+    assert settled < grown < settled * 1.1  # linear now, not doubling
+
+
+async def test_a_rising_rate_speeds_up_senders_already_waiting(fake_time: FakeTime) -> None:
+    limiter = make(None, fake_time)
+    sent = fake_time.now
+    fake_time.now += 1.0
+    limiter.on_rate_limited(sent)  # 1/s, then doubling every 0.5 s
+    start = fake_time.now
+    times = [await limiter.acquire() for _ in range(12)]
+    # At a fixed 1/s twelve sends would take 11 s; the queue follows the rising rate.
+    assert times[-1] - start < 5.0
+
+
+async def test_retry_after_does_not_stall_other_senders(fake_time: FakeTime) -> None:
+    limiter = make(None, fake_time)
+    for _ in range(20):
+        limiter.on_success()
+    fake_time.now += 0.5
+    limiter.on_rate_limited(fake_time.now - 0.1, retry_after=3.0)
     start = fake_time.now
     await limiter.acquire()
-    assert fake_time.now - start >= 3.0
+    assert fake_time.now - start < 1.0
 
 
 def test_rejects_nonpositive_rate(fake_time: FakeTime) -> None:

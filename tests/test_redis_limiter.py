@@ -29,6 +29,7 @@ from ailab_async import (
     ConfigurationError,
     RateLimiter,
 )
+from ailab_async._ratelimit import _HEADROOM
 from ailab_async.redis_limiter import RedisRateLimiter, SharedBudget, redact_redis_url
 from ailab_async.simulator import RateLimit, Simulator, SimulatorConfig
 
@@ -181,9 +182,13 @@ async def test_four_processes_hold_the_accounts_limit_together(
 class RecordedSleeps:
     def __init__(self) -> None:
         self.sleeps: list[float] = []
+        #: When set, sleeping moves this limiter's local clock on instead of waiting.
+        self.limiter: RedisRateLimiter | None = None
 
     async def __call__(self, seconds: float) -> None:
         self.sleeps.append(seconds)
+        if self.limiter is not None:
+            self.limiter._clock_offset += seconds
 
 
 async def test_a_429_in_one_process_slows_every_process(redis_server: RedisServer) -> None:
@@ -412,11 +417,12 @@ async def test_a_wrong_password_degrades_and_never_leaks(
     url = f"redis://someone:{secret}@127.0.0.1:{redis_server.port}/0"
     sleeps = RecordedSleeps()
     async with RedisRateLimiter(url, name=budget_name(), rate=8, sleep=sleeps) as limiter:
+        sleeps.limiter = limiter
         slots = [await limiter.acquire() for _ in range(3)]  # never raises
         assert not limiter.using_redis
-        assert limiter.current_rate() == pytest.approx(2.0)  # rate / expected_processes
-        assert slots[2] - slots[0] >= 0.0
-        assert sleeps.sleeps == pytest.approx([0.5, 1.0], abs=0.01)
+        # rate / expected_processes, paced with the local limiter's headroom
+        assert limiter.current_rate() == pytest.approx(2.0 * _HEADROOM)
+        assert slots[2] - slots[0] == pytest.approx(1.0 / _HEADROOM, abs=0.02)
         text = caplog.text + repr(limiter)
     assert secret not in text
     assert "someone" not in text  # the user name is not shown either
@@ -431,15 +437,16 @@ async def test_unreachable_from_the_start_serves_at_the_fallback_rate(
     limiter = RedisRateLimiter(
         f"redis://127.0.0.1:{free_port()}", name="nowhere", rate=30, fallback_rate=5, sleep=sleeps
     )
+    sleeps.limiter = limiter
     try:
         for _ in range(3):
             await limiter.acquire()
             limiter.on_success()
-        limiter.on_rate_limited(time.time())
+        limiter.on_rate_limited(limiter._local_clock())
         assert limiter.rate_limited_count == 1
     finally:
         await limiter.aclose()
-    assert sleeps.sleeps[:2] == pytest.approx([0.2, 0.4], abs=0.01)
+    assert sum(sleeps.sleeps) == pytest.approx(0.4 / _HEADROOM, abs=0.02)  # two 0.2 s gaps
     assert limiter.current_rate() < 5  # the local limiter slowed down on the 429
     assert [r.levelno for r in caplog.records if "unreachable" in r.getMessage()] == [
         logging.WARNING

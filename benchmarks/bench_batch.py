@@ -1,0 +1,824 @@
+"""Batches against a rate-limited API, and memory over a long stream of photos (issue 5).
+
+**Rate limit.** N distinct photos (256x256 JPEGs from ``sample_image(seed=i)``, made in memory
+before the clock starts) go to the simulator limited to ``--rps`` requests per second, with
+``--latency`` seconds on every answer (429s included), through:
+
+* ``A map, adaptive``: ``client.map(client.smart_skin, photos)`` with
+  ``AILabClient(max_concurrency=C)`` and no ``rate_limit``: the client must find the limit by
+  itself from the 429s. Target: every photo succeeds, wall time <= 1.25x the ideal N / rps;
+* ``B map, rate_limit``: the same with ``rate_limit=rps``. Target: all succeed, <= 1.10x;
+* ``C official SDK``: ``ailabtools-sdk``'s ``portraitIntelligentSkinRetouching`` started with
+  ``asyncio.gather`` under an ``asyncio.Semaphore(C)``, as its README suggests. It neither
+  retries nor slows down, so 429s are lost photos; we count them.
+
+The simulator's token bucket lets ``burst`` requests through at once. ``burst=1`` is the strict
+reading of "50 requests/s" (no two requests closer than 20 ms); the simulator's default is
+``ceil(rps)`` (a second's worth at once). Both are run by default (``--burst``), each scenario
+against a fresh simulator (a full bucket, no history).
+
+**Memory.** ``--rss-photos`` distinct 1 MiB PNGs (592x592 noise, stored uncompressed, so the
+simulator decodes them in ~2.5 ms) through ``client.map(client.smart_skin, ...)`` at
+concurrency C, in a child interpreter that reports its own peak RSS: ``VmHWM`` from
+``/proc/self/status``, with ``getrusage(RUSAGE_SELF).ru_maxrss`` beside it. On Linux the latter
+starts at the spawning parent's peak (``execve`` folds the replaced address space's high-water
+mark into it), so after scenarios A-C it shows the parent's ~70 MiB; ``VmHWM`` is the child's
+own. The photos are produced lazily: a generator writes each one to a temporary file just
+before ``map`` takes it, and the file is deleted when its outcome comes back, so the input
+never sits in memory. The simulator has no rate limit, no latency and a 1 s result TTL (it
+keeps uploads as results; a short TTL bounds its own memory).
+Target: peak RSS below 150 MiB.
+
+Every simulator is ``ailab-async simulate --port 0`` (run as ``python -m ailab_async._cli``)
+in its own process, so its CPU and memory never mix with the client's.
+
+    python -m benchmarks.bench_batch                    # 500 photos at 50/s, 200 ms; 10,000 x 1 MiB
+    python -m benchmarks.bench_batch --check            # exit 1 if a target is missed
+    python -m benchmarks.bench_batch --skip-rss --burst 1 --json batch.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import random
+import resource
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import attrs
+
+from ailab_async import AILabClient, RateLimiter
+from ailab_async.errors import APIError
+
+SCENARIO_ADAPTIVE = "A map, adaptive"
+SCENARIO_RATE_LIMIT = "B map, rate_limit"
+SCENARIO_OFFICIAL = "C official SDK"
+SCENARIOS = (SCENARIO_ADAPTIVE, SCENARIO_RATE_LIMIT, SCENARIO_OFFICIAL)
+#: Wall time at most this multiple of the ideal ``photos / rps``, with every photo succeeding.
+TARGET_RATIO = {SCENARIO_ADAPTIVE: 1.25, SCENARIO_RATE_LIMIT: 1.10}
+TARGET_RSS_MIB = 150.0
+RSS_PHOTO_SIDE = 592  # 592 * (592 * 3 + 1) bytes of pixel rows: a PNG just over 1 MiB
+RETOUCH_DEGREE = 0.6
+WHITENING_DEGREE = 0.5
+SAMPLE_PERIOD = 0.25  # seconds between two timeline points
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+_START_TIMEOUT = 30.0
+_STOP_TIMEOUT = 10.0
+
+
+# --- the simulator, in a child process ---------------------------------------------------------
+
+
+class SimulatorProcess:
+    """``ailab-async simulate --port 0 ARGS`` in a child interpreter, at :attr:`url` in the block.
+
+    Stopped with SIGTERM on exit; :attr:`cpu_seconds` is the CPU it used (read from
+    ``/proc`` just before stopping it; ``None`` where there is no ``/proc``).
+    """
+
+    def __init__(self, *args: str) -> None:
+        self.args = args
+        self.url = ""
+        self.api_key = ""
+        self.cpu_seconds: float | None = None
+        self._process: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> SimulatorProcess:
+        command = [sys.executable, "-m", "ailab_async._cli", "simulate", "--host", "127.0.0.1"]
+        process = subprocess.Popen(
+            [*command, "--port", "0", *self.args],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            cwd=_REPO_ROOT,
+        )
+        self._process = process
+        assert process.stdout is not None
+        deadline = time.monotonic() + _START_TIMEOUT
+        while not (self.url and self.api_key) and time.monotonic() < deadline:
+            line = process.stdout.readline()  # "" at EOF: the child died
+            if not line:
+                break
+            if "listening on " in line:
+                self.url = line.rsplit("listening on ", 1)[1].strip()
+            elif line.startswith("API key: "):
+                self.api_key = line.removeprefix("API key: ").strip()
+        if not (self.url.startswith("http://127.0.0.1:") and self.api_key):
+            self._stop()
+            raise RuntimeError(f"the simulator did not start (args {self.args})")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        self.cpu_seconds = _process_cpu_seconds(process.pid)
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.communicate(timeout=_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
+def _process_cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+def _simulator_args(rps: float, burst: int, latency: float, retry_after: bool) -> list[str]:
+    return [
+        "--rate-limit",
+        f"{rps:g}",
+        "--burst",
+        str(burst),
+        "--latency",
+        f"{latency:g}",
+        "--retry-after" if retry_after else "--no-retry-after",
+    ]
+
+
+# --- scenario A/B/C: a batch under a rate limit --------------------------------------------------
+
+
+@dataclass
+class TimelinePoint:
+    """The client's state ``t`` seconds into a run."""
+
+    t: float
+    completed: int
+    rate_limited: int
+    current_rate: float | None
+
+
+@dataclass
+class BatchRun:
+    """One scenario, one simulator: what became of every photo, and how long it took."""
+
+    scenario: str
+    burst: int
+    photos: int
+    rps: float
+    succeeded: int
+    failures: dict[str, int]
+    wall_seconds: float
+    #: 429 EXCEEDING_LIMITS answers received (every attempt, retried or not).
+    rate_limited: int
+    client_stats: dict[str, Any] | None = None
+    timeline: list[TimelinePoint] = field(default_factory=list)
+    unavailable: str | None = None
+
+    @property
+    def ideal_seconds(self) -> float:
+        return self.photos / self.rps
+
+    @property
+    def ratio(self) -> float:
+        return self.wall_seconds / self.ideal_seconds
+
+    @property
+    def lost_share(self) -> float:
+        return 1.0 - self.succeeded / self.photos if self.photos else 0.0
+
+    @property
+    def target(self) -> float | None:
+        return TARGET_RATIO.get(self.scenario)
+
+    @property
+    def meets_target(self) -> bool | None:
+        """All photos succeeded within the target wall time (``None``: no target)."""
+        if self.target is None or self.unavailable:
+            return None
+        return self.succeeded == self.photos and self.ratio <= self.target
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(
+            ideal_seconds=self.ideal_seconds,
+            ratio=self.ratio,
+            lost_share=self.lost_share,
+            target_ratio=self.target,
+            meets_target=self.meets_target,
+        )
+        return data
+
+
+def _failure_label(exc: BaseException) -> str:
+    if isinstance(exc, APIError):
+        return f"{type(exc).__name__} {exc.status} {exc.code or ''}".strip()
+    return type(exc).__name__
+
+
+async def _sample_timeline(
+    started: float,
+    completed: Callable[[], int],
+    rate_limited: Callable[[], int],
+    current_rate: Callable[[], float | None],
+    timeline: list[TimelinePoint],
+) -> None:
+    while True:
+        timeline.append(
+            TimelinePoint(
+                round(time.perf_counter() - started, 3),
+                completed(),
+                rate_limited(),
+                current_rate(),
+            )
+        )
+        await asyncio.sleep(SAMPLE_PERIOD)
+
+
+async def run_map(
+    scenario: str,
+    url: str,
+    api_key: str,
+    photos: Sequence[bytes],
+    *,
+    concurrency: int,
+    rate_limit: float | RateLimiter | None,
+    rps: float,
+    burst: int,
+    timeout: float,
+) -> BatchRun:
+    """Scenario A (``rate_limit=None``) or B: ``client.map(client.smart_skin, photos)``.
+
+    ``rate_limit`` may be a :class:`RateLimiter` object, to try another limiter on the same
+    footing (``run_map(..., rate_limit=MyLimiter(...))``).
+    """
+    failures: Counter[str] = Counter()
+    done = [0, 0]  # completed, succeeded
+    timeline: list[TimelinePoint] = []
+    async with AILabClient(
+        api_key=api_key, base_url=url, max_concurrency=concurrency, rate_limit=rate_limit
+    ) as client:
+        started = time.perf_counter()
+        sampler = asyncio.create_task(
+            _sample_timeline(
+                started,
+                lambda: done[0],
+                lambda: client.stats.rate_limited,
+                lambda: client.stats.current_rate,
+                timeline,
+            )
+        )
+
+        async def consume() -> None:
+            outcomes = client.map(
+                client.smart_skin,
+                photos,
+                retouch_degree=RETOUCH_DEGREE,
+                whitening_degree=WHITENING_DEGREE,
+            )
+            async with contextlib.aclosing(outcomes):
+                async for outcome in outcomes:
+                    done[0] += 1
+                    if outcome.error is None:
+                        done[1] += 1
+                    else:
+                        failures[_failure_label(outcome.error)] += 1
+
+        try:
+            await asyncio.wait_for(consume(), timeout)
+        except asyncio.TimeoutError:
+            failures[f"unfinished after the {timeout:g}s scenario timeout"] += len(photos) - done[0]
+        wall = time.perf_counter() - started
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
+        stats = client.stats
+    timeline.append(TimelinePoint(round(wall, 3), done[0], stats.rate_limited, stats.current_rate))
+    return BatchRun(
+        scenario=scenario,
+        burst=burst,
+        photos=len(photos),
+        rps=rps,
+        succeeded=done[1],
+        failures=dict(failures),
+        wall_seconds=wall,
+        rate_limited=stats.rate_limited,
+        client_stats=attrs.asdict(stats),
+        timeline=timeline,
+    )
+
+
+async def run_official(
+    url: str,
+    api_key: str,
+    photos: Sequence[bytes],
+    *,
+    concurrency: int,
+    rps: float,
+    burst: int,
+) -> BatchRun:
+    """Scenario C: the official SDK, ``asyncio.gather`` under a semaphore; no retries."""
+    try:
+        import ailabtools  # noqa: PLC0415 - optional: the benchmark runs without it
+    except ImportError as exc:
+        return BatchRun(
+            SCENARIO_OFFICIAL, burst, len(photos), rps, 0, {}, 0.0, 0, unavailable=str(exc)
+        )
+    client: Any = ailabtools.AILabClient(api_key=api_key, base_url=url)
+    method = getattr(client.portrait, "portraitIntelligentSkinRetouching", None)
+    if method is None:
+        await client.aclose()
+        unavailable = "no portrait.portraitIntelligentSkinRetouching method"
+        return BatchRun(
+            SCENARIO_OFFICIAL, burst, len(photos), rps, 0, {}, 0.0, 0, unavailable=unavailable
+        )
+    gate = asyncio.Semaphore(concurrency)
+    failures: Counter[str] = Counter()
+    succeeded = 0
+
+    async def one(photo: bytes) -> None:
+        nonlocal succeeded
+        params = {
+            "image": photo,
+            "retouchDegree": RETOUCH_DEGREE,
+            "whiteningDegree": WHITENING_DEGREE,
+        }
+        async with gate:
+            try:
+                body = await method(params)  # raises AILabApiError on an error envelope
+            except Exception as exc:  # every failure is counted, by kind
+                detail = getattr(exc, "detail", None)
+                status = getattr(detail, "status_code", None)
+                code = getattr(detail, "code", None)
+                label = f"{status} {code}" if status else type(exc).__name__
+                failures[label] += 1
+                return
+        if body["data"]["image_url"]:
+            succeeded += 1
+
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(one(photo) for photo in photos))
+        wall = time.perf_counter() - started
+    finally:
+        await client.aclose()
+    return BatchRun(
+        scenario=SCENARIO_OFFICIAL,
+        burst=burst,
+        photos=len(photos),
+        rps=rps,
+        succeeded=succeeded,
+        failures=dict(failures),
+        wall_seconds=wall,
+        rate_limited=failures.get("429 EXCEEDING_LIMITS", 0),
+    )
+
+
+def make_photos(n: int, side: int = 256) -> list[bytes]:
+    """``n`` distinct small portrait JPEGs (``sample_image(side, side, seed=i)``)."""
+    from ailab_async.simulator import sample_image  # noqa: PLC0415 - Pillow: parent only
+
+    return [sample_image(side, side, seed=i) for i in range(n)]
+
+
+# --- scenario D: peak RSS over a long lazy stream of 1 MiB photos --------------------------------
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def noise_png_parts(side: int = RSS_PHOTO_SIDE, seed: int = 0) -> tuple[bytes, bytes]:
+    """A ``side`` x ``side`` RGB PNG of noise, stored (not compressed), split after ``IHDR``.
+
+    Noise so it is not "blank" (the simulator would find no face); stored deflate blocks so
+    it stays ~1 MiB and decodes in a few milliseconds. Split so a chunk can be put between.
+    """
+    row = side * 3
+    pixels = bytearray(random.Random(seed).randbytes(side * (row + 1)))
+    pixels[:: row + 1] = bytes(side)  # filter type "none" at the start of every row
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    head = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+    tail = _png_chunk(b"IDAT", zlib.compress(bytes(pixels), 0)) + _png_chunk(b"IEND", b"")
+    return head, tail
+
+
+def lazy_photo_files(n: int, directory: Path, parts: tuple[bytes, bytes]) -> Iterator[Path]:
+    """Write photo ``i`` (the noise PNG plus a ``tEXt`` chunk naming ``i``: distinct bytes)
+    to ``directory`` only when it is asked for; the consumer deletes it when done."""
+    head, tail = parts
+    for index in range(n):
+        path = directory / f"photo-{index:06d}.png"
+        path.write_bytes(head + _png_chunk(b"tEXt", b"Comment\x00photo %d" % index) + tail)
+        yield path
+
+
+def _maxrss_mib() -> float:
+    """``getrusage`` peak RSS; on Linux it includes the spawning parent's peak (see above)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _peak_rss_mib() -> float:
+    """This address space's own peak RSS (``VmHWM``), or ``ru_maxrss`` without ``/proc``."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return _maxrss_mib()
+
+
+async def rss_child_run(url: str, api_key: str, photos: int, concurrency: int) -> dict[str, Any]:
+    """The child's work: stream ``photos`` 1 MiB files through ``client.map``."""
+    parts = noise_png_parts()
+    photo_bytes = len(parts[0]) + len(parts[1]) + 12 + len(b"Comment\x00photo 0")
+    failures: Counter[str] = Counter()
+    succeeded = 0
+    sent_bytes = 0
+    with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
+        async with AILabClient(
+            api_key=api_key, base_url=url, max_concurrency=concurrency
+        ) as client:
+            baseline_mib = _peak_rss_mib()
+            cpu_started, started = time.process_time(), time.perf_counter()
+            outcomes = client.map(
+                client.smart_skin,
+                lazy_photo_files(photos, Path(tmp), parts),
+                retouch_degree=RETOUCH_DEGREE,
+                whitening_degree=WHITENING_DEGREE,
+            )
+            async with contextlib.aclosing(outcomes):
+                async for outcome in outcomes:
+                    sent_bytes += outcome.item.stat().st_size
+                    outcome.item.unlink()
+                    if outcome.error is None:
+                        succeeded += 1
+                    else:
+                        failures[_failure_label(outcome.error)] += 1
+            wall = time.perf_counter() - started
+            cpu = time.process_time() - cpu_started
+            stats = client.stats
+        left_behind = len(os.listdir(tmp))
+    return {
+        "photos": photos,
+        "concurrency": concurrency,
+        "photo_bytes": photo_bytes,
+        "sent_bytes": sent_bytes,
+        "succeeded": succeeded,
+        "failures": dict(failures),
+        "wall_seconds": wall,
+        "cpu_seconds": cpu,
+        "baseline_rss_mib": baseline_mib,
+        "peak_rss_mib": _peak_rss_mib(),
+        "ru_maxrss_mib": _maxrss_mib(),
+        "files_left_behind": left_behind,
+        "max_in_flight": stats.max_in_flight,
+    }
+
+
+@dataclass
+class RssRun:
+    """Scenario D as the child reported it, plus the simulator's CPU."""
+
+    photos: int
+    concurrency: int
+    photo_bytes: int
+    sent_bytes: int
+    succeeded: int
+    failures: dict[str, int]
+    wall_seconds: float
+    cpu_seconds: float
+    baseline_rss_mib: float
+    peak_rss_mib: float
+    ru_maxrss_mib: float
+    files_left_behind: int
+    max_in_flight: int
+    simulator_cpu_seconds: float | None = None
+
+    @property
+    def meets_target(self) -> bool:
+        return self.succeeded == self.photos and self.peak_rss_mib < TARGET_RSS_MIB
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "target_rss_mib": TARGET_RSS_MIB, "meets_target": self.meets_target}
+
+
+def measure_rss(photos: int, concurrency: int) -> RssRun:
+    """Scenario D: a simulator process and a client process; the client reports its peak RSS."""
+    with SimulatorProcess("--latency", "0", "--result-ttl", "1") as simulator:
+        completed = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.bench_batch",
+                "--rss-child",
+                simulator.url,
+                simulator.api_key,
+                "--rss-photos",
+                str(photos),
+                "--concurrency",
+                str(concurrency),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=_REPO_ROOT,
+            check=False,
+        )
+    if completed.returncode != 0:
+        raise RuntimeError(f"the RSS child failed: {completed.stderr.strip()[-2000:]}")
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    return RssRun(**report, simulator_cpu_seconds=simulator.cpu_seconds)
+
+
+# --- the whole run ----------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """Settings, environment, every batch run and the memory run."""
+
+    photos: int
+    rps: float
+    latency: float
+    concurrency: int
+    retry_after: bool
+    bursts: list[int]
+    environment: dict[str, str]
+    runs: list[BatchRun] = field(default_factory=list)
+    rss: RssRun | None = None
+
+    def misses(self) -> list[str]:
+        """The targets missed, in words (empty: all met)."""
+        missed = [
+            f"{run.scenario} (burst {run.burst})" for run in self.runs if run.meets_target is False
+        ]
+        if self.rss is not None and not self.rss.meets_target:
+            missed.append(f"D peak RSS ({self.rss.photos} photos)")
+        return missed
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "benchmark": "batch",
+            "photos": self.photos,
+            "rps": self.rps,
+            "latency": self.latency,
+            "concurrency": self.concurrency,
+            "retry_after": self.retry_after,
+            "bursts": self.bursts,
+            "environment": self.environment,
+            "runs": [run.to_json() for run in self.runs],
+            "rss": self.rss.to_json() if self.rss else None,
+            "missed_targets": self.misses(),
+        }
+
+
+def _package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _environment() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": str(os.cpu_count()),
+        "aiohttp": _package_version("aiohttp"),
+        "ailab-async": _package_version("ailab-async"),
+        "ailabtools-sdk": _package_version("ailabtools-sdk"),
+        "httpx": _package_version("httpx"),
+    }
+
+
+def run_benchmark(
+    *,
+    photos: int = 500,
+    rps: float = 50.0,
+    latency: float = 0.2,
+    concurrency: int = 32,
+    bursts: Sequence[int] | None = None,
+    retry_after: bool = True,
+    scenarios: Sequence[str] = SCENARIOS,
+    scenario_timeout: float = 60.0,
+    rss_photos: int | None = 10_000,
+    progress: Callable[[str], None] | None = None,
+) -> Result:
+    """Every scenario against its own fresh simulator process; blocking."""
+    if photos < 1 or concurrency < 1 or not rps > 0 or latency < 0:
+        raise ValueError("photos and concurrency must be >= 1, rps > 0 and latency >= 0")
+    bursts = list(bursts or [1, math.ceil(rps)])
+    say = progress or (lambda _line: None)
+    result = Result(photos, rps, latency, concurrency, retry_after, bursts, _environment())
+    images = make_photos(photos) if scenarios else []
+    for burst in bursts:
+        for scenario in scenarios:
+            sim_args = _simulator_args(rps, burst, latency, retry_after)
+            with SimulatorProcess(*sim_args) as sim:
+                run: Awaitable[BatchRun]
+                if scenario == SCENARIO_OFFICIAL:
+                    run = run_official(
+                        sim.url, sim.api_key, images, concurrency=concurrency, rps=rps, burst=burst
+                    )
+                else:
+                    run = run_map(
+                        scenario,
+                        sim.url,
+                        sim.api_key,
+                        images,
+                        concurrency=concurrency,
+                        rate_limit=rps if scenario == SCENARIO_RATE_LIMIT else None,
+                        rps=rps,
+                        burst=burst,
+                        timeout=scenario_timeout,
+                    )
+                batch = asyncio.run(run)
+            result.runs.append(batch)
+            say(
+                f"burst {burst} {scenario}: {batch.succeeded}/{batch.photos} ok in "
+                f"{batch.wall_seconds:.2f}s ({batch.ratio:.2f}x ideal), "
+                f"{batch.rate_limited} x 429, failures {batch.failures or 'none'}"
+            )
+    if rss_photos:
+        result.rss = measure_rss(rss_photos, concurrency)
+        say(
+            f"D rss: {result.rss.succeeded}/{result.rss.photos} ok in "
+            f"{result.rss.wall_seconds:.1f}s, peak RSS {result.rss.peak_rss_mib:.1f} MiB"
+        )
+    return result
+
+
+# --- reporting ---------------------------------------------------------------------------------
+
+
+def _rate_trace(run: BatchRun, at: Sequence[float] = (0.5, 1, 2, 4, 6, 8, 10, 12, 15)) -> str:
+    """The adaptive limiter's allowed rate at a few moments of the run."""
+    points = []
+    for moment in at:
+        if moment > run.wall_seconds:
+            break
+        point = min(run.timeline, key=lambda p: abs(p.t - moment))
+        rate = "inf" if point.current_rate is None else f"{point.current_rate:.1f}"
+        points.append(f"{moment:g}s:{rate}")
+    return " ".join(points)
+
+
+def format_table(result: Result) -> str:
+    """The human-readable summary: one row per (burst, scenario), then the memory run."""
+    env = result.environment
+    lines = [
+        f"batch of {result.photos} smart-skin photos (256x256 JPEG), simulator limited to "
+        f"{result.rps:g} req/s with {result.latency:g}s latency"
+        f"{'' if result.retry_after else ' and no Retry-After'}; concurrency "
+        f"{result.concurrency}; ideal {result.photos / result.rps:.1f}s",
+        f"python {env['python']}, aiohttp {env['aiohttp']}, httpx {env['httpx']}, "
+        f"{env['cpus']} CPUs; simulator and client in separate processes",
+        "",
+        f"{'scenario':<20} {'burst':>5} {'ok':>9} {'wall s':>7} {'x ideal':>8} {'target':>7} "
+        f"{'429s':>5} {'retries':>7} {'rate end':>8}  failures",
+    ]
+    for run in result.runs:
+        if run.unavailable:
+            lines.append(f"{run.scenario:<20} {run.burst:>5} unavailable: {run.unavailable}")
+            continue
+        stats = run.client_stats or {}
+        rate = stats.get("current_rate")
+        rate_text = "-" if not stats else ("inf" if rate is None else f"{rate:.1f}")
+        target = "-" if run.target is None else f"{run.target:.2f}x"
+        verdict = {True: "", False: " MISSED", None: ""}[run.meets_target]
+        failures = ", ".join(f"{n} {label}" for label, n in run.failures.items()) or "none"
+        lines.append(
+            f"{run.scenario:<20} {run.burst:>5} {run.succeeded:>4}/{run.photos:<4} "
+            f"{run.wall_seconds:>7.2f} {run.ratio:>7.2f}x {target:>7} {run.rate_limited:>5} "
+            f"{stats.get('retries', '-')!s:>7} {rate_text:>8}  {failures}{verdict}"
+        )
+    for run in result.runs:
+        if run.scenario == SCENARIO_OFFICIAL and not run.unavailable:
+            lines.append(
+                f"{run.scenario} burst {run.burst}: {run.lost_share:.0%} of photos lost "
+                f"({run.rate_limited} to 429 EXCEEDING_LIMITS)"
+            )
+        elif run.timeline and run.scenario == SCENARIO_ADAPTIVE:
+            lines.append(
+                f"{run.scenario} burst {run.burst}: allowed req/s over time {_rate_trace(run)}"
+            )
+    if result.rss is not None:
+        rss = result.rss
+        sim_cpu = (
+            f", simulator CPU {rss.simulator_cpu_seconds:.1f}s"
+            if rss.simulator_cpu_seconds is not None
+            else ""
+        )
+        lines += [
+            "",
+            f"D memory: {rss.succeeded}/{rss.photos} photos of {rss.photo_bytes / 2**20:.2f} MiB "
+            f"({rss.sent_bytes / 2**30:.2f} GiB sent) at concurrency {rss.concurrency} in "
+            f"{rss.wall_seconds:.1f}s (client CPU {rss.cpu_seconds:.1f}s{sim_cpu})",
+            f"  peak RSS (VmHWM) {rss.peak_rss_mib:.1f} MiB (before the first photo "
+            f"{rss.baseline_rss_mib:.1f} MiB; getrusage ru_maxrss {rss.ru_maxrss_mib:.1f} MiB), "
+            f"target < {TARGET_RSS_MIB:g} MiB: {'met' if rss.meets_target else 'MISSED'}"
+            + (f"; failures {rss.failures}" if rss.failures else ""),
+        ]
+    misses = result.misses()
+    lines += ["", "all targets met" if not misses else f"targets MISSED: {', '.join(misses)}"]
+    return "\n".join(lines)
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_batch",
+        description="client.map under a rate-limited simulator vs the official SDK, "
+        "and peak RSS over a long stream of 1 MiB photos.",
+    )
+    add = parser.add_argument
+    add("--photos", type=int, default=500, help="photos per batch scenario (default 500)")
+    add("--rps", type=float, default=50.0, help="the simulator's rate limit (default 50)")
+    add("--latency", type=float, default=0.2, help="the simulator's latency (default 0.2 s)")
+    add("--concurrency", type=int, default=32, help="max_concurrency / semaphore (default 32)")
+    add(
+        "--burst",
+        type=int,
+        action="append",
+        help="the simulator's bucket size; repeat for several (default: 1 and ceil(rps))",
+    )
+    add(
+        "--retry-after",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the simulator sends Retry-After with its 429s (default on)",
+    )
+    add(
+        "--scenarios",
+        default="A,B,C",
+        help="comma-separated subset of A, B, C (default all; none: the memory run only)",
+    )
+    add("--scenario-timeout", type=float, default=60.0, help="give up on a batch after this (60 s)")
+    add("--rss-photos", type=int, default=10_000, help="1 MiB photos of the memory run")
+    add("--skip-rss", action="store_true", help="skip the memory run")
+    add("--json", metavar="PATH", help="also write the full result (timelines too) as JSON")
+    add("--check", action="store_true", help="exit 1 if a target is missed")
+    add("--quiet", action="store_true", help="no per-scenario progress lines")
+    add("--rss-child", nargs=2, metavar=("URL", "KEY"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    by_letter = {name[0]: name for name in SCENARIOS}
+    letters = [s.strip().upper() for s in args.scenarios.split(",") if s.strip()]
+    if any(letter not in by_letter for letter in letters):
+        parser.error(f"--scenarios takes letters among {', '.join(by_letter)}")
+    args.scenarios = [by_letter[letter] for letter in dict.fromkeys(letters)]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    if args.rss_child:
+        url, key = args.rss_child
+        report = asyncio.run(rss_child_run(url, key, args.rss_photos, args.concurrency))
+        print(json.dumps(report))
+        return 0
+    result = run_benchmark(
+        photos=args.photos,
+        rps=args.rps,
+        latency=args.latency,
+        concurrency=args.concurrency,
+        bursts=args.burst,
+        retry_after=args.retry_after,
+        scenarios=args.scenarios,
+        scenario_timeout=args.scenario_timeout,
+        rss_photos=None if args.skip_rss else args.rss_photos,
+        progress=None if args.quiet else lambda line: print(line, file=sys.stderr),
+    )
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(result.to_json(), out, indent=2)
+            out.write("\n")
+    return 1 if args.check and result.misses() else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
