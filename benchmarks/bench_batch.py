@@ -45,7 +45,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import random
 import resource
 import signal
@@ -58,7 +57,6 @@ import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -67,6 +65,8 @@ import attrs
 
 from ailab_async import AILabClient, RateLimiter
 from ailab_async.errors import APIError
+
+from ._common import environment
 
 SCENARIO_ADAPTIVE = "A map, adaptive"
 SCENARIO_RATE_LIMIT = "B map, rate_limit"
@@ -597,25 +597,6 @@ class Result:
         }
 
 
-def _package_version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
-
-
-def _environment() -> dict[str, str]:
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": str(os.cpu_count()),
-        "aiohttp": _package_version("aiohttp"),
-        "ailab-async": _package_version("ailab-async"),
-        "ailabtools-sdk": _package_version("ailabtools-sdk"),
-        "httpx": _package_version("httpx"),
-    }
-
-
 def run_benchmark(
     *,
     photos: int = 500,
@@ -634,7 +615,7 @@ def run_benchmark(
         raise ValueError("photos and concurrency must be >= 1, rps > 0 and latency >= 0")
     bursts = list(bursts or [1, math.ceil(rps)])
     say = progress or (lambda _line: None)
-    result = Result(photos, rps, latency, concurrency, retry_after, bursts, _environment())
+    result = Result(photos, rps, latency, concurrency, retry_after, bursts, environment())
     images = make_photos(photos) if scenarios else []
     for burst in bursts:
         for scenario in scenarios:

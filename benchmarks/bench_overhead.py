@@ -25,8 +25,6 @@ import asyncio
 import contextlib
 import gc
 import json
-import os
-import platform
 import statistics
 import struct
 import sys
@@ -34,13 +32,13 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import aiohttp
 
 from ailab_async import AILabClient
 
+from ._common import environment
 from ._local_server import API_KEY, IMAGE_URL, SMART_SKIN_PATH, LocalServer
 
 RAW = "raw aiohttp"
@@ -282,25 +280,6 @@ class Result:
         }
 
 
-def _package_version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
-
-
-def _environment() -> dict[str, str]:
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": str(os.cpu_count()),
-        "aiohttp": _package_version("aiohttp"),
-        "ailab-async": _package_version("ailab-async"),
-        "ailabtools-sdk": _package_version("ailabtools-sdk"),
-        "httpx": _package_version("httpx"),
-    }
-
-
 def run_benchmark(
     *,
     n: int = 2000,
@@ -344,7 +323,7 @@ def run_benchmark(
         repeat=repeat,
         warmup=warmup,
         image_bytes=len(image),
-        environment=_environment(),
+        environment=environment(),
         reports=reports,
         requests_served=server.requests_served,
         requests_rejected=server.requests_rejected,

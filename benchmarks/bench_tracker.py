@@ -46,7 +46,6 @@ import gc
 import json
 import math
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -55,7 +54,6 @@ import time
 import tracemalloc
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -63,6 +61,8 @@ from typing import Any
 import aiohttp
 
 from ailab_async import AILabClient, ClientClosedError, PollingConfig, TaskHandle
+
+from ._common import environment
 
 TRACKER = "ailab-async tracker"
 FIXED = "fixed 5 s poll"
@@ -581,24 +581,6 @@ class Result:
         }
 
 
-def _package_version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
-
-
-def _environment() -> dict[str, str]:
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": str(os.cpu_count()),
-        "aiohttp": _package_version("aiohttp"),
-        "ailab-async": _package_version("ailab-async"),
-        "ailabtools-sdk": _package_version("ailabtools-sdk"),
-    }
-
-
 def _parse_duration(spec: str) -> tuple[float, float]:
     low, _, high = spec.partition(":")
     return float(low), float(high or low)
@@ -673,7 +655,7 @@ def run_benchmark(
             stats = sim.stats()
         if stats["duplicate_submits"]:
             raise RuntimeError("the scale phase submitted an image twice")
-    return Result(settings, _environment(), reports, scale)
+    return Result(settings, environment(), reports, scale)
 
 
 # --- reporting ---------------------------------------------------------------------------------
