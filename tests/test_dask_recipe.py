@@ -41,6 +41,9 @@ ACCOUNT_RATE = 20.0
 BUDGET = 16.0
 
 
+pytestmark = pytest.mark.dask
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -36,10 +36,13 @@ from ailab_async.simulator import RateLimit, Simulator, SimulatorConfig
 REDIS_SERVER = shutil.which("redis-server")
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(
-    REDIS_SERVER is None,
-    reason="redis-server is not installed here (CI installs Debian's redis-server package)",
-)
+pytestmark = [
+    pytest.mark.redis,
+    pytest.mark.skipif(
+        REDIS_SERVER is None,
+        reason="redis-server is not installed here (CI installs Debian's redis-server package)",
+    ),
+]
 
 
 def free_port() -> int:
