@@ -47,7 +47,6 @@ import math
 import os
 import random
 import resource
-import signal
 import struct
 import subprocess
 import sys
@@ -58,7 +57,6 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import attrs
@@ -66,7 +64,7 @@ import attrs
 from ailab_async import AILabClient, RateLimiter
 from ailab_async.errors import APIError
 
-from ._common import environment
+from ._common import REPO_ROOT, SimulatorProcess, environment
 
 SCENARIO_ADAPTIVE = "A map, adaptive"
 SCENARIO_RATE_LIMIT = "B map, rate_limit"
@@ -79,81 +77,6 @@ RSS_PHOTO_SIDE = 592  # 592 * (592 * 3 + 1) bytes of pixel rows: a PNG just over
 RETOUCH_DEGREE = 0.6
 WHITENING_DEGREE = 0.5
 SAMPLE_PERIOD = 0.25  # seconds between two timeline points
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-_START_TIMEOUT = 30.0
-_STOP_TIMEOUT = 10.0
-
-
-# --- the simulator, in a child process ---------------------------------------------------------
-
-
-class SimulatorProcess:
-    """``ailab-async simulate --port 0 ARGS`` in a child interpreter, at :attr:`url` in the block.
-
-    Stopped with SIGTERM on exit; :attr:`cpu_seconds` is the CPU it used (read from
-    ``/proc`` just before stopping it; ``None`` where there is no ``/proc``).
-    """
-
-    def __init__(self, *args: str) -> None:
-        self.args = args
-        self.url = ""
-        self.api_key = ""
-        self.cpu_seconds: float | None = None
-        self._process: subprocess.Popen[str] | None = None
-
-    def __enter__(self) -> SimulatorProcess:
-        command = [sys.executable, "-m", "ailab_async._cli", "simulate", "--host", "127.0.0.1"]
-        process = subprocess.Popen(
-            [*command, "--port", "0", *self.args],
-            stdout=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            cwd=_REPO_ROOT,
-        )
-        self._process = process
-        assert process.stdout is not None
-        deadline = time.monotonic() + _START_TIMEOUT
-        while not (self.url and self.api_key) and time.monotonic() < deadline:
-            line = process.stdout.readline()  # "" at EOF: the child died
-            if not line:
-                break
-            if "listening on " in line:
-                self.url = line.rsplit("listening on ", 1)[1].strip()
-            elif line.startswith("API key: "):
-                self.api_key = line.removeprefix("API key: ").strip()
-        if not (self.url.startswith("http://127.0.0.1:") and self.api_key):
-            self._stop()
-            raise RuntimeError(f"the simulator did not start (args {self.args})")
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stop()
-
-    def _stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        self.cpu_seconds = _process_cpu_seconds(process.pid)
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.communicate(timeout=_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
-
-
-def _process_cpu_seconds(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
 def _simulator_args(rps: float, burst: int, latency: float, retry_after: bool) -> list[str]:
@@ -546,7 +469,7 @@ def measure_rss(photos: int, concurrency: int) -> RssRun:
             ],
             capture_output=True,
             text=True,
-            cwd=_REPO_ROOT,
+            cwd=REPO_ROOT,
             check=False,
         )
     if completed.returncode != 0:

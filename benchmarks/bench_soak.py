@@ -18,9 +18,6 @@ import asyncio
 import collections
 import json
 import os
-import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -28,46 +25,13 @@ from typing import Any
 from ailab_async import AILabClient, PollingConfig
 from ailab_async.simulator import sample_image
 
-SIM_KEY = "sim-key-000"
+from ._common import SimulatorProcess
 
 
 def rss_mb() -> float:
     with open(f"/proc/{os.getpid()}/statm", encoding="ascii") as handle:
         pages = int(handle.read().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
-
-
-class SimulatorProcess:
-    """``ailab-async simulate`` in a child process; its URL read from its first lines."""
-
-    def __init__(self, *flags: str) -> None:
-        self.flags = flags
-        self.process: subprocess.Popen[str] | None = None
-        self.url = ""
-
-    def __enter__(self) -> SimulatorProcess:
-        command = [sys.executable, "-m", "ailab_async._cli", "simulate", "--port", "0"]
-        self.process = subprocess.Popen([*command, *self.flags], stdout=subprocess.PIPE, text=True)
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            found = re.search(r"http://127\.0\.0\.1:\d+", line)
-            if found:
-                self.url = found.group(0)
-                return self
-        raise RuntimeError("the simulator did not start")
-
-    def __exit__(self, *exc_info: object) -> None:
-        assert self.process is not None
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
 
 
 def images(count: int) -> Iterator[tuple[int, bytes]]:
@@ -77,7 +41,7 @@ def images(count: int) -> Iterator[tuple[int, bytes]]:
         yield index, pool[index % 64]
 
 
-async def soak(url: str, calls: int, concurrency: int) -> dict[str, Any]:
+async def soak(url: str, api_key: str, calls: int, concurrency: int) -> dict[str, Any]:
     latencies: list[float] = []
     outcomes: collections.Counter[str] = collections.Counter()
     rss: list[tuple[float, float]] = []
@@ -89,7 +53,7 @@ async def soak(url: str, calls: int, concurrency: int) -> dict[str, Any]:
             await asyncio.sleep(1.0)
 
     async with AILabClient(
-        api_key=SIM_KEY,
+        api_key=api_key,
         base_url=url,
         max_concurrency=32,
         timeout=2.0,
@@ -161,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "--fault-after-processing", "0.3",
     ]  # fmt: skip
     with SimulatorProcess(*flags) as sim:
-        results = asyncio.run(soak(sim.url, args.calls, args.concurrency))
+        results = asyncio.run(soak(sim.url, sim.api_key, args.calls, args.concurrency))
     samples = results.pop("rss_mb_samples")
     for key, value in results.items():
         print(f"{key:>28}: {value}")
