@@ -14,6 +14,10 @@ budget are mixed: each task draws its ``lane`` in [0, 1) and follows the denser 
 the probability that makes the expected polls per task meet ``target_polls``. Before there is
 enough evidence the planner falls back to the provider's advice: poll every 5 seconds.
 
+It also decides what a failed poll means (:func:`classify_poll_error`) and when to poll
+again after a transient one (:func:`poll_retry_delay`). Polls are free, the tasks behind them
+are paid for: only a definite answer about the task may end it.
+
 Nothing here does I/O or reads a clock; the tracker passes times in.
 """
 
@@ -21,11 +25,17 @@ from __future__ import annotations
 
 import bisect
 import collections
+import enum
 import math
 
 import attrs
 
+from . import errors
+
 FALLBACK_INTERVAL = 5.0
+#: ``PROCESSING_FAILURE`` answers to a poll in a row before the task counts as failed: the
+#: provider says to retry it "a few times", and repeated about one task it is an answer.
+PROCESSING_FAILURE_TRIES = 4
 # A few self-consistency rounds: enough to pull wide intervals' mass to where narrow ones
 # put it, few enough to keep the estimate smooth (fully converged, Turnbull's estimate is a
 # handful of spikes, and schedules fitted to spikes overshoot their poll budget in practice).
@@ -42,11 +52,17 @@ class PollingConfig:
         min_observations: Finished tasks needed before the learned schedule is used.
         window: How many recent finished tasks the estimate is built from.
         min_interval: No two polls of one task closer than this (seconds).
-        give_up_after: Stop polling a task still unfinished this long after its submit
-            (its waiters get :class:`~ailab_async.TaskTimeoutError`; it can be tracked again).
+        give_up_after: Stop polling a task still unfinished this long after this client
+            started tracking it (not after its submit: a task picked up hours later gets
+            its full time). Its waiters get :class:`~ailab_async.TaskTimeoutError`; it can
+            be tracked again.
         poll_share: At most this share of the client's rate limit goes to polls (when a
             rate limit is in force), and of its concurrency slots, so polls never starve
             submissions.
+        poll_retry_max: Longest wait (seconds) between polls of a task whose polls keep
+            failing transiently (the wait doubles from ``fallback_interval`` up to this).
+        retry_after_cap: A server's ``Retry-After`` on a poll is honoured up to this many
+            seconds.
     """
 
     target_polls: float = 1.8
@@ -56,14 +72,126 @@ class PollingConfig:
     min_interval: float = 0.25
     poll_share: float = 0.5
     give_up_after: float = 3600.0
+    poll_retry_max: float = 60.0
+    retry_after_cap: float = 120.0
 
     def __attrs_post_init__(self) -> None:
+        # ValidationError is also a ValueError: callers catching ValueError keep working.
         if not self.target_polls >= 1.0:
-            raise ValueError("target_polls must be at least 1")
+            raise errors.ValidationError(
+                "target_polls must be at least 1", input="target_polls", rule="range"
+            )
         if not 0 < self.poll_share <= 1:
-            raise ValueError("poll_share must be in (0, 1]")
-        if not self.fallback_interval > 0 or not self.min_interval > 0:
-            raise ValueError("poll intervals must be positive")
+            raise errors.ValidationError(
+                "poll_share must be in (0, 1]", input="poll_share", rule="range"
+            )
+        for name in (
+            "fallback_interval",
+            "min_interval",
+            "give_up_after",
+            "poll_retry_max",
+            "retry_after_cap",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise errors.ValidationError(
+                    f"{name} must be a positive number of seconds, got {value!r}",
+                    input=name,
+                    rule="range",
+                )
+        for name in ("min_observations", "window"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise errors.ValidationError(
+                    f"{name} must be an integer >= 1, got {value!r}", input=name, rule="range"
+                )
+
+
+class PollVerdict(enum.Enum):
+    """What a failed poll means for its task."""
+
+    #: Transient, or not about the task: poll again later (polls are free).
+    RETRY = "retry"
+    #: A definite answer about the task: it failed (the waiters get TaskFailedError).
+    TASK_FAILED = "task_failed"
+    #: Not the task's fault, but polling cannot go on (bad key, closed client): the
+    #: waiters get this error itself, and the task can be tracked again later.
+    STOP = "stop"
+
+
+def classify_poll_error(error: errors.AILabError, *, in_a_row: int = 1) -> PollVerdict:
+    """Decide what a failed poll of a task means; ``in_a_row`` counts this failure's code
+    among the task's consecutive poll failures (this one included).
+
+    >>> classify_poll_error(errors.RateLimitedError("slow down", status=429))
+    <PollVerdict.RETRY: 'retry'>
+    >>> classify_poll_error(errors.AuthenticationError("bad key", status=401))
+    <PollVerdict.STOP: 'stop'>
+    """
+    if isinstance(error, errors.TaskFailedError):
+        return PollVerdict.TASK_FAILED  # task_status outside 0-2
+    if isinstance(error, (errors.ImageRejectedError, errors.InvalidRequestError)) and error.code:
+        # The API's own word (it names a code): the task's image was refused, or the task
+        # id is unknown or expired. A bare 4xx without a code may come from anything in
+        # between (a gateway, a proxy): not definite, and a wrong "failed" costs a resubmit.
+        return PollVerdict.TASK_FAILED
+    if (
+        isinstance(error, errors.APIError)
+        and error.code == "PROCESSING_FAILURE"
+        and in_a_row >= PROCESSING_FAILURE_TRIES
+    ):
+        return PollVerdict.TASK_FAILED
+    if isinstance(
+        error,
+        (
+            errors.AuthenticationError,  # 401/403: the key, not the task
+            errors.InsufficientCreditsError,
+            errors.ClientClosedError,
+            errors.ConfigurationError,
+            errors.ValidationError,
+        ),
+    ):
+        return PollVerdict.STOP
+    if isinstance(error, errors.TransportError) and not error.retryable:
+        return PollVerdict.STOP  # TLS verification failed: waiting cannot fix it
+    # Rate limits, 5xx, transport errors, the poll's own deadline, HTML or malformed
+    # bodies, anything unexpected from the API: nothing definite about the task.
+    return PollVerdict.RETRY
+
+
+def retry_after_of(error: BaseException) -> float | None:
+    """The ``Retry-After`` behind ``error`` (a poll's deadline error wraps the 429 that
+    made it give up), or ``None``."""
+    seen: BaseException | None = error
+    for _ in range(8):  # a short, finite walk down the cause chain
+        if seen is None:
+            break
+        if isinstance(seen, errors.APIError) and seen.retry_after is not None:
+            return seen.retry_after
+        seen = seen.__cause__
+    return None
+
+
+def poll_retry_delay(
+    failures: int, retry_after: float | None, rand: float, config: PollingConfig
+) -> float:
+    """Seconds before polling again after the ``failures``-th transient failure in a row.
+
+    Doubling from ``fallback_interval`` up to ``poll_retry_max``, drawn in the upper half
+    of that (so synchronised tasks spread out, but never hammer); a server's ``Retry-After``
+    is a floor, capped at ``retry_after_cap``. ``rand`` is in [0, 1).
+
+    >>> poll_retry_delay(1, None, 0.0, PollingConfig())
+    2.5
+    >>> poll_retry_delay(1, 600.0, 0.0, PollingConfig())
+    120.0
+    """
+    exponent = min(max(failures, 1) - 1, 30)
+    cap = min(config.poll_retry_max, config.fallback_interval * 2.0**exponent)
+    wait = cap * (0.5 + 0.5 * rand)
+    if retry_after is not None and math.isfinite(retry_after):
+        wait = max(wait, min(retry_after, config.retry_after_cap))
+    return max(wait, config.min_interval)
 
 
 class PollPlanner:

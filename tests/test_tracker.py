@@ -48,7 +48,9 @@ class FakeBeautyAPI:
         self.detected_at: dict[str, float] = {}
         self.polls: dict[str, int] = {}
         self.poll_times: list[float] = []
-        self.query_override: dict[str, list[CallbackResult]] = {}
+        #: Scripted answers per task, used first: a response, or an exception to raise
+        #: (aiohttp turns it into a transport failure).
+        self.query_override: dict[str, list[CallbackResult | Exception]] = {}
         self.submits = 0
         mocked.post(BEAUTY_URL, callback=self.submit, repeat=True)
         mocked.get(QUERY_PATTERN, callback=self.query, repeat=True)
@@ -65,7 +67,10 @@ class FakeBeautyAPI:
         self.poll_times.append(self.time.now)
         scripted = self.query_override.get(task_id)
         if scripted:
-            return scripted.pop(0)
+            answer = scripted.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
         if task_id not in self.done_at:
             return CallbackResult(
                 status=400, payload=error_envelope(400, "ERROR_INVALID_PARAMETER")
