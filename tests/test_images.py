@@ -40,6 +40,26 @@ def test_header_sniffing(data: bytes, fmt: str, dims: tuple[int, int]) -> None:
     assert sniff_dimensions(fmt, lambda off, n: data[off : off + n]) == dims
 
 
+@pytest.mark.parametrize(
+    ("data", "fmt"),
+    [
+        pytest.param(b"BM" + b"\x00" * 60, "bmp", id="bmp-dib-size-0"),
+        pytest.param(
+            bmp_header(512, 300)[:14] + b"\x29" + bmp_header(512, 300)[15:], "bmp", id="bmp-dib-41"
+        ),
+        pytest.param(bmp_header(-512, 300), "bmp", id="bmp-negative-width"),
+        pytest.param(
+            png_bytes(300, 200)[:11] + b"\x0c" + png_bytes(300, 200)[12:],
+            "png",
+            id="png-ihdr-len-12",
+        ),
+    ],
+)
+def test_headers_no_decoder_accepts_have_no_dimensions(data: bytes, fmt: str) -> None:
+    assert sniff_format(data) == fmt
+    assert sniff_dimensions(fmt, lambda off, n: data[off : off + n]) is None
+
+
 def test_jpeg_with_fill_bytes_and_restart_markers() -> None:
     data = jpeg_header(800, 600)
     data = data[:2] + b"\xff\xff" + data[2:]  # fill bytes before a marker are legal
@@ -114,11 +134,11 @@ def test_path_input_is_not_loaded_into_memory(tmp_path: Path) -> None:
     prepared = prepare_image(path, SMART_SKIN_RULES)
     assert prepared.data is None
     with prepared.open() as body:
-        assert not isinstance(body, bytes)
+        assert isinstance(body, io.BufferedReader)  # a handle on the file, not its bytes
         assert body.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_file_object_is_rewound_to_its_start_for_every_attempt() -> None:
+def test_file_object_is_sent_from_its_start_on_every_attempt() -> None:
     payload = png_bytes(300, 300)
     handle = io.BytesIO(b"prefix" + payload)
     handle.seek(6)
