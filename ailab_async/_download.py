@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import aiohttp
 import anyio.to_thread
@@ -63,24 +66,78 @@ async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int, shown: 
 async def _stream_to_file(
     response: aiohttp.ClientResponse, dest: Path, max_bytes: int, shown: str
 ) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    """Write the body next to ``dest`` (``.part``), then rename it into place.
+
+    The file gets the mode any file the user creates gets (``0o666`` less the umask), not
+    ``mkstemp``'s private ``0o600``. No ``.part`` file is left behind on any failure. A
+    local write failure (disk full, no permission) is a non-retryable
+    :class:`DownloadError` whose ``__cause__`` is the ``OSError``: it is not the server's
+    fault, and the result URL stays valid until it expires, so the caller can free space
+    and download again.
+    """
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as exc:
+        raise _local_write_error(exc, dest, shown) from exc
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as handle:
+            await _locally(os.fchmod, handle.fileno(), 0o666 & ~_umask(), dest=dest, shown=shown)
             written = 0
             async for chunk in response.content.iter_chunked(_CHUNK):
                 written += len(chunk)
                 if written > max_bytes:
                     raise DownloadError(f"download of {shown} exceeds the {max_bytes}-byte cap")
-                await anyio.to_thread.run_sync(handle.write, chunk)
-            await anyio.to_thread.run_sync(_flush_and_sync, handle)
-        os.replace(tmp, dest)
+                await _locally(handle.write, chunk, dest=dest, shown=shown)
+            await _locally(_flush_and_sync, handle, dest=dest, shown=shown)
+        await _locally(os.replace, tmp, dest, dest=dest, shown=shown)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     return dest
+
+
+async def _locally(fn: Callable[..., object], *args: Any, dest: Path, shown: str) -> None:
+    """Run a local file operation off the loop; an ``OSError`` becomes a typed error."""
+    try:
+        await anyio.to_thread.run_sync(fn, *args)
+    except OSError as exc:
+        raise _local_write_error(exc, dest, shown) from exc
+
+
+def _local_write_error(exc: OSError, dest: Path, shown: str) -> DownloadError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        what, code = "the disk is full", "DISK_FULL"
+    else:
+        what, code = exc.strerror or type(exc).__name__, "LOCAL_WRITE_FAILED"
+    return DownloadError(
+        f"download of {shown} could not be written to {dest}: {what}; the result URL is "
+        "still valid until it expires: fix the destination and download again",
+        retryable=False,
+        code=code,
+    )
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+@functools.cache
+def _umask() -> int:
+    """The process umask, read once. ``/proc`` when it says; else set-and-restore (locked)."""
+    with (
+        contextlib.suppress(OSError, ValueError, IndexError),
+        open("/proc/self/status", encoding="ascii", errors="replace") as status,
+    ):
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    with _UMASK_LOCK:
+        # os.umask can only be read by setting it; the window is this one line.
+        current = os.umask(0o022)
+        os.umask(current)
+    return current
 
 
 def _flush_and_sync(handle: IO[bytes]) -> None:

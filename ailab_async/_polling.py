@@ -31,6 +31,7 @@ import math
 import attrs
 
 from . import errors
+from ._protocol import MAX_RETRY_AFTER, UNEXPECTED_REDIRECT
 
 FALLBACK_INTERVAL = 5.0
 #: ``PROCESSING_FAILURE`` answers to a poll in a row before the task counts as failed: the
@@ -73,7 +74,7 @@ class PollingConfig:
     poll_share: float = 0.5
     give_up_after: float = 3600.0
     poll_retry_max: float = 60.0
-    retry_after_cap: float = 120.0
+    retry_after_cap: float = MAX_RETRY_AFTER
 
     def __attrs_post_init__(self) -> None:
         # ValidationError is also a ValueError: callers catching ValueError keep working.
@@ -130,6 +131,9 @@ def classify_poll_error(error: errors.AILabError, *, in_a_row: int = 1) -> PollV
     """
     if isinstance(error, errors.TaskFailedError):
         return PollVerdict.TASK_FAILED  # task_status outside 0-2
+    if isinstance(error, errors.APIError) and error.code == UNEXPECTED_REDIRECT:
+        # Our refusal to follow a redirect (a wrong base_url), not the API's word on the task.
+        return PollVerdict.STOP
     if isinstance(error, (errors.ImageRejectedError, errors.InvalidRequestError)) and error.code:
         # The API's own word (it names a code): the task's image was refused, or the task
         # id is unknown or expired. A bare 4xx without a code may come from anything in

@@ -7,9 +7,13 @@ functions of bytes and mappings, so each is tested table-driven without a networ
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import email.utils
 import json
 import math
+import numbers
+import re
+import reprlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +24,28 @@ from .models import CreditBalance, Credits, ImageResult, TaskStatus, converter
 
 API_KEY_HEADER = "ailabapi-api-key"
 DEFAULT_BASE_URL = "https://www.ailabapi.com"
+
+#: The most bytes (after decompression) read from an API answer. Envelopes are a few
+#: hundred bytes; the cap keeps a hostile or broken server (a gzip bomb, an endless body)
+#: from filling memory. A body over the cap is a :class:`MalformedResponseError`. (Should
+#: smart-beauty's ``task_type=sync``, a base64 image in the body, ever be wrapped, that
+#: endpoint needs a larger cap: about 7 MiB for its 5 MB image limit.)
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+
+#: The longest ``Retry-After`` any part of the client honours, in seconds (retries, the rate
+#: limiters, the task poller). The provider promises none; a misconfigured gateway sending
+#: ``Retry-After: 1000000000`` must not stall a call, or every process sharing a budget.
+MAX_RETRY_AFTER = 120.0
+
+#: Codes this SDK gives to answers it refuses on its own (not the API's word about a call).
+UNEXPECTED_REDIRECT = "UNEXPECTED_REDIRECT"
+RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
+
+#: Codes that mean "slow down": the API refused the request unprocessed, whatever the
+#: HTTP status they arrive under (the provider's documents disagree: 422, 429, 400, 503).
+THROTTLING_CODES = frozenset(
+    {"EXCEEDING_LIMITS", "AI_SERVICE_FLOW_RESTRICTION", "ERROR_BATCH_TASK_LIMIT_EXCEEDED"}
+)
 
 
 @attrs.frozen
@@ -54,19 +80,64 @@ QUERY_CREDITS = Endpoint("query-credits", "GET", "/api/common/query-credits", bi
 # --- parameters -------------------------------------------------------------------------
 
 
-def check_degree(name: str, value: float, low: float, high: float) -> str:
-    """Validate one float parameter against its documented range; return its form value."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+def check_degree(name: str, value: object, low: float, high: float) -> str:
+    """Validate one float parameter against its documented range; return its form value.
+
+    Any real number that converts cleanly to a float is accepted (``int``, ``float``,
+    ``Fraction``, ``Decimal``, numpy scalars); ``bool``, strings, complex numbers and the
+    like are refused (``rule="type"``), and NaN, infinities, numbers too large for a float
+    and values outside ``[low, high]`` too (``rule="range"``).
+
+    >>> check_degree("beauty_level", 0.5, 0.0, 1.0)
+    '0.5'
+    """
+    if _is_boolean(value) or not isinstance(value, (numbers.Real, decimal.Decimal)):
         raise errors.ValidationError(
             f"{name} must be a number in [{low}, {high}], got {type(value).__name__}",
             input=name,
             rule="type",
         )
-    if not (math.isfinite(value) and low <= value <= high):
+    try:
+        number = float(value)
+    except (OverflowError, ValueError, TypeError, ArithmeticError):
+        number = math.nan  # too large for a float, or a signalling NaN
+    if not (math.isfinite(number) and low <= number <= high):
         raise errors.ValidationError(
-            f"{name} must be in [{low}, {high}], got {value!r}", input=name, rule="range"
+            f"{name} must be in [{low}, {high}], got {reprlib.repr(value)}",
+            input=name,
+            rule="range",
         )
-    return repr(float(value))
+    return repr(number)
+
+
+def _is_boolean(value: object) -> bool:
+    """``bool`` or a numpy boolean scalar (neither is a number here)."""
+    if isinstance(value, bool):
+        return True
+    dtype = getattr(value, "dtype", None)
+    return getattr(dtype, "kind", None) == "b" and getattr(value, "shape", None) == ()
+
+
+def check_flag(name: str, value: object) -> bool:
+    """A yes/no parameter: ``True``/``False``, ``1``/``0`` (or numpy booleans), ``None``.
+
+    Anything else is refused rather than guessed at: the string ``"false"`` is truthy, and
+    sending ``multi_face=1`` for it would silently change (and bill) a different operation.
+
+    >>> check_flag("multi_face", 1)
+    True
+    """
+    if value is None:
+        return False
+    if _is_boolean(value):
+        return bool(value)
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    raise errors.ValidationError(
+        f"{name} must be True or False, got {type(value).__name__} {reprlib.repr(value)}",
+        input=name,
+        rule="type",
+    )
 
 
 def smart_skin_fields(retouch_degree: float, whitening_degree: float) -> list[tuple[str, str]]:
@@ -83,7 +154,7 @@ def smart_beauty_fields(beauty_level: float, multi_face: bool) -> list[tuple[str
         ("task_type", "async"),
         ("beauty_level", check_degree("beauty_level", beauty_level, 0.0, 1.0)),
     ]
-    if multi_face:
+    if check_flag("multi_face", multi_face):
         fields.append(("multi_face", "1"))
     return fields
 
@@ -134,7 +205,7 @@ _CODE_CLASSES: dict[str, type[errors.APIError]] = {
         ),
         errors.ImageRejectedError,
     ),
-    "EXCEEDING_LIMITS": errors.RateLimitedError,
+    **dict.fromkeys(THROTTLING_CODES, errors.RateLimitedError),
     "ERROR_NOT_ENOUGH_CREDITS": errors.InsufficientCreditsError,
     "AI_SERVICE_ERROR": errors.ServerError,
     "ERROR_INSUFFICIENT_RESOURCES": errors.ServerError,
@@ -146,6 +217,9 @@ def error_class_for(status: int, code: str) -> type[errors.APIError]:
     """The exception type for an error: by documented ``code``, else by HTTP status family."""
     if code in _CODE_CLASSES:
         return _CODE_CLASSES[code]
+    if 300 <= status < 400:
+        # Redirects are never followed (the key would go with them): see classify_response.
+        return errors.InvalidRequestError
     if status == 401:
         return errors.AuthenticationError
     if status == 403:
@@ -162,8 +236,17 @@ def error_class_for(status: int, code: str) -> type[errors.APIError]:
 
 
 def parse_retry_after(value: str | None, now: dt.datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
-    if not value:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date).
+
+    Junk (``"soon"``, ``"nan"``, ``"inf"``, ``"1e309"``, an impossible date) is ``None``;
+    a negative value or a date in the past is ``0``. Never raises. The value is not capped
+    here: how long a call is willing to wait is the dispatcher's decision
+    (``RetryPolicy.max_retry_after`` and the call's deadline).
+
+    >>> parse_retry_after("3")
+    3.0
+    """
+    if not value or not isinstance(value, str):
         return None
     value = value.strip()
     try:
@@ -171,11 +254,11 @@ def parse_retry_after(value: str | None, now: dt.datetime | None = None) -> floa
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=dt.timezone.utc)
+            seconds = (when - (now or dt.datetime.now(dt.timezone.utc))).total_seconds()
+        except (TypeError, ValueError, IndexError, OverflowError, AttributeError):
             return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.timezone.utc)
-        seconds = (when - (now or dt.datetime.now(dt.timezone.utc))).total_seconds()
     if not math.isfinite(seconds):
         return None
     return max(0.0, seconds)
@@ -191,14 +274,24 @@ def _opt_id(value: Any) -> str | None:
     return None
 
 
+_INT_TEXT = re.compile(r"-?[0-9]{1,18}")
+
+
 def _int_or_none(value: Any) -> int | None:
+    """An int from an int or a plain ASCII decimal string (``"422"``); else ``None``."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
+    if isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
+        return int(value.strip())
     return None
+
+
+def _http_status(value: Any) -> int | None:
+    """An HTTP status from an envelope field, if it looks like one (100-599)."""
+    number = _int_or_none(value)
+    return number if number is not None and 100 <= number <= 599 else None
 
 
 def classify_response(
@@ -212,8 +305,34 @@ def classify_response(
     Accepts both envelope generations: the legacy one (``error_code``, ``error_msg``,
     ``error_detail.status_code``) and the newer one that relies on the HTTP status and
     ``error_detail.code``. Never raises: any bytes and status give one of the two.
+
+    Throttling is recognised in every shape the provider and its gateways use
+    (:data:`THROTTLING_CODES` under any status, a bare 429 with an HTML, empty or
+    non-JSON body): all are :class:`~ailab_async.errors.RateLimitedError`, which is safe
+    to retry and slows the rate limiter. A 3xx is an
+    :class:`~ailab_async.errors.InvalidRequestError` (not retried): redirects are never
+    followed, since following one would send the API key to wherever it points; a
+    redirect means ``base_url`` is wrong.
+
+    >>> type(classify_response(429, b"<html>Too Many Requests</html>")).__name__
+    'RateLimitedError'
     """
     wait = parse_retry_after(retry_after)
+    if not 100 <= status <= 599:
+        return errors.MalformedResponseError(
+            f"the server answered with an invalid HTTP status ({status})",
+            status=status,
+            retry_after=wait,
+            retryable=False,
+        )
+    if 300 <= status < 400:
+        return errors.InvalidRequestError(
+            f"the server answered with a redirect (HTTP {status}); redirects are not "
+            "followed, so the API key is never sent elsewhere: check base_url",
+            status=status,
+            code=UNEXPECTED_REDIRECT,
+            retryable=False,
+        )
     try:
         parsed = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -224,12 +343,21 @@ def classify_response(
             what = "an HTML page (a proxy or gateway answered, not the API)"
         elif parsed is None and body.lstrip()[:1] in (b"{", b"["):
             what = "a truncated or invalid JSON body"
+        if status == 429:
+            # A gateway's throttling page: refused before the API saw the request, so it
+            # is safe to repeat and must slow us down like the API's own 429.
+            return errors.RateLimitedError(
+                f"rate limited (HTTP 429 with {what})",
+                status=status,
+                code="",
+                retry_after=wait,
+            )
         return errors.MalformedResponseError(
             f"expected a JSON envelope, got {what}",
             status=status,
             retry_after=wait,
             # A gateway error or a cut-off body is worth another try; a 4xx page is not.
-            retryable=status >= 500 or status in (200, 408, 429),
+            retryable=status >= 500 or status in (200, 408),
         )
 
     detail = parsed.get("error_detail")
@@ -245,7 +373,7 @@ def classify_response(
     effective = status
     if status == 200:
         # An error signalled in a 200 body: error_code mirrors the real status.
-        effective = error_code or _int_or_none(detail.get("status_code")) or status
+        effective = _http_status(error_code) or _http_status(detail.get("status_code")) or status
     message = (
         _text(detail.get("message"))
         or _text(detail.get("code_message"))
@@ -254,13 +382,22 @@ def classify_response(
     )
     cls = error_class_for(effective, code)
     return cls(
-        message,
+        _clip(message),
         status=effective,
-        code=code,
-        request_id=request_id,
-        log_id=log_id,
+        code=_clip(code, 80),
+        request_id=_clip_id(request_id),
+        log_id=_clip_id(log_id),
         retry_after=wait,
     )
+
+
+def _clip(text: str, limit: int = 500) -> str:
+    """Server text put into an error, bounded (a hostile body may be megabytes)."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _clip_id(value: str | None) -> str | None:
+    return None if value is None else _clip(value, 200)
 
 
 # --- payloads ----------------------------------------------------------------------------
@@ -302,17 +439,36 @@ def parse_task_id(envelope: Envelope) -> str:
     return task_id
 
 
-def parse_task_status(envelope: Envelope, *, task_id: str) -> TaskStatus | errors.TaskFailedError:
-    """A task's state, or a terminal failure for a status outside 0-2."""
+def parse_task_status(
+    envelope: Envelope, *, task_id: str
+) -> TaskStatus | errors.TaskFailedError | errors.MalformedResponseError:
+    """A task's state; a terminal failure for a status outside 0-2; or, with no status at
+    all, a (retryable) malformed answer: a shapeless body says nothing about the task.
+
+    The status is read where the API or its official SDK have put it: ``data.task_status``,
+    ``data.taskStatus`` or a top-level ``task_status``.
+    """
     raw = _find(envelope, "task_status")
+    if raw is None:
+        raw = _find(envelope, "taskStatus")
+    if raw is None:
+        return errors.MalformedResponseError(
+            "success response without a task_status",
+            status=envelope.status,
+            request_id=envelope.request_id,
+            log_id=envelope.log_id,
+            retryable=True,
+        )
     value = _int_or_none(raw)
     if value is not None and value in TaskStatus._value2member_map_:
         return TaskStatus(value)
+    shown = _clip(reprlib.repr(raw), 80)
+    suffix = str(value) if value is not None else raw if isinstance(raw, str) else shown
     return errors.TaskFailedError(
-        f"the task reported task_status={raw!r} (not queued, processing or succeeded)",
+        f"the task reported task_status={shown} (not queued, processing or succeeded)",
         task_id=task_id,
         status=envelope.status,
-        code=f"TASK_STATUS_{raw}",
+        code=f"TASK_STATUS_{_clip(suffix, 40)}",
         request_id=envelope.request_id,
         log_id=envelope.log_id,
     )

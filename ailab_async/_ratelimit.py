@@ -24,12 +24,19 @@ The policy is AIMD, as in TCP congestion control:
 
 A ``Retry-After`` is honoured by the retry of the refused request (the dispatcher waits at
 least that long); it does not stall every other sender, whose pace the lower rate sets.
+Limiters take a server's ``Retry-After`` only through :func:`capped_retry_after`: at most
+:data:`MAX_RETRY_AFTER` seconds, and nothing if it is not a finite, non-negative number (a
+broken or hostile server must not pause a whole deployment for years).
 """
 
 import asyncio
 import collections
+import math
 from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
+
+from ._protocol import MAX_RETRY_AFTER
+from .errors import ConfigurationError
 
 Clock = Callable[[], float]
 Sleeper = Callable[[float], Awaitable[None]]
@@ -80,6 +87,20 @@ _SLOW_START_DOUBLING = 0.25  # seconds per doubling while probing an unknown lim
 _HEADROOM = 0.97
 
 
+def capped_retry_after(retry_after: object) -> float | None:
+    """A server's ``Retry-After`` made safe to act on: ``None`` unless it is a finite,
+    non-negative number; at most :data:`MAX_RETRY_AFTER`.
+
+    >>> capped_retry_after(3), capped_retry_after(1e9), capped_retry_after(float("nan"))
+    (3.0, 120.0, None)
+    """
+    if isinstance(retry_after, bool) or not isinstance(retry_after, (int, float)):
+        return None
+    if not 0 <= retry_after < math.inf:
+        return None
+    return min(float(retry_after), MAX_RETRY_AFTER)
+
+
 class AdaptiveRateLimiter:
     """Spaces requests to a rate that adapts to the server's 429 answers."""
 
@@ -93,8 +114,13 @@ class AdaptiveRateLimiter:
         backoff_factor: float = 0.9,
         recovery_fraction: float = 0.05,
     ) -> None:
-        if rate is not None and not rate > 0:
-            raise ValueError("rate_limit must be a positive number of requests per second")
+        if rate is not None and (
+            isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < math.inf
+        ):
+            raise ConfigurationError(
+                "rate_limit must be a positive, finite number of requests per second "
+                "(None: no limit)"
+            )
         self._configured = rate
         self._ceiling = None if rate is None else rate * _HEADROOM
         rate = self._ceiling
@@ -176,8 +202,9 @@ class AdaptiveRateLimiter:
     def on_rate_limited(self, sent_at: float, retry_after: float | None = None) -> None:
         """Record a ``429 EXCEEDING_LIMITS`` for a request sent at ``sent_at``.
 
-        ``retry_after`` is accepted for the protocol; the refused request's own retry honours
-        it, the shared pace is set by the lowered rate.
+        ``retry_after`` is accepted for the protocol and deliberately ignored: the refused
+        request's own retry honours it (capped), the shared pace is set by the lowered rate,
+        so no ``Retry-After``, however large, stalls the other senders.
         """
         self.rate_limited_count += 1
         now = self._clock()

@@ -666,17 +666,9 @@ def _read_poll(
 ) -> ImageResult | TaskStatus | errors.AILabError:
     """What a successful poll response says: a result, a state, or what is wrong with it."""
     status = protocol.parse_task_status(envelope, task_id=task_id)
-    if isinstance(status, errors.TaskFailedError):
-        if protocol._find(envelope, "task_status") is not None:
-            return status  # a status outside 0-2: the task failed
-        # No status at all: a shapeless body, not an answer about the task.
-        return errors.MalformedResponseError(
-            "success response without a task_status",
-            status=envelope.status,
-            request_id=envelope.request_id,
-            log_id=envelope.log_id,
-            retryable=True,
-        )
+    if isinstance(status, errors.AILabError):
+        # A status outside 0-2 (the task failed), or none at all (ask again: it is free).
+        return status
     if status is TaskStatus.SUCCEEDED:
         try:
             return protocol.parse_image_result(envelope, task_id=task_id)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import ipaddress
+import math
 import os
 import random
 import time
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -24,9 +27,9 @@ from ._polling import PollingConfig
 from ._ratelimit import AdaptiveRateLimiter, RateLimiter
 from ._session import SessionManager
 from ._tracker import TaskHandle, TaskTracker
-from .errors import ClientClosedError, ConfigurationError
+from .errors import ClientClosedError, ConfigurationError, ValidationError
 from .images import SMART_BEAUTY_RULES, SMART_SKIN_RULES, ImageInput, aprepare_image
-from .models import ClientStats, Credits, ImageResult
+from .models import ClientStats, Credits, ImageResult, Secret, key_fingerprint
 
 __all__ = ["AILabClient"]
 
@@ -111,52 +114,68 @@ class AILabClient:
         sleep: Callable[[float], Awaitable[None]] | None = None,
         random: Callable[[], float] | None = None,
     ) -> None:
-        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
-        if not key or not key.strip():
-            raise ConfigurationError(
-                f"no API key: pass api_key= or set the {API_KEY_ENV} environment variable"
-            )
-        url = base_url or os.environ.get(BASE_URL_ENV) or protocol.DEFAULT_BASE_URL
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigurationError(f"base_url must be an http(s) URL, got {url!r}")
-        if (
-            parts.scheme == "http"
-            and not _is_loopback(parts.hostname)
-            and not dangerously_allow_plain_http
-        ):
-            raise ConfigurationError(
-                f"refusing to send the API key over plain HTTP to {parts.hostname}; use "
-                "https, or pass dangerously_allow_plain_http=True if you really mean it"
-            )
+        # From here on the key lives only in a holder whose repr is '***': an error raised
+        # below carries this frame, and a traceback rendered with its locals must not show
+        # the key.
+        secret: Secret[object] = Secret(
+            api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        )
+        del api_key
+        api_key_secret = _checked_api_key(secret)
+        url = _checked_base_url(
+            base_url or os.environ.get(BASE_URL_ENV) or protocol.DEFAULT_BASE_URL,
+            allow_plain_http=dangerously_allow_plain_http,
+        )
         if isinstance(max_concurrency, bool) or not (
             isinstance(max_concurrency, int) and max_concurrency >= 1
         ):
             raise ConfigurationError("max_concurrency must be an integer >= 1")
-        if not timeout > 0 or not deadline > 0:
-            raise ConfigurationError("timeout and deadline must be positive numbers of seconds")
-        if not (isinstance(max_retries, int) and max_retries >= 0):
+        for name, seconds in (("timeout", timeout), ("deadline", deadline)):
+            _check_setting_seconds(seconds, name)
+        if task_timeout is not None:  # None: wait for results without a limit
+            _check_setting_seconds(task_timeout, "task_timeout")
+        if isinstance(max_retries, bool) or not (isinstance(max_retries, int) and max_retries >= 0):
             raise ConfigurationError("max_retries must be an integer >= 0")
-        if not (0 < backoff_initial <= backoff_max):
+        for name, seconds in (("backoff_initial", backoff_initial), ("backoff_max", backoff_max)):
+            _check_setting_seconds(seconds, name)
+        if not backoff_initial <= backoff_max:
             raise ConfigurationError("backoff must satisfy 0 < backoff_initial <= backoff_max")
+        for name, flag in (
+            ("retry_ambiguous", retry_ambiguous),
+            ("dangerously_allow_plain_http", dangerously_allow_plain_http),
+            ("trust_env", trust_env),
+        ):
+            if not isinstance(flag, bool):
+                raise ConfigurationError(f"{name} must be True or False")
+        for name, hook in (("clock", clock), ("sleep", sleep), ("random", random)):
+            if hook is not None and not callable(hook):
+                raise ConfigurationError(f"{name} must be callable")
+        if polling is not None and not isinstance(polling, PollingConfig):
+            raise ConfigurationError("polling must be a PollingConfig")
+        if session is not None and not isinstance(session, aiohttp.ClientSession):
+            raise ConfigurationError("session must be an aiohttp.ClientSession")
         limiter: RateLimiter | None = None
         if isinstance(rate_limit, RateLimiter):
             limiter, rate_limit = rate_limit, None
         elif rate_limit is not None and (
             isinstance(rate_limit, bool)
             or not isinstance(rate_limit, (int, float))
-            or not rate_limit > 0
+            or not 0 < rate_limit < math.inf
         ):
             raise ConfigurationError(
-                "rate_limit must be a positive number of requests/second or a RateLimiter"
+                "rate_limit must be a positive, finite number of requests/second (None: no "
+                "limit) or a RateLimiter"
             )
 
-        self._api_key = key.strip()
-        self._base_url = url.rstrip("/")
+        self._api_key = api_key_secret
+        self._base_url = url
         self._max_concurrency = max_concurrency
         self._clock = clock or time.monotonic
         self._sleep = sleep or asyncio.sleep
         self._rand = random or _random_source()
+        # The loop of the first call: sessions, locks and futures belong to one loop.
+        self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
+        self._closed = False
         self._sessions = SessionManager(session, pool_size=max_concurrency, trust_env=trust_env)
         self._limiter: RateLimiter = limiter or AdaptiveRateLimiter(
             rate_limit, clock=self._clock, sleep=self._sleep
@@ -164,7 +183,7 @@ class AILabClient:
         self._dispatcher = Dispatcher(
             self._sessions,
             base_url=self._base_url,
-            api_key=self._api_key,
+            api_key=self._api_key.reveal(),
             max_concurrency=max_concurrency,
             limiter=self._limiter,
             timeout=timeout,
@@ -193,6 +212,7 @@ class AILabClient:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def __aenter__(self) -> AILabClient:
+        self._enter()
         return self
 
     async def __aexit__(
@@ -208,24 +228,53 @@ class AILabClient:
 
         Waiters of smart-beauty tasks still pending get :class:`ClientClosedError`; the
         remote tasks go on and can be tracked again by ``task_id``.
+
+        Close the client in the event loop that used it. Called from another loop after
+        that one ended (``asyncio.run`` twice), it closes what still can be closed and
+        marks the client closed; while that loop still runs, it raises
+        :class:`ConfigurationError`.
         """
+        bound = None if self._loop is None else self._loop()
+        if self._loop is not None and bound is not _running_loop():
+            if bound is not None and not bound.is_closed():
+                raise ConfigurationError(_FOREIGN_LOOP)
+            self._closed = True
+            # The owning loop is gone: its tasks and connections died with it. Close what
+            # can be closed without it (an idle session closes fine) and move on.
+            with contextlib.suppress(RuntimeError):
+                await self._tracker.aclose()
+            with contextlib.suppress(RuntimeError):
+                await self._sessions.aclose()
+            return
+        self._closed = True
         await self._tracker.aclose()
         await self._sessions.aclose()
 
     @property
     def closed(self) -> bool:
-        return self._sessions.closed
+        return self._closed or self._sessions.closed
 
     def __repr__(self) -> str:
+        # Safe on a half-built client too: a traceback rendered with frame locals may call it.
+        base_url = getattr(self, "_base_url", "?")
+        limiter = getattr(self, "_limiter", None)
+        rate = None if limiter is None else limiter.configured_rate
+        closed = self.closed if hasattr(self, "_sessions") else None
         return (
-            f"AILabClient(base_url={self._base_url!r}, max_concurrency={self._max_concurrency}, "
-            f"rate_limit={self._limiter.configured_rate!r}, api_key='***', "
-            f"closed={self.closed})"
+            f"AILabClient(base_url={base_url!r}, "
+            f"max_concurrency={getattr(self, '_max_concurrency', '?')}, "
+            f"rate_limit={rate!r}, api_key='***', closed={closed})"
         )
 
     @property
     def base_url(self) -> str:
         return self._base_url
+
+    @property
+    def key_fingerprint(self) -> str:
+        """A fingerprint of the API key (an HMAC, never the key): tells two keys apart, so a
+        batch journal can refuse to trust another account's task ids."""
+        return key_fingerprint(self._api_key.reveal())
 
     @property
     def max_concurrency(self) -> int:
@@ -255,8 +304,9 @@ class AILabClient:
         >>> result = await client.smart_skin("face.jpg", retouch_degree=0.6)  # doctest: +SKIP
         >>> data = await client.download(result)  # doctest: +SKIP
         """
+        self._enter()
         fields = protocol.smart_skin_fields(retouch_degree, whitening_degree)
-        self._check_open()
+        _check_call_seconds(deadline, "deadline")
         prepared = await aprepare_image(image, SMART_SKIN_RULES)
         envelope = await self._dispatcher.call(
             Call(protocol.SMART_SKIN, fields, prepared), deadline=deadline
@@ -281,8 +331,9 @@ class AILabClient:
         >>> save(task.task_id)  # doctest: +SKIP
         >>> result = await task  # or: await task.result(timeout=120)  # doctest: +SKIP
         """
+        self._enter()
         fields = protocol.smart_beauty_fields(beauty_level, multi_face)
-        self._check_open()
+        _check_call_seconds(deadline, "deadline")
         prepared = await aprepare_image(image, SMART_BEAUTY_RULES)
         envelope = await self._dispatcher.call(
             Call(protocol.SMART_BEAUTY, fields, prepared), deadline=deadline
@@ -305,6 +356,7 @@ class AILabClient:
 
         >>> result = await client.smart_beauty("face.jpg", beauty_level=0.7)  # doctest: +SKIP
         """
+        _check_call_seconds(timeout, "timeout")
         task = await self.submit_smart_beauty(image, beauty_level, multi_face, deadline=deadline)
         return await task.result(timeout)
 
@@ -312,15 +364,18 @@ class AILabClient:
         """Pick up a smart-beauty task submitted earlier (another process, a restart).
 
         Tracking an id that is already tracked returns the same handle. Give
-        ``submitted_at`` (UTC) when you know it: polls are then placed from experience.
+        ``submitted_at`` (a timezone-aware ``datetime``) when you know it: polls are then
+        placed from experience. A time in the future (clocks of two machines disagree)
+        counts as "just submitted". Call it from inside the event loop that uses the client.
 
         >>> task = client.track(saved_task_id)  # doctest: +SKIP
         >>> result = await task  # doctest: +SKIP
         """
-        self._check_open()
-        if not isinstance(task_id, str) or not task_id.strip():
-            raise ValueError("task_id must be a non-empty string")
-        return self._tracker.track(task_id.strip(), submitted_at=submitted_at)
+        self._enter()
+        _check_task_id(task_id)
+        if submitted_at is not None:
+            submitted_at = _checked_submitted_at(submitted_at)
+        return self._tracker.track(task_id, submitted_at=submitted_at)
 
     def map(
         self,
@@ -364,7 +419,8 @@ class AILabClient:
         >>> credits.balance  # doctest: +SKIP
         1200.0
         """
-        self._check_open()
+        self._enter()
+        _check_call_seconds(deadline, "deadline")
         envelope = await self._dispatcher.call(Call(protocol.QUERY_CREDITS), deadline=deadline)
         return protocol.parse_credits(envelope)
 
@@ -399,17 +455,18 @@ class AILabClient:
         """Fetch a result image: its bytes, or, given ``dest``, write it there atomically.
 
         The API key is never sent to the result host. Only ``http(s)`` URLs are fetched, the
-        response must be an image, and at most ``max_bytes`` are accepted.
+        response must be an image, and at most ``max_bytes`` are accepted. ``dest`` is a file
+        path (missing folders are created); an existing folder, or a path under an existing
+        file, is refused before anything is fetched.
 
         >>> path = await client.download(result, "out/face.png")  # doctest: +SKIP
         """
-        self._check_open()
+        self._enter()
+        _check_max_bytes(max_bytes)
+        _check_call_seconds(deadline, "deadline")
+        target = None if dest is None else _checked_destination(dest)
         return await download_to(
-            self._dispatcher,
-            result,
-            None if dest is None else Path(dest),
-            max_bytes=max_bytes,
-            deadline=deadline,
+            self._dispatcher, result, target, max_bytes=max_bytes, deadline=deadline
         )
 
     async def download_to_dir(
@@ -425,16 +482,220 @@ class AILabClient:
         ``destination("image/png")`` returns where to write; the batch runner uses it to
         give outputs the extension of what the API actually served.
         """
-        self._check_open()
+        self._enter()
+        _check_max_bytes(max_bytes)
+        _check_call_seconds(deadline, "deadline")
+        if not callable(destination):
+            raise ValidationError(
+                "destination must be a function of the content type returning a Path",
+                input="destination",
+                rule="type",
+            )
         written = await download_to(
             self._dispatcher, result, destination, max_bytes=max_bytes, deadline=deadline
         )
         assert isinstance(written, Path)
         return written
 
-    def _check_open(self) -> None:
-        if self._sessions.closed:
+    def _enter(self) -> None:
+        """Refuse a call on a closed client or from a foreign loop; bind the first loop."""
+        if self.closed:
             raise ClientClosedError("this AILabClient is closed; create a new one")
+        loop = _running_loop()
+        if loop is None:
+            raise ConfigurationError(
+                "AILabClient must be used from inside a running event loop (async code); "
+                "create it and call it in the loop that uses it"
+            )
+        if self._loop is None:
+            self._loop = weakref.ref(loop)
+        elif self._loop() is not loop:
+            raise ConfigurationError(_FOREIGN_LOOP)
+
+
+_FOREIGN_LOOP = (
+    "this AILabClient was first used in another event loop; one AILabClient per event "
+    "loop: create the client inside the loop that uses it (for example inside the "
+    "coroutine given to asyncio.run)"
+)
+
+#: Longest task id accepted by :meth:`AILabClient.track` (the API's are ~40 characters).
+_MAX_TASK_ID_LENGTH = 256
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _seconds_problem(value: object, name: str) -> tuple[str, str] | None:
+    """Why ``value`` is not a positive, finite number of seconds, and the rule's name.
+
+    Infinity is refused: a call or a wait without any limit is how a stuck connection turns
+    into a stuck program; pass a large number to mean "very long".
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{name} must be a number of seconds, got {type(value).__name__}", "type"
+    if not 0 < value < math.inf:
+        return f"{name} must be a positive, finite number of seconds, got {value!r}", "range"
+    return None
+
+
+def _check_setting_seconds(value: object, name: str) -> None:
+    """A client setting: :class:`ConfigurationError` if it is not a usable duration."""
+    problem = _seconds_problem(value, name)
+    if problem is not None:
+        raise ConfigurationError(problem[0])
+
+
+def _check_call_seconds(value: object, name: str) -> None:
+    """A per-call argument (``None``: the default): :class:`ValidationError` if unusable."""
+    problem = None if value is None else _seconds_problem(value, name)
+    if problem is not None:
+        raise ValidationError(problem[0], input=name, rule=problem[1])
+
+
+def _check_max_bytes(max_bytes: int) -> None:
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise ValidationError(
+            f"max_bytes must be a positive integer number of bytes, got {max_bytes!r}",
+            input="max_bytes",
+            rule="range",
+        )
+
+
+def _checked_destination(dest: str | os.PathLike[str]) -> Path:
+    """``dest`` as a Path, refused early if writing a file there cannot work."""
+    if not isinstance(dest, (str, os.PathLike)):
+        raise ValidationError(
+            f"dest must be a path, got {type(dest).__name__}", input="dest", rule="type"
+        )
+    path = Path(dest)
+    shown = str(path)
+    try:
+        problem = _destination_problem(path)
+    except ValueError:  # a NUL byte, for one
+        problem = "is not a valid path"
+    if problem is not None:
+        raise ValidationError(f"dest {shown!r} {problem}", input=shown, rule="destination")
+    return path
+
+
+def _destination_problem(path: Path) -> str | None:
+    try:
+        if path.is_dir():
+            return "is a directory; give the path of the file to write"
+        # The nearest existing ancestor must be a directory: "file.txt/out.png" cannot be
+        # created.
+        for parent in path.absolute().parents:
+            if parent.is_dir():
+                return None
+            if parent.exists():
+                return f"lies under {str(parent)!r}, which is not a directory"
+    except OSError:  # unreadable: let the write itself report it
+        return None
+    return None
+
+
+def _check_task_id(task_id: object) -> None:
+    if not isinstance(task_id, str):
+        raise ValidationError(
+            f"task_id must be a string, got {type(task_id).__name__}",
+            input="task_id",
+            rule="type",
+        )
+    if not task_id or len(task_id) > _MAX_TASK_ID_LENGTH:
+        raise ValidationError(
+            f"task_id must be 1 to {_MAX_TASK_ID_LENGTH} characters, got {len(task_id)}",
+            input="task_id",
+            rule="length",
+        )
+    if not task_id.isprintable() or any(char.isspace() for char in task_id):
+        # Ids come from the API and have none; one with spaces or control characters is a
+        # mangled copy (a stray newline from a file), and would be sent as it is.
+        raise ValidationError(
+            f"task_id {task_id!r} contains white space or control characters",
+            input="task_id",
+            rule="format",
+        )
+
+
+def _checked_submitted_at(submitted_at: object) -> dt.datetime:
+    if not isinstance(submitted_at, dt.datetime):
+        raise ValidationError(
+            f"submitted_at must be a datetime, got {type(submitted_at).__name__}",
+            input="submitted_at",
+            rule="type",
+        )
+    if submitted_at.utcoffset() is None:
+        raise ValidationError(
+            "submitted_at must be timezone-aware UTC (for example "
+            "datetime.now(timezone.utc)); a naive datetime is ambiguous",
+            input="submitted_at",
+            rule="timezone",
+        )
+    # Later than now: another machine's clock ran ahead. Treat it as "just submitted";
+    # refusing would strand a task that is already paid for.
+    return min(submitted_at, dt.datetime.now(dt.timezone.utc))
+
+
+def _checked_api_key(secret: Secret[object]) -> Secret[str]:
+    """The stripped key, or ConfigurationError; no local here ever holds the raw key."""
+    defect = _api_key_defect(secret.reveal())
+    if defect is not None:
+        raise ConfigurationError(defect)
+    return Secret(str(secret.reveal()).strip())
+
+
+def _api_key_defect(key: object) -> str | None:
+    """What is wrong with ``key``, in words that never quote it; ``None`` if usable."""
+    if key is None or (isinstance(key, str) and not key.strip()):
+        return f"no API key: pass api_key= or set the {API_KEY_ENV} environment variable"
+    if not isinstance(key, str):
+        return f"the API key must be a string, got {type(key).__name__}"
+    for position, char in enumerate(key.strip(), start=1):
+        if not " " <= char <= "~":
+            kind = "a control character" if char.isascii() else "a non-ASCII character"
+            # It would break the header (or inject one); say where, never what.
+            return (
+                f"the API key contains {kind} at position {position}, which cannot be sent "
+                "in an HTTP header; copy the key again"
+            )
+    return None
+
+
+def _checked_base_url(url: str, *, allow_plain_http: bool) -> str:
+    if not isinstance(url, str):
+        raise ConfigurationError(f"base_url must be a string, got {type(url).__name__}")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        host = None
+    else:
+        if parts.scheme in ("http", "https") and host:
+            if parts.scheme == "http" and not _is_loopback(host) and allow_plain_http is not True:
+                raise ConfigurationError(
+                    f"refusing to send the API key over plain HTTP to {host}; use "
+                    "https, or pass dangerously_allow_plain_http=True if you really mean it"
+                )
+            return url.rstrip("/")
+    raise ConfigurationError(
+        f"base_url must be an http(s) URL with a host, got {_shown_url(url)!r}"
+    )
+
+
+def _shown_url(url: str) -> str:
+    """``url`` without user info (it may hold a password)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    return f"{scheme}{sep}{netloc}{slash}{path}"
 
 
 def _random_source() -> Callable[[], float]:

@@ -4,7 +4,8 @@ Every error the SDK raises is an :class:`AILabError`::
 
     AILabError
     ├── ConfigurationError          bad client set-up (no API key, bad base URL, bad limits)
-    ├── ClientClosedError           a call on a client that was closed
+    ├── ClientClosedError           a call on a client that was closed (``ambiguous``:
+    │                               closed mid-request, the call may have been billed)
     ├── ValidationError             client-side: bad image or parameter, no request was made
     ├── TransportError              no usable HTTP response (retryable)
     │   ├── ConnectionFailedError   could not connect, or the connection broke
@@ -56,10 +57,30 @@ __all__ = [
 
 
 class AILabError(Exception):
-    """Base class of every error raised by ailab-async."""
+    """Base class of every error raised by ailab-async.
+
+    Every subclass, here or elsewhere, pickles: errors cross process boundaries (a
+    ``ProcessPoolExecutor``, Dask workers), and their constructors take keyword-only or
+    non-message arguments that the default ``Exception`` pickling cannot replay.
+    """
 
     #: Whether repeating the same call could succeed.
     retryable: bool = False
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Rebuild without calling the subclass's __init__: the message args and the
+        # attribute dict are the whole state. The chained cause and traceback are not kept
+        # (like any pickled exception); neither is needed to act on the error.
+        return (_rebuild_error, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuild_error(
+    cls: type[AILabError], args: tuple[object, ...], state: dict[str, object]
+) -> AILabError:
+    error = cls.__new__(cls)
+    BaseException.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigurationError(AILabError):
@@ -67,7 +88,14 @@ class ConfigurationError(AILabError):
 
 
 class ClientClosedError(AILabError):
-    """The client was closed; create a new one."""
+    """The client was closed; create a new one.
+
+    ``ambiguous`` is true when the client was closed while this call's billed request was
+    in flight: the API may have processed (and billed) it.
+    """
+
+    #: Whether a billed request of this call may have been processed before the close.
+    ambiguous: bool = False
 
 
 class ValidationError(AILabError, ValueError):
@@ -117,12 +145,26 @@ class DeadlineExceededError(AILabError, TimeoutError):
 
 
 class DownloadError(AILabError):
-    """Downloading a result image failed, or the URL/response was refused."""
+    """Downloading a result image failed, or the URL/response was refused.
 
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False) -> None:
+    ``status`` is the result host's HTTP status, if it answered. ``code`` names local
+    failures: ``DISK_FULL`` (no space or quota left) or ``LOCAL_WRITE_FAILED`` (the
+    destination could not be written); the result URL is still valid then, so download
+    again once the destination is fixed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        code: str = "",
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.retryable = retryable
+        self.code = code
 
 
 class APIError(AILabError):
@@ -165,18 +207,6 @@ class APIError(AILabError):
             if value
         )
         return f"{head}: {self.message}" + (f" ({ids})" if ids else "")
-
-    def __reduce__(self) -> tuple[object, ...]:
-        # Keyword-only constructors do not survive pickling by default; errors cross
-        # process boundaries in batch and Dask set-ups.
-        return (_rebuild_api_error, (type(self), self.message, dict(self.__dict__)))
-
-
-def _rebuild_api_error(cls: type[APIError], message: str, state: dict[str, object]) -> APIError:
-    error = cls.__new__(cls)
-    Exception.__init__(error, message)
-    error.__dict__.update(state)
-    return error
 
 
 class AuthenticationError(APIError):

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import hashlib
+import hmac
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
@@ -21,13 +23,26 @@ __all__ = [
     "CreditBalance",
     "Credits",
     "ImageResult",
+    "Secret",
     "TaskStatus",
     "converter",
+    "key_fingerprint",
     "redact_url",
 ]
 
 #: How long the API keeps a result URL valid after it was produced.
 RESULT_URL_TTL = dt.timedelta(hours=24)
+
+
+def key_fingerprint(api_key: str) -> str:
+    """A short fingerprint of an API key that tells two keys apart without revealing either:
+    the first 8 bytes (hex) of HMAC-SHA256 keyed by the key over a fixed label.
+
+    >>> len(key_fingerprint("k")), key_fingerprint("k") == key_fingerprint("k2")
+    (16, False)
+    """
+    digest = hmac.new(api_key.encode("utf-8"), b"ailab-async journal", hashlib.sha256)
+    return digest.hexdigest()[:16]
 
 
 def redact_url(url: str | None) -> str:
@@ -40,6 +55,37 @@ def redact_url(url: str | None) -> str:
         return repr(url)
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.hostname or '?'}/…"
+
+
+T = TypeVar("T")
+
+
+class Secret(Generic[T]):
+    """A credential held so that it never shows: its ``repr`` and ``str`` are ``'***'``.
+
+    Holding the API key (or a Redis URL with a password) in one of these rather than in a
+    plain variable keeps it out of tracebacks rendered with their frames' locals
+    (``traceback.TracebackException(..., capture_locals=True)``, error trackers).
+
+    >>> key = Secret("sk-123")
+    >>> key, str(key), key.reveal()
+    ('***', '***', 'sk-123')
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: T) -> None:
+        self._value = value
+
+    def reveal(self) -> T:
+        """The held value; keep it out of long-lived variables."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+    def __str__(self) -> str:
+        return "***"
 
 
 def _utcnow() -> dt.datetime:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Coroutine
 from types import TracebackType
@@ -53,8 +54,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from ._ratelimit import AdaptiveRateLimiter, Sleeper
+from ._ratelimit import AdaptiveRateLimiter, Sleeper, capped_retry_after
 from .errors import ClientClosedError, ConfigurationError
+from .models import Secret
 
 __all__ = ["RedisRateLimiter"]
 
@@ -236,7 +238,8 @@ class SharedBudget:
             repr(self._ceiling),
             str(successes),
             repr(sent_at),
-            repr(retry_after or 0.0),
+            # Capped here too: SharedBudget may be driven directly, and the pause is shared.
+            repr(capped_retry_after(retry_after) or 0.0),
             repr(self._min_rate),
             repr(self._backoff_factor),
             repr(self._recovery_fraction),
@@ -278,11 +281,120 @@ def redact_redis_url(url: str) -> str:
     >>> redact_redis_url("redis://user:s3cret@cache.internal:6379/2?password=x")
     'redis://***@cache.internal:6379/2'
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # malformed (an unclosed IPv6 bracket): show no more than the scheme
+        return url.partition("://")[0] + "://***"
     netloc = parts.netloc
     if "@" in netloc:
         netloc = "***@" + netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+_SCHEMES = ("redis", "rediss", "unix")
+
+
+@attrs.frozen
+class _Connection:
+    client: aioredis.Redis
+    owned: bool
+    #: Where Redis is, for logs and reprs (no credentials).
+    where: str
+    #: Spellings of the password, scrubbed from logged error texts.
+    secrets: list[str] = attrs.field(repr=False)
+
+
+def _connect(target: Secret[object], timeout: float) -> _Connection | str:
+    """A Redis client for ``target`` (a URL or a client), or what is wrong with it.
+
+    Never raises (an error raised here would carry the URL, password and all, in this
+    frame's locals); the message returned never quotes the password.
+    """
+    redis = target.reveal()
+    if isinstance(redis, aioredis.Redis):
+        kwargs = redis.connection_pool.connection_kwargs
+        return _Connection(
+            redis,
+            owned=False,
+            where="redis://{}:{}/{}".format(
+                kwargs.get("host", "?"), kwargs.get("port", "?"), kwargs.get("db", 0)
+            ),
+            secrets=[str(kwargs["password"])] if kwargs.get("password") else [],
+        )
+    if not isinstance(redis, str):
+        return (
+            "redis must be a redis://, rediss:// or unix:// URL or a redis.asyncio.Redis, "
+            f"got {type(redis).__name__}"
+        )
+    shown = redact_redis_url(redis)
+    try:
+        parts = urlsplit(redis)
+        password = parts.password
+        parts.port  # noqa: B018 - validates the port
+    except ValueError:
+        return f"the Redis URL {shown!r} is malformed"
+    if parts.scheme not in _SCHEMES:
+        return f"the Redis URL {shown!r} must start with redis://, rediss:// or unix://"
+    try:
+        client = aioredis.Redis.from_url(
+            redis,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            # One immediate retry: a pooled connection may be stale after Redis restarts.
+            retry=Retry(NoBackoff(), 1),
+        )
+    except (ValueError, TypeError):
+        # redis-py's own complaint may quote parts of the URL: say it in our words.
+        return f"the Redis URL {shown!r} is not one redis-py accepts"
+    return _Connection(
+        client,
+        owned=True,
+        where=shown,
+        # Redis gets the percent-decoded password; scrub both spellings.
+        secrets=[password, unquote(password)] if password else [],
+    )
+
+
+def _settings_problem(
+    *,
+    name: object,
+    rate: object,
+    fallback_rate: object,
+    expected_processes: object,
+    timeout: object,
+    reconnect_interval: object,
+    state_ttl: object,
+    min_rate: object,
+    backoff_factor: object,
+    recovery_fraction: object,
+) -> str | None:
+    """What is wrong with a RedisRateLimiter's settings, or ``None``."""
+    if not isinstance(name, str) or not name:
+        return "name must be a non-empty string"
+    if not _positive_number(rate):
+        return "rate must be a positive, finite number of requests per second"
+    if isinstance(expected_processes, bool) or not (
+        isinstance(expected_processes, int) and expected_processes >= 1
+    ):
+        return "expected_processes must be an integer >= 1"
+    if fallback_rate is not None and not _positive_number(fallback_rate):
+        return "fallback_rate must be a positive, finite number"
+    for setting, value in (
+        ("timeout", timeout),
+        ("reconnect_interval", reconnect_interval),
+        ("state_ttl", state_ttl),
+        ("min_rate", min_rate),
+        ("recovery_fraction", recovery_fraction),
+    ):
+        if not _positive_number(value):
+            return f"{setting} must be a positive, finite number"
+    if not _positive_number(backoff_factor, below=1.0):
+        return "backoff_factor must be a number between 0 and 1"
+    return None
+
+
+def _positive_number(value: object, *, below: float = math.inf) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < below
 
 
 class RedisRateLimiter:
@@ -329,49 +441,43 @@ class RedisRateLimiter:
         backoff_factor: float = 0.9,
         recovery_fraction: float = 0.02,
     ) -> None:
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
-            raise ConfigurationError("rate must be a positive number of requests per second")
-        if not name:
-            raise ConfigurationError("name must be a non-empty string")
-        if not (isinstance(expected_processes, int) and expected_processes >= 1):
-            raise ConfigurationError("expected_processes must be an integer >= 1")
-        self._expected_processes = expected_processes
-        if fallback_rate is None:
-            fallback_rate = rate / expected_processes
-        if not fallback_rate > 0:
-            raise ConfigurationError("fallback_rate must be a positive number")
-        if not (timeout > 0 and reconnect_interval > 0 and state_ttl > 0):
-            raise ConfigurationError("timeout, reconnect_interval, state_ttl must be positive")
+        # A URL may carry a password: from here on it lives only in a holder whose repr is
+        # '***', so a traceback rendered with frame locals never shows it.
+        target: Secret[object] = Secret(redis)
+        del redis
+        problem = _settings_problem(
+            name=name,
+            rate=rate,
+            fallback_rate=fallback_rate,
+            expected_processes=expected_processes,
+            timeout=timeout,
+            reconnect_interval=reconnect_interval,
+            state_ttl=state_ttl,
+            min_rate=min_rate,
+            backoff_factor=backoff_factor,
+            recovery_fraction=recovery_fraction,
+        )
+        if problem is not None:
+            raise ConfigurationError(problem)
+        connection = _connect(target, timeout)
+        if isinstance(connection, str):
+            raise ConfigurationError(connection)
+        del target
 
         self.rate_limited_count = 0
+        self._expected_processes = expected_processes
         self._name = name
         self._rate = float(rate)
-        self._fallback_rate = float(fallback_rate)
+        self._fallback_rate = float(
+            rate / expected_processes if fallback_rate is None else fallback_rate
+        )
         self._reconnect_interval = reconnect_interval
         self._call_deadline = 4 * timeout
         self._sleep = sleep
-        self._secrets: list[str] = []
-        if isinstance(redis, str):
-            parts = urlsplit(redis)
-            # Redis gets the percent-decoded password; scrub both spellings.
-            self._secrets = [parts.password, unquote(parts.password)] if parts.password else []
-            self._where = redact_redis_url(redis)
-            self._client = aioredis.Redis.from_url(
-                redis,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                # One immediate retry: a pooled connection may be stale after Redis restarts.
-                retry=Retry(NoBackoff(), 1),
-            )
-            self._owns_client = True
-        else:
-            kwargs = redis.connection_pool.connection_kwargs
-            self._secrets = [str(kwargs["password"])] if kwargs.get("password") else []
-            self._where = "redis://{}:{}/{}".format(
-                kwargs.get("host", "?"), kwargs.get("port", "?"), kwargs.get("db", 0)
-            )
-            self._client = redis
-            self._owns_client = False
+        self._client = connection.client
+        self._owns_client = connection.owned
+        self._where = connection.where
+        self._secrets = connection.secrets
         self._budget = SharedBudget(
             self._client,
             f"{{{name}}}:ailab-rate",
@@ -468,7 +574,13 @@ class RedisRateLimiter:
             self._flusher = self._spawn(self._flush_soon())
 
     def on_rate_limited(self, sent_at: float, retry_after: float | None = None) -> None:
-        """Report a ``429`` to every process sharing the budget (in the background)."""
+        """Report a ``429`` to every process sharing the budget (in the background).
+
+        A ``Retry-After`` pauses every process, so it is taken capped (at most
+        :data:`~ailab_async._protocol.MAX_RETRY_AFTER` seconds; ignored unless a finite,
+        non-negative number): one broken answer must not stall a deployment for years.
+        """
+        retry_after = capped_retry_after(retry_after)
         self.rate_limited_count += 1
         if self._using_redis and not self._closed:
             successes, self._pending_successes = self._pending_successes, 0
@@ -513,9 +625,12 @@ class RedisRateLimiter:
         await self.aclose()
 
     def __repr__(self) -> str:
+        # Safe on a half-built limiter too: a traceback rendered with frame locals calls it.
+        fields = ("_where", "_name", "_rate", "_fallback_rate", "_using_redis")
+        where, name, rate, fallback, using = (getattr(self, f, "?") for f in fields)
         return (
-            f"RedisRateLimiter(redis={self._where!r}, name={self._name!r}, rate={self._rate!r}, "
-            f"fallback_rate={self._fallback_rate!r}, using_redis={self._using_redis})"
+            f"RedisRateLimiter(redis={where!r}, name={name!r}, rate={rate!r}, "
+            f"fallback_rate={fallback!r}, using_redis={using})"
         )
 
     # -- internals ---------------------------------------------------------------------------

@@ -97,7 +97,9 @@ def test_envelope_shaped_json_classifies_and_parses_without_crashing(
         with contextlib.suppress(errors.MalformedResponseError):
             parse(outcome)
     status_outcome = protocol.parse_task_status(outcome, task_id="T")
-    assert isinstance(status_outcome, (TaskStatus, errors.TaskFailedError))
+    assert isinstance(
+        status_outcome, (TaskStatus, errors.TaskFailedError, errors.MalformedResponseError)
+    )
 
 
 @given(st.binary(max_size=400))

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import math
+from decimal import Decimal
+from fractions import Fraction
 
+import numpy
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ailab_async import _protocol as protocol
 from ailab_async import errors
@@ -176,6 +183,8 @@ def test_task_id_found_top_level_or_in_data(body: dict[str, object]) -> None:
         (envelope({"task_status": 1}), TaskStatus.PROCESSING),
         (envelope({"image_url": "https://x/y"}, task_status=2), TaskStatus.SUCCEEDED),
         (envelope(None, task_status="2"), TaskStatus.SUCCEEDED),
+        # Where the provider's official SDK also looks.
+        (envelope({"taskStatus": 1}), TaskStatus.PROCESSING),
     ],
 )
 def test_task_status_parsed(body: dict[str, object], expected: TaskStatus) -> None:
@@ -184,7 +193,15 @@ def test_task_status_parsed(body: dict[str, object], expected: TaskStatus) -> No
     assert protocol.parse_task_status(outcome, task_id="T") is expected
 
 
-@pytest.mark.parametrize("status_value", [3, -1, "done", None])
+def test_missing_task_status_is_a_retryable_malformed_answer() -> None:
+    outcome = protocol.classify_response(200, json.dumps(envelope({"other": 1})).encode())
+    assert isinstance(outcome, protocol.Envelope)
+    missing = protocol.parse_task_status(outcome, task_id="T9")
+    assert isinstance(missing, errors.MalformedResponseError)
+    assert missing.retryable is True
+
+
+@pytest.mark.parametrize("status_value", [3, -1, "done", ""])
 def test_unknown_task_status_is_a_terminal_failure(status_value: object) -> None:
     outcome = protocol.classify_response(
         200, json.dumps(envelope(None, task_status=status_value)).encode()
@@ -244,3 +261,241 @@ def test_beauty_fields() -> None:
     ]
     with pytest.raises(errors.ValidationError):
         protocol.smart_beauty_fields(1.2, False)
+
+
+# --- throttling in every shape ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (429, _modern_error(429, "EXCEEDING_LIMITS")),
+        (422, error_envelope(422, "EXCEEDING_LIMITS")),
+        (422, _modern_error(422, "EXCEEDING_LIMITS")),
+        (200, error_envelope(422, "EXCEEDING_LIMITS")),
+        (503, error_envelope(503, "AI_SERVICE_FLOW_RESTRICTION")),
+        (503, _modern_error(503, "AI_SERVICE_FLOW_RESTRICTION")),
+        (400, error_envelope(400, "ERROR_BATCH_TASK_LIMIT_EXCEEDED")),
+        (429, _modern_error(429, "ERROR_BATCH_TASK_LIMIT_EXCEEDED")),
+        (429, b"<html><body>429 Too Many Requests</body></html>"),
+        (429, b""),
+        (429, b"slow down"),
+        (429, b'{"message": "rate limit exceeded"'),
+        (429, b"[]"),
+    ],
+)
+def test_throttling_is_rate_limited_in_every_shape(status: int, body: object) -> None:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    outcome = protocol.classify_response(status, raw, retry_after="2")
+    assert type(outcome) is errors.RateLimitedError
+    assert outcome.retryable is True
+    assert outcome.retry_after == 2.0
+
+
+@pytest.mark.parametrize("status", [200, 400, 402, 422, 429])
+def test_not_enough_credits_is_never_a_rate_limit(status: int) -> None:
+    body = error_envelope(429 if status == 200 else status, "ERROR_NOT_ENOUGH_CREDITS")
+    outcome = protocol.classify_response(status, json.dumps(body).encode())
+    assert type(outcome) is errors.InsufficientCreditsError
+    assert outcome.retryable is False
+
+
+@pytest.mark.parametrize("status", [300, 301, 302, 303, 307, 308])
+def test_redirect_is_a_non_retryable_invalid_request(status: int) -> None:
+    outcome = protocol.classify_response(status, json.dumps(envelope({"image_url": "x"})).encode())
+    assert type(outcome) is errors.InvalidRequestError
+    assert outcome.retryable is False
+    assert outcome.code == "UNEXPECTED_REDIRECT"
+    assert "base_url" in str(outcome)
+
+
+def test_error_code_that_is_not_a_number_does_not_raise() -> None:
+    for junk in ("--1", "1-", "²", "٣", "1e3", " 42x", "9" * 5000):
+        body = {"error_code": junk, "error_detail": {"code": ""}}
+        outcome = protocol.classify_response(200, json.dumps(body).encode())
+        assert isinstance(outcome, protocol.Envelope | errors.APIError)
+
+
+def test_server_text_in_errors_is_bounded() -> None:
+    body = error_envelope(400, "ERROR_PARAMETERS", "x" * 100_000)
+    outcome = protocol.classify_response(400, json.dumps(body).encode())
+    assert isinstance(outcome, errors.InvalidRequestError)
+    assert len(str(outcome)) < 1000
+
+
+# --- never raises: property tests ---------------------------------------------------------
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=30)
+    | st.sampled_from(["--1", "-", "0", "422", "²", "٣", "1e309", "nan", "EXCEEDING_LIMITS"])
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner),
+    max_leaves=20,
+)
+envelope_keys = st.sampled_from(
+    [
+        "error_code",
+        "error_code_str",
+        "error_msg",
+        "error_detail",
+        "request_id",
+        "log_id",
+        "data",
+        "task_id",
+        "task_status",
+        "image_url",
+    ]
+)
+detail_values = st.dictionaries(
+    st.sampled_from(["status_code", "code", "code_message", "message"]), json_values
+)
+envelopes = st.dictionaries(envelope_keys | st.text(max_size=8), json_values | detail_values)
+statuses = st.sampled_from([0, 100, 200, 204, 302, 400, 418, 422, 429, 499, 500, 503, 520, 600])
+
+
+def _parse_everything(outcome: protocol.Envelope | errors.APIError) -> None:
+    assert isinstance(outcome, protocol.Envelope | errors.APIError)
+    str(outcome)
+    repr(outcome)
+    if isinstance(outcome, protocol.Envelope):
+        for parse in (
+            protocol.parse_image_result,
+            protocol.parse_task_id,
+            protocol.parse_credits,
+        ):
+            with contextlib.suppress(errors.AILabError):
+                parse(outcome)
+        status = protocol.parse_task_status(outcome, task_id="T")
+        str(status)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(status=statuses, body=envelopes, retry_after=st.none() | st.text(max_size=40))
+def test_classify_and_parse_never_raise_on_any_envelope(
+    status: int, body: dict[str, object], retry_after: str | None
+) -> None:
+    raw = json.dumps(body).encode()  # NaN/Infinity included: json.dumps writes them
+    _parse_everything(protocol.classify_response(status, raw, retry_after=retry_after))
+
+
+@settings(max_examples=200, deadline=None)
+@given(status=statuses, body=st.binary(max_size=200))
+def test_classify_never_raises_on_any_bytes(status: int, body: bytes) -> None:
+    _parse_everything(protocol.classify_response(status, body))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"error_code": 1' + b"0" * 5000 + b"}",  # more digits than int() takes
+        b'{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # deeper than the recursion limit
+        b'{"data": {"image_url": NaN}, "request_id": Infinity}',
+        b'\xef\xbb\xbf{"data": {"image_url": "https://a/b"}}',  # a BOM
+        b'{"a": 1, "a": 2, "error_code": 0, "error_code": 422}',
+        b'{"error_code": "\xff\xfe"}',
+    ],
+)
+def test_classify_survives_hostile_json(raw: bytes) -> None:
+    _parse_everything(protocol.classify_response(200, raw))
+
+
+@given(
+    st.text(max_size=60)
+    | st.sampled_from(
+        [
+            "1e309",
+            "-1e309",
+            "inf",
+            "-inf",
+            "nan",
+            "1" * 400,
+            "-5",
+            "Wed, 21 Oct 0001 07:28:10 GMT",
+            "Wed, 21 Oct 9999 07:28:10 GMT",
+            "Wed, 21 Oct 99999 07:28:10 GMT",
+            "Mon, 01 Jan 1900 00:00:00 +9999",
+            "Thu, 01 Jan 1970 00:00:00 GMT",
+        ]
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_parse_retry_after_never_raises(header: str) -> None:
+    value = protocol.parse_retry_after(header)
+    assert value is None or (math.isfinite(value) and value >= 0)
+
+
+# --- parameter checks ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [
+        (10**400, "range"),
+        (-(10**400), "range"),
+        (Fraction(10**400, 3), "range"),
+        (Decimal("1e400"), "range"),
+        (Decimal("NaN"), "range"),
+        (Decimal("sNaN"), "range"),
+        (Decimal("Infinity"), "range"),
+        (float("inf"), "range"),
+        (numpy.float64("nan"), "range"),
+        (complex(1, 0), "type"),
+        ("0.5", "type"),
+        (None, "type"),
+        (numpy.bool_(True), "type"),
+        (numpy.array([0.5]), "type"),
+    ],
+)
+def test_degree_checks_reject_every_unclean_number(value: object, rule: str) -> None:
+    with pytest.raises(errors.ValidationError) as info:
+        protocol.check_degree("retouch_degree", value, 0.0, 1.5)  # type: ignore[arg-type]
+    assert info.value.rule == rule
+    assert info.value.input == "retouch_degree"
+
+
+@pytest.mark.parametrize(
+    ("value", "form"),
+    [
+        (Fraction(3, 2), "1.5"),
+        (Decimal("0.25"), "0.25"),
+        (numpy.float32(0.5), "0.5"),
+        (numpy.float64(1.25), "1.25"),
+        (numpy.int64(1), "1.0"),
+        (1, "1.0"),
+    ],
+)
+def test_degree_checks_accept_clean_real_numbers(value: object, form: str) -> None:
+    assert protocol.check_degree("retouch_degree", value, 0.0, 1.5) == form  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("value", "sent"),
+    [(True, True), (False, False), (1, True), (0, False), (None, False), (numpy.bool_(True), True)],
+)
+def test_multi_face_accepts_clear_booleans(value: object, sent: bool) -> None:
+    fields = protocol.smart_beauty_fields(1.0, value)  # type: ignore[arg-type]
+    assert (("multi_face", "1") in fields) is sent
+
+
+@pytest.mark.parametrize(
+    "value", ["false", "no", "0", "1", "true", "", 2, -1, 0.0, 1.0, float("nan"), [], object()]
+)
+def test_multi_face_rejects_unclear_values(value: object) -> None:
+    with pytest.raises(errors.ValidationError) as info:
+        protocol.smart_beauty_fields(1.0, value)  # type: ignore[arg-type]
+    assert info.value.rule == "type"
+    assert info.value.input == "multi_face"
+
+
+@pytest.mark.parametrize("status", [0, 42, 600, 999])
+def test_invalid_http_status_is_a_final_malformed_response(status: int) -> None:
+    outcome = protocol.classify_response(status, json.dumps(envelope({"image_url": "x"})).encode())
+    assert type(outcome) is errors.MalformedResponseError
+    assert outcome.retryable is False
+    assert "invalid HTTP status" in str(outcome)

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from ailab_async._ratelimit import _HEADROOM, _SLOW_START_DOUBLING, AdaptiveRateLimiter
+from ailab_async import ConfigurationError
+from ailab_async._protocol import MAX_RETRY_AFTER
+from ailab_async._ratelimit import (
+    _HEADROOM,
+    _SLOW_START_DOUBLING,
+    AdaptiveRateLimiter,
+    capped_retry_after,
+)
 
 from .conftest import FakeTime
 
@@ -121,6 +130,38 @@ async def test_retry_after_does_not_stall_other_senders(fake_time: FakeTime) -> 
     assert fake_time.now - start < 1.0
 
 
-def test_rejects_nonpositive_rate(fake_time: FakeTime) -> None:
-    with pytest.raises(ValueError, match="positive"):
-        make(0, fake_time)
+async def test_an_absurd_retry_after_does_not_stall_anyone(fake_time: FakeTime) -> None:
+    limiter = make(10.0, fake_time)
+    for retry_after in (1e9, math.inf, math.nan, -5.0):
+        limiter.on_rate_limited(await limiter.acquire(), retry_after=retry_after)
+    start = fake_time.now
+    await limiter.acquire()
+    assert fake_time.now - start < 1.0
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [
+        (None, None),
+        (0, 0.0),
+        (3, 3.0),
+        (2.5, 2.5),
+        (MAX_RETRY_AFTER, MAX_RETRY_AFTER),
+        (1_000_000_000, MAX_RETRY_AFTER),  # "pause for 31 years"
+        (math.inf, None),
+        (math.nan, None),
+        (-1.0, None),
+        (True, None),
+        ("5", None),
+    ],
+)
+def test_retry_after_is_capped_and_nonsense_ignored(
+    retry_after: object, expected: float | None
+) -> None:
+    assert capped_retry_after(retry_after) == expected
+
+
+@pytest.mark.parametrize("rate", [0, -1.0, math.nan, math.inf, True, "10"])
+def test_rejects_a_rate_that_is_not_positive_and_finite(fake_time: FakeTime, rate: object) -> None:
+    with pytest.raises(ConfigurationError, match="positive, finite"):
+        make(rate, fake_time)  # type: ignore[arg-type]

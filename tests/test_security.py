@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+import socket
 import sqlite3
+import traceback
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aioresponses import aioresponses
 
 from ailab_async import AILabClient, AILabError, ConfigurationError, PollingConfig
 from ailab_async.batch import BatchSpec, Operation, discover_inputs, run_batch
@@ -95,3 +99,150 @@ async def test_tls_verification_stays_on() -> None:
         connector = session.connector
         assert isinstance(connector, aiohttp.TCPConnector)
         assert connector._ssl is True  # aiohttp's default: verify certificates
+
+
+# -- the key in tracebacks rendered with frame locals ---------------------------------------
+#
+# Error trackers (Sentry and friends) and ``traceback.TracebackException(...,
+# capture_locals=True)`` render the locals of every frame an error carries, along its whole
+# ``__cause__``/``__context__`` chain. No frame of ours may hold the key (or a Redis
+# password) in a local whose repr shows it.
+
+REDIS_PASSWORD = "redis-pw-DO-NOT-LEAK-41d9"
+REDIS_URL = f"redis://someone:{REDIS_PASSWORD}@127.0.0.1:1/0"
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    todo = [error]
+    while todo:
+        current = todo.pop()
+        if any(current is s for s in seen):
+            continue
+        seen.append(current)
+        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
+    return seen
+
+
+def _leaks(error: BaseException, *secrets: str) -> list[str]:
+    """Where a secret shows: the rendered traceback with locals, and every frame's locals
+    along the whole chain (also a suppressed context, which the rendering hides)."""
+    found = []
+    rendered = "".join(
+        traceback.TracebackException.from_exception(error, capture_locals=True).format()
+    )
+    for secret in secrets:
+        if secret in rendered:
+            found.append(f"rendered traceback shows {secret[:6]}...")
+    for link in _chain(error):
+        texts = {"str": str(link), "repr": repr(link)}
+        tb = link.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            for name, value in frame.f_locals.items():
+                texts[f"{frame.f_code.co_name} local {name!r}"] = repr(value)
+            tb = tb.tb_next
+        for where, text in texts.items():
+            for secret in secrets:
+                if secret in text:
+                    found.append(f"{type(link).__name__}: {where}")
+    return found
+
+
+def _capture(make: Callable[[], object]) -> BaseException:
+    try:
+        make()
+    except AILabError as exc:
+        return exc
+    raise AssertionError("no AILabError raised")
+
+
+async def _capture_async(make: Callable[[], Awaitable[object]]) -> BaseException:
+    try:
+        await make()
+    except AILabError as exc:
+        return exc
+    raise AssertionError("no AILabError raised")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: AILabClient(api_key=SECRET_KEY, base_url="ftp://x"),
+        lambda: AILabClient(api_key=SECRET_KEY, base_url="http://api.example.com"),
+        lambda: AILabClient(api_key=SECRET_KEY, base_url="http://127.0.0.1:1", timeout=-1),
+        lambda: AILabClient(api_key=SECRET_KEY, base_url="http://127.0.0.1:1", rate_limit="x"),  # type: ignore[arg-type]
+        lambda: AILabClient(api_key=SECRET_KEY + "\nX-Evil: 1", base_url="http://127.0.0.1:1"),
+        lambda: AILabClient(api_key=SECRET_KEY + "\u00e9", base_url="http://127.0.0.1:1"),
+    ],
+    ids=["scheme", "plain-http", "timeout", "rate-limit", "newline-key", "non-ascii-key"],
+)
+def test_configuration_errors_carry_no_key_in_frame_locals(make: Callable[[], object]) -> None:
+    error = _capture(make)
+    assert isinstance(error, ConfigurationError)
+    assert _leaks(error, SECRET_KEY) == []
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port  # closed again: connecting is refused
+
+
+async def test_a_refused_connection_carries_no_key_in_frame_locals() -> None:
+    base_url = f"http://127.0.0.1:{_closed_port()}"
+    async with AILabClient(api_key=SECRET_KEY, base_url=base_url, max_retries=0) as client:
+        error = await _capture_async(client.credits)
+    assert isinstance(error, AILabError)
+    assert _leaks(error, SECRET_KEY) == []
+
+
+async def test_api_and_validation_errors_carry_no_key_in_frame_locals() -> None:
+    base_url = "http://127.0.0.1:9"
+    errors: list[BaseException] = []
+    with aioresponses() as mocked:
+        mocked.get(
+            f"{base_url}/api/common/query-credits",
+            status=401,
+            payload={"error_code": 401, "error_detail": {"code": "ERROR_USER_NOT_EXISTS"}},
+        )
+        async with AILabClient(api_key=SECRET_KEY, base_url=base_url) as client:
+            errors.append(await _capture_async(client.credits))
+            errors.append(await _capture_async(lambda: client.smart_skin(b"not an image")))
+            errors.append(await _capture_async(lambda: client.credits(deadline=float("nan"))))
+            errors.append(await _capture_async(lambda: client.download("file:///etc/passwd")))
+            errors.append(_capture(lambda: client.track("bad id")))
+    assert [type(e).__name__ for e in errors] == [
+        "AuthenticationError",
+        "ValidationError",
+        "ValidationError",
+        "DownloadError",
+        "ValidationError",
+    ]
+    for error in errors:
+        assert _leaks(error, SECRET_KEY) == []
+
+
+def test_redis_limiter_errors_carry_no_password_in_frame_locals() -> None:
+    limiter = pytest.importorskip("ailab_async.redis_limiter").RedisRateLimiter
+    # Module-level URLs: a URL in a closure would show in the lambda's own frame.
+    for make in (
+        lambda: limiter(REDIS_URL, name="x", rate=0),
+        lambda: limiter(REDIS_URL.replace("redis://", "http://"), name="x", rate=5),
+        lambda: limiter(REDIS_URL.replace(":1/0", ":port/0"), name="x", rate=5),
+        lambda: limiter(REDIS_URL.replace("@127.0.0.1", "@[::1"), name="x", rate=5),
+    ):
+        error = _capture(make)
+        assert isinstance(error, ConfigurationError)
+        assert _leaks(error, REDIS_PASSWORD) == []
+
+
+def test_the_client_repr_is_safe_while_half_built() -> None:
+    # A traceback rendered with locals calls repr(self) on a client whose __init__ raised.
+    error = _capture(lambda: AILabClient(api_key=SECRET_KEY, base_url="ftp://x"))
+    rendered = "".join(
+        traceback.TracebackException.from_exception(error, capture_locals=True).format()
+    )
+    assert "self = AILabClient(" in rendered
+    assert SECRET_KEY not in rendered

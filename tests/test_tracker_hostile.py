@@ -492,6 +492,10 @@ async def test_poll_failures_log_the_task_id_but_never_a_result_url(
             PollVerdict.TASK_FAILED,
         ),
         (errors.InvalidRequestError("x", status=404), PollVerdict.RETRY),  # no API code
+        (  # our own refusal to follow a redirect: a set-up fault, not the task's failure
+            errors.InvalidRequestError("x", status=302, code="UNEXPECTED_REDIRECT"),
+            PollVerdict.STOP,
+        ),
     ],
 )
 def test_classify_poll_error(error: errors.AILabError, verdict: PollVerdict) -> None:
