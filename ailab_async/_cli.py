@@ -10,8 +10,14 @@ in :data:`_SUBCOMMANDS`.
     ailab-async credits
     ailab-async simulate --port 8080 --rate-limit 10 --fault-5xx 0.05
 
-Exit status: 0 success, 1 some items (or the call) failed, 2 usage or configuration error,
-130 interrupted. See docs/cli.md.
+Exit status: 0 success, 1 some items (or the call) failed or are not finished, 2 usage or
+configuration error (a journal in use by another run included: nothing was sent), 130
+interrupted. See docs/cli.md.
+
+What reaches the terminal is safe to show: usage errors never echo a command-line value (a
+key typed in the wrong place stays off the screen and out of CI logs, see :class:`_Parser`),
+and server strings and file names are printed through
+:func:`~ailab_async._progress.display_text`.
 """
 
 from __future__ import annotations
@@ -22,12 +28,16 @@ import contextlib
 import importlib.util
 import logging
 import os
+import re
 import signal
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import urlsplit
+
+import attrs
 
 from ._polling import FALLBACK_INTERVAL, PollingConfig
 from ._progress import ProgressDisplay, display_text, open_progress
@@ -41,7 +51,7 @@ from .batch import (
     run_batch,
     safe_output_path,
 )
-from .client import API_KEY_ENV, AILabClient
+from .client import API_KEY_ENV, DEFAULT_TASK_TIMEOUT, AILabClient
 from .errors import (
     AILabError,
     AuthenticationError,
@@ -53,6 +63,9 @@ from .journal import (
     ItemIdentity,
     ItemState,
     Journal,
+    JournalAccount,
+    JournalAccountError,
+    JournalBusyError,
     JournalEntry,
     ResumeAction,
     canonical_params,
@@ -70,9 +83,9 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _share(text: str) -> float:
-    value = float(text)
+    value: float = _number(text)
     if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not within [0, 1]")
+        raise argparse.ArgumentTypeError("not within [0, 1]")
     return value
 
 
@@ -201,13 +214,14 @@ async def _serve_until_signalled(config: SimulatorConfig) -> None:
 def _run_simulate(args: argparse.Namespace) -> int:
     try:
         config = _simulator_config(args)
-    except ValueError as exc:
-        print(f"ailab-async simulate: error: {exc}", file=sys.stderr)
+    except ValueError as exc:  # a duration spec: its message quotes it, maybe a pasted key
+        durations = [args.latency, args.result_latency, args.task_duration]
+        _fail("simulate", _without_values(str(exc), [d for d in durations if d], set()))
         return 2
     try:
         asyncio.run(_serve_until_signalled(config))
     except OSError as exc:  # e.g. the port is taken
-        print(f"ailab-async simulate: error: {exc}", file=sys.stderr)
+        _fail("simulate", exc)
         return 1
     return 0
 
@@ -225,13 +239,20 @@ class _CliError(Exception):
 
 
 def _warn(command: str, message: str) -> None:
-    print(f"ailab-async {command}: warning: {message}", file=sys.stderr, flush=True)
+    # Warnings quote server messages too; display_text leaves text escaped earlier as it is.
+    print(f"ailab-async {command}: warning: {display_text(message)}", file=sys.stderr, flush=True)
+
+
+def _fail(command: str, message: object) -> None:
+    """The one-line error of a command. ``message`` may quote the server (error codes,
+    messages, request ids) or a file name: it is escaped so neither can drive the terminal."""
+    print(f"ailab-async {command}: error: {display_text(str(message))}", file=sys.stderr)
 
 
 def _exit_code_for(error: AILabError) -> int:
     # A missing or refused key is fixed by configuration, not by running again.
-    if isinstance(error, ConfigurationError):
-        return 2
+    if isinstance(error, (ConfigurationError, JournalBusyError, JournalAccountError)):
+        return 2  # nothing was sent: fix the set-up (or wait for the other run) and rerun
     if isinstance(error, AuthenticationError) and not isinstance(error, PermissionDeniedError):
         return 2
     return 1
@@ -244,16 +265,16 @@ def _guarded(args: argparse.Namespace, run: Callable[[], int]) -> int:
         with _logging_to_stderr(getattr(args, "verbose", 0)):
             return run()
     except _CliError as exc:
-        print(f"ailab-async {command}: error: {exc}", file=sys.stderr)
+        _fail(command, exc)
         return exc.code
     except AILabError as exc:
-        print(f"ailab-async {command}: error: {exc}", file=sys.stderr)
+        _fail(command, exc)
         return _exit_code_for(exc)
     except OSError as exc:  # the disk, not the API: a full disk, a file that vanished
-        print(f"ailab-async {command}: error: {exc}", file=sys.stderr)
+        _fail(command, exc)
         return 1
     except sqlite3.Error as exc:  # a journal that is not one, or a failing disk under it
-        print(f"ailab-async {command}: error: journal: {exc}", file=sys.stderr)
+        _fail(command, f"journal: {exc}")
         return 1
     except KeyboardInterrupt:
         print(f"ailab-async {command}: interrupted", file=sys.stderr)
@@ -271,6 +292,16 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+class _TerminalSafeFormatter(logging.Formatter):
+    """Log lines with control characters escaped: they quote server messages and file names."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return display_text(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return "\n".join(display_text(line) for line in super().formatException(ei).splitlines())
+
+
 @contextlib.contextmanager
 def _logging_to_stderr(verbosity: int) -> Iterator[None]:
     """``-v``: the SDK's INFO log (retries, slow-downs) on stderr; ``-vv``: DEBUG too.
@@ -282,7 +313,7 @@ def _logging_to_stderr(verbosity: int) -> Iterator[None]:
         return
     logger = logging.getLogger("ailab_async")
     handler = logging.StreamHandler(_CurrentStderr())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_TerminalSafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     previous = logger.level
     logger.setLevel(logging.INFO if verbosity == 1 else logging.DEBUG)
     logger.addHandler(handler)
@@ -293,25 +324,29 @@ def _logging_to_stderr(verbosity: int) -> Iterator[None]:
         logger.setLevel(previous)
 
 
+# Messages of the value parsers below name what was expected, never the value itself: a key
+# typed in the wrong place must not be echoed (see _Parser).
+
+
 def _number(text: str, kind: Callable[[str], Any] = float) -> Any:
     try:
         return kind(text)
     except ValueError:
         noun = "an integer" if kind is int else "a number"
-        raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        raise argparse.ArgumentTypeError(f"not {noun}") from None
 
 
 def _positive_int(text: str) -> int:
     value: int = _number(text, int)
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+        raise argparse.ArgumentTypeError("not a positive integer")
     return value
 
 
 def _positive_float(text: str) -> float:
     value: float = _number(text)
     if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+        raise argparse.ArgumentTypeError("not a positive number")
     return value
 
 
@@ -319,10 +354,19 @@ def _within(low: float, high: float) -> Callable[[str], float]:
     def parse(text: str) -> float:
         value: float = _number(text)
         if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{text} is not within [{low:g}, {high:g}]")
+            raise argparse.ArgumentTypeError(f"not within [{low:g}, {high:g}]")
         return value
 
     return parse
+
+
+def _base_url(text: str) -> str:
+    # Checked here rather than left to the client, whose message quotes the URL: a key
+    # pasted after --base-url must not be echoed.
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError("not an http(s) URL")
+    return text
 
 
 class _RefuseKeyOption(argparse.Action):
@@ -352,6 +396,7 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
     target = group.add_mutually_exclusive_group()
     target.add_argument(
         "--base-url",
+        type=_base_url,
         metavar="URL",
         help="the API's base URL (default: $AILAB_BASE_URL, then https://www.ailabapi.com)",
     )
@@ -416,14 +461,16 @@ def _api_key(args: argparse.Namespace, command: str) -> str | None:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise _CliError(f"cannot read the API key file {path}: {reason}") from None
+        # The path is not shown: it may be the key itself, given where a path belongs.
+        raise _CliError(f"cannot read the file given to --api-key-file: {reason}") from None
+    shown = display_text(str(path))
     if os.name == "posix" and mode & 0o044:
-        _warn(command, f"{path} is readable by other users; restrict it with: chmod 600 {path}")
+        _warn(command, f"{shown} is readable by other users; restrict it with: chmod 600 {shown}")
     key = text.strip()
     if not key:
-        raise _CliError(f"the API key file {path} is empty")
+        raise _CliError(f"the API key file {shown} is empty")
     if any(character.isspace() for character in key):
-        raise _CliError(f"the API key file {path} must hold the key alone, on one line")
+        raise _CliError(f"the API key file {shown} must hold the key alone, on one line")
     return key
 
 
@@ -447,8 +494,9 @@ def _embedded_simulator_config(args: argparse.Namespace) -> SimulatorConfig:
             api = parse_distribution(args.sim_latency)
             latency = Latency(api, api, api, api, None)
         credits = Credits(args.sim_credits) if args.sim_credits is not None else None
-    except ValueError as exc:
-        raise _CliError(str(exc)) from None
+    except ValueError as exc:  # a duration spec: its message quotes it, maybe a pasted key
+        durations = [d for d in (args.sim_task_duration, args.sim_latency) if d]
+        raise _CliError(_without_values(str(exc), durations, set())) from None
     return SimulatorConfig(
         seed=args.sim_seed,
         latency=latency,
@@ -465,6 +513,7 @@ async def _open_client(
     max_concurrency: int = 8,
     rate_limit: float | None = None,
     poll_interval: float = FALLBACK_INTERVAL,
+    task_timeout: float = DEFAULT_TASK_TIMEOUT,
 ) -> AsyncIterator[AILabClient]:
     """A client for the real API, or for an in-process simulator with ``--simulate``."""
     async with contextlib.AsyncExitStack() as stack:
@@ -483,6 +532,7 @@ async def _open_client(
             max_concurrency=max_concurrency,
             rate_limit=rate_limit,
             timeout=args.timeout,
+            task_timeout=task_timeout,
             polling=PollingConfig(
                 fallback_interval=poll_interval, min_interval=min(0.25, poll_interval)
             ),
@@ -525,6 +575,12 @@ def _add_batch_options(parser: argparse.ArgumentParser) -> None:
         help="also retry items that failed for good in an earlier run (retryable ones always are)",
     )
     add(
+        "--reassign-account",
+        action="store_true",
+        help="the journal was written with another API key of the same account (a rotated "
+        "key): record the new one instead of refusing",
+    )
+    add(
         "--concurrency",
         type=_positive_int,
         default=8,
@@ -539,6 +595,14 @@ def _add_batch_options(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="smart-beauty poll spacing until task times are learned (default 5, the "
         "provider's advice)",
+    )
+    add(
+        "--task-timeout",
+        type=_positive_float,
+        default=DEFAULT_TASK_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long to wait for one smart-beauty task (default {DEFAULT_TASK_TIMEOUT:g}); "
+        "a task still running then is not paid for again: the next run picks it up",
     )
     add("-q", "--quiet", action="store_true", help="no progress display, only the summary")
     _add_connection_options(parser)
@@ -609,6 +673,17 @@ def _utf8(text: str) -> bool:
     return True
 
 
+_KEY_LIKE = re.compile(r"[A-Za-z0-9_-]{16,}")
+
+
+def _shown_input(raw: str) -> str:
+    """A missing input as the error shows it: not at all when it looks like a key (a long
+    word with no dot or slash), which is what lands there when a key is pasted by mistake."""
+    if _KEY_LIKE.fullmatch(raw):
+        return "(an argument that looks like a key: not shown)"
+    return display_text(raw)
+
+
 def _collect_items(inputs: Sequence[str], out_dir: Path) -> tuple[list[BatchItem], list[str]]:
     """The photos to process, and the names that cannot be (not valid UTF-8).
 
@@ -619,7 +694,7 @@ def _collect_items(inputs: Sequence[str], out_dir: Path) -> tuple[list[BatchItem
     for raw in inputs:
         path = Path(raw)
         if not path.exists():
-            raise _CliError(f"no such file or directory: {display_text(raw)}")
+            raise _CliError(f"no such file or directory: {_shown_input(raw)}")
         if not (path.is_dir() or path.is_file()):
             raise _CliError(f"not a file or directory: {display_text(raw)}")
     out_root = out_dir.resolve()
@@ -691,24 +766,45 @@ def _batch_spec(args: argparse.Namespace) -> BatchSpec:
         out_dir=args.out,
         journal_path=journal,
         retry_failed=args.retry_failed,
+        # A simulator's URL changes every run and forgets its tasks: no account to check.
+        check_account=not args.simulate,
     )
 
 
-async def _forget_dead_simulator_work(command: str, spec: BatchSpec) -> None:
+async def _forget_dead_simulator_work(command: str, journal: Journal) -> None:
     """An in-process simulator forgets its tasks and result URLs when it stops. Items of an
     earlier simulated run that wait on them go back to pending (it costs nothing)."""
-    if not spec.journal_file.exists():
-        return
-    async with await Journal.open(spec.journal_file) as journal:
-        stale = await journal.entries(states={ItemState.SUBMITTED, ItemState.SUCCEEDED})
-        for entry in stale:
-            await journal.reset(entry.item_id)
+    stale = await journal.entries(states={ItemState.SUBMITTED, ItemState.SUCCEEDED})
+    for entry in stale:
+        await journal.reset(entry.item_id)
     if stale:
         print(
             f"ailab-async {command}: {len(stale)} item(s) of an earlier simulated run waited "
             "on its simulator, which is gone: running them again",
             file=sys.stderr,
         )
+
+
+async def _preflight(args: argparse.Namespace, items: list[BatchItem], spec: BatchSpec) -> int:
+    """Look at the journal before anything is sent; how many items will send a billed request.
+
+    Opening it takes its lock: when another run works on the same journal this raises
+    :class:`~ailab_async.journal.JournalBusyError` here, before anything is paid for (and
+    before a simulated run resets what the other run waits on). It also records, or checks,
+    whose journal it is (``spec.account``): another account's task ids are not ours to track.
+    """
+    try:
+        opened = await Journal.open(
+            spec.journal_file, account=spec.account, reassign_account=args.reassign_account
+        )
+    except JournalAccountError as exc:
+        raise _CliError(
+            f"{exc}; if it is the same account under a new key, rerun with --reassign-account"
+        ) from None
+    async with opened as journal:
+        if args.simulate:
+            await _forget_dead_simulator_work(args.command, journal)
+        return await _billable_items(journal, items, spec)
 
 
 def _run_batch_command(args: argparse.Namespace) -> int:
@@ -747,16 +843,18 @@ async def _batch(
         max_concurrency=args.concurrency,
         rate_limit=args.rate,
         poll_interval=args.poll_interval,
+        task_timeout=args.task_timeout,
     ) as client:
+        if spec.check_account:  # simulated journals belong to no account
+            spec = attrs.evolve(spec, account=JournalAccount.for_client(client))
+        needed = await _preflight(args, items, spec)  # another run on the journal: stop here
         if not args.quiet:
             print(
                 f"{args.command}: {len(items)} photo(s) -> {display_text(str(spec.out_dir))}"
                 f" (journal: {display_text(str(spec.journal_file))})",
                 flush=True,
             )
-        if args.simulate:
-            await _forget_dead_simulator_work(args.command, spec)
-        await _check_credits(args.command, client, items, spec)
+        await _check_credits(args.command, client, needed)
         with open_progress(
             len(items),
             out=sys.stdout,
@@ -779,15 +877,12 @@ async def _tick(progress: ProgressDisplay) -> None:
         progress.tick()
 
 
-async def _billable_items(items: list[BatchItem], spec: BatchSpec) -> int:
+async def _billable_items(journal: Journal, items: list[BatchItem], spec: BatchSpec) -> int:
     """How many items will send a billed request: not done, not tracked, not kept failed."""
-    if not spec.journal_file.exists():
-        return len(items)
-    async with await Journal.open(spec.journal_file) as journal:
-        known: dict[tuple[str, str, str], JournalEntry] = {
-            (entry.identity, entry.operation, entry.params): entry
-            async for entry in journal.iter_entries()
-        }
+    known: dict[tuple[str, str, str], JournalEntry] = {
+        (entry.identity, entry.operation, entry.params): entry
+        async for entry in journal.iter_entries()
+    }
     params = canonical_params(normalized_params(spec))
 
     def identities() -> list[str | None]:
@@ -809,11 +904,9 @@ async def _billable_items(items: list[BatchItem], spec: BatchSpec) -> int:
     return billable
 
 
-async def _check_credits(
-    command: str, client: AILabClient, items: list[BatchItem], spec: BatchSpec
-) -> None:
-    """Warn when the balance cannot pay for the batch. Querying credits is free."""
-    needed = await _billable_items(items, spec)
+async def _check_credits(command: str, client: AILabClient, needed: int) -> None:
+    """Warn when the balance cannot pay for the ``needed`` billed calls. Querying credits is
+    free."""
     if needed == 0:
         return
     try:
@@ -836,20 +929,36 @@ def _amount(value: float) -> str:
 
 
 def _print_summary(report: BatchReport, spec: BatchSpec, *, unusable: int = 0) -> None:
+    # ``report.failed`` counts every item not done; the resumable ones among them are paid
+    # for and still alive (a task still running, a download that failed): the next run
+    # finishes them without paying, so they are told apart from the failures.
+    failed = report.failed - report.resumable
     lines = [
         f"summary: {report.total + unusable} item(s)",
         f"  downloaded      {report.downloaded}",
         f"  already done    {report.skipped}",
         f"  resumed         {report.resumed} (picked up from an earlier run)",
-        f"  failed          {report.failed}",
+        f"  failed          {failed}",
     ]
+    if report.resumable:
+        lines.append(
+            f"  not finished    {report.resumable} (paid for; the next run finishes them "
+            "without paying again)"
+        )
     for code, count in sorted(report.errors_by_code.items(), key=lambda kv: (-kv[1], kv[0])):
-        lines.append(f"    {code:<34} {count}")
+        lines.append(f"    {display_text(code):<34} {count}")  # codes come from the server
     if unusable:
         lines.append(f"  not processed   {unusable} (file name not valid UTF-8)")
+    if report.ambiguous_resends:
+        lines.append(
+            f"  sent again      {report.ambiguous_resends} (in flight when an earlier run "
+            "died: may have been billed twice)"
+        )
     lines.append(f"manifest: {display_text(str(report.manifest_path))}")
     lines.append(f"journal:  {display_text(str(spec.journal_file))}")
-    if report.failed:
+    if report.resumable:
+        lines.append("run the same command again to finish the items not finished")
+    if failed:
         lines.append(
             "a rerun retries the retryable failures; add --retry-failed to retry the others"
         )
@@ -944,11 +1053,88 @@ _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser
 )
 
 
+#: What stands in for a command-line value in a usage error.
+HIDDEN = "<hidden>"
+
+_OPTION_NAME = re.compile(r"--[A-Za-z][\w-]*")
+
+
+def _values_in(argv: Sequence[str]) -> set[str]:
+    """The strings of ``argv`` that may be values: whole tokens, the part after ``=`` of
+    ``--name=value``, and the tails of short-option clusters (``-vVALUE``). Option names
+    (``--api-kye``) are not values: a misspelt one is worth showing."""
+    values: set[str] = set()
+    for token in argv:
+        name, equals, value = token.partition("=")
+        if token.startswith("--") and _OPTION_NAME.fullmatch(name):
+            if equals:
+                values.add(value)
+        elif not (token.startswith("-") and len(token) == 2):  # -v alone is a name
+            values.add(token)
+            if token.startswith("-"):
+                values.update(token[cut:] for cut in range(2, len(token)))
+    return {value for value in values if value.strip()}
+
+
+def _without_values(message: str, argv: Sequence[str], vocabulary: set[str]) -> str:
+    """``message`` with every command-line value in it replaced by :data:`HIDDEN`.
+
+    argparse quotes offending values (``invalid choice: 'x'``, ``ignored explicit argument
+    'x'``) or lists them (``unrecognized arguments: --x VALUE``); ``vocabulary`` (the parser's
+    own option names and choices) stays. Values shorter than 4 characters are hidden only
+    where quoted: such a value cannot be a key, and as bare text it would match inside
+    ordinary words.
+
+    >>> argv = ["--api-kye", "sk-123456"]
+    >>> _without_values("unrecognized arguments: --api-kye sk-123456", argv, set())
+    'unrecognized arguments: --api-kye <hidden>'
+    """
+    values = sorted(_values_in(argv) - vocabulary, key=len, reverse=True)
+    for value in values:
+        message = message.replace(repr(value), HIDDEN)
+    for value in values:
+        if len(value) >= 4:
+            bare = re.compile(rf"(?<![\w-]){re.escape(value)}(?![\w-])")
+            message = bare.sub(HIDDEN, message)
+    return display_text(message)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors never echo a value from the command line.
+
+    argparse quotes the offending value in its messages; an API key typed in the wrong place
+    (``ailab-async --api-key KEY credits``, ``--api-kye KEY``) would land on the screen and in
+    CI logs. Subcommand parsers are of this class too (``add_subparsers`` uses the parent's).
+    """
+
+    _argv: Sequence[str] = ()
+
+    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:
+        argv = args[0] if args else kwargs.get("args")
+        self._argv = list(sys.argv[1:] if argv is None else argv)
+        return super().parse_known_args(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        safe = _without_values(message, self._argv, self._vocabulary())
+        self.exit(2, f"{self.prog}: error: {safe}\n")
+
+    def _vocabulary(self) -> set[str]:
+        words: set[str] = set()
+        for action in self._actions:
+            words.update(action.option_strings)
+            if action.choices is not None:
+                words.update(str(choice) for choice in action.choices)
+        return words
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ailab-async`` argument parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="ailab-async", description="Tools of the ailab-async SDK for the AILabTools API."
     )
+    # Not an option either: here only to refuse a key given before the subcommand.
+    parser.add_argument("--api-key", nargs="?", action=_RefuseKeyOption, help=argparse.SUPPRESS)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add_subcommand in _SUBCOMMANDS:
         add_subcommand(subparsers)

@@ -42,7 +42,12 @@ Mode = Literal["auto", "rich", "plain", "none"]
 def display_text(text: str) -> str:
     """``text`` safe to print on a terminal: control characters become escapes.
 
-    File names come from the user's disk and may hold newlines or terminal escape sequences.
+    File names come from the user's disk, and error codes, messages and request ids from the
+    server: either may hold newlines, carriage returns, terminal escape sequences or bidi
+    overrides that would rewrite what the terminal shows. Every character that is not
+    printable (C0 and C1 controls, Unicode format characters such as U+202E, line and
+    paragraph separators, surrogates) becomes its Python escape. Escaped text is printable,
+    so escaping twice changes nothing.
 
     >>> display_text("a\\x1b[2Jb.jpg")
     'a\\\\x1b[2Jb.jpg'
@@ -143,8 +148,11 @@ def describe_outcome(outcome: ItemOutcome) -> str:
         target = display_text(str(outcome.output_path)) if outcome.output_path else "?"
         word = "resumed " if outcome.how == "resumed" else "ok      "
         return f"{word}  {name} -> {target}"
-    code = outcome.error_code or "UNKNOWN"
+    code = display_text(outcome.error_code or "UNKNOWN")  # from the server, like the message
     message = display_text(outcome.error_message or "")
+    if outcome.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED):
+        # Paid for, and the task or result still lives: the next run finishes it for free.
+        return f"NOT DONE  {name}: {code} (paid; the next run finishes it): {message}"
     earlier = " (failed in an earlier run)" if outcome.how == "skipped" else ""
     return f"FAILED    {name}: {code}{earlier}: {message}"
 

@@ -19,14 +19,24 @@
 
 How the work is cut:
 
-* **Partitions** are buckets of a stable hash of each input's relative path, so a photo lands
-  in the same partition on every run with the same number of partitions, whatever the order
-  of the inputs or how many were added. Each partition is one Dask task.
-* **One journal per partition**, ``out_dir/.journals/part-BBBB-of-NNNN.sqlite3``: only one
-  task (one process) ever opens it at a time, so no SQLite file is shared between processes.
-  A rerun with the same ``partitions`` (the default derives it from ``partition_size`` and the
-  input count; pass ``partitions=`` explicitly when resuming a grown set) skips downloaded
-  photos and never pays twice for a finished one (see :mod:`ailab_async.batch`).
+* **Journal shards** are fixed: :data:`JOURNAL_SHARDS` (64) SQLite journals,
+  ``out_dir/.journals/shard-SS-of-64.sqlite3``, and a photo's shard is a stable hash of its
+  *output family* (:func:`ailab_async.batch.output_family`: its sanitised output directory
+  and the start of its name). The shard depends on nothing else: not on the input order,
+  not on how many photos there are, not on the partitioning. So a rerun finds every photo's
+  earlier work in the same journal whatever changed around it: 100 photos, then 101, pays
+  for 101 (with shards per partition, growing the set would change the partition count,
+  move every photo to a new journal and pay for all of them again). Keying by output family
+  also keeps every pair of inputs that could want one output file (``a.png`` and
+  ``a_png.jpg``, ``A.png`` and ``a.png``) in one journal, which reserves distinct outputs.
+* **Partitions** are the Dask tasks: each is a contiguous range of shards (about
+  ``partition_size`` photos each, at most :data:`JOURNAL_SHARDS` partitions), so one shard,
+  and its journal, belongs to exactly one task. Each journal is locked while open (see
+  :mod:`ailab_async.journal`): should two tasks ever reach one shard, the second stops with
+  ``JournalBusyError`` instead of paying twice. 64 tasks at once is far more than an API
+  account's rate limit can feed; the parallelism that matters is the requests each worker
+  keeps in flight. A rerun skips downloaded photos and never pays twice for a finished one
+  (see :mod:`ailab_async.batch`).
 * **One** :class:`~ailab_async.AILabClient` **per worker process**, owned by
   :class:`AILabWorkerPlugin`: one connection pool, one task tracker, one rate limiter for every
   partition the process runs. Dask runs tasks in a thread pool, and an asyncio client is bound
@@ -90,10 +100,11 @@ from ._ratelimit import RateLimiter
 from .batch import BatchItem, BatchSpec, Operation, discover_inputs
 from .client import API_KEY_ENV, AILabClient
 from .errors import ConfigurationError
-from .journal import ItemIdentity, Journal
+from .journal import Journal, JournalAccount
 
 __all__ = [
     "DEFAULT_PLUGIN_NAME",
+    "JOURNAL_SHARDS",
     "AILabWorkerPlugin",
     "OutcomeLine",
     "PartitionJob",
@@ -103,12 +114,18 @@ __all__ = [
     "process_items",
     "process_partition",
     "run_on_cluster",
+    "shard_of",
 ]
 
 _T = TypeVar("_T")
 
 #: The name :func:`run_on_cluster` registers its :class:`AILabWorkerPlugin` under.
 DEFAULT_PLUGIN_NAME = "ailab-async"
+
+#: How many journals a run's photos are spread over, whatever their number and however they
+#: are partitioned. Changing it orphans existing journals (their photos would be paid for
+#: again), so it is fixed.
+JOURNAL_SHARDS = 64
 
 #: A manifest line: the ``manifest.jsonl`` fields of :mod:`ailab_async.batch`, plus
 #: ``how``, ``partition``, ``worker`` and ``pid``.
@@ -209,7 +226,8 @@ class PartitionJob:
     params: Mapping[str, Any]
     #: Shared by every worker; outputs mirror the inputs' relative paths inside it.
     out_dir: Path = attrs.field(converter=Path)
-    #: One SQLite journal per partition is kept here (default ``out_dir/.journals``).
+    #: The :data:`JOURNAL_SHARDS` SQLite journals are kept here (default
+    #: ``out_dir/.journals``).
     journal_dir: Path | None = None
     retry_failed: bool = False
     #: Photos of one partition in progress at once (default: as ``run_batch`` chooses).
@@ -217,8 +235,10 @@ class PartitionJob:
     #: The :class:`AILabWorkerPlugin` that owns the worker's client.
     plugin_name: str = DEFAULT_PLUGIN_NAME
 
-    def journal_file(self, partition: str) -> Path:
-        return (self.journal_dir or self.out_dir / ".journals") / f"{partition}.sqlite3"
+    def journal_file(self, shard: int) -> Path:
+        """The journal of one shard (see :func:`shard_of`)."""
+        name = f"shard-{shard:02d}-of-{JOURNAL_SHARDS:02d}.sqlite3"
+        return (self.journal_dir or self.out_dir / ".journals") / name
 
 
 # --- the worker side ----------------------------------------------------------------------
@@ -244,6 +264,11 @@ class _LoopThread:
         )
         self._thread.start()
         self.client = self._ready.result()  # raises what building the client raised
+        # Whose journals these are: recorded in each, so that a journal of another account
+        # is refused. Only a fingerprint of the key, computed here: the key stays here.
+        self.account = JournalAccount.for_key(
+            self.client.base_url, os.environ.get(config.api_key_env, "")
+        )
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -313,8 +338,8 @@ def process_partition(
     """The Dask task: run one partition's photos on this worker's client; one line each.
 
     Uses the client of the :class:`AILabWorkerPlugin` named ``job.plugin_name`` and the
-    journal ``job.journal_file(partition)``. A photo's failure is its line
-    (``state: "failed"``); it never fails the task.
+    journals of the photos' shards (``job.journal_file(shard_of(item.relative))``). A
+    photo's failure is its line (``state: "failed"``); it never fails the task.
     """
     worker = distributed.get_worker()
     plugin = worker.plugins.get(job.plugin_name)
@@ -324,15 +349,24 @@ def process_partition(
             "register one with dask_client.register_plugin(...) (run_on_cluster does)"
         )
     runtime = plugin.runtime()
-    lines = runtime.run(process_items(runtime.client, partition, items, job))
+    lines = runtime.run(
+        process_items(runtime.client, partition, items, job, account=runtime.account)
+    )
     extra = {"partition": partition, "worker": worker.address, "pid": os.getpid()}
     return [{**line, **extra} for line in lines]
 
 
 async def process_items(
-    client: AILabClient, partition: str, items: Sequence[BatchItem], job: PartitionJob
+    client: AILabClient,
+    partition: str,
+    items: Sequence[BatchItem],
+    job: PartitionJob,
+    *,
+    account: JournalAccount | None = None,
 ) -> list[OutcomeLine]:
-    """Process ``items`` with ``client`` through the batch runner and journal ``partition``.
+    """Process ``items`` with ``client`` through the batch runner, each photo journaled in
+    its shard's journal (opened for the duration; ``partition`` only names the work).
+    ``account`` is checked against (or recorded in) each journal, as ``run_batch`` does.
 
     The asyncio core of :func:`process_partition`, usable without Dask.
     """
@@ -340,31 +374,25 @@ async def process_items(
         operation=job.operation,
         params=job.params,
         out_dir=job.out_dir,
-        journal_path=job.journal_file(partition),
         retry_failed=job.retry_failed,
         concurrency=job.concurrency,
     )
     await anyio.to_thread.run_sync(lambda: spec.out_dir.mkdir(parents=True, exist_ok=True))
-    async with await Journal.open(spec.journal_file) as journal:
+    shards = sorted({shard_of(item.relative) for item in items})
+    async with contextlib.AsyncExitStack() as stack:
         # run_batch would also write out_dir/manifest.jsonl, which every partition shares;
-        # its runner, without the manifest, is what one partition needs.
-        runner = batch.BatchRunner(client, journal, spec, None)
+        # its runner, without the manifest, is what one shard needs.
+        runners: dict[int, batch.BatchRunner] = {}
+        for shard in shards:
+            journal = await Journal.open(job.journal_file(shard), account=account)
+            stack.push_async_callback(journal.aclose)
+            runners[shard] = batch.BatchRunner(
+                client, journal, attrs.evolve(spec, journal_path=job.journal_file(shard)), None
+            )
 
         async def process(item: BatchItem) -> OutcomeLine:
-            try:
-                outcome = await runner.process(item)
-                identity = await anyio.to_thread.run_sync(ItemIdentity.for_path, item.path)
-                # Claiming again is idempotent: it reads back the item's journal row.
-                entry = await journal.claim(
-                    identity,
-                    spec.operation.value,
-                    runner.params,
-                    source=str(item.path),
-                    relative=item.relative,
-                )
-            except Exception as exc:  # an unreadable input: its failure is its line
-                return _failed_line(item, spec, exc)
-            return {**batch.manifest_line(entry, spec), "how": outcome.how}
+            outcome = await runners[shard_of(item.relative)].process(item)
+            return batch.outcome_line(outcome, spec)
 
         concurrency = job.concurrency
         if concurrency is None and job.operation is Operation.BEAUTY:
@@ -373,44 +401,41 @@ async def process_items(
         outcomes = client.map(process, items, concurrency=concurrency)
         async with contextlib.aclosing(outcomes):
             async for outcome in outcomes:
-                assert outcome.result is not None  # process() turns errors into lines
+                if outcome.error is not None:  # pragma: no cover - process() keeps errors
+                    raise outcome.error
+                assert outcome.result is not None
                 lines.append(outcome.result)
         return lines
-
-
-def _failed_line(item: BatchItem, spec: BatchSpec, error: BaseException) -> OutcomeLine:
-    return {
-        "input": str(item.path),
-        "relative": item.relative,
-        "operation": spec.operation.value,
-        "params": dict(spec.params),
-        "state": "failed",
-        "output": None,
-        "task_id": None,
-        "request_id": None,
-        "log_id": None,
-        "error_code": type(error).__name__,
-        "error_message": str(error),
-        "retryable": not isinstance(error, ConfigurationError),
-        "attempts": 0,
-        "updated_at": None,
-        "how": "failed",
-    }
 
 
 # --- the driver side ----------------------------------------------------------------------
 
 
-def partition_of(relative: str, partitions: int) -> int:
-    """The partition a photo belongs to: a stable hash of its relative path.
+def shard_of(relative: str) -> int:
+    """The journal shard of a photo: a stable hash of its output family, in
+    ``range(JOURNAL_SHARDS)``.
 
-    Independent of input order and of the Python process (unlike ``hash()``).
+    Independent of input order, of the input count and of the Python process (unlike
+    ``hash()``); inputs that could want one output file share a shard.
 
-    >>> partition_of("holiday/a.jpg", 8)
-    2
+    >>> shard_of("holiday/a.png") == shard_of("Holiday/A_png.jpg")
+    True
     """
-    digest = hashlib.sha256(relative.encode("utf-8", "surrogatepass")).digest()
-    return int.from_bytes(digest[:8], "big") % partitions
+    family = batch.output_family(relative)
+    digest = hashlib.sha256(family.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") % JOURNAL_SHARDS
+
+
+def partition_of(relative: str, partitions: int) -> int:
+    """The partition (Dask task) a photo belongs to: its shard's, shards being dealt out
+    in contiguous ranges. ``partitions`` must be at most :data:`JOURNAL_SHARDS`.
+
+    >>> partition_of("holiday/a.jpg", 1)
+    0
+    """
+    if not 1 <= partitions <= JOURNAL_SHARDS:
+        raise ValueError(f"partitions must be between 1 and {JOURNAL_SHARDS}")
+    return shard_of(relative) * partitions // JOURNAL_SHARDS
 
 
 def run_on_cluster(
@@ -432,18 +457,22 @@ def run_on_cluster(
     """Process every photo under ``inputs`` on the cluster; return ``out_dir/manifest.jsonl``.
 
     Files are taken as given, directories searched recursively (as ``run_batch`` does). The
-    photos are split into ``partitions`` (default: about ``partition_size`` photos each)
-    by :func:`partition_of`; each partition is one task, ``retries`` times retried if it
-    fails as a whole. Each worker builds one client from ``config`` and reads its API key
-    from its own environment. Journals go to ``journal_dir`` (default
-    ``out_dir/.journals``). The manifest has one line per photo, written as partitions
-    complete (so in completion order) and moved into place atomically at the end.
+    photos are split into ``partitions`` (default: about ``partition_size`` photos each, at
+    most :data:`JOURNAL_SHARDS`) by :func:`partition_of`; each partition is one task,
+    ``retries`` times retried if it fails as a whole. However the photos are partitioned,
+    each is journaled in its fixed shard, so reruns find earlier work. Each worker builds
+    one client from ``config`` and reads its API key from its own environment. Journals go
+    to ``journal_dir`` (default ``out_dir/.journals``). The manifest has one line per photo,
+    written as partitions complete (so in completion order) and moved into place atomically
+    at the end.
 
     >>> manifest = run_on_cluster(dask_client, ["photos/"], out_dir="out",
     ...                           params={"retouch_degree": 0.6})  # doctest: +SKIP
     """
-    if partition_size < 1 or (partitions is not None and partitions < 1):
-        raise ValueError("partition_size and partitions must be at least 1")
+    if partition_size < 1 or (partitions is not None and not 1 <= partitions <= JOURNAL_SHARDS):
+        raise ValueError(
+            f"partition_size must be at least 1 and partitions between 1 and {JOURNAL_SHARDS}"
+        )
     job = PartitionJob(
         operation=operation,
         params=dict(params or {}),
@@ -454,7 +483,7 @@ def run_on_cluster(
         plugin_name=plugin_name,
     )
     items = list(discover_inputs(inputs))
-    count = partitions or max(1, math.ceil(len(items) / partition_size))
+    count = partitions or min(JOURNAL_SHARDS, max(1, math.ceil(len(items) / partition_size)))
     buckets: dict[int, list[BatchItem]] = {}
     for item in items:
         buckets.setdefault(partition_of(item.relative, count), []).append(item)
@@ -501,7 +530,9 @@ def _write_manifest(
                         if future.status == "error"
                         else RuntimeError(f"the partition's task was {future.status}")
                     )
-                    lines = [_failed_line(item, spec, error) for item in bucket]
+                    lines = [
+                        {**batch.error_line(item, spec, error), "how": "failed"} for item in bucket
+                    ]
                 future.release()  # free the result on the worker at once
                 for line in lines:
                     stream.write(json.dumps(line, sort_keys=True) + "\n")

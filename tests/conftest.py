@@ -8,9 +8,10 @@ import heapq
 import itertools
 import struct
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
+from aiohttp import web
 from aioresponses import aioresponses
 
 from ailab_async import AILabClient
@@ -180,3 +181,26 @@ async def mock_client(fake_time: FakeTime) -> AsyncIterator[AILabClient]:
 @pytest.fixture
 def face_png() -> bytes:
     return png_bytes(256, 256)
+
+
+WebHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[WebHandler], Awaitable[str]]]:
+    """Start real aiohttp.web servers on 127.0.0.1 (a free port each) answering every path
+    with a handler; returns each one's base URL. All are stopped after the test."""
+    runners: list[web.AppRunner] = []
+
+    async def start(handler: WebHandler) -> str:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+        return f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()

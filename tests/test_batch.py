@@ -2,25 +2,53 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import errno
 import json
+import signal
+import sys
+import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
+from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from ailab_async import AILabClient, PollingConfig
+from ailab_async import AILabClient, PollingConfig, _download
+from ailab_async._download import EXTENSIONS
 from ailab_async.batch import (
     BatchSpec,
     Operation,
     discover_inputs,
+    output_family,
     run_batch,
     safe_output_path,
 )
 from ailab_async.errors import ValidationError
-from ailab_async.journal import ItemIdentity, ItemState, Journal
-from ailab_async.simulator import Simulator, SimulatorConfig, TaskBehaviour, Uniform, sample_image
+from ailab_async.journal import (
+    ItemIdentity,
+    ItemState,
+    Journal,
+    JournalAccount,
+    JournalAccountError,
+)
+from ailab_async.simulator import (
+    Latency,
+    ManualClock,
+    Simulator,
+    SimulatorConfig,
+    TaskBehaviour,
+    Uniform,
+    sample_image,
+)
+
+from ._ledger import check_ledger
 
 
 def make_photos(folder: Path, count: int, *, start_seed: int = 0) -> list[Path]:
@@ -59,7 +87,7 @@ def manifest(out: Path) -> list[dict[str, object]]:
 async def test_batch_writes_outputs_and_manifest_then_rerun_is_free(
     sim: Simulator, tmp_path: Path, operation: Operation
 ) -> None:
-    make_photos(tmp_path / "in" / "sub", 6)
+    photos = make_photos(tmp_path / "in" / "sub", 6)
     out = tmp_path / "out"
     params = {"retouch_degree": 0.6} if operation is Operation.SKIN else {"beauty_level": 1}
     spec = BatchSpec(operation=operation, params=params, out_dir=out)
@@ -75,12 +103,20 @@ async def test_batch_writes_outputs_and_manifest_then_rerun_is_free(
     assert {line["state"] for line in lines} == {"downloaded"}
     assert all("image_url" not in line for line in lines)
     billed = sim.stats.credits_spent
+    retries = client.stats.ambiguous_retries
 
     async with client_for(sim) as client:
         again = await run_batch(client, discover_inputs([tmp_path / "in"]), spec)
     assert (again.total, again.skipped, again.downloaded) == (6, 6, 0)
     assert sim.stats.credits_spent == billed  # nothing paid twice
     assert sim.stats.duplicate_submits() == 0
+    await check_ledger(
+        sim,
+        photos,
+        journals=[spec.journal_file],
+        ambiguous_retries=retries + client.stats.ambiguous_retries,
+        every_input_paid=True,
+    )
 
 
 async def test_rerun_tracks_submitted_tasks_instead_of_resubmitting(
@@ -113,6 +149,12 @@ async def test_rerun_tracks_submitted_tasks_instead_of_resubmitting(
     assert (report.downloaded, report.resumed) == (1, 1)
     assert sim.stats.count("smart-beauty") == 1  # the task was tracked, not resubmitted
     assert manifest(out)[0]["task_id"] == task.task_id
+    await check_ledger(
+        sim,
+        [photo],
+        journals=[spec.journal_file],
+        ambiguous_retries=client.stats.ambiguous_retries,
+    )
 
 
 async def test_failed_items_are_isolated_and_retried_only_when_asked(
@@ -146,6 +188,7 @@ async def test_failed_items_are_isolated_and_retried_only_when_asked(
             await run_batch(client, discover_inputs([tmp_path / "in"]), retry)
         assert sim.stats.count("smart-skin") == 5
         assert sim.stats.credits_spent == spent
+        await check_ledger(sim, [*photos, blank], journals=[spec.journal_file])
     assert len(photos) == 3
 
 
@@ -159,6 +202,7 @@ async def test_validation_failures_are_journaled_without_a_request(
         report = await run_batch(client, discover_inputs([tiny]), spec)
     assert report.errors_by_code == {"VALIDATION_RESOLUTION": 1}
     assert sim.stats.count() == 0
+    await check_ledger(sim, [tiny], journals=[spec.journal_file])
     async with await Journal.open(spec.journal_file) as journal:
         [entry] = await journal.entries()
     assert entry.state is ItemState.FAILED
@@ -226,3 +270,427 @@ async def test_an_input_that_vanishes_fails_alone(sim: Simulator, tmp_path: Path
         report = await run_batch(client, items, spec)
     assert (report.total, report.downloaded, report.failed) == (3, 2, 1)
     assert list(report.errors_by_code) == ["FileNotFoundError"]
+    await check_ledger(sim, [photos[0], photos[2]], journals=[spec.journal_file])
+
+
+# --- failures after the paid step: never paid again -------------------------------------------
+
+
+def _failing_results(sim: Simulator, status: int = 503) -> dict[str, bool]:
+    """Make the simulator's result URLs answer ``status`` while ``switch["on"]``."""
+    switch = {"on": True}
+
+    @web.middleware
+    async def failing(request: web.Request, handler: Any) -> web.StreamResponse:
+        if switch["on"] and request.path.startswith("/results/"):
+            return web.Response(status=status, text="try later")
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    sim.app.middlewares.append(failing)  # before the simulator starts
+    return switch
+
+
+def _impatient_client(sim: Simulator, **options: Any) -> AILabClient:
+    """A client that gives up quickly: one fast retry, a short task timeout."""
+    return AILabClient(
+        api_key=sim.api_key,
+        base_url=sim.url,
+        max_concurrency=8,
+        max_retries=1,
+        backoff_initial=0.01,
+        backoff_max=0.02,
+        polling=PollingConfig(fallback_interval=0.05, min_interval=0.01),
+        **options,
+    )
+
+
+@pytest.mark.parametrize("retry_failed", [False, True])
+async def test_task_slower_than_the_timeout_is_tracked_again_not_resubmitted(
+    tmp_path: Path, retry_failed: bool
+) -> None:
+    photos = make_photos(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    clock = ManualClock()  # the tasks finish only when the test says
+    config = SimulatorConfig(tasks=TaskBehaviour(duration=Uniform(5.0, 6.0)), seed=5)
+    spec = BatchSpec(operation=Operation.BEAUTY, params={"beauty_level": 0.5}, out_dir=out)
+    async with Simulator(config, clock=clock) as sim:
+        async with _impatient_client(sim, task_timeout=0.2) as client:
+            report = await run_batch(client, discover_inputs([tmp_path / "in"]), spec)
+            retries = client.stats.ambiguous_retries
+        # Not done, and said so, but the tasks are still the journal's.
+        assert (report.total, report.downloaded, report.failed, report.resumable) == (3, 0, 3, 3)
+        assert report.errors_by_code == {"TaskTimeoutError": 3}
+        lines = manifest(out)
+        assert {(line["state"], line["error_code"]) for line in lines} == {
+            ("submitted", "TaskTimeoutError")
+        }
+        assert all(line["task_id"] for line in lines)
+
+        clock.advance(10.0)
+        rerun_spec = attrs.evolve(spec, retry_failed=retry_failed)
+        async with client_for(sim) as client:
+            rerun = await run_batch(client, discover_inputs([tmp_path / "in"]), rerun_spec)
+            retries += client.stats.ambiguous_retries
+        assert (rerun.downloaded, rerun.resumed, rerun.failed) == (3, 3, 0)
+        assert sim.stats.count("smart-beauty") == 3  # tracked, never resubmitted
+        assert {line["error_code"] for line in manifest(out)} == {None}
+        await check_ledger(
+            sim, photos, journals=[spec.journal_file], ambiguous_retries=retries,
+            every_input_paid=True,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("operation", [Operation.SKIN, Operation.BEAUTY])
+@pytest.mark.parametrize("retry_failed", [False, True])
+async def test_download_503_is_downloaded_again_not_run_again(
+    tmp_path: Path, operation: Operation, retry_failed: bool
+) -> None:
+    photos = make_photos(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    config = SimulatorConfig(tasks=TaskBehaviour(duration=Uniform(0.01, 0.05)), seed=2)
+    spec = BatchSpec(operation=operation, params={}, out_dir=out)
+    sim = Simulator(config)
+    results_fail = _failing_results(sim, 503)
+    async with sim:
+        async with _impatient_client(sim) as client:
+            report = await run_batch(client, discover_inputs([tmp_path / "in"]), spec)
+            retries = client.stats.ambiguous_retries
+        assert (report.downloaded, report.failed, report.resumable) == (0, 3, 3)
+        assert {line["state"] for line in manifest(out)} == {"succeeded"}
+        assert all(line["error_code"] for line in manifest(out))
+        assert not list(out.rglob("*.png"))  # nothing half-written left behind
+
+        results_fail["on"] = False
+        rerun_spec = attrs.evolve(spec, retry_failed=retry_failed)
+        async with client_for(sim) as client:
+            rerun = await run_batch(client, discover_inputs([tmp_path / "in"]), rerun_spec)
+            retries += client.stats.ambiguous_retries
+        assert (rerun.downloaded, rerun.resumed, rerun.failed) == (3, 3, 0)
+        assert sim.stats.count(operation.value) == 3
+        assert sorted(p.name for p in out.rglob("*.png")) == [
+            "p000_jpg.png",
+            "p001_jpg.png",
+            "p002_jpg.png",
+        ]
+        await check_ledger(
+            sim, photos, journals=[spec.journal_file], ambiguous_retries=retries,
+            every_input_paid=True,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("retry_failed", [False, True])
+async def test_full_disk_is_downloaded_again_not_run_again(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, retry_failed: bool
+) -> None:
+    photos = make_photos(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    spec = BatchSpec(operation=Operation.SKIN, params={}, out_dir=out)
+
+    def disk_full(*_args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(_download, "_flush_and_sync", disk_full)
+        async with client_for(sim) as client:
+            report = await run_batch(client, discover_inputs([tmp_path / "in"]), spec)
+            retries = client.stats.ambiguous_retries
+    assert (report.downloaded, report.failed, report.resumable) == (0, 3, 3)
+    assert {line["state"] for line in manifest(out)} == {"succeeded"}
+    assert {line["error_code"] for line in manifest(out)} == {"DISK_FULL"}
+    assert not [p for p in out.rglob("*") if ".png" in p.name or ".staging" in p.name]
+
+    rerun_spec = attrs.evolve(spec, retry_failed=retry_failed)
+    async with client_for(sim) as client:
+        rerun = await run_batch(client, discover_inputs([tmp_path / "in"]), rerun_spec)
+        retries += client.stats.ambiguous_retries
+    assert (rerun.downloaded, rerun.resumed, rerun.failed) == (3, 3, 0)
+    assert sim.stats.count("smart-skin") == 3
+    await check_ledger(
+        sim, photos, journals=[spec.journal_file], ambiguous_retries=retries,
+        every_input_paid=True,
+    )  # fmt: skip
+
+
+async def test_a_dead_result_url_is_run_again(tmp_path: Path) -> None:
+    """The one case where paying again is right: the result is gone (404 on its URL)."""
+    [photo] = make_photos(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    spec = BatchSpec(operation=Operation.SKIN, params={}, out_dir=out)
+    sim = Simulator(SimulatorConfig(seed=4))
+    results_gone = _failing_results(sim, 404)
+    async with sim:
+        async with _impatient_client(sim) as client:
+            report = await run_batch(client, discover_inputs([photo]), spec)
+        assert (report.failed, report.resumable) == (1, 0)
+        [line] = manifest(out)
+        assert (line["state"], line["retryable"]) == ("failed", True)
+        results_gone["on"] = False
+        async with client_for(sim) as client:
+            rerun = await run_batch(client, discover_inputs([photo]), spec)
+        assert (rerun.downloaded, rerun.failed) == (1, 0)
+        await check_ledger(sim, [photo], journals=[spec.journal_file], rerun_allowed={photo: 1})
+
+
+# --- an interrupted send is counted -----------------------------------------------------------
+
+
+async def test_a_send_interrupted_by_a_crash_is_resent_and_counted(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    photos = make_photos(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    spec = BatchSpec(operation=Operation.SKIN, params={}, out_dir=out)
+    # A previous run wrote SENDING for the first photo, sent it (and was billed), then died.
+    async with client_for(sim) as client:
+        await client.smart_skin(photos[0])
+    async with await Journal.open(spec.journal_file) as journal:
+        entry = await journal.claim(
+            ItemIdentity.for_path(photos[0]),
+            Operation.SKIN.value,
+            {},
+            source=str(photos[0]),
+            relative=f"in/{photos[0].name}",
+        )
+        await journal.mark_sending(entry.item_id)
+    async with client_for(sim) as client:
+        report = await run_batch(client, discover_inputs([tmp_path / "in"]), spec)
+    assert (report.downloaded, report.ambiguous_resends) == (2, 1)
+    resends = {line["relative"]: line["interrupted_sends"] for line in manifest(out)}
+    assert resends == {"in/p000.jpg": 1, "in/p001.jpg": 0}
+    ledger = await check_ledger(sim, photos, journals=[spec.journal_file])
+    assert [bill.paid for bill in ledger.inputs] == [2, 1]  # the resend is why it paid twice
+
+
+# --- one output per input ---------------------------------------------------------------------
+
+
+async def test_two_inputs_wanting_one_output_both_keep_their_result(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    # The simulator serves PNG: a.jpg becomes a_jpg.png, which a_jpg.png also wants.
+    (folder / "a.jpg").write_bytes(sample_image(200, 200, seed=1))
+    (folder / "a_jpg.png").write_bytes(sample_image(200, 200, seed=2, fmt="PNG"))
+    (folder / "A_JPG.png").write_bytes(sample_image(200, 200, seed=3, fmt="PNG"))
+    out = tmp_path / "out"
+    spec = BatchSpec(operation=Operation.SKIN, params={}, out_dir=out)
+    async with client_for(sim) as client:
+        report = await run_batch(client, discover_inputs([folder]), spec)
+    assert (report.downloaded, report.failed) == (3, 0)
+    outputs = {line["input"]: line["output"] for line in manifest(out)}
+    assert len({o.casefold() for o in outputs.values()}) == 3
+    written = {p.read_bytes() for p in out.rglob("*.png")}
+    assert len(written) == 3  # three different results on disk: none overwritten
+    async with client_for(sim) as client:
+        rerun = await run_batch(client, discover_inputs([folder]), spec)
+    assert rerun.skipped == 3
+    assert {line["input"]: line["output"] for line in manifest(out)} == outputs  # stable
+    await check_ledger(sim, sorted(folder.iterdir()), journals=[spec.journal_file])
+
+
+_SUFFIXES = sorted(set(EXTENSIONS.values()) | {".img"})
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    names=st.lists(
+        st.tuples(
+            st.sampled_from(["a", "A", "a_jpg", "a_png", "a.jpg", "a~2", "b", "x/a", "X/a"]),
+            st.sampled_from(["", ".jpg", ".png", ".JPG", ".bmp", ".webp"]),
+            st.sampled_from(_SUFFIXES),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+async def test_output_reservation_is_injective_and_stable(
+    names: list[tuple[str, str, str]],
+) -> None:
+    out = Path("/out")
+    async with await Journal.open(":memory:") as journal:
+        chosen = []
+        for number, (stem, ext, served) in enumerate(names):
+            entry = await journal.claim(
+                ItemIdentity(f"id-{number}"), "smart-skin", {}, source="s", relative="r"
+            )
+            wanted = safe_output_path(out, stem + ext, served)
+            chosen.append(await journal.reserve_output(entry.item_id, str(wanted)))
+            assert chosen[-1].endswith(served)
+        assert len({c.casefold() for c in chosen}) == len(chosen)  # one file per input
+        for number, (stem, ext, served) in enumerate(names):  # a rerun gets the same paths
+            wanted = safe_output_path(out, stem + ext, served)
+            assert await journal.reserve_output(number + 1, str(wanted)) == chosen[number]
+
+
+# --- killed mid-batch ---------------------------------------------------------------------------
+
+KILLABLE_BATCH = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from ailab_async import AILabClient, PollingConfig
+    from ailab_async.batch import BatchSpec, Operation, discover_inputs, run_batch
+
+    async def main(url, key, operation, photos, out):
+        spec = BatchSpec(operation=Operation(operation), params={}, out_dir=Path(out),
+                         concurrency=6)
+
+        def on_event(kind, outcome):
+            if kind == "finished":
+                print("finished", flush=True)
+
+        polling = PollingConfig(fallback_interval=0.05, min_interval=0.01)
+        async with AILabClient(api_key=key, base_url=url, max_concurrency=6,
+                               polling=polling) as client:
+            await run_batch(client, discover_inputs([photos]), spec, on_event=on_event)
+        print("done", flush=True)
+
+    asyncio.run(main(*sys.argv[1:]))
+    """
+)
+
+
+@pytest.mark.parametrize("operation", [Operation.SKIN, Operation.BEAUTY])
+async def test_killed_mid_batch_then_rerun_pays_only_for_what_was_in_flight(
+    tmp_path: Path, operation: Operation
+) -> None:
+    photos = make_photos(tmp_path / "in", 24)
+    out = tmp_path / "out"
+    spec = BatchSpec(operation=operation, params={}, out_dir=out)
+    # Slow enough that requests, tasks and downloads are in flight at the kill.
+    config = SimulatorConfig(
+        latency=Latency.everywhere(Uniform(0.02, 0.1)),
+        tasks=TaskBehaviour(duration=Uniform(0.05, 0.3)),
+        seed=9,
+    )
+    async with Simulator(config) as sim:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            KILLABLE_BATCH,
+            sim.url,
+            sim.api_key,
+            operation.value,
+            str(tmp_path / "in"),
+            str(out),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert child.stdout is not None
+        try:
+            for _ in range(5):
+                assert await asyncio.wait_for(child.stdout.readline(), 60) == b"finished\n"
+        finally:
+            child.send_signal(signal.SIGKILL)
+            await child.wait()
+        assert child.returncode == -signal.SIGKILL
+        async with await Journal.open(spec.journal_file) as journal:
+            at_kill = await journal.counts()
+        assert 5 <= at_kill[ItemState.DOWNLOADED] < len(photos)
+
+        async with client_for(sim) as client:
+            report = await run_batch(client, discover_inputs([tmp_path / "in"]), spec)
+            retries = client.stats.ambiguous_retries
+        assert (report.total, report.succeeded, report.failed) == (24, 24, 0)
+        assert report.skipped == at_kill[ItemState.DOWNLOADED]
+        assert {line["state"] for line in manifest(out)} == {"downloaded"}
+        assert len(list(out.rglob("*.png"))) == len(photos)
+        # The killed child could not report its client's counts; no faults were injected,
+        # so it made no ambiguous retries: its in-flight sends are the journal's.
+        ledger = await check_ledger(
+            sim, photos, journals=[spec.journal_file], ambiguous_retries=retries,
+            every_input_paid=True,
+        )  # fmt: skip
+        resent = sum(bill.interrupted_sends for bill in ledger.inputs)
+        assert report.ambiguous_resends == resent
+        assert ledger.total_paid <= len(photos) + resent
+
+
+async def test_a_journal_of_another_account_is_refused_before_anything_is_sent(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    photos = make_photos(tmp_path / "in", 2)
+    mine = JournalAccount.for_key(sim.url, sim.api_key)
+    spec = BatchSpec(operation=Operation.SKIN, params={}, out_dir=tmp_path / "out", account=mine)
+    async with client_for(sim) as client:
+        await run_batch(client, discover_inputs([tmp_path / "in"]), spec)
+    spent = sim.stats.count()
+    theirs = attrs.evolve(spec, account=JournalAccount.for_key(sim.url, "someone-else-key"))
+    async with client_for(sim) as client:
+        with pytest.raises(JournalAccountError, match="another API key"):
+            await run_batch(client, discover_inputs([tmp_path / "in"]), theirs)
+    assert sim.stats.count() == spent
+    await check_ledger(sim, photos, journals=[spec.journal_file], every_input_paid=True)
+
+
+async def test_run_batch_checks_the_clients_own_account_by_default(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Without ``spec.account``, the journal records the client's base URL and key
+    fingerprint, and a client of another key is refused before anything is sent."""
+    photos = make_photos(tmp_path / "in", 2)
+    spec = BatchSpec(operation=Operation.SKIN, params={}, out_dir=tmp_path / "out")
+    async with client_for(sim) as client:
+        await run_batch(client, discover_inputs([tmp_path / "in"]), spec)
+    spent = sim.stats.count()
+    other_key = AILabClient(api_key="someone-else-key", base_url=sim.url)
+    async with other_key:
+        with pytest.raises(JournalAccountError, match="another API key"):
+            await run_batch(other_key, discover_inputs([tmp_path / "in"]), spec)
+        # A journal that belongs to no account (a throw-away simulator) may opt out.
+        unchecked = attrs.evolve(spec, check_account=False)
+        report = await run_batch(other_key, discover_inputs([tmp_path / "in"]), unchecked)
+    assert report.skipped == 2
+    assert sim.stats.count() == spent
+    assert "someone-else-key" not in spec.journal_file.read_bytes().decode("latin-1")
+    await check_ledger(sim, photos, journals=[spec.journal_file], every_input_paid=True)
+
+
+async def test_an_older_journals_failed_timeout_is_tracked_not_resubmitted(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    [photo] = make_photos(tmp_path / "in", 1)
+    spec = BatchSpec(operation=Operation.BEAUTY, params={}, out_dir=tmp_path / "out")
+    # What the code before schema 2 wrote when waiting for a task timed out.
+    async with client_for(sim) as client:
+        task = await client.submit_smart_beauty(photo)
+    async with await Journal.open(spec.journal_file) as journal:
+        entry = await journal.claim(
+            ItemIdentity.for_path(photo), Operation.BEAUTY.value, {}, source=str(photo),
+            relative=photo.name,
+        )  # fmt: skip
+        await journal.mark_sending(entry.item_id)
+        await journal.mark_submitted(
+            entry.item_id, task_id=task.task_id, request_id=None, log_id=None,
+            submitted_at=dt.datetime.now(dt.timezone.utc),
+        )  # fmt: skip
+        await journal.mark_failed(
+            entry.item_id, code="TaskTimeoutError", message="gave up", retryable=True
+        )
+    async with client_for(sim) as client:
+        report = await run_batch(client, discover_inputs([photo]), spec)
+    assert (report.downloaded, report.resumed) == (1, 1)
+    assert sim.stats.count("smart-beauty") == 1
+    await check_ledger(sim, [photo], journals=[spec.journal_file], every_input_paid=True)
+
+
+_NAME_PARTS = st.text(alphabet="aA._~-/:2", min_size=1, max_size=8)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    first=_NAME_PARTS, second=_NAME_PARTS, served=st.sampled_from(_SUFFIXES), n=st.integers(1, 3)
+)
+def test_inputs_whose_outputs_can_meet_share_an_output_family(
+    first: str, second: str, served: str, n: int
+) -> None:
+    """What lets the Dask recipe shard journals by output family: every output one input
+    can get (its path, or a ``~N`` variant of it) that another input also wants lies in a
+    family they share, so one journal sees both and keeps them apart."""
+    out = Path("/out")
+    wanted = safe_output_path(out, first, served)
+    variant = wanted if n == 1 else wanted.with_name(f"{wanted.stem}~{n}{wanted.suffix}")
+    other = safe_output_path(out, second, served)
+    if str(variant).casefold() == str(other).casefold():
+        assert output_family(first) == output_family(second)

@@ -19,11 +19,13 @@ import sqlite3
 import sys
 import threading
 from collections import Counter
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 import pytest
+from aiohttp import web
 from PIL import Image
 
 from ailab_async import _cli
@@ -40,12 +42,16 @@ from ailab_async.journal import ItemIdentity, ItemState, Journal
 from ailab_async.simulator import (
     Credits,
     Fixed,
+    Latency,
+    ManualClock,
     Simulator,
     SimulatorConfig,
     TaskBehaviour,
     Uniform,
     sample_image,
 )
+
+from ._ledger import check_ledger
 
 T = TypeVar("T")
 
@@ -483,6 +489,32 @@ def test_a_journal_that_is_not_one_is_an_error_without_a_traceback(
     assert "Traceback" not in err
 
 
+def test_a_journal_of_another_key_is_refused_before_paying(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_photos(tmp_path / "in", 1)
+    config = SimulatorConfig(extra_api_keys=("sim-key-rotated",))
+    with ThreadedSimulator(config) as sim:
+        (tmp_path / "old").mkdir()
+        (tmp_path / "new").mkdir()
+        old_key = key_file(tmp_path / "old", sim.api_key)
+        new_key = key_file(tmp_path / "new", "sim-key-rotated")
+        argv = ["skin", str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+        argv += ["--base-url", sim.url, "--api-key-file"]
+        assert main([*argv, str(old_key)]) == 0
+        make_photos(tmp_path / "in", 1, start_seed=1)  # p000.jpg again, new content: unpaid
+        capsys.readouterr()
+        assert main([*argv, str(new_key)]) == 2
+        err = capsys.readouterr().err
+        assert "another API key" in err
+        assert "--reassign-account" in err
+        assert "Traceback" not in err
+        assert "sim-key-rotated" not in err
+        assert sim.stats.count("smart-skin") == 1  # nothing sent under the other key
+        assert main([*argv, str(new_key), "--reassign-account"]) == 0
+        assert sim.stats.count("smart-skin", "OK") == 2
+
+
 def test_bad_simulator_knob_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_photos(tmp_path / "in", 1)
     argv = ["skin", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--simulate"]
@@ -498,7 +530,9 @@ def test_empty_or_odd_key_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFix
     assert main([*argv, str(key_file(tmp_path, "two words"))]) == 2
     assert "the key alone" in capsys.readouterr().err
     assert main([*argv, str(tmp_path / "nope.txt")]) == 2
-    assert "cannot read the API key file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot read the file given to --api-key-file" in err
+    assert "nope.txt" not in err  # it might have been the key, given where a path belongs
 
 
 def test_a_plain_http_base_url_elsewhere_is_a_configuration_error(
@@ -675,6 +709,19 @@ def test_plain_progress_prints_items_and_periodic_summaries() -> None:
     assert len(lines) == 3  # the item done in an earlier run is counted, not listed
 
 
+def test_an_item_paid_for_but_not_finished_is_not_called_failed() -> None:
+    stream = io.StringIO()
+    progress = PlainProgress(ProgressState(2, FakeClock()), stream)
+    progress.on_event("finished", outcome("slow.jpg", ItemState.SUBMITTED, code="TaskTimeoutError"))
+    progress.on_event("finished", outcome("gone.jpg", ItemState.FAILED, code="ERROR_X\x1b[2J"))
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == (
+        "[1/2] NOT DONE  slow.jpg: TaskTimeoutError (paid; the next run finishes it): no face"
+    )
+    assert lines[1] == "[2/2] FAILED    gone.jpg: ERROR_X\\x1b[2J: no face"  # escaped
+    assert progress.state.failed == 2  # neither is done
+
+
 def test_rich_progress_renders_on_a_terminal() -> None:
     stream = io.StringIO()
     progress = RichProgress(ProgressState(2), stream, description="skin", force_terminal=True)
@@ -716,74 +763,263 @@ def journal_counts(path: Path) -> Counter[str]:
     return Counter(dict(rows))
 
 
-async def test_killed_mid_batch_and_rerun_pays_for_nothing_twice(tmp_path: Path) -> None:
+class CliRun:
+    """``ailab-async`` in a subprocess against a simulator (or proxy) this test hosts, so the
+    simulator's ledger stays readable after the CLI is killed."""
+
+    def __init__(self, tmp_path: Path, base_url: str, api_key: str) -> None:
+        self.tmp_path = tmp_path
+        self.base_url = base_url
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("AILAB_")}
+        self.env["AILAB_API_KEY"] = api_key
+
+    async def start(self, log: str, *argv: str) -> asyncio.subprocess.Process:
+        command = [sys.executable, "-m", "ailab_async._cli", *argv, "--base-url", self.base_url]
+        with open(self.tmp_path / log, "wb") as sink:
+            return await asyncio.create_subprocess_exec(
+                *command, stdout=sink, stderr=asyncio.subprocess.STDOUT, env=self.env
+            )
+
+    async def finish(self, process: asyncio.subprocess.Process, timeout: float = 60) -> int:
+        try:
+            return await asyncio.wait_for(process.wait(), timeout=timeout)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+    def log(self, name: str) -> str:
+        return (self.tmp_path / name).read_text()
+
+
+async def wait_for_journal(
+    path: Path,
+    process: asyncio.subprocess.Process,
+    ready: Callable[[Counter[str]], bool],
+    *,
+    log: Path,
+    timeout: float = 25,
+) -> Counter[str]:
+    """Poll the journal (read-only) until ``ready(states)``; the states then."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        states = journal_counts(path)
+        if ready(states):
+            return states
+        assert process.returncode is None, log.read_text()
+        assert loop.time() < deadline, f"never reached the wanted journal state: {states}"
+        await asyncio.sleep(0.05)
+
+
+def summary_counts(log: str) -> dict[str, int]:
+    return {
+        match[1]: int(match[2])
+        for match in re.finditer(
+            r"^  (downloaded|already done|resumed|failed|not finished|sent again)\s+(\d+)",
+            log,
+            re.M,
+        )
+    }
+
+
+@pytest.mark.parametrize("kill_point", ["between requests", "anywhere"])
+async def test_killed_mid_batch_and_rerun_pays_for_nothing_twice(
+    tmp_path: Path, kill_point: str
+) -> None:
     count = 30
     photos = tmp_path / "photos"
-    make_photos(photos, count, size=160)
+    inputs = make_photos(photos, count, size=160)
     out = tmp_path / "out"
     journal = out / ".ailab-journal.sqlite3"
-    config = SimulatorConfig(tasks=TaskBehaviour(duration=Uniform(1.0, 4.0)), seed=11)
+    config = SimulatorConfig(
+        tasks=TaskBehaviour(duration=Uniform(1.0, 4.0)),
+        # Submissions take a while: "anywhere" kills with some of them in flight.
+        latency=Latency(smart_beauty=Uniform(0.05, 0.4)),
+        seed=11,
+    )
     async with Simulator(config) as sim:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AILAB_")}
-        env["AILAB_API_KEY"] = sim.api_key
-        command = [sys.executable, "-m", "ailab_async._cli", "beauty", str(photos)]
-        command += ["--out", str(out), "--base-url", sim.url, "--poll-interval", "0.5"]
-
-        async def run(log: str) -> asyncio.subprocess.Process:
-            with open(tmp_path / log, "wb") as sink:
-                return await asyncio.create_subprocess_exec(
-                    *command, stdout=sink, stderr=asyncio.subprocess.STDOUT, env=env
-                )
-
-        first = await run("first.log")
+        cli = CliRun(tmp_path, sim.url, sim.api_key)
+        argv = ["beauty", str(photos), "--out", str(out), "--poll-interval", "0.5"]
+        first = await cli.start("first.log", *argv)
         try:
-            # Kill once some results are on disk and some tasks are still running remotely,
-            # with no billed request in flight (a request killed in flight may have been paid
-            # for, and nothing can know: the journal calls that state SENDING).
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 25
-            while True:
-                states = journal_counts(journal)
-                if (
-                    sum(states.values()) == count
-                    and states["downloaded"] >= 1
-                    and states["submitted"] >= 1
-                    and states["pending"] + states["sending"] == 0
-                ):
-                    break
-                assert first.returncode is None, (tmp_path / "first.log").read_text()
-                assert loop.time() < deadline, f"never reached the kill point: {states}"
-                await asyncio.sleep(0.05)
+            if kill_point == "between requests":
+                # Some results on disk, some tasks still running remotely, and no billed
+                # request in flight: nothing may be paid twice.
+                def ready(states: Counter[str]) -> bool:
+                    return (
+                        sum(states.values()) == count
+                        and states["downloaded"] >= 1
+                        and states["submitted"] >= 1
+                        and states["pending"] + states["sending"] == 0
+                    )
+            else:
+                # With billed requests in flight (the journal says SENDING): each may have
+                # been paid for, and nothing can know; the rerun sends them again and says so.
+                def ready(states: Counter[str]) -> bool:
+                    return states["sending"] >= 1 and states["submitted"] >= 1
+
+            await wait_for_journal(journal, first, ready, log=tmp_path / "first.log")
         finally:
             first.kill()  # SIGKILL: no cleanup, no flush
             await first.wait()
-        submitted_before_kill = Counter(sim.stats.submits_per_image)
-        assert len(submitted_before_kill) == count
+        in_flight_at_kill = journal_counts(journal)["sending"]
 
-        second = await run("second.log")
-        try:
-            code = await asyncio.wait_for(second.wait(), timeout=30)
-        finally:
-            if second.returncode is None:
-                second.kill()
-                await second.wait()
-        log = (tmp_path / "second.log").read_text()
+        second = await cli.start("second.log", *argv)
+        code = await cli.finish(second, timeout=30)
+        log = cli.log("second.log")
         assert code == 0, log
 
-        assert sim.stats.duplicate_submits() == 0
-        assert all(sim.stats.submits_per_image[sha] == 1 for sha in submitted_before_kill)
-        assert sim.stats.count("smart-beauty", "OK") == count
-        assert sim.stats.credits_spent == count
+        ledger = await check_ledger(sim, inputs, journals=[journal], every_input_paid=True)
+        summary = summary_counts(log)
+        resent = summary.get("sent again", 0)
+        # The CLI's own account of what may have been paid twice matches the journal's...
+        assert resent == in_flight_at_kill == sum(b.interrupted_sends for b in ledger.inputs)
+        # ...and bounds the bill: every photo once, plus at most one per counted resend.
+        assert ledger.total_paid <= count + resent
+        assert sim.stats.count("smart-beauty", "OK") <= count + resent
+        if kill_point == "between requests":
+            assert sim.stats.duplicate_submits() == 0
+            assert sim.stats.credits_spent == count
     expected = {f"photos/p{i:03d}_jpg.png" for i in range(count)}
     assert {p.relative_to(out).as_posix() for p in out.rglob("*.png")} == expected
     lines = manifest(out)
     assert len(lines) == count
     assert {line["state"] for line in lines} == {"downloaded"}
     assert {Path(line["input"]).name for line in lines} == {f"p{i:03d}.jpg" for i in range(count)}
-    summary = {
-        match[1]: int(match[2])
-        for match in re.finditer(r"^  (downloaded|already done|resumed)\s+(\d+)", log, re.M)
-    }
-    assert summary["already done"] >= 1  # downloaded before the kill
-    assert summary["resumed"] >= 1  # submitted before the kill, tracked by task_id
     assert summary["already done"] + summary["downloaded"] == count
+    if kill_point == "between requests":
+        assert summary["already done"] >= 1  # downloaded before the kill
+        assert summary["resumed"] >= 1  # submitted before the kill, tracked by task_id
+
+
+async def test_a_second_run_on_the_same_out_stops_before_paying(tmp_path: Path) -> None:
+    count = 4
+    photos = tmp_path / "photos"
+    inputs = make_photos(photos, count, size=160)
+    out = tmp_path / "out"
+    journal = out / ".ailab-journal.sqlite3"
+    # Simulator time stands still until the test moves it: the first run's tasks stay
+    # unfinished (and the run busy) for as long as the test needs, however slow the machine.
+    clock = ManualClock()
+    config = SimulatorConfig(tasks=TaskBehaviour(duration=Fixed(1.0)))
+    async with Simulator(config, clock=clock) as sim:
+        cli = CliRun(tmp_path, sim.url, sim.api_key)
+        argv = ["beauty", str(photos), "--out", str(out), "--poll-interval", "0.5"]
+        first = await cli.start("first.log", *argv)
+        try:
+            await wait_for_journal(
+                journal, first, lambda states: states["submitted"] >= 1, log=tmp_path / "first.log"
+            )
+            paid_before = sim.stats.count("smart-beauty")
+            second = await cli.start("second.log", *argv)
+            code = await cli.finish(second, timeout=20)
+            log = cli.log("second.log")
+            assert code == 2, log
+            assert "ailab-async beauty: error: journal" in log
+            assert "is in use by another run" in log
+            assert "Traceback" not in log
+            assert "summary" not in log
+            assert first.returncode is None  # the second run disturbed nothing
+            clock.advance(60.0)  # the tasks finish
+            first_code = await cli.finish(first, timeout=30)
+        finally:
+            if first.returncode is None:
+                first.kill()
+                await first.wait()
+        assert first_code == 0, cli.log("first.log")
+        assert summary_counts(cli.log("first.log"))["downloaded"] == count
+        assert paid_before <= sim.stats.count("smart-beauty") <= count
+        await check_ledger(sim, inputs, journals=[journal], every_input_paid=True)
+        assert sim.stats.credits_spent == count
+    assert [line["state"] for line in manifest(out)] == ["downloaded"] * count
+
+
+class PollRefusingProxy:
+    """Forwards API calls to the simulator, except task queries while ``refusing``: those
+    get 429 ``EXCEEDING_LIMITS`` with ``Retry-After`` (a rate limit that never lifts)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.refusing = True
+        self.refused = 0
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.router.add_route("*", "/{path:.*}", self.handle)
+        self.runner = web.AppRunner(app)
+        self.url = ""
+
+    async def __aenter__(self) -> PollRefusingProxy:
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self.runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runner.cleanup()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if self.refusing and request.path == "/api/common/query-async-task-result":
+            self.refused += 1
+            body = {
+                "request_id": "req-429",
+                "log_id": "log-429",
+                "error_code": 429,
+                "error_detail": {"status_code": 429, "code": "EXCEEDING_LIMITS", "message": "slow"},
+            }
+            return web.json_response(body, status=429, headers={"Retry-After": "1"})
+        headers = {
+            name: value
+            for name, value in request.headers.items()
+            if name.lower() in ("content-type", "ailabapi-api-key")
+        }
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                request.method,
+                self.upstream + request.path_qs,
+                data=await request.read(),
+                headers=headers,
+            ) as answer,
+        ):
+            return web.Response(
+                body=await answer.read(),
+                status=answer.status,
+                content_type=answer.content_type,
+            )
+
+
+async def test_retry_failed_after_polls_were_refused_pays_once_per_photo(tmp_path: Path) -> None:
+    count = 3
+    photos = tmp_path / "photos"
+    inputs = make_photos(photos, count, size=160)
+    out = tmp_path / "out"
+    journal = out / ".ailab-journal.sqlite3"
+    config = SimulatorConfig(tasks=TaskBehaviour(duration=Fixed(0.2)))
+    async with Simulator(config) as sim, PollRefusingProxy(sim.url) as proxy:
+        cli = CliRun(tmp_path, proxy.url, sim.api_key)
+        argv = ["beauty", str(photos), "--out", str(out), "--poll-interval", "0.25"]
+        first = await cli.start("first.log", *argv, "--task-timeout", "1.5")
+        code = await cli.finish(first, timeout=30)
+        log = cli.log("first.log")
+        assert code == 1, log  # nothing done: the tasks could not be queried
+        assert proxy.refused >= count
+        summary = summary_counts(log)
+        assert summary["downloaded"] == 0
+        assert summary["not finished"] == count  # paid for, still alive: not "failed"
+        assert summary["failed"] == 0
+        assert "TaskTimeoutError" in log
+        assert "run the same command again" in log
+        assert sim.stats.count("smart-beauty", "OK") == count
+
+        proxy.refusing = False
+        second = await cli.start("second.log", *argv, "--retry-failed")
+        code = await cli.finish(second, timeout=30)
+        log = cli.log("second.log")
+        assert code == 0, log
+        assert summary_counts(log)["resumed"] == count  # tracked by task id, not sent again
+        await check_ledger(sim, inputs, journals=[journal], every_input_paid=True)
+        assert sim.stats.count("smart-beauty", "OK") == count
+        assert sim.stats.credits_spent == count
+    assert [line["state"] for line in manifest(out)] == ["downloaded"] * count

@@ -26,12 +26,16 @@ import pytest
 
 from ailab_async.batch import Operation
 from ailab_async.dask_recipe import (
+    JOURNAL_SHARDS,
     RedisLimiterFactory,
     WorkerClientConfig,
     partition_of,
     run_on_cluster,
+    shard_of,
 )
 from ailab_async.simulator import RateLimit, Simulator, sample_image
+
+from ._ledger import check_ledger
 
 REDIS_SERVER = shutil.which("redis-server")
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +109,20 @@ def test_partition_of_is_stable_and_spreads_photos() -> None:
     assert buckets == [partition_of(name, 8) for name in reversed(names)][::-1]
     assert set(buckets) == set(range(8))
     assert max(buckets.count(b) for b in range(8)) < 2 * 400 / 8
+    # A partition is a range of whole shards: one shard, one journal, one task.
+    for partitions in (1, 3, 8, JOURNAL_SHARDS):
+        owner: dict[int, int] = {}
+        for name in names:
+            assert owner.setdefault(shard_of(name), partition_of(name, partitions)) == (
+                partition_of(name, partitions)
+            )
+    with pytest.raises(ValueError, match="partitions"):
+        partition_of("a.jpg", JOURNAL_SHARDS + 1)
+
+
+def test_inputs_that_could_share_an_output_share_a_shard() -> None:
+    for family in [("a.png", "a_png.jpg", "A.png", "a~2.png"), ("d/x.jpg", "D/x_jpg.png")]:
+        assert len({shard_of(name) for name in family}) == 1, family
 
 
 @pytest.mark.ailab_simulator(rate_limit=RateLimit(ACCOUNT_RATE))
@@ -161,9 +179,7 @@ async def test_photos_fan_out_over_two_worker_processes_into_one_manifest(
             return rerun, first, failed, sum(loop_threads.values())
 
     # The simulator serves on this test's loop; the blocking Dask calls run beside it.
-    started = time.monotonic()
     manifest, first_run, failed_run, loop_threads_left = await asyncio.to_thread(run_on_a_cluster)
-    elapsed = time.monotonic() - started
 
     assert manifest == out_dir / "manifest.jsonl"
     assert len(first_run) == PHOTOS
@@ -186,12 +202,19 @@ async def test_photos_fan_out_over_two_worker_processes_into_one_manifest(
         for line in first_run
     }
 
-    # The rerun found every photo in its partition's journal: nothing was paid twice.
+    # The rerun found every photo in its shard's journal: nothing was paid twice.
     second_run = _read(manifest)
     assert len(second_run) == PHOTOS
     assert {line["how"] for line in second_run} == {"skipped"}
     assert ailab_simulator.stats.count("smart-skin", "OK") == PHOTOS
     assert ailab_simulator.stats.duplicate_submits() == 0
+    # No faults are injected: the workers' clients made no ambiguous retries.
+    await check_ledger(
+        ailab_simulator,
+        sorted(photo_dir.iterdir()),
+        journals=sorted((out_dir / ".journals").glob("*.sqlite3")),
+        every_input_paid=True,
+    )
     assert ailab_simulator.api_key not in manifest.read_text(encoding="utf-8")
 
     assert loop_threads_left == 0
@@ -208,8 +231,6 @@ async def test_photos_fan_out_over_two_worker_processes_into_one_manifest(
             assert check.exists(f"{{{budget_name}}}:ailab-rate")  # the workers used it
         # Two processes on one 16/s budget never overran the 20/s account.
         assert ailab_simulator.stats.count(outcome="EXCEEDING_LIMITS") == 0
-    # 40 calls + 40 downloads through a 16/s budget, cluster start-up, two more runs.
-    assert elapsed < 30
 
 
 def test_example_script_runs_on_a_local_cluster(redis_url: str | None, tmp_path: Path) -> None:
@@ -230,3 +251,43 @@ def test_example_script_runs_on_a_local_cluster(redis_url: str | None, tmp_path:
     assert summary["photos"] == 8
     assert summary["states"] == {"downloaded": 8}
     assert len(summary["worker_pids"]) == 2
+
+
+async def test_one_more_photo_pays_for_one_more_photo(
+    ailab_simulator: Simulator, tmp_path: Path
+) -> None:
+    """Growing the set changes the partition count; the journals do not move with it."""
+    photo_dir, out_dir = tmp_path / "photos", tmp_path / "out"
+    photo_dir.mkdir()
+    for index in range(101):
+        (photo_dir / f"face-{index:03d}.jpg").write_bytes(sample_image(160, 160, seed=index))
+    extra = photo_dir / "face-100.jpg"
+    held_back = tmp_path / "held-back.jpg"
+    extra.rename(held_back)
+    config = WorkerClientConfig(base_url=ailab_simulator.url)
+
+    def two_runs() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        with (
+            _local_cluster(env={"AILAB_API_KEY": ailab_simulator.api_key}) as cluster,
+            distributed.Client(cluster) as dask_client,
+        ):
+            options: dict[str, Any] = {"out_dir": out_dir, "config": config}
+            # 100 photos make 10 partitions of about 10; 101 make 11.
+            first = _read(run_on_cluster(dask_client, [photo_dir], partition_size=10, **options))
+            held_back.rename(extra)
+            second = _read(run_on_cluster(dask_client, [photo_dir], partition_size=10, **options))
+            return first, second
+
+    first, second = await asyncio.to_thread(two_runs)
+    assert len({line["partition"] for line in first}) == 10
+    assert len({line["partition"] for line in second}) == 11
+    assert {line["state"] for line in second} == {"downloaded"}
+    how = [line["how"] for line in second]
+    assert (how.count("skipped"), how.count("ran")) == (100, 1)
+    ledger = await check_ledger(
+        ailab_simulator,
+        sorted(photo_dir.iterdir()),
+        journals=sorted((out_dir / ".journals").glob("*.sqlite3")),
+        every_input_paid=True,
+    )
+    assert ledger.total_paid == 101

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import gc
 import os
+import pickle
 import shutil
 import signal
 import sqlite3
@@ -30,10 +31,15 @@ from ailab_async.journal import (
     ItemIdentity,
     ItemState,
     Journal,
+    JournalAccount,
+    JournalAccountError,
+    JournalBusyError,
     JournalEntry,
     JournalError,
     ResumeAction,
 )
+
+from .conftest import TEST_KEY
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -47,7 +53,8 @@ EXPECTED_TRANSITIONS: dict[ItemState, set[ItemState]] = {
     S.SENDING: {S.SENDING, S.SUBMITTED, S.SUCCEEDED, S.FAILED},
     S.SUBMITTED: {S.SENDING, S.SUCCEEDED, S.FAILED},
     S.SUCCEEDED: {S.SENDING, S.DOWNLOADED, S.FAILED},
-    S.FAILED: {S.SENDING},
+    # A failure recorded after the paid step by an older journal: track or download it.
+    S.FAILED: {S.SENDING, S.SUCCEEDED, S.DOWNLOADED, S.FAILED},
     S.DOWNLOADED: set(),
 }
 
@@ -106,7 +113,7 @@ async def move(journal: Journal, item_id: int, target: ItemState) -> None:
                 item_id, image_url=URL, request_id="req-q", log_id="log-q", produced_at=T0
             )
         case S.DOWNLOADED:
-            await journal.mark_downloaded(item_id, output_path="out/a.png")
+            await journal.mark_downloaded(item_id, output_path=f"out/{item_id}.png")
         case S.FAILED:
             await journal.mark_failed(
                 item_id, code="ERROR_NO_FACE_IN_FILE", message="no face", retryable=False
@@ -488,7 +495,22 @@ RESUME_CASES: list[tuple[str, JournalEntry, dt.timedelta, ResumeAction, ResumeAc
     ("final failure", entry_for(S.FAILED, error_code="ERROR_NO_FACE_IN_FILE", retryable=False),
      1 * HOUR, R.KEEP_FAILED, R.RUN),
     ("failed with live url", entry_for(S.FAILED, retryable=False, image_url=URL, produced_at=T0),
-     1 * HOUR, R.KEEP_FAILED, R.RUN),
+     1 * HOUR, R.KEEP_FAILED, R.DOWNLOAD),
+    # Journals written before schema 2 failed items after the paid step: never pay again
+    # while the task or URL lives.
+    ("old: download 503", entry_for(S.FAILED, error_code="DownloadError", retryable=True,
+     task_id="t", submitted_at=T0, image_url=URL, produced_at=T0), 1 * HOUR,
+     R.DOWNLOAD, R.DOWNLOAD),
+    ("old: task timeout", entry_for(S.FAILED, error_code="TaskTimeoutError", retryable=True,
+     task_id="t", submitted_at=T0), 1 * HOUR, R.TRACK, R.TRACK),
+    ("old: disk full", entry_for(S.FAILED, error_code="OSError", retryable=False,
+     image_url=URL, produced_at=T0), 1 * HOUR, R.KEEP_FAILED, R.DOWNLOAD),
+    ("old: task timeout, task gone", entry_for(S.FAILED, error_code="TaskTimeoutError",
+     retryable=True, task_id="t", submitted_at=T0), 30 * HOUR, R.RUN, R.RUN),
+    ("timed-out task kept submitted", entry_for(S.SUBMITTED, task_id="t", submitted_at=T0,
+     error_code="TaskTimeoutError", retryable=True), 1 * HOUR, R.TRACK, R.TRACK),
+    ("failed download kept succeeded", entry_for(S.SUCCEEDED, image_url=URL, produced_at=T0,
+     error_code="DownloadError", retryable=True), 1 * HOUR, R.DOWNLOAD, R.DOWNLOAD),
 ]  # fmt: skip
 
 
@@ -797,13 +819,16 @@ class JournalMachine(RuleBasedStateMachine):
             produced_at=at,
             request_id=request_id or old["request_id"],
             log_id=log_id or old["log_id"],
+            **_ERROR_CLEARED,
         )
 
     @rule(item_id=items)
     def downloaded(self, item_id: int) -> None:
         self.clock.advance()
         call = self.journal.mark_downloaded(item_id, output_path=f"out/{item_id}.png")
-        self.attempt(item_id, S.DOWNLOADED, call, output_path=f"out/{item_id}.png")
+        self.attempt(
+            item_id, S.DOWNLOADED, call, output_path=f"out/{item_id}.png", **_ERROR_CLEARED
+        )
 
     @rule(item_id=items, retryable=st.booleans(), request_id=ids)
     def failed(self, item_id: int, retryable: bool, request_id: str | None) -> None:
@@ -842,5 +867,219 @@ class JournalMachine(RuleBasedStateMachine):
             assert actual == expected
 
 
+#: A result or a download clears the error of an earlier attempt (a noted timeout, or an
+#: older journal's failure after the paid step).
+_ERROR_CLEARED: dict[str, object] = {"error_code": None, "error_message": None, "retryable": None}
+
 JournalMachine.TestCase.settings = settings(max_examples=30, stateful_step_count=20, deadline=None)
 TestJournalMachine = JournalMachine.TestCase
+
+
+# -- one run at a time: the journal lock ---------------------------------------------------------
+
+HOLDER = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    from ailab_async.journal import Journal
+
+    async def main(path):
+        journal = await Journal.open(path)  # held until the process ends (or is killed)
+        print("holding", flush=True)
+        while True:
+            await asyncio.sleep(3600)
+
+    asyncio.run(main(sys.argv[1]))
+    """
+)
+
+OPENER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from ailab_async.journal import Journal, JournalBusyError
+
+    async def main(path):
+        try:
+            journal = await Journal.open(path)
+        except JournalBusyError as exc:
+            print("busy:", exc, flush=True)
+            return
+        await journal.aclose()
+        print("opened", flush=True)
+
+    asyncio.run(main(sys.argv[1]))
+    """
+)
+
+
+async def _python(script: str, *args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, *args, stdout=asyncio.subprocess.PIPE
+    )
+    stdout, _ = await asyncio.wait_for(process.communicate(), 60)
+    return stdout.decode()
+
+
+async def test_a_second_open_in_this_process_fails_at_once(journal_path: Path) -> None:
+    async with await Journal.open(journal_path):
+        with pytest.raises(JournalBusyError, match="in use by another run") as raised:
+            await Journal.open(journal_path)
+        assert str(journal_path) in str(raised.value)
+        assert isinstance(raised.value, JournalError)
+    async with await Journal.open(journal_path) as again:  # free once closed
+        assert not again.closed
+
+
+async def test_a_second_process_is_refused_and_a_killed_holder_frees_the_lock(
+    journal_path: Path,
+) -> None:
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOLDER, str(journal_path), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None
+        assert await asyncio.wait_for(holder.stdout.readline(), 60) == b"holding\n"
+        assert (await _python(OPENER, str(journal_path))).startswith("busy: journal")
+        with pytest.raises(JournalBusyError):
+            await Journal.open(journal_path)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        await holder.wait()
+    assert holder.returncode == -signal.SIGKILL
+    # The operating system dropped the lock with its holder: no stale lock to clean up.
+    assert await _python(OPENER, str(journal_path)) == "opened\n"
+    async with await Journal.open(journal_path) as journal:
+        assert await journal.entries() == []
+
+
+async def test_memory_journals_need_no_lock() -> None:
+    async with await Journal.open(":memory:"), await Journal.open(":memory:") as second:
+        assert not second.closed
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        IllegalTransitionError(7, S.DOWNLOADED, S.SENDING),
+        JournalBusyError("journal 'x' is in use by another run"),
+        JournalError("journal has no item 3"),
+    ],
+    ids=["illegal", "busy", "plain"],
+)
+def test_journal_errors_pickle(error: JournalError) -> None:
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error)
+    assert str(copy) == str(error)
+    assert copy.__dict__ == error.__dict__
+
+
+# -- the account the journal belongs to ----------------------------------------------------------
+
+
+async def test_a_journal_of_another_account_or_base_url_is_refused(journal_path: Path) -> None:
+    mine = JournalAccount.for_key("https://www.ailabapi.com", TEST_KEY)
+    async with await Journal.open(journal_path, account=mine) as journal:
+        await item_in(journal, S.SUBMITTED)
+    async with await Journal.open(journal_path, account=mine):
+        pass  # the same account: fine
+    other_key = JournalAccount.for_key("https://www.ailabapi.com", TEST_KEY + "-other")
+    other_url = JournalAccount.for_key("http://127.0.0.1:8080", TEST_KEY)
+    with pytest.raises(JournalAccountError, match="another API key"):
+        await Journal.open(journal_path, account=other_key)
+    with pytest.raises(JournalAccountError, match="another API base URL"):
+        await Journal.open(journal_path, account=other_url)
+    async with await Journal.open(journal_path, account=other_key, reassign_account=True):
+        pass
+    async with await Journal.open(journal_path, account=other_key):
+        pass  # now recorded as the other key's
+    data = b"".join(p.read_bytes() for p in journal_path.parent.iterdir() if p.is_file())
+    assert TEST_KEY.encode() not in data
+    assert mine.key_fingerprint != other_key.key_fingerprint
+    assert TEST_KEY not in repr(mine)
+
+
+# -- schema migration ----------------------------------------------------------------------------
+
+SCHEMA_1 = """
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+INSERT INTO schema_version VALUES (1);
+CREATE TABLE items (
+    item_id INTEGER PRIMARY KEY, identity TEXT NOT NULL, operation TEXT NOT NULL,
+    params TEXT NOT NULL, source TEXT NOT NULL, relative TEXT NOT NULL, state TEXT NOT NULL,
+    task_id TEXT, image_url TEXT, output_path TEXT, error_code TEXT, error_message TEXT,
+    retryable INTEGER, request_id TEXT, log_id TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL, updated_at TEXT NOT NULL, submitted_at TEXT, produced_at TEXT,
+    UNIQUE (identity, operation, params)
+);
+CREATE INDEX items_by_state ON items (state, item_id);
+"""
+
+
+async def test_a_schema_1_journal_opens_and_gives_up_doubly_written_outputs(
+    journal_path: Path,
+) -> None:
+    journal_path.parent.mkdir(parents=True)
+    connection = sqlite3.connect(journal_path)
+    stamp = T0.isoformat()
+    later = (T0 + HOUR).isoformat()
+    rows = [
+        # a.png and a_png.jpg both wrote out/a_png.jpg; the later download won.
+        (1, "downloaded", URL, "out/a_png.jpg", stamp, stamp),
+        (2, "downloaded", URL, "out/a_png.jpg", later, stamp),
+        (3, "downloaded", None, "out/A_PNG.jpg", stamp, None),
+        (4, "submitted", None, None, stamp, None),
+    ]
+    with connection:
+        connection.executescript(SCHEMA_1)
+        connection.executemany(
+            "INSERT INTO items (item_id, identity, operation, params, source, relative, state,"
+            " image_url, output_path, attempts, created_at, updated_at, produced_at)"
+            " VALUES (?, ?, 'smart-skin', '{}', 's', 'r', ?, ?, ?, 1, ?, ?, ?)",
+            [
+                (n, f"id{n}", st_, url, out, stamp, upd, prod)
+                for n, st_, url, out, upd, prod in rows
+            ],
+        )
+    connection.close()
+
+    async with await Journal.open(journal_path) as journal:
+        entries = {e.item_id: e for e in await journal.entries()}
+    assert (entries[2].state, entries[2].output_path) == (S.DOWNLOADED, "out/a_png.jpg")
+    # The overwritten ones lost their output: downloaded again while the URL lives, or run.
+    assert (entries[1].state, entries[1].output_path) == (S.SUCCEEDED, None)
+    assert (entries[3].state, entries[3].output_path) == (S.PENDING, None)
+    assert entries[4].state is S.SUBMITTED
+    assert {e.interrupted_sends for e in entries.values()} == {0}
+    check = sqlite3.connect(journal_path)
+    try:
+        assert check.execute("SELECT MAX(version) FROM schema_version").fetchone() == (
+            SCHEMA_VERSION,
+        )
+    finally:
+        check.close()
+
+
+async def test_interrupted_sends_are_counted(journal: Journal) -> None:
+    entry = await claim(journal)
+    assert await journal.mark_sending(entry.item_id) is False
+    assert await journal.mark_sending(entry.item_id) is True  # the first was in flight
+    await journal.mark_succeeded(
+        entry.item_id, image_url=URL, request_id=None, log_id=None, produced_at=T0
+    )
+    again = await journal.get(entry.item_id)
+    assert (again.attempts, again.interrupted_sends) == (2, 1)
+
+
+async def test_note_error_keeps_a_paid_state_and_refuses_others(journal: Journal) -> None:
+    submitted = await item_in(journal, S.SUBMITTED)
+    await journal.note_error(
+        submitted.item_id, code="TaskTimeoutError", message="slow", retryable=True
+    )
+    noted = await journal.get(submitted.item_id)
+    assert (noted.state, noted.error_code, noted.task_id) == (
+        S.SUBMITTED,
+        "TaskTimeoutError",
+        "task-1",
+    )
+    pending = await claim(journal, "b.jpg")
+    with pytest.raises(JournalError, match="use mark_failed"):
+        await journal.note_error(pending.item_id, code="X", message="y", retryable=False)
