@@ -40,6 +40,7 @@ import anyio
 import attrs
 
 from . import errors
+from ._images import PreparedImage
 from ._protocol import (
     API_KEY_HEADER,
     MAX_RESPONSE_BYTES,
@@ -51,7 +52,6 @@ from ._protocol import (
 )
 from ._ratelimit import Clock, RateLimiter, Sleeper
 from ._session import SessionManager
-from .images import PreparedImage
 from .models import ClientStats, redact_url
 
 logger = logging.getLogger("ailab_async")

@@ -49,7 +49,7 @@ class RateLimiter(Protocol):
     The dispatcher calls :meth:`acquire` before every API request and reports back: a
     success, or a ``429 EXCEEDING_LIMITS`` for a request that left at ``sent_at`` (the value
     :meth:`acquire` returned, on the limiter's own clock). :class:`AdaptiveRateLimiter` is the
-    in-process one; ``ailab_async.redis_limiter.RedisRateLimiter`` shares one budget, and the
+    in-process one; ``ailab_async.contrib.redis.RedisRateLimiter`` shares one budget, and the
     slow-down, between processes.
     """
 

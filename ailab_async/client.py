@@ -22,13 +22,13 @@ import aiohttp
 from . import _protocol as protocol
 from ._dispatch import Call, Dispatcher, RetryPolicy
 from ._download import DEFAULT_MAX_DOWNLOAD_BYTES, download_to
+from ._images import SMART_BEAUTY_RULES, SMART_SKIN_RULES, ImageInput, aprepare_image
 from ._map import Outcome, map_outcomes
 from ._polling import PollingConfig
 from ._ratelimit import AdaptiveRateLimiter, RateLimiter
 from ._session import SessionManager
 from ._tracker import TaskHandle, TaskTracker
 from .errors import ClientClosedError, ConfigurationError, ValidationError
-from .images import SMART_BEAUTY_RULES, SMART_SKIN_RULES, ImageInput, aprepare_image
 from .models import ClientStats, Credits, ImageResult, Secret, key_fingerprint
 
 __all__ = ["AILabClient"]

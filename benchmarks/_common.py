@@ -53,7 +53,7 @@ class SimulatorProcess:
         self._process: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> SimulatorProcess:
-        command = [sys.executable, "-m", "ailab_async._cli", "simulate", "--host", "127.0.0.1"]
+        command = [sys.executable, "-m", "ailab_async.cli", "simulate", "--host", "127.0.0.1"]
         process = subprocess.Popen(
             [*command, "--port", "0", *self.args],
             stdout=subprocess.PIPE,

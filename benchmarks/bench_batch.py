@@ -29,7 +29,7 @@ never sits in memory. The simulator has no rate limit, no latency and a 1 s resu
 keeps uploads as results; a short TTL bounds its own memory).
 Target: peak RSS below 150 MiB.
 
-Every simulator is ``ailab-async simulate --port 0`` (run as ``python -m ailab_async._cli``)
+Every simulator is ``ailab-async simulate --port 0`` (run as ``python -m ailab_async.cli``)
 in its own process, so its CPU and memory never mix with the client's.
 
     python -m benchmarks.bench_batch                    # 500 photos at 50/s, 200 ms; 10,000 x 1 MiB
@@ -322,7 +322,7 @@ async def run_official(
 
 def make_photos(n: int, side: int = 256) -> list[bytes]:
     """``n`` distinct small portrait JPEGs (``sample_image(side, side, seed=i)``)."""
-    from ailab_async.simulator import sample_image  # noqa: PLC0415 - Pillow: parent only
+    from ailab_async.testing.simulator import sample_image  # noqa: PLC0415 - Pillow: parent only
 
     return [sample_image(side, side, seed=i) for i in range(n)]
 

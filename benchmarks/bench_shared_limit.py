@@ -63,7 +63,7 @@ async def _work(
     concurrency: int,
     start_at: float,
 ) -> dict[str, Any]:
-    from ailab_async.redis_limiter import RedisRateLimiter  # noqa: PLC0415 - shared mode only
+    from ailab_async.contrib.redis import RedisRateLimiter  # noqa: PLC0415 - shared mode only
 
     done: list[float] = []
     errors: collections.Counter[str] = collections.Counter()
@@ -184,7 +184,7 @@ class PhaseResult:
 async def run_phase(
     mode: str, *, processes: int, rate: float, seconds: float, concurrency: int, redis_url: str
 ) -> PhaseResult:
-    from ailab_async.simulator import (  # noqa: PLC0415 - Pillow: only when benchmarking
+    from ailab_async.testing.simulator import (  # noqa: PLC0415 - Pillow: only when benchmarking
         RateLimit,
         Simulator,
         SimulatorConfig,

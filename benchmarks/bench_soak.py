@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ailab_async import AILabClient, PollingConfig
-from ailab_async.simulator import sample_image
+from ailab_async.testing.simulator import sample_image
 
 from ._common import SimulatorProcess
 

@@ -94,7 +94,7 @@ class SideUnavailableError(Exception):
 
 async def _serve_simulator(duration: str, seed: int) -> None:
     """Child side: serve a simulator; answer ``stats`` lines on stdin; stop at EOF."""
-    from ailab_async.simulator import (  # noqa: PLC0415 - the parent never needs Pillow
+    from ailab_async.testing.simulator import (  # noqa: PLC0415 - the parent never needs Pillow
         Simulator,
         SimulatorConfig,
         TaskBehaviour,
@@ -182,7 +182,7 @@ class SimulatorProcess:
 
 def make_images(count: int, side: int, *, first_seed: int = 0) -> list[bytes]:
     """Distinct small portraits (the simulator draws a task's duration from its image)."""
-    from ailab_async.simulator import sample_image  # noqa: PLC0415
+    from ailab_async.testing.simulator import sample_image  # noqa: PLC0415
 
     return [sample_image(side, side, seed=first_seed + i) for i in range(count)]
 

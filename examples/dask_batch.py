@@ -6,7 +6,7 @@
 
 It starts a ``LocalCluster`` of ``--workers`` processes on 127.0.0.1 (swap in your own
 cluster's ``Client`` for a real deployment) and runs
-:func:`ailab_async.dask_recipe.run_on_cluster`. Every worker process holds one client and
+:func:`ailab_async.contrib.dask.run_on_cluster`. Every worker process holds one client and
 reads the API key from its environment, inherited from this process; the key is never in the
 task graph. ``--simulate`` starts ``ailab-async simulate`` in a subprocess with a rate limit
 of ``--rate`` requests/second and points the workers at it; ``--samples N`` first writes N
@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ailab_async.batch import Operation
-from ailab_async.dask_recipe import RedisLimiterFactory, WorkerClientConfig, run_on_cluster
+from ailab_async.contrib.dask import RedisLimiterFactory, WorkerClientConfig, run_on_cluster
 
 #: The share of the account's rate the workers aim for: headroom for clock skew and retries.
 RATE_HEADROOM = 0.8
@@ -37,7 +37,7 @@ RATE_HEADROOM = 0.8
 @contextlib.contextmanager
 def simulator(rate: float) -> Iterator[tuple[str, str]]:
     """``ailab-async simulate`` in a subprocess on 127.0.0.1: yields its URL and API key."""
-    command = [sys.executable, "-m", "ailab_async._cli", "simulate", "--port", "0"]
+    command = [sys.executable, "-m", "ailab_async.cli", "simulate", "--port", "0"]
     process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
         [*command, "--rate-limit", str(rate)], stdout=subprocess.PIPE, text=True
     )
@@ -57,7 +57,7 @@ def simulator(rate: float) -> Iterator[tuple[str, str]]:
 
 def write_samples(photo_dir: Path, count: int) -> None:
     """Write ``count`` synthetic portraits into ``photo_dir`` (needs the simulator extra)."""
-    from ailab_async.simulator import sample_image  # noqa: PLC0415 - needs [simulator]
+    from ailab_async.testing.simulator import sample_image  # noqa: PLC0415 - needs [simulator]
 
     photo_dir.mkdir(parents=True, exist_ok=True)
     for index in range(count):

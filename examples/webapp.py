@@ -131,7 +131,7 @@ async def serve(host: str, port: int, *, simulate: bool) -> None:
     async with contextlib.AsyncExitStack() as stack:
         api_key = base_url = None
         if simulate:
-            from ailab_async.simulator import Simulator  # noqa: PLC0415 - needs [simulator]
+            from ailab_async.testing.simulator import Simulator  # noqa: PLC0415 - needs [simulator]
 
             sim = await stack.enter_async_context(Simulator())
             api_key, base_url = sim.api_key, sim.url

@@ -38,8 +38,8 @@ from pathlib import Path
 
 import attrs
 
-from ailab_async.journal import Journal
-from ailab_async.simulator import Simulator
+from ailab_async.batch.journal import Journal
+from ailab_async.testing.simulator import Simulator
 
 
 @attrs.frozen

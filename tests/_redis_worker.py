@@ -17,7 +17,7 @@ import sys
 import time
 
 from ailab_async import AILabClient, AILabError
-from ailab_async.redis_limiter import RedisRateLimiter
+from ailab_async.contrib.redis import RedisRateLimiter
 
 
 async def run(

@@ -30,15 +30,15 @@ from ailab_async.batch import (
     run_batch,
     safe_output_path,
 )
-from ailab_async.errors import ValidationError
-from ailab_async.journal import (
+from ailab_async.batch.journal import (
     ItemIdentity,
     ItemState,
     Journal,
     JournalAccount,
     JournalAccountError,
 )
-from ailab_async.simulator import (
+from ailab_async.errors import ValidationError
+from ailab_async.testing.simulator import (
     Latency,
     ManualClock,
     Simulator,

@@ -12,8 +12,8 @@ import pytest
 
 from ailab_async import AILabClient, PollingConfig
 from ailab_async.batch import BatchSpec, Operation, discover_inputs, run_batch
-from ailab_async.journal import ItemState, Journal
-from ailab_async.simulator import (
+from ailab_async.batch.journal import ItemState, Journal
+from ailab_async.testing.simulator import (
     Faults,
     Latency,
     Simulator,

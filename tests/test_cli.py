@@ -28,18 +28,18 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from ailab_async import _cli
-from ailab_async._cli import main
-from ailab_async._progress import (
+from ailab_async.batch import BatchItem, ItemOutcome
+from ailab_async.batch.journal import ItemIdentity, ItemState, Journal
+from ailab_async.cli import _commands as _cli
+from ailab_async.cli import main
+from ailab_async.cli._progress import (
     PlainProgress,
     ProgressState,
     RichProgress,
     display_text,
     format_duration,
 )
-from ailab_async.batch import BatchItem, ItemOutcome
-from ailab_async.journal import ItemIdentity, ItemState, Journal
-from ailab_async.simulator import (
+from ailab_async.testing.simulator import (
     Credits,
     Fixed,
     Latency,
@@ -774,7 +774,7 @@ class CliRun:
         self.env["AILAB_API_KEY"] = api_key
 
     async def start(self, log: str, *argv: str) -> asyncio.subprocess.Process:
-        command = [sys.executable, "-m", "ailab_async._cli", *argv, "--base-url", self.base_url]
+        command = [sys.executable, "-m", "ailab_async.cli", *argv, "--base-url", self.base_url]
         with open(self.tmp_path / log, "wb") as sink:
             return await asyncio.create_subprocess_exec(
                 *command, stdout=sink, stderr=asyncio.subprocess.STDOUT, env=self.env

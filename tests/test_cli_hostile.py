@@ -22,9 +22,10 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ailab_async._cli import HIDDEN, _logging_to_stderr, _without_values, main
-from ailab_async._progress import display_text
-from ailab_async.simulator import sample_image
+from ailab_async.cli import main
+from ailab_async.cli._commands import HIDDEN, _logging_to_stderr, _without_values
+from ailab_async.cli._progress import display_text
+from ailab_async.testing.simulator import sample_image
 
 T = TypeVar("T")
 

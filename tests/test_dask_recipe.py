@@ -25,7 +25,7 @@ import distributed
 import pytest
 
 from ailab_async.batch import Operation
-from ailab_async.dask_recipe import (
+from ailab_async.contrib.dask import (
     JOURNAL_SHARDS,
     RedisLimiterFactory,
     WorkerClientConfig,
@@ -33,7 +33,7 @@ from ailab_async.dask_recipe import (
     run_on_cluster,
     shard_of,
 )
-from ailab_async.simulator import RateLimit, Simulator, sample_image
+from ailab_async.testing.simulator import RateLimit, Simulator, sample_image
 
 from ._ledger import check_ledger
 

@@ -28,7 +28,7 @@ from ailab_async import (
     TaskTimeoutError,
     ValidationError,
 )
-from ailab_async.journal import IllegalTransitionError, ItemState
+from ailab_async.batch.journal import IllegalTransitionError, ItemState
 
 
 def _import_all() -> list[ModuleType]:
@@ -197,7 +197,7 @@ RAISE_IN_CHILD = {
     "raise E('not done', task_id='t-10')",
     "validation": "from ailab_async.errors import ValidationError as E\n"
     "raise E('too small', input='face.jpg', rule='resolution')",
-    "journal": "from ailab_async.journal import IllegalTransitionError as E, ItemState as S\n"
+    "journal": "from ailab_async.batch.journal import IllegalTransitionError as E, ItemState as S\n"
     "raise E(5, S.DOWNLOADED, S.PENDING)",
 }
 

@@ -12,7 +12,7 @@ from aiohttp import web
 from PIL import Image
 
 from ailab_async import AILabClient
-from ailab_async.simulator import (
+from ailab_async.testing.simulator import (
     Fixed,
     Latency,
     Simulator,

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from ailab_async import AILabClient, AILabError, ImageResult, PollingConfig
-from ailab_async.simulator import (
+from ailab_async.testing.simulator import (
     Faults,
     Simulator,
     SimulatorConfig,

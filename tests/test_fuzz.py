@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from ailab_async import _protocol as protocol
 from ailab_async import errors
-from ailab_async.images import SMART_BEAUTY_RULES, SMART_SKIN_RULES, ImageRules, prepare_image
+from ailab_async._images import SMART_BEAUTY_RULES, SMART_SKIN_RULES, ImageRules, prepare_image
 from ailab_async.models import TaskStatus
 
 from .conftest import jpeg_header, png_bytes

@@ -20,14 +20,14 @@ from aiohttp import web
 from aioresponses import aioresponses
 
 from ailab_async import AILabClient
-from ailab_async.errors import ValidationError
-from ailab_async.images import (
+from ailab_async._images import (
     SMART_BEAUTY_RULES,
     SMART_SKIN_RULES,
     ImageRules,
     aprepare_image,
     prepare_image,
 )
+from ailab_async.errors import ValidationError
 
 from .conftest import TEST_KEY, FakeTime, error_envelope, jpeg_header, png_bytes, skin_ok
 

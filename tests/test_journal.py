@@ -23,8 +23,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
-from ailab_async.errors import AILabError
-from ailab_async.journal import (
+from ailab_async.batch.journal import (
     ALLOWED_TRANSITIONS,
     SCHEMA_VERSION,
     IllegalTransitionError,
@@ -38,6 +37,7 @@ from ailab_async.journal import (
     JournalError,
     ResumeAction,
 )
+from ailab_async.errors import AILabError
 
 from .conftest import TEST_KEY
 
@@ -549,7 +549,7 @@ def test_resume_action_defaults_to_the_current_time() -> None:
 CRASHING_WRITER = textwrap.dedent(
     """
     import asyncio, datetime as dt, os, signal, sys
-    from ailab_async.journal import ItemIdentity, Journal
+    from ailab_async.batch.journal import ItemIdentity, Journal
 
     async def main(path, mode):
         journal = await Journal.open(path)  # never closed: the process dies
@@ -880,7 +880,7 @@ TestJournalMachine = JournalMachine.TestCase
 HOLDER = textwrap.dedent(
     """
     import asyncio, sys, time
-    from ailab_async.journal import Journal
+    from ailab_async.batch.journal import Journal
 
     async def main(path):
         journal = await Journal.open(path)  # held until the process ends (or is killed)
@@ -895,7 +895,7 @@ HOLDER = textwrap.dedent(
 OPENER = textwrap.dedent(
     """
     import asyncio, sys
-    from ailab_async.journal import Journal, JournalBusyError
+    from ailab_async.batch.journal import Journal, JournalBusyError
 
     async def main(path):
         try:

@@ -35,8 +35,8 @@ from ailab_async import (
 )
 from ailab_async._protocol import MAX_RETRY_AFTER
 from ailab_async._ratelimit import _HEADROOM
-from ailab_async.redis_limiter import RedisRateLimiter, SharedBudget, redact_redis_url
-from ailab_async.simulator import RateLimit, Simulator, SimulatorConfig
+from ailab_async.contrib.redis import RedisRateLimiter, SharedBudget, redact_redis_url
+from ailab_async.testing.simulator import RateLimit, Simulator, SimulatorConfig
 
 REDIS_SERVER = shutil.which("redis-server")
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from aioresponses import aioresponses
 
 from ailab_async import AILabClient, AILabError, ConfigurationError, PollingConfig
 from ailab_async.batch import BatchSpec, Operation, discover_inputs, run_batch
-from ailab_async.simulator import (
+from ailab_async.testing.simulator import (
     Faults,
     Simulator,
     SimulatorConfig,
@@ -225,7 +225,7 @@ async def test_api_and_validation_errors_carry_no_key_in_frame_locals() -> None:
 
 
 def test_redis_limiter_errors_carry_no_password_in_frame_locals() -> None:
-    limiter = pytest.importorskip("ailab_async.redis_limiter").RedisRateLimiter
+    limiter = pytest.importorskip("ailab_async.contrib.redis").RedisRateLimiter
     # Module-level URLs: a URL in a closure would show in the lambda's own frame.
     for make in (
         lambda: limiter(REDIS_URL, name="x", rate=0),

@@ -23,7 +23,13 @@ from ailab_async import (
     TaskFailedError,
     TaskHandle,
 )
-from ailab_async.simulator import Simulator, SimulatorConfig, TaskBehaviour, Uniform, sample_image
+from ailab_async.testing.simulator import (
+    Simulator,
+    SimulatorConfig,
+    TaskBehaviour,
+    Uniform,
+    sample_image,
+)
 
 TASKS = 500
 FAILURE_SHARE = 0.1

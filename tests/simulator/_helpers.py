@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import attrs
 
-from ailab_async.simulator import Simulator
+from ailab_async.testing.simulator import Simulator
 
 KEY_HEADER = "ailabapi-api-key"
 

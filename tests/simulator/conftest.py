@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from ailab_async.simulator import ManualClock, Simulator, SimulatorConfig, sample_image
+from ailab_async.testing.simulator import ManualClock, Simulator, SimulatorConfig, sample_image
 from tests.simulator._helpers import SimApi, SimFactory
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from ailab_async.simulator import sample_image
+from ailab_async.testing.simulator import sample_image
 
 KEY_HEADER = "ailabapi-api-key"
 

@@ -11,8 +11,9 @@ import urllib.request
 
 import pytest
 
-from ailab_async._cli import _simulator_config, build_parser, main
-from ailab_async.simulator import Credits, Fixed, RateLimit, SimulatorConfig, Uniform
+from ailab_async.cli import build_parser, main
+from ailab_async.cli._commands import _simulator_config
+from ailab_async.testing.simulator import Credits, Fixed, RateLimit, SimulatorConfig, Uniform
 
 
 def parse(*argv: str) -> SimulatorConfig:
@@ -103,7 +104,7 @@ def test_simulate_serves_until_sigterm() -> None:
     command = [
         sys.executable,
         "-m",
-        "ailab_async._cli",
+        "ailab_async.cli",
         "simulate",
         "--port",
         "0",

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from ailab_async import AILabClient, InsufficientCreditsError, ServerError
-from ailab_async.simulator import Credits, Faults, Simulator, SimulatorConfig, sample_image
+from ailab_async.testing.simulator import Credits, Faults, Simulator, SimulatorConfig, sample_image
 
 
 async def no_wait(_: float) -> None:

@@ -9,7 +9,7 @@ import aiohttp
 import attrs
 import pytest
 
-from ailab_async.simulator import Credits, Faults, SimulatorConfig
+from ailab_async.testing.simulator import Credits, Faults, SimulatorConfig
 from tests.simulator._helpers import SimFactory
 
 

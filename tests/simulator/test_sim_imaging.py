@@ -8,8 +8,8 @@ import io
 import pytest
 from PIL import Image, ImageFilter, ImageStat
 
-from ailab_async.simulator import sample_image
-from ailab_async.simulator._imaging import beautify, decode_image
+from ailab_async.testing.simulator import sample_image
+from ailab_async.testing.simulator._imaging import beautify, decode_image
 from tests.simulator._helpers import SimFactory
 
 

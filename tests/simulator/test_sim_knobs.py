@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from ailab_async.simulator import (
+from ailab_async.testing.simulator import (
     Credits,
     Fixed,
     Latency,

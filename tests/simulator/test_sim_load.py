@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ailab_async.simulator import Fixed, Simulator, SimulatorConfig, TaskBehaviour
+from ailab_async.testing.simulator import Fixed, Simulator, SimulatorConfig, TaskBehaviour
 
 LOADGEN = Path(__file__).with_name("loadgen.py")
 

@@ -8,7 +8,7 @@ import io
 import pytest
 from PIL import Image
 
-from ailab_async.simulator import (
+from ailab_async.testing.simulator import (
     Fixed,
     ManualClock,
     Simulator,

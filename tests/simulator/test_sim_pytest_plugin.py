@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ailab_async import AILabClient
-from ailab_async.simulator import Simulator, SimulatorConfig, sample_image
+from ailab_async.testing.simulator import Simulator, SimulatorConfig, sample_image
 
 
 def test_plugin_is_registered_through_its_entry_point(request: pytest.FixtureRequest) -> None:
@@ -33,24 +33,44 @@ class TestOverriddenConfig:
         assert ailab_simulator.api_key == "overridden-key"
 
     async def test_client_uses_the_overridden_key(
-        self, client: AILabClient, ailab_simulator: Simulator
+        self, ailab_client: AILabClient, ailab_simulator: Simulator
     ) -> None:
-        await client.credits()
+        await ailab_client.credits()
         assert ailab_simulator.stats.count("query-credits", "OK") == 1
 
 
 async def test_client_fixture_talks_to_the_simulator(
-    client: AILabClient, ailab_simulator: Simulator
+    ailab_client: AILabClient, ailab_simulator: Simulator
 ) -> None:
-    result = await client.smart_skin(sample_image(200, 200), retouch_degree=0.5)
-    image = await client.download(result)
+    result = await ailab_client.smart_skin(sample_image(200, 200), retouch_degree=0.5)
+    image = await ailab_client.download(result)
     assert image.startswith(b"\x89PNG")
     assert ailab_simulator.stats.count("smart-skin", "OK") == 1
-    credits = await client.credits()
+    credits = await ailab_client.credits()
     assert credits.balances[0].balance == credits.balances[0].total - 1
 
 
-async def test_ailab_client_and_client_are_the_same(
-    ailab_client: AILabClient, client: AILabClient
-) -> None:
-    assert ailab_client is client
+def test_the_plugin_defines_no_fixture_named_client(request: pytest.FixtureRequest) -> None:
+    """A ``client`` fixture would shadow pytest-django's and pytest-flask's in users' projects."""
+    from ailab_async.testing import pytest_plugin  # noqa: PLC0415
+
+    assert not hasattr(pytest_plugin, "client")
+    assert all(name.startswith("ailab_") for name in pytest_plugin.__all__)
+    with pytest.raises(pytest.FixtureLookupError):
+        request.getfixturevalue("client")
+
+
+def test_the_old_import_paths_still_work() -> None:
+    """Documented paths from before the package was laid out by part stay importable."""
+    import ailab_async.dask_recipe as dask_recipe  # noqa: PLC0415
+    import ailab_async.redis_limiter as redis_limiter  # noqa: PLC0415
+    import ailab_async.simulator as simulator  # noqa: PLC0415
+    from ailab_async.batch import run_batch  # noqa: PLC0415
+    from ailab_async.contrib import dask, redis  # noqa: PLC0415
+    from ailab_async.testing import simulator as new_simulator  # noqa: PLC0415
+
+    assert simulator.Simulator is new_simulator.Simulator
+    assert simulator.__all__ == new_simulator.__all__
+    assert redis_limiter.RedisRateLimiter is redis.RedisRateLimiter
+    assert dask_recipe.run_on_cluster is dask.run_on_cluster
+    assert callable(run_batch)

@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 
-from ailab_async.simulator import Fixed, Simulator, SimulatorConfig, TaskBehaviour, sample_image
+from ailab_async.testing.simulator import (
+    Fixed,
+    Simulator,
+    SimulatorConfig,
+    TaskBehaviour,
+    sample_image,
+)
 
 # The official SDK (and httpx, which it brings) is a dev extra: without it, skip cleanly, even
 # when it is present but broken (an ImportError other than "not found").

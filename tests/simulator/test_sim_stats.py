@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-from ailab_async.simulator import Fixed, Latency, ManualClock, SimulatorConfig, TaskBehaviour
+from ailab_async.testing.simulator import (
+    Fixed,
+    Latency,
+    ManualClock,
+    SimulatorConfig,
+    TaskBehaviour,
+)
 from tests.simulator._helpers import SimFactory
 
 

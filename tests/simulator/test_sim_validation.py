@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from ailab_async.simulator import SMART_SKIN_RULES, Credits, SimulatorConfig, sample_image
-from ailab_async.simulator._validation import Rejection, parse_degree, sniff_format
+from ailab_async.testing.simulator import SMART_SKIN_RULES, Credits, SimulatorConfig, sample_image
+from ailab_async.testing.simulator._validation import Rejection, parse_degree, sniff_format
 from tests.simulator._helpers import SimFactory
 
 

@@ -1,7 +1,7 @@
 """The batch runner: photos in, processed photos out, every paid step journaled.
 
 ``run_batch`` walks the inputs lazily, claims each photo in the journal
-(:class:`~ailab_async.journal.Journal`),
+(:class:`~ailab_async.batch.journal.Journal`),
 decides from its journaled state what is left to do (nothing, download, track the task again,
 or run it), does that through ``client.map``, and writes ``manifest.jsonl`` from the journal at
 the end. Killed at any instant and run again with the same journal, it finishes the work
@@ -17,7 +17,7 @@ caller knows to run again. Only a result known to be gone (the task failed, the 
 404/410 or expired) is run, and paid for, again.
 
 Outputs: every item gets its own output path, reserved in the journal before the file is
-moved into place (:meth:`~ailab_async.journal.Journal.reserve_output`): ``a.png`` and
+moved into place (:meth:`~ailab_async.batch.journal.Journal.reserve_output`): ``a.png`` and
 ``a_png.jpg`` both want ``a_png.jpg`` when the API serves JPEG, and the second one gets
 ``a_png~2.jpg``. The reservation is kept, so reruns write to the same place.
 """
@@ -40,11 +40,11 @@ from typing import Any
 import anyio.to_thread
 import attrs
 
-from ._download import EXTENSIONS
-from .client import AILabClient
-from .errors import AILabError, APIError, DownloadError, TaskFailedError, ValidationError
+from .._download import EXTENSIONS
+from ..client import AILabClient
+from ..errors import AILabError, APIError, DownloadError, TaskFailedError, ValidationError
+from ..models import ImageResult
 from .journal import ItemIdentity, ItemState, Journal, JournalAccount, JournalEntry, ResumeAction
-from .models import ImageResult
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -269,7 +269,7 @@ def output_family(relative: str) -> str:
     other's stem; both then share the part of the name before its first ``.``, ``_`` or
     ``~``. Compared without case, as case-insensitive file systems do. Journals sharded by
     this key (the Dask recipe) keep every possible collision inside one journal, where
-    :meth:`~ailab_async.journal.Journal.reserve_output` resolves it.
+    :meth:`~ailab_async.batch.journal.Journal.reserve_output` resolves it.
 
     >>> output_family("Holiday/a.png") == output_family("holiday/A_png.jpg")
     True
@@ -580,7 +580,7 @@ def manifest_line(entry: JournalEntry, spec: BatchSpec) -> dict[str, Any]:
     is done when ``state`` is ``downloaded``; ``submitted`` or ``succeeded`` with an
     ``error_code`` means the last run could not finish it, and the next run will without
     paying again. ``interrupted_sends`` counts ambiguous resends (see
-    :attr:`~ailab_async.journal.JournalEntry.interrupted_sends`).
+    :attr:`~ailab_async.batch.journal.JournalEntry.interrupted_sends`).
     """
     output = entry.output_path if entry.state is ItemState.DOWNLOADED else None
     if output:

@@ -130,7 +130,7 @@ def sample_image(width: int = 512, height: int = 512, *, seed: int = 0, fmt: str
     ``fmt`` is a Pillow format name (``JPEG``, ``PNG``, ``BMP``, ...).  The same arguments
     always give the same bytes.
 
-    >>> from ailab_async.simulator import sample_image
+    >>> from ailab_async.testing.simulator import sample_image
     >>> sample_image(256, 256, seed=1)[:3] == b"\\xff\\xd8\\xff"
     True
     """

@@ -17,7 +17,7 @@ interrupted. See docs/cli.md.
 What reaches the terminal is safe to show: usage errors never echo a command-line value (a
 key typed in the wrong place stays off the screen and out of CI logs, see :class:`_Parser`),
 and server strings and file names are printed through
-:func:`~ailab_async._progress.display_text`.
+:func:`~ailab_async.cli._progress.display_text`.
 """
 
 from __future__ import annotations
@@ -39,9 +39,8 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ._polling import FALLBACK_INTERVAL, PollingConfig
-from ._progress import ProgressDisplay, display_text, open_progress
-from .batch import (
+from .._polling import FALLBACK_INTERVAL, PollingConfig
+from ..batch import (
     BatchItem,
     BatchReport,
     BatchSpec,
@@ -51,15 +50,7 @@ from .batch import (
     run_batch,
     safe_output_path,
 )
-from .client import API_KEY_ENV, DEFAULT_TASK_TIMEOUT, AILabClient
-from .errors import (
-    AILabError,
-    AuthenticationError,
-    ConfigurationError,
-    PermissionDeniedError,
-    ValidationError,
-)
-from .journal import (
+from ..batch.journal import (
     ItemIdentity,
     ItemState,
     Journal,
@@ -70,9 +61,18 @@ from .journal import (
     ResumeAction,
     canonical_params,
 )
+from ..client import API_KEY_ENV, DEFAULT_TASK_TIMEOUT, AILabClient
+from ..errors import (
+    AILabError,
+    AuthenticationError,
+    ConfigurationError,
+    PermissionDeniedError,
+    ValidationError,
+)
+from ._progress import ProgressDisplay, display_text, open_progress
 
 if TYPE_CHECKING:
-    from ailab_async.simulator import Simulator, SimulatorConfig
+    from ailab_async.testing.simulator import Simulator, SimulatorConfig
 
 __all__ = ["main"]
 
@@ -137,7 +137,7 @@ def _add_simulate(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def _simulator_config(args: argparse.Namespace) -> SimulatorConfig:
-    from ailab_async.simulator import (  # noqa: PLC0415 - keep other subcommands light
+    from ailab_async.testing.simulator import (  # noqa: PLC0415 - keep other subcommands light
         Credits,
         Faults,
         Latency,
@@ -194,7 +194,7 @@ def _simulator_config(args: argparse.Namespace) -> SimulatorConfig:
 
 
 async def _serve_until_signalled(config: SimulatorConfig) -> None:
-    from ailab_async.simulator import Simulator  # noqa: PLC0415
+    from ailab_async.testing.simulator import Simulator  # noqa: PLC0415
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -479,7 +479,7 @@ def _embedded_simulator_config(args: argparse.Namespace) -> SimulatorConfig:
         raise _CliError(
             "--simulate needs Pillow; install it with: pip install 'ailab-async[simulator]'"
         )
-    from ailab_async.simulator import (  # noqa: PLC0415 - optional dependency
+    from ailab_async.testing.simulator import (  # noqa: PLC0415 - optional dependency
         Credits,
         Latency,
         SimulatorConfig,
@@ -544,7 +544,7 @@ async def _open_client(
 @contextlib.asynccontextmanager
 async def _start_simulator(args: argparse.Namespace) -> AsyncIterator[Simulator]:
     config = _embedded_simulator_config(args)
-    from ailab_async.simulator import Simulator  # noqa: PLC0415
+    from ailab_async.testing.simulator import Simulator  # noqa: PLC0415
 
     async with Simulator(config) as simulator:
         yield simulator
@@ -789,7 +789,7 @@ async def _preflight(args: argparse.Namespace, items: list[BatchItem], spec: Bat
     """Look at the journal before anything is sent; how many items will send a billed request.
 
     Opening it takes its lock: when another run works on the same journal this raises
-    :class:`~ailab_async.journal.JournalBusyError` here, before anything is paid for (and
+    :class:`~ailab_async.batch.journal.JournalBusyError` here, before anything is paid for (and
     before a simulated run resets what the other run waits on). It also records, or checks,
     whose journal it is (``spec.account``): another account's task ids are not ours to track.
     """
@@ -1025,7 +1025,7 @@ def _sample_photos(args: argparse.Namespace) -> int:
         raise _CliError(
             "sample-photos needs Pillow; install it with: pip install 'ailab-async[simulator]'"
         )
-    from ailab_async.simulator import sample_image  # noqa: PLC0415 - optional dependency
+    from ailab_async.testing.simulator import sample_image  # noqa: PLC0415 - optional dependency
 
     folder: Path = args.dir
     if folder.exists() and not folder.is_dir():

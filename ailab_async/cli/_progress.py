@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Literal, Protocol, TextIO
 
 import attrs
 
-from .journal import ItemState
+from ..batch.journal import ItemState
 
 if TYPE_CHECKING:
-    from .batch import ItemOutcome
+    from ..batch import ItemOutcome
 
 __all__ = [
     "NullProgress",

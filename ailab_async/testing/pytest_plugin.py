@@ -2,17 +2,20 @@
 
 Installed with the package (entry point ``pytest11``), so the fixtures are simply there:
 
-- ``ailab_simulator_config``: the :class:`~ailab_async.simulator.SimulatorConfig` to use;
+- ``ailab_simulator_config``: the :class:`~ailab_async.testing.simulator.SimulatorConfig` to use;
   override this fixture in your ``conftest.py`` to change it for a whole directory.
 - ``@pytest.mark.ailab_simulator(**fields)``: change config fields for one test, e.g.
   ``@pytest.mark.ailab_simulator(seed=3, concurrency_limit=2)``.
-- ``ailab_simulator``: a started :class:`~ailab_async.simulator.Simulator` (function scope).
-- ``ailab_client`` (alias ``client``): an ``AILabClient`` wired to that simulator.
+- ``ailab_simulator``: a started :class:`~ailab_async.testing.simulator.Simulator` (function scope).
+- ``ailab_client``: an ``AILabClient`` wired to that simulator.
+
+Every fixture is named ``ailab_*``, so none shadows a fixture of another plugin (pytest-django's
+and pytest-flask's ``client``, for one).
 
 The async fixtures need pytest-asyncio; without it they are not defined.
 
-    async def test_retouch(client, ailab_simulator):
-        result = await client.smart_skin(my_image)
+    async def test_retouch(ailab_client, ailab_simulator):
+        result = await ailab_client.smart_skin(my_image)
         assert ailab_simulator.stats.count("smart-skin", "OK") == 1
 """
 
@@ -25,7 +28,7 @@ import pytest
 
 if TYPE_CHECKING:
     from ailab_async.client import AILabClient
-    from ailab_async.simulator import Simulator, SimulatorConfig
+    from ailab_async.testing.simulator import Simulator, SimulatorConfig
 
 __all__ = [
     "ailab_simulator_config",
@@ -45,7 +48,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 def ailab_simulator_config() -> SimulatorConfig:
     """The simulator configuration (defaults: a healthy API); override it to change it."""
-    from ailab_async.simulator import SimulatorConfig  # noqa: PLC0415 - lazy: plugin stays light
+    from ailab_async.testing.simulator import SimulatorConfig  # noqa: PLC0415 - lazy: plugin stays light
 
     return SimulatorConfig()
 
@@ -67,14 +70,14 @@ except ImportError:  # pragma: no cover - pytest-asyncio is a dev dependency
     pytest_asyncio = None  # type: ignore[assignment]
 
 if pytest_asyncio is not None:
-    __all__ += ["ailab_client", "ailab_simulator", "client"]
+    __all__ += ["ailab_client", "ailab_simulator"]
 
     @pytest_asyncio.fixture
     async def ailab_simulator(
         request: pytest.FixtureRequest, ailab_simulator_config: SimulatorConfig
     ) -> AsyncIterator[Simulator]:
         """A started simulator on 127.0.0.1 (free port), stopped after the test."""
-        from ailab_async.simulator import Simulator  # noqa: PLC0415
+        from ailab_async.testing.simulator import Simulator  # noqa: PLC0415
 
         async with Simulator(_with_marker(request, ailab_simulator_config)) as sim:
             yield sim
@@ -86,8 +89,3 @@ if pytest_asyncio is not None:
 
         async with AILabClient(api_key=ailab_simulator.api_key, base_url=ailab_simulator.url) as c:
             yield c
-
-    @pytest_asyncio.fixture
-    async def client(ailab_client: AILabClient) -> AsyncIterator[AILabClient]:
-        """Alias of ``ailab_client``."""
-        yield ailab_client

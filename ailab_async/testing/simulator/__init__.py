@@ -5,7 +5,7 @@ expiring result URLs), really processes images with Pillow, and offers seeded kn
 latency, rate and concurrency limits, credits and fault injection, plus statistics for tests.
 Install with ``pip install 'ailab-async[simulator]'``.
 
->>> from ailab_async.simulator import Simulator, SimulatorConfig, RateLimit
+>>> from ailab_async.testing.simulator import Simulator, SimulatorConfig, RateLimit
 >>> async def demo() -> None:
 ...     async with Simulator(SimulatorConfig(rate_limit=RateLimit(5))) as sim:
 ...         ...  # point a client at sim.url with sim.api_key; then read sim.stats

@@ -74,11 +74,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
-from .errors import AILabError
-from .models import RESULT_URL_TTL, converter, key_fingerprint, redact_url
+from ..errors import AILabError
+from ..models import RESULT_URL_TTL, converter, key_fingerprint, redact_url
 
 if TYPE_CHECKING:
-    from .client import AILabClient
+    from ..client import AILabClient
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
