@@ -3,16 +3,24 @@
 >>> from ailab_async import AILabClient
 >>> async with AILabClient() as client:  # doctest: +SKIP
 ...     result = await client.smart_skin("face.jpg", retouch_degree=0.6)
+
+The SDK's public names, all in ``__all__``: the client and what it hands out
+(:class:`AILabClient`, :class:`TaskHandle`, :class:`Outcome`, ``ImageInput``), results
+(:class:`ImageResult`, :class:`Credits`, :class:`CreditBalance`, :class:`TaskStatus`,
+:class:`ClientStats`, :class:`TrackerStats`), configuration (:class:`PollingConfig`, the
+:class:`RateLimiter` protocol and :class:`AdaptiveRateLimiter`) and the exception tree of
+:mod:`ailab_async.errors`. The machinery behind them is private (modules named ``_*``).
+The batch engine, the command line, integrations and the testing kit are the subpackages
+``batch``, ``cli``, ``contrib`` and ``testing``.
 """
 
-from __future__ import annotations
+import importlib.metadata as _metadata
 
-from importlib.metadata import PackageNotFoundError, version
-
+from ._images import ImageInput
 from ._map import Outcome
 from ._polling import PollingConfig
 from ._ratelimit import AdaptiveRateLimiter, RateLimiter
-from ._tracker import TaskHandle
+from ._tasks import TaskHandle
 from .client import AILabClient
 from .errors import (
     AILabError,
@@ -37,11 +45,18 @@ from .errors import (
     TransportError,
     ValidationError,
 )
-from .models import ClientStats, CreditBalance, Credits, ImageResult, TaskStatus
+from .models import (
+    ClientStats,
+    CreditBalance,
+    Credits,
+    ImageResult,
+    TaskStatus,
+    TrackerStats,
+)
 
 try:
-    __version__ = version("ailab-async")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = _metadata.version("ailab-async")
+except _metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [
@@ -58,6 +73,7 @@ __all__ = [
     "Credits",
     "DeadlineExceededError",
     "DownloadError",
+    "ImageInput",
     "ImageRejectedError",
     "ImageResult",
     "InsufficientCreditsError",
@@ -75,6 +91,7 @@ __all__ = [
     "TaskHandle",
     "TaskStatus",
     "TaskTimeoutError",
+    "TrackerStats",
     "TransportError",
     "ValidationError",
     "__version__",

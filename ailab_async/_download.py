@@ -1,4 +1,12 @@
-"""Fetching result images: checked, capped, streamed, and written atomically."""
+"""Fetching result images: the decisions around a download, and the atomic write.
+
+The GET itself goes through the dispatcher (retries, the deadline) and the transport (the
+wire; never the API key). This module decides whether an answer is an acceptable image
+(:func:`refusal`: status, content type, declared size; pure), reads it whole or streams it
+to a file under the size cap, and writes the file atomically with the user's umask. Data
+flows one way: ``download_to`` -> ``Dispatcher.fetch`` -> ``Transport.fetch`` -> back into
+``consume`` here with the streamed answer.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-import aiohttp
-import anyio.to_thread
-
 from ._dispatch import Dispatcher
+from ._threads import to_thread
+from ._transport import StreamedResponse
 from .errors import DownloadError
 from .models import ImageResult, redact_url
 
@@ -32,39 +39,40 @@ EXTENSIONS = {
 }
 
 
-def _check_response(response: aiohttp.ClientResponse, max_bytes: int, shown: str) -> None:
-    if response.status != 200:
+def refusal(
+    status: int, content_type: str, content_length: int | None, max_bytes: int, shown: str
+) -> DownloadError | None:
+    """Why a download's answer cannot be taken (before its body is read), or ``None``.
+
+    >>> refusal(200, "image/png", 1024, 4096, "r/1.png") is None
+    True
+    >>> refusal(503, "text/html", None, 4096, "r/1.png").retryable
+    True
+    """
+    if status != 200:
         # A result URL that no longer works is final; a 5xx or 429 may pass.
-        retryable = response.status >= 500 or response.status in (408, 429)
-        raise DownloadError(
-            f"download of {shown} answered HTTP {response.status}",
-            status=response.status,
-            retryable=retryable,
+        retryable = status >= 500 or status in (408, 429)
+        return DownloadError(
+            f"download of {shown} answered HTTP {status}", status=status, retryable=retryable
         )
-    if not response.content_type.startswith("image/"):
-        raise DownloadError(
-            f"download of {shown} is not an image (Content-Type {response.content_type!r})",
-            status=response.status,
+    if not content_type.startswith("image/"):
+        return DownloadError(
+            f"download of {shown} is not an image (Content-Type {content_type!r})", status=status
         )
-    length = response.content_length
-    if length is not None and length > max_bytes:
-        raise DownloadError(
-            f"download of {shown} is {length} bytes, over the {max_bytes}-byte cap",
-            status=response.status,
+    if content_length is not None and content_length > max_bytes:
+        return DownloadError(
+            f"download of {shown} is {content_length} bytes, over the {max_bytes}-byte cap",
+            status=status,
         )
+    return None
 
 
-async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int, shown: str) -> bytes:
-    data = bytearray()
-    async for chunk in response.content.iter_chunked(_CHUNK):
-        data += chunk
-        if len(data) > max_bytes:
-            raise DownloadError(f"download of {shown} exceeds the {max_bytes}-byte cap")
-    return bytes(data)
+def _over_the_cap(max_bytes: int, shown: str) -> DownloadError:
+    return DownloadError(f"download of {shown} exceeds the {max_bytes}-byte cap")
 
 
 async def _stream_to_file(
-    response: aiohttp.ClientResponse, dest: Path, max_bytes: int, shown: str
+    response: StreamedResponse, dest: Path, max_bytes: int, shown: str
 ) -> Path:
     """Write the body next to ``dest`` (``.part``), then rename it into place.
 
@@ -85,10 +93,10 @@ async def _stream_to_file(
         with os.fdopen(fd, "wb") as handle:
             await _locally(os.fchmod, handle.fileno(), 0o666 & ~_umask(), dest=dest, shown=shown)
             written = 0
-            async for chunk in response.content.iter_chunked(_CHUNK):
+            async for chunk in response.chunks(_CHUNK):
                 written += len(chunk)
                 if written > max_bytes:
-                    raise DownloadError(f"download of {shown} exceeds the {max_bytes}-byte cap")
+                    raise _over_the_cap(max_bytes, shown)
                 await _locally(handle.write, chunk, dest=dest, shown=shown)
             await _locally(_flush_and_sync, handle, dest=dest, shown=shown)
         await _locally(os.replace, tmp, dest, dest=dest, shown=shown)
@@ -102,7 +110,7 @@ async def _stream_to_file(
 async def _locally(fn: Callable[..., object], *args: Any, dest: Path, shown: str) -> None:
     """Run a local file operation off the loop; an ``OSError`` becomes a typed error."""
     try:
-        await anyio.to_thread.run_sync(fn, *args)
+        await to_thread(fn, *args)
     except OSError as exc:
         raise _local_write_error(exc, dest, shown) from exc
 
@@ -168,10 +176,17 @@ async def download_to(
             "run the operation again to get a fresh one"
         )
 
-    async def consume(response: aiohttp.ClientResponse) -> bytes | Path:
-        _check_response(response, max_bytes, shown)
+    async def consume(response: StreamedResponse) -> bytes | Path:
+        refused = refusal(
+            response.status, response.content_type, response.content_length, max_bytes, shown
+        )
+        if refused is not None:
+            raise refused
         if dest is None:
-            return await _read_capped(response, max_bytes, shown)
+            data = await response.read(max_bytes)
+            if data is None:
+                raise _over_the_cap(max_bytes, shown)
+            return data
         target = dest(response.content_type) if callable(dest) else dest
         return await _stream_to_file(response, target, max_bytes, shown)
 

@@ -1,9 +1,10 @@
 """Image inputs: normalisation and pre-flight validation.
 
 An image is a path (``str`` / ``os.PathLike``), a bytes-like object, or a binary file
-object. Before anything is sent we check, per endpoint, what the API would refuse anyway:
-the format (by magic bytes, never by file name), the byte size, and the resolution read from
-the file header (without decoding the image). A failed check raises
+object. Before anything is sent we check what the endpoint would refuse anyway (its
+``ImageRules``, an entry of the endpoint table in :mod:`._endpoints`): the format (by magic
+bytes, never by file name), the byte size, and the resolution read from the file header
+(without decoding the image). A failed check raises
 :class:`~ailab_async.errors.ValidationError` naming the input and the rule, and costs no
 request. Nothing here ever waits on input that may never come:
 
@@ -26,17 +27,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Union
 
-import anyio.to_thread
 import attrs
 
+from ._endpoints import ImageRules
+from ._threads import to_thread
 from .errors import AILabError, ValidationError
 
 __all__ = [
-    "SMART_BEAUTY_RULES",
-    "SMART_SKIN_RULES",
     "ImageInput",
-    "ImageRules",
     "PreparedImage",
+    "aprepare_image",
     "prepare_image",
     "sniff_dimensions",
     "sniff_format",
@@ -50,37 +50,6 @@ _CHUNK = 256 * 1024
 
 _CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "bmp": "image/bmp"}
 _EXTENSIONS = {"jpeg": "jpg", "png": "png", "bmp": "bmp"}
-
-
-@attrs.frozen
-class ImageRules:
-    """What one endpoint accepts.
-
-    Resolution bounds are exclusive, as the API states them ("larger than 128x128 and
-    smaller than 5000x5000"); ``None`` means no lower bound (a side of 0 is never valid).
-    """
-
-    endpoint: str
-    formats: frozenset[str]
-    max_bytes: int
-    min_side_exclusive: int | None
-    max_side_exclusive: int
-
-
-SMART_SKIN_RULES = ImageRules(
-    endpoint="smart-skin",
-    formats=frozenset({"jpeg", "png"}),
-    max_bytes=6 * _MB,
-    min_side_exclusive=128,
-    max_side_exclusive=5000,
-)
-SMART_BEAUTY_RULES = ImageRules(
-    endpoint="smart-beauty",
-    formats=frozenset({"jpeg", "png", "bmp"}),
-    max_bytes=5 * _MB,
-    min_side_exclusive=None,
-    max_side_exclusive=4096,
-)
 
 
 # --- header sniffing (pure) ----------------------------------------------------------------
@@ -413,6 +382,7 @@ def prepare_image(image: ImageInput, rules: ImageRules) -> PreparedImage:
     Every refusal is a :class:`~ailab_async.errors.ValidationError`; nothing here waits on
     a FIFO or device, and a stream is never read past ``rules.max_bytes + 1`` bytes.
 
+    >>> from ailab_async._endpoints import SMART_SKIN_RULES
     >>> prepare_image(b"not an image", SMART_SKIN_RULES)
     Traceback (most recent call last):
     ...
@@ -521,4 +491,4 @@ async def aprepare_image(image: ImageInput, rules: ImageRules) -> PreparedImage:
     """
     if isinstance(image, (bytes, bytearray, memoryview)):
         return prepare_image(image, rules)
-    return await anyio.to_thread.run_sync(prepare_image, image, rules, abandon_on_cancel=True)
+    return await to_thread(prepare_image, image, rules, abandon_on_cancel=True)

@@ -22,6 +22,8 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
+from .errors import ValidationError
+
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
 
@@ -72,8 +74,14 @@ async def map_outcomes(
     kwargs: dict[str, Any] | None = None,
 ) -> AsyncGenerator[Outcome[ItemT, ResultT], None]:
     """Yield an :class:`Outcome` for every item, running at most ``concurrency`` at once."""
-    if isinstance(concurrency, bool) or not (isinstance(concurrency, int) and concurrency >= 1):
-        raise ValueError("concurrency must be an integer >= 1")
+    whole = isinstance(concurrency, int) and not isinstance(concurrency, bool)
+    if not whole or concurrency < 1:
+        # ValidationError is also a ValueError: callers catching ValueError keep working.
+        raise ValidationError(
+            "concurrency must be an integer >= 1",
+            input="concurrency",
+            rule="range" if whole else "type",
+        )
     window = max(concurrency, reorder_window or 2 * concurrency)
     call_kwargs = kwargs or {}
     source = _as_async_iterator(items)
@@ -110,9 +118,6 @@ async def map_outcomes(
             while next_out in reorder:
                 yield reorder.pop(next_out)
                 next_out += 1
-        while ordered and next_out in reorder:  # pragma: no cover - drained above
-            yield reorder.pop(next_out)
-            next_out += 1
     finally:
         for task in running:
             task.cancel()

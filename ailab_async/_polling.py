@@ -14,9 +14,13 @@ budget are mixed: each task draws its ``lane`` in [0, 1) and follows the denser 
 the probability that makes the expected polls per task meet ``target_polls``. Before there is
 enough evidence the planner falls back to the provider's advice: poll every 5 seconds.
 
-It also decides what a failed poll means (:func:`classify_poll_error`) and when to poll
-again after a transient one (:func:`poll_retry_delay`). Polls are free, the tasks behind them
-are paid for: only a definite answer about the task may end it.
+It also decides everything else the tracker (:mod:`._tracker`) needs to know about one
+poll: what an answer says (:func:`read_poll`), what a failed poll means
+(:func:`classify_poll_error`) and the error its waiters get (:func:`task_failure`), when to
+poll again after a transient failure (:func:`poll_retry_delay`), how far apart polls go
+(:func:`poll_spacing`), and what a finished task teaches the planner
+(:func:`completion_evidence`). Polls are free, the tasks behind them are paid for: only a
+definite answer about the task may end it.
 
 Nothing here does I/O or reads a clock; the tracker passes times in.
 """
@@ -30,8 +34,10 @@ import math
 
 import attrs
 
+from . import _protocol as protocol
 from . import errors
 from ._protocol import MAX_RETRY_AFTER, UNEXPECTED_REDIRECT
+from .models import ImageResult, TaskStatus
 
 FALLBACK_INTERVAL = 5.0
 #: ``PROCESSING_FAILURE`` answers to a poll in a row before the task counts as failed: the
@@ -198,20 +204,114 @@ def poll_retry_delay(
     return max(wait, config.min_interval)
 
 
+def poll_spacing(rate: float | None, config: PollingConfig) -> float:
+    """Seconds between poll launches so polls keep to their share of ``rate`` (requests per
+    second this process may send; ``None``: unlimited, so no spacing).
+
+    >>> poll_spacing(10.0, PollingConfig(poll_share=0.5)), poll_spacing(None, PollingConfig())
+    (0.2, 0.0)
+    """
+    if rate is None:
+        return 0.0
+    return 1.0 / (rate * config.poll_share)
+
+
+def read_poll(
+    envelope: protocol.Envelope, task_id: str
+) -> ImageResult | TaskStatus | errors.AILabError:
+    """What a successful poll response says: a result, a state, or what is wrong with it."""
+    status = protocol.parse_task_status(envelope, task_id=task_id)
+    if isinstance(status, errors.AILabError):
+        # A status outside 0-2 (the task failed), or none at all (ask again: it is free).
+        return status
+    if status is TaskStatus.SUCCEEDED:
+        try:
+            return protocol.parse_image_result(envelope, task_id=task_id)
+        except errors.MalformedResponseError as exc:
+            return exc  # "done" without a usable URL: ask again, it is free
+    return status
+
+
+def task_failure(error: errors.AILabError, task_id: str) -> errors.TaskFailedError:
+    """The error a task's waiters get once a poll failure is the server's definite answer
+    that the task failed (:attr:`PollVerdict.TASK_FAILED`); it keeps the API's code and ids,
+    and the poll's own error as its cause.
+
+    >>> failure = task_failure(errors.ImageRejectedError("no face", status=422, code="F"), "t1")
+    >>> type(failure).__name__, failure.task_id, failure.code, failure.retryable
+    ('TaskFailedError', 't1', 'F', False)
+    """
+    if isinstance(error, errors.TaskFailedError):
+        return error
+    if isinstance(error, errors.APIError):
+        failure = errors.TaskFailedError(
+            error.message,
+            task_id=task_id,
+            status=error.status,
+            code=error.code,
+            request_id=error.request_id,
+            log_id=error.log_id,
+            retryable=False,
+        )
+    else:  # pragma: no cover - classify_poll_error sends only API errors here
+        failure = errors.TaskFailedError(
+            str(error), task_id=task_id, status=0, code=type(error).__name__
+        )
+    failure.__cause__ = error
+    return failure
+
+
+def completion_evidence(
+    done_at: float,
+    last_not_done: float | None,
+    first_due: float,
+    config: PollingConfig,
+    *,
+    fresh: bool,
+) -> tuple[float, float] | None:
+    """What a task seen finished ``done_at`` seconds after its submit teaches the planner:
+    the interval its completion time lies in, or ``None`` when it says nothing worth learning.
+
+    ``last_not_done`` is the offset of the last poll that saw it unfinished (``None``: done
+    at its first poll, planned for ``first_due``); ``fresh`` says this client submitted it.
+
+    >>> config = PollingConfig()
+    >>> completion_evidence(3.0, 2.0, 1.0, config, fresh=True)
+    (2.0, 3.0)
+    >>> completion_evidence(5.0, None, 5.0, config, fresh=True)  # done at a first poll on time
+    (0.0, 5.0)
+    >>> completion_evidence(65.0, None, 5.0, config, fresh=True) is None  # a first poll late
+    True
+    """
+    if not fresh:
+        # What the planner learns must be completion times measured from a submit we saw.
+        # A task picked up again (a rerun hours later) has a submit time from a journal or
+        # another process, and, seen done at its first poll, an interval of (0, hours]: it
+        # would teach "tasks take hours" and stretch every new task's polls. Only tasks
+        # this client submitted, whose whole life it observed, teach.
+        return None
+    if last_not_done is not None:
+        return last_not_done, done_at  # bounded below by our own poll
+    if done_at <= first_due + max(config.min_interval, first_due / 2):
+        return 0.0, done_at  # done at a first poll that went out as planned
+    # Done at a first poll that came late (a backlog, a Retry-After, failed polls):
+    # (0, late] says little, and is read as "in its upper half", i.e. long.
+    return None
+
+
 class PollPlanner:
     """Learns completion times and turns them into a poll schedule (offsets from submit)."""
 
     def __init__(self, config: PollingConfig | None = None) -> None:
         self.config = config or PollingConfig()
-        # (unfinished at, finished at, whether the task's polls followed a learned plan)
-        self._observations: collections.deque[tuple[float, float, bool]] = collections.deque(
+        # (seen unfinished at, seen finished at), offsets from submit
+        self._observations: collections.deque[tuple[float, float]] = collections.deque(
             maxlen=self.config.window
         )
         self._plan: list[float] = []  # the sparser schedule (at most target_polls)
         self._dense_plan: list[float] = []  # the denser one (above target_polls)
         self._dense_share = 0.0  # share of tasks that follow the denser schedule
         self._new_since_plan = 0
-        self._replans = 0
 
     @property
     def plan(self) -> tuple[float, ...]:
@@ -219,12 +319,8 @@ class PollPlanner:
         return tuple(self._plan)
 
     @property
-    def plans(self) -> tuple[tuple[float, ...], tuple[float, ...], float]:
-        """The sparser and the denser schedule, and the share of tasks on the denser."""
-        return tuple(self._plan), tuple(self._dense_plan), self._dense_share
-
-    @property
     def observations(self) -> int:
+        """How many finished tasks the estimate is built from (at most ``window``)."""
         return len(self._observations)
 
     @property
@@ -232,15 +328,11 @@ class PollPlanner:
         """Whether a learned schedule is in use (else the fallback spacing)."""
         return bool(self._plan)
 
-    def observe(self, not_done_at: float, done_at: float, *, planned: bool = True) -> None:
-        """A task was seen unfinished at offset ``not_done_at`` and finished at ``done_at``.
-
-        ``planned`` says whether the task was polled by a learned plan (kept with the
-        evidence, for inspection; both kinds inform the estimate).
-        """
+    def observe(self, not_done_at: float, done_at: float) -> None:
+        """A task was seen unfinished at offset ``not_done_at`` and finished at ``done_at``."""
         low = max(0.0, not_done_at)
         high = max(low + 1e-6, done_at)
-        self._observations.append((low, high, planned))
+        self._observations.append((low, high))
         self._new_since_plan += 1
         count = len(self._observations)
         # Re-plan often while learning, then every tenth of the window.
@@ -271,10 +363,8 @@ class PollPlanner:
 
     def _replan(self) -> None:
         self._new_since_plan = 0
-        self._replans += 1
-        evidence = [(low, high) for low, high, _ in self._observations]
         self._plan, self._dense_plan, self._dense_share = solve_schedules(
-            evidence, self.config.target_polls
+            list(self._observations), self.config.target_polls
         )
 
 
@@ -380,10 +470,3 @@ def solve_schedules(
         return sparse, sparse, 0.0
     share = (target_polls - sparse_polls) / (dense_polls - sparse_polls)
     return sparse, dense, min(1.0, max(0.0, share))
-
-
-def solve_schedule(
-    observations: list[tuple[float, float]], target_polls: float, cells: int = 60
-) -> list[float]:
-    """The lag-minimising schedule whose expected polls per task stay within ``target_polls``."""
-    return solve_schedules(observations, target_polls, cells)[0]

@@ -1,17 +1,17 @@
-"""Everything about the wire protocol that is not I/O.
+"""The API's envelopes, without I/O: what a response means, and what its payload holds.
 
-Request descriptions, parameter checks, response classification and payload parsing are pure
-functions of bytes and mappings, so each is tested table-driven without a network or loop.
+Response classification (success, or which typed error, retryable or not, with its
+``Retry-After``) and payload parsing are pure functions of bytes and mappings, so each is
+tested table-driven without a network or loop. What each endpoint is and takes (path,
+billing, image rules, parameters) lives in the endpoint table, :mod:`._endpoints`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import decimal
 import email.utils
 import json
 import math
-import numbers
 import re
 import reprlib
 from collections.abc import Mapping
@@ -21,6 +21,24 @@ import attrs
 
 from . import errors
 from .models import CreditBalance, Credits, ImageResult, TaskStatus, converter
+
+__all__ = [
+    "API_KEY_HEADER",
+    "DEFAULT_BASE_URL",
+    "MAX_RESPONSE_BYTES",
+    "MAX_RETRY_AFTER",
+    "RESPONSE_TOO_LARGE",
+    "THROTTLING_CODES",
+    "UNEXPECTED_REDIRECT",
+    "Envelope",
+    "classify_response",
+    "error_class_for",
+    "parse_credits",
+    "parse_image_result",
+    "parse_retry_after",
+    "parse_task_id",
+    "parse_task_status",
+]
 
 API_KEY_HEADER = "ailabapi-api-key"
 DEFAULT_BASE_URL = "https://www.ailabapi.com"
@@ -46,117 +64,6 @@ RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
 THROTTLING_CODES = frozenset(
     {"EXCEEDING_LIMITS", "AI_SERVICE_FLOW_RESTRICTION", "ERROR_BATCH_TASK_LIMIT_EXCEEDED"}
 )
-
-
-@attrs.frozen
-class Endpoint:
-    """One API operation: how to call it and whether a call is billed."""
-
-    name: str
-    method: str
-    path: str
-    #: Billed operations cost credits per accepted call, so a blind retry may cost twice.
-    billed: bool
-    #: The multipart field that carries the image, for upload endpoints.
-    image_field: str | None = None
-
-
-SMART_SKIN = Endpoint(
-    "smart-skin", "POST", "/api/portrait/effects/smart-skin", billed=True, image_field="image"
-)
-SMART_BEAUTY = Endpoint(
-    "smart-beauty",
-    "POST",
-    "/api/portrait/effects/smart-beauty",
-    billed=True,
-    image_field="image_target",
-)
-QUERY_TASK = Endpoint(
-    "query-async-task-result", "GET", "/api/common/query-async-task-result", billed=False
-)
-QUERY_CREDITS = Endpoint("query-credits", "GET", "/api/common/query-credits", billed=False)
-
-
-# --- parameters -------------------------------------------------------------------------
-
-
-def check_degree(name: str, value: object, low: float, high: float) -> str:
-    """Validate one float parameter against its documented range; return its form value.
-
-    Any real number that converts cleanly to a float is accepted (``int``, ``float``,
-    ``Fraction``, ``Decimal``, numpy scalars); ``bool``, strings, complex numbers and the
-    like are refused (``rule="type"``), and NaN, infinities, numbers too large for a float
-    and values outside ``[low, high]`` too (``rule="range"``).
-
-    >>> check_degree("beauty_level", 0.5, 0.0, 1.0)
-    '0.5'
-    """
-    if _is_boolean(value) or not isinstance(value, (numbers.Real, decimal.Decimal)):
-        raise errors.ValidationError(
-            f"{name} must be a number in [{low}, {high}], got {type(value).__name__}",
-            input=name,
-            rule="type",
-        )
-    try:
-        number = float(value)
-    except (OverflowError, ValueError, TypeError, ArithmeticError):
-        number = math.nan  # too large for a float, or a signalling NaN
-    if not (math.isfinite(number) and low <= number <= high):
-        raise errors.ValidationError(
-            f"{name} must be in [{low}, {high}], got {reprlib.repr(value)}",
-            input=name,
-            rule="range",
-        )
-    return repr(number)
-
-
-def _is_boolean(value: object) -> bool:
-    """``bool`` or a numpy boolean scalar (neither is a number here)."""
-    if isinstance(value, bool):
-        return True
-    dtype = getattr(value, "dtype", None)
-    return getattr(dtype, "kind", None) == "b" and getattr(value, "shape", None) == ()
-
-
-def check_flag(name: str, value: object) -> bool:
-    """A yes/no parameter: ``True``/``False``, ``1``/``0`` (or numpy booleans), ``None``.
-
-    Anything else is refused rather than guessed at: the string ``"false"`` is truthy, and
-    sending ``multi_face=1`` for it would silently change (and bill) a different operation.
-
-    >>> check_flag("multi_face", 1)
-    True
-    """
-    if value is None:
-        return False
-    if _is_boolean(value):
-        return bool(value)
-    if isinstance(value, numbers.Integral) and value in (0, 1):
-        return bool(value)
-    raise errors.ValidationError(
-        f"{name} must be True or False, got {type(value).__name__} {reprlib.repr(value)}",
-        input=name,
-        rule="type",
-    )
-
-
-def smart_skin_fields(retouch_degree: float, whitening_degree: float) -> list[tuple[str, str]]:
-    """The non-file form fields of a smart-skin call (ranges per the API: [0, 1.5])."""
-    return [
-        ("retouch_degree", check_degree("retouch_degree", retouch_degree, 0.0, 1.5)),
-        ("whitening_degree", check_degree("whitening_degree", whitening_degree, 0.0, 1.5)),
-    ]
-
-
-def smart_beauty_fields(beauty_level: float, multi_face: bool) -> list[tuple[str, str]]:
-    """The non-file form fields of a smart-beauty submit (``beauty_level`` in [0, 1])."""
-    fields = [
-        ("task_type", "async"),
-        ("beauty_level", check_degree("beauty_level", beauty_level, 0.0, 1.0)),
-    ]
-    if check_flag("multi_face", multi_face):
-        fields.append(("multi_face", "1"))
-    return fields
 
 
 # --- responses ---------------------------------------------------------------------------
@@ -460,8 +367,9 @@ def parse_task_status(
             retryable=True,
         )
     value = _int_or_none(raw)
-    if value is not None and value in TaskStatus._value2member_map_:
-        return TaskStatus(value)
+    status = None if value is None else TaskStatus.from_wire(value)
+    if status is not None:
+        return status
     shown = _clip(reprlib.repr(raw), 80)
     suffix = str(value) if value is not None else raw if isinstance(raw, str) else shown
     return errors.TaskFailedError(

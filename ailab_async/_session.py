@@ -1,4 +1,9 @@
-"""The aiohttp session's lifecycle: created lazily and owned, or injected and borrowed."""
+"""The aiohttp session's lifecycle: created lazily and owned, or injected and borrowed.
+
+Only :mod:`._transport` sends requests over the session; this module decides when it is
+made (first use, inside the running loop), how its connection pool is sized, and that an
+injected session is never closed by us.
+"""
 
 from __future__ import annotations
 
@@ -30,10 +35,6 @@ class SessionManager:
     @property
     def closed(self) -> bool:
         return self._closed
-
-    @property
-    def owned(self) -> bool:
-        return self._owned
 
     async def get(self) -> aiohttp.ClientSession:
         if self._closed:

@@ -1,56 +1,58 @@
-"""``AILabClient``: the one object users hold. It wires the parts; the logic lives in them."""
+"""``AILabClient``: the one object users hold. It wires the parts; the logic lives in them.
+
+The facade: it checks arguments with the rules of :mod:`._config` and :mod:`._endpoints`,
+builds each call from its endpoint-table entry (:meth:`AILabClient._send`), and hands it to
+the dispatcher; smart-beauty tasks go to the tracker. Its length is the public methods and
+their documentation: one cohesive thing, kept in one file so ``help(AILabClient)`` and the
+code read alike.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import datetime as dt
-import ipaddress
-import math
 import os
 import random
 import time
-import weakref
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, overload
-from urllib.parse import urlsplit
 
 import aiohttp
 
 from . import _protocol as protocol
+from ._config import (
+    API_KEY_ENV,
+    BASE_URL_ENV,
+    DEFAULT_DEADLINE,
+    DEFAULT_TASK_TIMEOUT,
+    ClientSettings,
+    LoopBinding,
+    check_call_seconds,
+    check_max_bytes,
+    checked_api_key,
+    checked_base_url,
+    checked_submitted_at,
+)
 from ._dispatch import Call, Dispatcher, RetryPolicy
 from ._download import DEFAULT_MAX_DOWNLOAD_BYTES, download_to
-from ._images import SMART_BEAUTY_RULES, SMART_SKIN_RULES, ImageInput, aprepare_image
+from ._endpoints import QUERY_CREDITS, SMART_BEAUTY, SMART_SKIN, Endpoint, check_task_id
+from ._images import ImageInput, aprepare_image
 from ._map import Outcome, map_outcomes
 from ._polling import PollingConfig
 from ._ratelimit import AdaptiveRateLimiter, RateLimiter
 from ._session import SessionManager
-from ._tracker import TaskHandle, TaskTracker
+from ._tasks import TaskHandle
+from ._tracker import TaskTracker
 from .errors import ClientClosedError, ConfigurationError, ValidationError
-from .models import ClientStats, Credits, ImageResult, Secret, key_fingerprint
+from .models import ClientStats, Credits, ImageResult, Secret, TrackerStats, key_fingerprint
 
 __all__ = ["AILabClient"]
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
-
-API_KEY_ENV = "AILAB_API_KEY"
-BASE_URL_ENV = "AILAB_BASE_URL"
-DEFAULT_DEADLINE = 300.0
-DEFAULT_TASK_TIMEOUT = 600.0
-
-
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class AILabClient:
@@ -121,51 +123,33 @@ class AILabClient:
             api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         )
         del api_key
-        api_key_secret = _checked_api_key(secret)
-        url = _checked_base_url(
+        api_key_secret = checked_api_key(secret)
+        url = checked_base_url(
             base_url or os.environ.get(BASE_URL_ENV) or protocol.DEFAULT_BASE_URL,
             allow_plain_http=dangerously_allow_plain_http,
         )
-        if isinstance(max_concurrency, bool) or not (
-            isinstance(max_concurrency, int) and max_concurrency >= 1
-        ):
-            raise ConfigurationError("max_concurrency must be an integer >= 1")
-        for name, seconds in (("timeout", timeout), ("deadline", deadline)):
-            _check_setting_seconds(seconds, name)
-        if task_timeout is not None:  # None: wait for results without a limit
-            _check_setting_seconds(task_timeout, "task_timeout")
-        if isinstance(max_retries, bool) or not (isinstance(max_retries, int) and max_retries >= 0):
-            raise ConfigurationError("max_retries must be an integer >= 0")
-        for name, seconds in (("backoff_initial", backoff_initial), ("backoff_max", backoff_max)):
-            _check_setting_seconds(seconds, name)
-        if not backoff_initial <= backoff_max:
-            raise ConfigurationError("backoff must satisfy 0 < backoff_initial <= backoff_max")
-        for name, flag in (
-            ("retry_ambiguous", retry_ambiguous),
-            ("dangerously_allow_plain_http", dangerously_allow_plain_http),
-            ("trust_env", trust_env),
-        ):
-            if not isinstance(flag, bool):
-                raise ConfigurationError(f"{name} must be True or False")
-        for name, hook in (("clock", clock), ("sleep", sleep), ("random", random)):
-            if hook is not None and not callable(hook):
-                raise ConfigurationError(f"{name} must be callable")
-        if polling is not None and not isinstance(polling, PollingConfig):
-            raise ConfigurationError("polling must be a PollingConfig")
-        if session is not None and not isinstance(session, aiohttp.ClientSession):
-            raise ConfigurationError("session must be an aiohttp.ClientSession")
         limiter: RateLimiter | None = None
         if isinstance(rate_limit, RateLimiter):
             limiter, rate_limit = rate_limit, None
-        elif rate_limit is not None and (
-            isinstance(rate_limit, bool)
-            or not isinstance(rate_limit, (int, float))
-            or not 0 < rate_limit < math.inf
-        ):
-            raise ConfigurationError(
-                "rate_limit must be a positive, finite number of requests/second (None: no "
-                "limit) or a RateLimiter"
-            )
+        settings = ClientSettings(
+            max_concurrency=max_concurrency,
+            timeout=timeout,
+            deadline=deadline,
+            task_timeout=task_timeout,
+            max_retries=max_retries,
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+            retry_ambiguous=retry_ambiguous,
+            dangerously_allow_plain_http=dangerously_allow_plain_http,
+            trust_env=trust_env,
+            clock=clock,
+            sleep=sleep,
+            random=random,
+            polling=polling,
+            rate_limit=rate_limit,
+        )
+        if session is not None and not isinstance(session, aiohttp.ClientSession):
+            raise ConfigurationError("session must be an aiohttp.ClientSession")
 
         self._api_key = api_key_secret
         self._base_url = url
@@ -174,11 +158,11 @@ class AILabClient:
         self._sleep = sleep or asyncio.sleep
         self._rand = random or _random_source()
         # The loop of the first call: sessions, locks and futures belong to one loop.
-        self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
+        self._binding = LoopBinding()
         self._closed = False
         self._sessions = SessionManager(session, pool_size=max_concurrency, trust_env=trust_env)
         self._limiter: RateLimiter = limiter or AdaptiveRateLimiter(
-            rate_limit, clock=self._clock, sleep=self._sleep
+            settings.rate_limit, clock=self._clock, sleep=self._sleep
         )
         self._dispatcher = Dispatcher(
             self._sessions,
@@ -234,10 +218,7 @@ class AILabClient:
         marks the client closed; while that loop still runs, it raises
         :class:`ConfigurationError`.
         """
-        bound = None if self._loop is None else self._loop()
-        if self._loop is not None and bound is not _running_loop():
-            if bound is not None and not bound.is_closed():
-                raise ConfigurationError(_FOREIGN_LOOP)
+        if self._binding.owner_gone(_running_loop()):
             self._closed = True
             # The owning loop is gone: its tasks and connections died with it. Close what
             # can be closed without it (an idle session closes fine) and move on.
@@ -304,12 +285,12 @@ class AILabClient:
         >>> result = await client.smart_skin("face.jpg", retouch_degree=0.6)  # doctest: +SKIP
         >>> data = await client.download(result)  # doctest: +SKIP
         """
-        self._enter()
-        fields = protocol.smart_skin_fields(retouch_degree, whitening_degree)
-        _check_call_seconds(deadline, "deadline")
-        prepared = await aprepare_image(image, SMART_SKIN_RULES)
-        envelope = await self._dispatcher.call(
-            Call(protocol.SMART_SKIN, fields, prepared), deadline=deadline
+        envelope = await self._send(
+            SMART_SKIN,
+            image,
+            deadline,
+            retouch_degree=retouch_degree,
+            whitening_degree=whitening_degree,
         )
         return protocol.parse_image_result(envelope)
 
@@ -331,12 +312,8 @@ class AILabClient:
         >>> save(task.task_id)  # doctest: +SKIP
         >>> result = await task  # or: await task.result(timeout=120)  # doctest: +SKIP
         """
-        self._enter()
-        fields = protocol.smart_beauty_fields(beauty_level, multi_face)
-        _check_call_seconds(deadline, "deadline")
-        prepared = await aprepare_image(image, SMART_BEAUTY_RULES)
-        envelope = await self._dispatcher.call(
-            Call(protocol.SMART_BEAUTY, fields, prepared), deadline=deadline
+        envelope = await self._send(
+            SMART_BEAUTY, image, deadline, beauty_level=beauty_level, multi_face=multi_face
         )
         return self._tracker.track(protocol.parse_task_id(envelope), fresh=True)
 
@@ -356,7 +333,7 @@ class AILabClient:
 
         >>> result = await client.smart_beauty("face.jpg", beauty_level=0.7)  # doctest: +SKIP
         """
-        _check_call_seconds(timeout, "timeout")
+        check_call_seconds(timeout, "timeout")
         task = await self.submit_smart_beauty(image, beauty_level, multi_face, deadline=deadline)
         return await task.result(timeout)
 
@@ -372,9 +349,9 @@ class AILabClient:
         >>> result = await task  # doctest: +SKIP
         """
         self._enter()
-        _check_task_id(task_id)
+        check_task_id(task_id)
         if submitted_at is not None:
-            submitted_at = _checked_submitted_at(submitted_at)
+            submitted_at = checked_submitted_at(submitted_at, dt.datetime.now(dt.timezone.utc))
         return self._tracker.track(task_id, submitted_at=submitted_at)
 
     def map(
@@ -408,9 +385,9 @@ class AILabClient:
         )
 
     @property
-    def tracker(self) -> TaskTracker:
-        """The task tracker (pending count, polls sent, the learned poll plan)."""
-        return self._tracker
+    def tracker(self) -> TrackerStats:
+        """A snapshot of the task tracker: pending tasks, polls sent, the learned poll plan."""
+        return self._tracker.stats()
 
     async def credits(self, *, deadline: float | None = None) -> Credits:
         """The account's credit balances (``query-credits``; free).
@@ -419,9 +396,7 @@ class AILabClient:
         >>> credits.balance  # doctest: +SKIP
         1200.0
         """
-        self._enter()
-        _check_call_seconds(deadline, "deadline")
-        envelope = await self._dispatcher.call(Call(protocol.QUERY_CREDITS), deadline=deadline)
+        envelope = await self._send(QUERY_CREDITS, None, deadline)
         return protocol.parse_credits(envelope)
 
     @overload
@@ -462,8 +437,8 @@ class AILabClient:
         >>> path = await client.download(result, "out/face.png")  # doctest: +SKIP
         """
         self._enter()
-        _check_max_bytes(max_bytes)
-        _check_call_seconds(deadline, "deadline")
+        check_max_bytes(max_bytes)
+        check_call_seconds(deadline, "deadline")
         target = None if dest is None else _checked_destination(dest)
         return await download_to(
             self._dispatcher, result, target, max_bytes=max_bytes, deadline=deadline
@@ -483,8 +458,8 @@ class AILabClient:
         give outputs the extension of what the API actually served.
         """
         self._enter()
-        _check_max_bytes(max_bytes)
-        _check_call_seconds(deadline, "deadline")
+        check_max_bytes(max_bytes)
+        check_call_seconds(deadline, "deadline")
         if not callable(destination):
             raise ValidationError(
                 "destination must be a function of the content type returning a Path",
@@ -497,30 +472,24 @@ class AILabClient:
         assert isinstance(written, Path)
         return written
 
+    async def _send(
+        self, endpoint: Endpoint, image: ImageInput | None, deadline: float | None, **params: Any
+    ) -> protocol.Envelope:
+        """One API call built from its table entry: every check first, then the request."""
+        self._enter()
+        fields = endpoint.encode(params)
+        check_call_seconds(deadline, "deadline")
+        prepared = None
+        if endpoint.image_rules is not None:
+            # A missing image (None) is refused there, like any other non-image.
+            prepared = await aprepare_image(image, endpoint.image_rules)  # type: ignore[arg-type]
+        return await self._dispatcher.call(Call(endpoint, fields, prepared), deadline=deadline)
+
     def _enter(self) -> None:
         """Refuse a call on a closed client or from a foreign loop; bind the first loop."""
         if self.closed:
             raise ClientClosedError("this AILabClient is closed; create a new one")
-        loop = _running_loop()
-        if loop is None:
-            raise ConfigurationError(
-                "AILabClient must be used from inside a running event loop (async code); "
-                "create it and call it in the loop that uses it"
-            )
-        if self._loop is None:
-            self._loop = weakref.ref(loop)
-        elif self._loop() is not loop:
-            raise ConfigurationError(_FOREIGN_LOOP)
-
-
-_FOREIGN_LOOP = (
-    "this AILabClient was first used in another event loop; one AILabClient per event "
-    "loop: create the client inside the loop that uses it (for example inside the "
-    "coroutine given to asyncio.run)"
-)
-
-#: Longest task id accepted by :meth:`AILabClient.track` (the API's are ~40 characters).
-_MAX_TASK_ID_LENGTH = 256
+        self._binding.enter(_running_loop())
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -528,42 +497,6 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def _seconds_problem(value: object, name: str) -> tuple[str, str] | None:
-    """Why ``value`` is not a positive, finite number of seconds, and the rule's name.
-
-    Infinity is refused: a call or a wait without any limit is how a stuck connection turns
-    into a stuck program; pass a large number to mean "very long".
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"{name} must be a number of seconds, got {type(value).__name__}", "type"
-    if not 0 < value < math.inf:
-        return f"{name} must be a positive, finite number of seconds, got {value!r}", "range"
-    return None
-
-
-def _check_setting_seconds(value: object, name: str) -> None:
-    """A client setting: :class:`ConfigurationError` if it is not a usable duration."""
-    problem = _seconds_problem(value, name)
-    if problem is not None:
-        raise ConfigurationError(problem[0])
-
-
-def _check_call_seconds(value: object, name: str) -> None:
-    """A per-call argument (``None``: the default): :class:`ValidationError` if unusable."""
-    problem = None if value is None else _seconds_problem(value, name)
-    if problem is not None:
-        raise ValidationError(problem[0], input=name, rule=problem[1])
-
-
-def _check_max_bytes(max_bytes: int) -> None:
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
-        raise ValidationError(
-            f"max_bytes must be a positive integer number of bytes, got {max_bytes!r}",
-            input="max_bytes",
-            rule="range",
-        )
 
 
 def _checked_destination(dest: str | os.PathLike[str]) -> Path:
@@ -597,105 +530,6 @@ def _destination_problem(path: Path) -> str | None:
     except OSError:  # unreadable: let the write itself report it
         return None
     return None
-
-
-def _check_task_id(task_id: object) -> None:
-    if not isinstance(task_id, str):
-        raise ValidationError(
-            f"task_id must be a string, got {type(task_id).__name__}",
-            input="task_id",
-            rule="type",
-        )
-    if not task_id or len(task_id) > _MAX_TASK_ID_LENGTH:
-        raise ValidationError(
-            f"task_id must be 1 to {_MAX_TASK_ID_LENGTH} characters, got {len(task_id)}",
-            input="task_id",
-            rule="length",
-        )
-    if not task_id.isprintable() or any(char.isspace() for char in task_id):
-        # Ids come from the API and have none; one with spaces or control characters is a
-        # mangled copy (a stray newline from a file), and would be sent as it is.
-        raise ValidationError(
-            f"task_id {task_id!r} contains white space or control characters",
-            input="task_id",
-            rule="format",
-        )
-
-
-def _checked_submitted_at(submitted_at: object) -> dt.datetime:
-    if not isinstance(submitted_at, dt.datetime):
-        raise ValidationError(
-            f"submitted_at must be a datetime, got {type(submitted_at).__name__}",
-            input="submitted_at",
-            rule="type",
-        )
-    if submitted_at.utcoffset() is None:
-        raise ValidationError(
-            "submitted_at must be timezone-aware UTC (for example "
-            "datetime.now(timezone.utc)); a naive datetime is ambiguous",
-            input="submitted_at",
-            rule="timezone",
-        )
-    # Later than now: another machine's clock ran ahead. Treat it as "just submitted";
-    # refusing would strand a task that is already paid for.
-    return min(submitted_at, dt.datetime.now(dt.timezone.utc))
-
-
-def _checked_api_key(secret: Secret[object]) -> Secret[str]:
-    """The stripped key, or ConfigurationError; no local here ever holds the raw key."""
-    defect = _api_key_defect(secret.reveal())
-    if defect is not None:
-        raise ConfigurationError(defect)
-    return Secret(str(secret.reveal()).strip())
-
-
-def _api_key_defect(key: object) -> str | None:
-    """What is wrong with ``key``, in words that never quote it; ``None`` if usable."""
-    if key is None or (isinstance(key, str) and not key.strip()):
-        return f"no API key: pass api_key= or set the {API_KEY_ENV} environment variable"
-    if not isinstance(key, str):
-        return f"the API key must be a string, got {type(key).__name__}"
-    for position, char in enumerate(key.strip(), start=1):
-        if not " " <= char <= "~":
-            kind = "a control character" if char.isascii() else "a non-ASCII character"
-            # It would break the header (or inject one); say where, never what.
-            return (
-                f"the API key contains {kind} at position {position}, which cannot be sent "
-                "in an HTTP header; copy the key again"
-            )
-    return None
-
-
-def _checked_base_url(url: str, *, allow_plain_http: bool) -> str:
-    if not isinstance(url, str):
-        raise ConfigurationError(f"base_url must be a string, got {type(url).__name__}")
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        host = None
-    else:
-        if parts.scheme in ("http", "https") and host:
-            if parts.scheme == "http" and not _is_loopback(host) and allow_plain_http is not True:
-                raise ConfigurationError(
-                    f"refusing to send the API key over plain HTTP to {host}; use "
-                    "https, or pass dangerously_allow_plain_http=True if you really mean it"
-                )
-            return url.rstrip("/")
-    raise ConfigurationError(
-        f"base_url must be an http(s) URL with a host, got {_shown_url(url)!r}"
-    )
-
-
-def _shown_url(url: str) -> str:
-    """``url`` without user info (it may hold a password)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    netloc, slash, path = rest.partition("/")
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    return f"{scheme}{sep}{netloc}{slash}{path}"
 
 
 def _random_source() -> Callable[[], float]:

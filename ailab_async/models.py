@@ -1,7 +1,9 @@
 """Typed results: frozen attrs classes, and the one cattrs converter that builds them.
 
-Result URLs are temporary credentials (anyone holding one can fetch the image for 24 hours),
-so reprs show only their host.
+What the SDK hands back (results, credits, a task's state, snapshots of a client's dispatcher
+and task tracker) is defined here; nothing here does I/O. Result URLs are temporary
+credentials (anyone holding one can fetch the image for 24 hours), so reprs show only their
+host.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ __all__ = [
     "ImageResult",
     "Secret",
     "TaskStatus",
+    "TrackerStats",
     "converter",
     "key_fingerprint",
     "redact_url",
@@ -149,11 +152,36 @@ class Credits:
 
 
 class TaskStatus(enum.IntEnum):
-    """States of a smart-beauty task, as ``task_status`` reports them."""
+    """A smart-beauty task's state, as its :class:`~ailab_async.TaskHandle` reports it.
+
+    ``QUEUED``, ``PROCESSING`` and ``SUCCEEDED`` are the API's ``task_status`` values 0, 1
+    and 2 (:meth:`from_wire` reads them). ``FAILED`` is the handle's own: the task ended
+    without a result (the server's failure, or tracking stopped: a timeout, a closed
+    client, ...); awaiting the handle raises the reason. The API never sends it.
+
+    >>> TaskStatus.from_wire(1), TaskStatus.from_wire(3)
+    (<TaskStatus.PROCESSING: 1>, None)
+    """
 
     QUEUED = 0
     PROCESSING = 1
     SUCCEEDED = 2
+    #: Ended without a result. Not an API value (the API reports a failed task by a
+    #: ``task_status`` outside 0-2, or an error).
+    FAILED = -1
+
+    @classmethod
+    def from_wire(cls, value: int) -> TaskStatus | None:
+        """The state an API ``task_status`` reports; ``None`` for a value the API does not
+        define (outside 0-2: the task failed)."""
+        return _WIRE_STATUSES.get(value)
+
+
+#: The states the API reports, by their ``task_status`` value.
+_WIRE_STATUSES = {
+    status.value: status
+    for status in (TaskStatus.QUEUED, TaskStatus.PROCESSING, TaskStatus.SUCCEEDED)
+}
 
 
 @attrs.frozen
@@ -171,6 +199,21 @@ class ClientStats:
     max_in_flight: int = 0
     #: Requests per second the adaptive limiter currently allows (``None``: unlimited).
     current_rate: float | None = None
+
+
+@attrs.frozen
+class TrackerStats:
+    """A snapshot of a client's task tracker (``client.tracker``)."""
+
+    #: Smart-beauty tasks being polled now.
+    pending: int = 0
+    #: Polls sent so far (they are free; the tasks behind them were paid for).
+    polls_sent: int = 0
+    #: The learned poll schedule: offsets in seconds after submit; empty while the tracker
+    #: still polls at the fallback spacing (every 5 s).
+    plan: tuple[float, ...] = ()
+    #: Finished tasks the schedule is learned from (the most recent ones).
+    observations: int = 0
 
 
 def _make_converter() -> cattrs.Converter:

@@ -6,7 +6,7 @@ key is missing, so a benchmark client that sends the wrong request fails loudly 
 looking fast. It knows nothing of the SDK: benchmarks must measure the SDK, not share code
 with it.
 
-    with LocalServer() as server:        # python benchmarks/_local_server.py, stopped on exit
+    with LocalServer() as server:        # python -m benchmarks._local_server, stopped on exit
         asyncio.run(work(server.url))
     print(server.requests_served)
 """
@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import sys
-from types import TracebackType
 
 from aiohttp import BodyPartReader, web
+
+from ._common import ChildProcess
 
 __all__ = ["API_KEY", "IMAGE_URL", "SMART_SKIN_PATH", "LocalServer"]
 
@@ -56,8 +55,6 @@ _MISSING_BODY = json.dumps(
         },
     }
 ).encode()
-
-_SHUTDOWN_TIMEOUT = 10.0
 
 
 class _Counters:
@@ -107,56 +104,24 @@ async def _serve_until_stdin_closes() -> None:
     print(counters.served, counters.rejected, flush=True)
 
 
-class LocalServer:
-    """The stand-in server in a child interpreter, found at :attr:`url` while in the block.
-
-    A plain subprocess running this file (which imports nothing from the project), rather
-    than ``multiprocessing``: spawning re-imports the caller's ``__main__``, which breaks
-    callers without a ``__main__`` guard.
-    """
+class LocalServer(ChildProcess):
+    """The stand-in server in a child interpreter, found at :attr:`url` while in the block."""
 
     def __init__(self) -> None:
+        super().__init__("benchmarks._local_server")
         self.url = ""
-        self.pid: int | None = None
         self.requests_served = 0
         self.requests_rejected = 0
-        self._process: subprocess.Popen[str] | None = None
 
-    def __enter__(self) -> LocalServer:
-        process = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self._process, self.pid = process, process.pid
-        assert process.stdout is not None
-        line = process.stdout.readline()  # EOF ("") if the child died before binding
+    def handshake(self) -> None:
+        line = self.read_line()  # "" if the child died before binding
         if not line.strip().isdigit():
-            self._stop()
             raise RuntimeError(f"the benchmark server did not start (it said {line!r})")
         self.url = f"http://127.0.0.1:{int(line)}"
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stop()
-
-    def _stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        try:
-            out, _ = process.communicate(input="", timeout=_SHUTDOWN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
-            return
-        counts = out.split()
+    def stop(self) -> None:
+        super().stop()
+        counts = (self.final_output or "").split()
         if len(counts) == 2 and all(c.isdigit() for c in counts):
             self.requests_served, self.requests_rejected = int(counts[0]), int(counts[1])
 

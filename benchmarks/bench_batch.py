@@ -1,4 +1,4 @@
-"""Batches against a rate-limited API, and memory over a long stream of photos (issue 5).
+"""Batches against a rate-limited API, and memory over a long stream of photos.
 
 **Rate limit.** N distinct photos (256x256 JPEGs from ``sample_image(seed=i)``, made in memory
 before the clock starts) go to the simulator limited to ``--rps`` requests per second, with
@@ -29,8 +29,8 @@ never sits in memory. The simulator has no rate limit, no latency and a 1 s resu
 keeps uploads as results; a short TTL bounds its own memory).
 Target: peak RSS below 150 MiB.
 
-Every simulator is ``ailab-async simulate --port 0`` (run as ``python -m ailab_async.cli``)
-in its own process, so its CPU and memory never mix with the client's.
+Every simulator runs in its own process (``_common.SimulatorProcess``), so its CPU and memory
+never mix with the client's.
 
     python -m benchmarks.bench_batch                    # 500 photos at 50/s, 200 ms; 10,000 x 1 MiB
     python -m benchmarks.bench_batch --check            # exit 1 if a target is missed
@@ -47,7 +47,6 @@ import math
 import os
 import random
 import resource
-import struct
 import subprocess
 import sys
 import tempfile
@@ -63,8 +62,24 @@ import attrs
 
 from ailab_async import AILabClient, RateLimiter
 from ailab_async.errors import APIError
+from ailab_async.testing.simulator import Fixed, Latency, RateLimit, SimulatorConfig
 
-from ._common import REPO_ROOT, SimulatorProcess, environment
+from ._common import (
+    OFFICIAL_SMART_SKIN,
+    REPO_ROOT,
+    RETOUCH_DEGREE,
+    WHITENING_DEGREE,
+    SimulatorProcess,
+    UnavailableError,
+    add_output_options,
+    environment,
+    official_sdk,
+    png_chunk,
+    png_head,
+    progress_printer,
+    sample_portraits,
+    write_json,
+)
 
 SCENARIO_ADAPTIVE = "A map, adaptive"
 SCENARIO_RATE_LIMIT = "B map, rate_limit"
@@ -74,21 +89,17 @@ SCENARIOS = (SCENARIO_ADAPTIVE, SCENARIO_RATE_LIMIT, SCENARIO_OFFICIAL)
 TARGET_RATIO = {SCENARIO_ADAPTIVE: 1.25, SCENARIO_RATE_LIMIT: 1.10}
 TARGET_RSS_MIB = 150.0
 RSS_PHOTO_SIDE = 592  # 592 * (592 * 3 + 1) bytes of pixel rows: a PNG just over 1 MiB
-RETOUCH_DEGREE = 0.6
-WHITENING_DEGREE = 0.5
+PHOTO_SIDE = 256
 SAMPLE_PERIOD = 0.25  # seconds between two timeline points
 
 
-def _simulator_args(rps: float, burst: int, latency: float, retry_after: bool) -> list[str]:
-    return [
-        "--rate-limit",
-        f"{rps:g}",
-        "--burst",
-        str(burst),
-        "--latency",
-        f"{latency:g}",
-        "--retry-after" if retry_after else "--no-retry-after",
-    ]
+def _simulator_config(rps: float, burst: int, latency: float, retry_after: bool) -> SimulatorConfig:
+    """``rps`` requests/s in buckets of ``burst``; ``latency`` seconds on every API answer."""
+    delay = Fixed(latency)
+    return SimulatorConfig(
+        rate_limit=RateLimit(rps, burst, retry_after),
+        latency=Latency(delay, delay, delay, delay),  # the API endpoints, not result downloads
+    )
 
 
 # --- scenario A/B/C: a batch under a rate limit --------------------------------------------------
@@ -264,25 +275,11 @@ async def run_official(
     burst: int,
 ) -> BatchRun:
     """Scenario C: the official SDK, ``asyncio.gather`` under a semaphore; no retries."""
-    try:
-        import ailabtools  # noqa: PLC0415 - optional: the benchmark runs without it
-    except ImportError as exc:
-        return BatchRun(
-            SCENARIO_OFFICIAL, burst, len(photos), rps, 0, {}, 0.0, 0, unavailable=str(exc)
-        )
-    client: Any = ailabtools.AILabClient(api_key=api_key, base_url=url)
-    method = getattr(client.portrait, "portraitIntelligentSkinRetouching", None)
-    if method is None:
-        await client.aclose()
-        unavailable = "no portrait.portraitIntelligentSkinRetouching method"
-        return BatchRun(
-            SCENARIO_OFFICIAL, burst, len(photos), rps, 0, {}, 0.0, 0, unavailable=unavailable
-        )
     gate = asyncio.Semaphore(concurrency)
     failures: Counter[str] = Counter()
     succeeded = 0
 
-    async def one(photo: bytes) -> None:
+    async def one(method: Callable[[dict[str, Any]], Awaitable[Any]], photo: bytes) -> None:
         nonlocal succeeded
         params = {
             "image": photo,
@@ -303,11 +300,15 @@ async def run_official(
             succeeded += 1
 
     try:
-        started = time.perf_counter()
-        await asyncio.gather(*(one(photo) for photo in photos))
-        wall = time.perf_counter() - started
-    finally:
-        await client.aclose()
+        async with official_sdk(api_key, url, OFFICIAL_SMART_SKIN) as sdk:
+            method = sdk.portrait.portraitIntelligentSkinRetouching
+            started = time.perf_counter()
+            await asyncio.gather(*(one(method, photo) for photo in photos))
+            wall = time.perf_counter() - started
+    except UnavailableError as exc:
+        return BatchRun(
+            SCENARIO_OFFICIAL, burst, len(photos), rps, 0, {}, 0.0, 0, unavailable=str(exc)
+        )
     return BatchRun(
         scenario=SCENARIO_OFFICIAL,
         burst=burst,
@@ -320,18 +321,7 @@ async def run_official(
     )
 
 
-def make_photos(n: int, side: int = 256) -> list[bytes]:
-    """``n`` distinct small portrait JPEGs (``sample_image(side, side, seed=i)``)."""
-    from ailab_async.testing.simulator import sample_image  # noqa: PLC0415 - Pillow: parent only
-
-    return [sample_image(side, side, seed=i) for i in range(n)]
-
-
 # --- scenario D: peak RSS over a long lazy stream of 1 MiB photos --------------------------------
-
-
-def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
 
 def noise_png_parts(side: int = RSS_PHOTO_SIDE, seed: int = 0) -> tuple[bytes, bytes]:
@@ -343,9 +333,8 @@ def noise_png_parts(side: int = RSS_PHOTO_SIDE, seed: int = 0) -> tuple[bytes, b
     row = side * 3
     pixels = bytearray(random.Random(seed).randbytes(side * (row + 1)))
     pixels[:: row + 1] = bytes(side)  # filter type "none" at the start of every row
-    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    head = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
-    tail = _png_chunk(b"IDAT", zlib.compress(bytes(pixels), 0)) + _png_chunk(b"IEND", b"")
+    head = png_head(side, side)
+    tail = png_chunk(b"IDAT", zlib.compress(bytes(pixels), 0)) + png_chunk(b"IEND", b"")
     return head, tail
 
 
@@ -355,7 +344,7 @@ def lazy_photo_files(n: int, directory: Path, parts: tuple[bytes, bytes]) -> Ite
     head, tail = parts
     for index in range(n):
         path = directory / f"photo-{index:06d}.png"
-        path.write_bytes(head + _png_chunk(b"tEXt", b"Comment\x00photo %d" % index) + tail)
+        path.write_bytes(head + png_chunk(b"tEXt", b"Comment\x00photo %d" % index) + tail)
         yield path
 
 
@@ -453,7 +442,10 @@ class RssRun:
 
 def measure_rss(photos: int, concurrency: int) -> RssRun:
     """Scenario D: a simulator process and a client process; the client reports its peak RSS."""
-    with SimulatorProcess("--latency", "0", "--result-ttl", "1") as simulator:
+    # No rate limit, no latency, and a short result TTL: the simulator keeps uploads as
+    # results, and this bounds its own memory.
+    config = SimulatorConfig(result_ttl=1)
+    with SimulatorProcess(config) as simulator:
         completed = subprocess.run(
             [
                 sys.executable,
@@ -539,11 +531,11 @@ def run_benchmark(
     bursts = list(bursts or [1, math.ceil(rps)])
     say = progress or (lambda _line: None)
     result = Result(photos, rps, latency, concurrency, retry_after, bursts, environment())
-    images = make_photos(photos) if scenarios else []
+    images = sample_portraits(photos, PHOTO_SIDE) if scenarios else []
     for burst in bursts:
         for scenario in scenarios:
-            sim_args = _simulator_args(rps, burst, latency, retry_after)
-            with SimulatorProcess(*sim_args) as sim:
+            config = _simulator_config(rps, burst, latency, retry_after)
+            with SimulatorProcess(config) as sim:
                 run: Awaitable[BatchRun]
                 if scenario == SCENARIO_OFFICIAL:
                     run = run_official(
@@ -596,7 +588,8 @@ def format_table(result: Result) -> str:
     """The human-readable summary: one row per (burst, scenario), then the memory run."""
     env = result.environment
     lines = [
-        f"batch of {result.photos} smart-skin photos (256x256 JPEG), simulator limited to "
+        f"batch of {result.photos} smart-skin photos ({PHOTO_SIDE}x{PHOTO_SIDE} JPEG), "
+        f"simulator limited to "
         f"{result.rps:g} req/s with {result.latency:g}s latency"
         f"{'' if result.retry_after else ' and no Retry-After'}; concurrency "
         f"{result.concurrency}; ideal {result.photos / result.rps:.1f}s",
@@ -684,9 +677,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--scenario-timeout", type=float, default=60.0, help="give up on a batch after this (60 s)")
     add("--rss-photos", type=int, default=10_000, help="1 MiB photos of the memory run")
     add("--skip-rss", action="store_true", help="skip the memory run")
-    add("--json", metavar="PATH", help="also write the full result (timelines too) as JSON")
-    add("--check", action="store_true", help="exit 1 if a target is missed")
-    add("--quiet", action="store_true", help="no per-scenario progress lines")
+    add_output_options(parser, check="exit 1 if a target is missed")
     add("--rss-child", nargs=2, metavar=("URL", "KEY"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     by_letter = {name[0]: name for name in SCENARIOS}
@@ -714,13 +705,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         scenarios=args.scenarios,
         scenario_timeout=args.scenario_timeout,
         rss_photos=None if args.skip_rss else args.rss_photos,
-        progress=None if args.quiet else lambda line: print(line, file=sys.stderr),
+        progress=progress_printer(args.quiet),
     )
     print(format_table(result))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
-            json.dump(result.to_json(), out, indent=2)
-            out.write("\n")
+        write_json(args.json, result.to_json())
     return 1 if args.check and result.misses() else 0
 
 

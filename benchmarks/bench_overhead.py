@@ -1,4 +1,4 @@
-"""Client-side CPU overhead of ailab-async against hand-written aiohttp (issue 2).
+"""Client-side CPU overhead of ailab-async against hand-written aiohttp.
 
 The same N smart-skin calls, at the same concurrency, with the same image, go to a local
 aiohttp server running in another process, through three clients in turn:
@@ -11,7 +11,7 @@ aiohttp server running in another process, through three clients in turn:
 Only this process's CPU time is measured (``time.process_time()`` around each measured
 phase), so the server's work never counts. Each client gets a warm-up, then a measured
 phase; the whole round repeats ``--repeat`` times in a rotating order and the median is
-reported. Target (issue 2): ailab-async at most 1.3x raw aiohttp's CPU per request.
+reported. Target: ailab-async at most 1.3x raw aiohttp's CPU per request.
 
     python -m benchmarks.bench_overhead                 # N=2000, concurrency 16, 3 repeats
     python -m benchmarks.bench_overhead --check         # exit 1 if the target is missed
@@ -24,9 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import json
 import statistics
-import struct
 import sys
 import time
 import zlib
@@ -38,24 +36,30 @@ import aiohttp
 
 from ailab_async import AILabClient
 
-from ._common import environment
+from ._common import (
+    OFFICIAL_SMART_SKIN,
+    RETOUCH_DEGREE,
+    WHITENING_DEGREE,
+    UnavailableError,
+    add_output_options,
+    environment,
+    official_sdk,
+    png_chunk,
+    png_head,
+    progress_printer,
+    write_json,
+)
 from ._local_server import API_KEY, IMAGE_URL, SMART_SKIN_PATH, LocalServer
 
 RAW = "raw aiohttp"
 SDK = "ailab-async"
 OFFICIAL = "ailabtools-sdk"
 TARGET_RATIO = 1.3
-RETOUCH_DEGREE = 0.6
-WHITENING_DEGREE = 0.5
 
 #: One smart-skin call through some client; returns the result's image URL.
 CallOnce = Callable[[], Awaitable[str]]
 #: Opens a client for (base URL, image bytes, concurrency) and yields its ``CallOnce``.
 ClientFactory = Callable[[str, bytes, int], contextlib.AbstractAsyncContextManager[CallOnce]]
-
-
-class ClientUnavailableError(Exception):
-    """A client cannot be driven here (not installed, or its API is not what we expect)."""
 
 
 # --- the input -----------------------------------------------------------------------------
@@ -78,16 +82,10 @@ def make_png(width: int = 256, height: int = 256) -> bytes:
             else:
                 row += bytes((40 + (y >> 2), 60 + (x >> 3), 90))
         rows.append(bytes(row))
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"".join(rows), 6))
-        + chunk(b"IEND", b"")
+        png_head(width, height)
+        + png_chunk(b"IDAT", zlib.compress(b"".join(rows), 6))
+        + png_chunk(b"IEND", b"")
     )
 
 
@@ -135,17 +133,9 @@ async def ailab_async(base_url: str, image: bytes, concurrency: int) -> AsyncIte
 @contextlib.asynccontextmanager
 async def ailabtools_sdk(base_url: str, image: bytes, concurrency: int) -> AsyncIterator[CallOnce]:
     """The provider's official SDK (``ailabtools-sdk``, httpx-based), driven unchanged."""
-    try:
-        import ailabtools  # noqa: PLC0415 - optional: the benchmark runs without it
-    except ImportError as exc:
-        raise ClientUnavailableError(f"not installed ({exc})") from None
-    client: Any = ailabtools.AILabClient(api_key=API_KEY, base_url=base_url)
-    method = getattr(client.portrait, "portraitIntelligentSkinRetouching", None)
-    if method is None:
-        await client.aclose()
-        raise ClientUnavailableError("no portrait.portraitIntelligentSkinRetouching method")
     params = {"image": image, "retouchDegree": RETOUCH_DEGREE, "whiteningDegree": WHITENING_DEGREE}
-    try:
+    async with official_sdk(API_KEY, base_url, OFFICIAL_SMART_SKIN) as client:
+        method = client.portrait.portraitIntelligentSkinRetouching
 
         async def call() -> str:
             body = await method(params)  # raises AILabApiError on an error envelope
@@ -153,8 +143,6 @@ async def ailabtools_sdk(base_url: str, image: bytes, concurrency: int) -> Async
             return image_url
 
         yield call
-    finally:
-        await client.aclose()
 
 
 CLIENTS: dict[str, ClientFactory] = {
@@ -307,7 +295,7 @@ def run_benchmark(
                     sample = asyncio.run(
                         _phase(CLIENTS[name], server.url, image, n, concurrency, warmup)
                     )
-                except ClientUnavailableError as exc:
+                except UnavailableError as exc:
                     report.unavailable = str(exc)
                     continue
                 report.samples.append(sample)
@@ -385,13 +373,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=",".join(CLIENTS),
         help=f"comma-separated subset of: {', '.join(CLIENTS)}",
     )
-    parser.add_argument("--json", metavar="PATH", help="also write the full result as JSON")
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help=f"exit 1 if {SDK} costs more than {TARGET_RATIO}x raw aiohttp's CPU per request",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no per-phase progress lines")
+    too_costly = f"exit 1 if {SDK} costs more than {TARGET_RATIO}x raw aiohttp's CPU per request"
+    add_output_options(parser, check=too_costly)
     args = parser.parse_args(argv)
     args.clients = [name.strip() for name in args.clients.split(",") if name.strip()]
     unknown = [name for name in args.clients if name not in CLIENTS]
@@ -410,13 +393,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         repeat=args.repeat,
         warmup=args.warmup,
         clients=args.clients,
-        progress=None if args.quiet else lambda line: print(line, file=sys.stderr),
+        progress=progress_printer(args.quiet),
     )
     print(format_table(result))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
-            json.dump(result.to_json(), out, indent=2)
-            out.write("\n")
+        write_json(args.json, result.to_json())
     sdk_ratio = result.ratio(SDK)
     if args.check and (sdk_ratio is None or sdk_ratio > TARGET_RATIO):
         return 1

@@ -1,4 +1,4 @@
-"""Several processes on one account's rate limit: the Redis-shared budget vs the ideal (issue 7).
+"""Several processes on one account's rate limit: the Redis-shared budget vs the ideal.
 
 One simulator (in this process) limits the API key to ``--rate`` requests/s (a token bucket
 of ``ceil(rate)``). ``--processes`` OS processes, each with its own ``AILabClient`` calling
@@ -25,140 +25,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import json
-import platform
-import shutil
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
-from typing import Any
 
-from ailab_async import AILabClient, AILabError, RateLimiter
+from ._common import (
+    OWN_LIMIT,
+    SHARED_BUDGET,
+    CreditWorkload,
+    Progress,
+    RedisServer,
+    add_output_options,
+    environment,
+    package_version,
+    progress_printer,
+    redis_server_version,
+    run_credit_workers,
+    write_json,
+)
 
 SHARED = "shared Redis budget"
 PER_PROCESS = "per-process limit"
-PHASES = {"shared": SHARED, "per-process": PER_PROCESS}
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+PHASES = {SHARED_BUDGET: SHARED, OWN_LIMIT: PER_PROCESS}
 _RAMP_UP = 1.0
 _DRAIN = 0.5
-
-
-# --- the worker: one OS process, one client -----------------------------------------------
-
-
-async def _work(
-    mode: str,
-    redis_url: str,
-    base_url: str,
-    api_key: str,
-    name: str,
-    rate: float,
-    seconds: float,
-    concurrency: int,
-    start_at: float,
-) -> dict[str, Any]:
-    from ailab_async.contrib.redis import RedisRateLimiter  # noqa: PLC0415 - shared mode only
-
-    done: list[float] = []
-    errors: collections.Counter[str] = collections.Counter()
-    limiter: RedisRateLimiter | None = None
-    rate_limit: float | RateLimiter = rate
-    if mode == "shared":
-        limiter = rate_limit = RedisRateLimiter(redis_url, name=name, rate=rate)
-    end_at = start_at + seconds
-    try:
-        async with AILabClient(
-            api_key=api_key, base_url=base_url, rate_limit=rate_limit, max_concurrency=concurrency
-        ) as client:
-            await asyncio.sleep(max(0.0, start_at - time.time()))
-
-            async def calls() -> None:
-                while time.time() < end_at:
-                    try:
-                        await client.credits(deadline=max(1.0, end_at - time.time() + 5))
-                    except AILabError as exc:
-                        errors[type(exc).__name__] += 1
-                    else:
-                        done.append(time.time())
-
-            await asyncio.gather(*(calls() for _ in range(concurrency)))
-            return {
-                "done": done,
-                "errors": dict(errors),
-                "rate_limited": client.stats.rate_limited,
-                "degraded": limiter.degraded_count if limiter else 0,
-            }
-    finally:
-        if limiter is not None:
-            await limiter.aclose()
-
-
-def _worker_main(argv: Sequence[str]) -> int:
-    mode, redis_url, base_url, api_key, name, rate, seconds, concurrency = argv
-    print("ready", flush=True)
-    start_at = float(sys.stdin.readline())
-    result = asyncio.run(
-        _work(
-            mode,
-            redis_url,
-            base_url,
-            api_key,
-            name,
-            float(rate),
-            float(seconds),
-            int(concurrency),
-            start_at,
-        )
-    )
-    print(json.dumps(result), flush=True)
-    return 0
-
-
-# --- redis-server on a free port ----------------------------------------------------------
-
-
-class RedisServer:
-    """A throw-away ``redis-server`` on 127.0.0.1 (no persistence), while in the block."""
-
-    def __init__(self) -> None:
-        self._process: subprocess.Popen[bytes] | None = None
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port: int = probe.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def __enter__(self) -> RedisServer:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-        command = [binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--appendonly", "no"]
-        self._process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                time.sleep(0.02)
-        self.__exit__()
-        raise RuntimeError("redis-server did not start within 10 s")
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._process is not None:
-            self._process.kill()
-            self._process.wait()
-            self._process = None
 
 
 # --- one phase ----------------------------------------------------------------------------
@@ -190,42 +81,19 @@ async def run_phase(
         SimulatorConfig,
     )
 
-    name = f"bench-{uuid.uuid4().hex[:12]}"
     async with Simulator(SimulatorConfig(rate_limit=RateLimit(rate))) as sim:
-        args = [mode, redis_url, sim.url, sim.api_key, name, repr(rate), repr(seconds)]
-        workers = [
-            await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "benchmarks.bench_shared_limit",
-                "--worker",
-                *args,
-                str(concurrency),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                cwd=_REPO_ROOT,
-            )
-            for _ in range(processes)
-        ]
-        try:
-            for worker in workers:
-                assert worker.stdout is not None
-                ready = await asyncio.wait_for(worker.stdout.readline(), 60)
-                if ready != b"ready\n":
-                    raise RuntimeError(f"a worker failed to start: {ready!r}")
-            start_at = time.time() + 0.2
-            line = f"{start_at!r}\n".encode()
-            outputs = await asyncio.wait_for(
-                asyncio.gather(*(w.communicate(line) for w in workers)), seconds + 60
-            )
-        finally:
-            for worker in workers:
-                if worker.returncode is None:
-                    worker.kill()
-                await worker.wait()
+        workload = CreditWorkload(
+            mode=mode,
+            redis_url=redis_url,
+            base_url=sim.url,
+            api_key=sim.api_key,
+            budget_name=f"bench-{uuid.uuid4().hex[:12]}",
+            rate=rate,
+            seconds=seconds,
+            concurrency=concurrency,
+        )
+        results, start_at = await run_credit_workers(workload, processes)
         rejected = sim.stats.count(outcome="EXCEEDING_LIMITS")
-
-    results = [json.loads(out.splitlines()[-1]) for out, _ in outputs]
     done = [t for result in results for t in result["done"]]
     window_start, window_end = start_at + _RAMP_UP, start_at + seconds - _DRAIN
     steady = sum(1 for t in done if window_start <= t < window_end) / (window_end - window_start)
@@ -253,7 +121,7 @@ def run_benchmark(
     concurrency: int,
     phases: Sequence[str],
     redis_url: str | None,
-    progress: Any = None,
+    progress: Progress | None = None,
 ) -> list[PhaseResult]:
     async def run_all(url: str) -> list[PhaseResult]:
         results = []
@@ -272,7 +140,7 @@ def run_benchmark(
             )
         return results
 
-    if redis_url is not None or "shared" not in phases:
+    if redis_url is not None or SHARED_BUDGET not in phases:
         return asyncio.run(run_all(redis_url or ""))
     with RedisServer() as server:
         return asyncio.run(run_all(server.url))
@@ -298,25 +166,10 @@ def format_table(results: Sequence[PhaseResult]) -> str:
 
 
 def _environment() -> dict[str, str]:
-    def installed(package: str) -> str:
-        try:
-            return version(package)
-        except PackageNotFoundError:
-            return "not installed"
-
-    redis_server = shutil.which("redis-server")
-    server_version = "not installed"
-    if redis_server:
-        completed = subprocess.run(
-            [redis_server, "--version"], capture_output=True, text=True, check=False
-        )
-        server_version = completed.stdout.strip()
     return {
-        "python": platform.python_version(),
-        "redis-py": installed("redis"),
-        "aiohttp": installed("aiohttp"),
-        "redis-server": server_version,
-        "machine": platform.platform(),
+        **environment(),
+        "redis-py": package_version("redis"),
+        "redis-server": redis_server_version(),
     }
 
 
@@ -332,8 +185,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="shared,per-process",
         help="comma-separated: shared, per-process (default both)",
     )
-    parser.add_argument("--json", help="write the figures to this file")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_output_options(parser)
     args = parser.parse_args(argv)
     args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     unknown = [p for p in args.phases if p not in PHASES]
@@ -345,9 +197,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--worker"]:
-        return _worker_main(argv[1:])
     args = _parse_args(argv)
     results = run_benchmark(
         processes=args.processes,
@@ -356,23 +205,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         concurrency=args.concurrency,
         phases=args.phases,
         redis_url=args.redis_url,
-        progress=None if args.quiet else lambda line: print(line, file=sys.stderr),
+        progress=progress_printer(args.quiet),
     )
     print(format_table(results))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
-            payload = {
-                "settings": {
-                    "processes": args.processes,
-                    "rate": args.rate,
-                    "seconds": args.seconds,
-                    "concurrency": args.concurrency,
-                },
-                "environment": _environment(),
-                "phases": [{**asdict(r), "ratio": r.ratio} for r in results],
-            }
-            json.dump(payload, out, indent=2)
-            out.write("\n")
+        payload = {
+            "settings": {
+                "processes": args.processes,
+                "rate": args.rate,
+                "seconds": args.seconds,
+                "concurrency": args.concurrency,
+            },
+            "environment": _environment(),
+            "phases": [{**asdict(r), "ratio": r.ratio} for r in results],
+        }
+        write_json(args.json, payload)
     return 0
 
 

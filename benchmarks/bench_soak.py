@@ -1,6 +1,6 @@
-"""Soak: 20,000 mixed calls against a faulty simulator, with memory watched over time (issue 6).
+"""Soak: 20,000 mixed calls against a faulty simulator, with memory watched over time.
 
-The simulator runs in its own process (``ailab-async simulate``) with faults injected (5xx
+The simulator runs in its own process (``_common.SimulatorProcess``) with faults injected (5xx
 envelopes, connection resets, HTML 502 pages, truncated bodies, stalls, some after processing)
 and short smart-beauty tasks. This process sends a mix of smart-skin calls and smart-beauty
 submit-and-wait calls through ``client.map`` and reports throughput, p50/p99 latency per call,
@@ -16,29 +16,47 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import json
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from ailab_async import AILabClient, PollingConfig
-from ailab_async.testing.simulator import sample_image
+from ailab_async.testing.simulator import Faults, SimulatorConfig, TaskBehaviour, Uniform
 
-from ._common import SimulatorProcess
+from ._common import SimulatorProcess, add_output_options, rss_bytes, sample_portraits, write_json
 
 
 def rss_mb() -> float:
-    with open(f"/proc/{os.getpid()}/statm", encoding="ascii") as handle:
-        pages = int(handle.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+    rss = rss_bytes()
+    if rss is None:
+        raise RuntimeError("the soak watches its memory in /proc, which this system lacks")
+    return rss / 1e6
 
 
 def images(count: int) -> Iterator[tuple[int, bytes]]:
-    """Distinct small portraits, made lazily (a pool of 64 variants, re-seeded by index)."""
-    pool = [sample_image(160, 160, seed=i) for i in range(64)]
+    """Small portraits, made lazily (a pool of 64 variants, reused by index)."""
+    pool = sample_portraits(64, 160)
     for index in range(count):
         yield index, pool[index % 64]
+
+
+def simulator_config(fault_rate: float) -> SimulatorConfig:
+    """Short smart-beauty tasks, and ``fault_rate`` of each fault kind (5xx: per status)."""
+    return SimulatorConfig(
+        tasks=TaskBehaviour(duration=Uniform(0.05, 0.3)),
+        faults=Faults(
+            error_500=fault_rate,
+            error_502=fault_rate,
+            error_503=fault_rate,
+            error_504=fault_rate,
+            connection_reset=fault_rate,
+            html_502=fault_rate,
+            truncated_json=fault_rate,
+            stall=fault_rate / 4,
+            stall_seconds=5,
+            after_processing_share=0.3,
+        ),
+    )
 
 
 async def soak(url: str, api_key: str, calls: int, concurrency: int) -> dict[str, Any]:
@@ -110,29 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--fault-rate", type=float, default=0.02, help="per fault kind")
-    parser.add_argument("--json", help="also write the results to this file")
-    parser.add_argument("--check", action="store_true", help="exit 1 if a check fails")
+    add_output_options(parser, check="exit 1 if a check fails", quiet=False)
     args = parser.parse_args(argv)
-    rate = str(args.fault_rate)
-    flags = [
-        "--task-duration", "0.05:0.3",
-        "--fault-5xx", str(4 * args.fault_rate),
-        "--fault-reset", rate,
-        "--fault-html", rate,
-        "--fault-truncated", rate,
-        "--fault-stall", str(args.fault_rate / 4),
-        "--stall-seconds", "5",
-        "--fault-after-processing", "0.3",
-    ]  # fmt: skip
-    with SimulatorProcess(*flags) as sim:
+    with SimulatorProcess(simulator_config(args.fault_rate)) as sim:
         results = asyncio.run(soak(sim.url, sim.api_key, args.calls, args.concurrency))
     samples = results.pop("rss_mb_samples")
     for key, value in results.items():
         print(f"{key:>28}: {value}")
     print(f"{'rss_mb over time (s, MB)':>28}: {samples[:: max(1, len(samples) // 12)]}")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({**results, "rss_mb_samples": samples}, handle, indent=2)
+        write_json(args.json, {**results, "rss_mb_samples": samples})
     failed_calls = sum(n for k, n in results["outcomes"].items() if k != "ok")
     ok = results["rss_flat"] and failed_calls <= args.calls * 0.001
     return 0 if ok or not args.check else 1

@@ -1,4 +1,4 @@
-"""Detection lag and polls per task: the task tracker against fixed 5 s polling (issue 4).
+"""Detection lag and polls per task: the task tracker against fixed 5 s polling.
 
 **Lag.** The same smart-beauty tasks (the same images, arriving on the same seeded Poisson
 schedule at ``--rate`` per second) go through each poller at once, each to its own simulator
@@ -26,9 +26,8 @@ this process per tracked task per second over a window, for a fresh client (no e
 polls every 5 s) and for one whose planner has already learned the durations (fed with 200
 observations of that distribution, as a long-running client would have them).
 
-Each simulator runs in a child interpreter (``python -m benchmarks.bench_tracker
---serve-simulator``; the ``ailab-async simulate`` command cannot report its counters), so
-its CPU never counts as the client's.
+Each simulator runs in a child interpreter (``_common.SimulatorProcess``, which also brings
+its counters back), so its CPU never counts as the client's.
 
     python -m benchmarks.bench_tracker                  # 300 tasks at 20/s, then 10,000 pending
     python -m benchmarks.bench_tracker --check          # exit 1 if the tracker misses the target
@@ -43,26 +42,38 @@ import contextlib
 import datetime as dt
 import functools
 import gc
-import json
 import math
-import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import aiohttp
 
 from ailab_async import AILabClient, ClientClosedError, PollingConfig, TaskHandle
+from ailab_async.testing.simulator import (
+    SimulatorConfig,
+    SimulatorStats,
+    TaskBehaviour,
+    parse_distribution,
+)
 
-from ._common import environment
+from ._common import (
+    Progress,
+    SimulatorProcess,
+    UnavailableError,
+    add_output_options,
+    environment,
+    official_sdk,
+    progress_printer,
+    rss_bytes,
+    sample_portraits,
+    write_json,
+)
 
 TRACKER = "ailab-async tracker"
 FIXED = "fixed 5 s poll"
@@ -79,112 +90,14 @@ PRIMING_OBSERVATIONS = 200
 QUERY_PATH = "/api/common/query-async-task-result"
 SMART_BEAUTY_PATH = "/api/portrait/effects/smart-beauty"
 KEY_HEADER = "ailabapi-api-key"
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-_SHUTDOWN_TIMEOUT = 15.0
-
-Progress = Callable[[str], None]
-
-
-class SideUnavailableError(Exception):
-    """A poller cannot run here (the official SDK is not installed, or has changed)."""
-
-
-# --- the simulator, in a child interpreter ------------------------------------------------
-
-
-async def _serve_simulator(duration: str, seed: int) -> None:
-    """Child side: serve a simulator; answer ``stats`` lines on stdin; stop at EOF."""
-    from ailab_async.testing.simulator import (  # noqa: PLC0415 - the parent never needs Pillow
-        Simulator,
-        SimulatorConfig,
-        TaskBehaviour,
-        parse_distribution,
-    )
-
-    config = SimulatorConfig(seed=seed, tasks=TaskBehaviour(duration=parse_distribution(duration)))
-    loop = asyncio.get_running_loop()
-    async with Simulator(config) as sim:
-        print(sim.url, sim.api_key, flush=True)
-        # One line in ("stats"), one JSON line out; EOF (the parent closed our stdin): stop.
-        while await loop.run_in_executor(None, sys.stdin.readline):
-            stats = sim.stats
-            answer = {
-                "detection_lag": stats.detection_lag,
-                "polls_per_task": dict(stats.polls_per_task),
-                "submits": stats.count("smart-beauty", "OK"),
-                "duplicate_submits": stats.duplicate_submits(),
-                "requests": stats.count(),
-                "rejected": stats.count() - stats.count(outcome="OK"),
-            }
-            print(json.dumps(answer), flush=True)
-
-
-class SimulatorProcess:
-    """A simulator in a child interpreter, at :attr:`url` while in the block.
-
-    Its counters come back as JSON through :meth:`stats` (a blocking call: use it between
-    phases, not while a measured loop runs).
-    """
-
-    def __init__(self, duration: str, seed: int) -> None:
-        self.duration = duration
-        self.seed = seed
-        self.url = ""
-        self.api_key = ""
-        self._process: subprocess.Popen[str] | None = None
-
-    def __enter__(self) -> SimulatorProcess:
-        command = [sys.executable, "-m", "benchmarks.bench_tracker"]
-        command += ["--serve-simulator", self.duration, "--seed", str(self.seed)]
-        process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=_REPO_ROOT
-        )
-        self._process = process
-        assert process.stdout is not None
-        words = process.stdout.readline().split()  # [] if the child died before binding
-        if len(words) != 2 or not words[0].startswith("http://127.0.0.1:"):
-            self._stop()
-            raise RuntimeError(f"the simulator did not start (it said {words!r})")
-        self.url, self.api_key = words
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stop()
-
-    def stats(self) -> dict[str, Any]:
-        process = self._process
-        assert process is not None
-        assert process.stdin is not None
-        assert process.stdout is not None
-        process.stdin.write("stats\n")
-        process.stdin.flush()
-        answer: dict[str, Any] = json.loads(process.stdout.readline())
-        return answer
-
-    def _stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        try:
-            process.communicate(input="", timeout=_SHUTDOWN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
 
 
 # --- inputs ----------------------------------------------------------------------------------
 
 
-def make_images(count: int, side: int, *, first_seed: int = 0) -> list[bytes]:
-    """Distinct small portraits (the simulator draws a task's duration from its image)."""
-    from ailab_async.testing.simulator import sample_image  # noqa: PLC0415
-
-    return [sample_image(side, side, seed=first_seed + i) for i in range(count)]
+def _simulator_config(duration: str, seed: int) -> SimulatorConfig:
+    """Tasks lasting ``duration`` (``MIN:MAX`` seconds); the seed fixes each image's duration."""
+    return SimulatorConfig(seed=seed, tasks=TaskBehaviour(duration=parse_distribution(duration)))
 
 
 def poisson_arrivals(count: int, rate: float, seed: int) -> list[float]:
@@ -201,7 +114,8 @@ def poisson_arrivals(count: int, rate: float, seed: int) -> list[float]:
 
 #: Submits image ``index`` and waits until its task ends; returns the task id.
 RunOne = Callable[[int, bytes], Awaitable[str]]
-#: Runs one poller against (simulator URL, API key, images, arrival times).
+#: Runs one poller against (simulator URL, API key, images, arrival times). Every ``*_side``
+#: function below has this signature on purpose: ``run_benchmark`` drives them alike.
 Driver = Callable[[str, str, Sequence[bytes], Sequence[float]], Awaitable["SideRun"]]
 
 
@@ -250,13 +164,13 @@ async def tracker_side(
 
         async def run_one(index: int, image: bytes) -> str:
             handle = await client.submit_smart_beauty(image)
-            if client.tracker.planner.plan:
+            if client.tracker.plan:
                 planned.append(index)
             await handle
             return handle.task_id
 
         run = await _drive(run_one, images, arrivals)
-        plan = ", ".join(f"{t:.2f}" for t in client.tracker.planner.plan)
+        plan = ", ".join(f"{t:.2f}" for t in client.tracker.plan)
     run.planned = planned
     run.note = f"final plan (s after submit): {plan}"
     return run
@@ -303,16 +217,9 @@ async def official_side(
     interval: float = BASELINE_INTERVAL,
 ) -> SideRun:
     """The provider's official SDK: submit, then ``wait_for_task(task_id, interval=5.0)``."""
-    try:
-        import ailabtools  # noqa: PLC0415 - optional: the benchmark runs without it
-    except ImportError as exc:
-        raise SideUnavailableError(f"not installed ({exc})") from None
-    sdk: Any = ailabtools.AILabClient(api_key=key, base_url=url, timeout=30.0)
-    submit = getattr(sdk.portrait, "portraitIntelligentBeautification", None)
-    if submit is None or not hasattr(sdk, "wait_for_task"):
-        await sdk.aclose()
-        raise SideUnavailableError("no portraitIntelligentBeautification / wait_for_task")
-    try:
+    needed = ("portrait.portraitIntelligentBeautification", "wait_for_task")
+    async with official_sdk(key, url, *needed, timeout=30.0) as sdk:
+        submit = sdk.portrait.portraitIntelligentBeautification
 
         async def run_one(index: int, image: bytes) -> str:
             answer = await submit({"imageTarget": image, "taskType": "async", "beautyLevel": 1.0})
@@ -321,8 +228,6 @@ async def official_side(
             return task_id
 
         return await _drive(run_one, images, arrivals)
-    finally:
-        await sdk.aclose()
 
 
 # --- figures -------------------------------------------------------------------------------------
@@ -370,9 +275,8 @@ class SideReport:
     unavailable: str | None = None
 
 
-def side_report(side: str, run: SideRun, stats: dict[str, Any], learning: int) -> SideReport:
-    lags: dict[str, float] = stats["detection_lag"]
-    polls: dict[str, int] = stats["polls_per_task"]
+def side_report(side: str, run: SideRun, stats: SimulatorStats, learning: int) -> SideReport:
+    lags, polls = stats.detection_lag, stats.polls_per_task
     every = [(i, run.task_ids[i]) for i in sorted(run.task_ids) if run.task_ids[i] in lags]
 
     def figures(indexes: Callable[[int], bool]) -> LagFigures:
@@ -391,7 +295,7 @@ def side_report(side: str, run: SideRun, stats: dict[str, Any], learning: int) -
         first_planned=min(run.planned) if run.planned else None,
         failures=run.failures,
         undetected=len(run.task_ids) - len(every),
-        duplicate_submits=stats["duplicate_submits"],
+        duplicate_submits=stats.duplicate_submits(),
         wall_seconds=run.wall_seconds,
         note=run.note,
     )
@@ -434,14 +338,6 @@ class ScaleReport:
     closed_waiters: int = 0
     windows: list[ScaleWindow] = field(default_factory=list)
     learned_plan: list[float] = field(default_factory=list)
-
-
-def _rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm", encoding="ascii") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 async def _submit_all(url: str, key: str, images: Sequence[bytes]) -> list[tuple[str, dt.datetime]]:
@@ -499,13 +395,13 @@ async def _scale(
     # A fresh client: no evidence, so every task is polled every 5 s (the provider's advice).
     fresh = AILabClient(api_key=key, base_url=url, max_concurrency=32)
     gc.collect()
-    rss_before = _rss_bytes()
+    rss_before = rss_bytes()
     tracemalloc.start()
     traced_before = tracemalloc.get_traced_memory()[0]
     handles = [fresh.track(task_id, submitted_at=at) for task_id, at in submitted]
     traced_after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
-    rss_after = _rss_bytes()
+    rss_after = rss_bytes()
     report.traced_bytes_per_task = (traced_after - traced_before) / len(handles)
     if rss_before is not None and rss_after is not None:
         report.rss_bytes_per_task = (rss_after - rss_before) / len(handles)
@@ -520,8 +416,8 @@ async def _scale(
     rng = random.Random("priming")
     for _ in range(PRIMING_OBSERVATIONS):
         done_at = rng.uniform(*duration)
-        learned.tracker.planner.observe(done_at - rng.uniform(0.0, 1.0), done_at)
-    report.learned_plan = list(learned.tracker.planner.plan)
+        learned._tracker.planner.observe(done_at - rng.uniform(0.0, 1.0), done_at)
+    report.learned_plan = list(learned.tracker.plan)
     started = time.perf_counter()  # timed here: tracemalloc slowed the first client's calls
     handles = [learned.track(task_id, submitted_at=at) for task_id, at in submitted]
     report.track_seconds = time.perf_counter() - started
@@ -615,7 +511,7 @@ def run_benchmark(
         "window": window,
         "seed": seed,
     }
-    images = make_images(tasks, IMAGE_SIDE)
+    images = sample_portraits(tasks, IMAGE_SIDE)
     arrivals = poisson_arrivals(tasks, rate, seed)
     drivers: dict[str, Driver] = {
         TRACKER: tracker_side,
@@ -625,7 +521,10 @@ def run_benchmark(
     reports: dict[str, SideReport] = {}
     # One simulator per poller, all with the same seed: the same image gets the same duration.
     with contextlib.ExitStack() as stack:
-        sims = {name: stack.enter_context(SimulatorProcess(duration, seed)) for name in sides}
+        sims = {
+            name: stack.enter_context(SimulatorProcess(_simulator_config(duration, seed)))
+            for name in sides
+        }
 
         async def lag_phase() -> dict[str, SideRun | BaseException]:
             coroutines = [
@@ -637,7 +536,7 @@ def run_benchmark(
 
         say(f"lag: {tasks} tasks at {rate:g}/s, durations {duration} s, pollers: {list(sides)}")
         for name, run in asyncio.run(lag_phase()).items():
-            if isinstance(run, SideUnavailableError):
+            if isinstance(run, UnavailableError):
                 reports[name] = SideReport(side=name, unavailable=str(run))
             elif isinstance(run, BaseException):
                 raise run
@@ -647,13 +546,13 @@ def run_benchmark(
     scale = None
     if scale_tasks:
         say(f"scale: {scale_tasks} pending tasks, durations {scale_duration} s")
-        scale_images = make_images(scale_tasks, SCALE_IMAGE_SIDE, first_seed=10**6)
-        with SimulatorProcess(scale_duration, seed) as sim:
+        scale_images = sample_portraits(scale_tasks, SCALE_IMAGE_SIDE, first_seed=10**6)
+        with SimulatorProcess(_simulator_config(scale_duration, seed)) as sim:
             scale = asyncio.run(
                 _scale(sim.url, sim.api_key, scale_images, window, _parse_duration(scale_duration))
             )
             stats = sim.stats()
-        if stats["duplicate_submits"]:
+        if stats.duplicate_submits():
             raise RuntimeError("the scale phase submitted an image twice")
     return Result(settings, environment(), reports, scale)
 
@@ -757,10 +656,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--scale-duration", default="60:120", help="their durations MIN:MAX (default 60:120)")
     add("--window", type=float, default=10.0, help="seconds of CPU measured per regime")
     add("--seed", type=int, default=0, help="seed of arrivals and simulators")
-    add("--json", metavar="PATH", help="also write the full result as JSON")
-    add("--check", action="store_true", help="exit 1 if the tracker misses the target")
-    add("--quiet", action="store_true", help="no progress lines")
-    add("--serve-simulator", metavar="DURATION", help=argparse.SUPPRESS)
+    add_output_options(parser, check="exit 1 if the tracker misses the target")
     args = parser.parse_args(argv)
     args.pollers = [name.strip() for name in args.pollers.split(",") if name.strip()]
     unknown = [name for name in args.pollers if name not in SIDES]
@@ -773,9 +669,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    if args.serve_simulator:
-        asyncio.run(_serve_simulator(args.serve_simulator, args.seed))
-        return 0
     result = run_benchmark(
         tasks=args.tasks,
         rate=args.rate,
@@ -787,13 +680,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         scale_duration=args.scale_duration,
         window=args.window,
         seed=args.seed,
-        progress=None if args.quiet else lambda line: print(line, file=sys.stderr),
+        progress=progress_printer(args.quiet),
     )
     print(format_table(result))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
-            json.dump(result.to_json(), out, indent=2)
-            out.write("\n")
+        write_json(args.json, result.to_json())
     if args.check and not result.meets_target():
         return 1
     return 0

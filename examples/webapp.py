@@ -30,7 +30,6 @@ from ailab_async import (
     AuthenticationError,
     ImageRejectedError,
     TaskFailedError,
-    TaskStatus,
     TaskTimeoutError,
     ValidationError,
 )
@@ -97,9 +96,8 @@ async def beauty_status(request: web.Request) -> web.StreamResponse:
     try:
         result = await task.result(timeout=2)  # a short wait; the client may ask again
     except TaskTimeoutError:
-        status = task.status
-        name = status.name.lower() if isinstance(status, TaskStatus) else str(status)
-        return web.json_response({"task_id": task.task_id, "status": name})
+        status = task.status.name.lower()  # queued, processing (or failed: tracking ended)
+        return web.json_response({"task_id": task.task_id, "status": status})
     data = await client.download(result)
     return web.Response(body=data, content_type="image/png", headers=ids(result.request_id))
 

@@ -221,3 +221,24 @@ async def stream_body(
         return response
     await response.write_eof()
     return response
+
+
+def hang_after_upload(arrived: asyncio.Event) -> WebHandler:
+    """Read the whole request, set ``arrived``, then answer nothing for 30 s."""
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        arrived.set()
+        await asyncio.sleep(30)
+        return web.json_response({})
+
+    return handler
+
+
+def redirect_to(location: str) -> WebHandler:
+    """Answer every request with ``302 Found`` to ``location``."""
+
+    async def handler(request: web.Request) -> web.Response:
+        raise web.HTTPFound(location)
+
+    return handler

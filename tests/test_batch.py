@@ -23,10 +23,13 @@ from PIL import Image
 from ailab_async import AILabClient, PollingConfig, _download
 from ailab_async._download import EXTENSIONS
 from ailab_async.batch import (
+    BatchItem,
     BatchSpec,
+    How,
+    ItemOutcome,
     Operation,
     discover_inputs,
-    output_family,
+    planned_actions,
     run_batch,
     safe_output_path,
 )
@@ -36,8 +39,9 @@ from ailab_async.batch.journal import (
     Journal,
     JournalAccount,
     JournalAccountError,
+    JournalBusyError,
+    ResumeAction,
 )
-from ailab_async.errors import ValidationError
 from ailab_async.testing.simulator import (
     Latency,
     ManualClock,
@@ -207,58 +211,6 @@ async def test_validation_failures_are_journaled_without_a_request(
         [entry] = await journal.entries()
     assert entry.state is ItemState.FAILED
     assert entry.retryable is False
-
-
-@pytest.mark.parametrize(
-    ("relative", "expected"),
-    [
-        ("a.jpg", "a_jpg.png"),
-        ("a.png", "a.png"),
-        ("dir/sub/a.JPG", "dir/sub/a_JPG.png"),
-        ("../../etc/passwd", "_/_/etc/passwd.png"),
-        ("/abs/path.jpg", "abs/path_jpg.png"),
-        ("..\\..\\win.jpg", "_/_/win_jpg.png"),
-        (".hidden.png", "_hidden.png"),
-        ("we\x00ird:na<me>.png", "we_ird_na_me_.png"),
-        ("", "item.png"),
-        ("...", "_.png"),
-    ],
-)
-def test_output_paths_never_escape(tmp_path: Path, relative: str, expected: str) -> None:
-    path = safe_output_path(tmp_path, relative, ".png")
-    assert path == tmp_path / expected
-    assert tmp_path.resolve() in path.resolve().parents
-
-
-def test_output_path_through_a_symlink_out_is_refused(tmp_path: Path) -> None:
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "link").symlink_to(outside)
-    with pytest.raises(ValidationError, match="escape"):
-        safe_output_path(out, "link/a.png", ".png")
-
-
-def test_discover_inputs_prefixes_directory_names_and_sorts(tmp_path: Path) -> None:
-    make_photos(tmp_path / "a" / "x", 2)
-    make_photos(tmp_path / "b", 1)
-    (tmp_path / "b" / "skip.gif").write_bytes(b"GIF89a")
-    single = tmp_path / "single.jpg"
-    single.write_bytes(b"x")
-    found = [item.relative for item in discover_inputs([tmp_path / "a", tmp_path / "b", single])]
-    assert found == ["a/x/p000.jpg", "a/x/p001.jpg", "b/p000.jpg", "single.jpg"]
-
-
-def test_over_long_names_are_shortened_by_bytes_and_stay_distinct(tmp_path: Path) -> None:
-    first = "写真" * 60 + "A.jpg"  # 360+ bytes in UTF-8
-    second = "写真" * 60 + "B.jpg"
-    a = safe_output_path(tmp_path, first, ".png")
-    b = safe_output_path(tmp_path, second, ".png")
-    assert a != b
-    for path in (a, b):
-        assert len(path.name.encode("utf-8")) <= 180
-        assert path.suffix == ".png"
 
 
 async def test_an_input_that_vanishes_fails_alone(sim: Simulator, tmp_path: Path) -> None:
@@ -675,22 +627,69 @@ async def test_an_older_journals_failed_timeout_is_tracked_not_resubmitted(
     await check_ledger(sim, [photo], journals=[spec.journal_file], every_input_paid=True)
 
 
-_NAME_PARTS = st.text(alphabet="aA._~-/:2", min_size=1, max_size=8)
-
-
-@settings(max_examples=400, deadline=None)
-@given(
-    first=_NAME_PARTS, second=_NAME_PARTS, served=st.sampled_from(_SUFFIXES), n=st.integers(1, 3)
-)
-def test_inputs_whose_outputs_can_meet_share_an_output_family(
-    first: str, second: str, served: str, n: int
+async def test_run_batch_uses_an_open_journal_and_leaves_it_open(
+    sim: Simulator, tmp_path: Path
 ) -> None:
-    """What lets the Dask recipe shard journals by output family: every output one input
-    can get (its path, or a ``~N`` variant of it) that another input also wants lies in a
-    family they share, so one journal sees both and keeps them apart."""
-    out = Path("/out")
-    wanted = safe_output_path(out, first, served)
-    variant = wanted if n == 1 else wanted.with_name(f"{wanted.stem}~{n}{wanted.suffix}")
-    other = safe_output_path(out, second, served)
-    if str(variant).casefold() == str(other).casefold():
-        assert output_family(first) == output_family(second)
+    """The command line holds the journal from its pre-flight through the run: no other run
+    can take the lock in between, and run_batch does not close what it did not open."""
+    make_photos(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    spec = BatchSpec(operation=Operation.SKIN, params={}, out_dir=out)
+    items = list(discover_inputs([tmp_path / "in"]))
+    async with await Journal.open(spec.journal_file) as journal, client_for(sim) as client:
+        before = await planned_actions(journal, items, spec)
+        report = await run_batch(client, items, spec, journal=journal)
+        assert not journal.closed
+        with pytest.raises(JournalBusyError):
+            await Journal.open(spec.journal_file)
+        after = await planned_actions(journal, items, spec)
+    assert before == [ResumeAction.RUN, ResumeAction.RUN]
+    assert (report.downloaded, report.failed) == (2, 0)
+    assert after == [ResumeAction.SKIP, ResumeAction.SKIP]
+    assert len(manifest(out)) == 2
+
+
+async def test_planned_actions_follow_the_runners_rules_without_claiming(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    photos = make_photos(tmp_path / "in", 3)
+    spec = BatchSpec(operation=Operation.SKIN, params={"retouch_degree": 1}, out_dir=tmp_path)
+    async with client_for(sim) as client:
+        await run_batch(client, discover_inputs([photos[0]]), spec)
+    photos[2].unlink()  # cannot be identified: fails without a request
+    items = [*discover_inputs(photos[:2]), BatchItem(photos[2], photos[2].name)]
+    async with await Journal.open(spec.journal_file) as journal:
+        # 1 and 1.0 are one parameter set: the done photo is found.
+        float_spec = attrs.evolve(spec, params={"retouch_degree": 1.0})
+        assert await planned_actions(journal, items, float_spec) == [
+            ResumeAction.SKIP,
+            ResumeAction.RUN,
+            None,
+        ]
+        other = attrs.evolve(spec, params={"retouch_degree": 0.5})
+        assert (await planned_actions(journal, items, other))[0] is ResumeAction.RUN
+        assert len(await journal.entries()) == 1  # nothing claimed
+
+
+@pytest.mark.parametrize(
+    ("operation", "concurrency", "expected"),
+    [
+        (Operation.SKIN, None, None),  # the client's map default
+        (Operation.BEAUTY, None, 8 * 4),  # beauty items mostly wait on remote tasks
+        (Operation.BEAUTY, 5, 5),
+        (Operation.SKIN, 3, 3),
+    ],
+)
+def test_item_concurrency_is_decided_by_the_spec(
+    operation: Operation, concurrency: int | None, expected: int | None
+) -> None:
+    spec = BatchSpec(operation, {}, Path("out"), concurrency=concurrency)
+    assert spec.item_concurrency(4) == expected
+
+
+def test_how_is_a_string_enum() -> None:
+    outcome = ItemOutcome(item=BatchItem(Path("a.jpg"), "a.jpg"), state=ItemState.FAILED, how="ran")
+    assert outcome.how is How.RAN
+    assert outcome.how == "ran"
+    with pytest.raises(ValueError, match="'flew'"):
+        ItemOutcome(item=outcome.item, state=ItemState.FAILED, how="flew")

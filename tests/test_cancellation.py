@@ -69,7 +69,7 @@ async def test_random_cancellations_release_everything(seed: int) -> None:
             await settle()
             # The tracker keeps only tasks somebody can still read; all of them unanswered.
             assert client.tracker.pending == 0
-            assert all(not t.future.done() for t in client.tracker._pending.values())
+            assert all(not t.future.done() for t in client._tracker._pending.values())
             session = client._sessions._session
         finally:
             await client.aclose()
@@ -85,7 +85,7 @@ async def test_random_cancellations_release_everything(seed: int) -> None:
 async def cancel_at_random(
     client: AILabClient, small: list[bytes], big: bytes, rng: random.Random
 ) -> list[object]:
-    """Forty calls (skin, beauty, big uploads), each cancelled at a random moment."""
+    """Forty calls (skin, beauty, big uploads), most cancelled at a random moment."""
 
     async def call(index: int) -> object:
         kind = index % 3
@@ -97,8 +97,10 @@ async def cancel_at_random(
 
     callers = [asyncio.create_task(call(i)) for i in range(len(small))]
     loop = asyncio.get_running_loop()
-    for caller in callers:
-        loop.call_later(rng.uniform(0.0, 0.4), caller.cancel)
+    for index, caller in enumerate(callers):
+        # A few are never cancelled, so some calls finish however slow the machine is.
+        if index % 10 != 9:
+            loop.call_later(rng.uniform(0.0, 0.4), caller.cancel)
     return await asyncio.gather(*callers, return_exceptions=True)
 
 

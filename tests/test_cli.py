@@ -29,8 +29,8 @@ from aiohttp import web
 from PIL import Image
 
 from ailab_async.batch import BatchItem, ItemOutcome
-from ailab_async.batch.journal import ItemIdentity, ItemState, Journal
-from ailab_async.cli import _commands as _cli
+from ailab_async.batch.journal import ItemIdentity, ItemState, Journal, JournalBusyError
+from ailab_async.cli import _batch as _batch_cli
 from ailab_async.cli import main
 from ailab_async.cli._progress import (
     PlainProgress,
@@ -270,10 +270,30 @@ def test_keyboard_interrupt_exits_130_and_closes_everything(
     async def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_cli, "run_batch", interrupted)
+    monkeypatch.setattr(_batch_cli, "run_batch", interrupted)
     code = main(["skin", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--simulate"])
     assert code == 130
     assert "run the same command again to resume" in capsys.readouterr().err
+
+
+def test_the_batch_runs_on_the_journal_its_preflight_locked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_photos(tmp_path / "in", 1)
+    real_run_batch = _batch_cli.run_batch
+    seen: list[str] = []
+
+    async def run_batch(client: Any, items: Any, spec: Any, **kwargs: Any) -> Any:
+        try:  # another run between the pre-flight and the batch: refused
+            await Journal.open(spec.journal_file)
+        except JournalBusyError:
+            seen.append("busy")
+        return await real_run_batch(client, items, spec, **kwargs)
+
+    monkeypatch.setattr(_batch_cli, "run_batch", run_batch)
+    code = main(["skin", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--simulate"])
+    assert code == 0, capsys.readouterr().err
+    assert seen == ["busy"]
 
 
 def test_verbose_logs_the_sdk_on_stderr_without_the_key(

@@ -23,7 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ailab_async.cli import main
-from ailab_async.cli._commands import HIDDEN, _logging_to_stderr, _without_values
+from ailab_async.cli._output import logging_to_stderr
+from ailab_async.cli._parser import HIDDEN, without_values
 from ailab_async.cli._progress import display_text
 from ailab_async.testing.simulator import sample_image
 
@@ -167,15 +168,15 @@ def test_a_key_anywhere_in_a_malformed_command_line_is_never_echoed(
 
 def test_hiding_values_keeps_option_names_and_choices() -> None:
     message = "argument COMMAND: invalid choice: 'sk-live-0123' (choose from 'skin', 'credits')"
-    hidden = _without_values(message, ["sk-live-0123", "credits"], {"skin", "credits"})
+    hidden = without_values(message, ["sk-live-0123", "credits"], {"skin", "credits"})
     assert hidden == f"argument COMMAND: invalid choice: {HIDDEN} (choose from 'skin', 'credits')"
     message = "ambiguous option: --fault=abcdef could match --fault-5xx, --fault-reset"
-    assert _without_values(message, ["--fault=abcdef"], set()) == (
+    assert without_values(message, ["--fault=abcdef"], set()) == (
         f"ambiguous option: --fault={HIDDEN} could match --fault-5xx, --fault-reset"
     )
     # Short values are hidden where quoted, left alone inside words.
     message = "argument --x: invalid choice: 'ab' (choose from 'abc')"
-    assert _without_values(message, ["ab"], {"abc"}) == (
+    assert without_values(message, ["ab"], {"abc"}) == (
         f"argument --x: invalid choice: {HIDDEN} (choose from 'abc')"
     )
 
@@ -355,7 +356,7 @@ def test_a_batch_against_a_hostile_server_prints_nothing_raw(
 
 
 def test_verbose_log_lines_escape_what_they_quote(capsys: pytest.CaptureFixture[str]) -> None:
-    with _logging_to_stderr(2):
+    with logging_to_stderr(2):
         logging.getLogger("ailab_async.test").warning("server said %s", "hi" + HOSTILE)
     err = capsys.readouterr().err
     assert "server said hi\\x1b[2J" in err

@@ -29,7 +29,7 @@ from ailab_async import (
     ServerError,
     ValidationError,
 )
-from ailab_async._ratelimit import _HEADROOM
+from ailab_async._aimd import HEADROOM
 
 from .conftest import (
     BASE_URL,
@@ -211,7 +211,7 @@ async def test_rate_limit_spaces_requests(
     assert len(seen) == 30
     # Never two requests closer than 0.1 s (paced with a little headroom under 10/s).
     assert all(b - a >= 0.1 - 1e-9 for a, b in itertools.pairwise(seen))
-    assert seen[-1] - seen[0] == pytest.approx(2.9 / _HEADROOM)
+    assert seen[-1] - seen[0] == pytest.approx(2.9 / HEADROOM)
 
 
 async def test_burst_far_above_the_server_limit_completes_without_rate_limit_errors(

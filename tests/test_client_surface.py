@@ -34,39 +34,20 @@ def requests_sent(mocked: aioresponses) -> int:
 # -- client set-up --------------------------------------------------------------------------
 
 
+# Each rule is pinned, value by value, in test_config.py; these show the client applies
+# every family of them, with the key kept out of the message.
 @pytest.mark.parametrize(
     "kwargs",
     [
         {"deadline": math.nan},
-        {"deadline": "5"},
-        {"deadline": -1},
-        {"deadline": 0},
-        {"deadline": math.inf},
-        {"deadline": True},
-        {"timeout": math.nan},
-        {"timeout": "60"},
-        {"timeout": math.inf},
-        {"task_timeout": math.nan},
         {"task_timeout": -3},
-        {"task_timeout": math.inf},
-        {"backoff_initial": math.nan},
-        {"backoff_max": math.inf},
-        {"backoff_initial": "1"},
         {"backoff_initial": 5, "backoff_max": 1},
-        {"rate_limit": math.inf},
-        {"rate_limit": math.nan},
         {"rate_limit": True},
-        {"max_retries": True},
-        {"max_retries": 1.5},
         {"max_concurrency": 2.0},
-        {"retry_ambiguous": "no"},
         {"trust_env": 1},
-        {"dangerously_allow_plain_http": "yes"},
         {"clock": 5},
         {"polling": {"poll_share": 0.5}},
         {"session": "not a session"},
-        {"base_url": "ftp://x"},
-        {"base_url": "www.ailabapi.com"},
         {"base_url": "http://[::1"},
     ],
 )
@@ -81,37 +62,11 @@ def test_none_task_timeout_means_no_limit_and_is_accepted() -> None:
     AILabClient(api_key=TEST_KEY, base_url=BASE_URL, task_timeout=None)
 
 
-def test_a_password_in_the_base_url_is_not_echoed() -> None:
-    with pytest.raises(ConfigurationError) as info:
-        AILabClient(api_key=TEST_KEY, base_url="ftp://user:hunter2@example.com/api")
-    assert "hunter2" not in str(info.value)
-    assert "***@example.com" in str(info.value)
-
-
-@pytest.mark.parametrize(
-    ("key", "words"),
-    [
-        ("abc-123\ndef-456", "control character at position 8"),
-        ("abc-123\r\nX-Injected: 1", "control character"),
-        ("abc\x00def", "control character"),
-        ("abc\tdef", "control character"),
-        ("abc\x7fdef", "control character"),
-        ("abc\u2028def", "non-ASCII character"),
-        ("kl\u00fcssel-123", "non-ASCII character"),  # latin-1, still not a key
-        ("\u043a\u043b\u044e\u0447-123", "non-ASCII character"),
-        (b"abc-123", "must be a string"),
-        (12345, "must be a string"),
-        ("   ", "no API key"),
-        ("", "no API key"),
-    ],
-)
-def test_an_unsendable_api_key_is_refused_without_echoing_it(key: object, words: str) -> None:
-    with pytest.raises(ConfigurationError, match=words) as info:
-        AILabClient(api_key=key, base_url=BASE_URL)  # type: ignore[arg-type]
-    text = str(info.value) + repr(info.value)
-    if isinstance(key, str) and key.strip():
-        assert key not in text
-        assert key[:3] not in text  # not even a part of it
+def test_an_unsendable_key_is_refused_without_echoing_it() -> None:
+    key = "abc-123\r\nX-Injected: 1"
+    with pytest.raises(ConfigurationError, match="control character") as info:
+        AILabClient(api_key=key, base_url=BASE_URL)
+    assert key not in str(info.value) + repr(info.value)
 
 
 def test_an_unsendable_key_from_the_environment_is_refused(
@@ -214,7 +169,8 @@ async def test_a_destination_in_missing_folders_is_still_fine(
     assert written.read_bytes() == b"img"
 
 
-@pytest.mark.parametrize("task_id", ["", None, 123, " x ", "abc\n", "a b", "t\x00", "x" * 300])
+# Every rule for task ids is pinned in test_endpoints.py, for submitted_at in test_config.py.
+@pytest.mark.parametrize("task_id", ["", None, "abc\n"])
 async def test_a_bad_task_id_is_a_validation_error(mock_client: AILabClient, task_id: Any) -> None:
     with pytest.raises(ValidationError, match="task_id") as info:
         mock_client.track(task_id)
@@ -224,12 +180,7 @@ async def test_a_bad_task_id_is_a_validation_error(mock_client: AILabClient, tas
 
 @pytest.mark.parametrize(
     ("submitted_at", "words"),
-    [
-        (dt.datetime(2026, 1, 1, 12, 0), "timezone-aware UTC"),
-        ("2026-01-01T12:00:00Z", "must be a datetime"),
-        (1767268800.0, "must be a datetime"),
-        (dt.date(2026, 1, 1), "must be a datetime"),
-    ],
+    [(dt.datetime(2026, 1, 1, 12, 0), "timezone-aware UTC"), (dt.date(2026, 1, 1), "datetime")],
 )
 async def test_a_bad_submitted_at_is_a_validation_error(
     mock_client: AILabClient, submitted_at: Any, words: str

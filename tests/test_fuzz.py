@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from ailab_async import _protocol as protocol
 from ailab_async import errors
-from ailab_async._images import SMART_BEAUTY_RULES, SMART_SKIN_RULES, ImageRules, prepare_image
+from ailab_async._endpoints import ENDPOINTS, SMART_BEAUTY_RULES, SMART_SKIN_RULES, ImageRules
+from ailab_async._images import prepare_image
 from ailab_async.models import TaskStatus
 
 from .conftest import jpeg_header, png_bytes
@@ -100,6 +101,33 @@ def test_envelope_shaped_json_classifies_and_parses_without_crashing(
     assert isinstance(
         status_outcome, (TaskStatus, errors.TaskFailedError, errors.MalformedResponseError)
     )
+
+
+PARAMETERS = [(endpoint, param) for endpoint in ENDPOINTS.values() for param in endpoint.settable]
+
+
+@given(
+    target=st.sampled_from(PARAMETERS),
+    value=json_values
+    | st.binary(max_size=8)
+    | st.decimals()
+    | st.fractions()
+    | st.complex_numbers(),
+)
+@settings(max_examples=400, deadline=None)
+def test_any_parameter_value_is_sent_in_range_or_refused_naming_it(
+    target: tuple[Any, Any], value: object
+) -> None:
+    endpoint, param = target
+    try:
+        fields = endpoint.encode({param.name: value})
+    except errors.ValidationError as exc:
+        assert exc.input == param.name
+        return
+    sent = dict(fields).get(param.name)
+    if param.low is not None:  # a number: its wire form is a float within the range
+        assert sent is not None
+        assert param.low <= float(sent) <= param.high
 
 
 @given(st.binary(max_size=400))

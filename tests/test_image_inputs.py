@@ -20,13 +20,8 @@ from aiohttp import web
 from aioresponses import aioresponses
 
 from ailab_async import AILabClient
-from ailab_async._images import (
-    SMART_BEAUTY_RULES,
-    SMART_SKIN_RULES,
-    ImageRules,
-    aprepare_image,
-    prepare_image,
-)
+from ailab_async._endpoints import SMART_BEAUTY_RULES, SMART_SKIN_RULES, ImageRules
+from ailab_async._images import aprepare_image, prepare_image
 from ailab_async.errors import ValidationError
 
 from .conftest import TEST_KEY, FakeTime, error_envelope, jpeg_header, png_bytes, skin_ok

@@ -8,13 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ailab_async._images import (
-    SMART_BEAUTY_RULES,
-    SMART_SKIN_RULES,
-    prepare_image,
-    sniff_dimensions,
-    sniff_format,
-)
+from ailab_async._endpoints import SMART_BEAUTY_RULES, SMART_SKIN_RULES
+from ailab_async._images import prepare_image, sniff_dimensions, sniff_format
 from ailab_async.errors import ValidationError
 
 from .conftest import jpeg_header, png_bytes

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from ailab_async import AILabClient, Outcome
+from ailab_async import AILabClient, Outcome, ValidationError
 from ailab_async._map import map_outcomes
 
 from .conftest import BASE_URL, TEST_KEY
@@ -136,9 +136,14 @@ async def test_cancelling_the_consumer_cancels_everything() -> None:
     assert len(probe.cancelled) == 8
 
 
-async def test_bad_concurrency_is_refused() -> None:
-    with pytest.raises(ValueError, match="concurrency"):
-        await collect(map_outcomes(Probe(), range(3), concurrency=0))
+@pytest.mark.parametrize(
+    ("concurrency", "rule"), [(0, "range"), (-2, "range"), (True, "type"), (2.0, "type")]
+)
+async def test_bad_concurrency_is_a_validation_error(concurrency: object, rule: str) -> None:
+    with pytest.raises(ValidationError, match="concurrency") as info:
+        await collect(map_outcomes(Probe(), range(3), concurrency=concurrency))  # type: ignore[arg-type]
+    assert isinstance(info.value, ValueError)  # callers catching ValueError keep working
+    assert (info.value.input, info.value.rule) == ("concurrency", rule)
 
 
 async def test_client_map_passes_keyword_arguments() -> None:

@@ -1,4 +1,4 @@
-"""The pure protocol layer: classification of every envelope shape, parsing, parameters."""
+"""The pure protocol layer: classification of every envelope shape, and payload parsing."""
 
 from __future__ import annotations
 
@@ -6,10 +6,7 @@ import contextlib
 import datetime as dt
 import json
 import math
-from decimal import Decimal
-from fractions import Fraction
 
-import numpy
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -235,34 +232,6 @@ def test_credits_without_list_is_malformed() -> None:
         protocol.parse_credits(outcome)
 
 
-@pytest.mark.parametrize(
-    ("value", "rule"),
-    [(-0.1, "range"), (1.51, "range"), (float("nan"), "range"), ("1", "type"), (True, "type")],
-)
-def test_skin_degrees_out_of_range_are_rejected(value: object, rule: str) -> None:
-    with pytest.raises(errors.ValidationError) as info:
-        protocol.smart_skin_fields(value, 1.0)  # type: ignore[arg-type]
-    assert info.value.rule == rule
-    assert info.value.input == "retouch_degree"
-
-
-def test_skin_fields_at_bounds() -> None:
-    assert protocol.smart_skin_fields(0, 1.5) == [
-        ("retouch_degree", "0.0"),
-        ("whitening_degree", "1.5"),
-    ]
-
-
-def test_beauty_fields() -> None:
-    assert protocol.smart_beauty_fields(0.7, True) == [
-        ("task_type", "async"),
-        ("beauty_level", "0.7"),
-        ("multi_face", "1"),
-    ]
-    with pytest.raises(errors.ValidationError):
-        protocol.smart_beauty_fields(1.2, False)
-
-
 # --- throttling in every shape ------------------------------------------------------------
 
 
@@ -428,69 +397,6 @@ def test_classify_survives_hostile_json(raw: bytes) -> None:
 def test_parse_retry_after_never_raises(header: str) -> None:
     value = protocol.parse_retry_after(header)
     assert value is None or (math.isfinite(value) and value >= 0)
-
-
-# --- parameter checks ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("value", "rule"),
-    [
-        (10**400, "range"),
-        (-(10**400), "range"),
-        (Fraction(10**400, 3), "range"),
-        (Decimal("1e400"), "range"),
-        (Decimal("NaN"), "range"),
-        (Decimal("sNaN"), "range"),
-        (Decimal("Infinity"), "range"),
-        (float("inf"), "range"),
-        (numpy.float64("nan"), "range"),
-        (complex(1, 0), "type"),
-        ("0.5", "type"),
-        (None, "type"),
-        (numpy.bool_(True), "type"),
-        (numpy.array([0.5]), "type"),
-    ],
-)
-def test_degree_checks_reject_every_unclean_number(value: object, rule: str) -> None:
-    with pytest.raises(errors.ValidationError) as info:
-        protocol.check_degree("retouch_degree", value, 0.0, 1.5)  # type: ignore[arg-type]
-    assert info.value.rule == rule
-    assert info.value.input == "retouch_degree"
-
-
-@pytest.mark.parametrize(
-    ("value", "form"),
-    [
-        (Fraction(3, 2), "1.5"),
-        (Decimal("0.25"), "0.25"),
-        (numpy.float32(0.5), "0.5"),
-        (numpy.float64(1.25), "1.25"),
-        (numpy.int64(1), "1.0"),
-        (1, "1.0"),
-    ],
-)
-def test_degree_checks_accept_clean_real_numbers(value: object, form: str) -> None:
-    assert protocol.check_degree("retouch_degree", value, 0.0, 1.5) == form  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    ("value", "sent"),
-    [(True, True), (False, False), (1, True), (0, False), (None, False), (numpy.bool_(True), True)],
-)
-def test_multi_face_accepts_clear_booleans(value: object, sent: bool) -> None:
-    fields = protocol.smart_beauty_fields(1.0, value)  # type: ignore[arg-type]
-    assert (("multi_face", "1") in fields) is sent
-
-
-@pytest.mark.parametrize(
-    "value", ["false", "no", "0", "1", "true", "", 2, -1, 0.0, 1.0, float("nan"), [], object()]
-)
-def test_multi_face_rejects_unclear_values(value: object) -> None:
-    with pytest.raises(errors.ValidationError) as info:
-        protocol.smart_beauty_fields(1.0, value)  # type: ignore[arg-type]
-    assert info.value.rule == "type"
-    assert info.value.input == "multi_face"
 
 
 @pytest.mark.parametrize("status", [0, 42, 600, 999])

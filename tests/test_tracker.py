@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import itertools
 import random
 import re
 from typing import Any
@@ -21,9 +20,9 @@ from ailab_async import (
     TaskFailedError,
     TaskStatus,
     TaskTimeoutError,
+    TrackerStats,
     ValidationError,
 )
-from ailab_async._polling import PollPlanner, solve_schedule
 
 from .conftest import (
     BASE_URL,
@@ -95,6 +94,11 @@ def make_client(time: FakeTime, **kwargs: Any) -> AILabClient:
     )
 
 
+def tracker_stats(client: AILabClient) -> TrackerStats:
+    """What ``client.tracker`` reports, read from the private tracker itself."""
+    return client._tracker.stats()
+
+
 def tracker_tasks() -> list[asyncio.Task[Any]]:
     return [t for t in asyncio.all_tasks() if t.get_name() == "ailab-async task tracker"]
 
@@ -147,40 +151,15 @@ async def test_learning_beats_fixed_polling(mocked: aioresponses, fake_time: Fak
             await task
             lags.append(api.detected_at[task.task_id] - api.done_at[task.task_id])
             polls.append(api.polls[task.task_id])
-        assert client.tracker.planner.plan  # a learned schedule is in use
+        stats = tracker_stats(client)
+        assert stats.plan  # a learned schedule is in use
+        assert stats.observations >= client._tracker.planner.config.min_observations
     learned_lag = sum(lags[60:]) / 100
     learned_polls = sum(polls[60:]) / 100
     assert learned_lag <= 1.0
     assert learned_polls <= 2.2
     fixed_lag = sum(lags[:5]) / 5  # the first tasks, on the 5 s fallback
     assert learned_lag < fixed_lag
-
-
-def test_planner_schedule_meets_the_budget_for_uniform_1_to_6() -> None:
-    observations = [(1.0 + 5.0 * i / 200, 1.0 + 5.0 * i / 200 + 0.01) for i in range(200)]
-    plan = solve_schedule(observations, target_polls=2.0)
-    # Expected polls and lag of the plan for D ~ U(1, 6), computed exactly.
-    points = [0.0, *plan]
-    polls = sum(max(0.0, min(1.0, (6 - p) / 5)) for p in points[:-1])
-    lag = sum(
-        ((min(b, 6) - max(a, 1)) / 5) * (b - (max(a, 1) + min(b, 6)) / 2)
-        for a, b in itertools.pairwise(points)
-        if min(b, 6) > max(a, 1)
-    )
-    assert polls <= 2.05  # the budget, up to the grid's discretisation
-    assert lag < 0.85
-
-
-def test_planner_falls_back_to_5s_without_evidence() -> None:
-    planner = PollPlanner()
-    assert planner.next_poll(0.0, None) == 5.0
-    assert planner.next_poll(5.0, 5.0) == 10.0
-    for _ in range(4):
-        planner.observe(2.0, 3.0)
-    assert planner.plan == ()  # below min_observations
-    planner.observe(2.0, 3.0)
-    assert planner.plan
-    assert planner.next_poll(0.0, None) <= 3.0 + 1e-9
 
 
 async def test_transient_poll_failures_are_retried_without_failing(
@@ -213,7 +192,8 @@ async def test_terminal_error_fails_the_task_with_its_code_and_ids(
     assert (error.request_id, error.log_id) == ("req-err", "log-err")
     assert error.retryable is False
     assert isinstance(error.__cause__, ImageRejectedError)
-    assert task.status == "failed"
+    assert task.status is TaskStatus.FAILED
+    assert repr(task) == "TaskHandle(task_id='T1', status=failed)"
 
 
 async def test_unknown_task_status_fails_the_task(
@@ -383,3 +363,46 @@ async def test_polls_take_their_share_of_this_process_part_of_a_shared_budget(
         await asyncio.gather(*(h.result() for h in handles))
     # Half of this process's 10/s: 0.2 s apart (half of the account's 40/s would be 0.05 s).
     assert max(api.poll_times) - min(api.poll_times) >= 9 * 0.2 - 1e-6
+
+
+async def test_handle_status_follows_the_task(mocked: aioresponses, fake_time: FakeTime) -> None:
+    api = FakeBeautyAPI(mocked, fake_time, [6.0, 1.0])
+    api.query_override["T2"] = [CallbackResult(payload=envelope(None, task_status=3))]
+    async with make_client(fake_time) as client:
+        task = await client.submit_smart_beauty(IMAGE)
+        seen = [task.status]
+        with pytest.raises(TaskTimeoutError):
+            await task.result(timeout=5.5)  # polled at 5 s: started, not finished
+        seen.append(task.status)
+        assert repr(task) == "TaskHandle(task_id='T1', status=processing)"
+        await task
+        seen.append(task.status)
+        failed = await client.submit_smart_beauty(IMAGE)
+        with pytest.raises(TaskFailedError):
+            await failed
+        seen.append(failed.status)
+    assert seen == [
+        TaskStatus.QUEUED,
+        TaskStatus.PROCESSING,
+        TaskStatus.SUCCEEDED,
+        TaskStatus.FAILED,
+    ]
+
+
+async def test_the_tracker_reports_a_snapshot(mocked: aioresponses, fake_time: FakeTime) -> None:
+    FakeBeautyAPI(mocked, fake_time, [1.0, 1000.0])
+    async with make_client(fake_time) as client:
+        assert tracker_stats(client) == TrackerStats()
+        await (await client.submit_smart_beauty(IMAGE))
+        pending = await client.submit_smart_beauty(IMAGE)
+        stats = tracker_stats(client)
+        assert (stats.pending, stats.polls_sent, stats.plan, stats.observations) == (1, 1, (), 1)
+        assert not pending.done()
+
+
+async def test_client_tracker_is_the_public_snapshot(
+    mocked: aioresponses, fake_time: FakeTime
+) -> None:
+    async with make_client(fake_time) as client:
+        assert isinstance(client.tracker, TrackerStats)
+        assert client.tracker == tracker_stats(client)

@@ -31,17 +31,11 @@ from ailab_async import (
     errors,
 )
 from ailab_async import _protocol as protocol
-from ailab_async._polling import (
-    PROCESSING_FAILURE_TRIES,
-    PollVerdict,
-    classify_poll_error,
-    poll_retry_delay,
-    retry_after_of,
-)
+from ailab_async._polling import PROCESSING_FAILURE_TRIES
 from ailab_async._tracker import TaskTracker
 
 from .conftest import FakeTime, envelope, error_envelope
-from .test_tracker import IMAGE, FakeBeautyAPI, make_client, tracker_tasks
+from .test_tracker import IMAGE, FakeBeautyAPI, make_client, tracker_stats, tracker_tasks
 
 FAR = 100_000.0  # a waiter timeout (fake seconds) that only a hung task would reach
 SECRET_URL = "https://r.example/secret.png?sig=s3cret-signature"
@@ -72,7 +66,7 @@ async def test_resumed_old_tasks_done_at_first_poll_do_not_stretch_fresh_polls(
             task = await client.submit_smart_beauty(IMAGE)
             submitted_at[task.task_id] = fake_time.now
             await task.result(timeout=FAR)
-        plan = client.tracker.planner.plan
+        plan = tracker_stats(client).plan
     for task_id, at in submitted_at.items():
         # Done 2 s after submit; found within the 5 s fallback, or sooner by plan.
         assert api.detected_at[task_id] - at <= 5.0 + 1e-6, task_id
@@ -91,7 +85,7 @@ async def test_fresh_tasks_whose_first_poll_came_late_do_not_count_as_long(
             result = await (await client.submit_smart_beauty(IMAGE)).result(timeout=FAR)
             assert result.image_url.endswith(".png")
         # (0, 65 s] says nothing about 2 s tasks: not learned (so no hour-long plan either).
-        assert client.tracker.planner.observations == 0
+        assert tracker_stats(client).observations == 0
     assert api.polls["T1"] == 2
     first, second = sorted(t for t in api.poll_times[:2])
     assert second - first >= 60.0  # the Retry-After was honoured
@@ -412,7 +406,7 @@ async def test_track_refuses_a_submitted_at_that_is_not_an_aware_datetime(
 ) -> None:
     async with make_client(fake_time) as client:
         with pytest.raises(ValidationError, match="submitted_at"):
-            client.tracker.track("R1", submitted_at=bad)
+            client._tracker.track("R1", submitted_at=bad)
         assert client.tracker.pending == 0
     assert mocked.requests == {}
 
@@ -424,7 +418,7 @@ async def test_a_submitted_at_in_the_future_counts_as_now(
     api.done_at["R1"] = fake_time.now + 1.0
     future = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=3)
     async with make_client(fake_time) as client:
-        result = await client.tracker.track("R1", submitted_at=future).result(timeout=FAR)
+        result = await client._tracker.track("R1", submitted_at=future).result(timeout=FAR)
     assert result.task_id == "R1"
     assert api.poll_times == [pytest.approx(fake_time.start + 5.0)]  # placed like a fresh one
 
@@ -433,7 +427,7 @@ async def test_track_refuses_a_blank_task_id(fake_time: FakeTime) -> None:
     async with make_client(fake_time) as client:
         for bad in ("", "   ", None, 42):
             with pytest.raises(ValidationError, match="task_id"):
-                client.tracker.track(bad)  # type: ignore[arg-type]
+                client._tracker.track(bad)  # type: ignore[arg-type]
 
 
 # -- 8. poll failures are logged with the task id, never with a result URL --------------------
@@ -464,104 +458,3 @@ async def test_poll_failures_log_the_task_id_but_never_a_result_url(
     assert any("T2" in r.getMessage() for r in crash)
     assert "s3cret" not in caplog.text
     assert "s3cret" not in str(info.value)
-
-
-# -- the pure decisions -----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("error", "verdict"),
-    [
-        (errors.RateLimitedError("x", status=429, code="EXCEEDING_LIMITS"), PollVerdict.RETRY),
-        (errors.ServerError("x", status=503), PollVerdict.RETRY),
-        (errors.MalformedResponseError("x", status=200, retryable=False), PollVerdict.RETRY),
-        (errors.DeadlineExceededError("x", endpoint="q", attempts=1), PollVerdict.RETRY),
-        (errors.RequestTimeoutError("x", endpoint="q", ambiguous=False), PollVerdict.RETRY),
-        (errors.APIError("x", status=302), PollVerdict.RETRY),
-        (errors.AuthenticationError("x", status=401), PollVerdict.STOP),
-        (errors.PermissionDeniedError("x", status=403), PollVerdict.STOP),
-        (errors.InsufficientCreditsError("x", status=429), PollVerdict.STOP),
-        (errors.ClientClosedError("x"), PollVerdict.STOP),
-        (errors.TaskFailedError("x", task_id="t", status=200), PollVerdict.TASK_FAILED),
-        (
-            errors.ImageRejectedError("x", status=422, code="ERROR_NO_FACE_IN_FILE"),
-            PollVerdict.TASK_FAILED,
-        ),
-        (
-            errors.InvalidRequestError("x", status=400, code="ERROR_INVALID_PARAMETER"),
-            PollVerdict.TASK_FAILED,
-        ),
-        (errors.InvalidRequestError("x", status=404), PollVerdict.RETRY),  # no API code
-        (  # our own refusal to follow a redirect: a set-up fault, not the task's failure
-            errors.InvalidRequestError("x", status=302, code="UNEXPECTED_REDIRECT"),
-            PollVerdict.STOP,
-        ),
-    ],
-)
-def test_classify_poll_error(error: errors.AILabError, verdict: PollVerdict) -> None:
-    assert classify_poll_error(error) is verdict
-
-
-def test_tls_failure_on_a_poll_stops_rather_than_retrying_forever() -> None:
-    error = errors.ConnectionFailedError("tls", endpoint="q", ambiguous=False)
-    error.retryable = False
-    assert classify_poll_error(error) is PollVerdict.STOP
-
-
-def test_processing_failure_is_retried_a_few_times_then_is_the_tasks_failure() -> None:
-    error = errors.ServerError("x", status=500, code="PROCESSING_FAILURE")
-    for in_a_row in range(1, PROCESSING_FAILURE_TRIES):
-        assert classify_poll_error(error, in_a_row=in_a_row) is PollVerdict.RETRY
-    assert classify_poll_error(error, in_a_row=PROCESSING_FAILURE_TRIES) is (
-        PollVerdict.TASK_FAILED
-    )
-
-
-def test_retry_after_is_found_behind_a_deadline_error() -> None:
-    limited = errors.RateLimitedError("x", status=429, retry_after=60.0)
-    deadline = errors.DeadlineExceededError("x", endpoint="q", attempts=1)
-    deadline.__cause__ = limited
-    assert retry_after_of(deadline) == 60.0
-    assert retry_after_of(errors.ServerError("x", status=503)) is None
-
-
-@pytest.mark.parametrize(
-    ("failures", "retry_after", "rand", "expected"),
-    [
-        (1, None, 0.0, 2.5),
-        (1, None, 0.999999, 5.0),
-        (2, None, 0.0, 5.0),
-        (4, None, 0.0, 20.0),
-        (10, None, 0.999999, 60.0),  # capped by poll_retry_max
-        (10_000, None, 0.0, 30.0),  # no overflow
-        (1, 60.0, 0.0, 60.0),  # Retry-After is a floor ...
-        (1, 3600.0, 0.0, 120.0),  # ... capped by retry_after_cap
-        (1, math.inf, 0.0, 2.5),
-    ],
-)
-def test_poll_retry_delay(
-    failures: int, retry_after: float | None, rand: float, expected: float
-) -> None:
-    delay = poll_retry_delay(failures, retry_after, rand, PollingConfig())
-    assert delay == pytest.approx(expected, rel=1e-4)
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"target_polls": 0.5},
-        {"poll_share": 0},
-        {"give_up_after": math.nan},
-        {"give_up_after": 0},
-        {"fallback_interval": -1},
-        {"min_interval": "1"},
-        {"window": 0},
-        {"min_observations": 2.5},
-        {"retry_after_cap": 0},
-        {"poll_retry_max": math.nan},
-    ],
-)
-def test_bad_polling_config_is_a_validation_error(kwargs: dict[str, Any]) -> None:
-    with pytest.raises(ValidationError) as info:
-        PollingConfig(**kwargs)
-    assert isinstance(info.value, ValueError)

@@ -30,13 +30,22 @@ from ailab_async import (
     RequestTimeoutError,
     ServerError,
     ValidationError,
-    _download,
 )
 from ailab_async._dispatch import RetryPolicy
-from ailab_async._protocol import Endpoint
+from ailab_async._endpoints import Endpoint
 from ailab_async._ratelimit import AdaptiveRateLimiter
 
-from ._hostile import Servers, WebHandler, gzip_bomb, raw_reply, servers, stall, stream_body
+from ._hostile import (
+    Servers,
+    WebHandler,
+    gzip_bomb,
+    hang_after_upload,
+    raw_reply,
+    redirect_to,
+    servers,
+    stall,
+    stream_body,
+)
 from .conftest import TEST_KEY, FakeTime, error_envelope, png_bytes, skin_ok
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -258,10 +267,7 @@ async def test_download_redirect_lands_elsewhere_without_the_key() -> None:
 
         cdn_url = await running.web("cdn", cdn)
 
-        async def results(request: web.Request) -> web.Response:
-            raise web.HTTPFound(cdn_url + "/final.png")
-
-        results_url = await running.web("results", results)
+        results_url = await running.web("results", redirect_to(cdn_url + "/final.png"))
 
         async def api(request: web.Request) -> web.Response:
             await request.read()
@@ -445,15 +451,8 @@ async def test_huge_retry_after_is_capped(deadline: float, outcome: str) -> None
 
 async def test_aclose_while_a_billed_call_is_in_flight_says_it_may_be_billed() -> None:
     arrived = asyncio.Event()
-
-    async def api(request: web.Request) -> web.Response:
-        await request.read()
-        arrived.set()
-        await asyncio.sleep(30)
-        return web.json_response(skin_ok())
-
     async with servers() as running:
-        url = await running.web("api", api)
+        url = await running.web("api", hang_after_upload(arrived))
         client = _client(url, timeout=20.0, deadline=25.0)
         call = asyncio.ensure_future(client.smart_skin(png_bytes(300, 300)))
         await asyncio.wait_for(arrived.wait(), 10)
@@ -520,7 +519,7 @@ async def test_disk_full_is_a_final_download_error_and_leaves_no_part_file(
             self._inner.close()
             super().close()
 
-    monkeypatch.setattr(_download.os, "fdopen", lambda fd, *a, **k: FullDisk(fd))
+    monkeypatch.setattr("ailab_async._download.os.fdopen", lambda fd, *a, **k: FullDisk(fd))
     async with servers() as running:
         image_url = await _serve_image(running)
         async with _client("http://127.0.0.1:9", max_retries=3) as client:

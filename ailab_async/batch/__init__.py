@@ -1,6 +1,12 @@
 """The batch engine: photos in, processed photos out, every paid step journaled.
 
-- :func:`run_batch` and the :class:`BatchRunner` it drives (``_runner``);
+- :func:`run_batch`, the :class:`BatchRunner` it drives and :func:`planned_actions` (what a
+  run would do, for a pre-flight) in ``_runner``: the doing;
+- what a batch is and what became of each item (:class:`BatchSpec`, :class:`ItemOutcome`,
+  :class:`How`, :class:`BatchReport`) in ``_model``: pure values and decisions;
+- input discovery and output names (:func:`discover_inputs`, :func:`safe_output_path`,
+  :func:`output_family`) in ``_paths``;
+- the manifest, one typed line (:class:`ManifestLine`) for every runner, in ``_manifest``;
 - :mod:`ailab_async.batch.journal`, the durable SQLite record that makes a rerun resume
   without paying twice.
 
@@ -10,24 +16,10 @@ The command line (:mod:`ailab_async.cli`) and the Dask recipe
 
 from __future__ import annotations
 
-from ._runner import (
-    IMAGE_EXTENSIONS,
-    BatchItem,
-    BatchReport,
-    BatchRunner,
-    BatchSpec,
-    ItemOutcome,
-    Operation,
-    discover_inputs,
-    error_line,
-    manifest_line,
-    normalized_params,
-    outcome_line,
-    output_family,
-    run_batch,
-    safe_output_path,
-    write_manifest,
-)
+from ._manifest import ManifestLine, error_line, manifest_line, outcome_line, write_manifest
+from ._model import BatchReport, BatchSpec, How, ItemOutcome, Operation, normalized_params
+from ._paths import IMAGE_EXTENSIONS, BatchItem, discover_inputs, output_family, safe_output_path
+from ._runner import BatchRunner, planned_actions, run_batch
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -35,7 +27,9 @@ __all__ = [
     "BatchReport",
     "BatchRunner",
     "BatchSpec",
+    "How",
     "ItemOutcome",
+    "ManifestLine",
     "Operation",
     "discover_inputs",
     "error_line",
@@ -43,6 +37,7 @@ __all__ = [
     "normalized_params",
     "outcome_line",
     "output_family",
+    "planned_actions",
     "run_batch",
     "safe_output_path",
     "write_manifest",

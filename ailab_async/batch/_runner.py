@@ -16,292 +16,55 @@ lives). Both count as not done in the report and the manifest, with their error 
 caller knows to run again. Only a result known to be gone (the task failed, the URL answered
 404/410 or expired) is run, and paid for, again.
 
-Outputs: every item gets its own output path, reserved in the journal before the file is
-moved into place (:meth:`~ailab_async.batch.journal.Journal.reserve_output`): ``a.png`` and
-``a_png.jpg`` both want ``a_png.jpg`` when the API serves JPEG, and the second one gets
-``a_png~2.jpg``. The reservation is kept, so reruns write to the same place.
+Outputs: every item gets its own output path (named by :mod:`._paths`), reserved in the
+journal before the file is moved into place
+(:meth:`~ailab_async.batch.journal.Journal.reserve_output`): ``a.png`` and ``a_png.jpg`` both
+want ``a_png.jpg`` when the API serves JPEG, and the second one gets ``a_png~2.jpg``. The
+reservation is kept, so reruns write to the same place.
+
+This module is the doing: the decisions it acts on are the journal's
+(:meth:`~ailab_async.batch.journal.JournalEntry.resume_action`), the spec's (:mod:`._model`)
+and the output names' (:mod:`._paths`); :func:`planned_actions` asks the same questions
+without acting, for a pre-flight.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import enum
-import hashlib
-import json
+import functools
 import os
-import re
 import secrets
-import unicodedata
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from pathlib import Path, PurePosixPath
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
-import anyio.to_thread
 import attrs
 
 from .._download import EXTENSIONS
+from .._threads import to_thread
 from ..client import AILabClient
-from ..errors import AILabError, APIError, DownloadError, TaskFailedError, ValidationError
 from ..models import ImageResult
+from ._failures import failure_fields, record_failure
+from ._manifest import write_manifest
+from ._model import (
+    BatchReport,
+    BatchSpec,
+    How,
+    ItemOutcome,
+    Operation,
+    normalized_params,
+)
+from ._paths import BatchItem, safe_output_path
 from .journal import ItemIdentity, ItemState, Journal, JournalAccount, JournalEntry, ResumeAction
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "BatchItem",
-    "BatchReport",
-    "BatchRunner",
-    "BatchSpec",
-    "ItemOutcome",
-    "Operation",
-    "discover_inputs",
-    "error_line",
-    "manifest_line",
-    "normalized_params",
-    "outcome_line",
-    "output_family",
-    "run_batch",
-    "safe_output_path",
-]
-
-#: Files picked up from input directories.
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
+__all__ = ["BatchRunner", "planned_actions", "run_batch"]
 
 
-class Operation(enum.Enum):
-    """What a batch does to each photo."""
-
-    SKIN = "smart-skin"
-    BEAUTY = "smart-beauty"
-
-
-@attrs.frozen
-class BatchItem:
-    """One input photo: where it is, and its path relative to the input it came from."""
-
-    path: Path
-    relative: str
-
-
-@attrs.frozen
-class BatchSpec:
-    """A batch: the operation, its parameters, and where outputs and the journal go."""
-
-    operation: Operation
-    params: Mapping[str, Any]
-    out_dir: Path
-    journal_path: Path | None = None
-    retry_failed: bool = False
-    #: Items in progress at once (default: the client's ``map`` default, x4 for beauty).
-    concurrency: int | None = None
-    #: Whose journal it is (``JournalAccount.for_key(base_url, api_key)``): recorded on
-    #: first use, and a journal of another account or base URL is then refused with
-    #: ``JournalAccountError`` rather than trusting its task ids. ``None``: not checked.
-    account: JournalAccount | None = None
-    #: With no ``account`` given, check (or record) the client's own: its base URL and key
-    #: fingerprint. Off only for journals that belong to no account (a throw-away simulator).
-    check_account: bool = True
-
-    @property
-    def journal_file(self) -> Path:
-        return self.journal_path or self.out_dir / ".ailab-journal.sqlite3"
-
-
-@attrs.frozen
-class ItemOutcome:
-    """What became of one item in this run."""
-
-    item: BatchItem
-    state: ItemState
-    #: ``ran``, ``resumed`` (tracked or downloaded from an earlier run), ``skipped``.
-    how: str
-    output_path: Path | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    retryable: bool | None = None
-    #: This run sent the item's billed request again although the one before was still in
-    #: flight when its process died: that one may have been billed too.
-    ambiguous_resend: bool = False
-    #: The item's journal row after this run (``None`` if the input could not be claimed).
-    entry: JournalEntry | None = attrs.field(default=None, repr=False, eq=False)
-
-
-@attrs.define
-class BatchReport:
-    """Counts by outcome and error code, filled in as items finish.
-
-    ``failed`` counts every item not done, including the ``resumable`` ones: items whose
-    paid result still lives (a task still running, a download that failed on a transient
-    error or a full disk), which the next run finishes without paying again.
-    ``ambiguous_resends`` counts billed requests sent again because the previous one was in
-    flight when its process died: each may have been billed twice.
-    """
-
-    total: int = 0
-    downloaded: int = 0
-    skipped: int = 0
-    resumed: int = 0
-    failed: int = 0
-    resumable: int = 0
-    ambiguous_resends: int = 0
-    errors_by_code: dict[str, int] = attrs.field(factory=dict)
-    manifest_path: Path | None = None
-
-    @property
-    def succeeded(self) -> int:
-        return self.downloaded + self.skipped
-
-    def add(self, outcome: ItemOutcome) -> None:
-        self.total += 1
-        if outcome.how == "resumed":
-            self.resumed += 1
-        if outcome.ambiguous_resend:
-            self.ambiguous_resends += 1
-        if outcome.state is ItemState.DOWNLOADED:
-            if outcome.how == "skipped":
-                self.skipped += 1
-            else:
-                self.downloaded += 1
-        else:
-            self.failed += 1
-            if outcome.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED):
-                self.resumable += 1
-            code = outcome.error_code or "UNKNOWN"
-            self.errors_by_code[code] = self.errors_by_code.get(code, 0) + 1
-
-
-# --- inputs and output names --------------------------------------------------------------
-
-
-def discover_inputs(inputs: Iterable[str | os.PathLike[str]]) -> Iterator[BatchItem]:
-    """Files as given, and image files found recursively under directories, lazily.
-
-    A file's relative path is its name; a directory's files keep their path below it,
-    prefixed with the directory's own name (so two input folders cannot collide).
-    """
-    for raw in inputs:
-        root = Path(raw)
-        if root.is_dir():
-            base = root.resolve().name or "input"
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames.sort()
-                for name in sorted(filenames):
-                    path = Path(dirpath) / name
-                    if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-                        relative = PurePosixPath(base, *path.relative_to(root).parts)
-                        yield BatchItem(path, str(relative))
-        else:
-            yield BatchItem(root, root.name)
-
-
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f<>:\"|?*\\/]")
-
-
-_MAX_NAME_BYTES = 180  # leaves room for the download's temporary prefix and suffix
-
-
-def _safe_component(part: str) -> str:
-    return _fit(_clean_component(part))
-
-
-def _clean_component(part: str) -> str:
-    part = unicodedata.normalize("NFC", part)
-    part = _UNSAFE.sub("_", part).strip().rstrip(".")
-    if not part or set(part) <= {"."}:
-        return "_"
-    if part.startswith("."):
-        part = "_" + part[1:]
-    return part
-
-
-def _fit(name: str) -> str:
-    """``name`` within the file-name byte limit: a prefix, a digest of the whole so two long
-    names sharing a prefix stay apart, and the extension."""
-    raw = name.encode("utf-8", "surrogateescape")
-    if len(raw) <= _MAX_NAME_BYTES:
-        return name
-    stem, dot, ext = name.rpartition(".")
-    if not dot or not stem or len(ext) > 8:
-        stem, dot, ext = name, "", ""
-    tail = f"~{hashlib.sha256(raw).hexdigest()[:8]}{dot}{ext}"
-    budget = _MAX_NAME_BYTES - len(tail.encode("utf-8"))
-    return stem.encode("utf-8", "surrogateescape")[:budget].decode("utf-8", "ignore") + tail
-
-
-def safe_output_path(out_dir: Path, relative: str, suffix: str) -> Path:
-    """Where the result of the input at ``relative`` goes: always inside ``out_dir``.
-
-    Every component is sanitised (no ``..``, no absolute paths, no control or reserved
-    characters, no hidden files); the input's extension becomes part of the stem when the
-    output's differs (``a.jpg`` → ``a_jpg.png``) so ``a.jpg`` and ``a.png`` cannot collide.
-
-    >>> safe_output_path(Path("/out"), "../../etc/passwd", ".png")
-    PosixPath('/out/_/_/etc/passwd.png')
-    """
-    parts = [p for p in re.split(r"[\\/]+", relative) if p not in ("",)]
-    clean = [_safe_component(p) for p in parts] or ["item"]
-    name = clean[-1]
-    stem, dot, ext = name.rpartition(".")
-    if dot and stem:
-        name = stem if f".{ext.lower()}" == suffix else f"{stem}_{ext}"
-    clean[-1] = _fit(name + suffix)
-    target = out_dir.joinpath(*clean)
-    root = out_dir.resolve()
-    resolved = target.resolve()
-    if root != resolved and root not in resolved.parents:
-        raise ValidationError(
-            f"output for {relative!r} would escape the output directory",
-            input=relative,
-            rule="output_path",
-        )
-    return target
-
-
-_FAMILY_BREAK = re.compile(r"[._~]")
-
-
-def output_family(relative: str) -> str:
-    """A key shared by every input whose output could collide with this one's.
-
-    Outputs are the sanitised path with the name's stem, perhaps ``_`` and the input's
-    extension, perhaps ``~N``, then the served extension. Two inputs can only want one
-    output when their sanitised directories match and one sanitised name starts with the
-    other's stem; both then share the part of the name before its first ``.``, ``_`` or
-    ``~``. Compared without case, as case-insensitive file systems do. Journals sharded by
-    this key (the Dask recipe) keep every possible collision inside one journal, where
-    :meth:`~ailab_async.batch.journal.Journal.reserve_output` resolves it.
-
-    >>> output_family("Holiday/a.png") == output_family("holiday/A_png.jpg")
-    True
-    """
-    # Before shortening (``_fit``): a shortened name keeps a digest of the whole, so two
-    # shortened names can only collide when the whole names do.
-    parts = [_clean_component(p) for p in re.split(r"[\\/]+", relative) if p] or ["item"]
-    head = _FAMILY_BREAK.split(parts[-1], maxsplit=1)[0]
-    return "/".join([*parts[:-1], head[:64]]).casefold()
-
-
-# --- running ------------------------------------------------------------------------------
-
-
-def normalized_params(spec: BatchSpec) -> dict[str, Any]:
-    """The spec's parameters with canonical values (1 and 1.0 name the same operation)."""
-    return {
-        key: float(value) if isinstance(value, int) and not isinstance(value, bool) else value
-        for key, value in sorted(spec.params.items())
-    }
-
-
-def _failure(error: BaseException) -> tuple[str, str, bool]:
-    if isinstance(error, APIError):
-        return error.code or type(error).__name__, error.message, error.retryable
-    if isinstance(error, ValidationError):
-        return f"VALIDATION_{error.rule.upper()}", str(error), False
-    if isinstance(error, AILabError):
-        # A named cause beats the class name: DISK_FULL says what to fix.
-        code = getattr(error, "code", "") or type(error).__name__
-        return code, str(error), error.retryable
-    return type(error).__name__, str(error), False
+def _identify(item: BatchItem) -> ItemIdentity:
+    """The journal identity of an input: the one rule the runner claims by and a pre-flight
+    looks up by. Blocking file-system I/O (one ``stat``)."""
+    return ItemIdentity.for_path(item.path)
 
 
 class BatchRunner:
@@ -325,7 +88,7 @@ class BatchRunner:
         """Do what is left for ``item``; its outcome, failures included (never raises for
         one item's problem)."""
         try:
-            identity = await anyio.to_thread.run_sync(ItemIdentity.for_path, item.path)
+            identity = await to_thread(_identify, item)
             entry = await self.journal.claim(
                 identity,
                 self.spec.operation.value,
@@ -334,22 +97,22 @@ class BatchRunner:
                 relative=item.relative,
             )
         except (OSError, ValueError) as exc:  # vanished, unreadable, unencodable name
-            code, message, retryable = _failure(exc)
+            code, message, retryable = failure_fields(exc)
             return ItemOutcome(
                 item=item,
                 state=ItemState.FAILED,
-                how="ran",
+                how=How.RAN,
                 error_code=code,
                 error_message=message,
                 retryable=retryable,
             )
         action = entry.resume_action(retry_failed=self.spec.retry_failed)
         if action is ResumeAction.SKIP:
-            return self._outcome(item, entry, "skipped")
+            return self._outcome(item, entry, How.SKIPPED)
         if action is ResumeAction.KEEP_FAILED:
-            return self._outcome(item, entry, "skipped")
+            return self._outcome(item, entry, How.SKIPPED)
         self.on_event("started", None)
-        how = "ran" if action is ResumeAction.RUN else "resumed"
+        how = How.RAN if action is ResumeAction.RUN else How.RESUMED
         progress = _Progress(entry.state)
         try:
             if action is ResumeAction.RUN:
@@ -377,38 +140,21 @@ class BatchRunner:
     async def _settle_failure(
         self, entry: JournalEntry, progress: _Progress, error: Exception
     ) -> None:
-        """Journal a failure without throwing paid work away.
-
-        Before the paid step: ``FAILED``. After it, while the task or URL may still serve:
-        the item keeps its state (``SUBMITTED``/``SUCCEEDED``) with the error noted, so the
-        next run tracks or downloads it instead of paying. A result known to be gone:
-        ``FAILED`` with the result forgotten, so a retry runs it again.
-        """
-        code, message, retryable = _failure(error)
-        ids = {
-            "request_id": getattr(error, "request_id", None),
-            "log_id": getattr(error, "log_id", None),
-        }
-        gone = _result_gone(error, progress)
-        if gone:
-            # Running again is the only way to a result; a dead URL is worth that.
-            retryable = retryable or not isinstance(error, TaskFailedError)
-        if progress.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED) and not gone:
-            await self.journal.note_error(
-                entry.item_id, code=code, message=message, retryable=retryable, **ids
-            )
-            return
-        if progress.state is ItemState.FAILED and not gone:
-            # An older journal's failed item whose task or URL still lives: trying again
-            # costs nothing, so it stays worth retrying.
-            retryable = True
-        await self.journal.mark_failed(
+        """Journal a failure as :func:`~._failures.record_failure` decides: never throwing
+        paid work away."""
+        record = record_failure(error, state=progress.state, result=progress.result)
+        write: Callable[..., Awaitable[None]] = (
+            self.journal.note_error
+            if record.keep_state
+            else functools.partial(self.journal.mark_failed, result_gone=record.result_gone)
+        )
+        await write(
             entry.item_id,
-            code=code,
-            message=message,
-            retryable=retryable,
-            result_gone=gone,
-            **ids,
+            code=record.code,
+            message=record.message,
+            retryable=record.retryable,
+            request_id=record.request_id,
+            log_id=record.log_id,
         )
 
     async def _run(self, item: BatchItem, entry: JournalEntry, progress: _Progress) -> ImageResult:
@@ -472,16 +218,16 @@ class BatchRunner:
             staging = await self.client.download_to_dir(result, destination)
             wanted = safe_output_path(self.spec.out_dir, item.relative, served[-1])
             chosen = await self.journal.reserve_output(entry.item_id, str(wanted))
-            await anyio.to_thread.run_sync(os.replace, staging, chosen)
+            await to_thread(os.replace, staging, chosen)
             staging = None
             await self.journal.mark_downloaded(entry.item_id, output_path=chosen)
         finally:
             if staging is not None:
                 with contextlib.suppress(OSError):
-                    await anyio.to_thread.run_sync(staging.unlink)
+                    await to_thread(staging.unlink)
 
     def _outcome(
-        self, item: BatchItem, entry: JournalEntry, how: str, *, resent: bool = False
+        self, item: BatchItem, entry: JournalEntry, how: How, *, resent: bool = False
     ) -> ItemOutcome:
         return ItemOutcome(
             item=item,
@@ -507,44 +253,39 @@ class _Progress:
     resent: bool = False
 
 
-def _result_gone(error: Exception, progress: _Progress) -> bool:
-    """Whether the paid result can no longer be had: only running again can help."""
-    if progress.state is ItemState.SUBMITTED or (
-        progress.state is ItemState.FAILED and progress.result is None
-    ):
-        # Waiting for the task: it failed, or the API refused to tell (unknown task).
-        return isinstance(error, TaskFailedError) or (
-            isinstance(error, APIError) and not error.retryable
-        )
-    if progress.result is not None:  # downloading
-        expired = progress.result.expired()
-        dead = isinstance(error, DownloadError) and error.status in (403, 404, 410)
-        return expired or dead
-    return False
-
-
 async def run_batch(
     client: AILabClient,
     items: Iterable[BatchItem],
     spec: BatchSpec,
     *,
     on_event: Callable[[str, ItemOutcome | None], None] | None = None,
+    journal: Journal | None = None,
 ) -> BatchReport:
     """Process ``items`` per ``spec``; return the report once ``manifest.jsonl`` is written.
 
     ``on_event(kind, outcome)`` is called with ``("started", None)`` when an item starts
     remote work and ``("finished", outcome)`` when any item is settled (for progress).
+
+    ``journal``: an already open journal to use instead of opening ``spec.journal_file``. It
+    is left open (its opener closes it) and its account is not checked again (check it when
+    opening). Holding it open from a pre-flight through the run keeps any other run from
+    taking its lock in between::
+
+        async with await Journal.open(spec.journal_file, account=account) as journal:
+            actions = await planned_actions(journal, items, spec)
+            report = await run_batch(client, items, spec, journal=journal)
     """
     report = BatchReport()
-    await anyio.to_thread.run_sync(lambda: spec.out_dir.mkdir(parents=True, exist_ok=True))
-    account = spec.account
-    if account is None and spec.check_account:
-        account = JournalAccount.for_client(client)
-    async with await Journal.open(spec.journal_file, account=account) as journal:
+    await to_thread(lambda: spec.out_dir.mkdir(parents=True, exist_ok=True))
+    async with contextlib.AsyncExitStack() as stack:
+        if journal is None:
+            account = spec.account
+            if account is None and spec.check_account:
+                account = JournalAccount.for_client(client)
+            journal = await Journal.open(spec.journal_file, account=account)
+            stack.push_async_callback(journal.aclose)
         runner = BatchRunner(client, journal, spec, on_event)
-        concurrency = spec.concurrency
-        if concurrency is None and spec.operation is Operation.BEAUTY:
-            concurrency = 8 * client.max_concurrency  # items mostly wait on remote tasks
+        concurrency = spec.item_concurrency(client.max_concurrency)
         outcomes: AsyncIterator[Any] = client.map(runner.process, items, concurrency=concurrency)
         async for outcome in outcomes:
             if outcome.error is not None:  # pragma: no cover - process() catches item errors
@@ -556,94 +297,35 @@ async def run_batch(
     return report
 
 
-async def write_manifest(journal: Journal, spec: BatchSpec) -> Path:
-    """``manifest.jsonl`` in the output directory: one line per journaled item, atomically."""
-    target = spec.out_dir / "manifest.jsonl"
-    temporary = target.with_name(".manifest.jsonl.part")
-    lines = []
-    async for entry in journal.iter_entries():
-        lines.append(json.dumps(manifest_line(entry, spec), sort_keys=True))
+async def planned_actions(
+    journal: Journal, items: Sequence[BatchItem], spec: BatchSpec
+) -> list[ResumeAction | None]:
+    """What :func:`run_batch` would do with each item, in order, without doing it or claiming
+    anything: ``RUN`` sends a billed request, ``TRACK``/``DOWNLOAD`` finish paid work for free,
+    ``SKIP``/``KEEP_FAILED`` do nothing; ``None`` for an input that cannot be identified (it
+    will fail without a request). Uses the runner's own identity and resume rules.
 
-    def write() -> None:
-        temporary.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
-        os.replace(temporary, target)
-
-    await anyio.to_thread.run_sync(write)
-    return target
-
-
-def manifest_line(entry: JournalEntry, spec: BatchSpec) -> dict[str, Any]:
-    """One ``manifest.jsonl`` line for a journaled item (result URLs are left out: they
-    grant access to the image for 24 hours).
-
-    The one definition of a manifest line: the Dask recipe writes the same lines. An item
-    is done when ``state`` is ``downloaded``; ``submitted`` or ``succeeded`` with an
-    ``error_code`` means the last run could not finish it, and the next run will without
-    paying again. ``interrupted_sends`` counts ambiguous resends (see
-    :attr:`~ailab_async.batch.journal.JournalEntry.interrupted_sends`).
+    >>> actions = await planned_actions(journal, items, spec)  # doctest: +SKIP
+    >>> billed = sum(action is ResumeAction.RUN for action in actions)  # doctest: +SKIP
     """
-    output = entry.output_path if entry.state is ItemState.DOWNLOADED else None
-    if output:
-        with contextlib.suppress(ValueError):
-            output = str(Path(output).relative_to(spec.out_dir))
-    return {
-        "input": entry.source,
-        "relative": entry.relative,
-        "operation": entry.operation,
-        "params": json.loads(entry.params),
-        "state": entry.state.value,
-        "output": output,
-        "task_id": entry.task_id,
-        "request_id": entry.request_id,
-        "log_id": entry.log_id,
-        "error_code": entry.error_code,
-        "error_message": entry.error_message,
-        "retryable": entry.retryable,
-        "attempts": entry.attempts,
-        "interrupted_sends": entry.interrupted_sends,
-        "updated_at": entry.updated_at.isoformat() if entry.updated_at else None,
-    }
 
+    def identities() -> list[ItemIdentity | None]:
+        found: list[ItemIdentity | None] = []
+        for item in items:
+            try:
+                found.append(_identify(item))
+            except (OSError, ValueError):  # as process() fails such an item
+                found.append(None)
+        return found
 
-def error_line(item: BatchItem, spec: BatchSpec, error: BaseException) -> dict[str, Any]:
-    """A manifest line for an item that has no journal row: its input could not be read,
-    or (in the Dask recipe) its whole partition failed. Error codes as for journaled items."""
-    code, message, retryable = _failure(error)
-    return _unjournaled_line(item, spec, code, message, retryable)
-
-
-def outcome_line(outcome: ItemOutcome, spec: BatchSpec) -> dict[str, Any]:
-    """The manifest line for an item processed by :class:`BatchRunner`, plus its ``how``."""
-    if outcome.entry is not None:
-        line = manifest_line(outcome.entry, spec)
-    else:
-        line = _unjournaled_line(
-            outcome.item,
-            spec,
-            outcome.error_code or "UNKNOWN",
-            outcome.error_message or "",
-            bool(outcome.retryable),
-        )
-    return {**line, "how": outcome.how}
-
-
-def _unjournaled_line(
-    item: BatchItem, spec: BatchSpec, code: str, message: str, retryable: bool
-) -> dict[str, Any]:
-    return {
-        "input": str(item.path),
-        "relative": item.relative,
-        "operation": spec.operation.value,
-        "params": normalized_params(spec),
-        "state": ItemState.FAILED.value,
-        "output": None,
-        "task_id": None,
-        "request_id": None,
-        "log_id": None,
-        "error_code": code,
-        "error_message": message,
-        "retryable": retryable,
-        "attempts": 0,
-        "interrupted_sends": 0,
-        "updated_at": None,
-    }
+    keys = await to_thread(identities)
+    known = await journal.lookup_many(keys, spec.operation.value, normalized_params(spec))
+    actions: list[ResumeAction | None] = []
+    for key, entry in zip(keys, known, strict=True):
+        if key is None:
+            actions.append(None)
+        elif entry is None:
+            actions.append(ResumeAction.RUN)
+        else:
+            actions.append(entry.resume_action(retry_failed=spec.retry_failed))
+    return actions

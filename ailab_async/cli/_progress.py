@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, TextIO
 
 import attrs
 
+from ..batch import How
 from ..batch.journal import ItemState
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ class ProgressState:
         if kind != "finished" or outcome is None:
             return
         self.settled += 1
-        if outcome.how == "skipped":
+        if outcome.how == How.SKIPPED:
             self.skipped += 1
         else:
             self.worked += 1
@@ -143,17 +144,17 @@ def describe_outcome(outcome: ItemOutcome) -> str:
     """One item's fate as a line: what it was, what became of it (never a URL)."""
     name = display_text(outcome.item.relative)
     if outcome.state is ItemState.DOWNLOADED:
-        if outcome.how == "skipped":
+        if outcome.how == How.SKIPPED:
             return f"done      {name} (already done)"
         target = display_text(str(outcome.output_path)) if outcome.output_path else "?"
-        word = "resumed " if outcome.how == "resumed" else "ok      "
+        word = "resumed " if outcome.how == How.RESUMED else "ok      "
         return f"{word}  {name} -> {target}"
     code = display_text(outcome.error_code or "UNKNOWN")  # from the server, like the message
     message = display_text(outcome.error_message or "")
     if outcome.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED):
         # Paid for, and the task or result still lives: the next run finishes it for free.
         return f"NOT DONE  {name}: {code} (paid; the next run finishes it): {message}"
-    earlier = " (failed in an earlier run)" if outcome.how == "skipped" else ""
+    earlier = " (failed in an earlier run)" if outcome.how == How.SKIPPED else ""
     return f"FAILED    {name}: {code}{earlier}: {message}"
 
 
@@ -203,7 +204,7 @@ class PlainProgress:
         if (
             kind == "finished"
             and outcome is not None
-            and not (outcome.how == "skipped" and outcome.state is ItemState.DOWNLOADED)
+            and not (outcome.how == How.SKIPPED and outcome.state is ItemState.DOWNLOADED)
         ):
             count = f"[{self.state.settled:>{self._width}}/{self.state.total}]"
             self._print(f"{count} {describe_outcome(outcome)}")

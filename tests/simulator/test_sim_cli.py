@@ -12,12 +12,12 @@ import urllib.request
 import pytest
 
 from ailab_async.cli import build_parser, main
-from ailab_async.cli._commands import _simulator_config
+from ailab_async.cli._commands import simulator_config
 from ailab_async.testing.simulator import Credits, Fixed, RateLimit, SimulatorConfig, Uniform
 
 
 def parse(*argv: str) -> SimulatorConfig:
-    return _simulator_config(build_parser().parse_args(["simulate", *argv]))
+    return simulator_config(build_parser().parse_args(["simulate", *argv]))
 
 
 def test_defaults_are_a_healthy_api_on_loopback() -> None:

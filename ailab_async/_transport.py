@@ -1,0 +1,351 @@
+"""The only module where the SDK's HTTP traffic touches aiohttp: bytes in, bytes out.
+
+:meth:`Transport.send` takes one attempt of an API call (:class:`Request`: method, URL,
+query or form fields, the image, the per-attempt timeout, the body cap) and gives back
+:class:`Response` (status, headers, body) or raises a typed
+:class:`~ailab_async.errors.AILabError`. :meth:`Transport.fetch` does the same for a
+result download, handing the streamed answer (:class:`StreamedResponse`) to the caller.
+Nothing here decides what an answer means, whether to retry, or how long a whole call may
+take: :mod:`._protocol` classifies, :mod:`._dispatch` applies the policy. This module only
+moves bytes, and turns every way moving them can fail into our errors.
+
+The security properties live here, because this is where they could be broken:
+
+* the API key is sent to the API host only: the authenticated headers are built once, in
+  :class:`Transport`, so no request value, and no frame local of ours, holds the key;
+  downloads never carry it (result hosts are not ours);
+* redirects of API calls are never followed (the key would go with them; the 3xx is
+  classified as an error instead); downloads follow a few (result hosts may send us to a
+  CDN);
+* ``raise_for_status`` is off per request, whatever the session's default (the session
+  may be the user's), so a 422 stays a typed error rather than an aiohttp exception;
+* API answers are read in chunks up to a cap (decompressed), never with an unbounded
+  ``read()``; past the cap the connection is dropped;
+* every failure aiohttp, asyncio or the OS may raise is mapped to our errors in one place
+  (:func:`_wire_error`), and our error is raised *outside* the ``except`` block, so no
+  aiohttp frame (whose locals hold the request headers) is reachable from it through
+  ``__context__``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import TypeVar
+
+import aiohttp
+import attrs
+
+from . import errors
+from ._images import PreparedImage
+from ._protocol import API_KEY_HEADER, MAX_RESPONSE_BYTES, RESPONSE_TOO_LARGE
+from ._session import SessionManager
+
+T = TypeVar("T")
+
+_USER_AGENT = "ailab-async"
+_READ_CHUNK = 64 * 1024
+#: Redirects a result download may follow (result hosts may send us to a CDN; the key is
+#: never on a download, so following is safe).
+_MAX_DOWNLOAD_REDIRECTS = 5
+#: What a download says about itself: never the key.
+_DOWNLOAD_HEADERS = {"User-Agent": _USER_AGENT}
+#: The name downloads go by in messages and logs.
+DOWNLOAD = "download"
+
+#: Everything the request path may raise that is not ours. aiohttp's parser errors
+#: (``LineTooLong``, ``BadStatusLine``, ...) arrive as ``ClientResponseError`` or as
+#: ``HttpProcessingError``; decoding a body may raise ``zlib.error``/``UnicodeError``; a
+#: closed session ``RuntimeError``; a header value ``ValueError``.
+_WIRE_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientError,
+    aiohttp.http_exceptions.HttpProcessingError,
+    asyncio.TimeoutError,
+    OSError,
+    ValueError,
+    RuntimeError,
+    EOFError,
+    zlib.error,
+)
+
+
+class ClosedMidRequestError(errors.ConnectionFailedError, errors.ClientClosedError):
+    """The client (or its session) was closed while this request was in flight.
+
+    ``ambiguous`` says whether a billed request may already have been processed (and
+    billed) by the API. Not retryable: the client is gone.
+    """
+
+    retryable = False
+
+
+@attrs.frozen
+class Upload:
+    """The image of a multipart request, and the form field that carries it."""
+
+    field: str
+    image: PreparedImage
+
+
+@attrs.frozen(kw_only=True)
+class Request:
+    """One attempt of an API call, as the wire sees it. It never holds the key."""
+
+    #: The endpoint's name, for messages.
+    name: str
+    method: str
+    url: str
+    #: Whether the call costs credits: a failure after sending may then have been billed.
+    billed: bool
+    #: Seconds this attempt may take, connecting and reading included.
+    timeout: float
+    #: The query string, or the form fields when there is an upload.
+    fields: Sequence[tuple[str, str]] = ()
+    upload: Upload | None = None
+    #: The most bytes (decompressed) read from the answer.
+    max_body: int = MAX_RESPONSE_BYTES
+
+
+@attrs.frozen
+class Response:
+    """What the server answered to an API call: status, headers, the whole body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class StreamedResponse:
+    """A download's answer while it streams: status and headers, then the body in chunks."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    @property
+    def status(self) -> int:
+        return self._response.status
+
+    @property
+    def content_type(self) -> str:
+        """The media type (``image/png``), without parameters; ``application/octet-stream``
+        when the server named none."""
+        return self._response.content_type
+
+    @property
+    def content_length(self) -> int | None:
+        """The length the server declared, if it did."""
+        return self._response.content_length
+
+    def chunks(self, size: int) -> AsyncIterator[bytes]:
+        """The body, ``size`` bytes at a time (decompressed)."""
+        return self._response.content.iter_chunked(size)
+
+    async def read(self, limit: int) -> bytes | None:
+        """The whole body, or ``None`` once it passes ``limit`` bytes (reading stops there).
+
+        A declared length over the limit is refused unread. Past the limit the connection
+        is dropped, so a gzip bomb or an endless body costs at most the limit (plus
+        aiohttp's bounded read buffer) in memory.
+        """
+        declared = self._response.content_length
+        body = bytearray()
+        if declared is None or declared <= limit:
+            async for chunk in self._response.content.iter_chunked(_READ_CHUNK):
+                body += chunk
+                if len(body) > limit:
+                    break
+            else:
+                return bytes(body)
+        self._response.close()
+        return None
+
+
+class Transport:
+    """Sends requests over one client's aiohttp session; the only holder of the API key."""
+
+    def __init__(self, sessions: SessionManager, *, api_key: str) -> None:
+        if not api_key.isascii() or not api_key.isprintable():
+            # aiohttp would refuse it on every request (or worse, split the header).
+            raise errors.ConfigurationError(
+                "the API key contains characters not allowed in an HTTP header "
+                "(only printable ASCII is)"
+            )
+        self._sessions = sessions
+        # Built once and passed as is: no frame on the request path has the key in a local.
+        self._api_headers: dict[str, str] = {API_KEY_HEADER: api_key, "User-Agent": _USER_AGENT}
+
+    async def send(self, request: Request) -> Response:
+        """One API request: its status, headers and body, or a typed error.
+
+        The answer over ``request.max_body`` bytes is a non-retryable
+        :class:`~ailab_async.errors.MalformedResponseError` (``RESPONSE_TOO_LARGE``): a
+        server that answers this way will do it again.
+        """
+        session = await self._sessions.get()
+        with contextlib.ExitStack() as stack:
+            form = None if request.upload is None else _form(request, request.upload, stack)
+            try:
+                async with session.request(
+                    request.method,
+                    request.url,
+                    data=form,
+                    params=list(request.fields) if form is None and request.fields else None,
+                    headers=self._api_headers,
+                    timeout=aiohttp.ClientTimeout(total=request.timeout),
+                    # Never follow: the key would be re-sent to wherever Location points
+                    # (another host, or plain http). A 3xx is classified as an error.
+                    allow_redirects=False,
+                    # The session may be the user's, created with raise_for_status=True.
+                    raise_for_status=False,
+                ) as response:
+                    body = await StreamedResponse(response).read(request.max_body)
+                    status, headers = response.status, response.headers
+            except errors.AILabError:
+                raise
+            except _WIRE_ERRORS as exc:
+                error = self._wire_error(exc, request.name, session, billed=request.billed)
+            else:
+                if body is not None:
+                    return Response(status, headers, body)
+                error = _too_large(request, status)
+        raise error  # outside the except block: no aiohttp frame in __context__
+
+    async def fetch(
+        self,
+        url: str,
+        consume: Callable[[StreamedResponse], Awaitable[T]],
+        *,
+        timeout: float,
+    ) -> T:
+        """GET a result URL (never with the key) and hand the streamed answer to ``consume``.
+
+        ``consume`` runs while the connection is open; what it raises of ours passes
+        through, and a failure of the wire while it reads becomes ours like any other.
+        """
+        session = await self._sessions.get()
+        try:
+            async with session.get(
+                url,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                headers=_DOWNLOAD_HEADERS,
+                raise_for_status=False,
+                max_redirects=_MAX_DOWNLOAD_REDIRECTS,
+            ) as response:
+                return await consume(StreamedResponse(response))
+        except errors.AILabError:
+            raise
+        except _WIRE_ERRORS as exc:
+            error = self._wire_error(exc, DOWNLOAD, session, billed=False, download=True)
+        raise error  # outside the except block: no aiohttp frame in __context__
+
+    def _wire_error(
+        self,
+        exc: BaseException,
+        name: str,
+        session: aiohttp.ClientSession,
+        *,
+        billed: bool,
+        download: bool = False,
+    ) -> errors.AILabError:
+        """The one place a non-SDK exception of the request path becomes ours."""
+        if self._sessions.closed or session.closed:
+            # Closed under our feet (aclose() while this call was in flight), or an
+            # injected session closed by its owner. aiohttp says "Session is closed"
+            # (RuntimeError) when the request never started.
+            started = not (isinstance(exc, RuntimeError) and "closed" in str(exc))
+            ambiguous = billed and started
+            return ClosedMidRequestError(
+                f"{name}: the client was closed while the request was in flight"
+                + ("; it may have been processed and billed" if ambiguous else ""),
+                endpoint=name,
+                ambiguous=ambiguous,
+            )
+        if isinstance(exc, aiohttp.InvalidURL):
+            if download:
+                return errors.DownloadError(f"{name}: the URL is not valid", retryable=False)
+            return errors.ConfigurationError(f"{name}: the request URL is not valid")
+        return _transport_error(exc, name, billed=billed)
+
+
+def _form(request: Request, upload: Upload, stack: contextlib.ExitStack) -> aiohttp.FormData:
+    """The multipart body of one attempt, its image opened afresh (closed by ``stack``)."""
+    image = upload.image
+    try:
+        body = stack.enter_context(image.open())
+    except errors.ValidationError:
+        raise  # the image's own check (replaced by a FIFO, changed size): keep its rule
+    except (OSError, ValueError) as exc:
+        # Deleted, moved or closed since it was checked: nothing was sent.
+        raise errors.ValidationError(
+            f"{request.name}: the image {image.label} can no longer be read ({type(exc).__name__})",
+            input=image.label,
+            rule="readable",
+        ) from None
+    form = aiohttp.FormData(list(request.fields))
+    form.add_field(upload.field, body, filename=image.filename, content_type=image.content_type)
+    return form
+
+
+def _too_large(request: Request, status: int) -> errors.MalformedResponseError:
+    """The answer passed the cap. On a billed endpoint the request may have been processed
+    (and billed): the answer could not be read."""
+    return errors.MalformedResponseError(
+        f"{request.name}: the answer is larger than {request.max_body} bytes; reading stopped"
+        + (" (the request may have been processed and billed)" if request.billed else ""),
+        status=status,
+        code=RESPONSE_TOO_LARGE,
+        retryable=False,
+    )
+
+
+def _transport_error(exc: BaseException, name: str, *, billed: bool) -> errors.TransportError:
+    """Map aiohttp/asyncio failures to our transport errors (and decide ambiguity).
+
+    Messages name the failure's type only: aiohttp's own texts may quote URLs or headers.
+    """
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return errors.RequestTimeoutError(
+            f"{name}: could not connect within the per-attempt timeout",
+            endpoint=name,
+            ambiguous=False,
+        )
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return errors.RequestTimeoutError(
+            f"{name}: no response within the per-attempt timeout", endpoint=name, ambiguous=billed
+        )
+    if isinstance(exc, (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError)):
+        error = errors.ConnectionFailedError(
+            f"{name}: TLS verification failed ({type(exc).__name__})",
+            endpoint=name,
+            ambiguous=False,
+        )
+        error.retryable = False
+        return error
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        # Never connected: the request cannot have been processed.
+        reason = exc.os_error.strerror or type(exc.os_error).__name__
+        return errors.ConnectionFailedError(
+            f"{name}: cannot connect ({reason})", endpoint=name, ambiguous=False
+        )
+    if isinstance(
+        exc,
+        (
+            aiohttp.ClientPayloadError,
+            aiohttp.ClientResponseError,
+            aiohttp.http_exceptions.HttpProcessingError,
+            zlib.error,
+            UnicodeError,
+        ),
+    ):
+        return errors.ConnectionFailedError(
+            f"{name}: the server's answer could not be read ({type(exc).__name__})",
+            endpoint=name,
+            ambiguous=billed,
+        )
+    return errors.ConnectionFailedError(
+        f"{name}: connection failed mid-request ({type(exc).__name__})",
+        endpoint=name,
+        ambiguous=billed,
+    )

@@ -1,0 +1,381 @@
+"""The Redis-shared rate limiter: the shared budget's store, and this process's fallback.
+
+:class:`RedisRateLimiter` does the moving parts around :class:`~._budget.SharedBudget`
+(whose Lua script applies the policy of :mod:`ailab_async._aimd`): it turns each
+``acquire`` into one reservation and a local sleep, batches success counts into the next
+call, reports 429s in the background, and, while Redis is unreachable, hands the same
+calls to a local :class:`~ailab_async.AdaptiveRateLimiter` at ``fallback_rate``, probing
+Redis in the background until it can switch back. Data flows: dispatcher -> this limiter
+-> one script call (or the fallback) -> a send time back to the dispatcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Coroutine
+from types import TracebackType
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from ..._aimd import DECREASE_FACTOR, MIN_RATE, SHARED_RECOVERY_FRACTION, capped_retry_after
+from ..._ratelimit import AdaptiveRateLimiter, Sleeper
+from ...errors import ClientClosedError, ConfigurationError
+from ...models import Secret
+from ._budget import Decision, SharedBudget
+from ._connection import connect, settings_problem
+
+__all__ = ["RedisRateLimiter"]
+
+logger = logging.getLogger("ailab_async")
+
+T = TypeVar("T")
+
+#: What "Redis is unavailable" looks like: redis-py's errors (connection, timeout, auth,
+#: a script or server error), the OS's, and our own deadline around each call.
+_UNAVAILABLE = (RedisError, OSError, asyncio.TimeoutError)
+
+
+class RedisRateLimiter:
+    """A :class:`~ailab_async.RateLimiter` whose budget every process with ``name`` shares.
+
+    Arguments:
+        redis: A ``redis://`` / ``rediss://`` / ``unix://`` URL (the limiter then owns the
+            connection pool, with ``timeout`` socket timeouts and one immediate retry), or a
+            ``redis.asyncio.Redis`` you own (give it short socket timeouts: a call that
+            takes longer than ``4 * timeout`` counts as Redis being down anyway).
+        name: The budget's name: processes using the same name on the same Redis share one
+            budget. Use one name per API key. The state lives in the key
+            ``{name}:ailab-rate`` (hash-tagged: one cluster slot), expiring after
+            ``state_ttl`` seconds unused.
+        rate: The account's limit in requests per second, shared by all the processes.
+        fallback_rate: This process's own limit while Redis is unreachable. Default
+            ``rate / expected_processes``.
+        expected_processes: How many processes usually share the budget (sizes the default
+            ``fallback_rate``).
+        timeout: Socket timeout for Redis, in seconds, when built from a URL.
+        reconnect_interval: Seconds between attempts to reach Redis again while degraded.
+        state_ttl: Seconds an unused budget survives in Redis.
+        sleep: The sleeper used to wait for send slots (tests inject a fake one).
+        min_rate, backoff_factor, recovery_fraction: The AIMD policy, as in
+            :class:`~ailab_async.AdaptiveRateLimiter`.
+
+    Use it as an async context manager, or call :meth:`aclose`; the client that uses it
+    does not close it (several clients may share one).
+    """
+
+    def __init__(
+        self,
+        redis: str | aioredis.Redis,
+        *,
+        name: str,
+        rate: float,
+        fallback_rate: float | None = None,
+        expected_processes: int = 4,
+        timeout: float = 0.2,
+        reconnect_interval: float = 1.0,
+        state_ttl: float = 300.0,
+        sleep: Sleeper = asyncio.sleep,
+        min_rate: float = MIN_RATE,
+        backoff_factor: float = DECREASE_FACTOR,
+        recovery_fraction: float = SHARED_RECOVERY_FRACTION,
+    ) -> None:
+        # A URL may carry a password: from here on it lives only in a holder whose repr is
+        # '***', so a traceback rendered with frame locals never shows it.
+        target: Secret[object] = Secret(redis)
+        del redis
+        problem = settings_problem(
+            name=name,
+            rate=rate,
+            fallback_rate=fallback_rate,
+            expected_processes=expected_processes,
+            timeout=timeout,
+            reconnect_interval=reconnect_interval,
+            state_ttl=state_ttl,
+            min_rate=min_rate,
+            backoff_factor=backoff_factor,
+            recovery_fraction=recovery_fraction,
+        )
+        if problem is not None:
+            raise ConfigurationError(problem)
+        connection = connect(target, timeout)
+        if isinstance(connection, str):
+            raise ConfigurationError(connection)
+        del target
+
+        self.rate_limited_count = 0
+        self._expected_processes = expected_processes
+        self._name = name
+        self._rate = float(rate)
+        self._fallback_rate = float(
+            rate / expected_processes if fallback_rate is None else fallback_rate
+        )
+        self._reconnect_interval = reconnect_interval
+        self._call_deadline = 4 * timeout
+        self._sleep = sleep
+        self._client = connection.client
+        self._owns_client = connection.owned
+        self._where = connection.where
+        self._secrets = connection.secrets
+        self._budget = SharedBudget(
+            self._client,
+            f"{{{name}}}:ailab-rate",
+            ceiling=self._rate,
+            min_rate=min_rate,
+            backoff_factor=backoff_factor,
+            recovery_fraction=recovery_fraction,
+            ttl=state_ttl,
+        )
+        # Redis time minus local wall time, so that the fallback's clock (and the send times
+        # it hands out) stays on the timeline of Redis's, which on_rate_limited compares.
+        self._clock_offset = 0.0
+        self._fallback = AdaptiveRateLimiter(
+            self._fallback_rate,
+            clock=self._local_clock,
+            sleep=sleep,
+            min_rate=min_rate,
+            backoff_factor=backoff_factor,
+            recovery_fraction=recovery_fraction,
+        )
+        self._using_redis = True
+        self._shared_rate = self._rate
+        self._pending_successes = 0
+        self._flusher: asyncio.Task[None] | None = None
+        self._reconnector: asyncio.Task[None] | None = None
+        self._reports: set[asyncio.Task[None]] = set()
+        self._closed = False
+        #: Times Redis became unreachable / reachable again (for health checks and tests).
+        self.degraded_count = 0
+        self.recovered_count = 0
+
+    # -- the RateLimiter protocol ----------------------------------------------------------
+
+    @property
+    def configured_rate(self) -> float:
+        """The shared ceiling in requests per second."""
+        return self._rate
+
+    @property
+    def fallback_rate(self) -> float:
+        """This process's limit while Redis is unreachable."""
+        return self._fallback_rate
+
+    @property
+    def using_redis(self) -> bool:
+        """``True`` while the shared budget is in use, ``False`` while degraded to local."""
+        return self._using_redis
+
+    @property
+    def key(self) -> str:
+        """The Redis key holding the shared state."""
+        return self._budget.key
+
+    def current_rate(self) -> float:
+        """The rate this process gets now: the shared one as last seen, or the fallback's."""
+        if self._using_redis:
+            return self._shared_rate
+        rate = self._fallback.current_rate()
+        return self._fallback_rate if rate is None else rate
+
+    def local_rate(self) -> float:
+        """The part of the budget this process can count on (the tracker caps its polls to
+        a share of this, not of the whole account's rate)."""
+        if self._using_redis:
+            return self._shared_rate / self._expected_processes
+        return self.current_rate()
+
+    async def acquire(self) -> float:
+        """Wait for the next send slot; return its time on Redis's clock (seconds)."""
+        if self._closed:
+            raise ClientClosedError("the Redis rate limiter is closed")
+        if self._using_redis:
+            successes, self._pending_successes = self._pending_successes, 0
+            try:
+                decision = await self._call(self._budget.reserve(successes=successes))
+            except _UNAVAILABLE as exc:
+                self._degrade(exc)
+            else:
+                self._observe(decision)
+                if decision.wait > 0:
+                    await self._sleep(decision.wait)
+                return decision.send_at
+        return await self._fallback.acquire()
+
+    def on_success(self) -> None:
+        """Count a success; it reaches Redis with the next reservation, or within 0.1 s."""
+        # The fallback keeps its own window warm, so a 429 right after a switch is judged
+        # against what was really succeeding.
+        self._fallback.on_success()
+        if not self._using_redis or self._closed:
+            return
+        self._pending_successes += 1
+        if self._flusher is None:
+            self._flusher = self._spawn(self._flush_soon())
+
+    def on_rate_limited(self, sent_at: float, retry_after: float | None = None) -> None:
+        """Report a ``429`` to every process sharing the budget (in the background).
+
+        A ``Retry-After`` pauses every process, so it is taken capped (at most
+        :data:`~ailab_async._protocol.MAX_RETRY_AFTER` seconds; ignored unless a finite,
+        non-negative number): one broken answer must not stall a deployment for years.
+        """
+        retry_after = capped_retry_after(retry_after)
+        self.rate_limited_count += 1
+        if self._using_redis and not self._closed:
+            successes, self._pending_successes = self._pending_successes, 0
+            task = self._spawn(self._report_rate_limited(sent_at, retry_after, successes))
+            if task is not None:
+                return
+        self._fallback.on_rate_limited(sent_at, retry_after)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Send pending success counts and wait for the 429 reports in flight."""
+        if self._using_redis and self._pending_successes and not self._closed:
+            successes, self._pending_successes = self._pending_successes, 0
+            await self._send_successes(successes)
+        while self._reports:
+            await asyncio.gather(*self._reports, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Finish the reports in flight, stop reconnecting, close the pool if it is ours."""
+        if self._closed:
+            return
+        await self.flush()
+        self._closed = True
+        for task in (self._flusher, self._reconnector):
+            if task is not None:
+                task.cancel()
+        pending = [t for t in (self._flusher, self._reconnector, *self._reports) if t]
+        await asyncio.gather(*pending, return_exceptions=True)
+        if self._owns_client:
+            await self._client.aclose()
+
+    # The async-with protocol over aclose(), the same few lines as every closable class
+    # here (the journal, the client, the simulator): protocol, not repeated knowledge.
+    async def __aenter__(self) -> RedisRateLimiter:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        # Safe on a half-built limiter too: a traceback rendered with frame locals calls it.
+        fields = ("_where", "_name", "_rate", "_fallback_rate", "_using_redis")
+        where, name, rate, fallback, using = (getattr(self, f, "?") for f in fields)
+        return (
+            f"RedisRateLimiter(redis={where!r}, name={name!r}, rate={rate!r}, "
+            f"fallback_rate={fallback!r}, using_redis={using})"
+        )
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _local_clock(self) -> float:
+        return time.time() + self._clock_offset
+
+    async def _call(self, operation: Awaitable[T]) -> T:
+        # redis-py disconnects a connection whose command is cancelled, so this deadline is
+        # safe; with our own pool the socket timeouts fire first.
+        return await asyncio.wait_for(operation, self._call_deadline)
+
+    def _observe(self, decision: Decision) -> None:
+        self._shared_rate = decision.rate
+        self._clock_offset = decision.now - time.time()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside the event loop: nothing to run it on
+            work.close()
+            return None
+        task = loop.create_task(work)
+        self._reports.add(task)
+        task.add_done_callback(self._report_done)
+        return task
+
+    def _report_done(self, task: asyncio.Task[None]) -> None:
+        self._reports.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # Unavailability is handled inside; anything else is a bug worth a traceback.
+            logger.error(
+                "shared rate limit %r: a background report failed", self._name, exc_info=exc
+            )
+
+    async def _flush_soon(self) -> None:
+        try:
+            # Under load the next reservation carries the count; this covers idle spells.
+            await asyncio.sleep(0.1)
+        finally:
+            self._flusher = None
+        successes, self._pending_successes = self._pending_successes, 0
+        if successes and self._using_redis and not self._closed:
+            await self._send_successes(successes)
+
+    async def _send_successes(self, successes: int) -> None:
+        try:
+            self._observe(await self._call(self._budget.add_successes(successes)))
+        except _UNAVAILABLE as exc:
+            self._degrade(exc)
+
+    async def _report_rate_limited(
+        self, sent_at: float, retry_after: float | None, successes: int
+    ) -> None:
+        try:
+            decision = await self._call(
+                self._budget.rate_limited(sent_at, retry_after, successes=successes)
+            )
+        except _UNAVAILABLE as exc:
+            self._degrade(exc)
+            self._fallback.on_rate_limited(sent_at, retry_after)
+        else:
+            self._observe(decision)
+
+    def _degrade(self, exc: BaseException) -> None:
+        if not self._using_redis or self._closed:
+            return
+        self._using_redis = False
+        self.degraded_count += 1
+        logger.warning(
+            "shared rate limit %r: Redis at %s is unreachable (%s); limiting this process "
+            "alone to %.3g requests/s until it is back",
+            self._name,
+            self._where,
+            self._describe(exc),
+            self._fallback_rate,
+        )
+        self._reconnector = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        while True:
+            await asyncio.sleep(self._reconnect_interval)
+            try:
+                decision = await self._call(self._budget.peek())
+            except _UNAVAILABLE:
+                continue
+            self._observe(decision)
+            self._using_redis = True
+            self.recovered_count += 1
+            self._reconnector = None
+            logger.warning(
+                "shared rate limit %r: Redis at %s is reachable again; using the shared "
+                "budget (%.3g requests/s now)",
+                self._name,
+                self._where,
+                decision.rate,
+            )
+            return
+
+    def _describe(self, exc: BaseException) -> str:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text

@@ -1,0 +1,290 @@
+"""The pure poll decisions of ``_polling``, as tables: no event loop, no clock, no network.
+
+What a poll answer says, what a failed poll means and the error its waiters get, when to poll
+again, how far apart polls go, what a finished task teaches the planner, and the planner's
+schedules themselves.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import pytest
+
+from ailab_async import ImageResult, PollingConfig, TaskStatus, ValidationError, errors
+from ailab_async import _protocol as protocol
+from ailab_async._polling import (
+    PROCESSING_FAILURE_TRIES,
+    PollPlanner,
+    PollVerdict,
+    classify_poll_error,
+    completion_evidence,
+    poll_retry_delay,
+    poll_spacing,
+    read_poll,
+    retry_after_of,
+    solve_schedules,
+    task_failure,
+)
+
+
+def answer(body: dict[str, Any]) -> protocol.Envelope:
+    return protocol.Envelope(status=200, body=body, request_id="req-1", log_id="log-1")
+
+
+# -- what a poll answer says -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"data": {"task_status": 0}}, TaskStatus.QUEUED),
+        ({"data": {"task_status": 1}}, TaskStatus.PROCESSING),
+        ({"data": {"taskStatus": "1"}}, TaskStatus.PROCESSING),
+        ({"task_status": 0}, TaskStatus.QUEUED),
+        ({"data": {"task_status": 3}}, errors.TaskFailedError),  # outside 0-2: failed
+        ({"data": {"task_status": 2}}, errors.MalformedResponseError),  # done, but no URL
+        ({"data": {"foo": 1}}, errors.MalformedResponseError),  # no status: ask again
+    ],
+    ids=["queued", "processing", "camel-case-text", "top-level", "status-3", "no-url", "none"],
+)
+def test_read_poll(body: dict[str, Any], expected: TaskStatus | type[Exception]) -> None:
+    outcome = read_poll(answer(body), "t1")
+    if isinstance(expected, TaskStatus):
+        assert outcome is expected
+    else:
+        assert type(outcome) is expected
+
+
+def test_read_poll_of_a_finished_task_is_its_result() -> None:
+    body = {"data": {"task_status": 2, "image_url": "https://r.example/t1.png"}}
+    outcome = read_poll(answer(body), "t1")
+    assert isinstance(outcome, ImageResult)
+    assert (outcome.image_url, outcome.task_id, outcome.request_id) == (
+        "https://r.example/t1.png",
+        "t1",
+        "req-1",
+    )
+
+
+def test_a_task_status_failed_is_never_read_from_the_wire() -> None:
+    assert [TaskStatus.from_wire(value) for value in (0, 1, 2)] == [
+        TaskStatus.QUEUED,
+        TaskStatus.PROCESSING,
+        TaskStatus.SUCCEEDED,
+    ]
+    for value in (TaskStatus.FAILED.value, 3, 99):
+        assert TaskStatus.from_wire(value) is None
+
+
+def test_a_negative_task_status_is_the_tasks_failure_not_a_state() -> None:
+    outcome = read_poll(answer({"data": {"task_status": TaskStatus.FAILED.value}}), "t1")
+    assert isinstance(outcome, errors.TaskFailedError)
+
+
+# -- what a failed poll means ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "verdict"),
+    [
+        (errors.RateLimitedError("x", status=429, code="EXCEEDING_LIMITS"), PollVerdict.RETRY),
+        (errors.ServerError("x", status=503), PollVerdict.RETRY),
+        (errors.MalformedResponseError("x", status=200, retryable=False), PollVerdict.RETRY),
+        (errors.DeadlineExceededError("x", endpoint="q", attempts=1), PollVerdict.RETRY),
+        (errors.RequestTimeoutError("x", endpoint="q", ambiguous=False), PollVerdict.RETRY),
+        (errors.APIError("x", status=302), PollVerdict.RETRY),
+        (errors.AuthenticationError("x", status=401), PollVerdict.STOP),
+        (errors.PermissionDeniedError("x", status=403), PollVerdict.STOP),
+        (errors.InsufficientCreditsError("x", status=429), PollVerdict.STOP),
+        (errors.ClientClosedError("x"), PollVerdict.STOP),
+        (errors.TaskFailedError("x", task_id="t", status=200), PollVerdict.TASK_FAILED),
+        (
+            errors.ImageRejectedError("x", status=422, code="ERROR_NO_FACE_IN_FILE"),
+            PollVerdict.TASK_FAILED,
+        ),
+        (
+            errors.InvalidRequestError("x", status=400, code="ERROR_INVALID_PARAMETER"),
+            PollVerdict.TASK_FAILED,
+        ),
+        (errors.InvalidRequestError("x", status=404), PollVerdict.RETRY),  # no API code
+        (  # our own refusal to follow a redirect: a set-up fault, not the task's failure
+            errors.InvalidRequestError("x", status=302, code="UNEXPECTED_REDIRECT"),
+            PollVerdict.STOP,
+        ),
+    ],
+)
+def test_classify_poll_error(error: errors.AILabError, verdict: PollVerdict) -> None:
+    assert classify_poll_error(error) is verdict
+
+
+def test_tls_failure_on_a_poll_stops_rather_than_retrying_forever() -> None:
+    error = errors.ConnectionFailedError("tls", endpoint="q", ambiguous=False)
+    error.retryable = False
+    assert classify_poll_error(error) is PollVerdict.STOP
+
+
+def test_processing_failure_is_retried_a_few_times_then_is_the_tasks_failure() -> None:
+    error = errors.ServerError("x", status=500, code="PROCESSING_FAILURE")
+    for in_a_row in range(1, PROCESSING_FAILURE_TRIES):
+        assert classify_poll_error(error, in_a_row=in_a_row) is PollVerdict.RETRY
+    assert classify_poll_error(error, in_a_row=PROCESSING_FAILURE_TRIES) is (
+        PollVerdict.TASK_FAILED
+    )
+
+
+def test_task_failure_keeps_the_api_code_ids_and_cause() -> None:
+    rejected = errors.ImageRejectedError(
+        "no face", status=422, code="ERROR_NO_FACE_IN_FILE", request_id="r", log_id="l"
+    )
+    failure = task_failure(rejected, "t1")
+    assert (failure.task_id, failure.status, failure.code) == ("t1", 422, "ERROR_NO_FACE_IN_FILE")
+    assert (failure.request_id, failure.log_id, failure.retryable) == ("r", "l", False)
+    assert failure.__cause__ is rejected
+
+
+def test_task_failure_of_a_task_failed_error_is_that_error() -> None:
+    reported = errors.TaskFailedError("status 3", task_id="t1", status=200, code="TASK_STATUS_3")
+    assert task_failure(reported, "t1") is reported
+
+
+def test_retry_after_is_found_behind_a_deadline_error() -> None:
+    limited = errors.RateLimitedError("x", status=429, retry_after=60.0)
+    deadline = errors.DeadlineExceededError("x", endpoint="q", attempts=1)
+    deadline.__cause__ = limited
+    assert retry_after_of(deadline) == 60.0
+    assert retry_after_of(errors.ServerError("x", status=503)) is None
+
+
+# -- when to poll ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("failures", "retry_after", "rand", "expected"),
+    [
+        (1, None, 0.0, 2.5),
+        (1, None, 0.999999, 5.0),
+        (2, None, 0.0, 5.0),
+        (4, None, 0.0, 20.0),
+        (10, None, 0.999999, 60.0),  # capped by poll_retry_max
+        (10_000, None, 0.0, 30.0),  # no overflow
+        (1, 60.0, 0.0, 60.0),  # Retry-After is a floor ...
+        (1, 3600.0, 0.0, 120.0),  # ... capped by retry_after_cap
+        (1, math.inf, 0.0, 2.5),
+    ],
+)
+def test_poll_retry_delay(
+    failures: int, retry_after: float | None, rand: float, expected: float
+) -> None:
+    delay = poll_retry_delay(failures, retry_after, rand, PollingConfig())
+    assert delay == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("rate", "share", "expected"),
+    [(None, 0.5, 0.0), (10.0, 0.5, 0.2), (10.0, 1.0, 0.1), (40.0, 0.25, 0.1)],
+)
+def test_poll_spacing_keeps_polls_to_their_share_of_the_rate(
+    rate: float | None, share: float, expected: float
+) -> None:
+    assert poll_spacing(rate, PollingConfig(poll_share=share)) == pytest.approx(expected)
+
+
+# -- what a finished task teaches --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("done_at", "last_not_done", "first_due", "fresh", "expected"),
+    [
+        (3.0, 2.0, 1.0, True, (2.0, 3.0)),  # bounded below by our own poll
+        (5.0, None, 5.0, True, (0.0, 5.0)),  # done at a first poll that went out as planned
+        (7.4, None, 5.0, True, (0.0, 7.4)),  # a little late is still on time
+        (7.6, None, 5.0, True, None),  # a late first poll: (0, late] says little
+        (0.3, None, 0.0, True, None),  # past min_interval after an immediate first poll
+        (0.2, None, 0.0, True, (0.0, 0.2)),
+        (3.0, 2.0, 1.0, False, None),  # picked up again: its submit time is not ours
+        (7200.0, None, 0.0, False, None),  # a resumed task must not teach "hours"
+    ],
+)
+def test_completion_evidence(
+    done_at: float,
+    last_not_done: float | None,
+    first_due: float,
+    fresh: bool,
+    expected: tuple[float, float] | None,
+) -> None:
+    evidence = completion_evidence(done_at, last_not_done, first_due, PollingConfig(), fresh=fresh)
+    assert evidence == expected
+
+
+# -- the planner -------------------------------------------------------------------------------
+
+
+def test_planner_schedule_meets_the_budget_for_uniform_1_to_6() -> None:
+    observations = [(1.0 + 5.0 * i / 200, 1.0 + 5.0 * i / 200 + 0.01) for i in range(200)]
+    plan = solve_schedules(observations, target_polls=2.0)[0]
+    # Expected polls and lag of the plan for D ~ U(1, 6), computed exactly.
+    points = [0.0, *plan]
+    polls = sum(max(0.0, min(1.0, (6 - p) / 5)) for p in points[:-1])
+    lag = sum(
+        ((min(b, 6) - max(a, 1)) / 5) * (b - (max(a, 1) + min(b, 6)) / 2)
+        for a, b in itertools.pairwise(points)
+        if min(b, 6) > max(a, 1)
+    )
+    assert polls <= 2.05  # the budget, up to the grid's discretisation
+    assert lag < 0.85
+
+
+def test_no_evidence_no_schedule() -> None:
+    assert solve_schedules([], target_polls=2.0) == ([], [], 0.0)
+
+
+def test_planner_falls_back_to_5s_without_evidence() -> None:
+    planner = PollPlanner()
+    assert planner.next_poll(0.0, None) == 5.0
+    assert planner.next_poll(5.0, 5.0) == 10.0
+    for _ in range(4):
+        planner.observe(2.0, 3.0)
+    assert not planner.has_plan  # below min_observations: the fallback
+    planner.observe(2.0, 3.0)
+    assert planner.plan
+    assert planner.observations == 5
+    assert planner.next_poll(0.0, None) <= 3.0 + 1e-9
+
+
+def test_planner_keeps_only_the_most_recent_window() -> None:
+    planner = PollPlanner(PollingConfig(window=10))
+    for _ in range(25):
+        planner.observe(2.0, 3.0)
+    assert planner.observations == 10
+
+
+def test_a_task_that_outlived_the_plan_is_still_polled_later() -> None:
+    planner = PollPlanner()
+    for _ in range(5):
+        planner.observe(2.0, 3.0)
+    last = planner.plan[-1]
+    assert planner.next_poll(last + 10.0, last + 10.0) > last + 10.0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"target_polls": 0.5},
+        {"poll_share": 0},
+        {"give_up_after": math.nan},
+        {"give_up_after": 0},
+        {"fallback_interval": -1},
+        {"min_interval": "1"},
+        {"window": 0},
+        {"min_observations": 2.5},
+        {"retry_after_cap": 0},
+        {"poll_retry_max": math.nan},
+    ],
+)
+def test_bad_polling_config_is_a_validation_error(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError) as info:
+        PollingConfig(**kwargs)
+    assert isinstance(info.value, ValueError)
