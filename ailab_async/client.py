@@ -195,6 +195,8 @@ class AILabClient:
 
     # -- lifecycle -----------------------------------------------------------------------
 
+    # The async-with protocol over aclose(), as every closable here spells it (the journal,
+    # the Redis limiter, the simulator): protocol, not repeated knowledge.
     async def __aenter__(self) -> AILabClient:
         self._enter()
         return self

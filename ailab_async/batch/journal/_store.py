@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequen
 from types import TracebackType
 from typing import TypeVar
 
+from ...errors import ValidationError
 from ...models import converter
 from . import _sqlite
 from ._errors import JournalError
@@ -391,7 +392,11 @@ class Journal:
     @staticmethod
     def _stamp(moment: dt.datetime) -> str:
         if moment.tzinfo is None or moment.utcoffset() is None:
-            raise ValueError(f"journal timestamps must be timezone-aware, got {moment!r}")
+            raise ValidationError(
+                f"journal timestamps must be timezone-aware, got {moment!r}",
+                input="timestamp",
+                rule="timezone",
+            )
         return str(converter.unstructure(moment.astimezone(dt.timezone.utc)))
 
     # -- reads -------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import distributed
 
 from ...batch import BatchItem, BatchSpec, How, ManifestLine, Operation, discover_inputs
 from ...batch._manifest import json_line
+from ...errors import ValidationError
 from ...models import converter
 from ._config import DEFAULT_PLUGIN_NAME, PartitionJob, WorkerClientConfig
 from ._shards import JOURNAL_SHARDS, partition_of
@@ -57,8 +58,10 @@ def run_on_cluster(
     ...                           params={"retouch_degree": 0.6})  # doctest: +SKIP
     """
     if partition_size < 1 or (partitions is not None and not 1 <= partitions <= JOURNAL_SHARDS):
-        raise ValueError(
-            f"partition_size must be at least 1 and partitions between 1 and {JOURNAL_SHARDS}"
+        raise ValidationError(
+            f"partition_size must be at least 1 and partitions between 1 and {JOURNAL_SHARDS}",
+            input="partitions",
+            rule="range",
         )
     job = PartitionJob(
         operation=operation,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 
 from ...batch import output_family
+from ...errors import ValidationError
 
 __all__ = ["JOURNAL_SHARDS", "partition_of", "shard_of"]
 
@@ -42,5 +43,7 @@ def partition_of(relative: str, partitions: int) -> int:
     0
     """
     if not 1 <= partitions <= JOURNAL_SHARDS:
-        raise ValueError(f"partitions must be between 1 and {JOURNAL_SHARDS}")
+        raise ValidationError(
+            f"partitions must be between 1 and {JOURNAL_SHARDS}", input="partitions", rule="range"
+        )
     return shard_of(relative) * partitions // JOURNAL_SHARDS

@@ -33,6 +33,7 @@ from ._config import (
     RESULTS,
     SMART_BEAUTY,
     SMART_SKIN,
+    ImageRules,
     SimulatorConfig,
 )
 from ._envelopes import (
@@ -42,7 +43,7 @@ from ._envelopes import (
     status_for_code,
     success_envelope,
 )
-from ._imaging import beautify, decode_image
+from ._imaging import DecodedImage, beautify, decode_image
 from ._state import Clock, SimulatorState, StoredResult
 from ._validation import Rejection, check_image, parse_degree
 
@@ -265,6 +266,22 @@ async def _decide(inner: Inner, request: web.Request, state: SimulatorState) -> 
 # --------------------------------------------------------------------------- endpoints
 
 
+async def _charge_and_check(
+    state: SimulatorState, key: str, field: str, image: bytes, rules: ImageRules
+) -> DecodedImage | Reply:
+    """Reserve the call's credit, then check the image; a refused image is refunded (the
+    provider bills only processed calls). The decoded image, or the reply to send."""
+    if not state.reserve_credit(key):
+        return _error(state, 429, "ERROR_NOT_ENOUGH_CREDITS", "Not enough credits.")
+    verdict = await asyncio.to_thread(
+        check_image, field, image, rules, blank_is_no_face=state.config.blank_is_no_face
+    )
+    if isinstance(verdict, Rejection):
+        state.refund_credit(key)
+        return _rejected(state, verdict)
+    return verdict
+
+
 async def _smart_skin(request: web.Request, state: SimulatorState, key: str) -> Reply:
     config = state.config
     form = await _read_form(request, state, frozenset({"image"}))
@@ -279,18 +296,9 @@ async def _smart_skin(request: web.Request, state: SimulatorState, key: str) -> 
         if isinstance(parsed, Rejection):
             return _rejected(state, parsed)
         degrees.append(parsed)
-    if not state.reserve_credit(key):
-        return _error(state, 429, "ERROR_NOT_ENOUGH_CREDITS", "Not enough credits.")
-    verdict = await asyncio.to_thread(
-        check_image,
-        "image",
-        image,
-        config.smart_skin_rules,
-        blank_is_no_face=config.blank_is_no_face,
-    )
-    if isinstance(verdict, Rejection):
-        state.refund_credit(key)
-        return _rejected(state, verdict)
+    verdict = await _charge_and_check(state, key, "image", image, config.smart_skin_rules)
+    if not isinstance(verdict, DecodedImage):
+        return verdict
     state.record_billed_upload(state.digest(image))
     token = state.store_result(image, degrees[0], degrees[1], state.clock.now())
     return _ok(state, data={"image_url": f"{_origin(request)}/results/{token}.png"})
@@ -313,18 +321,9 @@ async def _smart_beauty(request: web.Request, state: SimulatorState, key: str) -
     level = parse_degree("beauty_level", form.fields.get("beauty_level"), 1.0, 1.0)
     if isinstance(level, Rejection):
         return _rejected(state, level)
-    if not state.reserve_credit(key):
-        return _error(state, 429, "ERROR_NOT_ENOUGH_CREDITS", "Not enough credits.")
-    verdict = await asyncio.to_thread(
-        check_image,
-        "image_target",
-        image,
-        config.smart_beauty_rules,
-        blank_is_no_face=config.blank_is_no_face,
-    )
-    if isinstance(verdict, Rejection):
-        state.refund_credit(key)
-        return _rejected(state, verdict)
+    verdict = await _charge_and_check(state, key, "image_target", image, config.smart_beauty_rules)
+    if not isinstance(verdict, DecodedImage):
+        return verdict
     if task_type == "sync":
         state.record_billed_upload(state.digest(image))
         png = await asyncio.to_thread(beautify, verdict, level, level)

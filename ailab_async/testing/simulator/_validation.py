@@ -37,6 +37,8 @@ def sniff_format(data: bytes) -> str | None:
     >>> sniff_format(b"\\x89PNG\\r\\n\\x1a\\n....")
     'PNG'
     """
+    # Alike the SDK's ``_images.sniff_format`` on purpose, never shared: the simulator is a
+    # server the SDK is tested against, so it keeps its own reading of the formats.
     if data.startswith(b"\xff\xd8\xff"):
         return "JPEG"
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
