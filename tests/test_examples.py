@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -79,23 +80,19 @@ async def test_webapp_routes(serve: Serve) -> None:
 
 
 async def test_webapp_maps_errors_to_json(serve: Serve) -> None:
+    blank = io.BytesIO()
+    Image.new("RGB", (300, 300), (120, 120, 120)).save(blank, format="PNG")
     url, _, sim = await serve(SimulatorConfig(blank_is_no_face=True))
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{url}/retouch", data=upload(sample_image(64, 64))) as r:
             assert r.status == 400
             body = await r.json()
             assert body["error"] == "ValidationError"
-        blank = Image.new("RGB", (300, 300), (120, 120, 120))
-        path = Path(__file__).parent / "_blank_tmp.png"
-        try:
-            blank.save(path)
-            async with http.post(f"{url}/retouch", data=upload(path.read_bytes())) as r:
-                assert r.status == 422
-                body = await r.json()
-                assert body["code"] == "ERROR_NO_FACE_IN_FILE"
-                assert body["request_id"]
-        finally:
-            path.unlink()
+        async with http.post(f"{url}/retouch", data=upload(blank.getvalue())) as r:
+            assert r.status == 422
+            body = await r.json()
+            assert body["code"] == "ERROR_NO_FACE_IN_FILE"
+            assert body["request_id"]
         async with http.post(f"{url}/retouch?retouch=abc", data=upload(b"x")) as r:
             assert r.status == 400
     assert sim.stats.count("smart-skin") == 1  # only the blank photo reached the API
