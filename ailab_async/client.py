@@ -34,7 +34,6 @@ from ._config import (
     check_max_bytes,
     checked_api_key,
     checked_base_url,
-    checked_submitted_at,
 )
 from ._dispatch import Call, Dispatcher, RetryPolicy
 from ._download import DEFAULT_MAX_DOWNLOAD_BYTES, download_to
@@ -352,9 +351,7 @@ class AILabClient:
         """
         self._enter()
         check_task_id(task_id)
-        if submitted_at is not None:
-            submitted_at = checked_submitted_at(submitted_at, dt.datetime.now(dt.timezone.utc))
-        return self._tracker.track(task_id, submitted_at=submitted_at)
+        return self._tracker.track(task_id, submitted_at=submitted_at)  # checks submitted_at
 
     def map(
         self,

@@ -259,20 +259,26 @@ async def test_a_429_in_one_process_slows_every_process(redis_server: RedisServe
         assert second.current_rate() == pytest.approx(10.0, rel=0.01)
 
 
-async def test_retry_after_told_to_one_process_pauses_the_others(
-    redis_server: RedisServer,
-) -> None:
+async def _pause_another_process_sees(redis_server: RedisServer, retry_after: float) -> float:
+    """One process reports a 429 with ``retry_after``; how long another then waits."""
     name = budget_name()
     sleeps = RecordedSleeps()
     async with (
         RedisRateLimiter(redis_server.url, name=name, rate=20) as told,
         RedisRateLimiter(redis_server.url, name=name, rate=20, sleep=sleeps) as other,
     ):
-        told.on_rate_limited(await told.acquire(), retry_after=3.0)
+        told.on_rate_limited(await told.acquire(), retry_after=retry_after)
         await told.flush()
         await other.acquire()
     assert sleeps.sleeps
-    assert 2.0 <= sleeps.sleeps[-1] <= 3.0  # 3 s, less the real time since the report
+    return sleeps.sleeps[-1]
+
+
+async def test_retry_after_told_to_one_process_pauses_the_others(
+    redis_server: RedisServer,
+) -> None:
+    pause = await _pause_another_process_sees(redis_server, 3.0)
+    assert 2.0 <= pause <= 3.0  # 3 s, less the real time since the report
 
 
 # -- the script's decisions, on a clock we choose -------------------------------------------
@@ -385,17 +391,8 @@ async def test_a_nonsense_retry_after_is_ignored(budget: SharedBudget, retry_aft
 async def test_an_absurd_retry_after_reported_by_a_process_is_capped_for_all(
     redis_server: RedisServer,
 ) -> None:
-    name = budget_name()
-    sleeps = RecordedSleeps()
-    async with (
-        RedisRateLimiter(redis_server.url, name=name, rate=20) as told,
-        RedisRateLimiter(redis_server.url, name=name, rate=20, sleep=sleeps) as other,
-    ):
-        told.on_rate_limited(await told.acquire(), retry_after=1_000_000_000.0)
-        await told.flush()
-        await other.acquire()
-    assert sleeps.sleeps
-    assert 0 < sleeps.sleeps[-1] <= MAX_RETRY_AFTER
+    pause = await _pause_another_process_sees(redis_server, 1_000_000_000.0)
+    assert 0 < pause <= MAX_RETRY_AFTER
 
 
 async def test_rate_never_drops_below_the_minimum(budget: SharedBudget) -> None:
