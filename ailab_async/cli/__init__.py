@@ -5,8 +5,8 @@ a simulator is configured) is made by the batch engine (:mod:`ailab_async.batch`
 or the simulator package; this package turns options into calls and answers into lines on
 the terminal, and picks the exit status.
 
-- ``_commands``: the subcommand registry, :func:`main`, and ``credits``, ``sample-photos``,
-  ``simulate``;
+- ``_commands``: the subcommand registry, :func:`main`, and ``credits``, ``sample-photos``;
+- ``_simulate``: ``simulate`` (serving the local simulator);
 - ``_batch``: ``skin`` and ``beauty`` (their parameters' ranges come from the endpoint table);
 - ``_parser``: the parser that never echoes a value, value types, options shared by commands;
 - ``_connection``: the API key, and the client (or ``--simulate``'s in-process simulator);

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -30,139 +29,23 @@ from typing import TYPE_CHECKING
 
 from ._batch import add_batch_commands
 from ._connection import api_key, embedded_simulator_config, open_client
-from ._output import CliError, amount, fail, guarded
+from ._output import CliError, amount, guarded
 from ._parser import (
     Parser,
     RefuseKeyOption,
     Subparsers,
     add_connection_options,
     positive_int,
-    share,
-    without_values,
 )
 from ._progress import display_text
+from ._simulate import add_simulate
 
 if TYPE_CHECKING:
-    from ailab_async.testing.simulator import SimulatorConfig
+    pass
 
-__all__ = ["build_parser", "main", "simulator_config"]
+__all__ = ["build_parser", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-# --------------------------------------------------------------------------- simulate
-
-
-def _add_simulate(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
-        "simulate",
-        help="serve a local simulator of the AILabTools API",
-        description=(
-            "Serve a local simulator of the AILabTools API until SIGINT/SIGTERM. "
-            "Durations are SECONDS, MIN:MAX (uniform) or lognormal:MEDIAN:SIGMA[:CAP]. "
-            "See docs/simulator.md."
-        ),
-    )
-    add = parser.add_argument
-    add("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    add("--port", type=int, default=8080, help="port to bind, 0 for any free one (default 8080)")
-    add("--api-key", default="sim-key-000", help="the accepted API key (default sim-key-000)")
-    add("--seed", type=int, default=0, help="seed of every random choice (default 0)")
-    add("--envelope", choices=("legacy", "modern"), default="legacy", help="response style")
-    add("--latency", metavar="DURATION", help="extra latency on every API endpoint")
-    add("--result-latency", metavar="DURATION", help="extra latency on result downloads")
-    add("--rate-limit", type=float, metavar="RPS", help="requests per second per key")
-    add("--burst", type=int, help="rate-limit bucket size (default: ceil(RPS))")
-    add(
-        "--retry-after",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="send Retry-After with rate-limit 429s (default on)",
-    )
-    add("--concurrency-limit", type=int, metavar="N", help="API requests in flight at most")
-    add("--credits", type=float, metavar="N", help="credit balance per key (default unlimited)")
-    add("--task-duration", metavar="DURATION", default="0.5:2.0", help="smart-beauty task time")
-    add("--failure-share", type=share, default=0.0, help="share of tasks that fail")
-    add("--result-ttl", type=float, default=24 * 3600.0, help="seconds result URLs live")
-    add("--fault-5xx", type=share, default=0.0, help="rate of 500/502/503/504 (split evenly)")
-    add("--fault-reset", type=share, default=0.0, help="rate of connection resets")
-    add("--fault-html", type=share, default=0.0, help="rate of HTML 502 pages")
-    add("--fault-truncated", type=share, default=0.0, help="rate of truncated JSON bodies")
-    add("--fault-stall", type=share, default=0.0, help="rate of stalled answers")
-    add("--stall-seconds", type=float, default=30.0, help="how long a stall lasts")
-    add(
-        "--fault-after-processing",
-        type=share,
-        default=0.0,
-        metavar="SHARE",
-        help="share of faults that hit after the call was processed and billed",
-    )
-    parser.set_defaults(handler=_run_simulate)
-
-
-def simulator_config(args: argparse.Namespace) -> SimulatorConfig:
-    """The configuration ``ailab-async simulate`` serves, from its options."""
-    from ailab_async.testing.simulator._options import (  # noqa: PLC0415 - keep others light
-        config_from_options,
-    )
-
-    return config_from_options(
-        api_key=args.api_key,
-        host=args.host,
-        port=args.port,
-        seed=args.seed,
-        envelope=args.envelope,
-        latency=args.latency,
-        result_latency=args.result_latency,
-        rate_limit=args.rate_limit,
-        burst=args.burst,
-        retry_after=args.retry_after,
-        concurrency_limit=args.concurrency_limit,
-        credits=args.credits,
-        task_duration=args.task_duration,
-        failure_share=args.failure_share,
-        result_ttl=args.result_ttl,
-        fault_5xx=args.fault_5xx,
-        fault_reset=args.fault_reset,
-        fault_html=args.fault_html,
-        fault_truncated=args.fault_truncated,
-        fault_stall=args.fault_stall,
-        stall_seconds=args.stall_seconds,
-        fault_after_processing=args.fault_after_processing,
-    )
-
-
-async def _serve_until_signalled(config: SimulatorConfig) -> None:
-    from ailab_async.testing.simulator import Simulator  # noqa: PLC0415
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        async with Simulator(config) as sim:
-            print(f"AILabTools simulator listening on {sim.url}", flush=True)
-            print(f"API key: {sim.api_key}", flush=True)
-            await stop.wait()
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-    print("simulator stopped", flush=True)
-
-
-def _run_simulate(args: argparse.Namespace) -> int:
-    try:
-        config = simulator_config(args)
-    except ValueError as exc:  # SimulatorOptionError: it may quote a value, maybe a pasted key
-        durations = [args.latency, args.result_latency, args.task_duration]
-        fail("simulate", without_values(str(exc), [d for d in durations if d], set()))
-        return 2
-    try:
-        asyncio.run(_serve_until_signalled(config))
-    except OSError as exc:  # e.g. the port is taken
-        fail("simulate", exc)
-        return 1
-    return 0
 
 
 # --------------------------------------------------------------------------- credits
@@ -248,7 +131,7 @@ _SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     add_batch_commands,
     _add_credits,
     _add_sample_photos,
-    _add_simulate,
+    add_simulate,
 )
 
 

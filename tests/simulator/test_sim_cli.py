@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from ailab_async.cli import build_parser, main
-from ailab_async.cli._commands import simulator_config
+from ailab_async.cli._simulate import simulator_config
 from ailab_async.testing.simulator import Credits, Fixed, RateLimit, SimulatorConfig, Uniform
 
 
