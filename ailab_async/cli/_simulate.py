@@ -26,7 +26,9 @@ def add_simulate(subparsers: Subparsers) -> None:
         help="serve a local simulator of the AILabTools API",
         description=(
             "Serve a local simulator of the AILabTools API until SIGINT/SIGTERM. "
-            "Durations are SECONDS, MIN:MAX (uniform) or lognormal:MEDIAN:SIGMA[:CAP]. "
+            "Durations are SECONDS, MIN:MAX (uniform), lognormal:MEDIAN:SIGMA[:CAP] or "
+            "bimodal:LONG_SHARE/SHORT/LONG; task durations may also be "
+            "queue:PER_PENDING/BASE or drift:N/BEFORE/AFTER (after N tasks; Ns: seconds). "
             "See docs/simulator.md."
         ),
     )
@@ -39,14 +41,45 @@ def add_simulate(subparsers: Subparsers) -> None:
     add("--latency", metavar="DURATION", help="extra latency on every API endpoint")
     add("--result-latency", metavar="DURATION", help="extra latency on result downloads")
     add("--rate-limit", type=float, metavar="RPS", help="requests per second per key")
-    add("--burst", type=int, help="rate-limit bucket size (default: ceil(RPS))")
+    add(
+        "--rate-shape",
+        metavar="SHAPE",
+        # Checked by config_from_options, so the parser need not import the simulator.
+        help="how the per-key limit counts: token-bucket (default), sliding-window, "
+        "fixed-window, leaky-bucket, or concurrency (with --max-in-flight, no rate)",
+    )
+    add(
+        "--rate-schedule",
+        metavar="T:RPS,...",
+        help="a rate that changes: RPS from T seconds after a key's first request, "
+        "e.g. 0:50,10:20,20:50",
+    )
+    add("--burst", type=int, help="token-bucket size (default: ceil(RPS))")
+    add(
+        "--rate-window",
+        type=float,
+        metavar="SECONDS",
+        help="window of the sliding-window and fixed-window shapes (default 1)",
+    )
+    add("--max-in-flight", type=int, metavar="N", help="limit of the concurrency shape, per key")
+    add(
+        "--instant-429",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="answer rate-limit 429s at once instead of after --latency (default off)",
+    )
     add(
         "--retry-after",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="send Retry-After with rate-limit 429s (default on)",
     )
-    add("--concurrency-limit", type=int, metavar="N", help="API requests in flight at most")
+    add(
+        "--concurrency-limit",
+        type=int,
+        metavar="N",
+        help="API requests in flight at most, all keys together",
+    )
     add("--credits", type=float, metavar="N", help="credit balance per key (default unlimited)")
     add("--task-duration", metavar="DURATION", default="0.5:2.0", help="smart-beauty task time")
     add("--failure-share", type=share, default=0.0, help="share of tasks that fail")
@@ -82,8 +115,13 @@ def simulator_config(args: argparse.Namespace) -> SimulatorConfig:
         latency=args.latency,
         result_latency=args.result_latency,
         rate_limit=args.rate_limit,
+        rate_shape=args.rate_shape,
+        rate_schedule=args.rate_schedule,
         burst=args.burst,
+        rate_window=args.rate_window,
+        max_in_flight=args.max_in_flight,
         retry_after=args.retry_after,
+        instant_429=args.instant_429,
         concurrency_limit=args.concurrency_limit,
         credits=args.credits,
         task_duration=args.task_duration,

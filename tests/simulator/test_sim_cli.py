@@ -13,7 +13,17 @@ import pytest
 
 from ailab_async.cli import build_parser, main
 from ailab_async.cli._simulate import simulator_config
-from ailab_async.testing.simulator import Credits, Fixed, RateLimit, SimulatorConfig, Uniform
+from ailab_async.testing.simulator import (
+    RATE_SHAPES,
+    Bimodal,
+    Credits,
+    Drift,
+    Fixed,
+    QueueGrowth,
+    RateLimit,
+    SimulatorConfig,
+    Uniform,
+)
 
 
 def parse(*argv: str) -> SimulatorConfig:
@@ -77,6 +87,74 @@ def test_knobs_map_onto_the_config() -> None:
     assert c.faults.connection_reset == 0.05
     assert c.faults.stall_seconds == 3.0
     assert c.faults.after_processing_share == 0.5
+
+
+def test_limiter_zoo_flags_map_onto_the_rate_limit() -> None:
+    c = parse(
+        "--rate-shape",
+        "sliding-window",
+        "--rate-schedule",
+        "0:50,10:20,20:50",
+        "--rate-window",
+        "2",
+        "--instant-429",
+        "--no-retry-after",
+    )
+    assert c.rate_limit == RateLimit(
+        50,
+        shape="sliding-window",
+        schedule=((0, 50), (10, 20), (20, 50)),
+        window=2.0,
+        instant_429=True,
+        retry_after=False,
+    )
+    assert parse("--rate-limit", "5", "--rate-shape", "leaky-bucket").rate_limit == RateLimit(
+        5, shape="leaky-bucket"
+    )
+    concurrency = parse("--rate-shape", "concurrency", "--max-in-flight", "4")
+    assert concurrency.rate_limit == RateLimit.concurrency(4)
+
+
+def test_every_rate_shape_is_accepted_and_named_in_the_help(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for shape in RATE_SHAPES:
+        extra = ["--max-in-flight", "3"] if shape == "concurrency" else ["--rate-limit", "3"]
+        limit = parse("--rate-shape", shape, *extra).rate_limit
+        assert limit is not None
+        assert limit.shape == shape
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert all(shape in help_text for shape in RATE_SHAPES)
+
+
+def test_task_duration_flag_takes_the_task_specs() -> None:
+    assert parse("--task-duration", "bimodal:0.2/1:2/20").tasks.duration == Bimodal(
+        Uniform(1, 2), Fixed(20), 0.2
+    )
+    assert parse("--task-duration", "queue:0.1/1:6").tasks.duration == QueueGrowth(
+        Uniform(1, 6), 0.1
+    )
+    assert parse("--task-duration", "drift:50/1:6/4:8").tasks.duration == Drift(
+        Uniform(1, 6), Uniform(4, 8), after_tasks=50
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--rate-shape", "funnel", "--rate-limit", "5"],
+        ["--rate-shape", "concurrency"],
+        ["--rate-limit", "5", "--rate-schedule", "nonsense"],
+        ["--task-duration", "drift:x/1/2"],
+    ],
+)
+def test_bad_zoo_values_exit_with_an_error(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", *argv]) == 2
+    assert "error" in capsys.readouterr().err
 
 
 def test_bad_knob_values_exit_with_an_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,8 +16,13 @@ from ailab_async.testing.simulator import (
     SimulatorConfig,
     TaskBehaviour,
     Uniform,
+    parse_task_duration,
 )
-from ailab_async.testing.simulator._options import SimulatorOptionError, config_from_options
+from ailab_async.testing.simulator._options import (
+    SimulatorOptionError,
+    config_from_options,
+    parse_rate_schedule,
+)
 
 
 def test_no_options_are_the_default_config() -> None:
@@ -102,3 +107,77 @@ def test_bad_values_raise_an_error_naming_the_option(
     assert excinfo.value.option == option
     assert isinstance(excinfo.value, ValueError)
     assert quoted in str(excinfo.value)
+
+
+# --------------------------------------------------------------------------- limiter zoo
+
+
+def test_rate_shape_options_build_the_shape() -> None:
+    config = config_from_options(
+        rate_limit=40,
+        rate_shape="sliding-window",
+        rate_window=2,
+        instant_429=True,
+        retry_after=False,
+    )
+    assert config.rate_limit == RateLimit(
+        40, shape="sliding-window", window=2.0, instant_429=True, retry_after=False
+    )
+
+
+def test_concurrency_shape_takes_max_in_flight_instead_of_a_rate() -> None:
+    config = config_from_options(rate_shape="concurrency", max_in_flight=6)
+    assert config.rate_limit == RateLimit.concurrency(6)
+    assert config.concurrency_limit is None  # the server-wide limit is another option
+
+
+def test_a_schedule_starting_at_zero_gives_the_rate() -> None:
+    config = config_from_options(rate_schedule="0:50,10:20,20:50", rate_shape="fixed-window")
+    assert config.rate_limit == RateLimit(
+        50, shape="fixed-window", schedule=((0, 50), (10, 20), (20, 50))
+    )
+    later = config_from_options(rate_limit=30, rate_schedule="5:10").rate_limit
+    assert later is not None
+    assert [later.rate_at(t) for t in (0, 5)] == [30, 10]
+
+
+def test_parse_rate_schedule() -> None:
+    assert parse_rate_schedule("0:50") == ((0.0, 50.0),)
+    assert parse_rate_schedule(" 0 : 5 ,1.5:2.5") == ((0.0, 5.0), (1.5, 2.5))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "queue:0.05/1:6",
+        "drift:100/1:6/5:10",
+        "drift:30s/1:6/5:10",
+        "bimodal:0.2/1:2/20:30",
+    ],
+)
+def test_task_duration_takes_every_task_spec(spec: str) -> None:
+    assert config_from_options(task_duration=spec).tasks.duration == parse_task_duration(spec)
+
+
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [
+        ({"rate_limit": 5, "rate_shape": "bucket"}, "rate_shape"),
+        ({"rate_shape": "sliding-window"}, "rate_limit"),
+        ({"rate_schedule": "5:10"}, "rate_limit"),
+        ({"rate_limit": 5, "rate_schedule": "0-5"}, "rate_schedule"),
+        ({"rate_limit": 5, "rate_schedule": "5:1,2:1"}, "rate_schedule"),
+        ({"rate_limit": 5, "rate_window": 0.0}, "rate_window"),
+        ({"rate_limit": 5, "rate_shape": "leaky-bucket", "burst": 3}, "burst"),
+        ({"rate_limit": 5, "max_in_flight": 3}, "max_in_flight"),
+        ({"rate_shape": "concurrency"}, "max_in_flight"),
+        ({"rate_shape": "concurrency", "max_in_flight": 0}, "max_in_flight"),
+        ({"rate_shape": "concurrency", "max_in_flight": 2, "rate_limit": 5}, "rate_shape"),
+        ({"task_duration": "queue:x/1"}, "task_duration"),
+        ({"latency": "queue:0.1/1"}, "latency"),
+    ],
+)
+def test_bad_rate_options_name_the_option(options: dict[str, Any], option: str) -> None:
+    with pytest.raises(SimulatorOptionError) as excinfo:
+        config_from_options(**options)
+    assert excinfo.value.option == option

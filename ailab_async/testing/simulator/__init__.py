@@ -2,7 +2,9 @@
 
 It honours the documented protocol (envelopes, statuses, validation rules, asynchronous tasks,
 expiring result URLs), really processes images with Pillow, and offers seeded knobs for
-latency, rate and concurrency limits, credits and fault injection, plus statistics for tests.
+latency, rate limits of many shapes (token bucket, sliding and fixed windows, leaky bucket,
+requests in flight), task durations of many shapes (bimodal, a growing queue, a mid-run
+drift), credits and fault injection, plus statistics for tests.
 Install with ``pip install 'ailab-async[simulator]'``.
 
 >>> from ailab_async.testing.simulator import Simulator, SimulatorConfig, RateLimit
@@ -18,46 +20,67 @@ from __future__ import annotations
 
 from ._app import make_app
 from ._config import (
+    RATE_SHAPES,
     SMART_BEAUTY_RULES,
     SMART_SKIN_RULES,
+    Bimodal,
     Credits,
     Distribution,
+    Drift,
     Faults,
     Fixed,
     ImageRules,
     Latency,
     LogNormal,
+    QueueGrowth,
     RateLimit,
+    RateShape,
     SimulatorConfig,
     TaskBehaviour,
+    TaskContext,
+    TaskDuration,
     Uniform,
     parse_distribution,
+    parse_task_duration,
+    sample_task_duration,
 )
 from ._imaging import SimulatorDependencyError, sample_image
+from ._limits import ServerLimit, server_limit
 from ._server import Simulator
 from ._state import Clock, ManualClock, SimulatorStats, SystemClock
 
 __all__ = [
+    "RATE_SHAPES",
     "SMART_BEAUTY_RULES",
     "SMART_SKIN_RULES",
+    "Bimodal",
     "Clock",
     "Credits",
     "Distribution",
+    "Drift",
     "Faults",
     "Fixed",
     "ImageRules",
     "Latency",
     "LogNormal",
     "ManualClock",
+    "QueueGrowth",
     "RateLimit",
+    "RateShape",
+    "ServerLimit",
     "Simulator",
     "SimulatorConfig",
     "SimulatorDependencyError",
     "SimulatorStats",
     "SystemClock",
     "TaskBehaviour",
+    "TaskContext",
+    "TaskDuration",
     "Uniform",
     "make_app",
     "parse_distribution",
+    "parse_task_duration",
     "sample_image",
+    "sample_task_duration",
+    "server_limit",
 ]

@@ -4,12 +4,14 @@ Every API request goes through :func:`_serve`, in this order:
 
 1. count it in flight (``max_concurrent``);
 2. draw a fault; a fault "before" answers now (nothing processed, nothing billed);
-3. authenticate (401 ``ERROR_USER_NOT_EXISTS``), rate limit, concurrency limit
-   (429 ``EXCEEDING_LIMITS``);
+3. authenticate (401 ``ERROR_USER_NOT_EXISTS``), the key's rate limit, the server-wide
+   concurrency limit (429 ``EXCEEDING_LIMITS``, with ``Retry-After`` when the limit knows
+   the wait; the limits themselves live in ``_limits.py``);
 4. the endpoint itself: parameters (400), credits (429 ``ERROR_NOT_ENOUGH_CREDITS``), image
    rules (413/415/422), then the work (billed);
-5. latency;
-6. a fault "after" replaces the answer (the call was processed and billed: ambiguous).
+5. latency (skipped for a limit's ``instant_429``);
+6. a fault "after" replaces the answer (the call was processed and billed: ambiguous);
+7. the limits that accepted the request are told it is done.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from ._envelopes import (
     success_envelope,
 )
 from ._imaging import DecodedImage, beautify, decode_image
-from ._state import Clock, SimulatorState, StoredResult
+from ._state import Admission, Clock, SimulatorState, StoredResult
 from ._validation import Rejection, check_image, parse_degree
 
 __all__ = ["STATE_KEY", "STOPPING_KEY", "make_app"]
@@ -67,6 +69,8 @@ class Reply:
     body: dict[str, Any]
     outcome: str
     headers: dict[str, str] = attrs.field(factory=dict)
+    #: Send at once, skipping the endpoint's latency (a limit's instant 429).
+    instant: bool = False
 
 
 Inner = Callable[[web.Request, SimulatorState, str], Awaitable[Reply]]
@@ -233,34 +237,51 @@ async def _serve(
             return await _inject(fault, request, state, endpoint, None)
         await _stall(request, state)
         fault = None
-    reply = await _decide(inner, request, state)
-    delay = state.draw_latency(endpoint)
-    if delay > 0:
-        await state.clock.sleep(delay)
-    if fault is not None:
-        state.stats.faults[(fault, "after")] += 1
-        if fault != "stall":
-            return await _inject(fault, request, state, endpoint, reply)
-        await _stall(request, state)
-    state.stats.requests[(endpoint, reply.outcome)] += 1
-    return _to_http(reply)
+    reply, admission = await _decide(inner, request, state)
+    try:
+        delay = 0.0 if reply.instant else state.draw_latency(endpoint)
+        if delay > 0:
+            await state.clock.sleep(delay)
+        if fault is not None:
+            state.stats.faults[(fault, "after")] += 1
+            if fault != "stall":
+                return await _inject(fault, request, state, endpoint, reply)
+            await _stall(request, state)
+        state.stats.requests[(endpoint, reply.outcome)] += 1
+        return _to_http(reply)
+    finally:
+        if admission is not None:
+            state.release(admission)
 
 
-async def _decide(inner: Inner, request: web.Request, state: SimulatorState) -> Reply:
-    config = state.config
+async def _decide(
+    inner: Inner, request: web.Request, state: SimulatorState
+) -> tuple[Reply, Admission | None]:
+    """The answer, and the limits' verdict to release once it is sent (``None``: the request
+    never reached the limits)."""
     key = request.headers.get(API_KEY_HEADER)
     if key is None or not state.is_known_key(key):
-        return _error(state, 401, "ERROR_USER_NOT_EXISTS", "The API key is invalid or missing.")
-    wait = state.take_rate_token(key)
-    if wait is not None:
-        headers: dict[str, str] = {}
-        if config.rate_limit is not None and config.rate_limit.retry_after and math.isfinite(wait):
-            headers["Retry-After"] = str(max(1, math.ceil(wait)))
-        return _error(state, 429, "EXCEEDING_LIMITS", "Request rate limit exceeded.", **headers)
-    limit = config.concurrency_limit
-    if limit is not None and state.stats.in_flight > limit:
-        return _error(state, 429, "EXCEEDING_LIMITS", "Concurrency limit exceeded.")
-    return await inner(request, state, key)
+        reply = _error(state, 401, "ERROR_USER_NOT_EXISTS", "The API key is invalid or missing.")
+        return reply, None
+    admission = state.admit(key)
+    limit = admission.refused_by
+    if limit is None:
+        try:
+            return await inner(request, state, key), admission
+        except BaseException:  # e.g. the client went away mid-upload: free its place
+            state.release(admission)
+            raise
+    headers: dict[str, str] = {}
+    if limit.retry_after and math.isfinite(admission.wait):
+        # Whole seconds, rounded up; the epsilon keeps float noise (1.0000000001) from adding one.
+        headers["Retry-After"] = str(max(1, math.ceil(admission.wait - 1e-9)))
+    message = (
+        "Concurrency limit exceeded."
+        if limit.shape == "concurrency"
+        else "Request rate limit exceeded."
+    )
+    reply = _error(state, 429, "EXCEEDING_LIMITS", message, **headers)
+    return attrs.evolve(reply, instant=limit.instant_429), admission
 
 
 # --------------------------------------------------------------------------- endpoints

@@ -8,26 +8,37 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterable
 from typing import Literal
 
 import attrs
 
 __all__ = [
     "API_ENDPOINTS",
+    "RATE_SHAPES",
     "SMART_BEAUTY_RULES",
     "SMART_SKIN_RULES",
+    "Bimodal",
     "Credits",
     "Distribution",
+    "Drift",
     "Faults",
     "Fixed",
     "ImageRules",
     "Latency",
     "LogNormal",
+    "QueueGrowth",
     "RateLimit",
+    "RateSchedule",
+    "RateShape",
     "SimulatorConfig",
     "TaskBehaviour",
+    "TaskContext",
+    "TaskDuration",
     "Uniform",
     "parse_distribution",
+    "parse_task_duration",
+    "sample_task_duration",
 ]
 
 #: Endpoint names used in configuration and statistics.
@@ -105,30 +116,191 @@ class LogNormal:
         return value if self.cap is None else min(value, self.cap)
 
 
-Distribution = Fixed | Uniform | LogNormal
+@attrs.frozen
+class Bimodal:
+    """Two kinds of tasks in one stream: a ``long_share`` of the draws come from ``long``, the
+    others from ``short``.
+
+    >>> mix = Bimodal(Fixed(1), Fixed(20), long_share=0.25)
+    >>> sorted({mix.sample(random.Random(i)) for i in range(20)})
+    [1, 20]
+    """
+
+    short: Distribution
+    long: Distribution
+    long_share: float = attrs.field(validator=_share)
+
+    def sample(self, rng: random.Random) -> float:
+        """Pick a kind (one draw), then draw a duration of that kind."""
+        kind = self.long if rng.random() < self.long_share else self.short
+        return kind.sample(rng)
+
+
+#: A duration that needs nothing but a random stream (task times and latencies).
+Distribution = Fixed | Uniform | LogNormal | Bimodal
+
+
+@attrs.frozen
+class TaskContext:
+    """What the server knows when a task is submitted, for durations that depend on it.
+
+    ``submitted``: tasks submitted before this one; ``elapsed``: seconds since the first task
+    was submitted; ``pending``: tasks submitted before this one that have not finished yet.
+    """
+
+    submitted: int = 0
+    elapsed: float = 0.0
+    pending: int = 0
+
+
+@attrs.frozen
+class QueueGrowth:
+    """A server whose queue slows it down: ``base`` plus ``per_pending`` seconds for every
+    task still pending when this one is submitted.
+
+    >>> QueueGrowth(Fixed(1.0), per_pending=0.5).sample(random.Random(0), TaskContext(pending=4))
+    3.0
+    """
+
+    base: Distribution
+    per_pending: float = attrs.field(validator=_non_negative)
+
+    def sample(self, rng: random.Random, context: TaskContext) -> float:
+        """Draw the base duration and add the queue's share."""
+        return self.base.sample(rng) + self.per_pending * context.pending
+
+
+@attrs.frozen
+class Drift:
+    """Task times that change mid-run: ``before`` until ``after_tasks`` tasks were submitted or
+    ``after_seconds`` passed since the first one (exactly one of the two), then ``after``.
+
+    >>> drift = Drift(Fixed(1), Fixed(5), after_tasks=100)
+    >>> [drift.sample(random.Random(0), TaskContext(submitted=n)) for n in (99, 100)]
+    [1, 5]
+    """
+
+    before: Distribution | QueueGrowth
+    after: Distribution | QueueGrowth
+    after_tasks: int | None = None
+    after_seconds: float | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if (self.after_tasks is None) == (self.after_seconds is None):
+            raise ValueError("Drift needs exactly one of after_tasks and after_seconds")
+        if self.after_tasks is not None and self.after_tasks < 0:
+            raise ValueError(f"after_tasks must be >= 0, got {self.after_tasks!r}")
+        if self.after_seconds is not None and not (
+            self.after_seconds >= 0 and math.isfinite(self.after_seconds)
+        ):
+            raise ValueError(
+                f"after_seconds must be a finite number >= 0, got {self.after_seconds!r}"
+            )
+
+    def sample(self, rng: random.Random, context: TaskContext) -> float:
+        """Draw from the part of the run ``context`` falls in."""
+        drifted = (self.after_tasks is not None and context.submitted >= self.after_tasks) or (
+            self.after_seconds is not None and context.elapsed >= self.after_seconds
+        )
+        return sample_task_duration(self.after if drifted else self.before, rng, context)
+
+
+#: What a task's duration can be: a :data:`Distribution`, or one that reads a
+#: :class:`TaskContext` (:class:`QueueGrowth`, :class:`Drift`).
+TaskDuration = Distribution | QueueGrowth | Drift
+
+
+def sample_task_duration(duration: TaskDuration, rng: random.Random, context: TaskContext) -> float:
+    """Draw one task's duration, giving ``context`` to the durations that read it.
+
+    >>> sample_task_duration(Fixed(2.0), random.Random(0), TaskContext(pending=9))
+    2.0
+    """
+    if isinstance(duration, QueueGrowth | Drift):
+        return duration.sample(rng, context)
+    return duration.sample(rng)
+
+
+def _parse_simple(spec: str, whole: str) -> Fixed | Uniform | LogNormal:
+    parts = spec.strip().split(":")
+    if parts[0].lower() == "lognormal" and len(parts) in (3, 4):
+        cap = float(parts[3]) if len(parts) == 4 else None
+        return LogNormal(float(parts[1]), float(parts[2]), cap)
+    if len(parts) == 1:
+        return Fixed(float(parts[0]))
+    if len(parts) == 2:
+        return Uniform(float(parts[0]), float(parts[1]))
+    raise ValueError(
+        f"bad duration spec {whole!r}: use SECONDS, MIN:MAX or lognormal:MEDIAN:SIGMA[:CAP]"
+    )
+
+
+def _composite(spec: str, kinds: tuple[str, ...]) -> tuple[str, str, list[str]] | None:
+    """``KIND:PARAMETER/SUB/SUB...`` split up, or ``None`` when ``spec`` is no such kind."""
+    head, *subs = spec.strip().split("/")
+    kind, _, parameter = head.partition(":")
+    kind = kind.strip().lower()
+    if kind not in kinds:
+        return None
+    return kind, parameter.strip(), subs
 
 
 def parse_distribution(spec: str) -> Distribution:
     """Parse a command-line duration spec.
 
     ``"0.2"`` is :class:`Fixed`, ``"0.1:0.5"`` is :class:`Uniform`, ``"lognormal:MEDIAN:SIGMA"``
-    (optionally ``:CAP``) is :class:`LogNormal`.
+    (optionally ``:CAP``) is :class:`LogNormal`, ``"bimodal:LONG_SHARE/SHORT/LONG"`` (two of
+    the former) is :class:`Bimodal`.
 
     >>> parse_distribution("0.1:0.5")
     Uniform(low=0.1, high=0.5)
+    >>> parse_distribution("bimodal:0.2/1:2/20")
+    Bimodal(short=Uniform(low=1.0, high=2.0), long=Fixed(seconds=20.0), long_share=0.2)
     """
-    parts = spec.strip().split(":")
     try:
-        if parts[0].lower() == "lognormal" and len(parts) in (3, 4):
-            cap = float(parts[3]) if len(parts) == 4 else None
-            return LogNormal(float(parts[1]), float(parts[2]), cap)
-        if len(parts) == 1:
-            return Fixed(float(parts[0]))
-        if len(parts) == 2:
-            return Uniform(float(parts[0]), float(parts[1]))
+        composite = _composite(spec, ("bimodal",))
+        if composite is None:
+            return _parse_simple(spec, spec)
+        _, share, subs = composite
+        if len(subs) != 2:
+            raise ValueError("use bimodal:LONG_SHARE/SHORT/LONG")
+        return Bimodal(_parse_simple(subs[0], spec), _parse_simple(subs[1], spec), float(share))
     except ValueError as exc:
+        if str(exc).startswith("bad duration spec"):
+            raise
         raise ValueError(f"bad duration spec {spec!r}: {exc}") from None
-    raise ValueError(f"bad duration spec {spec!r}: use SECONDS, MIN:MAX or lognormal:MEDIAN:SIGMA")
+
+
+def parse_task_duration(spec: str) -> TaskDuration:
+    """Parse a task-duration spec: a :func:`parse_distribution` spec, or
+    ``"queue:PER_PENDING/BASE"`` (:class:`QueueGrowth`), or ``"drift:N/BEFORE/AFTER"`` (after
+    ``N`` tasks) or ``"drift:Ts/BEFORE/AFTER"`` (after ``T`` seconds) (:class:`Drift`).  The
+    parts after ``/`` are simple specs (``SECONDS``, ``MIN:MAX``, ``lognormal:...``).
+
+    >>> parse_task_duration("queue:0.05/1:6")
+    QueueGrowth(base=Uniform(low=1.0, high=6.0), per_pending=0.05)
+    >>> parse_task_duration("drift:30s/1:6/5:10").after_seconds
+    30.0
+    """
+    composite = _composite(spec, ("queue", "drift"))
+    if composite is None:
+        return parse_distribution(spec)
+    kind, parameter, subs = composite
+    try:
+        if kind == "queue":
+            if len(subs) != 1:
+                raise ValueError("use queue:PER_PENDING/BASE")
+            return QueueGrowth(_parse_simple(subs[0], spec), float(parameter))
+        if len(subs) != 2:
+            raise ValueError("use drift:N/BEFORE/AFTER or drift:Ts/BEFORE/AFTER")
+        before, after = _parse_simple(subs[0], spec), _parse_simple(subs[1], spec)
+        if parameter.lower().endswith("s"):
+            return Drift(before, after, after_seconds=float(parameter[:-1]))
+        return Drift(before, after, after_tasks=int(parameter))
+    except ValueError as exc:
+        if str(exc).startswith("bad duration spec"):
+            raise
+        raise ValueError(f"bad duration spec {spec!r}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- knobs
@@ -160,23 +332,127 @@ class Latency:
         }.get(endpoint)
 
 
+RateShape = Literal["token-bucket", "sliding-window", "fixed-window", "leaky-bucket", "concurrency"]
+#: Every :class:`RateLimit` shape, in the order the documentation lists them.
+RATE_SHAPES: tuple[RateShape, ...] = (
+    "token-bucket",
+    "sliding-window",
+    "fixed-window",
+    "leaky-bucket",
+    "concurrency",
+)
+#: ``(seconds since the first request, requests per second)`` steps of a changing limit.
+RateSchedule = tuple[tuple[float, float], ...]
+
+
+def _to_schedule(steps: object) -> RateSchedule:
+    """Accept any iterable of ``(time, rate)`` pairs (lists from JSON, say) as a tuple."""
+    if not isinstance(steps, Iterable):
+        raise TypeError(f"schedule must be a sequence of (seconds, rate) pairs, got {steps!r}")
+    pairs: list[tuple[float, float]] = []
+    for step in steps:
+        at, rate = step
+        pairs.append((float(at), float(rate)))
+    return tuple(pairs)
+
+
 @attrs.frozen
 class RateLimit:
-    """A per-key token bucket: ``requests_per_second`` refill, ``burst`` capacity.
+    """A per-key request limit of one ``shape`` (see ``docs/simulator.md``, "limiter zoo").
 
-    ``burst`` defaults to ``ceil(requests_per_second)``.  Requests over the limit get
-    429 ``EXCEEDING_LIMITS``, with a ``Retry-After`` header (whole seconds, rounded up) when
-    ``retry_after`` is true.
+    - ``"token-bucket"`` (default): ``requests_per_second`` refill, ``burst`` capacity
+      (default ``ceil(rate)``, following the rate when it changes);
+    - ``"sliding-window"``: at most ``floor(rate * window)`` accepted requests in any sliding
+      ``window`` seconds (refusals do not count);
+    - ``"fixed-window"``: the same count per window, the counter reset every ``window``
+      seconds since the key's first request;
+    - ``"leaky-bucket"``: queue-free and without burst: a request is accepted only if at
+      least ``1/rate`` passed since the last accepted one;
+    - ``"concurrency"``: at most ``max_in_flight`` accepted requests being handled at once
+      (``requests_per_second`` is ignored; see :meth:`concurrency`).
+
+    Refused requests get 429 ``EXCEEDING_LIMITS``, with a ``Retry-After`` header (whole
+    seconds, rounded up) when ``retry_after`` is true and the wait is known, at once when
+    ``instant_429`` is true, otherwise after the endpoint's usual latency.  ``schedule``
+    changes the rate over time: ``((0, 50), (10, 20), (20, 50))`` is 50/s, then 20/s from
+    10 s after the key's first request, then 50/s again from 20 s; before the first step the
+    rate is ``requests_per_second``.
+
+    >>> RateLimit(50, schedule=[(10, 20)]).rate_at(12.5)
+    20.0
     """
 
     requests_per_second: float = attrs.field(validator=_non_negative)
     burst: int | None = None
     retry_after: bool = True
+    shape: RateShape = "token-bucket"
+    instant_429: bool = False
+    schedule: RateSchedule = attrs.field(default=(), converter=_to_schedule)
+    window: float = 1.0
+    max_in_flight: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.shape not in RATE_SHAPES:
+            raise ValueError(f"shape must be one of {', '.join(RATE_SHAPES)}, got {self.shape!r}")
+        if self.burst is not None and self.burst < 1:
+            raise ValueError(f"burst must be >= 1, got {self.burst!r}")
+        if self.burst is not None and self.shape != "token-bucket":
+            raise ValueError(f"burst applies to the token-bucket shape only, not {self.shape}")
+        if not (self.window > 0 and math.isfinite(self.window)):
+            raise ValueError(f"window must be a finite number > 0, got {self.window!r}")
+        if self.shape == "concurrency":
+            if self.max_in_flight is None or self.max_in_flight < 1:
+                raise ValueError(
+                    f"the concurrency shape needs max_in_flight >= 1, got {self.max_in_flight!r}"
+                )
+            if self.schedule:
+                raise ValueError("schedule applies to the rate shapes, not to concurrency")
+        elif self.max_in_flight is not None:
+            raise ValueError(f"max_in_flight applies to the concurrency shape, not {self.shape}")
+        previous = -math.inf
+        for at, rate in self.schedule:
+            if not (0 <= at < math.inf and previous < at):
+                raise ValueError(
+                    f"schedule times must be finite, >= 0 and increasing, got {self.schedule!r}"
+                )
+            if not (rate >= 0 and math.isfinite(rate)):
+                raise ValueError(f"schedule rates must be finite numbers >= 0, got {rate!r}")
+            previous = at
+
+    @classmethod
+    def concurrency(
+        cls, max_in_flight: int, *, retry_after: bool = True, instant_429: bool = False
+    ) -> RateLimit:
+        """A limit of ``max_in_flight`` accepted requests in flight per key.
+
+        >>> RateLimit.concurrency(4).max_in_flight
+        4
+        """
+        return cls(
+            0.0,
+            retry_after=retry_after,
+            shape="concurrency",
+            instant_429=instant_429,
+            max_in_flight=max_in_flight,
+        )
+
+    def rate_at(self, elapsed: float) -> float:
+        """Requests per second ``elapsed`` seconds after the key's first request."""
+        rate = self.requests_per_second
+        for at, scheduled in self.schedule:
+            if at > elapsed:
+                break
+            rate = scheduled
+        return rate
+
+    def capacity_at(self, rate: float) -> int:
+        """The token bucket's size while the rate is ``rate``: ``burst``, else ``ceil(rate)``."""
+        return self.burst if self.burst is not None else max(1, math.ceil(rate))
 
     @property
     def capacity(self) -> int:
-        """The bucket's size."""
-        return self.burst if self.burst is not None else max(1, math.ceil(self.requests_per_second))
+        """The bucket's size at ``requests_per_second``."""
+        return self.capacity_at(self.requests_per_second)
 
 
 @attrs.frozen
@@ -203,7 +479,7 @@ class TaskBehaviour:
     reads ``data`` first).
     """
 
-    duration: Distribution = Uniform(0.5, 2.0)
+    duration: TaskDuration = Uniform(0.5, 2.0)
     queued_fraction: float = attrs.field(default=0.25, validator=_share)
     failure_share: float = attrs.field(default=0.0, validator=_share)
     failure_code: str = "ERROR_NO_FACE_IN_FILE"

@@ -3,8 +3,9 @@
 numbers.
 
 This module owns the meaning of the flat knobs (a duration spec such as ``0.5:2.0`` or
-``lognormal:1:0.5``, one ``fault_5xx`` rate split evenly over 500/502/503/504, latency on the
-API endpoints but not on result downloads unless asked). It is pure: no I/O, no clock. Like
+``lognormal:1:0.5``, a rate schedule such as ``0:50,10:20``, which rate-limit options go with
+which shape, one ``fault_5xx`` rate split evenly over 500/502/503/504, latency on the API
+endpoints but not on result downloads unless asked). It is pure: no I/O, no clock. Like
 the rest of the simulator it imports nothing from the SDK, whose behaviour it checks.
 
 >>> config = config_from_options(task_duration="1:2", fault_5xx=0.2, credits=10.0)
@@ -21,17 +22,21 @@ from typing import Any
 import attrs
 
 from ._config import (
+    RATE_SHAPES,
     Credits,
     Distribution,
     Faults,
     Latency,
     RateLimit,
+    RateSchedule,
+    RateShape,
     SimulatorConfig,
     TaskBehaviour,
     parse_distribution,
+    parse_task_duration,
 )
 
-__all__ = ["SimulatorOptionError", "config_from_options"]
+__all__ = ["SimulatorOptionError", "config_from_options", "parse_rate_schedule"]
 
 
 class SimulatorOptionError(ValueError):
@@ -66,6 +71,99 @@ def _duration(option: str, spec: str | None) -> Distribution | None:
         return parse_distribution(spec)
 
 
+def parse_rate_schedule(spec: str) -> RateSchedule:
+    """Parse ``"SECONDS:RPS,SECONDS:RPS,..."`` (seconds since a key's first request).
+
+    >>> parse_rate_schedule("0:50, 10:20, 20:50")
+    ((0.0, 50.0), (10.0, 20.0), (20.0, 50.0))
+    """
+    steps = []
+    for step in spec.split(","):
+        at, sep, rate = step.partition(":")
+        try:
+            if not sep:
+                raise ValueError("each step is SECONDS:RPS")
+            steps.append((float(at), float(rate)))
+        except ValueError as exc:
+            raise ValueError(f"bad rate schedule {spec!r}: {exc}") from None
+    return tuple(steps)
+
+
+def _shape(name: str) -> RateShape:
+    for shape in RATE_SHAPES:
+        if name == shape:
+            return shape
+    raise SimulatorOptionError(
+        f"rate_shape must be one of {', '.join(RATE_SHAPES)}, got {name!r}", option="rate_shape"
+    )
+
+
+def _rate_limit(
+    *,
+    rate: float | None,
+    shape_name: str | None,
+    schedule: str | None,
+    burst: int | None,
+    window: float | None,
+    max_in_flight: int | None,
+    retry_after: bool,
+    instant_429: bool,
+) -> RateLimit | None:
+    """The per-key limit the rate options describe, ``None`` when they describe none."""
+    shape = _shape(shape_name) if shape_name is not None else "token-bucket"
+    if shape == "concurrency":
+        if rate is not None or schedule:
+            raise SimulatorOptionError(
+                "the concurrency shape limits requests in flight (max_in_flight), not a rate",
+                option="rate_shape",
+            )
+        if max_in_flight is None:
+            raise SimulatorOptionError(
+                "the concurrency shape needs max_in_flight", option="max_in_flight"
+            )
+        with _blame("max_in_flight"):
+            return RateLimit.concurrency(
+                max_in_flight, retry_after=retry_after, instant_429=instant_429
+            )
+    if max_in_flight is not None:
+        raise SimulatorOptionError(
+            "max_in_flight goes with the concurrency rate_shape", option="max_in_flight"
+        )
+    if burst is not None and shape != "token-bucket":
+        raise SimulatorOptionError(
+            f"burst goes with the token-bucket rate_shape, not {shape}", option="burst"
+        )
+    steps: RateSchedule = ()
+    if schedule:
+        with _blame("rate_schedule"):
+            steps = parse_rate_schedule(schedule)
+    if rate is None and steps and steps[0][0] == 0:
+        rate = steps[0][1]  # the schedule says where it starts
+    if rate is None:
+        if shape_name is not None or steps:
+            raise SimulatorOptionError(
+                "give rate_limit (or a rate_schedule starting at 0) with this shape",
+                option="rate_limit",
+            )
+        return None
+    # The window and the schedule are checked on their own first, so an error names them.
+    with _blame("rate_window"):
+        options: dict[str, Any] = {} if window is None else {"window": window}
+        RateLimit(1.0, **options)
+    with _blame("rate_schedule"):
+        RateLimit(1.0, schedule=steps)
+    with _blame("rate_limit"):
+        return RateLimit(
+            rate,
+            burst,
+            retry_after,
+            shape=shape,
+            instant_429=instant_429,
+            schedule=steps,
+            **options,
+        )
+
+
 def config_from_options(
     *,
     api_key: str | None = None,
@@ -76,8 +174,13 @@ def config_from_options(
     latency: str | None = None,
     result_latency: str | None = None,
     rate_limit: float | None = None,
+    rate_shape: str | None = None,
+    rate_schedule: str | None = None,
     burst: int | None = None,
+    rate_window: float | None = None,
+    max_in_flight: int | None = None,
     retry_after: bool = True,
+    instant_429: bool = False,
     concurrency_limit: int | None = None,
     credits: float | None = None,
     task_duration: str | None = None,
@@ -93,11 +196,16 @@ def config_from_options(
 ) -> SimulatorConfig:
     """Build a :class:`SimulatorConfig`; an option left ``None`` keeps its default there.
 
-    Durations (``latency``, ``result_latency``, ``task_duration``) are specs for
-    :func:`~ailab_async.testing.simulator.parse_distribution`. ``latency`` applies to every
+    Durations (``latency``, ``result_latency``) are specs for
+    :func:`~ailab_async.testing.simulator.parse_distribution`, ``task_duration`` one for
+    :func:`~ailab_async.testing.simulator.parse_task_duration`. ``latency`` applies to every
     API endpoint, ``result_latency`` to result downloads. ``rate_limit`` is requests per
-    second per key (``burst``: the bucket size, ``retry_after``: send the header);
-    ``credits`` a balance per key. Raises :class:`SimulatorOptionError` naming the option
+    second per key, limited the ``rate_shape`` way (a :class:`RateLimit` shape, default the
+    token bucket; ``burst``: its size; ``rate_window``: the window shapes' seconds),
+    changing over time by ``rate_schedule`` (``"0:50,10:20"``, from which ``rate_limit``
+    may be left out); the ``"concurrency"`` shape takes ``max_in_flight`` instead of a rate.
+    ``retry_after`` sends the header, ``instant_429`` answers refusals without the latency.
+    ``credits`` is a balance per key. Raises :class:`SimulatorOptionError` naming the option
     whose value cannot be used.
 
     >>> config_from_options(latency="0.1").latency.smart_skin
@@ -119,9 +227,20 @@ def config_from_options(
         if value is not None
     }
     api_latency = _duration("latency", latency)
-    task_time = _duration("task_duration", task_duration)
-    with _blame("rate_limit"):
-        rate = RateLimit(rate_limit, burst, retry_after) if rate_limit is not None else None
+    task_time = None
+    if task_duration:
+        with _blame("task_duration"):
+            task_time = parse_task_duration(task_duration)
+    rate = _rate_limit(
+        rate=rate_limit,
+        shape_name=rate_shape,
+        schedule=rate_schedule,
+        burst=burst,
+        window=rate_window,
+        max_in_flight=max_in_flight,
+        retry_after=retry_after,
+        instant_429=instant_429,
+    )
     with _blame("credits"):
         balance = Credits(credits) if credits is not None else None
     with _blame("failure_share"):

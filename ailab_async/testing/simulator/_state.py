@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
+import heapq
 import random
 import secrets
 import time
@@ -17,10 +17,12 @@ from typing import Protocol
 
 import attrs
 
-from ._config import SimulatorConfig
+from ._config import RateLimit, SimulatorConfig, TaskContext, sample_task_duration
+from ._limits import ServerLimit, server_limit
 
 __all__ = [
     "UNLIMITED_BALANCE",
+    "Admission",
     "Clock",
     "ManualClock",
     "SimulatorState",
@@ -106,6 +108,10 @@ class SimulatorStats:
     - ``detection_lag``: ``task_id`` -> seconds between the task finishing and the first
       query that observed it finished.
     - ``credits_spent``: credits charged over all keys.
+    - ``rate_limited``: requests the rate or concurrency limits refused (429
+      ``EXCEEDING_LIMITS``), whether or not a fault then replaced the answer.
+    - ``admitted_at``: arrival times (the simulator's clock) of the API requests the limits
+      accepted, in order: an accepted rate per second is a histogram of these.
     """
 
     requests: Counter[tuple[str, str]] = attrs.field(factory=Counter)
@@ -116,6 +122,8 @@ class SimulatorStats:
     polls_per_task: Counter[str] = attrs.field(factory=Counter)
     detection_lag: dict[str, float] = attrs.field(factory=dict)
     credits_spent: float = 0.0
+    rate_limited: int = 0
+    admitted_at: list[float] = attrs.field(factory=list)
 
     def count(self, endpoint: str | None = None, outcome: str | None = None) -> int:
         """Requests seen, optionally only for one endpoint and/or outcome.
@@ -142,6 +150,22 @@ class SimulatorStats:
         self.polls_per_task.clear()
         self.detection_lag.clear()
         self.credits_spent = 0.0
+        self.rate_limited = 0
+        self.admitted_at.clear()
+
+
+@attrs.frozen
+class Admission:
+    """What the limits said to one API request.
+
+    ``passed``: the limits that accepted it (to release when it is answered); ``refused_by``
+    the limit that refused it, if any, with ``wait``, the seconds until a request would be
+    accepted (``math.inf``: unknown).
+    """
+
+    passed: tuple[ServerLimit, ...]
+    refused_by: RateLimit | None = None
+    wait: float = 0.0
 
 
 @attrs.define
@@ -198,11 +222,20 @@ class SimulatorState:
         self._fault_rng = random.Random(f"{seed}:faults")  # noqa: S311
         self._latency_rngs: dict[str, random.Random] = {}
         self._keys = frozenset(config.api_keys)
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill)
+        self._key_limits: dict[str, ServerLimit] = {}
+        self._server_limit: tuple[ServerLimit, RateLimit] | None = None
+        if config.concurrency_limit is not None:
+            # One limit shared by every key, its 429s sent after the usual latency.
+            shared = RateLimit.concurrency(config.concurrency_limit, retry_after=False)
+            rng = random.Random(f"{seed}:limit")  # noqa: S311
+            self._server_limit = (server_limit(shared, rng), shared)
         start = config.credits.balance if config.credits is not None else UNLIMITED_BALANCE
         self._balances: dict[str, float] = dict.fromkeys(config.api_keys, start)
         self._uploads_seen: Counter[str] = Counter()
         self.tasks: dict[str, Task] = {}
+        self._tasks_submitted = 0
+        self._first_task_at: float | None = None
+        self._unfinished: list[float] = []  # a heap of the unfinished tasks' completion times
         self.results: dict[str, StoredResult] = {}
         #: Rendered result images by token (a small LRU kept by the app).
         self.rendered: OrderedDict[str, bytes] = OrderedDict()
@@ -238,22 +271,38 @@ class SimulatorState:
         """Whether ``key`` authenticates."""
         return key is not None and key in self._keys
 
-    def take_rate_token(self, key: str) -> float | None:
-        """Spend one request from ``key``'s bucket: ``None`` if allowed, else seconds to wait."""
-        limit = self.config.rate_limit
-        if limit is None:
-            return None
+    def admit(self, key: str) -> Admission:
+        """Pass one API request from ``key`` through its rate limit, then the server-wide
+        ``concurrency_limit``.  Call :meth:`release` with the answer once it is sent."""
         now = self.clock.now()
-        capacity = float(limit.capacity)
-        tokens, last = self._buckets.get(key, (capacity, now))
-        tokens = min(capacity, tokens + (now - last) * limit.requests_per_second)
-        if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now)
-            return None
-        self._buckets[key] = (tokens, now)
-        if limit.requests_per_second <= 0:
-            return math.inf
-        return (1.0 - tokens) / limit.requests_per_second
+        passed: list[ServerLimit] = []
+        for limit, config in self._limits_for(key):
+            wait = limit.admit(now)
+            if wait is not None:
+                self.stats.rate_limited += 1
+                return Admission(tuple(passed), config, wait)
+            passed.append(limit)
+        self.stats.admitted_at.append(now)
+        return Admission(tuple(passed))
+
+    def release(self, admission: Admission) -> None:
+        """The request ``admission`` was made for has been answered."""
+        now = self.clock.now()
+        for limit in admission.passed:
+            limit.done(now)
+
+    def _limits_for(self, key: str) -> list[tuple[ServerLimit, RateLimit]]:
+        limits = []
+        config = self.config.rate_limit
+        if config is not None:
+            limit = self._key_limits.get(key)
+            if limit is None:
+                rng = random.Random(f"{self._seed}:limit:{key}")  # noqa: S311
+                limit = self._key_limits[key] = server_limit(config, rng)
+            limits.append((limit, config))
+        if self._server_limit is not None:
+            limits.append(self._server_limit)
+        return limits
 
     # ------------------------------------------------------------------ credits
 
@@ -311,13 +360,17 @@ class SimulatorState:
 
     def create_task(self, key: str, digest: str, upload: bytes, beauty_level: float) -> Task:
         """Register a smart-beauty task; its duration and fate are drawn from the seed and the
-        image, so the same image submitted in the same order always behaves the same."""
+        image, so the same image submitted in the same order always behaves the same (a
+        duration that reads the :class:`TaskContext`, such as a growing queue, also depends on
+        the tasks submitted before)."""
         occurrence = self.record_billed_upload(digest)
         rng = random.Random(f"{self._seed}:task:{digest}:{occurrence}")  # noqa: S311
         behaviour = self.config.tasks
-        duration = behaviour.duration.sample(rng)
-        fails = rng.random() < behaviour.failure_share
         now = self.clock.now()
+        duration = sample_task_duration(behaviour.duration, rng, self._task_context(now))
+        fails = rng.random() < behaviour.failure_share
+        heapq.heappush(self._unfinished, now + duration)
+        self._tasks_submitted += 1
         token = None
         if not fails:
             token = self.store_result(upload, beauty_level, beauty_level, now + duration)
@@ -332,6 +385,15 @@ class SimulatorState:
         )
         self.tasks[task.task_id] = task
         return task
+
+    def _task_context(self, now: float) -> TaskContext:
+        """What a duration may depend on at a submit at ``now`` (all keys together)."""
+        if self._first_task_at is None:
+            self._first_task_at = now
+        unfinished = self._unfinished
+        while unfinished and unfinished[0] <= now:
+            heapq.heappop(unfinished)
+        return TaskContext(self._tasks_submitted, now - self._first_task_at, len(unfinished))
 
     def find_task(self, task_id: str, key: str) -> Task | None:
         """The task, if it exists, belongs to ``key`` and has not expired."""
