@@ -360,7 +360,7 @@ def _check(label: str, size: int, read_at: ReadAt, rules: ImageRules) -> tuple[s
         raise fail("empty", "the image is empty")
     fmt = _check_format(label, read_at(0, 32), rules)
     if size > rules.max_bytes:
-        raise fail("max_bytes", f"{size} bytes is over the {rules.max_bytes // _MB} MB limit")
+        raise fail("max_bytes", f"{size} bytes is over the {rules.max_bytes // _MB} MiB limit")
     dims = sniff_dimensions(fmt, read_at)
     if dims is None:
         raise fail("decodable", "the image header is damaged; its resolution cannot be read")
@@ -421,7 +421,7 @@ def prepare_image(image: ImageInput, rules: ImageRules) -> PreparedImage:
         raise _invalid(
             label,
             "max_bytes",
-            f"the image is over the {rules.max_bytes // _MB} MB limit",
+            f"the image is over the {rules.max_bytes // _MB} MiB limit",
             rules.endpoint,
         )
     return _prepare_bytes(data, label, rules)

@@ -47,7 +47,7 @@ DEFAULT_BASE_URL = "https://www.ailabapi.com"
 #: hundred bytes; the cap keeps a hostile or broken server (a gzip bomb, an endless body)
 #: from filling memory. A body over the cap is a :class:`MalformedResponseError`. (Should
 #: smart-beauty's ``task_type=sync``, a base64 image in the body, ever be wrapped, that
-#: endpoint needs a larger cap: about 7 MiB for its 5 MB image limit.)
+#: endpoint needs a larger cap: about 7 MiB for its 5 MiB image limit.)
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 
 #: The longest ``Retry-After`` any part of the client honours, in seconds (retries, the rate

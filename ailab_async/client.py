@@ -279,7 +279,7 @@ class AILabClient:
     ) -> ImageResult:
         """AI Skin Beauty: smooth skin (``retouch_degree``) and whiten (``whitening_degree``).
 
-        Both degrees are in [0, 1.5]. The image (JPEG/PNG, at most 6 MB, sides above 128 and
+        Both degrees are in [0, 1.5]. The image (JPEG/PNG, at most 6 MiB, sides above 128 and
         below 5000 pixels) is a path, bytes or a binary file object; it is checked before
         upload and streamed from disk on every attempt.
 
@@ -306,7 +306,7 @@ class AILabClient:
         """Smart Beauty: submit the task and return its handle at once.
 
         ``beauty_level`` is in [0, 1]; ``multi_face=True`` beautifies every face (fewer than
-        18 recommended), otherwise only the largest. The image is JPEG/PNG/BMP, at most 5 MB,
+        18 recommended), otherwise only the largest. The image is JPEG/PNG/BMP, at most 5 MiB,
         below 4096x4096. Persist ``task.task_id``: it is what you paid for.
 
         >>> task = await client.submit_smart_beauty("face.jpg", beauty_level=0.7)  # doctest: +SKIP

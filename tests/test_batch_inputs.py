@@ -102,3 +102,30 @@ def test_names_that_are_not_utf8_are_set_aside(tmp_path: Path) -> None:
     (tmp_path / "in" / "good.jpg").unlink()
     plan = plan_inputs([str(tmp_path / "in")], tmp_path / "out")
     assert (plan.items, plan.unusable, plan.refused) == ((), (bad,), False)
+
+
+def test_files_in_folders_that_are_not_photos_are_named_not_dropped(tmp_path: Path) -> None:
+    touch(tmp_path / "in" / "a.JPEG")
+    notes = touch(tmp_path / "in" / "notes.txt")
+    raw = touch(tmp_path / "in" / "sub" / "b.cr2")
+    no_suffix = touch(tmp_path / "in" / "README")
+    (tmp_path / "in" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")  # not a regular file
+    given = touch(tmp_path / "given.txt")  # given by name: taken as it is
+    out = tmp_path / "in" / "out"
+    touch(out / "manifest.jsonl")  # the output folder's own files are neither
+    plan = plan_inputs([str(tmp_path / "in"), str(given), str(tmp_path / "in")], out)
+    assert names(plan) == ["in/a.JPEG", "given.txt"]
+    assert plan.not_photos == (
+        tmp_path / "in" / "README",
+        tmp_path / "in" / "gone.jpg",
+        notes,
+        raw,
+    )  # each once, although the folder was given twice
+    assert no_suffix in plan.not_photos
+
+
+def test_a_folder_of_other_files_is_refused_and_its_files_named(tmp_path: Path) -> None:
+    notes = touch(tmp_path / "in" / "notes.txt")
+    plan = plan_inputs([str(tmp_path / "in")], tmp_path / "out")
+    assert [problem.refusal for problem in plan.problems] == [Refusal.NO_IMAGES]
+    assert plan.not_photos == (notes,)

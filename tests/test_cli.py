@@ -33,6 +33,7 @@ from ailab_async.batch.journal import ItemIdentity, ItemState, Journal, JournalB
 from ailab_async.cli import _batch as _batch_cli
 from ailab_async.cli import main
 from ailab_async.cli._progress import (
+    ClientActivity,
     PlainProgress,
     ProgressState,
     RichProgress,
@@ -79,8 +80,9 @@ def _no_real_key(monkeypatch: pytest.MonkeyPatch) -> None:
 class ThreadedSimulator:
     """A simulator on its own loop and thread, for in-process ``main`` (which owns its loop)."""
 
-    def __init__(self, config: SimulatorConfig) -> None:
+    def __init__(self, config: SimulatorConfig, clock: ManualClock | None = None) -> None:
         self.config = config
+        self.clock = clock
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.sim: Simulator | None = None
@@ -90,7 +92,7 @@ class ThreadedSimulator:
 
     def __enter__(self) -> Simulator:
         async def start() -> Simulator:
-            sim = Simulator(self.config)
+            sim = Simulator(self.config, clock=self.clock)
             await sim.start()
             return sim
 
@@ -257,7 +259,8 @@ def test_output_folder_inside_an_input_folder_is_not_read_back(
     capsys.readouterr()
     assert main(argv) == 0  # the first run's results are not inputs of the second
     out = capsys.readouterr().out
-    assert "summary: 2 item(s)" in out
+    assert "summary: 2 items\n" in out
+    assert "other file" not in out  # the output folder's own files are not inputs either
     assert "already done    2" in out
     assert len(manifest(tmp_path / "in" / "out")) == 2
 
@@ -537,7 +540,7 @@ def test_a_journal_of_another_key_is_refused_before_paying(
 
 def test_bad_simulator_knob_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_photos(tmp_path / "in", 1)
-    argv = ["skin", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--simulate"]
+    argv = ["beauty", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--simulate"]
     assert main([*argv, "--sim-task-duration", "3:1"]) == 2
     assert "error" in capsys.readouterr().err
 
@@ -694,7 +697,7 @@ def outcome(name: str, state: ItemState, how: str = "ran", code: str | None = No
 
 def test_progress_state_counts_rate_and_eta() -> None:
     clock = FakeClock()
-    state = ProgressState(total=10, clock=clock)
+    state = ProgressState(total=10, clock=clock, concurrency=8)
     assert state.rate() is None
     assert state.eta() is None
     state.record("finished", outcome("old", ItemState.DOWNLOADED, how="skipped"))
@@ -704,10 +707,47 @@ def test_progress_state_counts_rate_and_eta() -> None:
     state.record("finished", outcome("a", ItemState.DOWNLOADED))
     state.record("finished", outcome("b", ItemState.FAILED, code="ERROR_NO_FACE_IN_FILE"))
     assert (state.settled, state.downloaded, state.failed, state.skipped) == (3, 2, 1, 1)
-    assert state.in_flight == 2
+    assert state.in_progress == 2
     assert state.rate() == pytest.approx(1.0)  # 2 worked items in 2 s; the skipped one is free
     assert state.eta() == pytest.approx(7.0)
-    assert state.summary() == "3/10 settled, 1 failed, 2 in flight, 1.0/s, ETA 7s"
+    state.observe(ClientActivity(requests_in_flight=3))
+    assert state.summary() == (
+        "3/10 settled · elapsed 2s · ETA 7s · 1.0/s · 1 failed · 2 in progress"
+        " · 3/8 requests in flight"
+    )
+
+
+def test_before_the_first_result_the_display_says_what_it_waits_for() -> None:
+    clock = FakeClock()
+    state = ProgressState(total=12, clock=clock, concurrency=8)
+    assert state.waiting() == "starting"
+    for _ in range(12):
+        state.record("started", None)
+    assert state.waiting() == "12 photos starting"
+    state.observe(ClientActivity(requests_in_flight=8))
+    assert state.waiting() == "8/8 requests in flight, no answer yet"
+    state.observe(ClientActivity(tasks_pending=12, first_poll_after=5.0))
+    clock.now += 1.0
+    assert state.waiting() == "12 tasks submitted, first poll in ~4s"
+    clock.now += 4.0
+    assert state.waiting() == "12 tasks submitted, first poll due"
+    state.observe(ClientActivity(tasks_pending=12, polls_sent=1, first_poll_after=5.0))
+    assert state.waiting() == "12 tasks submitted, 1 poll sent, none done yet"
+    assert state.stats() == state.waiting()
+    assert state.summary() == (
+        "0/12 settled · elapsed 5s · waiting: 12 tasks submitted, 1 poll sent, none done yet"
+    )
+    state.record("finished", outcome("a", ItemState.DOWNLOADED))
+    assert state.waiting() is None
+    assert "11 in progress" in state.stats()
+
+
+def test_resumed_items_are_counted_as_a_part_of_downloaded() -> None:
+    state = ProgressState(total=3, clock=FakeClock())
+    state.record("finished", outcome("a", ItemState.DOWNLOADED, how="resumed"))
+    state.record("finished", outcome("b", ItemState.DOWNLOADED))
+    state.record("finished", outcome("c", ItemState.FAILED, how="resumed", code="ERROR_X"))
+    assert (state.downloaded, state.resumed, state.failed) == (2, 1, 1)
 
 
 def test_plain_progress_prints_items_and_periodic_summaries() -> None:
@@ -719,14 +759,36 @@ def test_plain_progress_prints_items_and_periodic_summaries() -> None:
     progress.on_event("started", None)
     progress.on_event("finished", outcome("a.jpg", ItemState.DOWNLOADED))
     clock.now += 11
-    progress.tick()
+    progress.observe(ClientActivity(requests_in_flight=1))
     progress.on_event("finished", outcome("b\x1b.jpg", ItemState.FAILED, code="ERROR_X"))
     progress.close()
     lines = stream.getvalue().splitlines()
     assert lines[0] == "[2/3] ok        a.jpg -> out/a.jpg.png"
-    assert lines[1].startswith("progress: 2/3 settled, 0 failed, 1 in flight")
+    assert lines[1] == (
+        "progress: 2/3 settled · elapsed 11s · ETA 11s · 0.1/s · 0 failed · 1 in progress"
+        " · 1 request in flight"
+    )
     assert lines[2] == "[3/3] FAILED    b\\x1b.jpg: ERROR_X: no face"
     assert len(lines) == 3  # the item done in an earlier run is counted, not listed
+
+
+def test_plain_progress_says_what_it_waits_for_when_there_is_news() -> None:
+    clock = FakeClock()
+    stream = io.StringIO()
+    progress = PlainProgress(ProgressState(2, clock), stream, summary_every=10.0)
+    progress.on_event("started", None)
+    progress.on_event("started", None)
+    progress.observe(ClientActivity(tasks_pending=2, first_poll_after=5.0))
+    clock.now += 2
+    progress.observe(ClientActivity(tasks_pending=2, first_poll_after=5.0))
+    clock.now += 9
+    progress.observe(ClientActivity(tasks_pending=2, polls_sent=2, first_poll_after=5.0))
+    assert stream.getvalue().splitlines() == [
+        "waiting: 2 tasks submitted, first poll in ~5s",  # not again for the countdown
+        "waiting: 2 tasks submitted, 2 polls sent, none done yet",
+        "progress: 0/2 settled · elapsed 11s · waiting: 2 tasks submitted, 2 polls sent,"
+        " none done yet",
+    ]
 
 
 def test_an_item_paid_for_but_not_finished_is_not_called_failed() -> None:
@@ -744,7 +806,7 @@ def test_an_item_paid_for_but_not_finished_is_not_called_failed() -> None:
 
 def test_rich_progress_renders_on_a_terminal() -> None:
     stream = io.StringIO()
-    progress = RichProgress(ProgressState(2), stream, description="skin", force_terminal=True)
+    progress = RichProgress(ProgressState(2), stream, force_terminal=True)
     try:
         progress.on_event("started", None)
         progress.on_event("finished", outcome("[red]x.jpg", ItemState.FAILED, code="ERROR_X"))
@@ -756,6 +818,23 @@ def test_rich_progress_renders_on_a_terminal() -> None:
     assert "[red]x.jpg: ERROR_X" in text  # printed as text, not as markup
     assert "2/2" in text
     assert "1 failed" in text
+    assert "elapsed 0s" in text  # the elapsed time says what it is
+    assert "y.jpg" not in text  # items that went well are not listed without -v
+
+
+def test_rich_progress_with_verbose_lists_every_item_with_details() -> None:
+    stream = io.StringIO()
+    state = ProgressState(1, concurrency=4)
+    progress = RichProgress(state, stream, force_terminal=True, verbose=True)
+    try:
+        progress.on_event("started", None)
+        progress.observe(ClientActivity(requests_in_flight=1))
+        progress.on_event("finished", outcome("y.jpg", ItemState.DOWNLOADED))
+    finally:
+        progress.close()
+    text = stream.getvalue()
+    assert "ok        y.jpg -> out/y.jpg.png [at " in text
+    assert "in progress" in text
 
 
 def test_display_helpers() -> None:
@@ -832,15 +911,32 @@ async def wait_for_journal(
         await asyncio.sleep(0.05)
 
 
+#: The summary's item lines: every item is in exactly one of them.
+ITEM_LINES = ("downloaded", "already done", "failed", "not finished", "not processed")
+
+
 def summary_counts(log: str) -> dict[str, int]:
-    return {
-        match[1]: int(match[2])
-        for match in re.finditer(
-            r"^  (downloaded|already done|resumed|failed|not finished|sent again)\s+(\d+)",
-            log,
-            re.M,
-        )
-    }
+    """The end summary's numbers: ``total``, each item line (0 when absent), ``resumed``
+    (a part of downloaded) and ``sent again``."""
+    [total] = re.findall(r"^summary: (\d+) items?\b", log, re.M)
+    counts = {"total": int(total), "resumed": 0, "sent again": 0}
+    for name in ITEM_LINES:
+        found = re.findall(rf"^  {name} +(\d+)", log, re.M)
+        counts[name] = int(found[-1]) if found else 0
+    resumed = re.search(r"^  downloaded +\d+ \((\d+) of them resumed", log, re.M)
+    if resumed:
+        counts["resumed"] = int(resumed[1])
+    resent = re.search(r"^sent again: (\d+) request", log, re.M)
+    if resent:
+        counts["sent again"] = int(resent[1])
+    return counts
+
+
+def assert_summary_adds_up(log: str) -> dict[str, int]:
+    counts = summary_counts(log)
+    assert sum(counts[name] for name in ITEM_LINES) == counts["total"], log
+    assert counts["resumed"] <= counts["downloaded"]
+    return counts
 
 
 @pytest.mark.parametrize("kill_point", ["between requests", "anywhere"])
@@ -891,8 +987,8 @@ async def test_killed_mid_batch_and_rerun_pays_for_nothing_twice(
         assert code == 0, log
 
         ledger = await check_ledger(sim, inputs, journals=[journal], every_input_paid=True)
-        summary = summary_counts(log)
-        resent = summary.get("sent again", 0)
+        summary = assert_summary_adds_up(log)
+        resent = summary["sent again"]
         # The CLI's own account of what may have been paid twice matches the journal's...
         assert resent == in_flight_at_kill == sum(b.interrupted_sends for b in ledger.inputs)
         # ...and bounds the bill: every photo once, plus at most one per counted resend.
@@ -1025,7 +1121,7 @@ async def test_retry_failed_after_polls_were_refused_pays_once_per_photo(tmp_pat
         log = cli.log("first.log")
         assert code == 1, log  # nothing done: the tasks could not be queried
         assert proxy.refused >= count
-        summary = summary_counts(log)
+        summary = assert_summary_adds_up(log)
         assert summary["downloaded"] == 0
         assert summary["not finished"] == count  # paid for, still alive: not "failed"
         assert summary["failed"] == 0
@@ -1038,7 +1134,8 @@ async def test_retry_failed_after_polls_were_refused_pays_once_per_photo(tmp_pat
         code = await cli.finish(second, timeout=30)
         log = cli.log("second.log")
         assert code == 0, log
-        assert summary_counts(log)["resumed"] == count  # tracked by task id, not sent again
+        summary = assert_summary_adds_up(log)
+        assert summary["resumed"] == summary["downloaded"] == count  # tracked, not sent again
         await check_ledger(sim, inputs, journals=[journal], every_input_paid=True)
         assert sim.stats.count("smart-beauty", "OK") == count
         assert sim.stats.credits_spent == count

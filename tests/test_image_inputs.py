@@ -185,7 +185,7 @@ def test_unseekable_stream_is_read_at_most_max_bytes_plus_one(rules: ImageRules)
         prepare_image(stream, rules)  # type: ignore[arg-type]
     assert info.value.rule == "max_bytes"
     assert stream.served <= rules.max_bytes + 1
-    assert "MB limit" in str(info.value)
+    assert "MiB limit" in str(info.value)
 
 
 def test_oversized_stream_that_is_no_image_is_refused_as_such() -> None:

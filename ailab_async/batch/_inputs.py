@@ -2,8 +2,10 @@
 
 :func:`plan_inputs` decides, before anything is sent: results already in the output folder
 are never inputs (``out_dir`` may lie inside an input folder), each file counts once, names
-that are not valid UTF-8 cannot be journaled and are set aside, and two inputs that would
-write the same output refuse the batch rather than overwrite each other. It answers with
+that are not valid UTF-8 cannot be journaled and are set aside, files in input folders that
+are not photos (:func:`~ailab_async.batch._paths.is_photo`) are set aside and named so the
+caller can report them, and two inputs that would write the same output refuse the batch
+rather than overwrite each other. It answers with
 data (:class:`InputPlan`); printing, and wording for a terminal, is the caller's job.
 
 It reads the file system (``stat``, directory walks) but sends nothing and writes nothing.
@@ -18,7 +20,7 @@ from pathlib import Path
 import attrs
 
 from ..errors import ValidationError
-from ._paths import BatchItem, discover_inputs, safe_output_path
+from ._paths import BatchItem, safe_output_path, scan_inputs
 
 __all__ = ["InputPlan", "InputProblem", "Refusal", "plan_inputs"]
 
@@ -59,12 +61,16 @@ class InputPlan:
     """What :func:`plan_inputs` decided.
 
     ``items`` are processed, in order; ``unusable`` are set aside (a name that is not valid
-    UTF-8); a non-empty ``problems`` refuses the whole batch, most telling first.
+    UTF-8); ``not_photos`` are the other files found in input folders, skipped (results
+    and files of the output folder are neither); a non-empty ``problems`` refuses the whole
+    batch, most telling first (``not_photos`` is filled in then too, to explain a
+    ``NO_IMAGES``).
     """
 
     items: tuple[BatchItem, ...] = ()
     unusable: tuple[Path, ...] = ()
     problems: tuple[InputProblem, ...] = ()
+    not_photos: tuple[Path, ...] = ()
 
     @property
     def refused(self) -> bool:
@@ -124,15 +130,22 @@ def plan_inputs(inputs: Sequence[str], out_dir: Path) -> InputPlan:
     seen: set[Path] = set()
     items: list[BatchItem] = []
     unusable: list[Path] = []
-    for item in discover_inputs(inputs):
+    not_photos: list[Path] = []
+    for item, photo in scan_inputs(inputs):
         resolved = item.path.resolve()
         if resolved == out_root or out_root in resolved.parents or resolved in seen:
-            continue  # an earlier result, or a file given twice
+            continue  # an earlier result (or the journal, the manifest), or a file given twice
         seen.add(resolved)
-        if not (_utf8(str(resolved)) and _utf8(item.relative)):
+        if not photo:
+            not_photos.append(item.path)
+        elif not (_utf8(str(resolved)) and _utf8(item.relative)):
             unusable.append(item.path)
-            continue
-        items.append(item)
+        else:
+            items.append(item)
     if not items and not unusable:
-        return InputPlan(problems=(InputProblem(Refusal.NO_IMAGES, tuple(inputs)),))
-    return InputPlan(tuple(items), tuple(unusable), tuple(_output_problems(items, out_dir)))
+        return InputPlan(
+            problems=(InputProblem(Refusal.NO_IMAGES, tuple(inputs)),),
+            not_photos=tuple(not_photos),
+        )
+    problems = _output_problems(items, out_dir)
+    return InputPlan(tuple(items), tuple(unusable), tuple(problems), tuple(not_photos))

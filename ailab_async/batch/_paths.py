@@ -1,6 +1,7 @@
 """Where batch inputs come from and where their outputs go: file-system names, decided here.
 
-:func:`discover_inputs` walks the inputs (lazily, I/O); :func:`safe_output_path` and
+:func:`scan_inputs` and :func:`discover_inputs` walk the inputs (lazily, I/O), and
+:func:`is_photo` says which files found in folders are photos; :func:`safe_output_path` and
 :func:`output_family` are pure string work on the input's relative path (the one ``resolve``
 in :func:`safe_output_path` checks the result stays inside the output directory). Every rule
 about output names lives here: sanitising components, the input's extension joining the stem
@@ -25,8 +26,10 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "BatchItem",
     "discover_inputs",
+    "is_photo",
     "output_family",
     "safe_output_path",
+    "scan_inputs",
 ]
 
 #: Files picked up from input directories.
@@ -41,8 +44,17 @@ class BatchItem:
     relative: str
 
 
-def discover_inputs(inputs: Iterable[str | os.PathLike[str]]) -> Iterator[BatchItem]:
-    """Files as given, and image files found recursively under directories, lazily.
+def is_photo(path: Path) -> bool:
+    """Whether a file found in an input folder is taken as a photo: a regular file (or a
+    link to one) whose extension is one of :data:`IMAGE_EXTENSIONS`, in any case. Files
+    given by name are taken whatever they are (the API's checks then answer for them)."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+
+
+def scan_inputs(inputs: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[BatchItem, bool]]:
+    """Every file as given, and every file found recursively under directories, lazily,
+    each with whether it is taken as a photo (:func:`is_photo`; a file given by name
+    always is). Directory links are not followed.
 
     A file's relative path is its name; a directory's files keep their path below it,
     prefixed with the directory's own name (so two input folders cannot collide).
@@ -55,11 +67,16 @@ def discover_inputs(inputs: Iterable[str | os.PathLike[str]]) -> Iterator[BatchI
                 dirnames.sort()
                 for name in sorted(filenames):
                     path = Path(dirpath) / name
-                    if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-                        relative = PurePosixPath(base, *path.relative_to(root).parts)
-                        yield BatchItem(path, str(relative))
+                    relative = PurePosixPath(base, *path.relative_to(root).parts)
+                    yield BatchItem(path, str(relative)), is_photo(path)
         else:
-            yield BatchItem(root, root.name)
+            yield BatchItem(root, root.name), True
+
+
+def discover_inputs(inputs: Iterable[str | os.PathLike[str]]) -> Iterator[BatchItem]:
+    """Files as given, and photos (:func:`is_photo`) found recursively under directories,
+    lazily; see :func:`scan_inputs` for the files that are not photos."""
+    return (item for item, photo in scan_inputs(inputs) if photo)
 
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f<>:\"|?*\\/]")

@@ -24,10 +24,11 @@ import attrs
 
 from .._aio import cancel_and_wait
 from .._config import DEFAULT_TASK_TIMEOUT
-from .._endpoints import ENDPOINTS, Param, ParamKind
-from .._polling import FALLBACK_INTERVAL
-from ..batch import BatchItem, BatchReport, BatchSpec, Operation, run_batch
+from .._endpoints import ENDPOINTS, CallKind, Param, ParamKind
+from .._polling import FALLBACK_INTERVAL, PollPlanner
+from ..batch import IMAGE_EXTENSIONS, BatchItem, BatchReport, BatchSpec, Operation, run_batch
 from ..batch._inputs import InputPlan, InputProblem, Refusal, plan_inputs
+from ..batch._model import BEAUTY_ITEMS_PER_SLOT
 from ..batch._plan import (
     SIMULATED_JOURNAL,
     Preflight,
@@ -38,21 +39,39 @@ from ..batch._plan import (
 )
 from ..batch.journal import JournalAccount, JournalAccountError
 from ..client import AILabClient
-from ._connection import api_key, embedded_simulator_config, open_client
+from ..models import ClientStats, TrackerStats
+from ._connection import api_key, embedded_simulator_config, open_client, polling_config
 from ._output import CliError, amount, guarded, warn
 from ._parser import Subparsers, add_connection_options, positive_float, positive_int, within
-from ._progress import ProgressDisplay, display_text, open_progress
+from ._progress import (
+    ClientActivity,
+    ProgressDisplay,
+    ProgressState,
+    display_text,
+    format_duration,
+    open_progress,
+    plural,
+)
 
 __all__ = ["add_batch_commands"]
 
+#: The extensions of the files taken from input folders, as the help and messages say them.
+_EXTENSIONS = " ".join(sorted(IMAGE_EXTENSIONS))
 
-def _add_batch_options(parser: argparse.ArgumentParser) -> None:
+#: Seconds between readings of the client's activity for the progress display.
+_TICK_SECONDS = 0.5
+
+
+def _add_batch_options(parser: argparse.ArgumentParser, *, tasks: bool) -> None:
+    """The options every batch command has; ``tasks``: the operation's results come from
+    asynchronous tasks, so the polling options apply."""
     add = parser.add_argument
     add(
         "inputs",
         nargs="+",
         metavar="INPUT",
-        help="image files, and directories searched recursively for .jpg .jpeg .png .bmp",
+        help=f"image files, and directories searched recursively for {_EXTENSIONS} "
+        "(other files in them are counted and skipped; -v names them)",
     )
     add("--out", required=True, type=Path, metavar="DIR", help="where results go")
     add(
@@ -73,32 +92,41 @@ def _add_batch_options(parser: argparse.ArgumentParser) -> None:
         help="the journal was written with another API key of the same account (a rotated "
         "key): record the new one instead of refusing",
     )
+    concurrency_help = "HTTP requests in flight at most (default 8)"
+    if tasks:  # the batch engine's choice (BatchSpec.item_concurrency), told
+        concurrency_help += (
+            f"; up to {BEAUTY_ITEMS_PER_SLOT} times as many photos are in progress, most of "
+            "them waiting on their tasks"
+        )
     add(
         "--concurrency",
         type=positive_int,
         default=8,
         metavar="N",
-        help="HTTP requests in flight at most (default 8)",
+        help=concurrency_help,
     )
     add("--rate", type=positive_float, metavar="RPS", help="requests per second at most")
-    add(
-        "--poll-interval",
-        type=positive_float,
-        default=FALLBACK_INTERVAL,
-        metavar="SECONDS",
-        help="smart-beauty poll spacing until task times are learned (default 5, the "
-        "provider's advice)",
-    )
-    add(
-        "--task-timeout",
-        type=positive_float,
-        default=DEFAULT_TASK_TIMEOUT,
-        metavar="SECONDS",
-        help=f"how long to wait for one smart-beauty task (default {DEFAULT_TASK_TIMEOUT:g}); "
-        "a task still running then is not paid for again: the next run picks it up",
-    )
+    if tasks:
+        add(
+            "--poll-interval",
+            type=positive_float,
+            default=FALLBACK_INTERVAL,
+            metavar="SECONDS",
+            help="the longest wait between two polls of one task (default 5, the provider's "
+            "advice): no task is found done later than this after it finished",
+        )
+        add(
+            "--task-timeout",
+            type=positive_float,
+            default=DEFAULT_TASK_TIMEOUT,
+            metavar="SECONDS",
+            help=f"how long to wait for one task (default {DEFAULT_TASK_TIMEOUT:g}); a task "
+            "still running then is not paid for again: the next run picks it up",
+        )
+    else:  # no tasks to poll: the client's defaults, never used
+        parser.set_defaults(poll_interval=FALLBACK_INTERVAL, task_timeout=DEFAULT_TASK_TIMEOUT)
     add("-q", "--quiet", action="store_true", help="no progress display, only the summary")
-    add_connection_options(parser)
+    add_connection_options(parser, tasks=tasks)
 
 
 @attrs.frozen
@@ -180,7 +208,7 @@ def _add_batch_command(subparsers: Subparsers, command: _BatchCommand) -> None:
         option.param: _add_param_option(parser, option, endpoint.param(option.param))
         for option in command.options
     }
-    _add_batch_options(parser)
+    _add_batch_options(parser, tasks=endpoint.kind is CallKind.TASK_SUBMIT)
     parser.set_defaults(
         handler=_run_batch_command,
         operation=command.operation,
@@ -205,7 +233,7 @@ def _batch_command(args: argparse.Namespace) -> int:
         embedded_simulator_config(args)  # report a missing Pillow or bad knob before work
     plan = plan_inputs(args.inputs, spec.out_dir)
     if plan.refused:
-        raise CliError(_refusal_message(plan.problems[0]))
+        raise CliError(_refusal_message(plan.problems[0], plan))
     _prepare_out_dir(spec.out_dir, spec.journal_file)
     for path in plan.unusable:
         warn(
@@ -213,7 +241,7 @@ def _batch_command(args: argparse.Namespace) -> int:
             f"skipping {display_text(str(path))}: its name is not valid UTF-8; rename it",
         )
     try:
-        report = asyncio.run(_batch(args, key, plan, spec))
+        run = asyncio.run(_batch(args, key, plan, spec))
     except KeyboardInterrupt:
         print(
             f"ailab-async {args.command}: interrupted; the journal "
@@ -222,8 +250,8 @@ def _batch_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    _print_summary(report, spec, unusable=len(plan.unusable))
-    return 0 if report.failed == 0 and not plan.unusable else 1
+    _print_summary(run, spec, plan, verbose=args.verbose > 0)
+    return 0 if run.report.failed == 0 and not plan.unusable else 1
 
 
 def _spec(args: argparse.Namespace) -> BatchSpec:
@@ -254,17 +282,18 @@ def _shown_input(raw: str) -> str:
     return display_text(raw)
 
 
-def _refusal_message(problem: InputProblem) -> str:
+def _refusal_message(problem: InputProblem, plan: InputPlan) -> str:
     match problem.refusal:
         case Refusal.MISSING:
             return f"no such file or directory: {_shown_input(problem.inputs[0])}"
         case Refusal.NOT_FILE_OR_DIRECTORY:
             return f"not a file or directory: {display_text(problem.inputs[0])}"
         case Refusal.NO_IMAGES:
+            others = f"; {_other_files(plan)} there" if plan.not_photos else ""
             return (
                 "no input images found in "
                 + ", ".join(display_text(raw) for raw in problem.inputs)
-                + " (looked for .jpg .jpeg .png .bmp)"
+                + f" (looked for {_EXTENSIONS}{others})"
             )
         case Refusal.OUTPUT_ESCAPES:
             return problem.detail
@@ -291,9 +320,38 @@ def _prepare_out_dir(out_dir: Path, journal_file: Path) -> None:
         raise CliError(f"--journal {display_text(str(journal_file))} is a directory")
 
 
+def _other_files(plan: InputPlan) -> str:
+    """``3 other files``: the files in input folders that are not photos."""
+    return plural(len(plan.not_photos), "other file")
+
+
+def _header(command: str, plan: InputPlan, spec: BatchSpec, *, verbose: bool) -> str:
+    """What the batch is about to do: ``skin: 48 photos, 3 other files skipped -> out
+    (journal: ...)``; with ``verbose``, the skipped files' names follow."""
+    skipped = f", {_other_files(plan)} skipped (not {_EXTENSIONS})" if plan.not_photos else ""
+    lines = [
+        f"{command}: {plural(len(plan.items), 'photo')}{skipped} -> "
+        f"{display_text(str(spec.out_dir))} (journal: {display_text(str(spec.journal_file))})"
+    ]
+    if verbose:
+        lines += [f"  skipped, not a photo: {display_text(str(p))}" for p in plan.not_photos]
+    return "\n".join(lines)
+
+
+@attrs.frozen
+class _BatchRun:
+    """What a batch run answers: the engine's report, the display's counts, and the
+    client's counters at the end (for ``-v``)."""
+
+    report: BatchReport
+    progress: ProgressState
+    requests: ClientStats
+    tasks: TrackerStats
+
+
 async def _batch(
     args: argparse.Namespace, key: str | None, plan: InputPlan, spec: BatchSpec
-) -> BatchReport:
+) -> _BatchRun:
     items = list(plan.items)
     async with open_client(
         args,
@@ -308,27 +366,24 @@ async def _batch(
         # The journal stays open (and locked) from the pre-flight to the end of the batch.
         async with _preflight(args, items, spec) as found:
             if not args.quiet:
-                print(
-                    f"{args.command}: {len(items)} photo(s) -> "
-                    f"{display_text(str(spec.out_dir))} "
-                    f"(journal: {display_text(str(spec.journal_file))})",
-                    flush=True,
-                )
+                print(_header(args.command, plan, spec, verbose=args.verbose > 0), flush=True)
             await _check_credits(args.command, client, found.billable)
             with open_progress(
                 len(items),
                 out=sys.stdout,
                 err=sys.stderr,
                 mode="none" if args.quiet else "auto",
-                description=args.command,
+                concurrency=args.concurrency,
+                verbose=args.verbose > 0,
             ) as progress:
-                ticker = asyncio.create_task(_tick(progress))
+                ticker = asyncio.create_task(_tick(progress, client, args.poll_interval))
                 try:
-                    return await run_batch(
+                    report = await run_batch(
                         client, items, spec, on_event=progress.on_event, journal=found.journal
                     )
                 finally:
                     await cancel_and_wait(ticker)
+            return _BatchRun(report, progress.state, client.stats, client.tracker)
 
 
 @contextlib.asynccontextmanager
@@ -357,10 +412,26 @@ async def _preflight(
         yield found
 
 
-async def _tick(progress: ProgressDisplay) -> None:
+def _activity(client: AILabClient, warm_up_first_poll: float) -> ClientActivity:
+    """What ``client`` is doing now, for the display."""
+    tracker = client.tracker
+    # A new task's first poll: the learned schedule's first point, else the warm-up's.
+    first_poll = tracker.plan[0] if tracker.plan else warm_up_first_poll
+    return ClientActivity(
+        requests_in_flight=client.stats.in_flight,
+        tasks_pending=tracker.pending,
+        polls_sent=tracker.polls_sent,
+        first_poll_after=first_poll if tracker.pending else None,
+    )
+
+
+async def _tick(progress: ProgressDisplay, client: AILabClient, poll_interval: float) -> None:
+    # Where a planner that has learned nothing puts a new task's first poll: the client's
+    # own planner decides, this only asks the same question of a fresh one.
+    warm_up_first_poll = PollPlanner(polling_config(poll_interval)).next_poll(0.0, None)
     while True:  # periodic summaries even while every item waits on a slow task
-        await asyncio.sleep(1.0)
-        progress.tick()
+        await asyncio.sleep(_TICK_SECONDS)
+        progress.observe(_activity(client, warm_up_first_poll))
 
 
 async def _check_credits(command: str, client: AILabClient, needed: int) -> None:
@@ -377,16 +448,21 @@ async def _check_credits(command: str, client: AILabClient, needed: int) -> None
         )
 
 
-def _print_summary(report: BatchReport, spec: BatchSpec, *, unusable: int = 0) -> None:
+def _print_summary(run: _BatchRun, spec: BatchSpec, plan: InputPlan, *, verbose: bool) -> None:
+    """The end of a run on stdout. The item lines (downloaded, already done, failed, not
+    finished, not processed) split the total: every item is in exactly one of them."""
+    report, unusable = run.report, len(plan.unusable)
     # ``report.failed`` counts every item not done; the resumable ones among them are paid
     # for and still alive (a task still running, a download that failed): the next run
     # finishes them without paying, so they are told apart from the failures.
     failed = report.failed - report.resumable
+    others = f" ({_other_files(plan)} in the input folders skipped)" if plan.not_photos else ""
+    resumed = run.progress.resumed
     lines = [
-        f"summary: {report.total + unusable} item(s)",
-        f"  downloaded      {report.downloaded}",
+        f"summary: {plural(report.total + unusable, 'item')}{others}",
+        f"  downloaded      {report.downloaded}"
+        + (f" ({resumed} of them resumed: paid for by an earlier run)" if resumed else ""),
         f"  already done    {report.skipped}",
-        f"  resumed         {report.resumed} (picked up from an earlier run)",
         f"  failed          {failed}",
     ]
     if report.resumable:
@@ -394,15 +470,19 @@ def _print_summary(report: BatchReport, spec: BatchSpec, *, unusable: int = 0) -
             f"  not finished    {report.resumable} (paid for; the next run finishes them "
             "without paying again)"
         )
-    for code, count in sorted(report.errors_by_code.items(), key=lambda kv: (-kv[1], kv[0])):
-        lines.append(f"    {display_text(code):<34} {count}")  # codes come from the server
     if unusable:
         lines.append(f"  not processed   {unusable} (file name not valid UTF-8)")
+    if report.errors_by_code:
+        lines.append("errors by code:")
+    for code, count in sorted(report.errors_by_code.items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"  {display_text(code):<36} {count}")  # codes come from the server
     if report.ambiguous_resends:
         lines.append(
-            f"  sent again      {report.ambiguous_resends} (in flight when an earlier run "
-            "died: may have been billed twice)"
+            f"sent again: {plural(report.ambiguous_resends, 'request')} in flight when an "
+            "earlier run died (each may have been billed twice)"
         )
+    if verbose:
+        lines.append(_client_line(run))
     lines.append(f"manifest: {display_text(str(report.manifest_path))}")
     lines.append(f"journal:  {display_text(str(spec.journal_file))}")
     if report.resumable:
@@ -412,3 +492,20 @@ def _print_summary(report: BatchReport, spec: BatchSpec, *, unusable: int = 0) -
             "a rerun retries the retryable failures; add --retry-failed to retry the others"
         )
     print("\n".join(lines), flush=True)
+
+
+def _client_line(run: _BatchRun) -> str:
+    """``-v``: what the client did: ``requests: 30 sent, 2 retried (1 rate-limited), rate
+    limit 12.0/s at the end; 18 task polls; elapsed 9s``."""
+    stats = run.requests
+    rate = (
+        "no rate limit in force"
+        if stats.current_rate is None
+        else f"rate limit {stats.current_rate:.1f}/s at the end"
+    )
+    return (
+        f"requests: {stats.requests} sent, {stats.retries} retried "
+        f"({stats.rate_limited} rate-limited), {rate}; "
+        f"{plural(run.tasks.polls_sent, 'task poll')}; "
+        f"elapsed {format_duration(run.progress.elapsed())}"
+    )

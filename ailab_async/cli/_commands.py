@@ -13,8 +13,8 @@ options shared by subcommands, in :mod:`~ailab_async.cli._parser`.
     ailab-async simulate --port 8080 --rate-limit 10 --fault-5xx 0.05
 
 Exit status: 0 success, 1 some items (or the call) failed or are not finished, 2 usage or
-configuration error (a journal in use by another run included: nothing was sent), 130
-interrupted. See docs/cli.md.
+configuration error (a journal in use by another run included: nothing was sent; no command
+at all is one too: the help goes to stderr), 130 interrupted. See docs/cli.md.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from .. import __version__
 from ._batch import add_batch_commands
 from ._connection import api_key, embedded_simulator_config, open_client
 from ._output import CliError, amount, guarded
@@ -39,9 +39,6 @@ from ._parser import (
 )
 from ._progress import display_text
 from ._simulate import add_simulate
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["build_parser", "main"]
 
@@ -58,7 +55,7 @@ def _add_credits(subparsers: Subparsers) -> None:
         help="show the account's credit balance",
         description="Show each credit bucket of the account and the total (a free call).",
     )
-    add_connection_options(parser)
+    add_connection_options(parser, tasks=False)
     parser.set_defaults(handler=lambda args: guarded(args, lambda: _credits_command(args)))
 
 
@@ -140,9 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = Parser(
         prog="ailab-async", description="Tools of the ailab-async SDK for the AILabTools API."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     # Not an option either: here only to refuse a key given before the subcommand.
     parser.add_argument("--api-key", nargs="?", action=RefuseKeyOption, help=argparse.SUPPRESS)
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for add_subcommand in _SUBCOMMANDS:
         add_subcommand(subparsers)
     return parser
@@ -151,11 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``ailab-async`` with ``argv`` (default: the process arguments); returns the exit code.
 
-    Usage errors exit through ``SystemExit(2)`` (argparse).
+    Usage errors exit through ``SystemExit(2)`` (argparse); so does no command at all, after
+    the help on stderr (``--help`` prints it on stdout and exits 0).
 
     >>> main(["credits", "--simulate"])  # doctest: +SKIP
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        parser.exit(2)
     handler: Handler = args.handler
     return handler(args)
 

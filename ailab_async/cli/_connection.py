@@ -27,7 +27,7 @@ from ._progress import display_text
 if TYPE_CHECKING:
     from ailab_async.testing.simulator import Simulator, SimulatorConfig
 
-__all__ = ["api_key", "embedded_simulator_config", "open_client"]
+__all__ = ["api_key", "embedded_simulator_config", "open_client", "polling_config"]
 
 
 def api_key(args: argparse.Namespace, command: str) -> str | None:
@@ -85,6 +85,12 @@ def embedded_simulator_config(args: argparse.Namespace) -> SimulatorConfig:
         raise CliError(without_values(str(exc), durations, set())) from None
 
 
+def polling_config(poll_interval: float) -> PollingConfig:
+    """The client's polling with ``--poll-interval`` as the longest wait between two polls
+    of one task (two polls are never closer than a quarter second, or half of it)."""
+    return PollingConfig(fallback_interval=poll_interval, min_interval=min(0.25, poll_interval / 2))
+
+
 @contextlib.asynccontextmanager
 async def open_client(
     args: argparse.Namespace,
@@ -113,9 +119,7 @@ async def open_client(
             rate_limit=rate_limit,
             timeout=args.timeout,
             task_timeout=task_timeout,
-            polling=PollingConfig(
-                fallback_interval=poll_interval, min_interval=min(0.25, poll_interval)
-            ),
+            polling=polling_config(poll_interval),
         )
         await stack.enter_async_context(client)
         yield client

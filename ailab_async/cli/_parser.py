@@ -183,8 +183,12 @@ class RefuseKeyOption(argparse.Action):
         )
 
 
-def add_connection_options(parser: argparse.ArgumentParser) -> None:
+def add_connection_options(parser: argparse.ArgumentParser, *, tasks: bool) -> None:
     """Where the API is and how the key is found: shared by every command that calls it.
+
+    ``tasks``: the command waits on smart-beauty tasks, so the simulator's task knobs
+    apply to it (a command's help lists only the options that do something for it; the
+    others keep the values that mean "not used").
 
     Parsers using it must be built with ``allow_abbrev=False``: otherwise ``--api-key SECRET``
     would be taken for ``--api-key-file SECRET``.
@@ -222,20 +226,37 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         "--verbose",
         action="count",
         default=0,
-        help="log the SDK's activity to stderr (-v: INFO, -vv: DEBUG)",
+        help="more detail: the SDK's log on stderr (-v: INFO, -vv: DEBUG); for a batch, "
+        "every item with its ids and timing, the skipped files, the client's counters",
     )
     sim = parser.add_argument_group("simulator (with --simulate)")
+    if tasks:
+        sim.add_argument(
+            "--sim-task-duration",
+            default="0.5:2.0",
+            metavar="DURATION",
+            help="smart-beauty task time: SECONDS, MIN:MAX or lognormal:MEDIAN:SIGMA "
+            "(default 0.5:2.0)",
+        )
+        sim.add_argument(
+            "--sim-failure-share",
+            type=share,
+            default=0.0,
+            metavar="SHARE",
+            help="share of smart-beauty tasks that fail (default 0)",
+        )
+    else:
+        parser.set_defaults(sim_task_duration=None, sim_failure_share=0.0)
     sim.add_argument(
-        "--sim-task-duration",
-        default="0.5:2.0",
-        metavar="DURATION",
-        help="smart-beauty task time: SECONDS, MIN:MAX or lognormal:MEDIAN:SIGMA (0.5:2.0)",
-    )
-    sim.add_argument("--sim-latency", metavar="DURATION", help="extra latency per API call")
-    sim.add_argument(
-        "--sim-failure-share", type=share, default=0.0, metavar="SHARE", help="failing tasks"
+        "--sim-latency", metavar="DURATION", help="extra latency per API call (default none)"
     )
     sim.add_argument(
         "--sim-credits", type=float, metavar="N", help="credit balance (default unlimited)"
     )
-    sim.add_argument("--sim-seed", type=int, default=0, metavar="N", help="seed (default 0)")
+    sim.add_argument(
+        "--sim-seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seed of the random choices (default 0)",
+    )
