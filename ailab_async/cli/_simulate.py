@@ -12,7 +12,7 @@ import signal
 from typing import TYPE_CHECKING
 
 from ._output import fail
-from ._parser import Subparsers, share, without_values
+from ._parser import Subparsers, number, positive_float, positive_int, share, without_values
 
 if TYPE_CHECKING:
     from ailab_async.testing.simulator import SimulatorConfig
@@ -20,27 +20,59 @@ if TYPE_CHECKING:
 __all__ = ["add_simulate", "simulator_config"]
 
 
+def port_number(text: str) -> int:
+    """A TCP port to bind: 0 (any free one) to 65535."""
+    value: int = number(text, int)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("not a port number (0 to 65535)")
+    return value
+
+
 def add_simulate(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "simulate",
+        allow_abbrev=False,
         help="serve a local simulator of the AILabTools API",
         description=(
             "Serve a local simulator of the AILabTools API until SIGINT/SIGTERM. "
             "Durations are SECONDS, MIN:MAX (uniform), lognormal:MEDIAN:SIGMA[:CAP] or "
             "bimodal:LONG_SHARE/SHORT/LONG; task durations may also be "
             "queue:PER_PENDING/BASE or drift:N/BEFORE/AFTER (after N tasks; Ns: seconds). "
-            "See docs/simulator.md."
+            "Every knob is documented in the simulator guide of the documentation."
         ),
     )
     add = parser.add_argument
-    add("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    add("--port", type=int, default=8080, help="port to bind, 0 for any free one (default 8080)")
-    add("--api-key", default="sim-key-000", help="the accepted API key (default sim-key-000)")
-    add("--seed", type=int, default=0, help="seed of every random choice (default 0)")
-    add("--envelope", choices=("legacy", "modern"), default="legacy", help="response style")
-    add("--latency", metavar="DURATION", help="extra latency on every API endpoint")
+    add(
+        "--host", metavar="ADDRESS", default="127.0.0.1", help="address to bind (default 127.0.0.1)"
+    )
+    add(
+        "--port",
+        type=port_number,
+        metavar="N",
+        default=8080,
+        help="port to bind, 0 for any free one (default 8080)",
+    )
+    add(
+        "--api-key",
+        metavar="KEY",
+        default="sim-key-000",
+        help="the accepted API key (default sim-key-000)",
+    )
+    add("--seed", type=int, metavar="N", default=0, help="seed of every random choice (default 0)")
+    add(
+        "--envelope",
+        choices=("legacy", "modern"),
+        default="legacy",
+        help="response style (default legacy)",
+    )
+    add("--latency", metavar="DURATION", help="extra latency on every API endpoint (default none)")
     add("--result-latency", metavar="DURATION", help="extra latency on result downloads")
-    add("--rate-limit", type=float, metavar="RPS", help="requests per second per key")
+    add(
+        "--rate-limit",
+        type=positive_float,
+        metavar="RPS",
+        help="requests per second per key (default unlimited)",
+    )
     add(
         "--rate-shape",
         metavar="SHAPE",
@@ -54,14 +86,19 @@ def add_simulate(subparsers: Subparsers) -> None:
         help="a rate that changes: RPS from T seconds after a key's first request, "
         "e.g. 0:50,10:20,20:50",
     )
-    add("--burst", type=int, help="token-bucket size (default: ceil(RPS))")
+    add("--burst", type=positive_int, metavar="N", help="token-bucket size (default: ceil(RPS))")
     add(
         "--rate-window",
-        type=float,
+        type=positive_float,
         metavar="SECONDS",
         help="window of the sliding-window and fixed-window shapes (default 1)",
     )
-    add("--max-in-flight", type=int, metavar="N", help="limit of the concurrency shape, per key")
+    add(
+        "--max-in-flight",
+        type=positive_int,
+        metavar="N",
+        help="limit of the concurrency shape, per key",
+    )
     add(
         "--instant-429",
         action=argparse.BooleanOptionalAction,
@@ -76,20 +113,73 @@ def add_simulate(subparsers: Subparsers) -> None:
     )
     add(
         "--concurrency-limit",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="API requests in flight at most, all keys together",
     )
     add("--credits", type=float, metavar="N", help="credit balance per key (default unlimited)")
-    add("--task-duration", metavar="DURATION", default="0.5:2.0", help="smart-beauty task time")
-    add("--failure-share", type=share, default=0.0, help="share of tasks that fail")
-    add("--result-ttl", type=float, default=24 * 3600.0, help="seconds result URLs live")
-    add("--fault-5xx", type=share, default=0.0, help="rate of 500/502/503/504 (split evenly)")
-    add("--fault-reset", type=share, default=0.0, help="rate of connection resets")
-    add("--fault-html", type=share, default=0.0, help="rate of HTML 502 pages")
-    add("--fault-truncated", type=share, default=0.0, help="rate of truncated JSON bodies")
-    add("--fault-stall", type=share, default=0.0, help="rate of stalled answers")
-    add("--stall-seconds", type=float, default=30.0, help="how long a stall lasts")
+    add(
+        "--task-duration",
+        metavar="DURATION",
+        default="0.5:2.0",
+        help="smart-beauty task time (default 0.5:2.0)",
+    )
+    add(
+        "--failure-share",
+        type=share,
+        metavar="SHARE",
+        default=0.0,
+        help="share of tasks that fail (default 0)",
+    )
+    add(
+        "--result-ttl",
+        type=positive_float,
+        metavar="SECONDS",
+        default=24 * 3600.0,
+        help="how long result URLs live (default 86400)",
+    )
+    add(
+        "--fault-5xx",
+        type=share,
+        metavar="SHARE",
+        default=0.0,
+        help="share of requests answered 500/502/503/504, split evenly (default 0)",
+    )
+    add(
+        "--fault-reset",
+        type=share,
+        metavar="SHARE",
+        default=0.0,
+        help="share of requests whose connection is reset (default 0)",
+    )
+    add(
+        "--fault-html",
+        type=share,
+        metavar="SHARE",
+        default=0.0,
+        help="share of requests answered with an HTML 502 page (default 0)",
+    )
+    add(
+        "--fault-truncated",
+        type=share,
+        metavar="SHARE",
+        default=0.0,
+        help="share of requests answered with truncated JSON (default 0)",
+    )
+    add(
+        "--fault-stall",
+        type=share,
+        metavar="SHARE",
+        default=0.0,
+        help="share of requests whose answer stalls (default 0)",
+    )
+    add(
+        "--stall-seconds",
+        type=positive_float,
+        metavar="SECONDS",
+        default=30.0,
+        help="how long a stall lasts (default 30)",
+    )
     add(
         "--fault-after-processing",
         type=share,

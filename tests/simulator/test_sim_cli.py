@@ -164,6 +164,39 @@ def test_bad_knob_values_exit_with_an_error(capsys: pytest.CaptureFixture[str]) 
         main(["simulate", "--failure-share", "2"])
 
 
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--port", "70000"], "not a port number"),
+        (["--port", "-1"], "not a port number"),
+        (["--rate-limit", "0"], "not a positive number"),
+        (["--burst", "0"], "not a positive integer"),
+        (["--concurrency-limit", "0"], "not a positive integer"),
+        (["--result-ttl", "-5"], "not a positive number"),
+        (["--stall-seconds", "0"], "not a positive number"),
+        (["--rate-lim", "5"], "unrecognized arguments"),  # no abbreviations
+    ],
+)
+def test_out_of_range_values_are_usage_errors_before_binding(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["simulate", *argv])
+    assert info.value.code == 2
+    assert says in capsys.readouterr().err
+
+
+def test_simulate_help_names_units_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for internal in ("FAILURE_SHARE", "RESULT_TTL", "FAULT_5XX", "STALL_SECONDS", "API_KEY"):
+        assert internal not in text
+    assert "rate of" not in text  # fault knobs take shares
+    for default in ("(default 0.5:2.0)", "(default 86400)", "(default 30)", "(default legacy)"):
+        assert default in text
+
+
 def test_a_subcommand_is_required() -> None:
     with pytest.raises(SystemExit):
         main([])
