@@ -693,3 +693,10 @@ def test_how_is_a_string_enum() -> None:
     assert outcome.how == "ran"
     with pytest.raises(ValueError, match="'flew'"):
         ItemOutcome(item=outcome.item, state=ItemState.FAILED, how="flew")
+
+
+def test_batch_spec_takes_folders_as_strings(tmp_path: Path) -> None:
+    spec = BatchSpec(Operation.SKIN, {}, str(tmp_path / "out"), journal_path=str(tmp_path / "j"))
+    assert spec.out_dir == tmp_path / "out"
+    assert spec.journal_file == tmp_path / "j"
+    assert BatchSpec(Operation.SKIN, {}, "out").journal_file == Path("out/.ailab-journal.sqlite3")

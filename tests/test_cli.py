@@ -146,6 +146,8 @@ def test_skin_batch_on_the_simulator_writes_outputs_and_manifest(
     assert "\x1b[" not in captured.out + captured.err  # no terminal control codes
     assert "downloaded      3" in captured.out
     assert f"manifest: {out / 'manifest.jsonl'}" in captured.out
+    assert f"report:   {out / 'report.html'}" in captured.out
+    assert (out / "report.html").is_file()
     # Simulated runs keep a journal of their own: a real run never takes their results.
     assert f"journal:  {out / '.ailab-journal-simulated.sqlite3'}" in captured.out
     assert not (out / ".ailab-journal.sqlite3").exists()
@@ -1140,3 +1142,12 @@ async def test_retry_failed_after_polls_were_refused_pays_once_per_photo(tmp_pat
         assert sim.stats.count("smart-beauty", "OK") == count
         assert sim.stats.credits_spent == count
     assert [line["state"] for line in manifest(out)] == ["downloaded"] * count
+
+
+def test_no_report_writes_no_page(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_photos(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    assert main(["skin", str(tmp_path / "in"), "--out", str(out), "--simulate", "--no-report"]) == 0
+    assert "report:" not in capsys.readouterr().out
+    assert (out / "manifest.jsonl").is_file()
+    assert not (out / "report.html").exists()

@@ -7,6 +7,8 @@
 - input discovery and output names (:func:`discover_inputs`, :func:`safe_output_path`,
   :func:`output_family`) in ``_paths``;
 - the manifest, one typed line (:class:`ManifestLine`) for every runner, in ``_manifest``;
+- the page of a batch, ``report.html`` (thumbnails, failures, the run's charts), in
+  ``_report`` (what it says, and the doing) and ``_report_page`` (its HTML, drawn pure);
 - :mod:`ailab_async.batch.journal`, the durable SQLite record that makes a rerun resume
   without paying twice.
 

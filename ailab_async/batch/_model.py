@@ -47,8 +47,8 @@ class BatchSpec:
 
     operation: Operation
     params: Mapping[str, Any]
-    out_dir: Path
-    journal_path: Path | None = None
+    out_dir: Path = attrs.field(converter=Path)
+    journal_path: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
     retry_failed: bool = False
     #: Items in progress at once (default: the client's ``map`` default, x4 for beauty).
     concurrency: int | None = None
@@ -59,6 +59,8 @@ class BatchSpec:
     #: With no ``account`` given, check (or record) the client's own: its base URL and key
     #: fingerprint. Off only for journals that belong to no account (a throw-away simulator).
     check_account: bool = True
+    #: Write ``report.html`` (with thumbnails and the run's charts) beside the manifest.
+    report: bool = True
 
     @property
     def journal_file(self) -> Path:
@@ -132,6 +134,8 @@ class BatchReport:
     ambiguous_resends: int = 0
     errors_by_code: dict[str, int] = attrs.field(factory=dict)
     manifest_path: Path | None = None
+    #: ``report.html``, the page of the batch (``None``: not asked for, or not written).
+    report_path: Path | None = None
 
     @property
     def succeeded(self) -> int:

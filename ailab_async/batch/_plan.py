@@ -74,6 +74,7 @@ def batch_spec(
     journal_path: Path | None = None,
     retry_failed: bool = False,
     simulated: bool = False,
+    report: bool = True,
 ) -> BatchSpec:
     """The spec of a batch, with the journal rule of simulated runs applied.
 
@@ -92,6 +93,7 @@ def batch_spec(
         out_dir=out_dir,
         journal_path=journal_path,
         retry_failed=retry_failed,
+        report=report,
         # A simulator's URL changes every run and forgets its tasks: no account to check.
         check_account=not simulated,
     )

@@ -4,10 +4,12 @@
 (:class:`~ailab_async.batch.journal.Journal`),
 decides from its journaled state what is left to do (nothing, download, track the task again,
 or run it), does that through ``client.map``, and writes ``manifest.jsonl`` from the journal at
-the end. Killed at any instant and run again with the same journal, it finishes the work
-without paying twice for anything that finished: downloaded items are skipped, submitted
-smart-beauty tasks are tracked again by ``task_id``, results not yet downloaded are fetched
-while their URL lives, and failed items are retried only when retryable (or when asked).
+the end, then ``report.html`` (:mod:`._report`: its timeline is recorded and its thumbnails
+made while the batch runs). Killed at any instant and run again with the same journal, it
+finishes the work without paying twice for anything that finished: downloaded items are
+skipped, submitted smart-beauty tasks are tracked again by ``task_id``, results not yet
+downloaded are fetched while their URL lives, and failed items are retried only when
+retryable (or when asked).
 
 A failure after the paid step never costs a new payment: a task that outlives the task
 timeout stays ``SUBMITTED`` (tracked again by the next run), a download that fails on a 5xx,
@@ -33,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -56,9 +59,12 @@ from ._model import (
     normalized_params,
 )
 from ._paths import BatchItem, safe_output_path
+from ._report import ReportRecorder, TimelineRecorder
 from .journal import ItemIdentity, ItemState, Journal, JournalAccount, JournalEntry, ResumeAction
 
 __all__ = ["BatchRunner", "planned_actions", "run_batch"]
+
+logger = logging.getLogger("ailab_async")
 
 
 def _identify(item: BatchItem) -> ItemIdentity:
@@ -77,12 +83,20 @@ class BatchRunner:
         journal: Journal,
         spec: BatchSpec,
         on_event: Callable[[str, ItemOutcome | None], None] | None,
+        *,
+        timeline: TimelineRecorder | None = None,
     ) -> None:
         self.client = client
         self.journal = journal
         self.spec = spec
         self.params = normalized_params(spec)
         self.on_event = on_event or (lambda _kind, _outcome: None)
+        #: Stamps each item's steps for the report's charts (``None``: not recorded).
+        self.timeline = timeline
+
+    def _mark(self, relative: str, event: str, *, ok: bool | None = None) -> None:
+        if self.timeline is not None:
+            self.timeline.mark(relative, event, ok=ok)
 
     async def process(self, item: BatchItem) -> ItemOutcome:
         """Do what is left for ``item``; its outcome, failures included (never raises for
@@ -112,6 +126,7 @@ class BatchRunner:
         if action is ResumeAction.KEEP_FAILED:
             return self._outcome(item, entry, How.SKIPPED)
         self.on_event("started", None)
+        self._mark(item.relative, "started")
         how = How.RAN if action is ResumeAction.RUN else How.RESUMED
         progress = _Progress(entry.state)
         try:
@@ -133,9 +148,9 @@ class BatchRunner:
             await self._download(item, entry, result)
         except Exception as exc:  # the item's failure is its outcome; the batch goes on
             await self._settle_failure(entry, progress, exc)
-        return self._outcome(
-            item, await self.journal.get(entry.item_id), how, resent=progress.resent
-        )
+        settled = await self.journal.get(entry.item_id)
+        self._mark(item.relative, "finished", ok=settled.state is ItemState.DOWNLOADED)
+        return self._outcome(item, settled, how, resent=progress.resent)
 
     async def _settle_failure(
         self, entry: JournalEntry, progress: _Progress, error: Exception
@@ -174,6 +189,7 @@ class BatchRunner:
             submitted_at=submitted_at,
         )
         progress.state = ItemState.SUBMITTED
+        self._mark(entry.relative, "submitted")
         return await self._await_task(entry, task.task_id, submitted_at, progress)
 
     async def _await_task(
@@ -184,6 +200,7 @@ class BatchRunner:
         progress: _Progress,
     ) -> ImageResult:
         result = await self.client.track(task_id, submitted_at=submitted_at)
+        self._mark(entry.relative, "detected")
         await self._record_result(entry, result, progress)
         return result
 
@@ -284,16 +301,28 @@ async def run_batch(
                 account = JournalAccount.for_client(client)
             journal = await Journal.open(spec.journal_file, account=account)
             stack.push_async_callback(journal.aclose)
-        runner = BatchRunner(client, journal, spec, on_event)
+        recorder = ReportRecorder(client, spec.out_dir) if spec.report else None
+        if recorder is not None:
+            recorder.start()
+            stack.push_async_callback(recorder.aclose)
+        timeline = recorder.timeline if recorder is not None else None
+        runner = BatchRunner(client, journal, spec, on_event, timeline=timeline)
         concurrency = spec.item_concurrency(client.max_concurrency)
         outcomes: AsyncIterator[Any] = client.map(runner.process, items, concurrency=concurrency)
         async for outcome in outcomes:
             if outcome.error is not None:  # pragma: no cover - process() catches item errors
                 raise outcome.error
             report.add(outcome.result)
+            if recorder is not None:
+                recorder.settled(outcome.result)
             if on_event is not None:
                 on_event("finished", outcome.result)
         report.manifest_path = await write_manifest(journal, spec)
+        if recorder is not None:
+            try:
+                report.report_path = await recorder.write()
+            except OSError as exc:  # the batch is done and journaled; only its page is missing
+                logger.warning("report.html not written: %s", exc)
     return report
 
 

@@ -87,6 +87,12 @@ def _add_batch_options(parser: argparse.ArgumentParser, *, tasks: bool) -> None:
         help="also retry items that failed for good in an earlier run (retryable ones always are)",
     )
     add(
+        "--no-report",
+        dest="report",
+        action="store_false",
+        help="do not write report.html (the before/after page) beside the manifest",
+    )
+    add(
         "--reassign-account",
         action="store_true",
         help="the journal was written with another API key of the same account (a rotated "
@@ -263,6 +269,7 @@ def _spec(args: argparse.Namespace) -> BatchSpec:
             journal_path=args.journal,
             retry_failed=args.retry_failed,
             simulated=args.simulate,
+            report=args.report,
         )
     except SimulatedJournalError:
         raise CliError(
@@ -484,6 +491,8 @@ def _print_summary(run: _BatchRun, spec: BatchSpec, plan: InputPlan, *, verbose:
     if verbose:
         lines.append(_client_line(run))
     lines.append(f"manifest: {display_text(str(report.manifest_path))}")
+    if report.report_path is not None:
+        lines.append(f"report:   {display_text(str(report.report_path))}")
     lines.append(f"journal:  {display_text(str(spec.journal_file))}")
     if report.resumable:
         lines.append("run the same command again to finish the items not finished")

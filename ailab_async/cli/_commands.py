@@ -38,6 +38,7 @@ from ._parser import (
     positive_int,
 )
 from ._progress import display_text
+from ._report import add_report
 from ._simulate import add_simulate
 
 __all__ = ["build_parser", "main"]
@@ -128,6 +129,7 @@ _SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     add_batch_commands,
     _add_credits,
     _add_sample_photos,
+    add_report,
     add_simulate,
 )
 
