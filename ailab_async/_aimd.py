@@ -1,119 +1,142 @@
-"""The request-rate policy (AIMD), as a pure state machine: no clock, no sleeping, no I/O.
+"""The request-rate policy, as a pure state machine: no clock, no sleeping, no I/O.
 
-Every decision about *how fast* to send lives here; times are passed in, so the policy is
-tested with tables of events (``tests/test_aimd.py``) and no event loop. Two stores run it:
+Every decision about *how fast* (and how many at once) to send lives here; times are passed
+in, so the policy is tested with tables of events (``tests/test_aimd.py``) and against a zoo
+of server limiters on a simulated clock (``tests/test_rate_zoo.py``), with no event loop.
+Its state (:class:`AimdState`) is a few scalars and three short rings per send-time bucket,
+so it serialises to a flat mapping. Two stores run this very code:
 
-* :class:`~ailab_async.AdaptiveRateLimiter` (``_ratelimit.py``) keeps one :class:`AimdPolicy`
-  in process memory, reads the clock, and queues and sleeps senders until
-  :meth:`AimdPolicy.claim` grants a slot;
-* ``ailab_async.contrib.redis`` keeps a state shared by many processes in one Redis hash,
-  updated by a Lua script (``contrib/redis/_budget.py``) that receives this module's
-  constants as arguments rather than spelling them itself.
+* :class:`~ailab_async.AdaptiveRateLimiter` (``_ratelimit.py``) keeps one state in process
+  memory, reads the clock, and queues senders until :meth:`AimdPolicy.claim` grants a slot;
+* ``ailab_async.contrib.redis`` keeps one state, shared by many processes, in a Redis hash:
+  each operation reads it, runs this policy on Redis's clock, and writes it back in one
+  optimistic transaction.
 
-The policy is AIMD, as in TCP congestion control:
+The server's limiter is unknown (a token bucket of any burst, a sliding or fixed window, a
+leaky bucket, a cap on requests in flight, one that changes), so the policy finds the limit
+from what the server *accepted*, by send time:
 
-* sends are spaced ``1 / rate`` apart, in arrival order (no bursts, so even a server that
-  allows no burst at all holds); a waiting sender re-reads the rate as it waits, so a rate
-  that recovers speeds up the queue at once; a configured ``rate_limit`` is paced at
-  :data:`HEADROOM` (97 %), so send-time jitter does not trip a server that allows no burst;
-* on ``429 EXCEEDING_LIMITS`` for a request sent after the last slow-down, the rate drops to
-  :data:`DECREASE_FACTOR` (90 %) of the rate that was *succeeding* over the last
-  :data:`EVIDENCE_WINDOW` since sending resumed (the best estimate of the account's limit)
-  when there is enough evidence (:data:`MIN_EVIDENCE` successes), else to 90 % of the rate
-  in force when the refused request left; 429s for requests sent before the slow-down are
-  the same congestion event and change nothing;
-* refused before anything succeeded (an unknown limit), it restarts at one request per
-  round trip and doubles every :data:`SLOW_START_DOUBLING` seconds (slow start) until the
-  next 429, which settles it at 90 % of the rate that 429 refused;
-* with no 429s the rate grows back linearly (:data:`RECOVERY_FRACTION`, 5 % of the lowered
-  rate, per second, at least :data:`MIN_RECOVERY_PER_S`), to the configured ``rate_limit``
-  if one was given, without a ceiling otherwise.
+* **Paced from the start.** Sends are spaced ``1 / rate`` apart in arrival order, never two
+  closer than :data:`HEADROOM` of a spacing (a catch-up burst after a late wake-up would
+  trip a server that allows no burst). Told a ``rate_limit``, the policy starts at it, less
+  :data:`HEADROOM` (1.5 %), and never goes above that. Not told, it starts at
+  :data:`START_RATE` and grows by slow start: every accepted request adds ``ln 2 / RTT``
+  (the rate doubles per round trip, at most every :data:`SLOW_START_DOUBLING` seconds).
+* **Growth only when it is the limit.** The rate grows only on answers to requests sent
+  while senders were waiting for the pace: a lightly loaded client proves nothing.
+* **A cluster of 429s is one event.** A ``429`` for a request sent after the previous
+  event's hold-off cuts the rate to :data:`BACKOFF` (95 %) of the limit estimate; the next
+  ``max(HOLD, 2 RTT)`` seconds are a hold-off: 429s for requests sent in it (a sliding window
+  draining, requests already in flight) change nothing, and the rate does not grow.
+* **The estimate is what was accepted.** The pace each refused request left at is known
+  (a ring of paces per bucket). If since the last cut the server accepted nearly everything
+  (at most 10 % refused) of a pace that was used (at least 80 % of it sent), this refusal
+  is marginal: the limit is that pace, or what the server accepted over the last second if
+  less. Otherwise the limit is at most the rate the server accepted, by send time, over
+  the last :data:`MEASURE_SPAN` seconds since the last cut (or since the first send: never
+  divided by more time than has passed): the right answer for windows, which accept their
+  count at any pace, and for the end of slow start.
+* **A cut that was not enough ends the hold-off.** If most of what was sent since the cut
+  is refused too (judged at once after a marginal refusal, half a second after any other,
+  as a window draining refuses for a while), the limit dropped or a burst the server
+  allowed inflated the accepted rate: that is a new event. After slow start no event cuts
+  by more than half (a short or fully refused span must not send the rate to the floor).
+* **Back fast, then probe ever faster.** After the hold-off the rate follows a cubic (as
+  TCP CUBIC's window) from the cut rate to just under the pace that was refused (the
+  geometric mean of that pace and the accepted rate when the refusal was not marginal):
+  quickly at first, flat near it, then beyond it ever faster, so a limit that rose is found
+  within seconds and one that did not costs one small cluster of 429s now and then.
+* **A window beside the rate.** A cut also caps the requests in flight at the number in
+  flight when the 429 came (a server that limits requests in flight refused the one above
+  its cap), at least what the new pace needs at the usual round trip. The window grows by
+  one per window of answers, only while it is what holds senders back; requests in flight
+  are forgotten after :data:`STALE_IN_FLIGHT` seconds without any release (a process that
+  died holding them).
+* **Retry-After is information.** It says nothing will be accepted before then, so the pace
+  waits until the refused request's send time plus the *certain* part of it
+  (:func:`certain_retry_after`: all of a fractional value, one second less than a whole
+  number, which may have been rounded up), capped by :func:`capped_retry_after`. The
+  refused request's own retry waits all of it (the dispatcher does that).
 
-A ``Retry-After`` is honoured by the retry of the refused request (the dispatcher waits at
-least that long); it does not stall every other sender, whose pace the lower rate sets.
-Stores take a server's ``Retry-After`` only through :func:`capped_retry_after`: at most
-``MAX_RETRY_AFTER`` seconds, and nothing if it is not a finite, non-negative number (a
-broken or hostile server must not pause a whole deployment for years).
-
-Where the Redis script's policy still differs from this one (the adaptive-control issue
-removes these differences; the shared table of cases in ``tests/test_aimd.py``, run against
-both the pure policy and the real script, marks the rows where they show ``xfail``):
-
-1. **No headroom.** The script paces at exactly ``rate``; the local policy at 97 % of it.
-2. **Slots reserved ahead.** The script books a slot, possibly in the future, and the
-   process sleeps until it: one that wakes late sends closer than a spacing to the next
-   one. Locally a slot is granted only when due, and two sends are never closer than
-   ``HEADROOM / rate``, even when catching up after a late wake-up. (A matter of the
-   waiter, not of the rates: the shared table has no row for it.)
-3. **Nothing succeeding: halving.** With no success seen, the script drops to
-   :data:`SHARED_UNKNOWN_DECREASE` (half) of the rate in force; the local policy to 90 %
-   of it, or, with no limit configured (never the case in Redis), to one request per round
-   trip, doubling from there (slow start).
-4. **Any success is evidence.** The script trusts the succeeding rate from one success on
-   (the local policy from :data:`MIN_EVIDENCE`), counts it in two whole-window buckets
-   (the previous one pro rata) rather than exact times, and counts successes from before
-   the last decrease too (the local policy only one round trip after it).
-5. **Rate in force when refused.** The script caps a decrease at 90 % of the rate *now*;
-   the local policy at 90 % of the rate when the refused request *left* (no isolated row
-   in the shared table yet: the other differences mask it).
-6. **A decrease also pushes the schedule.** The script moves the next free slot to at
-   least one new spacing after the 429; the local policy keeps its schedule.
-7. **Retry-After pauses everyone.** The script pushes the shared schedule back by the
-   (capped) ``Retry-After``; the local policy leaves it to the refused request's retry.
-8. **Slower recovery.** The script recovers at :data:`SHARED_RECOVERY_FRACTION` (2 %) of
-   the lowered rate per second, the local policy at :data:`RECOVERY_FRACTION` (5 %).
+A store calls :meth:`AimdPolicy.claim` (or :meth:`AimdPolicy.reserve`, which books a slot a
+little ahead) before a send, :meth:`AimdPolicy.release` when the request is over whatever its
+outcome, then :meth:`AimdPolicy.on_success` or :meth:`AimdPolicy.on_rate_limited` with the
+request's send time.
 """
 
 from __future__ import annotations
 
-import collections
 import math
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
 
 from ._protocol import MAX_RETRY_AFTER
 from .errors import ConfigurationError
 
 __all__ = [
-    "DECREASE_FACTOR",
-    "EVIDENCE_WINDOW",
+    "BACKOFF",
+    "BUCKET",
+    "BUCKETS",
     "HEADROOM",
-    "MIN_EVIDENCE",
+    "HOLD",
+    "MEASURE_SPAN",
     "MIN_RATE",
-    "MIN_RECOVERY_PER_S",
-    "RECOVERY_FRACTION",
-    "SHARED_RECOVERY_FRACTION",
-    "SHARED_UNKNOWN_DECREASE",
     "SLOW_START_DOUBLING",
+    "STALE_IN_FLIGHT",
+    "START_RATE",
     "AimdPolicy",
+    "AimdState",
     "capped_retry_after",
+    "certain_retry_after",
 ]
 
 #: A configured limit is paced this much under: sends land with jitter, and a server that
 #: allows no burst refuses a request that arrives a millisecond early.
-HEADROOM = 0.97
+HEADROOM = 0.985
 #: The rate never drops below this many requests per second.
 MIN_RATE = 0.2
-#: Multiplicative decrease: a 429 sets the rate to this fraction of the best estimate.
-DECREASE_FACTOR = 0.9
-#: Seconds of success history used to estimate the achievable rate.
-EVIDENCE_WINDOW = 1.0
-#: Successes needed in the window before the success rate is trusted as an estimate.
-MIN_EVIDENCE = 10
-#: Seconds per doubling while probing an unknown limit (slow start).
-SLOW_START_DOUBLING = 0.25
-#: Additive increase: per second, this fraction of the rate set by the last decrease...
-RECOVERY_FRACTION = 0.05
-#: ... and at least this many requests per second per second.
-MIN_RECOVERY_PER_S = 0.05
-#: The shared (Redis) policy's recovery fraction, until the two are unified (difference 8
-#: in the module docstring).
-SHARED_RECOVERY_FRACTION = 0.02
-#: The shared policy's decrease when nothing succeeded yet (difference 3 below).
-SHARED_UNKNOWN_DECREASE = 0.5
+#: The first rate when no limit is configured (requests per second); slow start grows it.
+START_RATE = 20.0
+#: Slow start doubles the rate per round trip, but at most this often (seconds).
+SLOW_START_DOUBLING = 0.35
+#: A cut sets the rate to this fraction of the limit estimate.
+BACKOFF = 0.95
+#: Seconds after a cut during which further 429s are the same event (at least two RTTs).
+HOLD = 1.0
+#: Seconds of send history the accepted rate is measured over (two of a server's usual
+#: one-second windows: a fixed window lets up to twice its count through in one second).
+MEASURE_SPAN = 2.0
+#: Width of a bucket of the send history, in seconds.
+BUCKET = 0.05
+#: Buckets kept: the measuring span plus room for a 429 that comes back late.
+BUCKETS = 60
+#: Requests in flight are forgotten after this long without a release (a crashed process
+#: sharing the budget must not hold its slots for ever).
+STALE_IN_FLIGHT = 10.0
 
-# Slow start grows 2 ** (elapsed / doubling): capped so a long idle spell cannot overflow.
-_MAX_DOUBLINGS = 64.0
-# A 429 faster than this is not taken as the round trip (one request per round trip).
-_MIN_ROUND_TRIP = 0.01
+# The recovery cubic: rate = peak * (1 + _CUBIC * (t - K) ** 3), K when it is back at peak.
+_CUBIC = 0.1
+# A refusal is marginal when at most this share of the sends since the last cut was refused
+# and at least _SATURATED of the pace was used.
+_MARGINAL_SHARE = 0.1
+_SATURATED = 0.8
+_MARGINAL_SPAN = 1.0
+# A cut was not enough when, of at least _WRONG_CUT_SENDS sent since, more than
+# _WRONG_CUT_SHARE were refused (judged _WRONG_CUT_SPAN seconds after a cut that was not
+# marginal).
+_WRONG_CUT_SENDS = 5
+_WRONG_CUT_SHARE = 0.5
+_WRONG_CUT_SPAN = 0.5
+# The recovery aims just under the refused pace.
+_PEAK_MARGIN = 0.97
+# Round trips are taken as at least this long.
+_MIN_RTT = 0.05
+# Smoothing of the round-trip estimate (weight of a new sample).
+_RTT_GAIN = 0.2
+# The accepted rate needs this much send history to be trusted.
+_MIN_SPAN = 0.1
 
 
 def capped_retry_after(retry_after: object) -> float | None:
@@ -130,16 +153,140 @@ def capped_retry_after(retry_after: object) -> float | None:
     return min(float(retry_after), MAX_RETRY_AFTER)
 
 
+def certain_retry_after(retry_after: object) -> float:
+    """How long a ``Retry-After`` says *for certain* that nothing will be accepted.
+
+    A fractional value is taken as exact; a whole number of seconds may have been rounded up
+    (HTTP's ``Retry-After`` is whole seconds), so one second of it is uncertain.
+
+    >>> [certain_retry_after(value) for value in (0.35, 1, 3, None)]
+    [0.35, 0.0, 2.0, 0.0]
+    """
+    capped = capped_retry_after(retry_after)
+    if capped is None:
+        return 0.0
+    return max(0.0, capped - 1.0) if capped.is_integer() else capped
+
+
+def _ring() -> list[int]:
+    return [0] * BUCKETS
+
+
+def _pace_ring() -> list[float]:
+    return [0.0] * BUCKETS
+
+
+@attrs.define
+class AimdState:
+    """Everything the policy remembers: scalars and three rings per send-time bucket.
+
+    Small and flat on purpose: :meth:`to_fields` and :meth:`from_fields` turn it into a
+    mapping of strings (one Redis hash) and back, so every store runs the same policy.
+    """
+
+    #: The pace now, in requests per second (``None``: not started yet).
+    rate: float | None = None
+    #: Whether a 429 has been seen (``False``: slow start), and when the last cut was.
+    cut: bool = False
+    cut_at: float = -math.inf
+    #: Sends before this time belong to the last cut's event; growth resumes after it.
+    hold_until: float = -math.inf
+    #: Where the recovery after the last cut levels off (just under the refused pace),
+    #: and the rate that cut set.
+    refused_pace: float = math.inf
+    cut_rate: float = 0.0
+    #: Whether the last cut took the refused pace as the limit (a marginal refusal).
+    marginal_cut: bool = False
+    #: Requests in flight allowed (``inf``: no window yet), and requests in flight now.
+    window: float = math.inf
+    in_flight: int = 0
+    #: When a request was last released (a stale in-flight count is forgotten).
+    released_at: float = -math.inf
+    #: The schedule: the last slot handed out, and the time the last send was granted.
+    last_slot: float = -math.inf
+    last_sent: float = -math.inf
+    #: When a sender last had to wait for the pace / for the window (growth only then).
+    pace_bound_at: float = -math.inf
+    window_bound_at: float = -math.inf
+    #: No send before this (a server's ``Retry-After``).
+    paused_until: float = -math.inf
+    #: Smoothed round trip of accepted requests, seconds (``0``: none seen yet).
+    rtt: float = 0.0
+    #: The first send, so a measurement in the first second divides by what has passed.
+    first_sent: float = math.inf
+    #: The send history: ``sent`` and ``refused`` per ``BUCKET`` of send time, the ring's
+    #: first bucket being number ``first_bucket`` (``floor(time / BUCKET)``).
+    first_bucket: int = -(2**62)
+    sent: list[int] = attrs.field(factory=_ring)
+    refused: list[int] = attrs.field(factory=_ring)
+    #: The pace in force at the last send of each bucket.
+    paces: list[float] = attrs.field(factory=_pace_ring)
+
+    def to_fields(self) -> dict[str, str]:
+        """The state as a flat mapping of strings (floats exact, via ``repr``)."""
+        fields: dict[str, str] = {}
+        for field in attrs.fields(AimdState):
+            value = getattr(self, field.name)
+            if isinstance(value, list):
+                fields[field.name] = ",".join(map(repr, value))
+            elif value is None:
+                fields[field.name] = ""
+            else:
+                fields[field.name] = repr(value)
+        return fields
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[Any, Any]) -> AimdState:
+        """The state :meth:`to_fields` wrote, as ``str`` or ``bytes`` (Redis's answer);
+        missing fields keep their initial values.
+
+        >>> state = AimdState(rate=12.5, in_flight=3)
+        >>> AimdState.from_fields(state.to_fields()) == state
+        True
+        """
+        text = {_text(key): _text(value) for key, value in fields.items()}
+        state = cls()
+        for field in attrs.fields(AimdState):
+            raw = text.get(field.name)
+            if raw is None:
+                continue
+            current = getattr(state, field.name)
+            value: object
+            if isinstance(current, list):
+                kind = float if field.name == "paces" else int
+                value = [kind(part) for part in raw.split(",")] if raw else list(current)
+                if len(value) != BUCKETS:
+                    value = list(current)  # another version wrote it: start afresh
+            elif field.name == "rate":
+                value = float(raw) if raw else None
+            elif isinstance(current, bool):
+                value = raw == "True"
+            elif isinstance(current, int):
+                value = int(raw)
+            else:
+                value = float(raw)
+            setattr(state, field.name, value)
+        return state
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class AimdPolicy:
-    """The local AIMD policy's state and transitions; every method takes the time it is at.
+    """The policy's transitions over an :class:`AimdState`; every method takes the time.
+
+    ``rate`` is the configured limit (``None``: find it). A store may swap :attr:`state`
+    for one it loaded (that is how the Redis store shares it).
 
     >>> policy = AimdPolicy(10.0)
     >>> policy.claim(100.0), round(policy.claim(100.0), 4)  # sent; the next one waits
-    (0.0, 0.1031)
+    (0.0, 0.1015)
+    >>> policy.release(100.2)
     >>> policy.on_rate_limited(sent_at=100.0, now=100.2)
     True
-    >>> round(policy.rate(100.2), 3)  # 90 % of the 9.7/s in force when it left
-    8.73
+    >>> round(policy.rate(100.2), 3)  # 95 % of the 9.85/s pace it was sent at
+    9.357
     """
 
     def __init__(
@@ -147,8 +294,8 @@ class AimdPolicy:
         rate: float | None,
         *,
         min_rate: float = MIN_RATE,
-        decrease_factor: float = DECREASE_FACTOR,
-        recovery_fraction: float = RECOVERY_FRACTION,
+        backoff_factor: float = BACKOFF,
+        start_rate: float | None = None,
     ) -> None:
         if rate is not None and (
             isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < math.inf
@@ -159,101 +306,236 @@ class AimdPolicy:
             )
         #: The configured limit (``None``: none); paced at ``HEADROOM`` of it.
         self.configured = rate
-        self._ceiling = None if rate is None else rate * HEADROOM
+        self.ceiling = math.inf if rate is None else rate * HEADROOM
         self._min_rate = min_rate
-        self._decrease_factor = decrease_factor
-        self._recovery_fraction = recovery_fraction
-        # The rate set at the last decrease, when that was, and how it grows from there.
-        self._base_rate: float | None = self._ceiling
-        self._decreased_at: float | None = None
-        self._slow_start = False
-        self._recovery_per_s = 0.0
-        # Successes count as evidence only from here (one round trip after a decrease).
-        self._evidence_from = -math.inf
-        self._last_slot = -math.inf
-        self._last_sent = -math.inf
-        self._successes: collections.deque[float] = collections.deque()
-
-    @property
-    def unlimited(self) -> bool:
-        """No limit configured and no 429 seen: every send may go at once."""
-        return self._base_rate is None
-
-    def rate(self, now: float) -> float | None:
-        """Requests per second allowed at ``now`` (``None``: no limit)."""
-        if self._base_rate is None:
-            return None
-        if self._decreased_at is None:
-            return self._base_rate
-        elapsed = max(0.0, now - self._decreased_at)
-        if self._slow_start:
-            doublings = min(_MAX_DOUBLINGS, elapsed / SLOW_START_DOUBLING)
-            rate = self._base_rate * float(2.0**doublings)
+        self._backoff = backoff_factor
+        # Told the limit: start at it. Not told: start at a probing rate and grow fast.
+        if rate is not None:
+            self._start_rate = self.ceiling
         else:
-            rate = self._base_rate + self._recovery_per_s * elapsed
-        return rate if self._ceiling is None else min(rate, self._ceiling)
+            self._start_rate = START_RATE if start_rate is None else start_rate
+        self.state = AimdState()
+
+    # -- reading ------------------------------------------------------------------------
+
+    def rate(self, now: float) -> float:
+        """Requests per second allowed at ``now``."""
+        del now  # the rate changes on events only; kept for the stores' symmetry
+        rate = self.state.rate
+        return self._start_rate if rate is None else rate
+
+    # -- before a send ------------------------------------------------------------------
 
     def claim(self, now: float) -> float:
-        """Book a send at ``now`` and return ``0.0`` if the pace allows one; otherwise book
-        nothing and return the seconds until it would (the rate may change meanwhile, so a
-        waiter asks again rather than trusting the answer)."""
-        rate = self.rate(now)
-        if rate is None:
-            self._last_slot = now
-            return 0.0
-        spacing = 1.0 / rate
-        # Keep to the schedule so wake-up delays do not add up, but never send two requests
-        # closer than the headroom allows (a catch-up after a late wake-up would trip a
-        # server that allows no burst).
-        slot = max(self._last_slot + spacing, self._last_sent + spacing * HEADROOM)
-        if slot > now:
-            return slot - now
-        # Idle for longer than one spacing: start the schedule afresh from now.
-        self._last_slot = slot if now - slot < spacing else now
-        self._last_sent = now
-        return 0.0
+        """Book a send at ``now`` and return ``0.0`` if the pace and the window allow one;
+        otherwise book nothing and return the seconds until it might (``inf``: when a
+        request in flight is released). A waiter asks again rather than trusting the answer:
+        the rate may change meanwhile."""
+        wait, booked = self.reserve(now, 0.0)
+        return 0.0 if booked else wait
 
-    def on_success(self, now: float) -> None:
-        """A request was answered, at ``now``, without a rate-limit error."""
-        self._successes.append(now)
-        while self._successes and self._successes[0] < now - EVIDENCE_WINDOW:
-            self._successes.popleft()
+    def reserve(self, now: float, horizon: float) -> tuple[float, bool]:
+        """Like :meth:`claim`, but book a slot up to ``horizon`` seconds ahead: return the
+        wait and whether the slot is booked (a store whose every call costs a round trip
+        books a little ahead and sleeps until its slot)."""
+        state = self.state
+        if state.rate is None:
+            state.rate = self._start_rate
+        if now < state.paused_until - horizon:
+            return state.paused_until - now, False
+        if state.in_flight >= state.window:
+            if now - state.released_at < STALE_IN_FLIGHT:
+                state.window_bound_at = now
+                return math.inf, False
+            state.in_flight = 0  # nothing came back for long: those requests are gone
+        spacing = 1.0 / state.rate
+        # Keep to the schedule so wake-up delays do not add up, but never send two requests
+        # closer than the headroom allows (a catch-up burst would trip a server that allows
+        # no burst at all).
+        slot = max(state.last_slot + spacing, state.last_sent + spacing * HEADROOM)
+        slot = max(slot, state.paused_until)
+        if slot > now + horizon:
+            state.pace_bound_at = now
+            return slot - now, False
+        if slot > now:
+            state.pace_bound_at = now
+        # Idle for longer than one spacing: start the schedule afresh from now.
+        send_at = slot if slot > now or now - slot < spacing else now
+        state.last_slot = send_at
+        state.last_sent = max(send_at, now)
+        state.in_flight += 1
+        state.first_sent = min(state.first_sent, send_at)
+        offset = self._count(state.sent, send_at)
+        if offset is not None:
+            state.paces[offset] = state.rate
+        return max(0.0, send_at - now), True
+
+    # -- after a send -------------------------------------------------------------------
+
+    def release(self, now: float) -> None:
+        """A request granted by :meth:`claim` is over (whatever its outcome), at ``now``."""
+        state = self.state
+        state.in_flight = max(0, state.in_flight - 1)
+        state.released_at = now
+
+    def on_success(self, sent_at: float, now: float) -> None:
+        """The request sent at ``sent_at`` was accepted (answered without a rate-limit
+        error) at ``now``: learn the round trip, and grow if the pace or window held back."""
+        state = self.state
+        sample = max(0.0, now - sent_at)
+        state.rtt = sample if state.rtt == 0.0 else state.rtt + _RTT_GAIN * (sample - state.rtt)
+        if state.rate is None or sent_at < state.hold_until:
+            return
+        rtt = max(state.rtt, _MIN_RTT)
+        # Only a pace that held senders back around this send is evidence the server could
+        # take more; a lightly loaded client proves nothing about the limit.
+        if state.pace_bound_at >= sent_at - 2.0 / state.rate - _MIN_RTT:
+            # At most doubling per round trip (slow start), and after a cut no faster than
+            # the curve back to the refused pace and beyond.
+            rate = state.rate + math.log(2) / max(rtt, SLOW_START_DOUBLING)
+            if state.cut:
+                rate = min(rate, self._recovery_curve(now - state.hold_until))
+            state.rate = min(self.ceiling, max(state.rate, rate))
+        if state.window < math.inf and state.window_bound_at >= sent_at - rtt:
+            state.window += 1.0 / state.window
 
     def on_rate_limited(self, sent_at: float, now: float, retry_after: float | None = None) -> bool:
-        """A request sent at ``sent_at`` was answered ``429`` at ``now``; return whether the
-        rate was lowered (``False``: the same congestion event as the last decrease).
-
-        ``retry_after`` is accepted for symmetry with the shared store and deliberately
-        ignored: the refused request's own retry honours it (capped), the shared pace is set
-        by the lowered rate, so no ``Retry-After``, however large, stalls the other senders.
-        """
-        del retry_after  # see the docstring: not this policy's business
-        if self._decreased_at is not None and sent_at < self._decreased_at:
-            return False  # this request left before we slowed down: same congestion event
-        in_force = self.rate(sent_at)
-        since = max(now - EVIDENCE_WINDOW, self._evidence_from)
-        evidence = sum(1 for t in self._successes if t >= since)
-        slow_start = False
-        if self._slow_start and in_force is not None:
-            # Probing ramped the rate up: successes averaged over the ramp underestimate the
-            # limit, the rate that was just refused does not.
-            new_rate = self._decrease_factor * in_force
-        elif evidence >= MIN_EVIDENCE and now > since:
-            new_rate = self._decrease_factor * evidence / (now - since)
-            if in_force is not None:
-                new_rate = min(new_rate, self._decrease_factor * in_force)
-        elif in_force is not None:
-            new_rate = self._decrease_factor * in_force
-        else:
-            # Refused before we knew anything: one request per round trip, then probe upward.
-            new_rate = 1.0 / max(now - sent_at, _MIN_ROUND_TRIP)
-            slow_start = True
-        new_rate = max(self._min_rate, new_rate)
-        if self._ceiling is not None:
-            new_rate = min(new_rate, self._ceiling)
-        self._base_rate = new_rate
-        self._decreased_at = now
-        self._slow_start = slow_start
-        self._recovery_per_s = max(MIN_RECOVERY_PER_S, self._recovery_fraction * new_rate)
-        self._evidence_from = now + max(0.0, now - sent_at)
+        """The request sent at ``sent_at`` was answered ``429`` at ``now``; return whether it
+        cut the rate (``False``: the same event as the last cut). Call :meth:`release` for it
+        first, so the window is set from the *other* requests in flight."""
+        state = self.state
+        self._count(state.refused, sent_at)
+        pause = certain_retry_after(retry_after)
+        if pause > 0:
+            state.paused_until = max(state.paused_until, sent_at + pause)
+        if sent_at < state.hold_until and not self._cut_was_wrong(sent_at):
+            return False
+        pace = self._recent_pace(sent_at)
+        estimate = peak = pace
+        marginal = state.cut and sent_at >= state.hold_until and self._marginal(sent_at)
+        state.marginal_cut = marginal
+        accepted = self._accepted_rate(sent_at, _MARGINAL_SPAN if marginal else MEASURE_SPAN)
+        if accepted is not None and accepted < pace:
+            estimate = accepted
+            if not marginal:
+                # The pace may be the limit (a leaky bucket refuses as soon as it is over)
+                # or far above it (a window filled during a ramp): recover towards halfway.
+                peak = math.sqrt(accepted * pace)
+        current = self.rate(now)
+        if state.cut:
+            # After slow start (whose ramp may overshoot by more), one event at most halves
+            # the rate: a measure over a short or fully refused span (a window draining, a
+            # limit that just dropped) must not send it to the floor.
+            estimate = max(estimate, current / 2)
+        new_rate = max(self._min_rate, min(self.ceiling, current, self._backoff * estimate))
+        state.rate = new_rate
+        state.cut_rate = new_rate
+        state.refused_pace = max(_PEAK_MARGIN * peak, new_rate)
+        state.cut = True
+        state.cut_at = now
+        state.hold_until = now + max(HOLD, 2 * state.rtt)
+        # Requests in flight: as many as the server held when it refused this one, but never
+        # fewer than the new pace needs at the usual round trip.
+        needed = math.ceil(new_rate * state.rtt)
+        state.window = min(state.window, float(max(1, state.in_flight, needed)))
         return True
+
+    def _recovery_curve(self, elapsed: float) -> float:
+        """The rate ``elapsed`` seconds after the hold-off: back to the refused pace along a
+        concave curve (quickly at first, flat near it), then beyond it ever faster (a cubic,
+        as TCP CUBIC's window)."""
+        state = self.state
+        peak = state.refused_pace
+        back_in: float = (max(0.0, peak - state.cut_rate) / (_CUBIC * peak)) ** (1 / 3)
+        return peak * (1.0 + _CUBIC * (max(0.0, elapsed) - back_in) ** 3)
+
+    # -- the send history ---------------------------------------------------------------
+
+    def _count(self, ring: list[int], at: float) -> int | None:
+        """Count one at ``at`` in ``ring``; its bucket's offset (``None``: too old)."""
+        index = math.floor(at / BUCKET)
+        self._advance(index)
+        offset = index - self.state.first_bucket
+        if offset < 0:
+            return None
+        ring[offset] += 1
+        return offset
+
+    def _advance(self, index: int) -> None:
+        """Move the rings so bucket ``index`` is in them (dropping the oldest)."""
+        state = self.state
+        shift = index - (state.first_bucket + BUCKETS - 1)
+        if shift <= 0:
+            return
+        if shift >= BUCKETS:
+            state.sent[:] = _ring()
+            state.refused[:] = _ring()
+            state.paces[:] = [state.rate or 0.0] * BUCKETS
+        else:
+            state.sent[:] = state.sent[shift:] + [0] * shift
+            state.refused[:] = state.refused[shift:] + [0] * shift
+            # The pace was in force over buckets without sends too.
+            state.paces[:] = state.paces[shift:] + [state.rate or 0.0] * shift
+        state.first_bucket += shift
+
+    def _sum(self, ring: list[int], start: float, end: float) -> int:
+        """Counts of whole buckets sent in ``[start, end)``."""
+        first = self.state.first_bucket
+        low = max(0, math.floor(start / BUCKET) - first)
+        high = min(BUCKETS, math.floor(end / BUCKET) - first)
+        return sum(ring[low:high]) if high > low else 0
+
+    def _accepted_rate(self, before: float, span: float) -> float | None:
+        """Requests per second the server did not refuse, by send time, over the window
+        before ``before`` (or since the first send, if that is shorter); ``None`` with too
+        little history."""
+        state = self.state
+        # Only sends since the last cut: the pace before it is not the one being judged.
+        start = max(before - span, state.first_sent, state.cut_at)
+        if start >= before:
+            return None  # nothing sent since (a 429 for a request this state never saw)
+        # Whole buckets only: the one holding ``before`` is still being filled.
+        start = math.floor(start / BUCKET) * BUCKET
+        end = math.floor(before / BUCKET) * BUCKET
+        span = end - start
+        if span < _MIN_SPAN:
+            return None
+        accepted = self._sum(state.sent, start, end) - self._sum(state.refused, start, end)
+        return max(0, accepted) / span
+
+    def _cut_was_wrong(self, sent_at: float) -> bool:
+        """Whether the last cut was not enough: most of what was sent since is refused
+        too (the limit dropped, or a burst the server allowed inflated what it accepted), so
+        the hold-off ends. A cut from a marginal refusal is judged at once; any other only
+        after ``_WRONG_CUT_SPAN`` (a window draining refuses for a while after any cut)."""
+        state = self.state
+        elapsed = sent_at - state.cut_at
+        if elapsed < 0 or (not state.marginal_cut and elapsed < _WRONG_CUT_SPAN):
+            return False
+        sent = self._sum(state.sent, state.cut_at, sent_at + BUCKET)
+        refused = self._sum(state.refused, state.cut_at, sent_at + BUCKET)
+        return sent >= _WRONG_CUT_SENDS and refused > _WRONG_CUT_SHARE * sent
+
+    def _marginal(self, sent_at: float) -> bool:
+        """Whether the server accepted nearly everything sent since the last cut (within
+        the measuring span) and refuses only now: then the refused pace is the limit."""
+        state = self.state
+        start = max(state.cut_at, sent_at - MEASURE_SPAN)
+        end = sent_at + BUCKET
+        sent = self._sum(state.sent, start, end)
+        if not sent or self._sum(state.refused, start, end) > _MARGINAL_SHARE * sent:
+            return False
+        # ... and the pace was used: sends held back by it, not a client that sent little.
+        first = state.first_bucket
+        low = max(0, math.floor(start / BUCKET) - first)
+        high = min(BUCKETS, math.floor(end / BUCKET) - first)
+        paced = sum(state.paces[low:high]) * BUCKET
+        return sent >= _SATURATED * paced
+
+    def _recent_pace(self, at: float) -> float:
+        """The pace a request sent at ``at`` left at (the pace now, if that is forgotten)."""
+        state = self.state
+        offset = math.floor(at / BUCKET) - state.first_bucket
+        if 0 <= offset < BUCKETS and state.paces[offset] > 0:
+            return state.paces[offset]
+        return self.rate(at)

@@ -23,9 +23,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import attrs
@@ -34,23 +35,51 @@ from . import errors
 from ._endpoints import Endpoint
 from ._images import PreparedImage
 from ._protocol import MAX_RETRY_AFTER, Envelope, classify_response
-from ._ratelimit import Clock, RateLimiter, Sleeper
+from ._ratelimit import Clock, RateLimiter, Sleeper, limiter_reports
 from ._session import SessionManager
-from ._transport import DOWNLOAD, Request, StreamedResponse, Transport, Upload
+from ._transport import (
+    DOWNLOAD,
+    Request,
+    StreamedResponse,
+    Transport,
+    Upload,
+    raise_without_context,
+)
 from .models import ClientStats, redact_url
 
 logger = logging.getLogger("ailab_async")
 
 T = TypeVar("T")
+A = TypeVar("A")
 
 
-# The hard bound on a whole call: anyio's cancel scope. Its cancellation is level-triggered
-# (re-delivered until the scope exits), so a cancellation consumed inside -- aiohttp's
-# per-attempt timer cancels the same task and turns a CancelledError into its own
-# TimeoutError -- cannot be lost. ``asyncio.timeout`` (edge-triggered) costs ~5 us less per
-# call (3.3 vs 8.5 us to enter and leave, Python 3.11, anyio 4.16); take it only with a test
-# that races it against aiohttp's timer.
-_deadline_scope = anyio.fail_after
+# The hard bound on a whole call (a stalled server, a long queue). On Python 3.11+ it is
+# ``asyncio.timeout``: about 3 us to enter and leave, where anyio's cancel scope costs 15-39
+# us per call. Its cancellation is edge-triggered, and aiohttp's per-attempt timer cancels
+# the same task; when both fire at once aiohttp counts with ``Task.uncancel`` and lets ours
+# through, and the loop also stops at the next attempt boundary once the scope has expired
+# (``tests/test_wire.py`` races the two). Python 3.10 has no ``uncancel``: there, anyio's
+# level-triggered scope (re-delivered until it exits), whose cancellation cannot be lost.
+if sys.version_info >= (3, 11):
+    _deadline_scope = asyncio.timeout
+else:
+
+    class _deadline_scope:
+        """anyio's ``fail_after`` behind ``asyncio.timeout``'s face."""
+
+        def __init__(self, budget: float) -> None:
+            self._scope = anyio.fail_after(budget)
+
+        async def __aenter__(self) -> _deadline_scope:
+            self._scope.__enter__()
+            return self
+
+        async def __aexit__(self, *exc_info: Any) -> bool | None:
+            return self._scope.__exit__(*exc_info)
+
+        @staticmethod
+        def expired() -> bool:
+            return False  # anyio re-delivers its cancellation: nothing to look at
 
 
 @attrs.frozen
@@ -142,6 +171,8 @@ class Dispatcher:
         self._base_url = base_url.rstrip("/")
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._limiter = limiter
+        # Success and release reports with the send time (adapting older custom limiters).
+        self._limiter_success, self._limiter_release = limiter_reports(limiter)
         self._timeout = timeout
         self._deadline = deadline
         self._policy = policy
@@ -175,29 +206,7 @@ class Dispatcher:
 
     async def call(self, call: Call, *, deadline: float | None = None) -> Envelope:
         """Send ``call`` with retries; its success envelope, or a typed error."""
-        endpoint = call.endpoint
-        url = self._base_url + endpoint.path
-        upload = None
-        if call.image is not None:
-            assert endpoint.image_field is not None
-            upload = Upload(endpoint.image_field, call.image)
-
-        async def attempt(attempt_timeout: float) -> Envelope | errors.APIError:
-            request = Request(
-                name=endpoint.name,
-                method=endpoint.method,
-                url=url,
-                billed=endpoint.billed,
-                timeout=attempt_timeout,
-                fields=call.fields,
-                upload=upload,
-            )
-            response = await self._transport.send(request)
-            return classify_response(
-                response.status, response.body, retry_after=response.headers.get("Retry-After")
-            )
-
-        return await self._run(endpoint, attempt, deadline, rate_limited=True)
+        return await self._run(call.endpoint, self._attempt_call, call, deadline, rate_limited=True)
 
     async def fetch(
         self,
@@ -212,126 +221,173 @@ class Dispatcher:
         (``retryable=True``) are retried like any other failure.
         """
 
-        async def attempt(attempt_timeout: float) -> T:
+        async def attempt(_: None, attempt_timeout: float) -> T:
             return await self._transport.fetch(url, consume, timeout=attempt_timeout)
 
-        return await self._run(_DOWNLOAD, attempt, deadline, rate_limited=False, url=url)
+        return await self._run(_DOWNLOAD, attempt, None, deadline, rate_limited=False, url=url)
+
+    async def _attempt_call(self, call: Call, attempt_timeout: float) -> Envelope | errors.APIError:
+        """One attempt of an API call, built here, inside the slot: calls still queued for
+        one hold nothing but their arguments."""
+        endpoint = call.endpoint
+        upload = None
+        if call.image is not None:
+            assert endpoint.image_field is not None
+            upload = Upload(endpoint.image_field, call.image)
+        request = Request(
+            name=endpoint.name,
+            method=endpoint.method,
+            url=self._base_url + endpoint.path,
+            billed=endpoint.billed,
+            timeout=attempt_timeout,
+            fields=call.fields,
+            upload=upload,
+        )
+        response = await self._transport.send(request)
+        return classify_response(
+            response.status, response.body, retry_after=response.headers.get("Retry-After")
+        )
 
     # -- the loop ------------------------------------------------------------------------
 
-    async def _run(
+    async def _run(  # noqa: RET503 - it ends in raise_without_context, which never returns
         self,
         endpoint: Endpoint,
-        attempt: Callable[[float], Awaitable[T | errors.APIError]],
+        attempt: Callable[[A, float], Awaitable[T | errors.APIError]],
+        argument: A,
         deadline: float | None,
         *,
         rate_limited: bool,
         url: str | None = None,
     ) -> T:
+        """``attempt(argument, timeout)`` until it succeeds, fails for good, or time is up.
+
+        The call's state is a few locals of this frame: thousands of calls may wait here
+        for a slot at once, and each object they hold would be garbage to collect.
+        """
         self._requests += 1
         budget = self._deadline if deadline is None else deadline
-        state = _CallState(deadline_at=self._clock() + budget)
+        deadline_at = self._clock() + budget
+        attempts = retries = 0
+        last_error: errors.AILabError | None = None
         try:
             # The loop checks the deadline against our clock before every wait; this scope
             # is the hard real-time bound on top (a stalled server, a long queue).
-            with _deadline_scope(budget):
-                return await self._attempts_until_done(
-                    endpoint, attempt, state, rate_limited=rate_limited, url=url
-                )
+            async with _deadline_scope(budget) as scope:
+                while True:
+                    attempt_started = self._clock()
+                    remaining = deadline_at - attempt_started
+                    if remaining <= 0 or (attempts and scope.expired()):
+                        raise_without_context(
+                            errors.DeadlineExceededError(
+                                f"{endpoint.name}: deadline passed after {attempts} attempt(s)",
+                                endpoint=endpoint.name,
+                                attempts=attempts,
+                            ),
+                            last_error,
+                        )
+                    attempts += 1
+                    sent_at, acquired = attempt_started, False
+                    # The slot is held for this attempt only (not during backoff), and
+                    # released on any exit, cancellation included. Inlined: this is the
+                    # per-request hot path.
+                    await self._semaphore.acquire()
+                    self._in_flight += 1
+                    self._max_in_flight = max(self._max_in_flight, self._in_flight)
+                    try:
+                        if rate_limited:
+                            sent_at = await self._limiter.acquire()
+                            acquired = True
+                        self._attempts += 1
+                        outcome = await attempt(argument, min(self._timeout, remaining))
+                    except errors.AILabError as exc:
+                        error: errors.AILabError = exc
+                    else:
+                        if not isinstance(outcome, errors.APIError):
+                            if rate_limited:
+                                self._limiter_success(sent_at)
+                            if logger.isEnabledFor(logging.DEBUG):
+                                self._log(endpoint, attempts, attempt_started, outcome, url)
+                            return outcome
+                        error = outcome
+                    finally:
+                        if acquired:
+                            self._limiter_release(sent_at)  # over, whatever the outcome
+                        self._in_flight -= 1
+                        self._semaphore.release()
+                    last_error = error
+                    if logger.isEnabledFor(logging.DEBUG):
+                        self._log(endpoint, attempts, attempt_started, error, url)
+                    delay = self._next_delay(
+                        endpoint, error, retries, attempts, deadline_at, sent_at, rate_limited
+                    )
+                    # A 429 is not a failure the server may have seen: no retry counted.
+                    retries += not isinstance(error, errors.RateLimitedError)
+                    await self._sleep(delay)
         except TimeoutError as exc:
             if isinstance(exc, errors.AILabError):
                 raise
         # Raised outside the except block: the cancellation's context runs through aiohttp
         # frames (whose locals hold the request headers) and must not hang off our error.
-        raise errors.DeadlineExceededError(
-            f"{endpoint.name}: deadline of {budget:g}s passed after {state.attempts} attempt(s)",
-            endpoint=endpoint.name,
-            attempts=state.attempts,
-        ) from state.last_error
+        raise_without_context(
+            errors.DeadlineExceededError(
+                f"{endpoint.name}: deadline of {budget:g}s passed after {attempts} attempt(s)",
+                endpoint=endpoint.name,
+                attempts=attempts,
+            ),
+            last_error,
+        )
 
-    async def _attempts_until_done(
+    def _next_delay(
         self,
         endpoint: Endpoint,
-        attempt: Callable[[float], Awaitable[T | errors.APIError]],
-        state: _CallState,
-        *,
+        error: errors.AILabError,
+        retries: int,
+        attempts: int,
+        deadline_at: float,
+        sent_at: float,
         rate_limited: bool,
-        url: str | None,
-    ) -> T:
-        retries = 0
-        while True:
-            remaining = state.deadline_at - self._clock()
-            if remaining <= 0:
-                raise errors.DeadlineExceededError(
-                    f"{endpoint.name}: deadline passed after {state.attempts} attempt(s)",
-                    endpoint=endpoint.name,
-                    attempts=state.attempts,
-                ) from state.last_error
-            state.attempts += 1
-            attempt_started = self._clock()
-            error: errors.AILabError
-            sent_at = attempt_started
-            # The slot is held for this attempt only (not during backoff), and released on
-            # any exit, cancellation included. Inlined: this is the per-request hot path.
-            await self._semaphore.acquire()
-            self._in_flight += 1
-            self._max_in_flight = max(self._max_in_flight, self._in_flight)
-            try:
-                if rate_limited:
-                    sent_at = await self._limiter.acquire()
-                self._attempts += 1
-                outcome = await attempt(min(self._timeout, remaining))
-            except errors.AILabError as exc:
-                error = exc
-            else:
-                if not isinstance(outcome, errors.APIError):
-                    if rate_limited:
-                        self._limiter.on_success()
-                    self._log(endpoint, state.attempts, attempt_started, outcome, url)
-                    return outcome
-                error = outcome
-            finally:
-                self._in_flight -= 1
-                self._semaphore.release()
-            state.last_error = error
-            self._log(endpoint, state.attempts, attempt_started, error, url)
-
-            retry_after = error.retry_after if isinstance(error, errors.APIError) else None
-            if retry_after is not None:
-                # Bounded by policy and by what is left of the deadline: the limiter (maybe
-                # shared by many processes) must never be told to stall for years.
-                retry_after = min(
-                    self._policy.capped_retry_after(retry_after),
-                    max(0.0, state.deadline_at - self._clock()),
-                )
-            if isinstance(error, errors.RateLimitedError) and rate_limited:
-                self._limiter.on_rate_limited(sent_at, retry_after)
-            if not self._policy.should_retry(endpoint, error, retries):
-                raise error
-            ambiguous = self._policy.is_ambiguous(endpoint, error)
-            retry_number = 1 if isinstance(error, errors.RateLimitedError) else retries + 1
-            delay = self._policy.delay(retry_number, retry_after, self._rand())
-            if self._clock() + delay >= state.deadline_at:
-                raise errors.DeadlineExceededError(
+    ) -> float:
+        """After a failed attempt: tell the limiter of a 429, then give the wait before the
+        next attempt, or raise ``error`` (final) or a deadline error (no time for another)."""
+        retry_after = error.retry_after if isinstance(error, errors.APIError) else None
+        if retry_after is not None:
+            # Bounded by policy and by what is left of the deadline: the limiter (maybe
+            # shared by many processes) must never be told to stall for years.
+            retry_after = min(
+                self._policy.capped_retry_after(retry_after),
+                max(0.0, deadline_at - self._clock()),
+            )
+        if isinstance(error, errors.RateLimitedError) and rate_limited:
+            self._limiter.on_rate_limited(sent_at, retry_after)
+        if not self._policy.should_retry(endpoint, error, retries):
+            raise_without_context(error)
+        ambiguous = self._policy.is_ambiguous(endpoint, error)
+        retry_number = 1 if isinstance(error, errors.RateLimitedError) else retries + 1
+        delay = self._policy.delay(retry_number, retry_after, self._rand())
+        if self._clock() + delay >= deadline_at:
+            raise_without_context(
+                errors.DeadlineExceededError(
                     f"{endpoint.name}: deadline would pass before the next retry "
-                    f"(after {state.attempts} attempt(s); last error: {error})",
+                    f"(after {attempts} attempt(s); last error: {error})",
                     endpoint=endpoint.name,
-                    attempts=state.attempts,
-                ) from error
-            if not isinstance(error, errors.RateLimitedError):
-                retries += 1
-            self._retries += 1
-            if ambiguous:
-                self._ambiguous_retries += 1
+                    attempts=attempts,
+                ),
+                error,
+            )
+        self._retries += 1
+        if ambiguous:
+            self._ambiguous_retries += 1
+        if logger.isEnabledFor(logging.INFO):
             logger.info(
                 "retrying %s in %.2fs (attempt %d failed: %s%s)",
                 endpoint.name,
                 delay,
-                state.attempts,
+                attempts,
                 type(error).__name__,
                 ", may have been billed" if ambiguous else "",
             )
-            await self._sleep(delay)
+        return delay
 
     def _log(
         self,
@@ -373,13 +429,6 @@ class Dispatcher:
             request_id,
             log_id,
         )
-
-
-@attrs.define
-class _CallState:
-    deadline_at: float
-    attempts: int = 0
-    last_error: errors.AILabError | None = None
 
 
 _DOWNLOAD = Endpoint(DOWNLOAD, "GET", "", billed=False)

@@ -30,7 +30,7 @@ from typing import IO, Any, Union
 import attrs
 
 from ._endpoints import ImageRules
-from ._threads import to_thread
+from ._threads import to_executor
 from .errors import AILabError, ValidationError
 
 __all__ = [
@@ -294,8 +294,9 @@ def _file_reader(handle: IO[bytes], label: str) -> ReadAt:
 class PreparedImage:
     """A validated image, ready to be (re)sent on every attempt.
 
-    Either ``path`` (streamed from disk for every attempt) or ``data`` (bytes, and what was
-    read from a file object) is set.
+    Either ``path`` (streamed from disk for every attempt, see :meth:`open`) or ``data``
+    (the caller's bytes, or what was read from a file object; sent as it is, never copied)
+    is set.
     """
 
     label: str
@@ -318,27 +319,22 @@ class PreparedImage:
 
     @contextlib.contextmanager
     def open(self) -> Iterator[IO[bytes]]:
-        """The body of one attempt: a fresh handle on the file, or a buffer over the bytes.
+        """A fresh handle on the image's file, for one attempt (an image given as a path).
 
-        The body is ours: the HTTP layer may close it after sending. Raises
-        :class:`~ailab_async.errors.ValidationError` if the file is gone, is no longer a
-        regular file, or changed size since it was checked.
+        Raises :class:`~ailab_async.errors.ValidationError` if the file is gone, is no
+        longer a regular file, or changed size since it was checked.
         """
-        if self.path is not None:
-            handle, size = _open_regular(os.fspath(self.path), self.label)
-            with handle:
-                if size != self.size:
-                    raise _invalid(
-                        self.label,
-                        "changed",
-                        f"the file changed since it was checked ({self.size} -> {size} bytes)",
-                    )
-                yield handle
-        else:
-            assert self.data is not None
-            # A buffer, not raw bytes: aiohttp streams it in chunks (and does not warn that a
-            # large bytes body may block the loop). BytesIO shares the bytes, no copy.
-            yield io.BytesIO(self.data)
+        if self.path is None:
+            raise TypeError("this image is held in memory (.data): there is no file to open")
+        handle, size = _open_regular(os.fspath(self.path), self.label)
+        with handle:
+            if size != self.size:
+                raise _invalid(
+                    self.label,
+                    "changed",
+                    f"the file changed since it was checked ({self.size} -> {size} bytes)",
+                )
+            yield handle
 
 
 def _check_format(label: str, head: bytes, rules: ImageRules) -> str:
@@ -491,4 +487,4 @@ async def aprepare_image(image: ImageInput, rules: ImageRules) -> PreparedImage:
     """
     if isinstance(image, (bytes, bytearray, memoryview)):
         return prepare_image(image, rules)
-    return await to_thread(prepare_image, image, rules, abandon_on_cancel=True)
+    return await to_executor(prepare_image, image, rules)

@@ -22,25 +22,34 @@ The security properties live here, because this is where they could be broken:
 * API answers are read in chunks up to a cap (decompressed), never with an unbounded
   ``read()``; past the cap the connection is dropped;
 * every failure aiohttp, asyncio or the OS may raise is mapped to our errors in one place
-  (:func:`_wire_error`), and our error is raised *outside* the ``except`` block, so no
-  aiohttp frame (whose locals hold the request headers) is reachable from it through
-  ``__context__``.
+  (:func:`_wire_error`), and our error is raised *outside* the ``except`` block, with its
+  context cleared (:func:`raise_without_context`), so no aiohttp frame (whose locals hold
+  the request headers) is reachable from it through ``__context__``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import TypeVar
+from typing import IO, NoReturn, TypeVar
 
 import aiohttp
+import aiohttp.abc
+import aiohttp.payload
 import attrs
 
 from . import errors
 from ._images import PreparedImage
-from ._protocol import API_KEY_HEADER, MAX_RESPONSE_BYTES, RESPONSE_TOO_LARGE
+from ._protocol import (
+    API_KEY_HEADER,
+    MAX_RESPONSE_BYTES,
+    RESPONSE_TOO_LARGE,
+    multipart_content_type,
+    multipart_frame,
+)
 from ._session import SessionManager
 
 T = TypeVar("T")
@@ -50,6 +59,13 @@ _READ_CHUNK = 64 * 1024
 #: Redirects a result download may follow (result hosts may send us to a CDN; the key is
 #: never on a download, so following is safe).
 _MAX_DOWNLOAD_REDIRECTS = 5
+#: An image up to this size goes out in one buffer with the multipart framing around it (one
+#: ``send()``; copying it costs less than two more writes); a larger one is written in place,
+#: between the framing's two buffers, never copied.
+_JOIN_LIMIT = 256 * 1024
+#: How much of an image file one read in a worker thread brings in: aiohttp's own chunk, so
+#: a file goes out in no more thread hops, and no larger buffers, than aiohttp would use.
+_FILE_CHUNK = 256 * 1024
 #: What a download says about itself: never the key.
 _DOWNLOAD_HEADERS = {"User-Agent": _USER_AGENT}
 #: The name downloads go by in messages and logs.
@@ -176,7 +192,7 @@ class Transport:
         # Built once and passed as is: no frame on the request path has the key in a local.
         self._api_headers: dict[str, str] = {API_KEY_HEADER: api_key, "User-Agent": _USER_AGENT}
 
-    async def send(self, request: Request) -> Response:
+    async def send(self, request: Request) -> Response:  # noqa: RET503 - raise_without_context
         """One API request: its status, headers and body, or a typed error.
 
         The answer over ``request.max_body`` bytes is a non-retryable
@@ -185,13 +201,13 @@ class Transport:
         """
         session = await self._sessions.get()
         with contextlib.ExitStack() as stack:
-            form = None if request.upload is None else _form(request, request.upload, stack)
+            body = None if request.upload is None else _body(request, request.upload, stack)
             try:
                 async with session.request(
                     request.method,
                     request.url,
-                    data=form,
-                    params=list(request.fields) if form is None and request.fields else None,
+                    data=body,
+                    params=list(request.fields) if body is None and request.fields else None,
                     headers=self._api_headers,
                     timeout=aiohttp.ClientTimeout(total=request.timeout),
                     # Never follow: the key would be re-sent to wherever Location points
@@ -200,19 +216,19 @@ class Transport:
                     # The session may be the user's, created with raise_for_status=True.
                     raise_for_status=False,
                 ) as response:
-                    body = await StreamedResponse(response).read(request.max_body)
+                    answer = await StreamedResponse(response).read(request.max_body)
                     status, headers = response.status, response.headers
             except errors.AILabError:
                 raise
             except _WIRE_ERRORS as exc:
                 error = self._wire_error(exc, request.name, session, billed=request.billed)
             else:
-                if body is not None:
-                    return Response(status, headers, body)
+                if answer is not None:
+                    return Response(status, headers, answer)
                 error = _too_large(request, status)
-        raise error  # outside the except block: no aiohttp frame in __context__
+        raise_without_context(error)  # no aiohttp frame in __context__
 
-    async def fetch(
+    async def fetch(  # noqa: RET503 - it ends in raise_without_context, which never returns
         self,
         url: str,
         consume: Callable[[StreamedResponse], Awaitable[T]],
@@ -238,7 +254,7 @@ class Transport:
             raise
         except _WIRE_ERRORS as exc:
             error = self._wire_error(exc, DOWNLOAD, session, billed=False, download=True)
-        raise error  # outside the except block: no aiohttp frame in __context__
+        raise_without_context(error)  # no aiohttp frame in __context__
 
     def _wire_error(
         self,
@@ -269,23 +285,115 @@ class Transport:
         return _transport_error(exc, name, billed=billed)
 
 
-def _form(request: Request, upload: Upload, stack: contextlib.ExitStack) -> aiohttp.FormData:
-    """The multipart body of one attempt, its image opened afresh (closed by ``stack``)."""
+def _body(request: Request, upload: Upload, stack: contextlib.ExitStack) -> MultipartBody:
+    """The multipart body of one attempt: the image's bytes as they are, or its file opened
+    afresh (closed by ``stack``)."""
     image = upload.image
+    if image.data is not None:
+        source: bytes | IO[bytes] = image.data
+    else:
+        try:
+            source = stack.enter_context(image.open())
+        except errors.ValidationError:
+            raise  # the image's own check (replaced by a FIFO, changed size): keep its rule
+        except (OSError, ValueError) as exc:
+            # Deleted, moved or closed since it was checked: nothing was sent.
+            raise errors.ValidationError(
+                f"{request.name}: the image {image.label} can no longer be read "
+                f"({type(exc).__name__})",
+                input=image.label,
+                rule="readable",
+            ) from None
+    # A fresh random boundary per attempt, as aiohttp draws one: no image can be made to
+    # contain it.
+    boundary = os.urandom(16).hex()
+    head, tail = multipart_frame(
+        request.fields, upload.field, image.filename, image.content_type, boundary
+    )
+    return MultipartBody(head, source, image.size, tail, multipart_content_type(boundary))
+
+
+class MultipartBody(aiohttp.payload.Payload):
+    """One attempt's ``multipart/form-data`` body: framing, the image, framing.
+
+    The image goes to the connection as it is (the caller's bytes, never a ``BytesIO`` copy
+    read back in chunks), joined with the framing into one buffer when it is small; a file
+    is read in a worker thread, :data:`_FILE_CHUNK` bytes at a time. aiohttp's own payloads
+    cannot do this for us: a large ``bytes`` body warns, a ``BytesIO`` is copied chunk by
+    chunk with an event-loop turn each, and ``FormData`` writes every part apart.
+    """
+
+    def __init__(
+        self, head: bytes, image: bytes | IO[bytes], image_size: int, tail: bytes, content_type: str
+    ) -> None:
+        super().__init__(image, content_type=content_type)
+        self.head = head
+        self.image = image
+        self.image_size = image_size
+        self.tail = tail
+        self._size = len(head) + image_size + len(tail)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        if not isinstance(self.image, bytes):
+            raise TypeError("the body streams an image file; it has no text form")
+        return (self.head + self.image + self.tail).decode(encoding, errors)
+
+    async def write(self, writer: aiohttp.abc.AbstractStreamWriter) -> None:
+        image = self.image
+        if isinstance(image, bytes):
+            await _write_framed(writer, self.head, image, self.tail)
+            return
+        loop = asyncio.get_running_loop()
+        remaining = self.image_size
+        head: bytes | None = self.head
+        while remaining > 0:
+            chunk = await loop.run_in_executor(None, image.read, min(remaining, _FILE_CHUNK))
+            if not chunk:
+                # Shorter than when it was checked: the declared length cannot be met.
+                raise OSError("the image file got shorter while it was being sent")
+            remaining -= len(chunk)  # read() gave at most what was asked for
+            if head is not None:
+                await _write_framed(writer, head, chunk, self.tail if not remaining else b"")
+                head = None
+            else:
+                await writer.write(chunk)
+                if not remaining:
+                    await writer.write(self.tail)
+
+    async def write_with_length(
+        self, writer: aiohttp.abc.AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        # aiohttp passes the Content-Length it took from ``size``: the whole body.
+        await self.write(writer)
+
+
+async def _write_framed(
+    writer: aiohttp.abc.AbstractStreamWriter, head: bytes, data: bytes, tail: bytes
+) -> None:
+    """``head + data + tail``: one buffer when ``data`` is small, else three writes."""
+    if len(data) <= _JOIN_LIMIT:
+        await writer.write(b"".join((head, data, tail)))
+        return
+    await writer.write(head)
+    await writer.write(data)
+    if tail:
+        await writer.write(tail)
+
+
+def raise_without_context(error: BaseException, cause: BaseException | None = None) -> NoReturn:
+    """Raise ``error`` (from ``cause``) with no ``__context__``, whatever was being handled.
+
+    Our errors are raised outside ``except`` blocks so that no aiohttp exception (whose
+    frames hold the request headers, the key among them) hangs off them. Python 3.10 still
+    counts an exception thrown into a coroutine as handled after its ``except`` block has
+    ended, and would chain it anyway: the context is cleared by hand.
+    """
     try:
-        body = stack.enter_context(image.open())
-    except errors.ValidationError:
-        raise  # the image's own check (replaced by a FIFO, changed size): keep its rule
-    except (OSError, ValueError) as exc:
-        # Deleted, moved or closed since it was checked: nothing was sent.
-        raise errors.ValidationError(
-            f"{request.name}: the image {image.label} can no longer be read ({type(exc).__name__})",
-            input=image.label,
-            rule="readable",
-        ) from None
-    form = aiohttp.FormData(list(request.fields))
-    form.add_field(upload.field, body, filename=image.filename, content_type=image.content_type)
-    return form
+        if cause is None:
+            raise error  # keeps the cause it has
+        raise error from cause
+    finally:
+        error.__context__ = None
 
 
 def _too_large(request: Request, status: int) -> errors.MalformedResponseError:

@@ -79,9 +79,10 @@ class AILabClient:
             processed (a timeout, a reset connection). Such a retry can be billed twice; they
             are counted in :attr:`stats` as ``ambiguous_retries``. Set ``False`` to raise
             instead.
-        backoff_initial, backoff_max: The backoff cap before the first retry (doubling for
-            each further retry) and its ceiling, in seconds. Full jitter: each wait is drawn
-            uniformly below the cap; a ``Retry-After`` is a floor.
+        backoff_initial: The backoff cap before the first retry, in seconds, doubling for
+            each further retry. Full jitter: each wait is drawn uniformly below the cap; a
+            ``Retry-After`` is a floor.
+        backoff_max: The ceiling of that cap, in seconds.
         dangerously_allow_plain_http: Allow sending the API key over plain ``http://`` to a
             host that is not this machine. Off: only loopback may use plain HTTP.
         task_timeout: Default seconds ``await task`` waits for a smart-beauty result
@@ -90,7 +91,9 @@ class AILabClient:
             environment (off: it costs CPU on every request, and the key is ours to send).
         polling: Knobs of the smart poller (:class:`PollingConfig`): polls per task, the
             share of the rate budget and of the concurrency polls may use, ...
-        clock, sleep, random: Time and chance, injectable so tests never wait for real.
+        clock: The monotonic clock (seconds); injectable so tests never wait for real.
+        sleep: The coroutine that waits (``asyncio.sleep``); injectable for tests.
+        random: The source of jitter (``random.random``); injectable for tests.
     """
 
     def __init__(
@@ -272,14 +275,15 @@ class AILabClient:
     async def smart_skin(
         self,
         image: ImageInput,
-        retouch_degree: float = 1.0,
-        whitening_degree: float = 1.0,
+        retouch_degree: float | None = None,
+        whitening_degree: float | None = None,
         *,
         deadline: float | None = None,
     ) -> ImageResult:
         """AI Skin Beauty: smooth skin (``retouch_degree``) and whiten (``whitening_degree``).
 
-        Both degrees are in [0, 1.5]. The image (JPEG/PNG, at most 6 MiB, sides above 128 and
+        Both degrees are in [0, 1.5]. A degree left out (``None``) is not sent, and the API
+        applies its default, 1.0. The image (JPEG/PNG, at most 6 MiB, sides above 128 and
         below 5000 pixels) is a path, bytes or a binary file object; it is checked before
         upload and streamed from disk on every attempt.
 
@@ -298,16 +302,17 @@ class AILabClient:
     async def submit_smart_beauty(
         self,
         image: ImageInput,
-        beauty_level: float = 1.0,
+        beauty_level: float | None = None,
         multi_face: bool = False,
         *,
         deadline: float | None = None,
     ) -> TaskHandle:
         """Smart Beauty: submit the task and return its handle at once.
 
-        ``beauty_level`` is in [0, 1]; ``multi_face=True`` beautifies every face (fewer than
-        18 recommended), otherwise only the largest. The image is JPEG/PNG/BMP, at most 5 MiB,
-        below 4096x4096. Persist ``task.task_id``: it is what you paid for.
+        ``beauty_level`` is in [0, 1] (left out: not sent, the API applies 1.0);
+        ``multi_face=True`` beautifies every face (fewer than 18 recommended), otherwise only
+        the largest. The image is JPEG/PNG/BMP, at most 5 MiB, below 4096x4096. Persist
+        ``task.task_id``: it is what you paid for.
 
         >>> task = await client.submit_smart_beauty("face.jpg", beauty_level=0.7)  # doctest: +SKIP
         >>> save(task.task_id)  # doctest: +SKIP
@@ -321,7 +326,7 @@ class AILabClient:
     async def smart_beauty(
         self,
         image: ImageInput,
-        beauty_level: float = 1.0,
+        beauty_level: float | None = None,
         multi_face: bool = False,
         *,
         timeout: float | None = None,
@@ -474,9 +479,14 @@ class AILabClient:
     async def _send(
         self, endpoint: Endpoint, image: ImageInput | None, deadline: float | None, **params: Any
     ) -> protocol.Envelope:
-        """One API call built from its table entry: every check first, then the request."""
+        """One API call built from its table entry: every check first, then the request.
+
+        A parameter given as ``None`` is left out: the API applies its default.
+        """
         self._enter()
-        fields = endpoint.encode(params)
+        fields = endpoint.encode(
+            {name: value for name, value in params.items() if value is not None}
+        )
         check_call_seconds(deadline, "deadline")
         prepared = None
         if endpoint.image_rules is not None:

@@ -380,7 +380,8 @@ OWN_LIMIT = "per-process"
 @dataclass(frozen=True)
 class CreditWorkload:
     """What each process of :func:`run_credit_workers` does: one ``AILabClient`` calling
-    ``query-credits`` from ``concurrency`` loops for ``seconds``.
+    ``query-credits`` from ``concurrency`` loops for ``seconds`` (or, with ``calls``, until it
+    has made that many calls, ``seconds`` then being only a time limit).
 
     ``mode`` :data:`SHARED_BUDGET`: the client uses ``RedisRateLimiter(redis_url,
     name=budget_name, rate=rate)``; :data:`OWN_LIMIT`: it has ``rate_limit=rate`` of its own.
@@ -394,6 +395,7 @@ class CreditWorkload:
     rate: float
     seconds: float
     concurrency: int
+    calls: int = 0
 
 
 async def run_credit_workers(
@@ -460,8 +462,12 @@ async def _call_credits_flat_out(work: CreditWorkload, start_at: float) -> dict[
         )
         await asyncio.sleep(max(0.0, start_at - time.time()))
 
+        tickets = iter(range(work.calls)) if work.calls else None
+
         async def calls() -> None:
             while time.time() < end_at:
+                if tickets is not None and next(tickets, None) is None:
+                    return  # this process has made its calls
                 try:
                     await client.credits(deadline=max(1.0, end_at - time.time() + 5))
                 except AILabError as exc:

@@ -1,21 +1,35 @@
-"""Client-side CPU overhead of ailab-async against hand-written aiohttp.
+"""Client CPU per call of ailab-async against hand-written aiohttp doing the same thing.
 
-The same N smart-skin calls, at the same concurrency, with the same image, go to a local
-aiohttp server running in another process, through three clients in turn:
+A matrix, in one run: image 20 kB / 170 kB / 2 MB / 5 MB x concurrency 1 / 16 / 64 / 256 x
+the image given as bytes or as a path x with or without the two degrees. In every cell the
+same N smart-skin calls go to a local aiohttp server running in another process through:
 
-* ``raw aiohttp``: the minimal correct hand-written client (one session, a ``FormData``,
-  the key header, ``resp.json()``, check ``error_code``, read ``data.image_url``);
-* ``ailab-async``: ``AILabClient.smart_skin``;
-* ``ailabtools-sdk``: the provider's official httpx-based SDK, if it is installed.
+* ``raw aiohttp``: the minimal correct hand-written client for what the user asked, and
+  nothing more: one session, a ``FormData`` with the degrees only if the user gave them and
+  the image (for a path, the same file, opened as aiohttp's documentation shows), the key
+  header, ``resp.json()``, check ``error_code``, read ``data.image_url``;
+* ``ailab-async``: ``AILabClient(max_concurrency=C).smart_skin(image, **degrees)``;
+* ``ailabtools-sdk``: the provider's official httpx-based SDK, on a few cells (bytes input),
+  if it is installed.
 
 Only this process's CPU time is measured (``time.process_time()`` around each measured
-phase), so the server's work never counts. Each client gets a warm-up, then a measured
-phase; the whole round repeats ``--repeat`` times in a rotating order and the median is
-reported. Target: ailab-async at most 1.3x raw aiohttp's CPU per request.
+batch, worker threads included), so the server's work never counts. A cell's round runs on
+its own event loop: every client warmed up, then its N calls in batches taken in turn (A B,
+B A, ...), so the load of a busy machine drifts onto both alike; the cell repeats
+``--repeat`` times and the median is reported. The server records the shape of every request
+(fields, their values, the file's name, type, length and CRC-32): if the raw client's requests
+differ from ours in any cell, the run stops with an error, since the comparison would be unfair.
 
-    python -m benchmarks.bench_overhead                 # N=2000, concurrency 16, 3 repeats
-    python -m benchmarks.bench_overhead --check         # exit 1 if the target is missed
-    python -m benchmarks.bench_overhead --clients ailab-async --repeat 1   # e.g. to profile
+The polling path is measured the same way: CPU per poll of tasks tracked by the client's
+tracker (``client.track(task_id)``, the server always answering "processing") against a raw
+aiohttp loop of GETs, one per task, at the same spacing.
+
+Target: at most 1.15x raw aiohttp's CPU per call in every cell, and per poll.
+
+    python -m benchmarks.bench_overhead                  # the full matrix, 3 repeats
+    python -m benchmarks.bench_overhead --quick          # 16 small cells, fewer calls
+    python -m benchmarks.bench_overhead --sizes 170kB --concurrency 64 --inputs bytes
+    python -m benchmarks.bench_overhead --check          # exit 1 if a cell misses the target
 """
 
 from __future__ import annotations
@@ -23,18 +37,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gc
+import itertools
+import random
 import statistics
 import sys
+import tempfile
 import time
-import zlib
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from ailab_async import AILabClient
+from ailab_async import AILabClient, PollingConfig
 
 from ._common import (
     OFFICIAL_SMART_SKIN,
@@ -49,61 +68,95 @@ from ._common import (
     progress_printer,
     write_json,
 )
-from ._local_server import API_KEY, IMAGE_URL, SMART_SKIN_PATH, LocalServer
+from ._local_server import API_KEY, IMAGE_URL, QUERY_TASK_PATH, SMART_SKIN_PATH, LocalServer
 
 RAW = "raw aiohttp"
 SDK = "ailab-async"
 OFFICIAL = "ailabtools-sdk"
-TARGET_RATIO = 1.3
+CLIENTS = (RAW, SDK, OFFICIAL)
+TARGET_RATIO = 1.15
+
+#: Image sizes of the matrix, by label, with the calls per phase at ``--scale 1``.
+SIZES: dict[str, tuple[int, int]] = {
+    "20kB": (20_000, 600),
+    "170kB": (170_000, 300),
+    "2MB": (2_000_000, 60),
+    "5MB": (5_000_000, 30),
+}
+CONCURRENCIES = (1, 16, 64, 256)
+INPUTS = ("bytes", "path")
+DEGREES = ("none", "given")
+#: What "given" means: the degrees every benchmark sends.
+GIVEN_DEGREES = {"retouch_degree": RETOUCH_DEGREE, "whitening_degree": WHITENING_DEGREE}
+#: The cells the official SDK also runs (it takes bytes only here).
+OFFICIAL_CELLS = frozenset(
+    {("20kB", 16, "bytes", "given"), ("170kB", 16, "bytes", "none"), ("170kB", 64, "bytes", "none")}
+)
+#: The file name and type both clients give the upload (ours sends ``image.<format>``).
+UPLOAD_NAME, UPLOAD_TYPE = "image.png", "image/png"
 
 #: One smart-skin call through some client; returns the result's image URL.
 CallOnce = Callable[[], Awaitable[str]]
-#: Opens a client for (base URL, image bytes, concurrency) and yields its ``CallOnce``.
-ClientFactory = Callable[[str, bytes, int], contextlib.AbstractAsyncContextManager[CallOnce]]
 
 
-# --- the input -----------------------------------------------------------------------------
+# --- the inputs ----------------------------------------------------------------------------
 
 
-def make_png(width: int = 256, height: int = 256) -> bytes:
-    """A valid RGB PNG of about 28 kB at 256x256: a skin-toned oval with a little grain.
+@dataclass(frozen=True)
+class Cell:
+    """One cell of the matrix: what the user asks for, and how many at once."""
 
-    Flat colour would compress to almost nothing and pure noise to ~200 kB; this sits where a
-    small portrait JPEG does, so neither the per-request fixed cost nor byte copying dominates.
+    size: str
+    concurrency: int
+    input: str
+    degrees: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.size} c={self.concurrency} {self.input} degrees={self.degrees}"
+
+    @property
+    def params(self) -> dict[str, float]:
+        """The keyword arguments the user passes (and the fields raw aiohttp sends)."""
+        return dict(GIVEN_DEGREES) if self.degrees == "given" else {}
+
+
+@dataclass(frozen=True)
+class Image:
+    """One test image, in memory and on disk."""
+
+    data: bytes
+    path: Path
+
+
+def make_image(size: int, seed: int = 0) -> bytes:
+    """A PNG of exactly ``size`` bytes whose pixels do not compress (as a photo's would not).
+
+    Nothing here decodes it: the SDK reads the header only, and the server digests bytes.
     """
-    rows = []
-    for y in range(height):
-        row = bytearray(b"\x00")  # filter type: none
-        for x in range(width):
-            grain = ((x * 7919 + y * 104729) >> 3) & 7
-            dx, dy = (x - width / 2) / (width * 0.27), (y - height * 0.47) / (height * 0.37)
-            if dx * dx + dy * dy < 1:
-                row += bytes((220 - (y >> 2) + grain, 170 - (x >> 3) + grain, 140 + grain))
-            else:
-                row += bytes((40 + (y >> 2), 60 + (x >> 3), 90))
-        rows.append(bytes(row))
-    return (
-        png_head(width, height)
-        + png_chunk(b"IDAT", zlib.compress(b"".join(rows), 6))
-        + png_chunk(b"IEND", b"")
-    )
+    side = 512 if size < 1_000_000 else 1600
+    head, tail = png_head(side, side), png_chunk(b"IEND", b"")
+    filler = size - len(head) - len(tail) - 12  # an IDAT chunk's length, tag and CRC
+    pixels = random.Random(seed).randbytes(filler)
+    image = head + png_chunk(b"IDAT", pixels) + tail
+    assert len(image) == size
+    return image
 
 
 # --- the clients -----------------------------------------------------------------------------
 
 
 @contextlib.asynccontextmanager
-async def raw_aiohttp(base_url: str, image: bytes, concurrency: int) -> AsyncIterator[CallOnce]:
-    """The minimal correct hand-written client: what the SDK's overhead is measured against."""
+async def raw_aiohttp(base_url: str, image: Image, cell: Cell) -> AsyncIterator[CallOnce]:
+    """The minimal correct hand-written client for the cell, sending what the user asked."""
     url = base_url + SMART_SKIN_PATH
     headers = {"ailabapi-api-key": API_KEY}
-    async with aiohttp.ClientSession() as session:
+    fields = [(name, str(value)) for name, value in cell.params.items()]
+    connector = aiohttp.TCPConnector(limit=cell.concurrency)  # as many as ours opens
 
-        async def call() -> str:
-            form = aiohttp.FormData()
-            form.add_field("retouch_degree", str(RETOUCH_DEGREE))
-            form.add_field("whitening_degree", str(WHITENING_DEGREE))
-            form.add_field("image", image, filename="face.png", content_type="image/png")
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def post(form: aiohttp.FormData) -> str:
             async with session.post(url, data=form, headers=headers) as response:
                 body = await response.json()
             if body.get("error_code") != 0:
@@ -111,29 +164,75 @@ async def raw_aiohttp(base_url: str, image: bytes, concurrency: int) -> AsyncIte
             image_url: str = body["data"]["image_url"]
             return image_url
 
-        yield call
+        async def call() -> str:
+            form = aiohttp.FormData(fields)
+            if cell.input == "path":
+                with image.path.open("rb") as handle:  # as aiohttp's documentation shows
+                    form.add_field("image", handle, filename=UPLOAD_NAME, content_type=UPLOAD_TYPE)
+                    return await post(form)
+            form.add_field("image", image.data, filename=UPLOAD_NAME, content_type=UPLOAD_TYPE)
+            return await post(form)
+
+        with warnings.catch_warnings():
+            # aiohttp suggests a BytesIO for bytes over 1 MB; a plain user passes bytes.
+            warnings.filterwarnings("ignore", "Sending a large body", ResourceWarning)
+            yield call
+
+
+class PassThroughLimiter:
+    """A rate limiter that never waits (``--sdk-limiter passthrough``): a diagnostic run
+    that tells the rate limiter's share of the SDK's cost from the rest."""
+
+    rate_limited_count = 0
+    configured_rate = None
+
+    def current_rate(self) -> float | None:
+        return None
+
+    async def acquire(self) -> float:
+        return time.monotonic()
+
+    def on_success(self, sent_at: float) -> None:
+        del sent_at
+
+    def on_rate_limited(self, sent_at: float, retry_after: float | None = None) -> None:
+        del sent_at, retry_after
+
+
+#: ``--sdk-limiter``: what ``AILabClient(rate_limit=...)`` gets (a fresh one per client).
+SDK_LIMITERS: dict[str, Callable[[], PassThroughLimiter | None]] = {
+    "default": lambda: None,
+    "passthrough": PassThroughLimiter,
+}
 
 
 @contextlib.asynccontextmanager
-async def ailab_async(base_url: str, image: bytes, concurrency: int) -> AsyncIterator[CallOnce]:
+async def ailab_async(
+    base_url: str, image: Image, cell: Cell, *, limiter: str = "default"
+) -> AsyncIterator[CallOnce]:
     """This SDK, configured as a user would for this concurrency."""
+    source: bytes | Path = image.path if cell.input == "path" else image.data
+    params = cell.params
     async with AILabClient(
-        api_key=API_KEY, base_url=base_url, max_concurrency=concurrency
+        api_key=API_KEY,
+        base_url=base_url,
+        max_concurrency=cell.concurrency,
+        rate_limit=SDK_LIMITERS[limiter](),
     ) as client:
 
         async def call() -> str:
-            result = await client.smart_skin(
-                image, retouch_degree=RETOUCH_DEGREE, whitening_degree=WHITENING_DEGREE
-            )
+            result = await client.smart_skin(source, **params)
             return result.image_url
 
         yield call
 
 
 @contextlib.asynccontextmanager
-async def ailabtools_sdk(base_url: str, image: bytes, concurrency: int) -> AsyncIterator[CallOnce]:
+async def ailabtools_sdk(base_url: str, image: Image, cell: Cell) -> AsyncIterator[CallOnce]:
     """The provider's official SDK (``ailabtools-sdk``, httpx-based), driven unchanged."""
-    params = {"image": image, "retouchDegree": RETOUCH_DEGREE, "whiteningDegree": WHITENING_DEGREE}
+    params: dict[str, Any] = {"image": image.data}
+    if cell.degrees == "given":
+        params.update(retouchDegree=RETOUCH_DEGREE, whiteningDegree=WHITENING_DEGREE)
     async with official_sdk(API_KEY, base_url, OFFICIAL_SMART_SKIN) as client:
         method = client.portrait.portraitIntelligentSkinRetouching
 
@@ -145,19 +244,19 @@ async def ailabtools_sdk(base_url: str, image: bytes, concurrency: int) -> Async
         yield call
 
 
-CLIENTS: dict[str, ClientFactory] = {
-    RAW: raw_aiohttp,
-    SDK: ailab_async,
-    OFFICIAL: ailabtools_sdk,
-}
+FACTORIES = {RAW: raw_aiohttp, SDK: ailab_async, OFFICIAL: ailabtools_sdk}
 
 
-# --- measuring ---------------------------------------------------------------------------------
+# --- measuring calls ---------------------------------------------------------------------------
+
+
+class WireMismatchError(RuntimeError):
+    """The raw client and ours sent different requests: their costs are not comparable."""
 
 
 @dataclass
 class Sample:
-    """One measured phase: N calls through one client."""
+    """One measured phase: N calls (or polls) through one client."""
 
     requests: int
     cpu_seconds: float
@@ -167,30 +266,43 @@ class Sample:
     def cpu_ms_per_request(self) -> float:
         return 1000.0 * self.cpu_seconds / self.requests
 
-    @property
-    def requests_per_second(self) -> float:
-        return self.requests / self.wall_seconds
-
 
 @dataclass
-class ClientReport:
-    """All phases of one client, and the error that stopped it, if any."""
+class CellResult:
+    """Every client's samples in one cell, and the request shape the server saw from each."""
 
-    client: str
-    samples: list[Sample] = field(default_factory=list)
-    unavailable: str | None = None
+    cell: Cell
+    calls: int
+    samples: dict[str, list[Sample]] = field(default_factory=dict)
+    shapes: dict[str, list[str]] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def cpu_ms_per_request(self) -> float | None:
-        if not self.samples:
+    def cpu_ms(self, client: str) -> float | None:
+        samples = self.samples.get(client)
+        if not samples:
             return None
-        return statistics.median(s.cpu_ms_per_request for s in self.samples)
+        return statistics.median(s.cpu_ms_per_request for s in samples)
 
-    @property
-    def requests_per_second(self) -> float | None:
-        if not self.samples:
-            return None
-        return statistics.median(s.requests_per_second for s in self.samples)
+    def ratio(self, client: str = SDK) -> float | None:
+        own, raw = self.cpu_ms(client), self.cpu_ms(RAW)
+        return None if own is None or not raw else own / raw
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "size": self.cell.size,
+            "concurrency": self.cell.concurrency,
+            "input": self.cell.input,
+            "degrees": self.cell.degrees,
+            "calls": self.calls,
+            "cpu_ms_per_call": {name: self.cpu_ms(name) for name in self.samples},
+            "ratio_vs_raw": {name: self.ratio(name) for name in self.samples},
+            "samples": {
+                name: [s.cpu_ms_per_request for s in samples]
+                for name, samples in self.samples.items()
+            },
+            "request_shape": self.shapes,
+            "unavailable": self.unavailable,
+        }
 
 
 async def _drive(call: CallOnce, n: int, concurrency: int) -> None:
@@ -207,112 +319,368 @@ async def _drive(call: CallOnce, n: int, concurrency: int) -> None:
         raise RuntimeError(f"{wrong} of {n} calls returned an unexpected image URL")
 
 
-async def _phase(
-    factory: ClientFactory, base_url: str, image: bytes, n: int, concurrency: int, warmup: int
-) -> Sample:
-    async with factory(base_url, image, concurrency) as call:
-        # Warm-up: connections opened, code paths and caches hot, before the clock starts.
-        await _drive(call, warmup, concurrency)
+#: Each round of a cell splits its N calls per client into this many batches, run in turn
+#: (A B, B A, A B, ...) on one event loop: a busy machine's load drifts over seconds, and
+#: alternating keeps the drift from landing on one client.
+BATCHES = 4
+
+
+async def _cell_round(
+    names: Sequence[str],
+    server: LocalServer,
+    image: Image,
+    cell: Cell,
+    n: int,
+    warmup: int,
+    limiter: str,
+) -> tuple[dict[str, Sample], dict[str, list[str]], dict[str, str]]:
+    """One round of a cell: every client warmed up, then N calls each in alternating batches.
+
+    Returns each client's sample, the request shapes the server saw from it (the same in
+    every batch, or :class:`WireMismatchError`), and why a client could not run.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        calls: dict[str, CallOnce] = {}
+        unavailable: dict[str, str] = {}
+        for name in names:
+            factory = (
+                functools.partial(ailab_async, limiter=limiter) if name == SDK else FACTORIES[name]
+            )
+            try:
+                calls[name] = await stack.enter_async_context(factory(server.url, image, cell))
+            except UnavailableError as exc:
+                unavailable[name] = str(exc)
+        await asyncio.to_thread(server.seen)  # a fresh record from here
+        shapes: dict[str, list[str]] = {}
+        for name, call in calls.items():
+            # Warm-up: connections opened, code paths and caches hot, before the clock starts.
+            await _drive(call, warmup, cell.concurrency)
+            shapes[name] = sorted(await asyncio.to_thread(server.seen))
+        cpu = dict.fromkeys(calls, 0.0)
+        wall = dict.fromkeys(calls, 0.0)
+        order = list(calls)
+        for batch in range(BATCHES):
+            size = n // BATCHES + (batch < n % BATCHES)
+            for name in order if batch % 2 == 0 else order[::-1]:
+                if not size:
+                    continue
+                gc.collect()
+                cpu_started, wall_started = time.process_time(), time.perf_counter()
+                await _drive(calls[name], size, cell.concurrency)
+                cpu[name] += time.process_time() - cpu_started
+                wall[name] += time.perf_counter() - wall_started
+                if sorted(await asyncio.to_thread(server.seen)) != shapes[name]:
+                    raise WireMismatchError(f"{cell.label}: {name} changed what it sends")
+    samples = {name: Sample(n, cpu[name], wall[name]) for name in calls}
+    return samples, shapes, unavailable
+
+
+def _check_wire(result: CellResult) -> None:
+    """Raise unless the raw client and ours each sent one request shape, and the same one."""
+    raw, ours = result.shapes.get(RAW), result.shapes.get(SDK)
+    if raw is None or ours is None:
+        return
+    if len(raw) != 1 or raw != ours:
+        raise WireMismatchError(
+            f"{result.cell.label}: the clients sent different requests\n"
+            f"  {RAW}: {raw}\n  {SDK}: {ours}"
+        )
+
+
+def run_cell(
+    server: LocalServer,
+    image: Image,
+    cell: Cell,
+    *,
+    n: int,
+    repeat: int,
+    clients: Sequence[str],
+    sdk_limiter: str = "default",
+    progress: Callable[[str], None] | None = None,
+) -> CellResult:
+    """Every client through one cell: ``repeat`` rounds, each on a fresh event loop."""
+    warmup = min(n, max(10, cell.concurrency, n // 5))
+    result = CellResult(cell, n)
+    names = [name for name in clients if name != OFFICIAL or _official_runs(cell)]
+    for round_number in range(repeat):
+        shift = round_number % len(names)  # who goes first rotates too
+        ordered = [
+            name for name in [*names[shift:], *names[:shift]] if name not in result.unavailable
+        ]
+        samples, shapes, unavailable = asyncio.run(
+            _cell_round(ordered, server, image, cell, n, warmup, sdk_limiter)
+        )
+        result.unavailable.update(unavailable)
+        for name, sample in samples.items():
+            result.samples.setdefault(name, []).append(sample)
+            if name in (RAW, SDK) and result.shapes.setdefault(name, shapes[name]) != shapes[name]:
+                raise WireMismatchError(f"{cell.label}: {name} changed what it sends")
+        _check_wire(result)
+        if progress:
+            progress(
+                f"{cell.label} round {round_number + 1}/{repeat}: "
+                + ", ".join(f"{name} {s.cpu_ms_per_request:.3f}" for name, s in samples.items())
+                + " CPU ms/call"
+            )
+    return result
+
+
+def _official_runs(cell: Cell) -> bool:
+    return (cell.size, cell.concurrency, cell.input, cell.degrees) in OFFICIAL_CELLS
+
+
+# --- measuring polls ---------------------------------------------------------------------------
+
+
+@dataclass
+class PollResult:
+    """CPU per poll: the client's tracker against a raw GET loop."""
+
+    tasks: int
+    interval: float
+    window: float
+    samples: dict[str, list[Sample]] = field(default_factory=dict)
+    shapes: dict[str, list[str]] = field(default_factory=dict)
+
+    def cpu_ms(self, client: str) -> float | None:
+        samples = self.samples.get(client)
+        if not samples:
+            return None
+        return statistics.median(s.cpu_ms_per_request for s in samples)
+
+    def ratio(self) -> float | None:
+        own, raw = self.cpu_ms(SDK), self.cpu_ms(RAW)
+        return None if own is None or not raw else own / raw
+
+
+_MIN_POLL_GAP = 0.25
+
+
+@contextlib.asynccontextmanager
+async def _raw_polls(
+    base_url: str, task_ids: Sequence[str], interval: float
+) -> AsyncIterator[None]:
+    """Hand-written polling: per task, GET its status every ``interval`` seconds."""
+    url = base_url + QUERY_TASK_PATH
+    headers = {"ailabapi-api-key": API_KEY}
+    async with aiohttp.ClientSession() as session:
+
+        async def poll(task_id: str) -> None:
+            while True:
+                async with session.get(url, params={"task_id": task_id}, headers=headers) as resp:
+                    body = await resp.json()
+                if body.get("error_code") != 0 or body.get("task_status") not in (0, 1):
+                    raise RuntimeError(f"raw aiohttp: unexpected answer {body!r}")
+                await asyncio.sleep(interval)
+
+        pollers = [asyncio.create_task(poll(task_id)) for task_id in task_ids]
+        try:
+            yield
+        finally:
+            for poller in pollers:
+                poller.cancel()
+            await asyncio.gather(*pollers, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def _tracked_polls(
+    base_url: str, task_ids: Sequence[str], interval: float, limiter: str = "default"
+) -> AsyncIterator[None]:
+    """The SDK's tracker, polling tasks that never finish at the fallback spacing.
+
+    The tracker keeps ``min_interval`` for a poll's round trip: it polls a task
+    ``fallback_interval - min_interval`` after the last poll, here ``interval``.
+    """
+    polling = PollingConfig(fallback_interval=interval + _MIN_POLL_GAP, min_interval=_MIN_POLL_GAP)
+    async with AILabClient(
+        api_key=API_KEY,
+        base_url=base_url,
+        max_concurrency=64,
+        polling=polling,
+        rate_limit=SDK_LIMITERS[limiter](),
+    ) as client:
+        handles = [client.track(task_id) for task_id in task_ids]
+        yield
+        del handles
+
+
+async def _poll_phase(
+    client: str, server: LocalServer, tasks: int, interval: float, window: float, limiter: str
+) -> tuple[Sample, list[str]]:
+    """CPU per poll over ``window`` seconds, and the shapes of the polls the server saw."""
+    task_ids = [f"bench-task-{i:05d}" for i in range(tasks)]
+    pollers = (
+        _raw_polls(server.url, task_ids, interval)
+        if client == RAW
+        else _tracked_polls(server.url, task_ids, interval, limiter)
+    )
+    async with pollers:
+        # Warm-up: the tracker polls a task it has just picked up more often at first;
+        # measure the steady state.
+        await asyncio.sleep(max(3.0, 6 * interval))
+        await asyncio.to_thread(server.seen)  # a fresh count from here
         gc.collect()
         cpu_started, wall_started = time.process_time(), time.perf_counter()
-        await _drive(call, n, concurrency)
+        await asyncio.sleep(window)
         cpu, wall = time.process_time() - cpu_started, time.perf_counter() - wall_started
-    return Sample(requests=n, cpu_seconds=cpu, wall_seconds=wall)
+        seen = await asyncio.to_thread(server.seen)
+    polls = sum(seen.values())
+    if polls == 0:
+        raise RuntimeError(f"{client}: no polls reached the server")
+    server.seen()  # forget the polls in flight at the end
+    return Sample(requests=polls, cpu_seconds=cpu, wall_seconds=wall), sorted(seen)
+
+
+def run_polls(
+    server: LocalServer,
+    *,
+    tasks: int,
+    interval: float,
+    window: float,
+    repeat: int,
+    sdk_limiter: str = "default",
+    progress: Callable[[str], None] | None = None,
+) -> PollResult:
+    result = PollResult(tasks, interval, window)
+    for round_number in range(repeat):
+        order = (RAW, SDK) if round_number % 2 == 0 else (SDK, RAW)
+        for name in order:
+            sample, shapes = asyncio.run(
+                _poll_phase(name, server, tasks, interval, window, sdk_limiter)
+            )
+            result.samples.setdefault(name, []).append(sample)
+            if result.shapes.setdefault(name, shapes) != shapes or len(shapes) != 1:
+                raise WireMismatchError(f"polling: {name} sent {shapes}")
+            if progress:
+                progress(
+                    f"polling round {round_number + 1}/{repeat} {name}: {sample.requests} "
+                    f"polls, {sample.cpu_ms_per_request:.3f} CPU ms/poll"
+                )
+    if result.shapes.get(RAW) != result.shapes.get(SDK):
+        raise WireMismatchError(f"polling: the clients sent different requests {result.shapes}")
+    return result
+
+
+# --- the run -----------------------------------------------------------------------------------
 
 
 @dataclass
 class Result:
-    """A whole run: settings, environment and one report per client."""
+    """A whole run: settings, environment, every cell, the polling comparison."""
 
-    n: int
-    concurrency: int
     repeat: int
-    warmup: int
-    image_bytes: int
+    scale: float
     environment: dict[str, str]
-    reports: dict[str, ClientReport]
+    cells: list[CellResult]
+    polls: PollResult | None
+    sdk_limiter: str = "default"
     requests_served: int = 0
     requests_rejected: int = 0
 
-    def ratio(self, client: str) -> float | None:
-        """CPU per request of ``client`` over raw aiohttp's (medians)."""
-        own = self.reports[client].cpu_ms_per_request if client in self.reports else None
-        raw = self.reports[RAW].cpu_ms_per_request if RAW in self.reports else None
-        if own is None or not raw:
-            return None
-        return own / raw
+    def worst(self) -> CellResult | None:
+        rated = [cell for cell in self.cells if cell.ratio() is not None]
+        return max(rated, key=lambda cell: cell.ratio() or 0.0, default=None)
+
+    def misses(self) -> list[str]:
+        """What misses the target: cell labels, and ``polling``."""
+        missed = [c.cell.label for c in self.cells if (c.ratio() or 0.0) > TARGET_RATIO]
+        if self.polls is not None and (self.polls.ratio() or 0.0) > TARGET_RATIO:
+            missed.append("polling")
+        return missed
 
     def to_json(self) -> dict[str, Any]:
-        clients: dict[str, Any] = {}
-        for name, report in self.reports.items():
-            clients[name] = {
-                "cpu_ms_per_request": report.cpu_ms_per_request,
-                "requests_per_second": report.requests_per_second,
-                "ratio_vs_raw": self.ratio(name),
-                "unavailable": report.unavailable,
-                "samples": [asdict(s) for s in report.samples],
+        polls = None
+        if self.polls is not None:
+            polls = {
+                "tasks": self.polls.tasks,
+                "interval": self.polls.interval,
+                "window": self.polls.window,
+                "cpu_ms_per_poll": {name: self.polls.cpu_ms(name) for name in self.polls.samples},
+                "ratio_vs_raw": self.polls.ratio(),
+                "request_shape": self.polls.shapes,
             }
         return {
             "benchmark": "overhead",
             "endpoint": "smart-skin",
-            "n": self.n,
-            "concurrency": self.concurrency,
             "repeat": self.repeat,
-            "warmup": self.warmup,
-            "image_bytes": self.image_bytes,
+            "scale": self.scale,
+            "target_ratio": TARGET_RATIO,
+            "sdk_limiter": self.sdk_limiter,
+            "environment": self.environment,
+            "cells": [cell.to_json() for cell in self.cells],
+            "polling": polls,
             "requests_served": self.requests_served,
             "requests_rejected": self.requests_rejected,
-            "environment": self.environment,
-            "target_ratio": TARGET_RATIO,
-            "clients": clients,
         }
 
 
 def run_benchmark(
     *,
-    n: int = 2000,
-    concurrency: int = 16,
+    sizes: Sequence[str] = tuple(SIZES),
+    concurrencies: Sequence[int] = CONCURRENCIES,
+    inputs: Sequence[str] = INPUTS,
+    degrees: Sequence[str] = DEGREES,
     repeat: int = 3,
-    warmup: int | None = None,
-    clients: Sequence[str] = tuple(CLIENTS),
+    scale: float = 1.0,
+    calls: int | None = None,
+    clients: Sequence[str] = CLIENTS,
+    poll_tasks: int = 200,
+    poll_interval: float = 0.5,
+    poll_window: float = 5.0,
+    sdk_limiter: str = "default",
     progress: Callable[[str], None] | None = None,
 ) -> Result:
-    """Run every phase against a fresh local server; blocking (each phase has its own loop)."""
-    if n < 1 or concurrency < 1 or repeat < 1:
-        raise ValueError("n, concurrency and repeat must be at least 1")
-    warmup = min(200, n) if warmup is None else warmup
-    image = make_png()
-    reports = {name: ClientReport(name) for name in clients}
-    with LocalServer() as server:
-        for round_number in range(repeat):
-            # Rotate the order so no client always runs first (cold CPU caches, turbo).
-            shift = round_number % len(clients)
-            for name in [*clients[shift:], *clients[:shift]]:
-                report = reports[name]
-                if report.unavailable:
-                    continue
-                try:
-                    sample = asyncio.run(
-                        _phase(CLIENTS[name], server.url, image, n, concurrency, warmup)
-                    )
-                except UnavailableError as exc:
-                    report.unavailable = str(exc)
-                    continue
-                report.samples.append(sample)
-                if progress:
-                    progress(
-                        f"round {round_number + 1}/{repeat} {name}: "
-                        f"{sample.cpu_ms_per_request:.3f} CPU ms/request, "
-                        f"{sample.requests_per_second:.0f} req/s"
-                    )
+    """Run the matrix (and the polling comparison unless ``poll_tasks`` is 0); blocking.
+
+    ``calls`` fixes N for every cell; otherwise it is the size's default times ``scale``.
+    Raises :class:`WireMismatchError` as soon as a cell's clients send different requests.
+    """
+    if repeat < 1 or scale <= 0 or (calls is not None and calls < 1):
+        raise ValueError("repeat, scale and calls must be positive")
+    cells = [
+        Cell(*combination)
+        for combination in itertools.product(sizes, concurrencies, inputs, degrees)
+    ]
+    results: list[CellResult] = []
+    polls = None
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as folder, LocalServer() as server:
+        images: dict[str, Image] = {}
+        for size in sizes:
+            data = make_image(SIZES[size][0])
+            path = Path(folder) / f"{size}.png"
+            path.write_bytes(data)
+            images[size] = Image(data, path)
+        for cell in cells:
+            n = calls if calls is not None else max(5, round(SIZES[cell.size][1] * scale))
+            results.append(
+                run_cell(
+                    server,
+                    images[cell.size],
+                    cell,
+                    n=n,
+                    repeat=repeat,
+                    clients=clients,
+                    sdk_limiter=sdk_limiter,
+                    progress=progress,
+                )
+            )
+        if poll_tasks > 0 and {RAW, SDK} <= set(clients):
+            polls = run_polls(
+                server,
+                tasks=poll_tasks,
+                interval=poll_interval,
+                window=poll_window,
+                repeat=repeat,
+                sdk_limiter=sdk_limiter,
+                progress=progress,
+            )
     return Result(
-        n=n,
-        concurrency=concurrency,
         repeat=repeat,
-        warmup=warmup,
-        image_bytes=len(image),
+        scale=scale,
         environment=environment(),
-        reports=reports,
+        cells=results,
+        polls=polls,
+        sdk_limiter=sdk_limiter,
         requests_served=server.requests_served,
         requests_rejected=server.requests_rejected,
     )
@@ -321,65 +689,139 @@ def run_benchmark(
 # --- reporting ---------------------------------------------------------------------------------
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
 def format_table(result: Result) -> str:
-    """The human-readable summary: one row per client."""
+    """The human-readable summary: one row per cell, then polling and the verdict."""
     env = result.environment
     lines = [
-        f"smart-skin overhead: N={result.n} concurrency={result.concurrency} "
-        f"repeats={result.repeat} (median) warm-up={result.warmup} "
-        f"image=256x256 PNG {result.image_bytes} B",
+        f"smart-skin overhead matrix: repeats={result.repeat} (median), scale={result.scale:g}, "
+        f"{SDK} rate limiter: {result.sdk_limiter}",
         f"python {env['python']}, aiohttp {env['aiohttp']}, httpx {env['httpx']}, "
         f"{env['cpus']} CPUs; client-process CPU only (server in another process)",
         "",
-        f"{'client':<16} {'CPU ms/req':>11} {'range':>15} {'wall req/s':>11} {'vs raw':>8}",
+        f"{'size':>6} {'conc':>5} {'input':>6} {'degrees':>8} {'calls':>6} "
+        f"{'raw ms':>8} {'sdk ms':>8} {'sdk/raw':>8} {'official':>9}",
     ]
-    for name, report in result.reports.items():
-        cpu = report.cpu_ms_per_request
-        if cpu is None or report.requests_per_second is None:
-            lines.append(f"{name:<16} unavailable: {report.unavailable or 'no samples'}")
-            continue
-        per_sample = [s.cpu_ms_per_request for s in report.samples]
-        spread = f"{min(per_sample):.3f}-{max(per_sample):.3f}"
-        ratio = result.ratio(name)
-        ratio_text = f"{ratio:.2f}x" if ratio is not None else "-"
+    for cell in result.cells:
+        c = cell.cell
+        official = cell.ratio(OFFICIAL)
         lines.append(
-            f"{name:<16} {cpu:>11.3f} {spread:>15} {report.requests_per_second:>11.0f} "
-            f"{ratio_text:>8}"
+            f"{c.size:>6} {c.concurrency:>5} {c.input:>6} {c.degrees:>8} {cell.calls:>6} "
+            f"{_ms(cell.cpu_ms(RAW)):>8} {_ms(cell.cpu_ms(SDK)):>8} {_x(cell.ratio()):>8} "
+            f"{_x(official) if official is not None else '':>9}"
         )
-    sdk_ratio = result.ratio(SDK)
-    if sdk_ratio is not None:
-        verdict = "meets" if sdk_ratio <= TARGET_RATIO else "MISSES"
-        lines += ["", f"{SDK} {verdict} the target of <= {TARGET_RATIO}x ({sdk_ratio:.2f}x)"]
+    lines.append("CPU ms per call (median); official: the provider's SDK over raw, where run")
+    if result.polls is not None:
+        polls = result.polls
+        lines += [
+            "",
+            f"polling: {polls.tasks} tracked tasks, one poll each per {polls.interval:g}s, "
+            f"{polls.window:g}s window",
+            f"  {RAW}: {_ms(polls.cpu_ms(RAW))} CPU ms/poll, {SDK}: {_ms(polls.cpu_ms(SDK))} "
+            f"CPU ms/poll, sdk/raw {_x(polls.ratio())}",
+        ]
+    worst = result.worst()
+    if worst is not None:
+        misses = result.misses()
+        verdict = (
+            "every cell meets" if not misses else f"{len(misses)} MISS"
+        ) + f" the target of <= {TARGET_RATIO}x"
+        lines += ["", f"{verdict}; worst cell {worst.cell.label}: {_x(worst.ratio())}"]
+        lines += [f"  misses: {label}" for label in misses]
     lines.append(
-        f"server answered {result.requests_served} requests ({result.requests_rejected} rejected)"
+        "wire check: raw aiohttp and ailab-async sent identical requests in every cell; "
+        f"server answered {result.requests_served} ({result.requests_rejected} rejected)"
     )
     return "\n".join(lines)
+
+
+def markdown_table(result: Result) -> str:
+    """The matrix as a Markdown table (``--markdown``), for benchmarks/README.md."""
+    rows = [
+        "| image | concurrency | input | degrees | raw aiohttp ms | ailab-async ms | ratio "
+        "| ailabtools-sdk |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for cell in result.cells:
+        c = cell.cell
+        official = cell.ratio(OFFICIAL)
+        rows.append(
+            f"| {c.size} | {c.concurrency} | {c.input} | {c.degrees} | "
+            f"{_ms(cell.cpu_ms(RAW))} | {_ms(cell.cpu_ms(SDK))} | **{_x(cell.ratio())}** | "
+            f"{_x(official) if official is not None else ''} |"
+        )
+    return "\n".join(rows)
+
+
+QUICK = {
+    "sizes": ("20kB", "170kB"),
+    "concurrencies": (1, 16),
+    "scale": 0.1,
+    "repeat": 1,
+    "poll_tasks": 50,
+    "poll_window": 2.0,
+}
+
+
+def _choices(text: str, allowed: Sequence[str], what: str) -> tuple[str, ...]:
+    chosen = tuple(item.strip() for item in text.split(",") if item.strip())
+    unknown = [item for item in chosen if item not in allowed]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"unknown {what} {unknown}; choose from {allowed}")
+    return chosen
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.bench_overhead",
-        description="Client CPU per smart-skin request: ailab-async vs raw aiohttp "
-        "(and the official SDK).",
+        description="Client CPU per smart-skin call (and per poll): ailab-async vs raw aiohttp "
+        "doing the same thing, over a matrix of image sizes, concurrencies and inputs.",
     )
-    parser.add_argument("--n", type=int, default=2000, help="measured calls per phase")
-    parser.add_argument("--concurrency", type=int, default=16, help="calls in flight at once")
-    parser.add_argument("--repeat", type=int, default=3, help="rounds; the median is reported")
+    parser.add_argument("--quick", action="store_true", help="16 small cells, few calls, 1 round")
+    parser.add_argument("--sizes", help=f"comma-separated subset of {', '.join(SIZES)}")
+    parser.add_argument("--concurrency", help="comma-separated subset of 1,16,64,256")
+    parser.add_argument("--inputs", help="bytes, path or both")
+    parser.add_argument("--degrees", help="none, given or both")
+    parser.add_argument("--repeat", type=int, help="rounds per cell; the median is reported")
+    parser.add_argument("--scale", type=float, help="multiplies every cell's default calls")
+    parser.add_argument("--calls", type=int, help="the same N for every cell")
+    parser.add_argument("--clients", default=",".join(CLIENTS), help="subset of the clients")
+    parser.add_argument("--poll-tasks", type=int, help="tracked tasks (0: skip polling)")
+    parser.add_argument("--poll-window", type=float, help="seconds of polling measured")
     parser.add_argument(
-        "--warmup", type=int, default=None, help="unmeasured calls first (default min(200, N))"
+        "--sdk-limiter",
+        choices=tuple(SDK_LIMITERS),
+        default="default",
+        help="passthrough: give ailab-async a rate limiter that never waits (a diagnostic: "
+        "the limiter's share of the cost is the difference)",
     )
-    parser.add_argument(
-        "--clients",
-        default=",".join(CLIENTS),
-        help=f"comma-separated subset of: {', '.join(CLIENTS)}",
+    parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    add_output_options(
+        parser, check=f"exit 1 if a cell or polling costs more than {TARGET_RATIO}x raw aiohttp"
     )
-    too_costly = f"exit 1 if {SDK} costs more than {TARGET_RATIO}x raw aiohttp's CPU per request"
-    add_output_options(parser, check=too_costly)
     args = parser.parse_args(argv)
-    args.clients = [name.strip() for name in args.clients.split(",") if name.strip()]
-    unknown = [name for name in args.clients if name not in CLIENTS]
-    if unknown or not args.clients:
-        parser.error(f"unknown client(s) {unknown}; choose from {', '.join(CLIENTS)}")
+    try:
+        args.sizes = _choices(args.sizes, tuple(SIZES), "sizes") if args.sizes else None
+        args.concurrency = (
+            tuple(
+                int(c)
+                for c in _choices(args.concurrency, [str(c) for c in CONCURRENCIES], "concurrency")
+            )
+            if args.concurrency
+            else None
+        )
+        args.inputs = _choices(args.inputs, INPUTS, "inputs") if args.inputs else None
+        args.degrees = _choices(args.degrees, DEGREES, "degrees") if args.degrees else None
+        args.clients = _choices(args.clients, CLIENTS, "clients")
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
     if args.check and not {RAW, SDK} <= set(args.clients):
         parser.error(f"--check needs both {RAW!r} and {SDK!r} in --clients")
     return args
@@ -387,19 +829,36 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    result = run_benchmark(
-        n=args.n,
-        concurrency=args.concurrency,
-        repeat=args.repeat,
-        warmup=args.warmup,
-        clients=args.clients,
-        progress=progress_printer(args.quiet),
-    )
+    settings: dict[str, Any] = dict(QUICK) if args.quick else {}
+    given = {
+        "sizes": args.sizes,
+        "concurrencies": args.concurrency,
+        "inputs": args.inputs,
+        "degrees": args.degrees,
+        "repeat": args.repeat,
+        "scale": args.scale,
+        "calls": args.calls,
+        "poll_tasks": args.poll_tasks,
+        "poll_window": args.poll_window,
+    }
+    settings.update({name: value for name, value in given.items() if value is not None})
+    try:
+        result = run_benchmark(
+            clients=args.clients,
+            sdk_limiter=args.sdk_limiter,
+            progress=progress_printer(args.quiet),
+            **settings,
+        )
+    except WireMismatchError as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 2
     print(format_table(result))
+    if args.markdown:
+        print()
+        print(markdown_table(result))
     if args.json:
         write_json(args.json, result.to_json())
-    sdk_ratio = result.ratio(SDK)
-    if args.check and (sdk_ratio is None or sdk_ratio > TARGET_RATIO):
+    if args.check and result.misses():
         return 1
     return 0
 

@@ -1,23 +1,29 @@
-"""Several processes on one account's rate limit: the Redis-shared budget vs the ideal.
+"""Several processes on one account's rate limit: the Redis-shared budget vs the ideal, on a zoo.
 
-One simulator (in this process) limits the API key to ``--rate`` requests/s (a token bucket
-of ``ceil(rate)``). ``--processes`` OS processes, each with its own ``AILabClient`` calling
-``query-credits`` from ``--concurrency`` loops flat out, run for ``--seconds`` in each phase:
+One simulator (in a process of its own) limits the API key to ``--rate`` requests/s, in one of
+several shapes (``--shapes``: a token bucket of ``ceil(rate)``, a sliding window, a fixed
+window, a leaky bucket). ``--processes`` OS processes, each with its own ``AILabClient``
+calling ``query-credits`` from ``--concurrency`` loops, make ``--calls`` calls each, from one
+agreed start, in each phase:
 
-* ``shared Redis budget``: every client uses ``RedisRateLimiter(redis, name=..., rate=RATE)``
+* ``shared, told the limit``: every client uses ``RedisRateLimiter(redis, name=..., rate=RATE)``
   on one ``redis-server`` (started here on a free port of 127.0.0.1 unless ``--redis-url``);
+  target: done within 1.10x the ideal;
+* ``shared, told 1.5x``: the same, every process told ``rate=1.5 * RATE`` (a wrong figure
+  the shared policy must correct from the server's 429s); target: within 1.20x;
 * ``per-process limit``: every client has ``rate_limit=RATE`` of its own, what a deployment
-  gets without sharing: together they ask for ``processes * RATE``.
+  gets without sharing: together they ask for ``processes * RATE`` (no target: the contrast).
 
-The ideal is ``RATE`` requests/s with no 429 at all. For each phase: the combined rate of
-successful calls over the steady window (after the first second, before the last half
-second), its ratio to the ideal, the 429s the simulator answered, the errors callers saw, and
-each process's share. Completion times are recorded in each worker (one machine, one wall
-clock) and merged here.
+The ideal is ``processes * calls / RATE`` seconds. The wall time runs from the agreed start to
+the last call's answer (start-up, which each process does before the start, excluded). For
+each phase: the ratio to the ideal, the 429s the simulator answered, the errors callers saw
+(target: none), and each process's share. Completion times are recorded in each worker (one
+machine, one wall clock) and merged here.
 
-    python -m benchmarks.bench_shared_limit [--processes 4] [--rate 40] [--seconds 10]
-                                            [--concurrency 4] [--redis-url URL]
-                                            [--phases shared,per-process] [--json out.json]
+    python -m benchmarks.bench_shared_limit [--processes 4] [--rate 40] [--calls 100]
+                                            [--concurrency 4] [--shapes bucket,sliding,...]
+                                            [--phases shared,wrong,per-process]
+                                            [--redis-url URL] [--json out.json] [--check]
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from ._common import (
     OWN_LIMIT,
@@ -36,6 +43,7 @@ from ._common import (
     CreditWorkload,
     Progress,
     RedisServer,
+    SimulatorProcess,
     add_output_options,
     environment,
     package_version,
@@ -45,11 +53,37 @@ from ._common import (
     write_json,
 )
 
-SHARED = "shared Redis budget"
-PER_PROCESS = "per-process limit"
-PHASES = {SHARED_BUDGET: SHARED, OWN_LIMIT: PER_PROCESS}
-_RAMP_UP = 1.0
-_DRAIN = 0.5
+if TYPE_CHECKING:
+    from ailab_async.testing.simulator import RateShape
+
+
+@dataclass(frozen=True)
+class Phase:
+    """How the processes limit themselves: ``mode`` of :class:`CreditWorkload`, the rate
+    each is told as a multiple of the true one, and the target (``None``: none)."""
+
+    key: str
+    label: str
+    mode: str
+    told: float
+    target: float | None
+
+
+PHASES = {
+    phase.key: phase
+    for phase in (
+        Phase("shared", "shared, told the limit", SHARED_BUDGET, 1.0, 1.10),
+        Phase("wrong", "shared, told 1.5x", SHARED_BUDGET, 1.5, 1.20),
+        Phase("per-process", "per-process limit", OWN_LIMIT, 1.0, None),
+    )
+}
+#: The simulator's limiter shapes this benchmark runs (``--shapes``).
+SHAPES: dict[str, RateShape] = {
+    "bucket": "token-bucket",
+    "sliding": "sliding-window",
+    "fixed": "fixed-window",
+    "leaky": "leaky-bucket",
+}
 
 
 # --- one phase ----------------------------------------------------------------------------
@@ -57,58 +91,80 @@ _DRAIN = 0.5
 
 @dataclass
 class PhaseResult:
+    shape: str
     phase: str
     processes: int
-    ideal_rate: float
-    seconds: float
-    steady_rate: float
-    overall_rate: float
+    rate: float
+    told_rate: float
+    calls: int
+    wall_seconds: float
     rejected_429: int
     caller_errors: dict[str, int]
+    target: float | None
     per_process: list[int] = field(default_factory=list)
 
     @property
+    def ideal_seconds(self) -> float:
+        return self.calls / self.rate
+
+    @property
     def ratio(self) -> float:
-        return self.steady_rate / self.ideal_rate
+        return self.wall_seconds / self.ideal_seconds
+
+    @property
+    def meets_target(self) -> bool | None:
+        if self.target is None:
+            return None
+        completed = sum(self.per_process)
+        return not self.caller_errors and completed == self.calls and self.ratio <= self.target
 
 
-async def run_phase(
-    mode: str, *, processes: int, rate: float, seconds: float, concurrency: int, redis_url: str
+def run_phase(
+    shape: str,
+    phase: Phase,
+    *,
+    processes: int,
+    rate: float,
+    calls: int,
+    concurrency: int,
+    redis_url: str,
 ) -> PhaseResult:
     from ailab_async.testing.simulator import (  # noqa: PLC0415 - Pillow: only when benchmarking
         RateLimit,
-        Simulator,
         SimulatorConfig,
     )
 
-    async with Simulator(SimulatorConfig(rate_limit=RateLimit(rate))) as sim:
+    config = SimulatorConfig(rate_limit=RateLimit(rate, shape=SHAPES[shape]))
+    ideal = processes * calls / rate
+    with SimulatorProcess(config) as sim:
         workload = CreditWorkload(
-            mode=mode,
+            mode=phase.mode,
             redis_url=redis_url,
             base_url=sim.url,
             api_key=sim.api_key,
             budget_name=f"bench-{uuid.uuid4().hex[:12]}",
-            rate=rate,
-            seconds=seconds,
+            rate=phase.told * rate,
+            seconds=4 * ideal + 10,  # a time limit only: each process stops after its calls
             concurrency=concurrency,
+            calls=calls,
         )
-        results, start_at = await run_credit_workers(workload, processes)
-        rejected = sim.stats.count(outcome="EXCEEDING_LIMITS")
+        results, start_at = asyncio.run(run_credit_workers(workload, processes))
+        rejected = sim.stats().count(outcome="EXCEEDING_LIMITS")
     done = [t for result in results for t in result["done"]]
-    window_start, window_end = start_at + _RAMP_UP, start_at + seconds - _DRAIN
-    steady = sum(1 for t in done if window_start <= t < window_end) / (window_end - window_start)
     errors: collections.Counter[str] = collections.Counter()
     for result in results:
         errors.update(result["errors"])
     return PhaseResult(
-        phase=PHASES[mode],
+        shape=shape,
+        phase=phase.label,
         processes=processes,
-        ideal_rate=rate,
-        seconds=seconds,
-        steady_rate=steady,
-        overall_rate=len(done) / max(seconds, max(done, default=start_at) - start_at),
+        rate=rate,
+        told_rate=phase.told * rate,
+        calls=processes * calls,
+        wall_seconds=max(done, default=start_at) - start_at,
         rejected_429=rejected,
         caller_errors=dict(errors),
+        target=phase.target,
         per_process=[len(result["done"]) for result in results],
     )
 
@@ -117,51 +173,61 @@ def run_benchmark(
     *,
     processes: int,
     rate: float,
-    seconds: float,
+    calls: int,
     concurrency: int,
+    shapes: Sequence[str],
     phases: Sequence[str],
     redis_url: str | None,
     progress: Progress | None = None,
 ) -> list[PhaseResult]:
-    async def run_all(url: str) -> list[PhaseResult]:
+    def run_all(url: str) -> list[PhaseResult]:
         results = []
-        for mode in phases:
-            if progress:
-                progress(f"phase {PHASES[mode]}: {processes} processes, {seconds:g} s ...")
-            results.append(
-                await run_phase(
-                    mode,
+        for shape in shapes:
+            for key in phases:
+                phase = PHASES[key]
+                if progress:
+                    progress(f"{shape} / {phase.label}: {processes} processes x {calls} calls ...")
+                result = run_phase(
+                    shape,
+                    phase,
                     processes=processes,
                     rate=rate,
-                    seconds=seconds,
+                    calls=calls,
                     concurrency=concurrency,
                     redis_url=url,
                 )
-            )
+                results.append(result)
+                if progress:
+                    progress(f"  {result.ratio:.2f}x ideal, {result.rejected_429} x 429")
         return results
 
-    if redis_url is not None or SHARED_BUDGET not in phases:
-        return asyncio.run(run_all(redis_url or ""))
+    needs_redis = any(PHASES[key].mode == SHARED_BUDGET for key in phases)
+    if redis_url is not None or not needs_redis:
+        return run_all(redis_url or "")
     with RedisServer() as server:
-        return asyncio.run(run_all(server.url))
+        return run_all(server.url)
 
 
 def format_table(results: Sequence[PhaseResult]) -> str:
     lines = [
-        f"{'phase':<22} {'procs':>5} {'ideal/s':>8} {'steady/s':>9} {'ratio':>7} "
-        f"{'overall/s':>10} {'429s':>6} {'caller errors':<14} per process",
+        f"{'shape':<9} {'phase':<24} {'procs':>5} {'told/s':>7} {'ideal s':>8} {'wall s':>7} "
+        f"{'x ideal':>8} {'target':>7} {'429s':>6} {'caller errors':<14} per process",
     ]
     for r in results:
         errors = ", ".join(f"{k} {v}" for k, v in r.caller_errors.items()) or "none"
+        target = "-" if r.target is None else f"{r.target:.2f}x"
+        verdict = " MISSED" if r.meets_target is False else ""
         lines.append(
-            f"{r.phase:<22} {r.processes:>5} {r.ideal_rate:>8.1f} {r.steady_rate:>9.2f} "
-            f"{r.ratio:>7.1%} {r.overall_rate:>10.2f} {r.rejected_429:>6} {errors:<14} "
-            f"{r.per_process}"
+            f"{r.shape:<9} {r.phase:<24} {r.processes:>5} {r.told_rate:>7.1f} "
+            f"{r.ideal_seconds:>8.1f} {r.wall_seconds:>7.2f} {r.ratio:>7.2f}x {target:>7} "
+            f"{r.rejected_429:>6} {errors:<14} {r.per_process}{verdict}"
         )
     lines.append(
-        f"steady = successful calls/s from {_RAMP_UP:g} s after the start to {_DRAIN:g} s "
-        "before the end; 429s = EXCEEDING_LIMITS answers at the simulator (retried by clients)"
+        "wall = from the agreed start (start-up excluded) to the last answer; ideal = all calls "
+        "at the true rate; 429s = EXCEEDING_LIMITS answers at the simulator (retried by clients)"
     )
+    missed = [f"{r.shape} / {r.phase}" for r in results if r.meets_target is False]
+    lines.append("all targets met" if not missed else f"targets MISSED: {', '.join(missed)}")
     return "\n".join(lines)
 
 
@@ -177,22 +243,29 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--processes", type=int, default=4, help="OS processes (default 4)")
     parser.add_argument("--rate", type=float, default=40.0, help="account limit, req/s (40)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="seconds per phase (10)")
+    parser.add_argument("--calls", type=int, default=100, help="calls per process (100)")
     parser.add_argument("--concurrency", type=int, default=4, help="calls in flight per process")
     parser.add_argument("--redis-url", help="use this Redis instead of starting redis-server")
     parser.add_argument(
-        "--phases",
-        default="shared,per-process",
-        help="comma-separated: shared, per-process (default both)",
+        "--shapes",
+        default=",".join(SHAPES),
+        help=f"comma-separated subset of {', '.join(SHAPES)} (default all)",
     )
-    add_output_options(parser)
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated subset of {', '.join(PHASES)} (default all)",
+    )
+    add_output_options(parser, check="exit 1 if a target is missed")
     args = parser.parse_args(argv)
-    args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
-    unknown = [p for p in args.phases if p not in PHASES]
-    if unknown:
-        parser.error(f"unknown phase(s): {', '.join(unknown)}")
-    if args.seconds <= _RAMP_UP + _DRAIN:
-        parser.error(f"--seconds must exceed {_RAMP_UP + _DRAIN:g}")
+    for option, known in (("phases", PHASES), ("shapes", SHAPES)):
+        chosen = [p.strip() for p in getattr(args, option).split(",") if p.strip()]
+        unknown = [p for p in chosen if p not in known]
+        if unknown:
+            parser.error(f"unknown {option}: {', '.join(unknown)}")
+        setattr(args, option, chosen)
+    if args.calls < 1:
+        parser.error("--calls must be at least 1")
     return args
 
 
@@ -201,8 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = run_benchmark(
         processes=args.processes,
         rate=args.rate,
-        seconds=args.seconds,
+        calls=args.calls,
         concurrency=args.concurrency,
+        shapes=args.shapes,
         phases=args.phases,
         redis_url=args.redis_url,
         progress=progress_printer(args.quiet),
@@ -213,14 +287,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "settings": {
                 "processes": args.processes,
                 "rate": args.rate,
-                "seconds": args.seconds,
+                "calls": args.calls,
                 "concurrency": args.concurrency,
             },
             "environment": _environment(),
-            "phases": [{**asdict(r), "ratio": r.ratio} for r in results],
+            "phases": [
+                {**asdict(r), "ideal_seconds": r.ideal_seconds, "ratio": r.ratio} for r in results
+            ],
         }
         write_json(args.json, payload)
-    return 0
+    missed = any(r.meets_target is False for r in results)
+    return 1 if args.check and missed else 0
 
 
 if __name__ == "__main__":

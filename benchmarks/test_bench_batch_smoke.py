@@ -23,11 +23,17 @@ from benchmarks.bench_batch import (
 @pytest.mark.benchmark
 def test_batch_benchmark_reports_every_scenario_and_peak_rss() -> None:
     photos = 8
-    # A bucket as big as the batch: the smoke test checks the plumbing, not the limiter.
+    # Two shapes of the zoo: the smoke test checks the plumbing, not the limiter.
     result = run_benchmark(
-        photos=photos, rps=20.0, latency=0.05, concurrency=4, bursts=[photos], rss_photos=6
+        photos=photos,
+        rps=20.0,
+        latency=0.05,
+        concurrency=4,
+        shapes=["bucket", "changing"],
+        rss_photos=6,
     )
 
+    assert len(result.runs) == 6  # three scenarios on each of the two shapes
     runs = {run.scenario: run for run in result.runs}
     assert set(runs) == {SCENARIO_ADAPTIVE, SCENARIO_RATE_LIMIT, SCENARIO_OFFICIAL}
     for name in (SCENARIO_ADAPTIVE, SCENARIO_RATE_LIMIT):
@@ -44,7 +50,7 @@ def test_batch_benchmark_reports_every_scenario_and_peak_rss() -> None:
     assert result.rss.files_left_behind == 0
     assert 0 < result.rss.baseline_rss_mib <= result.rss.peak_rss_mib
     table = format_table(result)
-    for text in (SCENARIO_ADAPTIVE, SCENARIO_RATE_LIMIT, SCENARIO_OFFICIAL, "x ideal", "peak RSS"):
+    for text in ("no config", "rate_limit", "official SDK", "token bucket", "peak RSS"):
         assert text in table
 
 
@@ -52,7 +58,7 @@ def test_batch_benchmark_reports_every_scenario_and_peak_rss() -> None:
 def test_batch_benchmark_cli_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "batch.json"
     argv = ["--photos", "4", "--rps", "20", "--latency", "0", "--concurrency", "2"]
-    argv += ["--burst", "4", "--scenarios", "A", "--skip-rss", "--quiet", "--json", str(out)]
+    argv += ["--shapes", "sliding", "--scenarios", "A", "--skip-rss", "--quiet", "--json", str(out)]
     code = main(argv)
 
     assert code == 0  # no --check: the figures never decide the exit status
@@ -61,6 +67,7 @@ def test_batch_benchmark_cli_writes_json(tmp_path: Path) -> None:
     assert written["rss"] is None
     (run,) = written["runs"]
     assert run["scenario"] == SCENARIO_ADAPTIVE
-    assert run["burst"] == 4
+    assert run["shape"] == "sliding window 1 s"
+    assert run["timeline"][-1]["pace"] > 0  # the pace is sampled (the plot reads it)
     assert run["ratio"] > 0
     assert "rate_limited" in run["client_stats"]

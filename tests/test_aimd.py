@@ -1,13 +1,11 @@
-"""The AIMD rate policy, pure: tables of events with times, and the rates they must lead to.
+"""The rate policy, pure: tables of events with times, and what they must lead to.
 
-No event loop and no clock: each case is data (successes, 429s, probes of the rate or of the
-wait for a send slot, all at given times) replayed against :class:`AimdPolicy`.
-
-``SHARED_CASES`` is the table both stores of the policy must follow: it runs here against
-the pure policy and, in ``tests/test_redis_limiter.py``, against the real Redis script. Its
-expected values are the local policy's; a row the script answers differently today carries
-the reason (one of the differences listed in ``ailab_async/_aimd.py``) and is marked
-``xfail(strict=True)`` there, so removing a difference shows up as an unexpected pass.
+No event loop and no clock: each case is data (sends, successes, 429s, releases, probes of the
+rate or of the wait for a send slot, all at given times) replayed against
+:class:`AimdPolicy`. ``CASES`` is the table both stores of the policy follow: it runs here
+against the policy in memory and, in ``tests/test_redis_limiter.py``, against the shared
+state in a real Redis (every step one transaction), with the same expectations.
+How the policy fares against whole server limiters is in ``tests/test_rate_zoo.py``.
 """
 
 from __future__ import annotations
@@ -16,15 +14,20 @@ import math
 
 import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from ailab_async import ConfigurationError
 from ailab_async._aimd import (
-    DECREASE_FACTOR,
+    BACKOFF,
     HEADROOM,
     MIN_RATE,
-    RECOVERY_FRACTION,
     SLOW_START_DOUBLING,
+    START_RATE,
     AimdPolicy,
+    AimdState,
     capped_retry_after,
+    certain_retry_after,
 )
 from ailab_async._protocol import MAX_RETRY_AFTER
 
@@ -32,17 +35,25 @@ from ailab_async._protocol import MAX_RETRY_AFTER
 
 
 @attrs.frozen
-class Ok:
-    """``count`` requests answered without a 429 at ``at``."""
+class Wait:
+    """A sender asking at ``at`` must wait ``expected`` seconds (``0``: it gets the slot)."""
 
     at: float
-    count: int = 1
+    expected: float
+
+
+@attrs.frozen
+class Ok:
+    """The request sent at ``sent_at`` was answered without a 429 at ``at`` (and is over)."""
+
+    sent_at: float
+    at: float
 
 
 @attrs.frozen
 class Refused:
     """A 429 answered at ``at`` for a request sent at ``sent_at``; ``lowers``: whether it
-    must lower the rate (``None``: not checked)."""
+    must cut the rate (``None``: not checked)."""
 
     sent_at: float
     at: float
@@ -55,18 +66,10 @@ class Rate:
     """The rate allowed at ``at`` must be ``expected`` (requests per second)."""
 
     at: float
-    expected: float | None
-
-
-@attrs.frozen
-class Wait:
-    """A sender asking at ``at`` must wait ``expected`` seconds (``0``: it gets the slot)."""
-
-    at: float
     expected: float
 
 
-Event = Ok | Refused | Rate | Wait
+Event = Wait | Ok | Refused | Rate
 
 
 @attrs.frozen
@@ -75,8 +78,21 @@ class Case:
     #: The configured limit (``None``: none).
     rate: float | None
     events: tuple[Event, ...]
-    #: Why the Redis script answers this case differently today (``None``: it agrees).
-    redis_differs: str | None = None
+
+
+def sends(start: float, count: int, per_second: float) -> tuple[Wait, ...]:
+    """``count`` sends from ``start``, ``per_second`` apart, each granted at once."""
+    return tuple(Wait(start + i / per_second, 0.0) for i in range(count))
+
+
+def answered(
+    start: float, count: int, per_second: float, latency: float = 0.2
+) -> tuple[Wait | Ok, ...]:
+    """:func:`sends`, each answered without a 429 ``latency`` later, in time order."""
+    events: list[Wait | Ok] = []
+    for send in sends(start, count, per_second):
+        events += [send, Ok(send.at, send.at + latency)]
+    return tuple(sorted(events, key=lambda event: (event.at, isinstance(event, Ok))))
 
 
 def replay_on_policy(case: Case) -> None:
@@ -85,238 +101,232 @@ def replay_on_policy(case: Case) -> None:
     for step, event in enumerate(case.events):
         where = f"event {step}: {event}"
         match event:
-            case Ok(at=at, count=count):
-                for _ in range(count):
-                    policy.on_success(at)
-            case Refused(sent_at=sent_at, at=at, retry_after=retry_after, lowers=lowers):
-                lowered = policy.on_rate_limited(sent_at, at, retry_after)
-                assert lowers is None or lowered == lowers, where
-            case Rate(at=at, expected=expected):
-                assert policy.rate(at) == pytest.approx(expected), where
             case Wait(at=at, expected=expected):
                 assert policy.claim(at) == pytest.approx(expected, abs=1e-9), where
-
-
-# -- the local policy's own behaviours -------------------------------------------------------
-
-PACED = 50.0 * HEADROOM  # a configured 50/s, paced with headroom
-LOWERED = DECREASE_FACTOR * PACED  # one decrease from it, without evidence
-
-POLICY_CASES = [
-    Case(
-        "test_429_drops_to_ninety_percent_of_the_succeeding_rate",
-        None,
-        (
-            *(Ok(1000 + i * 0.02) for i in range(40)),  # 40 successes within the last second
-            Refused(1000.8, 1000.8, lowers=True),
-            Rate(1000.8, 36.0),
-        ),
-    ),
-    Case(
-        "test_one_decrease_per_congestion_event",
-        50.0,
-        (
-            Refused(1000.01, 1000.01, lowers=True),
-            # Twenty more 429s for requests that left before the slow-down change nothing.
-            *[Refused(1000.0, 1000.01, lowers=False)] * 20,
-            Rate(1000.01, LOWERED),
-        ),
-    ),
-    Case(
-        "test_rate_recovers_gradually_up_to_the_ceiling",
-        50.0,
-        (
-            # Too little evidence: 90% of the rate in force (the configured one, with headroom).
-            Refused(1000.0, 1000.0),
-            Rate(1000.0, LOWERED),
-            Rate(1001.0, LOWERED * (1 + RECOVERY_FRACTION)),  # 5% of the lowered rate per s
-            Rate(2000.0, PACED),  # up to the ceiling, no further
-        ),
-    ),
-    Case(
-        "test_a_few_early_successes_do_not_collapse_the_rate",
-        50.0,
-        (
-            Ok(1000.1),  # two answers in the first 0.3 s are not a rate of 2/s
-            Ok(1000.2),
-            Refused(1000.15, 1000.2),
-            Rate(1000.2, LOWERED),
-        ),
-    ),
-    Case(
-        "test_refused_before_any_success_probes_upward_from_one_per_round_trip",
-        None,
-        (
-            Refused(1000.0, 1000.2),  # the 429 came back after 0.2 s: 5/s
-            Rate(1000.2, 5.0),
-            Rate(1000.2 + 2 * SLOW_START_DOUBLING, 20.0),  # doubled twice
-            # The next 429 ends the probing at 90% of the rate in force when it was sent...
-            Refused(1000.2 + SLOW_START_DOUBLING, 1000.2 + 2 * SLOW_START_DOUBLING),
-            Rate(1000.7, 9.0),
-            Rate(1001.7, 9.0 * (1 + RECOVERY_FRACTION)),  # ... and growth is linear again
-        ),
-    ),
-    Case(
-        "evidence_is_capped_at_ninety_percent_of_the_rate_in_force",
-        10.0,
-        (Ok(1000.5, count=40), Refused(1000.9, 1001.0), Rate(1001.0, 0.9 * 10.0 * HEADROOM)),
-    ),
-    Case(
-        "successes_within_a_round_trip_of_a_decrease_are_not_evidence",
-        None,
-        (
-            Ok(1000.0, count=40),
-            Refused(1000.3, 1000.5),  # 36/s; a 0.2 s round trip: evidence again from 1000.7
-            Ok(1000.6, count=10),  # answers to requests sent at the old pace: not evidence
-            Refused(1000.8, 1000.8),  # so 90% of the rate in force, not of 10 in 0.3 s
-            Rate(1000.8, 0.9 * 36.0 * (1 + 0.3 * RECOVERY_FRACTION)),
-        ),
-    ),
-    Case(
-        "the_rate_never_drops_below_the_minimum",
-        1.0,
-        (*[Refused(1000.0, 1000.0, lowers=True)] * 30, Rate(1000.0, MIN_RATE)),
-    ),
-    Case(
-        "sends_are_spaced_with_a_floor_against_catch_up_bursts",
-        10.0,
-        (
-            Wait(1000.0, 0.0),
-            Wait(1000.0, 1 / (10 * HEADROOM)),  # asks again at once: nothing booked
-            Wait(1000.2, 0.0),  # a late wake-up: keeps to the schedule (slot 1000.103)...
-            Wait(1000.2, HEADROOM / (10 * HEADROOM)),  # ... but never closer than headroom
-        ),
-    ),
-    Case(
-        "unlimited_never_waits",
-        None,
-        (*[Wait(1000.0, 0.0)] * 5, Rate(1000.0, None)),
-    ),
-]
-
-
-@pytest.mark.parametrize("case", POLICY_CASES, ids=lambda case: case.name)
-def test_policy(case: Case) -> None:
-    replay_on_policy(case)
+            case Ok(sent_at=sent_at, at=at):
+                policy.on_success(sent_at, at)
+                policy.release(at)
+            case Refused(sent_at=sent_at, at=at, retry_after=retry_after, lowers=lowers):
+                policy.release(at)
+                cut = policy.on_rate_limited(sent_at, at, retry_after)
+                assert lowers is None or cut == lowers, where
+            case Rate(at=at, expected=expected):
+                assert policy.rate(at) == pytest.approx(expected), where
 
 
 # -- the table both stores follow (the Redis run is in tests/test_redis_limiter.py) ---------
 
-SHARED_CASES = [
+PACED = 50.0 * HEADROOM  # a configured 50/s, paced with headroom
+#: 20 sends at 40/s from 100.01 (mid-bucket) answered after 0.2 s, then one refused: the
+#: server accepted 20 in the 0.5 s of whole buckets since the first send.
+FIRST_SECOND = (*answered(100.01, 20, 40.0), Wait(100.51, 0.0), Refused(100.51, 100.71))
+CUT_IN_FIRST_SECOND = BACKOFF * 40.0
+
+CASES = [
+    Case("a_configured_rate_is_paced_with_headroom", 50.0, (Rate(100.0, PACED),)),
     Case(
-        "configured_rate_before_any_429",
+        "slots_are_spaced_at_the_pace",
         50.0,
-        (Rate(100.0, PACED),),
-        redis_differs="1. no headroom: the script paces at exactly the configured rate",
-    ),
-    Case(
-        "slots_are_spaced_at_the_rate",
-        50.0,
-        (Wait(100.0, 0.0), Wait(100.0, 1 / PACED)),
-        redis_differs="1. no headroom: the script spaces slots 1/rate apart",
+        (Wait(100.0, 0.0), Wait(100.0, 1 / PACED), Wait(100.0 + 1 / PACED, 0.0)),
     ),
     Case(
         "idle_time_is_not_banked",
         50.0,
-        (Wait(100.0, 0.0), Wait(200.0, 0.0)),
+        (Wait(100.0, 0.0), Wait(200.0, 0.0), Wait(200.0, 1 / PACED)),
     ),
     Case(
-        "429_drops_to_ninety_percent_of_the_succeeding_rate",
-        50.0,
-        (Ok(100.2, count=15), Ok(100.6, count=25), Refused(100.8, 100.9), Rate(100.9, 36.0)),
-    ),
-    Case(
-        "one_decrease_per_congestion_event",
-        50.0,
+        "sends_never_come_closer_than_the_headroom_after_a_late_wake_up",
+        10.0,
         (
-            Refused(100.0, 100.0, lowers=True),
-            *[Refused(99.99, 100.1, lowers=False)] * 10,
-            Refused(100.2, 100.3, lowers=True),  # sent after the decrease: a new event
+            Wait(100.0, 0.0),
+            Wait(100.2, 0.0),  # late for the slot at 100.103: keeps to the schedule...
+            Wait(100.2, HEADROOM / (10 * HEADROOM)),  # ... but never closer than headroom
         ),
     ),
     Case(
-        "429_with_nothing_succeeding_takes_ninety_percent_of_the_rate_in_force",
-        50.0,
-        (Refused(100.0, 100.0), Rate(100.0, LOWERED)),
-        redis_differs="3. unknown limit: the script halves the rate in force",
+        "an_unknown_limit_starts_paced_at_the_start_rate",
+        None,
+        (Rate(100.0, START_RATE), Wait(100.0, 0.0), Wait(100.0, 1 / START_RATE)),
     ),
     Case(
-        "a_few_successes_are_not_evidence",
-        50.0,
-        (Ok(100.1), Ok(100.2), Refused(100.15, 100.2), Rate(100.2, LOWERED)),
-        redis_differs="4. any success is evidence: the script drops to 90% of 2/s",
+        "slow_start_grows_on_answers_while_senders_wait_for_the_pace",
+        None,
+        (
+            Wait(100.0, 0.0),
+            Wait(100.0, 1 / START_RATE),  # a sender waits: the pace is what holds it back
+            Ok(100.0, 100.2),
+            Rate(100.2, START_RATE + math.log(2) / SLOW_START_DOUBLING),
+        ),
     ),
     Case(
-        "recovery_is_five_percent_of_the_lowered_rate_per_second",
+        "a_client_that_does_not_fill_the_pace_does_not_grow_it",
+        None,
+        (
+            Wait(100.0, 0.0),
+            Ok(100.0, 100.2),
+            Wait(101.0, 0.0),
+            Ok(101.0, 101.2),
+            Rate(101.2, START_RATE),
+        ),
+    ),
+    Case(
+        "a_first_429_cuts_to_what_was_accepted_over_the_time_passed",
+        50.0,
+        # 20 accepted in 0.5 s: 40/s (not 20/s, as a full second would say), below the pace.
+        (*FIRST_SECOND, Rate(100.71, CUT_IN_FIRST_SECOND)),
+    ),
+    Case(
+        "a_cluster_of_429s_is_one_event_and_the_hold_off_freezes_growth",
         50.0,
         (
-            Ok(100.5, count=40),
-            Refused(100.9, 100.9),
-            Rate(102.9, 36.0 * (1 + 2 * RECOVERY_FRACTION)),
+            *FIRST_SECOND,
+            Refused(100.485, 100.72, lowers=False),  # sent before the cut
+            *[Refused(101.5, 101.6, lowers=False)] * 10,  # sent in the 1 s hold-off
+            Wait(101.6, 0.0),
+            Wait(101.6, 1 / CUT_IN_FIRST_SECOND),
+            Ok(101.6, 101.8),  # sent in the hold-off: no growth
+            Rate(101.8, CUT_IN_FIRST_SECOND),
+            Refused(101.8, 102.0, lowers=True),  # sent after it: a new event
         ),
-        redis_differs="8. slower recovery: the script recovers at 2% per second",
     ),
     Case(
-        "a_decrease_leaves_the_schedule_alone",
+        "a_marginal_429_cuts_to_what_was_accepted_over_the_last_second",
         50.0,
-        (Ok(100.5, count=40), Refused(100.9, 100.9), Wait(100.9, 0.0)),
-        redis_differs="6. the script moves the next slot one new spacing after the 429",
+        (
+            *FIRST_SECOND,
+            # After the cut, 55 sends at 37/s all accepted (nothing refused), then one
+            # refused: a marginal refusal, the limit is what the last second accepted.
+            *answered(100.72, 55, 37.0),
+            Wait(100.72 + 55 / 37.0, 0.0),
+            Refused(100.72 + 55 / 37.0, 102.4, lowers=True),
+            Rate(102.4, BACKOFF * 37.0),
+        ),
     ),
     Case(
-        "retry_after_does_not_pause_the_other_senders",
+        "retry_after_pauses_the_pace_for_the_part_that_is_certain",
         50.0,
-        (Ok(100.0, count=40), Refused(100.5, 100.5, retry_after=2.0), Wait(100.6, 0.0)),
-        redis_differs="7. Retry-After pauses everyone: the script pushes the schedule back",
+        (
+            Wait(100.0, 0.0),
+            Refused(100.0, 100.1, retry_after=2.0),  # whole seconds: 1 s of it is certain
+            Wait(100.5, 0.5),
+            Wait(101.0, 0.0),
+        ),
+    ),
+    Case(
+        "a_fractional_retry_after_is_taken_as_exact",
+        50.0,
+        (Wait(100.0, 0.0), Refused(100.0, 100.1, retry_after=0.35), Wait(100.2, 0.15)),
+    ),
+    Case(
+        "an_absurd_retry_after_pauses_at_most_the_cap",
+        50.0,
+        (
+            Wait(100.0, 0.0),
+            Refused(100.0, 100.1, retry_after=1e9),
+            Wait(100.5, MAX_RETRY_AFTER - 1.0 - 0.5),
+        ),
+    ),
+    Case(
+        "a_cut_caps_the_requests_in_flight_at_what_the_server_held",
+        50.0,
+        (
+            *sends(100.01, 3, 40.0),  # three in flight
+            Refused(100.01, 100.2),  # one refused: the server held the other two
+            Wait(100.3, math.inf),  # a third must wait for one to come back
+            Ok(100.035, 100.35),
+            Wait(100.4, 0.0),
+        ),
+    ),
+    Case(
+        "requests_in_flight_are_forgotten_after_a_long_silence",
+        50.0,
+        (
+            *sends(100.01, 3, 40.0),
+            Refused(100.01, 100.2),
+            Wait(100.3, math.inf),
+            Wait(110.3, 0.0),  # nothing released for 10 s: those requests are gone
+        ),
     ),
     Case(
         "the_rate_never_drops_below_the_minimum",
         1.0,
-        (*[Refused(100.0, 100.0, lowers=True)] * 30, Rate(100.0, MIN_RATE)),
+        (
+            *[Refused(100.0 + 2 * i, 100.0 + 2 * i, lowers=True) for i in range(40)],
+            Rate(180.0, MIN_RATE),
+        ),
     ),
 ]
 
 
-def redis_params() -> list[object]:
-    """``SHARED_CASES`` as parameters for the Redis run, the differing rows ``xfail``."""
-    return [
-        pytest.param(
-            case,
-            id=case.name,
-            marks=(
-                [pytest.mark.xfail(strict=True, reason=case.redis_differs)]
-                if case.redis_differs
-                else []
-            ),
-        )
-        for case in SHARED_CASES
-    ]
-
-
-@pytest.mark.parametrize("case", SHARED_CASES, ids=lambda case: case.name)
-def test_shared_table_on_the_pure_policy(case: Case) -> None:
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_policy(case: Case) -> None:
     replay_on_policy(case)
+
+
+# -- the state a store keeps ---------------------------------------------------------------
+
+
+def test_the_state_survives_a_round_trip_through_strings_and_bytes() -> None:
+    policy = AimdPolicy(None)
+    for event in FIRST_SECOND:
+        if isinstance(event, Wait):
+            policy.claim(event.at)
+    policy.on_success(100.01, 100.2)
+    policy.on_rate_limited(100.51, 100.7, 0.4)
+    fields = policy.state.to_fields()
+    assert AimdState.from_fields(fields) == policy.state
+    as_bytes = {key.encode(): value.encode() for key, value in fields.items()}
+    assert AimdState.from_fields(as_bytes) == policy.state
+    assert all(isinstance(value, str) for value in fields.values())
+
+
+def test_a_state_written_by_another_version_starts_its_history_afresh() -> None:
+    fields = AimdState(rate=12.0).to_fields()
+    fields["sent"] = "1,2,3"  # a ring of another length
+    state = AimdState.from_fields({**fields, "unknown_field": "x"})
+    assert state.rate == 12.0
+    assert state.sent == AimdState().sent
+
+
+@given(
+    rate=st.floats(0.2, 1e4),
+    in_flight=st.integers(0, 1000),
+    hold_until=st.floats(-1e12, 1e12),
+)
+def test_any_state_survives_a_round_trip(rate: float, in_flight: int, hold_until: float) -> None:
+    state = AimdState(rate=rate, in_flight=in_flight, hold_until=hold_until, cut=True)
+    assert AimdState.from_fields(state.to_fields()) == state
 
 
 # -- inputs ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("retry_after", "expected"),
+    ("retry_after", "capped", "certain"),
     [
-        (None, None),
-        (0, 0.0),
-        (3, 3.0),
-        (2.5, 2.5),
-        (MAX_RETRY_AFTER, MAX_RETRY_AFTER),
-        (1_000_000_000, MAX_RETRY_AFTER),  # "pause for 31 years"
-        (math.inf, None),
-        (math.nan, None),
-        (-1.0, None),
-        (True, None),
-        ("5", None),
+        (None, None, 0.0),
+        (0, 0.0, 0.0),
+        (1, 1.0, 0.0),
+        (3, 3.0, 2.0),
+        (2.5, 2.5, 2.5),
+        (0.35, 0.35, 0.35),
+        (MAX_RETRY_AFTER, MAX_RETRY_AFTER, MAX_RETRY_AFTER - 1),
+        (1_000_000_000, MAX_RETRY_AFTER, MAX_RETRY_AFTER - 1),  # "pause for 31 years"
+        (math.inf, None, 0.0),
+        (math.nan, None, 0.0),
+        (-1.0, None, 0.0),
+        (True, None, 0.0),
+        ("5", None, 0.0),
     ],
 )
 def test_retry_after_is_capped_and_nonsense_ignored(
-    retry_after: object, expected: float | None
+    retry_after: object, capped: float | None, certain: float
 ) -> None:
-    assert capped_retry_after(retry_after) == expected
+    assert capped_retry_after(retry_after) == capped
+    assert certain_retry_after(retry_after) == certain
+
+
+@pytest.mark.parametrize("rate", [0, -1.0, math.nan, math.inf, True, "10"])
+def test_rejects_a_rate_that_is_not_positive_and_finite(rate: object) -> None:
+    with pytest.raises(ConfigurationError, match="positive, finite"):
+        AimdPolicy(rate)  # type: ignore[arg-type]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import email.parser
+import email.policy
 import itertools
 import logging
 from pathlib import Path
@@ -30,6 +32,7 @@ from ailab_async import (
     ValidationError,
 )
 from ailab_async._aimd import HEADROOM
+from ailab_async._transport import MultipartBody
 
 from .conftest import (
     BASE_URL,
@@ -65,11 +68,41 @@ async def test_smart_skin_returns_typed_result_and_sends_key_and_fields(
     assert (result.request_id, result.log_id) == ("req-1", "log-1")
     [call] = sent(mocked)
     assert call.kwargs["headers"]["ailabapi-api-key"] == TEST_KEY
-    form: aiohttp.FormData = call.kwargs["data"]
-    fields = {opts["name"]: value for opts, _, value in form._fields}
-    assert fields["retouch_degree"] == "0.8"
-    assert fields["whitening_degree"] == "0.5"
-    assert fields["image"].getvalue() == face_png
+    body: MultipartBody = call.kwargs["data"]
+    assert parse_form(body) == {
+        "retouch_degree": b"0.8",
+        "whitening_degree": b"0.5",
+        "image": face_png,
+    }
+
+
+async def test_image_bytes_reach_aiohttp_as_they_are_without_a_copy(
+    mocked: aioresponses, mock_client: AILabClient, face_png: bytes
+) -> None:
+    mocked.post(SKIN_URL, payload=skin_ok(RESULT_URL))
+    await mock_client.smart_skin(face_png)
+    [call] = sent(mocked)
+    body = call.kwargs["data"]
+    assert isinstance(body, MultipartBody)  # not a FormData over a BytesIO copy
+    assert body.image is face_png
+    assert body.size == len(body.head) + len(face_png) + len(body.tail)
+    assert parse_form(body) == {"image": face_png}  # no degree given: none sent
+
+
+def parse_form(body: MultipartBody) -> dict[str, bytes]:
+    """The fields of an in-memory multipart body, as a server's parser reads them."""
+    assert isinstance(body.image, bytes)
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {body.content_type}\r\n\r\n".encode() + body.head + body.image + body.tail
+    )
+    fields: dict[str, bytes] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        assert isinstance(name, str)
+        assert isinstance(payload, bytes)
+        fields[name] = payload
+    return fields
 
 
 @pytest.mark.parametrize(
@@ -182,8 +215,7 @@ async def test_in_flight_never_exceeds_max_concurrency(
         nonlocal active, peak
         active += 1
         peak = max(peak, active)
-        for _ in range(3):
-            await asyncio.sleep(0)
+        await fake_time.sleep(0.5)  # answers take time: calls overlap even when paced
         active -= 1
         return CallbackResult(payload=skin_ok())
 

@@ -116,10 +116,23 @@ def test_multi_face_rejects_unclear_values(value: object) -> None:
     assert info.value.input == "multi_face"
 
 
-def test_defaults_fill_in_and_a_false_flag_is_left_out() -> None:
-    assert SMART_SKIN.fields() == [("retouch_degree", "1.0"), ("whitening_degree", "1.0")]
-    assert SMART_BEAUTY.fields() == [("task_type", "async"), ("beauty_level", "1.0")]
+def test_a_parameter_not_given_is_not_sent_and_a_false_flag_is_left_out() -> None:
+    # The API applies its own default (the table's): two fewer multipart parts per call.
+    assert SMART_SKIN.fields() == []
+    assert SMART_SKIN.fields(whitening_degree=0.5) == [("whitening_degree", "0.5")]
+    assert SMART_BEAUTY.fields() == [("task_type", "async")]
+    assert SMART_BEAUTY.fields(multi_face=False) == [("task_type", "async")]
     assert QUERY_CREDITS.fields() == []
+
+
+def test_a_value_equal_to_the_default_is_still_sent_when_given() -> None:
+    assert SMART_SKIN.fields(retouch_degree=1.0) == [("retouch_degree", "1.0")]
+
+
+def test_a_required_parameter_not_given_is_refused() -> None:
+    with pytest.raises(errors.ValidationError) as info:
+        QUERY_TASK.fields()
+    assert (info.value.input, info.value.rule) == ("task_id", "type")
 
 
 def test_values_are_checked_in_wire_order() -> None:
@@ -223,9 +236,13 @@ NOT_PARAMETERS = {"self", "image", "deadline", "timeout"}
 def test_each_public_method_mirrors_its_table_entry(endpoint: Endpoint, method: object) -> None:
     signature = inspect.signature(method)  # type: ignore[arg-type]
     arguments = [p for p in signature.parameters.values() if p.name not in NOT_PARAMETERS]
+    # A number defaults to None (not sent: the API's default, the table's, applies); a flag
+    # to its "no", which is not sent either.
     assert [(p.name, p.default) for p in arguments] == [
-        (param.name, param.default) for param in endpoint.settable
+        (param.name, None if param.kind is ParamKind.NUMBER else param.default)
+        for param in endpoint.settable
     ]
+    assert all(param.optional for param in endpoint.settable)
 
 
 def test_number_parameters_state_their_documented_ranges() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from anyio.from_thread import start_blocking_portal
 from PIL import Image
 
 from ailab_async import AILabClient
@@ -22,7 +23,7 @@ from ailab_async.testing.simulator import (
     Uniform,
     sample_image,
 )
-from examples import pipeline, webapp
+from examples import pipeline, sync_script, webapp
 
 Serve = Callable[[SimulatorConfig], Awaitable[tuple[str, web.Application, Simulator]]]
 
@@ -124,14 +125,37 @@ async def test_caller_hanging_up_mid_request_frees_the_sdk(serve: Serve) -> None
     assert sim.stats.max_concurrent >= 1
 
 
-async def test_pipeline_example(tmp_path: Path) -> None:
-    photos = tmp_path / "in"
+def photo_folder(root: Path, count: int) -> Path:
+    """``root/in``: photos ``nested/p0.jpg`` ... and one the API refuses, ``too-small.png``."""
+    photos = root / "in"
     (photos / "nested").mkdir(parents=True)
-    for i in range(6):
+    for i in range(count):
         (photos / "nested" / f"p{i}.jpg").write_bytes(sample_image(200, 200, seed=i))
     (photos / "too-small.png").write_bytes(sample_image(50, 50, fmt="PNG"))
+    return photos
+
+
+async def test_pipeline_example(tmp_path: Path) -> None:
+    photos = photo_folder(tmp_path, 6)
     out = tmp_path / "out"
     async with Simulator() as sim, AILabClient(api_key=sim.api_key, base_url=sim.url) as client:
         counts = await pipeline.run_pipeline(client, pipeline.photos_from(photos), out)
     assert counts == {"done": 6, "failed": 1}
     assert sorted(p.name for p in out.iterdir()) == [f"p{i}.png" for i in range(6)]
+
+
+def test_sync_script_example(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photos = photo_folder(tmp_path, 4)
+    out = tmp_path / "out"
+    # The script blocks this thread: the simulator runs in an event loop of its own thread.
+    with start_blocking_portal() as portal, portal.wrap_async_context_manager(Simulator()) as sim:
+        monkeypatch.setenv("AILAB_API_KEY", sim.api_key)
+        monkeypatch.setenv("AILAB_BASE_URL", sim.url)
+        status = sync_script.main([str(photos), str(out), "--concurrency", "3"])
+    assert status == 1  # one photo failed
+    assert sorted(p.name for p in out.iterdir()) == [f"p{i}.png" for i in range(4)]
+    printed = capsys.readouterr().out
+    assert "failed: too-small.png: ValidationError" in printed
+    assert printed.endswith("4 done, 1 failed, of 5 photos\n")

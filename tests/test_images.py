@@ -139,10 +139,14 @@ def test_file_object_is_sent_from_its_start_on_every_attempt() -> None:
     handle.seek(6)
     prepared = prepare_image(handle, SMART_SKIN_RULES)
     assert prepared.size == len(payload)
-    for _ in range(2):
-        with prepared.open() as body:
-            assert isinstance(body, io.BytesIO)
-            assert body.read() == payload
+    assert prepared.data == payload  # read once; every attempt sends these bytes
+    with pytest.raises(TypeError, match="in memory"), prepared.open():
+        pass
+
+
+def test_bytes_input_is_kept_as_it_is_not_copied() -> None:
+    payload = png_bytes(300, 300)
+    assert prepare_image(payload, SMART_SKIN_RULES).data is payload
 
 
 def test_unseekable_stream_is_buffered_once() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import email.parser
+import email.policy
 import json
 import math
 
@@ -405,3 +407,60 @@ def test_invalid_http_status_is_a_final_malformed_response(status: int) -> None:
     assert type(outcome) is errors.MalformedResponseError
     assert outcome.retryable is False
     assert "invalid HTTP status" in str(outcome)
+
+
+# --- multipart framing ---------------------------------------------------------------------
+
+
+def _parse_multipart(content_type: str, body: bytes) -> list[tuple[str, str | None, str, bytes]]:
+    """(name, filename, content type, payload) of each part, as the stdlib's parser reads them."""
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body
+    )
+    parts = []
+    for part in message.iter_parts():
+        payload = part.get_payload(decode=True)
+        assert isinstance(payload, bytes)
+        name = part.get_param("name", header="content-disposition")
+        assert isinstance(name, str)
+        parts.append((name, part.get_filename(), part.get_content_type(), payload))
+    return parts
+
+
+@given(
+    fields=st.lists(
+        st.tuples(
+            st.sampled_from(["retouch_degree", "whitening_degree", "task_type", "multi_face"]),
+            st.sampled_from(["0.0", "1.5", "async", "1", "0.30000000000000004"]),
+        ),
+        max_size=4,
+    ),
+    image=st.binary(max_size=300),
+)
+def test_a_framed_body_reads_back_as_the_fields_then_the_file(
+    fields: list[tuple[str, str]], image: bytes
+) -> None:
+    boundary = "a3f1" * 8
+    head, tail = protocol.multipart_frame(fields, "image", "image.png", "image/png", boundary)
+    parts = _parse_multipart(protocol.multipart_content_type(boundary), head + image + tail)
+    assert parts == [
+        *((name, None, "text/plain", value.encode()) for name, value in fields),
+        ("image", "image.png", "image/png", image),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "file_field"),
+    [
+        ([("a", 'x"y')], "image"),
+        ([("a\r\nX-Injected: 1", "1")], "image"),
+        ([("a", "1")], 'image"; filename="evil'),
+        ([("a", "é")], "image"),
+        ([("a", "--B--")], "image"),
+    ],
+)
+def test_framing_refuses_text_that_would_break_it(
+    fields: list[tuple[str, str]], file_field: str
+) -> None:
+    with pytest.raises(ValueError, match=r"multipart|boundary"):
+        protocol.multipart_frame(fields, file_field, "image.png", "image/png", "B")

@@ -11,6 +11,7 @@ import asyncio
 import ssl
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -21,6 +22,7 @@ from ailab_async._images import PreparedImage
 from ailab_async._session import SessionManager
 from ailab_async._transport import (
     ClosedMidRequestError,
+    MultipartBody,
     Request,
     StreamedResponse,
     Transport,
@@ -275,3 +277,45 @@ async def test_a_session_closed_under_a_request_is_client_closed() -> None:
     assert info.value.ambiguous is True  # billed, and the upload had arrived
     assert info.value.retryable is False
     assert isinstance(info.value, errors.ClientClosedError)
+
+
+# -- the multipart body: as few writes as possible, the image never copied into a buffer ------
+
+
+class _Writes:
+    """Stands in for aiohttp's stream writer: records each buffer written."""
+
+    def __init__(self) -> None:
+        self.buffers: list[bytes] = []
+
+    async def write(self, chunk: bytes) -> None:
+        self.buffers.append(bytes(chunk))
+
+
+async def test_a_small_image_goes_out_in_one_write_with_its_framing() -> None:
+    image = png_bytes(300, 300)
+    body = MultipartBody(b"<head>", image, len(image), b"<tail>", "multipart/form-data")
+    writes = _Writes()
+    await body.write(writes)  # type: ignore[arg-type]
+    assert writes.buffers == [b"<head>" + image + b"<tail>"]
+    assert body.size == len(writes.buffers[0])
+
+
+async def test_a_large_image_is_written_between_the_framing_not_joined() -> None:
+    image = bytes(3 * 1024 * 1024)
+    body = MultipartBody(b"<head>", image, len(image), b"<tail>", "multipart/form-data")
+    writes = _Writes()
+    await body.write(writes)  # type: ignore[arg-type]
+    assert writes.buffers == [b"<head>", image, b"<tail>"]
+
+
+async def test_an_image_file_that_shrank_while_sent_fails_the_attempt(tmp_path: Path) -> None:
+    path = tmp_path / "face.png"
+    path.write_bytes(png_bytes(300, 300))
+    declared = path.stat().st_size + 10  # what it was when checked
+    writes = _Writes()
+    with path.open("rb") as handle:
+        body = MultipartBody(b"<head>", handle, declared, b"<tail>", "multipart/form-data")
+        with pytest.raises(OSError, match="shorter"):
+            await body.write(writes)  # type: ignore[arg-type]
+    assert writes.buffers == [b"<head>" + png_bytes(300, 300)]  # the tail never follows

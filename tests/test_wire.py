@@ -349,14 +349,14 @@ async def test_deadline_error_does_not_carry_the_cancelled_attempt() -> None:
     async with _client("http://127.0.0.1:9") as client:
         dispatcher = client._dispatcher
 
-        async def attempt(_timeout: float) -> None:
+        async def attempt(_: None, _timeout: float) -> None:
             headers = {"ailabapi-api-key": TEST_KEY}  # what aiohttp's frames hold
             await asyncio.sleep(30)
             del headers
 
         with pytest.raises(DeadlineExceededError) as info:
             await dispatcher._run(
-                Endpoint("x", "GET", "/x", billed=True), attempt, 0.2, rate_limited=False
+                Endpoint("x", "GET", "/x", billed=True), attempt, None, 0.2, rate_limited=False
             )
     assert info.value.__context__ is None
     _assert_key_unreachable(info.value)
@@ -557,3 +557,77 @@ async def test_image_gone_before_a_retry_is_a_validation_error(tmp_path: Path) -
             with pytest.raises(ValidationError) as info:
                 await client.smart_skin(path)
     assert info.value.rule == "exists"  # the image check names why
+
+
+# --- what goes on the wire: only what the caller gave, the image as it is ----------------------
+
+
+def _form_recorder(seen: list[dict[str, object]]) -> Handler:
+    """A smart-skin stand-in recording each request's form: text fields, file bytes, types."""
+
+    async def handler(request: web.Request) -> web.Response:
+        fields: dict[str, object] = {}
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            assert isinstance(part, aiohttp.BodyPartReader)
+            assert part.name is not None
+            data = b""
+            while chunk := await part.read_chunk():  # no 1 MiB cap, unlike read()
+                data += chunk
+            if part.filename is None:
+                fields[part.name] = data.decode()
+            else:
+                fields[part.name] = (part.filename, part.headers["Content-Type"], data)
+        seen.append(fields)
+        return web.json_response(skin_ok())
+
+    return handler
+
+
+@pytest.mark.parametrize("source", ["bytes", "path"])
+async def test_a_call_without_degrees_sends_only_the_image(
+    serve: Callable[[Handler], Awaitable[str]], tmp_path: Path, source: str
+) -> None:
+    image = png_bytes(300, 300)
+    path = tmp_path / "face.png"
+    path.write_bytes(image)
+    seen: list[dict[str, object]] = []
+    async with _client(await serve(_form_recorder(seen))) as client:
+        await client.smart_skin(image if source == "bytes" else path)
+        await client.smart_skin(image if source == "bytes" else path, whitening_degree=0.25)
+        await client.smart_skin(image, retouch_degree=1.0, whitening_degree=1.5)
+    file_part = ("image.png", "image/png", image)
+    assert seen == [
+        {"image": file_part},  # the API applies its defaults: nothing else is sent
+        {"whitening_degree": "0.25", "image": file_part},
+        {"retouch_degree": "1.0", "whitening_degree": "1.5", "image": file_part},
+    ]
+
+
+@pytest.mark.parametrize("size", [512 * 1024, 2 * 1024 * 1024 + 7])
+@pytest.mark.parametrize("source", ["bytes", "path"])
+async def test_large_images_arrive_byte_for_byte(
+    serve: Callable[[Handler], Awaitable[str]], tmp_path: Path, source: str, size: int
+) -> None:
+    # Above the size joined into one buffer, and (2 MB) above one read of a file.
+    image = png_bytes(300, 300)
+    image += b"\x00" * (size - len(image))  # trailing bytes after IEND: still a valid PNG
+    path = tmp_path / "big.png"
+    path.write_bytes(image)
+    seen: list[dict[str, object]] = []
+    async with _client(await serve(_form_recorder(seen))) as client:
+        await client.smart_skin(image if source == "bytes" else path, retouch_degree=0.5)
+    assert seen == [{"retouch_degree": "0.5", "image": ("image.png", "image/png", image)}]
+
+
+async def test_the_hard_deadline_wins_over_the_attempt_timeout_when_both_fire() -> None:
+    # The per-attempt timer (aiohttp's) and the call's deadline cancel the same task at the
+    # same moment: the call must end with the deadline, not retry after a "timeout".
+    async with servers() as running:
+        url = await running.raw("api", stall())
+        for _ in range(3):
+            async with _client(url, timeout=0.1, deadline=0.1, max_retries=5) as client:
+                with pytest.raises(DeadlineExceededError) as info:
+                    await client.smart_skin(png_bytes(300, 300))
+                assert client.stats.attempts == 1
+            assert info.value.attempts == 1

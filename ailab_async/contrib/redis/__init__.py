@@ -11,20 +11,21 @@ limiter makes them share one budget and one slow-down::
         async with AILabClient(rate_limit=limiter) as client:
             await client.smart_skin("face.jpg")
 
-The policy is :class:`~ailab_async.AdaptiveRateLimiter`'s AIMD (its constants in
-:mod:`ailab_async._aimd`, which also lists where this store still applies it differently),
-with its state in one Redis hash that a Lua script reads and writes atomically, on Redis's
-own clock (so the processes' clocks never have to agree):
+The policy is :class:`~ailab_async.AdaptiveRateLimiter`'s, the very same code
+(:mod:`ailab_async._aimd`), run on one state kept in a Redis hash: every operation reads the
+state, applies the policy on Redis's clock (so the processes' clocks never have to agree) and
+writes it back in one optimistic transaction (``WATCH``/``MULTI``/``EXEC``, run again when
+another process wrote first):
 
-* every ``acquire`` reserves the next send slot of the *shared* schedule
-  (``slot = max(now, next); next = slot + 1 / rate``) and sleeps locally until it comes;
-* a ``429 EXCEEDING_LIMITS`` from any process drops the shared rate to 90 % of the rate the
-  whole account was succeeding at over the last second (half if unknown), once per congestion
-  event; every process then gets slots at the new rate; it recovers linearly to ``rate``;
-* a ``Retry-After`` pushes the shared schedule back, pausing every process.
+* every ``acquire`` books the next slot of the *shared* schedule when it is due within 0.1 s
+  (else it sleeps and asks again), and sleeps locally until the slot;
+* a ``429 EXCEEDING_LIMITS`` from any process cuts the shared pace, once per cluster of
+  429s, to 95 % of what the whole account was accepting; the pace grows back along the
+  policy's recovery curve, never above ``rate``; a cap on requests in flight is shared too;
+* the certain part of a ``Retry-After`` pauses every process.
 
-Successes are counted locally and added to the shared counter with the next reservation (or
-within ``0.1 s`` when idle), so a request costs one Redis round trip, not two.
+Successes and releases are counted locally and sent with the next reservation (or within
+``0.1 s`` when idle), so a request costs one transaction, not three.
 
 If Redis cannot be reached (connection refused, a 0.2 s socket timeout, any Redis error), the
 limiter logs one WARNING and limits this process alone with a local
@@ -33,20 +34,22 @@ expected_processes``); it retries Redis every ``reconnect_interval`` seconds in 
 background and switches back, logging the recovery. ``acquire`` never raises because Redis
 is down. See ``docs/scale-out.md``.
 
-The parts: ``_budget.py`` (the script and :class:`SharedBudget`, one call per operation),
-``_limiter.py`` (:class:`RedisRateLimiter`: sleeping, batching, the local fallback),
-``_connection.py`` (the Redis target and the settings, checked without leaking a password).
+The parts: ``_budget.py`` (:class:`SharedBudget`: the state's transactions, one per
+operation), ``_limiter.py`` (:class:`RedisRateLimiter`: sleeping, batching, the local
+fallback), ``_connection.py`` (the Redis target and the settings, checked without leaking a
+password).
 
-Why a hand-written script and not the ``limits`` library: ``limits`` offers fixed and
-sliding windows with a fixed rate. We need a rate that every process lowers together on a
-429 and that recovers over time, and spacing (no bursts) rather than a window count.
+Why not the ``limits`` library: it offers fixed and sliding windows with a fixed rate. We
+need one pace that every process lowers together on a 429 and that grows back, and spacing
+(no bursts) rather than a window count; and one policy with the in-process limiter.
 """
 
 from __future__ import annotations
 
 # The parts below the public name stay importable from here (tests and tools drive the
-# script directly), without being promised by __all__.
+# shared state directly), without being promised by __all__.
 from ._budget import Decision as Decision
+from ._budget import Report as Report
 from ._budget import SharedBudget as SharedBudget
 from ._connection import redact_redis_url as redact_redis_url
 from ._limiter import RedisRateLimiter

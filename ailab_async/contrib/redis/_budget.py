@@ -1,167 +1,80 @@
-"""The shared budget's state in Redis: one hash, and the one Lua script that reads and writes it.
+"""The shared budget's state in Redis: one hash, read and written by the one rate policy.
 
-This module decides nothing on its own account: the AIMD policy's constants come from
-:mod:`ailab_async._aimd` and reach the script as arguments. The script applies them
-atomically, on Redis's own clock (so the processes' clocks never have to agree); where its
-policy still differs from the local one is listed in ``_aimd``'s docstring.
-:class:`SharedBudget` is the script's Python face: one call per operation, nothing else
-(the limiter that sleeps, batches successes and falls back is in ``_limiter.py``).
+This module decides nothing on its own account: every operation loads the
+:class:`~ailab_async._aimd.AimdState` from the hash, runs the same
+:class:`~ailab_async._aimd.AimdPolicy` the in-process limiter runs, on Redis's clock
+(``TIME``, so the processes' clocks never have to agree), and writes the state back, all in
+one optimistic transaction (``WATCH`` / ``MULTI`` / ``EXEC`` through redis-py's
+``transaction`` helper, run again if another process wrote the hash meanwhile). There is no
+second copy of the policy to drift from the first. :class:`SharedBudget` is the state's
+Python face: one transaction per operation, nothing else (the limiter that sleeps, batches
+reports and falls back is in ``_limiter.py``).
+
+Why transactions and not a Lua script: a script would be a second implementation of the
+policy, in another language, that the tests would have to keep in step with the first. At
+the request rates an API key allows (tens per second, shared by a few processes) a
+transaction costs a few round trips on a local network and rarely has to run twice.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import attrs
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
-from ..._aimd import (
-    DECREASE_FACTOR,
-    EVIDENCE_WINDOW,
-    MIN_RATE,
-    MIN_RECOVERY_PER_S,
-    SHARED_RECOVERY_FRACTION,
-    SHARED_UNKNOWN_DECREASE,
-    capped_retry_after,
-)
+from ..._aimd import BACKOFF, MIN_RATE, AimdPolicy, AimdState
 
-__all__ = ["Decision", "SharedBudget"]
+__all__ = ["Decision", "Report", "SharedBudget"]
 
-# One script for every operation, so the state is only ever touched atomically, on Redis's
-# clock. KEYS[1] is the budget's hash. ARGV: op, now ('' = Redis TIME; tests pass a value),
-# ceiling, successes to add, sent_at, retry_after, then the policy (from _aimd): min_rate,
-# decrease_factor, recovery_fraction, min_recovery_per_s, evidence_window,
-# unknown_decrease; last ttl_seconds.
-# Hash fields: next (next free send slot), floor / decreased_at / recovery (the rate right
-# after the last decrease, when, and its linear recovery per second), ok_sec / ok_cur /
-# ok_prev (successes in the current and the previous whole evidence window of Redis time;
-# ok_sec numbers the window, named from when the window was always one second).
-# Returns strings (Lua numbers would be truncated to integers): {wait, send_at, rate, now,
-# decreased}.
-_SCRIPT = """
-local key = KEYS[1]
-local op = ARGV[1]
-local now
-if ARGV[2] ~= '' then
-  now = tonumber(ARGV[2])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
-local ceiling = tonumber(ARGV[3])
-local successes = tonumber(ARGV[4])
-local sent_at = tonumber(ARGV[5])
-local retry_after = tonumber(ARGV[6])
-local min_rate = tonumber(ARGV[7])
-local decrease_factor = tonumber(ARGV[8])
-local recovery_fraction = tonumber(ARGV[9])
-local min_recovery = tonumber(ARGV[10])
-local window = tonumber(ARGV[11])
-local unknown_decrease = tonumber(ARGV[12])
-local ttl = tonumber(ARGV[13])
-
-local function num(v) if v then return tonumber(v) end return nil end
-local s = redis.call('HMGET', key, 'next', 'floor', 'decreased_at', 'recovery',
-                     'ok_sec', 'ok_cur', 'ok_prev')
-local next_at = num(s[1]) or now
-local floor = num(s[2])
-local decreased_at = num(s[3])
-local recovery = num(s[4]) or 0
-local ok_sec = num(s[5])
-local ok_cur = num(s[6]) or 0
-local ok_prev = num(s[7]) or 0
-
-local function rate_at(t)
-  if not floor or not decreased_at then return ceiling end
-  return math.min(ceiling, floor + recovery * math.max(0, t - decreased_at))
-end
-
--- Roll the success counters to the current window, then add the new successes.
-local sec = math.floor(now / window)
-if not ok_sec then
-  ok_sec, ok_cur, ok_prev = sec, 0, 0
-elseif sec == ok_sec + 1 then
-  ok_sec, ok_prev, ok_cur = sec, ok_cur, 0
-elseif sec > ok_sec + 1 then
-  ok_sec, ok_prev, ok_cur = sec, 0, 0
-end
-ok_cur = ok_cur + successes
-
-local wait, send_at, decreased = 0, now, 0
-if op == 'acquire' then
-  local rate = rate_at(now)
-  send_at = math.max(now, next_at)
-  wait = send_at - now
-  next_at = send_at + 1 / rate
-elseif op == 'limited' then
-  if retry_after > 0 then next_at = math.max(next_at, now + retry_after) end
-  -- A request sent before the last decrease belongs to the congestion event already handled.
-  if not (decreased_at and sent_at < decreased_at) then
-    -- Successes per second over the last window: all of this window's, and the part of the
-    -- previous window's that still lies within one window of now.
-    local succeeding = (ok_prev * (1 - (now / window - sec)) + ok_cur) / window
-    local current = rate_at(now)
-    local new_rate
-    if succeeding > 0 then
-      new_rate = math.min(decrease_factor * succeeding, decrease_factor * current)
-    else
-      new_rate = current * unknown_decrease
-    end
-    new_rate = math.max(min_rate, new_rate)
-    floor, decreased_at = new_rate, now
-    recovery = math.max(min_recovery, recovery_fraction * new_rate)
-    next_at = math.max(next_at, now + 1 / new_rate)
-    decreased = 1
-  end
-end
-
-if op ~= 'peek' then
-  local function f(x) return string.format('%.17g', x) end
-  local fields = {'next', f(next_at), 'recovery', f(recovery),
-                  'ok_sec', f(ok_sec), 'ok_cur', f(ok_cur), 'ok_prev', f(ok_prev)}
-  if floor then
-    table.insert(fields, 'floor'); table.insert(fields, f(floor))
-    table.insert(fields, 'decreased_at'); table.insert(fields, f(decreased_at))
-  end
-  redis.call('HSET', key, unpack(fields))
-  -- Abandoned budgets vanish; a budget paused by a long Retry-After outlives the pause.
-  local ttl_ms = math.ceil((math.max(0, next_at - now) + ttl) * 1000)
-  redis.call('PEXPIRE', key, ttl_ms)
-end
-local function g(x) return string.format('%.17g', x) end
-return {g(wait), g(send_at), g(rate_at(now)), g(now), tostring(decreased)}
-"""
+T = TypeVar("T")
 
 
 @attrs.frozen
 class Decision:
-    """What the shared budget answered: how long to wait for the slot, and the state."""
+    """What the shared budget answered, and the state it left."""
 
-    #: Seconds to wait before sending (``acquire``; 0 otherwise).
+    #: Seconds to wait: until the booked slot (``booked``), or before asking again
+    #: (``inf``: until a request in flight is released).
     wait: float
-    #: The reserved send time, on Redis's clock (``acquire``; ``now`` otherwise).
-    send_at: float
-    #: The shared rate now, in requests per second.
+    #: Whether a send slot was booked (at ``now + wait``).
+    booked: bool
+    #: The shared pace now, in requests per second.
     rate: float
-    #: Redis's clock when the script ran, in seconds since the epoch.
+    #: Redis's clock when the transaction ran, in seconds since the epoch.
     now: float
-    #: Whether a ``429`` report lowered the shared rate (``limited`` only).
-    decreased: bool = False
+    #: Whether a ``429`` report cut the shared rate.
+    cut: bool = False
+    #: Whether the rate is known (a 429 seen or a rate configured), not still probing.
+    known: bool = True
+
+    @property
+    def send_at(self) -> float:
+        """The booked send time, on Redis's clock."""
+        return self.now + self.wait
 
 
-def _parse(reply: Any) -> Decision:
-    wait, send_at, rate, now, decreased = (_text(item) for item in reply)
-    return Decision(float(wait), float(send_at), float(rate), float(now), decreased == "1")
+@attrs.frozen
+class Report:
+    """What a process has to tell the budget: answers since its last call, each with the
+    send time and the answer time (Redis's clock)."""
 
-
-def _text(item: Any) -> str:
-    return item.decode() if isinstance(item, bytes) else str(item)
+    #: ``(sent_at, answered_at)`` of requests answered without a rate-limit error.
+    successes: Sequence[tuple[float, float]] = ()
+    #: Answer times of requests that are over, whatever their outcome.
+    releases: Sequence[float] = ()
 
 
 class SharedBudget:
-    """The shared state's operations: one atomic script call each, nothing else.
+    """The shared state's operations: one optimistic transaction each.
 
-    ``now`` overrides Redis's clock (tests of the script's decisions); leave it ``None``.
+    ``rate`` is this process's configured ceiling (``None``: find the limit);
+    ``horizon`` is how far ahead :meth:`reserve` books a slot (a slot costs a round trip, so
+    a sender books a little ahead and sleeps until it). ``now`` overrides Redis's clock
+    (tests of the decisions); leave it ``None``.
     """
 
     def __init__(
@@ -169,72 +82,100 @@ class SharedBudget:
         client: aioredis.Redis,
         key: str,
         *,
-        ceiling: float,
+        rate: float | None,
         min_rate: float = MIN_RATE,
-        backoff_factor: float = DECREASE_FACTOR,
-        recovery_fraction: float = SHARED_RECOVERY_FRACTION,
-        min_recovery_per_s: float = MIN_RECOVERY_PER_S,
+        backoff_factor: float = BACKOFF,
+        horizon: float = 0.0,
         ttl: float = 300.0,
     ) -> None:
         self.key = key
         self._client = client
-        self._script = client.register_script(_SCRIPT)
-        self._ceiling = ceiling
-        # The policy, in the script's ARGV order after op .. retry_after.
-        self._policy = [
-            repr(min_rate),
-            repr(backoff_factor),
-            repr(recovery_fraction),
-            repr(min_recovery_per_s),
-            repr(EVIDENCE_WINDOW),
-            repr(SHARED_UNKNOWN_DECREASE),
-        ]
+        self._policy = AimdPolicy(rate, min_rate=min_rate, backoff_factor=backoff_factor)
+        self._horizon = horizon
         self._ttl = ttl
 
-    async def _run(
-        self,
-        op: str,
-        *,
-        successes: int = 0,
-        sent_at: float = 0.0,
-        retry_after: float | None = None,
-        now: float | None = None,
-    ) -> Decision:
-        args = [
-            op,
-            "" if now is None else repr(now),
-            repr(self._ceiling),
-            str(successes),
-            repr(sent_at),
-            # Capped here too: SharedBudget may be driven directly, and the pause is shared.
-            repr(capped_retry_after(retry_after) or 0.0),
-            *self._policy,
-            repr(self._ttl),
-        ]
-        reply = await self._script(keys=[self.key], args=args, client=self._client)
-        return _parse(reply)
+    async def reserve(self, report: Report = Report(), *, now: float | None = None) -> Decision:
+        """Apply ``report``, then book the next shared send slot if it is within the
+        horizon (else say how long to wait before asking again)."""
 
-    async def reserve(self, *, successes: int = 0, now: float | None = None) -> Decision:
-        """Claim the next shared send slot (adding ``successes`` first)."""
-        return await self._run("acquire", successes=successes, now=now)
+        def book(policy: AimdPolicy, at: float) -> Decision:
+            wait, booked = policy.reserve(at, self._horizon)
+            return self._decision(at, wait=wait, booked=booked)
 
-    async def add_successes(self, successes: int, *, now: float | None = None) -> Decision:
-        """Count ``successes`` towards the account's succeeding rate."""
-        return await self._run("success", successes=successes, now=now)
+        return await self._transaction(report, book, now)
+
+    async def report(self, report: Report, *, now: float | None = None) -> Decision:
+        """Apply ``report`` (successes and releases) and nothing else."""
+        return await self._transaction(report, lambda _policy, at: self._decision(at), now)
 
     async def rate_limited(
         self,
         sent_at: float,
         retry_after: float | None = None,
+        report: Report = Report(),
         *,
-        successes: int = 0,
         now: float | None = None,
     ) -> Decision:
-        """Report a ``429`` for a request sent at ``sent_at`` (Redis time)."""
-        return await self._run(
-            "limited", successes=successes, sent_at=sent_at, retry_after=retry_after, now=now
-        )
+        """Apply ``report`` (which should include this request's release), then a ``429``
+        for a request sent at ``sent_at`` (Redis time)."""
+
+        def refused(policy: AimdPolicy, at: float) -> Decision:
+            cut = policy.on_rate_limited(sent_at, at, retry_after)
+            return self._decision(at, cut=cut)
+
+        return await self._transaction(report, refused, now)
 
     async def peek(self, *, now: float | None = None) -> Decision:
-        """The shared rate now, changing nothing (also the reconnection probe)."""
-        return await self._run("peek", now=now)
+        """The shared pace now, changing nothing (also the reconnection probe)."""
+        fields = await self._client.hgetall(self.key)
+        at = await self._time() if now is None else now
+        self._policy.state = AimdState.from_fields(fields)
+        return self._decision(at)
+
+    async def state(self) -> AimdState:
+        """The shared state as stored (for tests and health checks)."""
+        return AimdState.from_fields(await self._client.hgetall(self.key))
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _decision(
+        self, at: float, *, wait: float = 0.0, booked: bool = False, cut: bool = False
+    ) -> Decision:
+        policy = self._policy
+        known = policy.configured is not None or policy.state.cut
+        return Decision(wait, booked, policy.rate(at), at, cut, known)
+
+    async def _time(self) -> float:
+        seconds, microseconds = await self._client.time()
+        return float(seconds) + float(microseconds) / 1e6
+
+    async def _transaction(
+        self,
+        report: Report,
+        decide: Callable[[AimdPolicy, float], T],
+        now: float | None,
+    ) -> T:
+        async def run(pipe: Pipeline) -> T:
+            # Immediate mode (after WATCH): each command answers at once.
+            fields: dict[Any, Any] = await pipe.hgetall(self.key)
+            at = now
+            if at is None:
+                seconds, microseconds = await pipe.time()
+                at = float(seconds) + float(microseconds) / 1e6
+            policy = self._policy
+            policy.state = AimdState.from_fields(fields)
+            for sent_at, answered_at in report.successes:
+                policy.on_success(sent_at, answered_at)
+            for answered_at in report.releases:
+                policy.release(answered_at)
+            result = decide(policy, at)
+            state = policy.state
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.hset(self.key, mapping=state.to_fields())  # type: ignore[arg-type]
+            # Abandoned budgets vanish; one paused by a long Retry-After outlives the pause.
+            paused = state.paused_until - at if math.isfinite(state.paused_until) else 0.0
+            pipe.pexpire(self.key, math.ceil((max(0.0, paused) + self._ttl) * 1000))
+            return result
+
+        result: T = await self._client.transaction(run, self.key, value_from_callable=True)
+        return result

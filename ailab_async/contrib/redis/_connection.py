@@ -114,7 +114,6 @@ def settings_problem(
     state_ttl: object,
     min_rate: object,
     backoff_factor: object,
-    recovery_fraction: object,
 ) -> str | None:
     """What is wrong with a RedisRateLimiter's settings, or ``None``."""
     if not isinstance(name, str) or not name:
@@ -132,7 +131,6 @@ def settings_problem(
         ("reconnect_interval", reconnect_interval),
         ("state_ttl", state_ttl),
         ("min_rate", min_rate),
-        ("recovery_fraction", recovery_fraction),
     ):
         if not _positive_number(value):
             return f"{setting} must be a positive, finite number"

@@ -1,18 +1,20 @@
 """The Redis-shared rate limiter: the shared budget's store, and this process's fallback.
 
 :class:`RedisRateLimiter` does the moving parts around :class:`~._budget.SharedBudget`
-(whose Lua script applies the policy of :mod:`ailab_async._aimd`): it turns each
-``acquire`` into one reservation and a local sleep, batches success counts into the next
-call, reports 429s in the background, and, while Redis is unreachable, hands the same
-calls to a local :class:`~ailab_async.AdaptiveRateLimiter` at ``fallback_rate``, probing
-Redis in the background until it can switch back. Data flows: dispatcher -> this limiter
--> one script call (or the fallback) -> a send time back to the dispatcher.
+(whose transactions run the policy of :mod:`ailab_async._aimd` on the shared state): it
+turns each ``acquire`` into a reservation of a slot a little ahead and a local sleep,
+batches success and release reports into the next call, reports 429s in the background,
+and, while Redis is unreachable, hands the same calls to a local
+:class:`~ailab_async.AdaptiveRateLimiter` at ``fallback_rate``, probing Redis in the
+background until it can switch back. Data flows: dispatcher -> this limiter -> one
+transaction (or the fallback) -> a send time back to the dispatcher.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Coroutine
 from types import TracebackType
@@ -21,11 +23,11 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ..._aimd import DECREASE_FACTOR, MIN_RATE, SHARED_RECOVERY_FRACTION, capped_retry_after
+from ..._aimd import BACKOFF, MIN_RATE, capped_retry_after
 from ..._ratelimit import AdaptiveRateLimiter, Sleeper
 from ...errors import ClientClosedError, ConfigurationError
 from ...models import Secret
-from ._budget import Decision, SharedBudget
+from ._budget import Decision, Report, SharedBudget
 from ._connection import connect, settings_problem
 
 __all__ = ["RedisRateLimiter"]
@@ -37,6 +39,12 @@ T = TypeVar("T")
 #: What "Redis is unavailable" looks like: redis-py's errors (connection, timeout, auth,
 #: a script or server error), the OS's, and our own deadline around each call.
 _UNAVAILABLE = (RedisError, OSError, asyncio.TimeoutError)
+#: How far ahead a sender books its slot (seconds): a reservation costs a round trip, so it
+#: is made a little before the slot is due, and the sender sleeps until then.
+_HORIZON = 0.1
+#: A sender whose slot is not yet within the horizon, or that waits for a request in flight
+#: to be released (the shared window is full), asks again after at least this long.
+_RECHECK = 0.01
 
 
 class RedisRateLimiter:
@@ -60,7 +68,7 @@ class RedisRateLimiter:
         reconnect_interval: Seconds between attempts to reach Redis again while degraded.
         state_ttl: Seconds an unused budget survives in Redis.
         sleep: The sleeper used to wait for send slots (tests inject a fake one).
-        min_rate, backoff_factor, recovery_fraction: The AIMD policy, as in
+        min_rate, backoff_factor: The rate policy, as in
             :class:`~ailab_async.AdaptiveRateLimiter`.
 
     Use it as an async context manager, or call :meth:`aclose`; the client that uses it
@@ -80,8 +88,7 @@ class RedisRateLimiter:
         state_ttl: float = 300.0,
         sleep: Sleeper = asyncio.sleep,
         min_rate: float = MIN_RATE,
-        backoff_factor: float = DECREASE_FACTOR,
-        recovery_fraction: float = SHARED_RECOVERY_FRACTION,
+        backoff_factor: float = BACKOFF,
     ) -> None:
         # A URL may carry a password: from here on it lives only in a holder whose repr is
         # '***', so a traceback rendered with frame locals never shows it.
@@ -97,7 +104,6 @@ class RedisRateLimiter:
             state_ttl=state_ttl,
             min_rate=min_rate,
             backoff_factor=backoff_factor,
-            recovery_fraction=recovery_fraction,
         )
         if problem is not None:
             raise ConfigurationError(problem)
@@ -123,10 +129,10 @@ class RedisRateLimiter:
         self._budget = SharedBudget(
             self._client,
             f"{{{name}}}:ailab-rate",
-            ceiling=self._rate,
+            rate=self._rate,
             min_rate=min_rate,
             backoff_factor=backoff_factor,
-            recovery_fraction=recovery_fraction,
+            horizon=_HORIZON,
             ttl=state_ttl,
         )
         # Redis time minus local wall time, so that the fallback's clock (and the send times
@@ -138,11 +144,12 @@ class RedisRateLimiter:
             sleep=sleep,
             min_rate=min_rate,
             backoff_factor=backoff_factor,
-            recovery_fraction=recovery_fraction,
         )
         self._using_redis = True
         self._shared_rate = self._rate
-        self._pending_successes = 0
+        # Answers not yet told to Redis: (sent_at, answered_at) successes, release times.
+        self._pending_successes: list[tuple[float, float]] = []
+        self._pending_releases: list[float] = []
         self._flusher: asyncio.Task[None] | None = None
         self._reconnector: asyncio.Task[None] | None = None
         self._reports: set[asyncio.Task[None]] = set()
@@ -191,29 +198,36 @@ class RedisRateLimiter:
         """Wait for the next send slot; return its time on Redis's clock (seconds)."""
         if self._closed:
             raise ClientClosedError("the Redis rate limiter is closed")
-        if self._using_redis:
-            successes, self._pending_successes = self._pending_successes, 0
+        while self._using_redis:
             try:
-                decision = await self._call(self._budget.reserve(successes=successes))
+                decision = await self._call(self._budget.reserve(self._take_report()))
             except _UNAVAILABLE as exc:
                 self._degrade(exc)
-            else:
-                self._observe(decision)
+                break
+            self._observe(decision)
+            if decision.booked:
                 if decision.wait > 0:
                     await self._sleep(decision.wait)
                 return decision.send_at
+            # Not yet: ask again when the slot is within the horizon (or, with the shared
+            # window full, shortly: a release may come from any process).
+            again = _RECHECK if math.isinf(decision.wait) else decision.wait - _HORIZON / 2
+            await self._sleep(max(_RECHECK, again))
+            if self._closed:
+                raise ClientClosedError("the Redis rate limiter is closed")
         return await self._fallback.acquire()
 
-    def on_success(self) -> None:
-        """Count a success; it reaches Redis with the next reservation, or within 0.1 s."""
-        # The fallback keeps its own window warm, so a 429 right after a switch is judged
-        # against what was really succeeding.
-        self._fallback.on_success()
-        if not self._using_redis or self._closed:
-            return
-        self._pending_successes += 1
-        if self._flusher is None:
-            self._flusher = self._spawn(self._flush_soon())
+    def on_success(self, sent_at: float) -> None:
+        """Count a success; it reaches Redis with the next call, or within 0.1 s."""
+        # The fallback learns too, so a 429 right after a switch is judged against what was
+        # really succeeding.
+        self._fallback.on_success(sent_at)
+        self._queue_report(successes=[(sent_at, self._local_clock())])
+
+    def release(self, sent_at: float) -> None:
+        """The request sent at ``sent_at`` is over; Redis hears it with the next call."""
+        self._fallback.release(sent_at)
+        self._queue_report(releases=[self._local_clock()])
 
     def on_rate_limited(self, sent_at: float, retry_after: float | None = None) -> None:
         """Report a ``429`` to every process sharing the budget (in the background).
@@ -225,8 +239,8 @@ class RedisRateLimiter:
         retry_after = capped_retry_after(retry_after)
         self.rate_limited_count += 1
         if self._using_redis and not self._closed:
-            successes, self._pending_successes = self._pending_successes, 0
-            task = self._spawn(self._report_rate_limited(sent_at, retry_after, successes))
+            report = self._take_report()
+            task = self._spawn(self._report_rate_limited(sent_at, retry_after, report))
             if task is not None:
                 return
         self._fallback.on_rate_limited(sent_at, retry_after)
@@ -234,10 +248,11 @@ class RedisRateLimiter:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Send pending success counts and wait for the 429 reports in flight."""
-        if self._using_redis and self._pending_successes and not self._closed:
-            successes, self._pending_successes = self._pending_successes, 0
-            await self._send_successes(successes)
+        """Send pending reports and wait for the 429 reports in flight."""
+        if self._using_redis and not self._closed:
+            report = self._take_report()
+            if report.successes or report.releases:
+                await self._send_report(report)
         while self._reports:
             await asyncio.gather(*self._reports, return_exceptions=True)
 
@@ -310,29 +325,45 @@ class RedisRateLimiter:
                 "shared rate limit %r: a background report failed", self._name, exc_info=exc
             )
 
+    def _queue_report(
+        self,
+        *,
+        successes: list[tuple[float, float]] | None = None,
+        releases: list[float] | None = None,
+    ) -> None:
+        if not self._using_redis or self._closed:
+            return
+        self._pending_successes += successes or []
+        self._pending_releases += releases or []
+        if self._flusher is None:
+            self._flusher = self._spawn(self._flush_soon())
+
+    def _take_report(self) -> Report:
+        report = Report(self._pending_successes, self._pending_releases)
+        self._pending_successes, self._pending_releases = [], []
+        return report
+
     async def _flush_soon(self) -> None:
         try:
-            # Under load the next reservation carries the count; this covers idle spells.
+            # Under load the next reservation carries the reports; this covers idle spells.
             await asyncio.sleep(0.1)
         finally:
             self._flusher = None
-        successes, self._pending_successes = self._pending_successes, 0
-        if successes and self._using_redis and not self._closed:
-            await self._send_successes(successes)
+        report = self._take_report()
+        if (report.successes or report.releases) and self._using_redis and not self._closed:
+            await self._send_report(report)
 
-    async def _send_successes(self, successes: int) -> None:
+    async def _send_report(self, report: Report) -> None:
         try:
-            self._observe(await self._call(self._budget.add_successes(successes)))
+            self._observe(await self._call(self._budget.report(report)))
         except _UNAVAILABLE as exc:
             self._degrade(exc)
 
     async def _report_rate_limited(
-        self, sent_at: float, retry_after: float | None, successes: int
+        self, sent_at: float, retry_after: float | None, report: Report
     ) -> None:
         try:
-            decision = await self._call(
-                self._budget.rate_limited(sent_at, retry_after, successes=successes)
-            )
+            decision = await self._call(self._budget.rate_limited(sent_at, retry_after, report))
         except _UNAVAILABLE as exc:
             self._degrade(exc)
             self._fallback.on_rate_limited(sent_at, retry_after)

@@ -1,0 +1,219 @@
+"""A discrete-event world for the rate policy: senders, a server limit of the zoo, a clock.
+
+No event loop and no real time: :func:`run_zoo` plays a batch of requests through
+:class:`~ailab_async._aimd.AimdPolicy` against one of the simulator's server limits
+(:func:`ailab_async.testing.simulator._limits.server_limit`), the way the client sends them:
+``senders`` workers (``client.map``'s concurrency) queue in arrival order for a slot from the
+policy, the server admits or refuses each request at its send time, answers after
+``latency`` (a 429 at once when the limit says ``instant_429``), and a refused request is
+retried after the dispatcher's delay for a 429 (uniform in ``[0, 1)`` s, at least the
+``Retry-After``). It records what the tests assert on: the wall time against the ideal, the
+429s, the cuts, and the pace over time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+from collections import deque
+from collections.abc import Callable
+
+import attrs
+
+from ailab_async._aimd import AimdPolicy
+from ailab_async.testing.simulator import RateLimit
+from ailab_async.testing.simulator._limits import server_limit
+
+# A sender waiting for the pace looks again at least this often (as the limiter does).
+_RECHECK = 0.05
+
+
+@attrs.define
+class ZooRun:
+    """What became of one batch."""
+
+    requests: int
+    #: Seconds from the first send to the last answer.
+    wall: float = 0.0
+    #: Seconds the batch takes at exactly the server's limit.
+    ideal: float = 0.0
+    sent: int = 0
+    refused: int = 0
+    #: 429s that cut the rate (the rest were the same event).
+    cuts: int = 0
+    #: ``(time, pace)`` after every change of the pace.
+    trace: list[tuple[float, float]] = attrs.Factory(list)
+    #: ``(time, requests accepted)`` per accepted request.
+    accepted_at: list[float] = attrs.Factory(list)
+    #: Send times of refused requests.
+    refused_at: list[float] = attrs.Factory(list)
+    #: The most requests in flight at once (accepted by the server, not yet answered).
+    max_in_flight: int = 0
+
+    @property
+    def ratio(self) -> float:
+        return self.wall / self.ideal
+
+    @property
+    def refused_share(self) -> float:
+        return self.refused / self.sent
+
+    def pace_at(self, t: float) -> float:
+        """The pace in force at ``t``."""
+        pace = self.trace[0][1]
+        for at, value in self.trace:
+            if at > t:
+                break
+            pace = value
+        return pace
+
+    def accepted_rate(self, start: float, end: float) -> float:
+        """Accepted requests per second sent in ``[start, end)``."""
+        return sum(1 for t in self.accepted_at if start <= t < end) / (end - start)
+
+
+def ideal_seconds(limit: RateLimit, requests: int, latency: float) -> float:
+    """How long ``requests`` take at exactly the limit (its schedule integrated).
+
+    ``benchmarks/bench_batch.py`` (``Shape.ideal_seconds``) integrates the same way; both
+    belong in the simulator's ``RateLimit`` once it offers it (benchmarks and tests do not
+    import each other).
+    """
+    if limit.shape == "concurrency":
+        assert limit.max_in_flight is not None
+        return requests * latency / limit.max_in_flight
+    done, t, step = 0.0, 0.0, 0.001
+    while done < requests:
+        done += limit.rate_at(t) * step
+        t += step
+    return t
+
+
+def run_zoo(
+    limit: RateLimit,
+    *,
+    requests: int = 500,
+    senders: int = 32,
+    latency: float = 0.2,
+    latency_jitter: float = 0.0,
+    send_jitter: float = 0.0,
+    configured: float | None = None,
+    seed: int = 0,
+    policy: AimdPolicy | None = None,
+    until: float = 600.0,
+) -> ZooRun:
+    """Send ``requests`` through the policy to ``limit``; see the module docstring."""
+    rng = random.Random(seed)
+    server = server_limit(limit, random.Random(seed))
+    policy = policy or AimdPolicy(configured)
+    run = ZooRun(requests, ideal=ideal_seconds(limit, requests, latency + latency_jitter / 2))
+    events: list[tuple[float, int, Callable[[float], None]]] = []
+    order = itertools.count()
+    queue: deque[int] = deque()  # workers waiting for a slot, in arrival order
+    waiting_release = False
+    pacer_due = math.inf
+    remaining = requests
+    in_flight = 0
+    first_send: float | None = None
+
+    def at(t: float, action: Callable[[float], None]) -> None:
+        heapq.heappush(events, (t, next(order), action))
+
+    def note_pace(t: float) -> None:
+        pace = policy.rate(t)
+        if not run.trace or run.trace[-1][1] != pace:
+            run.trace.append((t, pace))
+
+    def wake_pacer(t: float) -> None:
+        nonlocal pacer_due
+        if t < pacer_due:
+            pacer_due = t
+            at(t, pace_senders)
+
+    def pace_senders(t: float) -> None:
+        nonlocal pacer_due, waiting_release
+        if t != pacer_due:
+            return  # superseded by an earlier wake-up
+        pacer_due = math.inf
+        while queue:
+            wait = policy.claim(t)
+            if wait > 0:
+                if math.isinf(wait):
+                    waiting_release = True
+                    wake_pacer(t + _RECHECK)
+                else:
+                    wake_pacer(t + min(wait, _RECHECK))
+                return
+            send(t, queue.popleft())
+
+    def want_slot(t: float, worker: int) -> None:
+        queue.append(worker)
+        wake_pacer(t)
+
+    def send(t: float, worker: int) -> None:
+        nonlocal first_send, in_flight
+        first_send = t if first_send is None else first_send
+        run.sent += 1
+        # The request reaches the server a little after its slot (a busy event loop).
+        arrival = t + (rng.uniform(0, send_jitter) if send_jitter else 0.0)
+        wait = server.admit(arrival)
+        answer = t + latency + (rng.uniform(0, latency_jitter) if latency_jitter else 0.0)
+        if wait is None:
+            in_flight += 1
+            run.max_in_flight = max(run.max_in_flight, in_flight)
+            at(answer, lambda now: accepted(now, t, worker))
+        else:
+            header = None
+            if limit.retry_after and math.isfinite(wait):
+                header = float(max(1, math.ceil(wait)))
+            when = t if limit.instant_429 else answer
+            at(when, lambda now: refused(now, t, worker, header))
+
+    def accepted(now: float, sent_at: float, worker: int) -> None:
+        nonlocal remaining, in_flight, waiting_release
+        in_flight -= 1
+        server.done(now)
+        policy.on_success(sent_at, now)
+        policy.release(now)
+        note_pace(now)
+        run.accepted_at.append(sent_at)
+        remaining -= 1
+        run.wall = now - (first_send or 0.0)
+        if waiting_release:
+            waiting_release = False
+            wake_pacer(now)
+        next_item(now, worker)
+
+    def refused(now: float, sent_at: float, worker: int, header: float | None) -> None:
+        nonlocal waiting_release
+        run.refused += 1
+        run.refused_at.append(sent_at)
+        policy.release(now)
+        if policy.on_rate_limited(sent_at, now, header):
+            run.cuts += 1
+        note_pace(now)
+        if waiting_release:
+            waiting_release = False
+            wake_pacer(now)
+        delay = max(rng.random(), header or 0.0)
+        at(now + delay, lambda later: want_slot(later, worker))
+
+    started = 0
+
+    def next_item(t: float, worker: int) -> None:
+        nonlocal started
+        if started < requests:
+            started += 1
+            want_slot(t, worker)
+
+    note_pace(0.0)
+    for worker in range(min(senders, requests)):
+        next_item(0.0, worker)
+    while events and remaining > 0:
+        t, _, action = heapq.heappop(events)
+        if t > until:
+            break
+        action(t)
+    return run
