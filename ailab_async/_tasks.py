@@ -85,8 +85,8 @@ class TrackedTask:
     fresh: bool
     #: The task's draw in [0, 1) that picks its poll schedule (see PollPlanner).
     lane: float
-    #: Offset (after submit) its first poll was planned at.
-    first_due: float = 0.0
+    #: Polls the plan that placed it expected it to take (``None``: placed by no plan).
+    expected_polls: float | None = None
     #: Its state as last polled.
     status: TaskStatus = TaskStatus.QUEUED
     #: Offset (after submit) of the last poll that saw it unfinished.

@@ -178,9 +178,11 @@ class TaskTracker:
         weakref.finalize(handle, self._forget, tracked)
         # A task submitted just now is placed by the learned plan; one picked up again
         # (unknown or old submit time) is polled at once.
+        if fresh:
+            self._planner.submitted(task_id)
+            tracked.expected_polls = self._planner.expected_polls(tracked.lane)
         if tracked.timed:
-            tracked.first_due = self._planner.next_poll(age, None, tracked.lane)
-            self._schedule(tracked, started + tracked.first_due)
+            self._schedule(tracked, started + self._planner.next_poll(age, None, tracked.lane))
         else:
             self._schedule(tracked, now)
         self._ensure_scheduler()
@@ -198,12 +200,15 @@ class TaskTracker:
                         "the task goes on remotely: track it again with a new client"
                     )
                 )
+        for task_id in self._pending:
+            self._planner.dropped(task_id)
         self._pending.clear()
         self._heap.clear()
 
     def _forget(self, tracked: TrackedTask) -> None:
         if self._pending.get(tracked.task_id) is tracked:
             del self._pending[tracked.task_id]  # its heap entry goes stale
+            self._planner.dropped(tracked.task_id)
             tracked.future.cancel()
             self._wakeup.set()
 
@@ -331,6 +336,8 @@ class TaskTracker:
         tracked.failures = tracked.same_code_failures = 0
         tracked.status = status
         tracked.last_not_done = poll_started - tracked.submitted_at
+        if tracked.fresh:
+            self._planner.not_done(tracked.task_id, tracked.last_not_done)
         if now >= self._give_up_at(tracked):
             self._give_up(tracked)
             return
@@ -377,33 +384,27 @@ class TaskTracker:
         del self._pending[tracked.task_id]
         tracked.future.set_result(result)
         evidence = completion_evidence(
-            now - tracked.submitted_at,
-            tracked.last_not_done,
-            tracked.first_due,
-            self._config,
-            fresh=tracked.fresh,
+            now - tracked.submitted_at, tracked.last_not_done, fresh=tracked.fresh
         )
-        if evidence is None:
-            return
-        had_plan = self._planner.has_plan
-        self._planner.observe(*evidence)
-        if not had_plan and self._planner.has_plan:
-            self._replace_fallback_polls(now)
+        if evidence is not None and self._planner.finished(
+            tracked.task_id, evidence[1], tracked.polls, tracked.expected_polls
+        ):
+            self._replace_pending(now)
 
-    def _replace_fallback_polls(self, now: float) -> None:
-        """The first learned plan is in: bring forward polls placed by the 5 s fallback."""
+    def _replace_pending(self, now: float) -> None:
+        """A new plan is in: move every pending poll to where it now belongs (earlier or
+        later), so no task keeps a poll placed by what the planner knew before."""
         for pending in self._pending.values():
             if not pending.timed or pending.next_poll_at == float("inf") or pending.failures:
                 continue  # unknown submit time, a poll in flight, or backing off
             age = now - pending.submitted_at
             offset = self._planner.next_poll(age, pending.last_not_done, pending.lane)
-            if pending.submitted_at + offset < pending.next_poll_at:
-                if pending.polls == 0:
-                    pending.first_due = offset
+            if pending.submitted_at + offset != pending.next_poll_at:
                 self._schedule(pending, pending.submitted_at + offset)
 
     def _end(self, tracked: TrackedTask, error: BaseException) -> None:
         del self._pending[tracked.task_id]
+        self._planner.dropped(tracked.task_id)
         tracked.future.set_exception(error)
 
     def _give_up(self, tracked: TrackedTask) -> None:
@@ -435,6 +436,8 @@ class TaskTracker:
             _frames(exc),
         )
         pending = list(self._pending.values())
+        for tracked in pending:
+            self._planner.dropped(tracked.task_id)
         self._pending.clear()
         self._heap.clear()
         for tracked in pending:

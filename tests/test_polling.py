@@ -196,35 +196,32 @@ def test_poll_spacing_keeps_polls_to_their_share_of_the_rate(
 
 
 @pytest.mark.parametrize(
-    ("done_at", "last_not_done", "first_due", "fresh", "expected"),
+    ("done_at", "last_not_done", "fresh", "expected"),
     [
-        (3.0, 2.0, 1.0, True, (2.0, 3.0)),  # bounded below by our own poll
-        (5.0, None, 5.0, True, (0.0, 5.0)),  # done at a first poll that went out as planned
-        (7.4, None, 5.0, True, (0.0, 7.4)),  # a little late is still on time
-        (7.6, None, 5.0, True, None),  # a late first poll: (0, late] says little
-        (0.3, None, 0.0, True, None),  # past min_interval after an immediate first poll
-        (0.2, None, 0.0, True, (0.0, 0.2)),
-        (3.0, 2.0, 1.0, False, None),  # picked up again: its submit time is not ours
-        (7200.0, None, 0.0, False, None),  # a resumed task must not teach "hours"
+        (3.0, 2.0, True, (2.0, 3.0)),  # bounded below by our own poll
+        (5.0, None, True, (0.0, 5.0)),  # done at its first poll: somewhere in (0, 5]
+        (65.0, None, True, (0.0, 65.0)),  # a late first poll is still true, only wide
+        (3.0, 2.0, False, None),  # picked up again: its submit time is not ours
+        (7200.0, None, False, None),  # a resumed task must not teach "hours"
     ],
 )
 def test_completion_evidence(
     done_at: float,
     last_not_done: float | None,
-    first_due: float,
     fresh: bool,
     expected: tuple[float, float] | None,
 ) -> None:
-    evidence = completion_evidence(done_at, last_not_done, first_due, PollingConfig(), fresh=fresh)
-    assert evidence == expected
+    assert completion_evidence(done_at, last_not_done, fresh=fresh) == expected
 
 
 # -- the planner -------------------------------------------------------------------------------
 
 
 def test_planner_schedule_meets_the_budget_for_uniform_1_to_6() -> None:
-    observations = [(1.0 + 5.0 * i / 200, 1.0 + 5.0 * i / 200 + 0.01) for i in range(200)]
-    plan = solve_schedules(observations, target_polls=2.0)[0]
+    observations = [(1.0 + 5.0 * i / 200, 1.0 + 5.0 * i / 200 + 0.01, 1.0) for i in range(200)]
+    solved = solve_schedules(observations, 2.0, PollingConfig())
+    assert solved is not None
+    plan = solved[0]
     # Expected polls and lag of the plan for D ~ U(1, 6), computed exactly.
     points = [0.0, *plan]
     polls = sum(max(0.0, min(1.0, (6 - p) / 5)) for p in points[:-1])
@@ -238,20 +235,96 @@ def test_planner_schedule_meets_the_budget_for_uniform_1_to_6() -> None:
 
 
 def test_no_evidence_no_schedule() -> None:
-    assert solve_schedules([], target_polls=2.0) == ([], [], 0.0)
+    assert solve_schedules([], 2.0, PollingConfig()) is None
 
 
-def test_planner_falls_back_to_5s_without_evidence() -> None:
+def test_before_evidence_polls_go_out_geometrically_not_every_5s() -> None:
     planner = PollPlanner()
-    assert planner.next_poll(0.0, None) == 5.0
-    assert planner.next_poll(5.0, 5.0) == 10.0
+    offsets, last = [], None
+    for _ in range(8):
+        offset = planner.next_poll(0.0 if last is None else last, last)
+        offsets.append(offset)
+        last = offset
+    assert offsets[:4] == pytest.approx([0.5, 0.75, 1.125, 1.6875])
+    gaps = [b - a for a, b in itertools.pairwise(offsets)]
+    assert max(gaps) <= 5.0 - 0.25  # never further apart than the fallback (less its margin)
+
+
+def test_the_plan_is_learned_from_min_observations_finished_tasks() -> None:
+    planner = PollPlanner()
     for _ in range(4):
         planner.observe(2.0, 3.0)
-    assert not planner.has_plan  # below min_observations: the fallback
+    assert not planner.has_plan  # below min_observations: still the warm-up
     planner.observe(2.0, 3.0)
     assert planner.plan
     assert planner.observations == 5
-    assert planner.next_poll(0.0, None) <= 3.0 + 1e-9
+    assert planner.next_poll(0.0, None, lane=0.5) <= 3.0 * 1.05
+
+
+def test_done_at_first_poll_teaches_short_durations() -> None:
+    """(0, t] is not read as "in the upper half": evidence of 1 s tasks from two first-poll
+    positions moves the first poll down to where they finish."""
+    planner = PollPlanner()
+    for index in range(60):
+        planner.observe(0.0, 4.0 if index % 2 else 1.2)
+    assert planner.plan[0] <= 1.3
+
+
+def test_pending_tasks_count_as_right_censored_evidence() -> None:
+    """A burst's slow tasks, still pending, keep the plan from believing only the quick
+    ones that finished first."""
+    quick_only, with_pending = PollPlanner(), PollPlanner()
+    for planner in (quick_only, with_pending):
+        for _ in range(20):
+            planner.observe(0.5, 1.0)
+    for index in range(60):
+        with_pending.submitted(f"slow-{index}")
+        with_pending.not_done(f"slow-{index}", 4.0)
+    for _ in range(12):  # enough new evidence that both re-plan
+        for planner in (quick_only, with_pending):
+            planner.observe(0.5, 1.0)
+    # Estimated share finished by the longest completion seen (1 s): all of them, for the
+    # planner that saw only the quick ones; a quarter, for the one that sees the slow ones.
+    assert quick_only._policy is not None
+    assert with_pending._policy is not None
+    assert quick_only._policy.mass_below[-1] == pytest.approx(1.0)
+    assert with_pending._policy.mass_below[-1] < 0.5
+
+
+def test_dropped_tasks_leave_the_evidence() -> None:
+    planner = PollPlanner()
+    planner.submitted("t1")
+    planner.not_done("t1", 30.0)
+    planner.dropped("t1")
+    for _ in range(5):
+        planner.observe(2.0, 3.0)
+    assert planner.plan[-1] < 10.0
+
+
+def test_the_budget_is_corrected_by_what_tasks_spend() -> None:
+    planner = PollPlanner()
+    for index in range(200):
+        planner.submitted(f"t{index}")
+        planner.finished(f"t{index}", 3.0, polls=4, expected=2.0)
+    assert planner.overspend == pytest.approx(0.4)  # the correction's bound
+    assert planner.expected_polls(0.5) is not None
+    sparse, dense = planner._plan_polls
+    share = planner._dense_share
+    assert sparse * (1 - share) + dense * share == pytest.approx(2.0 - 0.4)
+
+
+@pytest.mark.parametrize("lane", [0.01, 0.3, 0.77, 0.999])
+def test_no_poll_is_more_than_the_fallback_after_the_last(lane: float) -> None:
+    planner = PollPlanner()
+    for index in range(50):
+        planner.observe(float(index), float(index) + 0.5)  # durations 0.5 .. 50 s
+    last: float | None = None
+    for _ in range(40):
+        age = 0.0 if last is None else last
+        offset = planner.next_poll(age, last, lane)
+        assert offset - (last or 0.0) <= 5.0 - 0.25 + 1e-9
+        assert offset >= age
+        last = offset
 
 
 def test_planner_keeps_only_the_most_recent_window() -> None:
@@ -282,6 +355,10 @@ def test_a_task_that_outlived_the_plan_is_still_polled_later() -> None:
         {"min_observations": 2.5},
         {"retry_after_cap": 0},
         {"poll_retry_max": math.nan},
+        {"explore_share": 1.5},
+        {"jitter": -0.1},
+        {"half_life": 0},
+        {"min_interval": 6.0},  # not below the fallback interval
     ],
 )
 def test_bad_polling_config_is_a_validation_error(kwargs: dict[str, Any]) -> None:

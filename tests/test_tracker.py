@@ -106,7 +106,7 @@ def tracker_tasks() -> list[asyncio.Task[Any]]:
 IMAGE = png_bytes(300, 300)
 
 
-async def test_submit_then_await_uses_the_5s_fallback_before_evidence(
+async def test_submit_then_await_polls_geometrically_before_evidence(
     mocked: aioresponses, fake_time: FakeTime
 ) -> None:
     api = FakeBeautyAPI(mocked, fake_time, [3.0])
@@ -117,8 +117,10 @@ async def test_submit_then_await_uses_the_5s_fallback_before_evidence(
         result = await task
     assert result.task_id == "T1"
     assert result.image_url == "https://r.example/T1.png"
-    assert api.polls == {"T1": 1}
-    assert api.poll_times == [pytest.approx(fake_time.start + 5.0)]
+    # 0.5 s, then each 1.5x the age: found at 3.8 s, not at the 5 s fallback.
+    offsets = [0.5, 0.75, 1.125, 1.6875, 2.53125, 3.796875]
+    assert api.polls == {"T1": len(offsets)}
+    assert api.poll_times == [pytest.approx(fake_time.start + o) for o in offsets]
     assert task.done()
     assert task.status is TaskStatus.SUCCEEDED
 
@@ -158,8 +160,8 @@ async def test_learning_beats_fixed_polling(mocked: aioresponses, fake_time: Fak
     learned_polls = sum(polls[60:]) / 100
     assert learned_lag <= 1.0
     assert learned_polls <= 2.2
-    fixed_lag = sum(lags[:5]) / 5  # the first tasks, on the 5 s fallback
-    assert learned_lag < fixed_lag
+    fixed_lag = sum(5.0 - d % 5.0 for d in durations[60:]) / 100  # polls every 5 s
+    assert learned_lag < fixed_lag / 2
 
 
 async def test_transient_poll_failures_are_retried_without_failing(
@@ -243,7 +245,8 @@ async def test_cancelling_one_waiter_leaves_the_others(
         with pytest.raises(asyncio.CancelledError):
             await first
     assert result.task_id == "T1"
-    assert api.polls == {"T1": 1}  # one poll stream shared by every waiter
+    # One poll stream shared by every waiter: the warm-up's 6 polls up to 3.8 s, once.
+    assert api.polls == {"T1": 6}
 
 
 async def test_track_returns_the_same_handle_and_resumes_by_id(
@@ -372,7 +375,7 @@ async def test_handle_status_follows_the_task(mocked: aioresponses, fake_time: F
         task = await client.submit_smart_beauty(IMAGE)
         seen = [task.status]
         with pytest.raises(TaskTimeoutError):
-            await task.result(timeout=5.5)  # polled at 5 s: started, not finished
+            await task.result(timeout=5.8)  # polled at 5.7 s: started, not finished
         seen.append(task.status)
         assert repr(task) == "TaskHandle(task_id='T1', status=processing)"
         await task
@@ -396,7 +399,8 @@ async def test_the_tracker_reports_a_snapshot(mocked: aioresponses, fake_time: F
         await (await client.submit_smart_beauty(IMAGE))
         pending = await client.submit_smart_beauty(IMAGE)
         stats = tracker_stats(client)
-        assert (stats.pending, stats.polls_sent, stats.plan, stats.observations) == (1, 1, (), 1)
+        # The 1 s task took 3 warm-up polls (0.5, 0.75, 1.125 s); the other none yet.
+        assert (stats.pending, stats.polls_sent, stats.plan, stats.observations) == (1, 3, (), 1)
         assert not pending.done()
 
 
