@@ -20,10 +20,19 @@ from what the server *accepted*, by send time:
   closer than :data:`HEADROOM` of a spacing (a catch-up burst after a late wake-up would
   trip a server that allows no burst). Told a ``rate_limit``, the policy starts at it, less
   :data:`HEADROOM` (1.5 %), and never goes above that. Not told, it starts at
-  :data:`START_RATE` and grows by slow start: every accepted request adds ``ln 2 / RTT``
-  (the rate doubles per round trip, at most every :data:`SLOW_START_DOUBLING` seconds).
-* **Growth only when it is the limit.** The rate grows only on answers to requests sent
-  while senders were waiting for the pace: a lightly loaded client proves nothing.
+  :data:`START_RATE` and grows by slow start: every accepted request adds
+  ``ln 2 / (SLOW_START_RTTS * RTT)`` (the rate doubles every :data:`SLOW_START_RTTS` round
+  trips, at most every :data:`SLOW_START_DOUBLING` seconds, so against a server that answers
+  in milliseconds it is above any demand within a few of them).
+* **Nearly free while it is not the limit.** In slow start the rate also grows while the
+  demand (sends over the last 0.2 s) is above :data:`SLOW_START_USE` of it, so it stays at
+  about twice the demand, and an unused pace is banked for :data:`SLOW_START_BURST`
+  seconds: a clump of senders (answers that arrive together) goes at once, with no timer.
+  Bursts stay bounded (50 ms of a pace at most about twice what was sent): it is not
+  "unpaced until the first 429".
+* **Growth only when it is the limit.** Otherwise the rate grows only on answers to
+  requests sent while senders were waiting for the pace: a lightly loaded client proves
+  nothing.
 * **A cluster of 429s is one event.** A ``429`` for a request sent after the previous
   event's hold-off cuts the rate to :data:`BACKOFF` (95 %) of the limit estimate; the next
   ``max(HOLD, 2 RTT)`` seconds are a hold-off: 429s for requests sent in it (a sliding window
@@ -36,6 +45,16 @@ from what the server *accepted*, by send time:
   the last :data:`MEASURE_SPAN` seconds since the last cut (or since the first send: never
   divided by more time than has passed): the right answer for windows, which accept their
   count at any pace, and for the end of slow start.
+* **The end of slow start is read twice.** Once the sends from the first refused request
+  to the cut are answered: if the server refused about half of them or fewer, it refuses
+  only what is over its rate (a token bucket of small burst, a leaky bucket, which accepts
+  one request in two just above its rate), not a window the ramp filled (which refuses all
+  until it drains): the cut is raised to what it accepted, or to the pace it accepted all
+  of just before the first refusal, instead of the ramp's average.
+* **Told the limit, jitter teaches headroom.** A marginal refusal at 90 % of the ceiling or
+  more (the send times jitter on their way, and a server that allows no burst refuses one
+  that arrives early) lowers the ceiling to :data:`LEARNED_HEADROOM` of that pace, for
+  good (never below :data:`MIN_HEADROOM` of the limit).
 * **A cut that was not enough ends the hold-off.** If most of what was sent since the cut
   is refused too (judged at once after a marginal refusal, half a second after any other,
   as a window draining refuses for a while), the limit dropped or a burst the server
@@ -81,9 +100,14 @@ __all__ = [
     "BUCKETS",
     "HEADROOM",
     "HOLD",
+    "LEARNED_HEADROOM",
     "MEASURE_SPAN",
+    "MIN_HEADROOM",
     "MIN_RATE",
+    "SLOW_START_BURST",
     "SLOW_START_DOUBLING",
+    "SLOW_START_RTTS",
+    "SLOW_START_USE",
     "STALE_IN_FLIGHT",
     "START_RATE",
     "AimdPolicy",
@@ -95,12 +119,27 @@ __all__ = [
 #: A configured limit is paced this much under: sends land with jitter, and a server that
 #: allows no burst refuses a request that arrives a millisecond early.
 HEADROOM = 0.985
+#: Told a limit, a refusal of a fully used pace at the ceiling (the send times jitter on
+#: their way, and a server that allows no burst refuses one that comes early) lowers the
+#: ceiling by this factor, for good; never below :data:`MIN_HEADROOM` of the limit.
+LEARNED_HEADROOM = 0.97
+MIN_HEADROOM = 0.8
 #: The rate never drops below this many requests per second.
 MIN_RATE = 0.2
 #: The first rate when no limit is configured (requests per second); slow start grows it.
 START_RATE = 20.0
-#: Slow start doubles the rate per round trip, but at most this often (seconds).
-SLOW_START_DOUBLING = 0.35
+#: Slow start doubles the rate at most once per this many round trips (a server in
+#: another process answers in milliseconds: the rate is above any demand in a few of them) ...
+SLOW_START_RTTS = 1.75
+#: ... and at most this often (seconds).
+SLOW_START_DOUBLING = 0.02
+#: In slow start a pace not fully used banks up to this many seconds of it, sent at once
+#: when senders come in a clump (answers arrive together); bursts stay bounded by the pace,
+#: which slow start keeps at most about twice the demand.
+SLOW_START_BURST = 0.05
+#: In slow start the rate also grows while the demand is above this share of the pace, so
+#: a client the server keeps up with rarely waits for it.
+SLOW_START_USE = 0.5
 #: A cut sets the rate to this fraction of the limit estimate.
 BACKOFF = 0.95
 #: Seconds after a cut during which further 429s are the same event (at least two RTTs).
@@ -129,6 +168,14 @@ _MARGINAL_SPAN = 1.0
 _WRONG_CUT_SENDS = 5
 _WRONG_CUT_SHARE = 0.5
 _WRONG_CUT_SPAN = 0.5
+# After a cut the rate grows by at most ln 2 / max(RTT, this) per accepted request (and no
+# faster than the recovery curve).
+_RECOVERY_DOUBLING = 0.35
+# A first cut is re-read when under this share of the sends from the first refused one to
+# the cut were refused.
+_REREAD_SHARE = 0.55
+# A refusal at this share of a configured ceiling or more teaches headroom.
+_NEAR_CEILING = 0.9
 # The recovery aims just under the refused pace.
 _PEAK_MARGIN = 0.97
 # Round trips are taken as at least this long.
@@ -137,6 +184,8 @@ _MIN_RTT = 0.05
 _RTT_GAIN = 0.2
 # The accepted rate needs this much send history to be trusted.
 _MIN_SPAN = 0.1
+# Slow start measures the demand over this many seconds of send history.
+_USE_SPAN = 0.2
 
 
 def capped_retry_after(retry_after: object) -> float | None:
@@ -186,6 +235,8 @@ class AimdState:
 
     #: The pace now, in requests per second (``None``: not started yet).
     rate: float | None = None
+    #: The share of a configured limit paced at, learned: see :data:`LEARNED_HEADROOM`.
+    headroom: float = 1.0
     #: Whether a 429 has been seen (``False``: slow start), and when the last cut was.
     cut: bool = False
     cut_at: float = -math.inf
@@ -197,6 +248,10 @@ class AimdState:
     cut_rate: float = 0.0
     #: Whether the last cut took the refused pace as the limit (a marginal refusal).
     marginal_cut: bool = False
+    #: When the request whose 429 ended slow start was sent, and whether what the server
+    #: did with the sends from then to the cut is still to be read (``_reread_first_cut``).
+    cut_sent: float = -math.inf
+    reread: bool = False
     #: Requests in flight allowed (``inf``: no window yet), and requests in flight now.
     window: float = math.inf
     in_flight: int = 0
@@ -349,23 +404,33 @@ class AimdPolicy:
                 return math.inf, False
             state.in_flight = 0  # nothing came back for long: those requests are gone
         spacing = 1.0 / state.rate
-        # Keep to the schedule so wake-up delays do not add up, but never send two requests
-        # closer than the headroom allows (a catch-up burst would trip a server that allows
-        # no burst at all).
-        slot = max(state.last_slot + spacing, state.last_sent + spacing * HEADROOM)
+        slow_start = not state.cut and self.configured is None
+        if slow_start:
+            # A pace not used is banked, a little (see SLOW_START_BURST).
+            slot = state.last_slot + spacing
+        else:
+            # Keep to the schedule so wake-up delays do not add up, but never send two
+            # requests closer than the headroom allows (a catch-up burst would trip a server
+            # that allows no burst at all).
+            slot = max(state.last_slot + spacing, state.last_sent + spacing * HEADROOM)
         slot = max(slot, state.paused_until)
         if slot > now + horizon:
             state.pace_bound_at = now
             return slot - now, False
         if slot > now:
             state.pace_bound_at = now
-        # Idle for longer than one spacing: start the schedule afresh from now.
-        send_at = slot if slot > now or now - slot < spacing else now
+            send_at = slot
+        elif slow_start and state.last_slot > -math.inf:
+            send_at = max(slot, now - SLOW_START_BURST)
+        else:
+            # Idle for longer than one spacing: start the schedule afresh from now.
+            send_at = slot if now - slot < spacing else now
         state.last_slot = send_at
-        state.last_sent = max(send_at, now)
+        sent = max(send_at, now)
+        state.last_sent = sent
         state.in_flight += 1
-        state.first_sent = min(state.first_sent, send_at)
-        offset = self._count(state.sent, send_at)
+        state.first_sent = min(state.first_sent, sent)
+        offset = self._count(state.sent, sent)
         if offset is not None:
             state.paces[offset] = state.rate
         return max(0.0, send_at - now), True
@@ -384,18 +449,27 @@ class AimdPolicy:
         state = self.state
         sample = max(0.0, now - sent_at)
         state.rtt = sample if state.rtt == 0.0 else state.rtt + _RTT_GAIN * (sample - state.rtt)
+        if state.reread and sent_at >= state.cut_at:
+            self._reread_first_cut()
         if state.rate is None or sent_at < state.hold_until:
             return
         rtt = max(state.rtt, _MIN_RTT)
-        # Only a pace that held senders back around this send is evidence the server could
-        # take more; a lightly loaded client proves nothing about the limit.
-        if state.pace_bound_at >= sent_at - 2.0 / state.rate - _MIN_RTT:
-            # At most doubling per round trip (slow start), and after a cut no faster than
-            # the curve back to the refused pace and beyond.
-            rate = state.rate + math.log(2) / max(rtt, SLOW_START_DOUBLING)
+        # Only a pace that held senders back around this send (or, in slow start, one that
+        # the demand nearly used) is evidence the server could take more; a lightly loaded
+        # client proves nothing about the limit.
+        if state.pace_bound_at >= sent_at - 2.0 / state.rate - _MIN_RTT or (
+            not state.cut and self._demand(sent_at) > SLOW_START_USE * state.rate
+        ):
+            # At most doubling per two round trips (slow start), and after a cut no faster
+            # than the curve back to the refused pace and beyond.
+            if state.cut:
+                doubling = max(rtt, _RECOVERY_DOUBLING)
+            else:
+                doubling = max(SLOW_START_RTTS * state.rtt, SLOW_START_DOUBLING)
+            rate = state.rate + math.log(2) / doubling
             if state.cut:
                 rate = min(rate, self._recovery_curve(now - state.hold_until))
-            state.rate = min(self.ceiling, max(state.rate, rate))
+            state.rate = min(self.ceiling * state.headroom, max(state.rate, rate))
         if state.window < math.inf and state.window_bound_at >= sent_at - rtt:
             state.window += 1.0 / state.window
 
@@ -413,6 +487,17 @@ class AimdPolicy:
         pace = self._recent_pace(sent_at)
         estimate = peak = pace
         marginal = state.cut and sent_at >= state.hold_until and self._marginal(sent_at)
+        ceiling = self.ceiling * state.headroom
+        if (
+            pace >= _NEAR_CEILING * ceiling
+            and sent_at >= state.hold_until
+            and self._marginal(sent_at)
+        ):
+            # Told the limit, refused near it with all else accepted: the send times jitter
+            # more than the headroom allows (a limit that dropped is refused far below the
+            # ceiling, or not marginally). Stay under that pace from now on.
+            learned = LEARNED_HEADROOM * pace / self.ceiling
+            state.headroom = max(MIN_HEADROOM / HEADROOM, min(state.headroom, learned))
         state.marginal_cut = marginal
         accepted = self._accepted_rate(sent_at, _MARGINAL_SPAN if marginal else MEASURE_SPAN)
         if accepted is not None and accepted < pace:
@@ -427,7 +512,10 @@ class AimdPolicy:
             # the rate: a measure over a short or fully refused span (a window draining, a
             # limit that just dropped) must not send it to the floor.
             estimate = max(estimate, current / 2)
-        new_rate = max(self._min_rate, min(self.ceiling, current, self._backoff * estimate))
+        ceiling = self.ceiling * state.headroom
+        new_rate = max(self._min_rate, min(ceiling, current, self._backoff * estimate))
+        state.reread = not state.cut
+        state.cut_sent = sent_at
         state.rate = new_rate
         state.cut_rate = new_rate
         state.refused_pace = max(_PEAK_MARGIN * peak, new_rate)
@@ -439,6 +527,31 @@ class AimdPolicy:
         needed = math.ceil(new_rate * state.rtt)
         state.window = min(state.window, float(max(1, state.in_flight, needed)))
         return True
+
+    def _reread_first_cut(self) -> None:
+        """Once the sends from the first refused one to the cut that ended slow start are
+        all answered: if the server refused about half of them or fewer, it refuses only what is
+        over its rate (a token or leaky bucket, not a window filled by the ramp, which
+        refuses all until it drains), so what it accepted from them is its limit, not the
+        ramp's average the cut was set from: cut to that instead, and recover to it."""
+        state = self.state
+        state.reread = False
+        start, end = state.cut_sent, state.cut_at
+        sent = self._sum(state.sent, start, end)
+        refused = self._sum(state.refused, start, end)
+        if sent < _WRONG_CUT_SENDS or refused >= _REREAD_SHARE * sent:
+            return
+        span = (math.floor(end / BUCKET) - math.floor(start / BUCKET)) * BUCKET
+        # What it accepted, or (a queue-free leaky bucket accepts one request in two just
+        # above its rate) the pace it accepted all of just before the first refusal, if
+        # that is not far above (a token bucket's burst let a much faster ramp through).
+        accepted = (sent - refused) / span
+        before = self._recent_pace(start - BUCKET)
+        limit = before if accepted < before <= 2 * accepted else accepted
+        rate = min(self.ceiling * state.headroom, self._backoff * limit)
+        if rate > self.rate(end):
+            state.rate = state.cut_rate = rate
+            state.refused_pace = max(state.refused_pace, _PEAK_MARGIN * limit)
 
     def _recovery_curve(self, elapsed: float) -> float:
         """The rate ``elapsed`` seconds after the hold-off: back to the refused pace along a
@@ -502,6 +615,16 @@ class AimdPolicy:
             return None
         accepted = self._sum(state.sent, start, end) - self._sum(state.refused, start, end)
         return max(0, accepted) / span
+
+    def _demand(self, at: float) -> float:
+        """Requests per second sent over the ``_USE_SPAN`` before ``at`` (its own bucket,
+        still filling, included: an underestimate, never an over one)."""
+        state = self.state
+        high = math.floor(at / BUCKET) - state.first_bucket + 1
+        low = high - round(_USE_SPAN / BUCKET)
+        if low < 0 or high > BUCKETS:
+            return 0.0
+        return sum(state.sent[low:high]) / _USE_SPAN
 
     def _cut_was_wrong(self, sent_at: float) -> bool:
         """Whether the last cut was not enough: most of what was sent since is refused

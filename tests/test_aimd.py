@@ -21,8 +21,10 @@ from ailab_async import ConfigurationError
 from ailab_async._aimd import (
     BACKOFF,
     HEADROOM,
+    LEARNED_HEADROOM,
     MIN_RATE,
     SLOW_START_DOUBLING,
+    SLOW_START_RTTS,
     START_RATE,
     AimdPolicy,
     AimdState,
@@ -155,7 +157,46 @@ CASES = [
             Wait(100.0, 0.0),
             Wait(100.0, 1 / START_RATE),  # a sender waits: the pace is what holds it back
             Ok(100.0, 100.2),
-            Rate(100.2, START_RATE + math.log(2) / SLOW_START_DOUBLING),
+            # Doubling at most once per SLOW_START_RTTS round trips of 0.2 s.
+            Rate(100.2, START_RATE + math.log(2) / (SLOW_START_RTTS * 0.2)),
+        ),
+    ),
+    Case(
+        "slow_start_grows_while_the_demand_is_above_half_the_pace",
+        None,
+        (
+            # 15/s against a 20/s pace: nobody waits, yet the rate grows (it keeps about
+            # twice the demand, so senders rarely wait), once the demand is over half of it.
+            Wait(100.0, 0.0),
+            Wait(100.07, 0.0),
+            Wait(100.14, 0.0),
+            Ok(100.0, 100.2),
+            Ok(100.07, 100.27),
+            Rate(100.27, START_RATE),
+            Ok(100.14, 100.34),
+            Rate(100.34, START_RATE + math.log(2) / (SLOW_START_RTTS * 0.2)),
+        ),
+    ),
+    Case(
+        "slow_start_doubles_at_most_every_few_milliseconds_on_a_fast_server",
+        None,
+        (
+            Wait(100.0, 0.0),
+            Wait(100.0, 1 / START_RATE),
+            Ok(100.0, 100.001),
+            Rate(100.001, START_RATE + math.log(2) / SLOW_START_DOUBLING),
+        ),
+    ),
+    Case(
+        "slow_start_banks_a_little_unused_pace_for_a_clump_of_senders",
+        None,
+        (
+            Wait(100.0, 0.0),
+            # Idle for a second: SLOW_START_BURST of the 20/s pace is banked (one send) ...
+            Wait(101.0, 0.0),
+            Wait(101.0, 0.0),
+            # ... and no more.
+            Wait(101.0, 1 / START_RATE),
         ),
     ),
     Case(
@@ -264,6 +305,55 @@ def test_policy(case: Case) -> None:
 
 
 # -- the state a store keeps ---------------------------------------------------------------
+
+
+def _accepted_while_paced(policy: AimdPolicy, start: float, end: float) -> float:
+    """Senders always waiting from ``start`` to ``end``, every request accepted 0.2 s
+    after it went but the last, still unanswered; returns when that one went."""
+    now, sent_at = start, start
+    answers: list[float] = []
+    while now < end:
+        while answers and answers[0] + 0.2 <= now:
+            sent = answers.pop(0)
+            policy.on_success(sent, sent + 0.2)
+            policy.release(sent + 0.2)
+        wait = policy.claim(now)
+        if wait == 0:
+            answers.append(now)
+            sent_at = now
+            wait = policy.claim(now)  # the next sender waits: the pace holds it back
+        now += wait if 0 < wait < math.inf else 0.01
+    for sent in answers[:-1]:
+        policy.on_success(sent, sent + 0.2)
+        policy.release(sent + 0.2)
+    return sent_at
+
+
+def test_told_the_limit_a_marginal_refusal_lowers_the_ceiling_for_good() -> None:
+    # Send times that jitter on their way to a server that allows no burst: a request sent
+    # on a paced, fully accepted schedule under the configured limit is refused now and then.
+    policy = AimdPolicy(50.0)
+    sent_at = _accepted_while_paced(policy, 100.0, 103.0)
+    assert policy.state.headroom == 1.0
+    pace = policy.rate(sent_at)
+    assert pace == pytest.approx(PACED)
+    policy.release(sent_at + 0.2)
+    assert policy.on_rate_limited(sent_at, sent_at + 0.2)
+    assert policy.rate(sent_at + 0.2) < pace
+    # Long after, always paced and always accepted, it grows back to just under that pace
+    # and stays there: the pace a few % lower is kept.
+    _accepted_while_paced(policy, 130.0, 140.0)
+    assert policy.rate(140.0) == pytest.approx(LEARNED_HEADROOM * pace)
+
+
+def test_a_first_429_with_little_history_teaches_no_headroom() -> None:
+    policy = AimdPolicy(50.0)
+    policy.claim(100.0)
+    policy.release(100.2)
+    assert policy.on_rate_limited(100.0, 100.2)
+    assert policy.state.headroom == 1.0
+    _accepted_while_paced(policy, 130.0, 140.0)
+    assert policy.rate(140.0) == pytest.approx(PACED)
 
 
 def test_the_state_survives_a_round_trip_through_strings_and_bytes() -> None:

@@ -13,6 +13,8 @@ measured by ``benchmarks/bench_batch.py``.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from ailab_async._aimd import AimdPolicy
@@ -24,7 +26,7 @@ LIMIT = 50.0
 
 #: name -> (limit, wall/ideal at most, share of requests refused at most)
 ZOO: dict[str, tuple[RateLimit, float, float]] = {
-    "token bucket, burst 1": (RateLimit(LIMIT, burst=1), 1.30, 0.08),
+    "token bucket, burst 1": (RateLimit(LIMIT, burst=1), 1.23, 0.08),
     "token bucket, burst = rate": (RateLimit(LIMIT), 1.05, 0.10),
     "token bucket, burst 2x rate": (RateLimit(LIMIT, burst=100), 1.00, 0.10),
     "sliding window": (RateLimit(LIMIT, shape="sliding-window"), 1.15, 0.08),
@@ -39,8 +41,8 @@ ZOO: dict[str, tuple[RateLimit, float, float]] = {
         0.08,
     ),
     "fixed window": (RateLimit(LIMIT, shape="fixed-window"), 1.25, 0.13),
-    "leaky bucket": (RateLimit(LIMIT, shape="leaky-bucket"), 1.30, 0.08),
-    "10 in flight": (RateLimit.concurrency(10), 1.28, 0.03),
+    "leaky bucket": (RateLimit(LIMIT, shape="leaky-bucket"), 1.23, 0.08),
+    "10 in flight": (RateLimit.concurrency(10), 1.22, 0.03),
     "10 in flight, instant 429": (RateLimit.concurrency(10, instant_429=True), 1.28, 0.03),
     "50 -> 20 -> 50 per second": (
         RateLimit(LIMIT, shape="sliding-window", schedule=[(4, 20), (10, LIMIT)]),
@@ -92,6 +94,28 @@ def test_a_cluster_of_429s_at_the_end_of_slow_start_costs_one_cut() -> None:
     run = run_zoo(RateLimit(LIMIT, shape="sliding-window"), until=1.9)
     assert run.refused >= 10
     assert run.cuts == 1
+
+
+@pytest.mark.parametrize("shape", ["leaky bucket", "token bucket, burst 1"])
+def test_slow_start_ended_by_a_rate_limiter_is_cut_to_its_rate_not_the_ramps(shape: str) -> None:
+    # Such a server refuses only what is over its rate (half of a pace just above it): the
+    # cut is re-read from the top of the ramp, not left at the ramp's average (~30/s).
+    run = run_zoo(ZOO[shape][0], until=2.0)
+    assert run.cuts == 1
+    assert 0.85 * LIMIT <= run.pace_at(1.5) <= LIMIT
+
+
+@pytest.mark.parametrize("shape", ["sliding window", "fixed window", "token bucket, burst 2x rate"])
+def test_slow_start_ended_by_a_full_window_or_an_empty_burst_is_not_re_read_upwards(
+    shape: str,
+) -> None:
+    # These refuse nearly all for a while (or let a far faster ramp through): the cut
+    # stays where what the server accepted set it, for the hold-off.
+    run = run_zoo(ZOO[shape][0], until=3.0)
+    cut_at, cut_rate = next(
+        (at, pace) for (_, before), (at, pace) in itertools.pairwise(run.trace) if pace < before
+    )
+    assert run.pace_at(cut_at + 0.5) == cut_rate
 
 
 def test_a_limit_that_drops_and_rises_is_followed_within_five_seconds(
