@@ -1,10 +1,11 @@
 """The async task tracker: one scheduler polls every pending smart-beauty task.
 
 One asyncio task (the scheduler) knows each pending task's next poll time (a heap). When
-polls fall due it sends them concurrently through the client's dispatcher, so polls share
-the concurrency and rate budget with everything else; a configurable share caps how much of
-that budget polls may take. It starts with the first tracked task, ends when none are left,
-and :meth:`TaskTracker.aclose` stops it and answers every waiter.
+polls fall due (on the real clock, a timer handle launches them without waking it) a few
+long-lived worker tasks send them concurrently through the client's dispatcher (no task per
+poll), so polls share the concurrency and rate budget with everything else; a configurable
+share caps how much of that budget polls may take. It starts with the first tracked task,
+ends when none are left, and :meth:`TaskTracker.aclose` stops it and answers every waiter.
 
 Polls are free; the tasks behind them were paid for. So a task ends only on a definite
 answer about it (a result, ``task_status`` outside 0-2, an error about the task such as
@@ -59,6 +60,9 @@ __all__ = ["TaskTracker"]
 logger = logging.getLogger("ailab_async")
 
 _POLL_DEADLINE = 30.0  # one poll, retries included; a slow poll is simply re-scheduled
+# On the real clock, polls due this soon go out with the ones due now: one timer and one
+# event-loop turn for a group of polls a few milliseconds apart, not one for each.
+_LAUNCH_SLACK = 0.005
 
 
 def _describe(error: errors.AILabError) -> str:
@@ -110,7 +114,15 @@ class TaskTracker:
         self._sequence = itertools.count()
         self._wakeup = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
-        self._polls: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        # Fake clocks in tests see every poll at its exact time.
+        self._slack = _LAUNCH_SLACK if sleep is asyncio.sleep else 0.0
+        # Polls run on long-lived workers (not a task per poll): a due poll goes into the
+        # queue, and an idle worker (or a new one, up to the cap) takes it.
+        self._due: asyncio.Queue[TrackedTask | None] = asyncio.Queue()
+        self._workers: set[asyncio.Task[None]] = set()
+        self._idle_workers = 0
+        self._polls_in_flight = 0
         self._max_polls_in_flight = max(1, int(max_concurrency * config.poll_share))
         self._next_poll_slot = float("-inf")
         self._closed = False
@@ -191,7 +203,7 @@ class TaskTracker:
     async def aclose(self) -> None:
         """Stop polling; every pending waiter gets a clear error naming its task."""
         self._closed = True
-        await cancel_and_wait(self._scheduler, *self._polls)
+        await cancel_and_wait(self._scheduler, *self._workers)
         for tracked in self._pending.values():
             if not tracked.future.done():
                 tracked.future.set_exception(
@@ -249,6 +261,7 @@ class TaskTracker:
             self._crash_all(exc)
         finally:
             self._scheduler = None
+            self._release_idle_workers()
 
     def _launch_due(self, now: float) -> float | None:
         """Start every poll that is due and allowed; return seconds until the next one."""
@@ -259,32 +272,80 @@ class TaskTracker:
             if tracked is None or tracked.next_poll_at != at:
                 heapq.heappop(self._heap)  # stale entry: finished or re-scheduled
                 continue
-            if at > now:
+            if at > now + self._slack:
                 return at - now
-            if len(self._polls) >= self._max_polls_in_flight:
+            if self._polls_in_flight >= self._max_polls_in_flight:
                 return None  # a finishing poll wakes us
             if spacing and self._next_poll_slot > now:
                 return self._next_poll_slot - now
             heapq.heappop(self._heap)
             tracked.next_poll_at = float("inf")  # in flight: not in the heap
             self._next_poll_slot = max(now, self._next_poll_slot) + spacing
-            poll = asyncio.get_running_loop().create_task(self._poll(tracked))
-            self._polls.add(poll)
-            poll.add_done_callback(self._poll_done)
+            self._polls_in_flight += 1
+            if self._idle_workers:
+                self._idle_workers -= 1  # this poll is that worker's
+            else:
+                worker = asyncio.get_running_loop().create_task(
+                    self._work(), name="ailab-async task poller"
+                )
+                self._workers.add(worker)
+                worker.add_done_callback(self._worker_done)
+            self._due.put_nowait(tracked)
         return None
 
-    def _poll_done(self, poll: asyncio.Task[None]) -> None:
-        self._polls.discard(poll)
-        self._wakeup.set()
-        if not poll.cancelled() and poll.exception() is not None:  # pragma: no cover - bug
-            logger.error("task poll crashed", exc_info=poll.exception())
+    async def _work(self) -> None:
+        """One worker: send due polls one after another until told to stop (``None``)."""
+        while (tracked := await self._due.get()) is not None:
+            await self._poll(tracked)
+            self._polls_in_flight -= 1
+            if self._scheduler is None:
+                return  # the scheduler stopped while this poll ran: nothing left to wait for
+            if (
+                self._polls_in_flight == self._max_polls_in_flight - 1
+                or not self._pending
+                or self._closed
+            ):
+                self._wakeup.set()  # the scheduler waits for a free slot, or has no work
+            self._idle_workers += 1
+
+    def _on_timer(self) -> None:
+        """The real clock's timer (see :meth:`_idle`): launch what is due, set the next."""
+        self._timer = None
+        try:
+            wait = self._launch_due(self._clock())
+        except Exception:  # a bug: the scheduler task meets it again and answers everyone
+            self._wakeup.set()
+            return
+        if wait is not None:
+            self._timer = asyncio.get_running_loop().call_later(wait, self._on_timer)
+
+    def _release_idle_workers(self) -> None:
+        """The scheduler stopped: idle workers end (busy ones end after their poll)."""
+        for _ in range(self._idle_workers):
+            self._due.put_nowait(None)
+        self._idle_workers = 0
+
+    def _worker_done(self, worker: asyncio.Task[None]) -> None:
+        self._workers.discard(worker)
+        if not worker.cancelled() and worker.exception() is not None:  # pragma: no cover - bug
+            logger.error("task poll worker crashed", exc_info=worker.exception())
 
     async def _idle(self, wait: float | None) -> None:
         """Sleep until ``wait`` passes or something changes (a new task, a finished poll)."""
         if wait is None:
             await self._wakeup.wait()
-            return
-        await wait_or_sleep(asyncio.ensure_future(self._wakeup.wait()), wait, self._sleep)
+        elif self._sleep is asyncio.sleep:
+            # The real clock: a timer handle launches the due polls itself (no task to
+            # create, cancel or switch to); this task wakes only when something changes.
+            self._timer = asyncio.get_running_loop().call_later(wait, self._on_timer)
+            try:
+                await self._wakeup.wait()
+            finally:
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+        else:  # an injected sleeper (a fake clock in tests) must do the waiting
+            await wait_or_sleep(asyncio.ensure_future(self._wakeup.wait()), wait, self._sleep)
 
     # -- one poll ------------------------------------------------------------------------------
 

@@ -81,5 +81,13 @@ def test_without_the_documented_configuration_the_async_tests_do_not_pass(
     files = pasted_files()
     del files["pyproject.toml"]
     result = run_pytest(make_project(tmp_path, files))
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "async def functions are not natively supported" in result.stdout
+    # Depending on the pytest-asyncio release, the async tests fail as "not natively
+    # supported" (exit 1), or the run stops at once on its warning that the configuration
+    # is missing (exit 3 under -W error). Either way nothing passes.
+    output = result.stdout + result.stderr
+    assert result.returncode in (1, 3), output
+    assert " passed" not in result.stdout
+    assert (
+        "async def functions are not natively supported" in output
+        or "asyncio_default_fixture_loop_scope" in output
+    ), output

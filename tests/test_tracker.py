@@ -410,3 +410,86 @@ async def test_client_tracker_is_the_public_snapshot(
     async with make_client(fake_time) as client:
         assert isinstance(client.tracker, TrackerStats)
         assert client.tracker == tracker_stats(client)
+
+
+def poller_tasks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == "ailab-async task poller"]
+
+
+async def test_polls_run_on_a_few_long_lived_workers(
+    mocked: aioresponses, fake_time: FakeTime
+) -> None:
+    polled_by: set[asyncio.Task[Any] | None] = set()
+
+    class SpyAPI(FakeBeautyAPI):
+        def query(self, url: URL, **kwargs: Any) -> CallbackResult:
+            polled_by.add(asyncio.current_task())  # the task that sends the poll
+            return super().query(url, **kwargs)
+
+    api = SpyAPI(mocked, fake_time, [2.0 + i % 4 for i in range(40)])
+    async with make_client(fake_time, max_concurrency=16) as client:
+        tasks = [await client.submit_smart_beauty(IMAGE) for _ in range(40)]
+        await asyncio.gather(*(t.result() for t in tasks))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert poller_tasks() == []  # the workers end with the scheduler
+    polls = sum(api.polls.values())
+    cap = client._tracker._max_polls_in_flight
+    # Every poll ran on one of at most ``cap`` workers, not on a task of its own.
+    assert polls > 3 * cap
+    assert 1 <= len(polled_by) <= cap
+    assert all(t is not None and t.get_name() == "ailab-async task poller" for t in polled_by)
+
+
+async def test_idle_on_the_real_clock_uses_one_timer_and_cancels_it() -> None:
+    client = AILabClient(api_key=TEST_KEY, base_url=BASE_URL)  # asyncio.sleep: the real clock
+    tracker = client._tracker
+    loop = asyncio.get_running_loop()
+    timers: list[asyncio.TimerHandle] = []
+    call_later = loop.call_later
+
+    def spy(delay: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
+        timers.append(call_later(delay, callback, *args))
+        return timers[-1]
+
+    tasks_before = len(asyncio.all_tasks())
+    try:
+        loop.call_later = spy  # type: ignore[method-assign]
+        loop.call_soon(tracker._wakeup.set)
+        await tracker._idle(3600.0)  # a change wakes it long before the timer
+        assert len(asyncio.all_tasks()) == tasks_before  # no helper tasks
+    finally:
+        del loop.call_later
+        await client.aclose()
+    assert len(timers) == 1
+    assert timers[0].when() - loop.time() > 3000
+    assert timers[0].cancelled()
+    assert tracker._timer is None
+
+
+async def test_on_the_real_clock_the_timer_itself_launches_due_polls(
+    mocked: aioresponses, fake_time: FakeTime
+) -> None:
+    api = FakeBeautyAPI(mocked, fake_time, [])
+    api.done_at["T1"] = fake_time.now + 3.0
+    # The clock is fake (so nothing waits for real), the sleeper is asyncio.sleep.
+    client = AILabClient(
+        api_key=TEST_KEY, base_url=BASE_URL, clock=fake_time.clock, random=lambda: 0.5
+    )
+    async with client:
+        tracker = client._tracker
+        handle = client.track("T1")
+        for _ in range(500):  # the first poll goes out at once and sees it unfinished
+            await asyncio.sleep(0)
+            if tracker._timer is not None:
+                break
+        timer = tracker._timer
+        assert timer is not None
+        assert api.polls == {"T1": 1}
+        assert timer.when() - asyncio.get_running_loop().time() > 0.1  # not due yet
+        fake_time.now += PollingConfig().fallback_interval
+        timer.cancel()
+        tracker._on_timer()  # what the timer does when it fires
+        result = await handle.result(timeout=None)
+    assert result.task_id == "T1"
+    assert api.polls == {"T1": 2}
