@@ -119,18 +119,11 @@ class Shape:
     restored_at: float | None = None
 
     def ideal_seconds(self, photos: int, rps: float) -> float:
-        """How long ``photos`` take at exactly the limit (its schedule integrated).
-
-        ``tests/_rate_zoo.py`` integrates the same way (benchmarks never import from tests);
-        both belong in the simulator's ``RateLimit`` once it offers it.
-        """
+        """How long ``photos`` take at exactly the limit (its schedule integrated; for the
+        concurrency shape, ``rps * latency`` in flight, each for ``latency``)."""
         if self.limit.shape == "concurrency":
-            return photos / rps  # rps * latency in flight, each for latency seconds
-        done, t, step = 0.0, 0.0, 0.001
-        while done < photos:
-            done += self.limit.rate_at(t) * step
-            t += step
-        return t
+            return photos / rps
+        return self.limit.seconds_for(photos)
 
 
 def zoo(rps: float, latency: float) -> list[Shape]:

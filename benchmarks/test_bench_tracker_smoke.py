@@ -54,3 +54,31 @@ def test_tracker_benchmark_reports_lag_polls_cpu_and_memory(
     table = capsys.readouterr().out
     for text in (TRACKER, FIXED, "mean lag", "p95 lag", "polls", "memory per tracked task"):
         assert text in table
+
+
+SHAPES_TINY = [
+    *("--shapes", "--shape-filter", "uniform 1-6 s", "--shape-tasks", "16"),
+    *("--shape-learning", "6", "--rate", "40", "--quiet"),
+]
+
+
+@pytest.mark.benchmark
+def test_tracker_shapes_table_reports_every_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "shapes.json"
+    code = main([*SHAPES_TINY, "--json", str(out)])
+
+    assert code == 0  # no --check: the figures never decide the exit status
+    rows = json.loads(out.read_text(encoding="utf-8"))["shapes"]
+    assert [row["shape"] for row in rows] == ["uniform 1-6 s", "uniform 1-6 s, burst"]
+    for row in rows:
+        assert row["failed"] == 0
+        assert row["tracker"]["tasks"] == row["fixed"]["tasks"] == 10
+        assert row["tracker"]["mean_polls"] >= 1
+        assert row["fixed"]["mean_lag"] > 0
+        assert 0 <= row["max_wait"] <= 5.0
+        assert isinstance(row["meets"], bool)
+    table = capsys.readouterr().out
+    for text in ("mean lag", "polls/task", "fixed 5 s", "ratio", "max wait", "uniform 1-6 s"):
+        assert text in table

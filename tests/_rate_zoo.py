@@ -74,23 +74,6 @@ class ZooRun:
         return sum(1 for t in self.accepted_at if start <= t < end) / (end - start)
 
 
-def ideal_seconds(limit: RateLimit, requests: int, latency: float) -> float:
-    """How long ``requests`` take at exactly the limit (its schedule integrated).
-
-    ``benchmarks/bench_batch.py`` (``Shape.ideal_seconds``) integrates the same way; both
-    belong in the simulator's ``RateLimit`` once it offers it (benchmarks and tests do not
-    import each other).
-    """
-    if limit.shape == "concurrency":
-        assert limit.max_in_flight is not None
-        return requests * latency / limit.max_in_flight
-    done, t, step = 0.0, 0.0, 0.001
-    while done < requests:
-        done += limit.rate_at(t) * step
-        t += step
-    return t
-
-
 def run_zoo(
     limit: RateLimit,
     *,
@@ -108,7 +91,7 @@ def run_zoo(
     rng = random.Random(seed)
     server = server_limit(limit, random.Random(seed))
     policy = policy or AimdPolicy(configured)
-    run = ZooRun(requests, ideal=ideal_seconds(limit, requests, latency + latency_jitter / 2))
+    run = ZooRun(requests, ideal=limit.seconds_for(requests, latency + latency_jitter / 2))
     events: list[tuple[float, int, Callable[[float], None]]] = []
     order = itertools.count()
     queue: deque[int] = deque()  # workers waiting for a slot, in arrival order

@@ -445,6 +445,29 @@ class RateLimit:
             rate = scheduled
         return rate
 
+    def seconds_for(self, requests: float, latency: float = 0.0) -> float:
+        """How long ``requests`` take at exactly this limit from the first one: its schedule
+        integrated; for the concurrency shape, ``max_in_flight`` at a time of ``latency`` each.
+        The ideal a client's wall time is measured against.
+
+        >>> RateLimit(50).seconds_for(500)
+        10.0
+        >>> RateLimit(50, schedule=((3.0, 20.0), (8.0, 50.0))).seconds_for(500)
+        13.0
+        >>> RateLimit.concurrency(10).seconds_for(500, latency=0.2)
+        10.0
+        """
+        if self.shape == "concurrency":
+            assert self.max_in_flight is not None  # the shape's validator requires it
+            return requests * latency / self.max_in_flight
+        left, t, rate = float(requests), 0.0, self.requests_per_second
+        for at, scheduled in self.schedule:
+            if rate > 0 and rate * (at - t) >= left:
+                break
+            left -= rate * max(0.0, at - t)
+            t, rate = max(t, at), scheduled
+        return t + left / rate
+
     def capacity_at(self, rate: float) -> int:
         """The token bucket's size while the rate is ``rate``: ``burst``, else ``ceil(rate)``."""
         return self.burst if self.burst is not None else max(1, math.ceil(rate))
