@@ -47,6 +47,12 @@ ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[byt
 
 _MB = 1024 * 1024
 _CHUNK = 256 * 1024
+#: A file up to this size is read whole in the same worker-thread hop that checks its
+#: header, and its first attempt sends those bytes: one hop and one open instead of three
+#: hops and two opens, and the first attempt sends exactly what was checked. A retry reads
+#: the file afresh, as for a larger file (so a file deleted or changed by then is refused,
+#: as before). The transport sends a body this small as one buffer.
+READ_WHOLE_LIMIT = 256 * 1024
 
 _CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "bmp": "image/bmp"}
 _EXTENSIONS = {"jpeg": "jpg", "png": "png", "bmp": "bmp"}
@@ -294,9 +300,10 @@ def _file_reader(handle: IO[bytes], label: str) -> ReadAt:
 class PreparedImage:
     """A validated image, ready to be (re)sent on every attempt.
 
-    Either ``path`` (streamed from disk for every attempt, see :meth:`open`) or ``data``
-    (the caller's bytes, or what was read from a file object; sent as it is, never copied)
-    is set.
+    Either ``path`` (read from disk for every attempt, see :meth:`open`) or ``data`` (the
+    caller's bytes, or what was read from a file object; sent as it is, never copied) is
+    set. A file up to :data:`READ_WHOLE_LIMIT` also holds the bytes that were checked, for
+    its first attempt: :meth:`take_first_attempt` hands them out once.
     """
 
     label: str
@@ -306,6 +313,11 @@ class PreparedImage:
     height: int
     path: Path | None = attrs.field(default=None, repr=False)
     data: bytes | None = attrs.field(default=None, repr=False)
+    first_attempt: list[bytes] = attrs.field(factory=list, repr=False, eq=False)
+
+    def take_first_attempt(self) -> bytes | None:
+        """A small file's checked bytes the first time (then ``None``: read it afresh)."""
+        return self.first_attempt.pop() if self.first_attempt else None
 
     @property
     def content_type(self) -> str:
@@ -397,8 +409,15 @@ def prepare_image(image: ImageInput, rules: ImageRules) -> PreparedImage:
             raise _invalid(label, "type", f"is not a usable path ({_describe(exc)})") from exc
         handle, size = _open_regular(path, label)
         with handle:
-            fmt, width, height = _check(label, size, _file_reader(handle, label), rules)
-        return PreparedImage(label, fmt, size, width, height, path=Path(path))
+            if size > READ_WHOLE_LIMIT:
+                fmt, width, height = _check(label, size, _file_reader(handle, label), rules)
+                return PreparedImage(label, fmt, size, width, height, path=Path(path))
+            with _reading(label):
+                data = handle.read(size + 1)
+        if len(data) != size:
+            raise _invalid(label, "changed", "the file changed while it was being read")
+        fmt, width, height = _check(label, size, lambda off, n: data[off : off + n], rules)
+        return PreparedImage(label, fmt, size, width, height, path=Path(path), first_attempt=[data])
 
     try:
         readable = callable(getattr(image, "read", None))

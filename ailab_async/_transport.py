@@ -61,8 +61,10 @@ _READ_CHUNK = 64 * 1024
 _MAX_DOWNLOAD_REDIRECTS = 5
 #: An image up to this size goes out in one buffer with the multipart framing around it (one
 #: ``send()``; copying it costs less than two more writes); a larger one is written in place,
-#: between the framing's two buffers, never copied.
-_JOIN_LIMIT = 256 * 1024
+#: between the framing's two buffers, never copied. Not larger: aiohttp joins the request's
+#: headers with the first body write (on Python before 3.12), a second copy of the buffer,
+#: and copies of a few hundred KiB cost more than the writes they save (fresh pages).
+_JOIN_LIMIT = 64 * 1024
 #: How much of an image file one read in a worker thread brings in: aiohttp's own chunk, so
 #: a file goes out in no more thread hops, and no larger buffers, than aiohttp would use.
 _FILE_CHUNK = 256 * 1024
@@ -165,16 +167,25 @@ class StreamedResponse:
         is dropped, so a gzip bomb or an endless body costs at most the limit (plus
         aiohttp's bounded read buffer) in memory.
         """
-        declared = self._response.content_length
+        response = self._response
+        declared = response.content_length
+        if (
+            declared is not None
+            and declared <= limit
+            and "Content-Encoding" not in response.headers
+        ):
+            # The common answer: a declared length within the cap, nothing to decompress.
+            # aiohttp reads exactly that many bytes (the parser stops there), in one await.
+            return await response.read()
         body = bytearray()
         if declared is None or declared <= limit:
-            async for chunk in self._response.content.iter_chunked(_READ_CHUNK):
+            async for chunk in response.content.iter_chunked(_READ_CHUNK):
                 body += chunk
                 if len(body) > limit:
                     break
             else:
                 return bytes(body)
-        self._response.close()
+        response.close()
         return None
 
 
@@ -286,12 +297,11 @@ class Transport:
 
 
 def _body(request: Request, upload: Upload, stack: contextlib.ExitStack) -> MultipartBody:
-    """The multipart body of one attempt: the image's bytes as they are, or its file opened
-    afresh (closed by ``stack``)."""
+    """The multipart body of one attempt: the image's bytes as they are (a small file's
+    checked bytes on its first attempt), or its file opened afresh (closed by ``stack``)."""
     image = upload.image
-    if image.data is not None:
-        source: bytes | IO[bytes] = image.data
-    else:
+    source: bytes | IO[bytes] | None = image.data or image.take_first_attempt()
+    if source is None:
         try:
             source = stack.enter_context(image.open())
         except errors.ValidationError:

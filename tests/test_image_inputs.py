@@ -21,7 +21,7 @@ from aioresponses import aioresponses
 
 from ailab_async import AILabClient
 from ailab_async._endpoints import SMART_BEAUTY_RULES, SMART_SKIN_RULES, ImageRules
-from ailab_async._images import aprepare_image, prepare_image
+from ailab_async._images import READ_WHOLE_LIMIT, aprepare_image, prepare_image
 from ailab_async.errors import ValidationError
 
 from .conftest import TEST_KEY, FakeTime, error_envelope, jpeg_header, png_bytes, skin_ok
@@ -99,7 +99,7 @@ async def test_fifo_given_to_the_client_fails_without_a_request(
 @needs_fifo
 async def test_file_swapped_for_a_fifo_between_attempts_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "face.png"
-    path.write_bytes(png_bytes(300, 300))
+    path.write_bytes(png_bytes(300, 300) + bytes(READ_WHOLE_LIMIT))  # streamed from disk
     prepared = prepare_image(path, SMART_SKIN_RULES)
     path.unlink()
     os.mkfifo(path)
@@ -144,7 +144,7 @@ def test_directory_is_refused_as_before(tmp_path: Path) -> None:
 
 def test_file_changed_between_attempts_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "face.png"
-    path.write_bytes(png_bytes(300, 300))
+    path.write_bytes(png_bytes(300, 300) + bytes(READ_WHOLE_LIMIT))  # streamed from disk
     prepared = prepare_image(path, SMART_SKIN_RULES)
     path.write_bytes(png_bytes(300, 301))
     with pytest.raises(ValidationError) as info, prepared.open():
@@ -506,7 +506,7 @@ async def test_path_swapped_for_a_fifo_during_backoff_ends_the_call_without_hang
 
     url = await serve(handler)
     path = tmp_path / "face.png"
-    path.write_bytes(png_bytes(300, 300))
+    path.write_bytes(png_bytes(300, 300) + bytes(READ_WHOLE_LIMIT))  # streamed from disk
     fake = FakeTime()
 
     async def sleep_then_swap(seconds: float) -> None:

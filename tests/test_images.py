@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from ailab_async._endpoints import SMART_BEAUTY_RULES, SMART_SKIN_RULES
-from ailab_async._images import prepare_image, sniff_dimensions, sniff_format
+from ailab_async._images import (
+    READ_WHOLE_LIMIT,
+    prepare_image,
+    sniff_dimensions,
+    sniff_format,
+)
 from ailab_async.errors import ValidationError
 
 from .conftest import jpeg_header, png_bytes
@@ -123,14 +128,40 @@ def test_missing_and_directory_paths(tmp_path: Path) -> None:
         prepare_image(tmp_path, SMART_SKIN_RULES)
 
 
-def test_path_input_is_not_loaded_into_memory(tmp_path: Path) -> None:
+def test_large_path_input_is_not_loaded_into_memory(tmp_path: Path) -> None:
     path = tmp_path / "p.png"
-    path.write_bytes(png_bytes(300, 300))
+    path.write_bytes(png_bytes(300, 300) + bytes(READ_WHOLE_LIMIT))
     prepared = prepare_image(path, SMART_SKIN_RULES)
     assert prepared.data is None
     with prepared.open() as body:
         assert isinstance(body, io.BufferedReader)  # a handle on the file, not its bytes
         assert body.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("padding", [0, READ_WHOLE_LIMIT - len(png_bytes(300, 300))])
+def test_small_path_input_is_read_once_for_its_first_attempt(tmp_path: Path, padding: int) -> None:
+    # Up to the limit, the check and the read are one worker-thread hop: the first attempt
+    # sends what was checked; a retry reads the file afresh (and sees any change).
+    path = tmp_path / "p.png"
+    content = png_bytes(300, 300) + bytes(padding)
+    path.write_bytes(content)
+    prepared = prepare_image(path, SMART_SKIN_RULES)
+    assert (prepared.size, prepared.width, prepared.height) == (len(content), 300, 300)
+    assert prepared.data is None
+    path.write_bytes(content[::-1])
+    assert prepared.take_first_attempt() == content
+    assert prepared.take_first_attempt() is None
+    with prepared.open() as body:
+        assert body.read() == content[::-1]
+
+
+def test_small_path_input_is_checked_like_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "empty.png"
+    path.write_bytes(b"")
+    with pytest.raises(ValidationError) as info:
+        prepare_image(path, SMART_SKIN_RULES)
+    assert info.value.rule == "empty"
+    assert info.value.input == str(path)
 
 
 def test_file_object_is_sent_from_its_start_on_every_attempt() -> None:

@@ -18,6 +18,7 @@ from ailab_async import (
     ImageRejectedError,
     PollingConfig,
     TaskFailedError,
+    TaskHandle,
     TaskStatus,
     TaskTimeoutError,
     TrackerStats,
@@ -493,3 +494,68 @@ async def test_on_the_real_clock_the_timer_itself_launches_due_polls(
         result = await handle.result(timeout=None)
     assert result.task_id == "T1"
     assert api.polls == {"T1": 2}
+
+
+class _Unlimited:
+    """A rate limiter that never waits (so polls are never spaced for the rate)."""
+
+    rate_limited_count = 0
+    configured_rate = None
+
+    def __init__(self, fake_time: FakeTime) -> None:
+        self._clock = fake_time.clock
+
+    def current_rate(self) -> float | None:
+        return None
+
+    async def acquire(self) -> float:
+        return self._clock()
+
+    def on_success(self, sent_at: float) -> None:
+        del sent_at
+
+    def on_rate_limited(self, sent_at: float, retry_after: float | None = None) -> None:
+        del sent_at, retry_after
+
+
+@pytest.mark.parametrize(("offset", "together"), [(0.02, True), (0.1, False)])
+async def test_on_the_real_clock_polls_due_close_together_go_together(
+    mocked: aioresponses, fake_time: FakeTime, offset: float, together: bool
+) -> None:
+    # One timer and one launch for polls a few hundredths of a second apart: their next
+    # polls are then due together too, so a crowd of tasks is polled in a few groups
+    # rather than one event-loop wake-up per poll.
+    api = FakeBeautyAPI(mocked, fake_time, [])
+    api.done_at["T1"] = api.done_at["T2"] = fake_time.now + 1000.0
+    client = AILabClient(
+        api_key=TEST_KEY,
+        base_url=BASE_URL,
+        clock=fake_time.clock,
+        random=lambda: 0.5,
+        rate_limit=_Unlimited(fake_time),  # no spacing between polls for the rate
+    )
+    async with client:
+        tracker = client._tracker
+
+        async def first_poll_of(task_id: str) -> TaskHandle:
+            handle = client.track(task_id)
+            for _ in range(500):
+                await asyncio.sleep(0)
+                if api.polls.get(task_id) == 1 and tracker._polls_in_flight == 0:
+                    break
+            assert api.polls.get(task_id) == 1
+            return handle
+
+        handles = [await first_poll_of("T1")]
+        fake_time.now += offset
+        handles.append(await first_poll_of("T2"))
+        first_due = min(t.next_poll_at for t in tracker._pending.values())
+        fake_time.now = first_due
+        tracker._on_timer()
+        for _ in range(500):
+            await asyncio.sleep(0)
+            if tracker._polls_in_flight == 0 and api.polls["T1"] == 2:
+                break
+    assert api.polls["T1"] == 2
+    assert api.polls["T2"] == (2 if together else 1)
+    del handles
