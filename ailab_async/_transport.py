@@ -117,9 +117,11 @@ class Request:
     billed: bool
     #: Seconds this attempt may take, connecting and reading included.
     timeout: float
-    #: The query string, or the form fields when there is an upload.
+    #: The query string of a GET; the form fields of a POST.
     fields: Sequence[tuple[str, str]] = ()
     upload: Upload | None = None
+    #: A POST's query string.
+    query: Sequence[tuple[str, str]] = ()
     #: The most bytes (decompressed) read from the answer.
     max_body: int = MAX_RESPONSE_BYTES
 
@@ -201,13 +203,20 @@ class Transport:
         """
         session = await self._sessions.get()
         with contextlib.ExitStack() as stack:
-            body = None if request.upload is None else _body(request, request.upload, stack)
+            body: MultipartBody | aiohttp.FormData | None = None
+            query = list(request.query)
+            if request.upload is not None:
+                body = _body(request, request.upload, stack)
+            elif request.method == "GET":
+                query += request.fields
+            elif request.fields:  # a POST without a file: its fields as a multipart form
+                body = aiohttp.FormData(list(request.fields), default_to_multipart=True)
             try:
                 async with session.request(
                     request.method,
                     request.url,
                     data=body,
-                    params=list(request.fields) if body is None and request.fields else None,
+                    params=query or None,
                     headers=self._api_headers,
                     timeout=aiohttp.ClientTimeout(total=request.timeout),
                     # Never follow: the key would be re-sent to wherever Location points
