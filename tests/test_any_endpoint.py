@@ -8,6 +8,7 @@ never reaches another host whatever path is given).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,6 +28,7 @@ from ailab_async import (
     TaskFailedError,
     TaskHandle,
     ValidationError,
+    sync,
 )
 from ailab_async._endpoints import GENERIC_MAX_FILE_BYTES, check_api_path, generic_call
 from ailab_async.testing.simulator import Simulator, SimulatorConfig, TaskBehaviour, sample_image
@@ -172,6 +174,29 @@ async def test_map_runs_any_endpoint_over_photos(sim: Simulator) -> None:
     assert all(outcome.ok for outcome in free)
     assert sim.stats.count("smart-skin", "OK") == len(photos)
     assert sim.stats.max_concurrent <= 2
+
+
+async def test_the_blocking_client_calls_any_endpoint_and_tracks_its_tasks(
+    sim: Simulator,
+) -> None:
+    def work() -> tuple[RawResult, RawResult, RawResult]:
+        with sync.AILabClient(api_key=sim.api_key, base_url=sim.url) as client:
+            called = client.call("POST", SKIN, files={"image": sample_image(192, 192)})
+            task = client.submit_task(
+                "POST",
+                BEAUTY,
+                files={"image_target": sample_image(96, 96)},
+                fields={"task_type": "async"},
+            )
+            finished = task.result(timeout=60)
+            again = client.track_task(task.task_id, path=BEAUTY).result(timeout=60)
+        return called, finished, again
+
+    called, finished, again = await asyncio.to_thread(work)
+    assert called.image_url is not None
+    assert finished.task_id is not None
+    assert again.task_id == finished.task_id
+    assert sim.stats.count("smart-beauty") == 1
 
 
 # --- error families, retries, ambiguity, deadline (aioresponses, fake time) -------------
