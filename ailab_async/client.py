@@ -420,6 +420,8 @@ class AILabClient:
         )
         return protocol.parse_raw_result(envelope)
 
+    # Its parameters repeat call()'s on purpose: each public method spells its signature out
+    # (help(), the reference, type checkers); both hand them to _send_any at once.
     async def submit_task(
         self,
         method: str,

@@ -313,6 +313,7 @@ class AILabClient:
             )
         )
 
+    # Like call() above, by design: each blocking method mirrors its async twin's signature.
     def submit_task(
         self,
         method: str,

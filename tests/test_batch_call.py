@@ -8,10 +8,7 @@ Reruns pay nothing; a batch killed mid-run and run again pays only for what was 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
-import sys
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -28,11 +25,12 @@ from ailab_async.testing.simulator import (
     SimulatorConfig,
     TaskBehaviour,
     Uniform,
-    sample_image,
 )
 
+from ._killable import run_until_killed
 from ._ledger import check_ledger
 from .conftest import TEST_KEY, envelope
+from .test_batch import make_photos, manifest
 
 SKIN = BatchCall("POST", "/api/portrait/effects/smart-skin", file_field="image")
 BEAUTY = BatchCall(
@@ -40,16 +38,6 @@ BEAUTY = BatchCall(
 )
 PARAMS = {SKIN: {"retouch_degree": "0.6"}, BEAUTY: {"task_type": "async"}}
 Serve = Callable[[Callable[[web.Request], Awaitable[web.StreamResponse]]], Awaitable[str]]
-
-
-def make_photos(folder: Path, count: int) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(count):
-        path = folder / f"p{i:03d}.jpg"
-        path.write_bytes(sample_image(200, 200, seed=i))
-        paths.append(path)
-    return paths
 
 
 @pytest.fixture
@@ -68,10 +56,6 @@ def client_for(url: str, key: str) -> AILabClient:
         max_concurrency=8,
         polling=PollingConfig(fallback_interval=0.05, min_interval=0.01),
     )
-
-
-def manifest(out: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("call", [SKIN, BEAUTY], ids=["sync", "task"])
@@ -147,6 +131,8 @@ def test_a_batch_call_is_checked_when_built() -> None:
         BatchSpec(operation=SKIN, params={"flag": True}, out_dir=Path("out"))
 
 
+# The child's script is written out whole, as a user would write it, like test_batch's (whose
+# scenario and checks this one repeats on purpose, for a BatchCall spec).
 KILLABLE_BATCH = textwrap.dedent(
     """
     import asyncio, sys
@@ -192,24 +178,9 @@ async def test_a_batch_of_any_endpoint_killed_mid_run_pays_only_for_what_was_in_
         seed=9,
     )
     async with Simulator(config) as sim:
-        child = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            KILLABLE_BATCH,
-            sim.url,
-            sim.api_key,
-            kind,
-            str(tmp_path / "in"),
-            str(out),
-            stdout=asyncio.subprocess.PIPE,
+        await run_until_killed(
+            KILLABLE_BATCH, sim.url, sim.api_key, kind, str(tmp_path / "in"), str(out)
         )
-        assert child.stdout is not None
-        try:
-            for _ in range(5):
-                assert await asyncio.wait_for(child.stdout.readline(), 60) == b"finished\n"
-        finally:
-            child.send_signal(signal.SIGKILL)
-            await child.wait()
         async with await Journal.open(spec.journal_file) as journal:
             at_kill = await journal.counts()
         assert 5 <= at_kill[ItemState.DOWNLOADED] < len(photos)

@@ -146,15 +146,7 @@ class BatchRunner:
                 assert entry.task_id is not None
                 result = await self._await_task(entry, entry.task_id, entry.submitted_at, progress)
             else:  # DOWNLOAD
-                assert entry.image_url is not None
-                result = ImageResult(
-                    image_url=entry.image_url,
-                    request_id=entry.request_id,
-                    log_id=entry.log_id,
-                    task_id=entry.task_id,
-                    produced_at=entry.produced_at or dt.datetime.now(dt.timezone.utc),
-                )
-                progress.result = result
+                result = progress.result = _journaled_result(entry)
             if not isinstance(self.spec.operation, BatchCall):
                 await self._download(item, entry, result)
         except Exception as exc:  # the item's failure is its outcome; the batch goes on
@@ -195,16 +187,8 @@ class BatchRunner:
     ) -> None:
         """Do what is left for an item of a :class:`BatchCall` batch."""
         if action is ResumeAction.DOWNLOAD:  # its JSON was written before its URL was kept
-            assert entry.image_url is not None
-            result = ImageResult(
-                image_url=entry.image_url,
-                request_id=entry.request_id,
-                log_id=entry.log_id,
-                task_id=entry.task_id,
-                produced_at=entry.produced_at or dt.datetime.now(dt.timezone.utc),
-            )
-            progress.result = result
-            await self._download_beside(item, entry, result)
+            progress.result = _journaled_result(entry)
+            await self._download_beside(item, entry, progress.result)
             return
         if action is ResumeAction.RUN:
             raw = await self._send_call(call, item, entry, progress)
@@ -231,9 +215,8 @@ class BatchRunner:
     async def _send_call(
         self, call: BatchCall, item: BatchItem, entry: JournalEntry, progress: _Progress
     ) -> RawResult:
-        """The paid step: the journal hears of it before it leaves, and of a task at once."""
-        progress.resent = await self.journal.mark_sending(entry.item_id)
-        progress.state = ItemState.SENDING
+        """The paid step, journaled as the typed operations' is (:meth:`_run`)."""
+        await self._sending(entry, progress)
         arguments: dict[str, Any] = {
             "files": {call.file_field: item.path},
             "fields": self.spec.params,  # as given: "1" stays "1", never "1.0"
@@ -242,16 +225,7 @@ class BatchRunner:
         if not call.task:
             return await self.client.call(call.method, call.path, **arguments)
         task = await self.client.submit_task(call.method, call.path, **arguments)
-        submitted_at = dt.datetime.now(dt.timezone.utc)
-        await self.journal.mark_submitted(
-            entry.item_id,
-            task_id=task.task_id,
-            request_id=None,
-            log_id=None,
-            submitted_at=submitted_at,
-        )
-        progress.state = ItemState.SUBMITTED
-        self._mark(entry.relative, "submitted")
+        await self._submitted(entry, task.task_id, progress)
         return await task
 
     async def _write_data(self, item: BatchItem, entry: JournalEntry, raw: RawResult) -> str:
@@ -294,24 +268,35 @@ class BatchRunner:
     # -- the typed operations -------------------------------------------------------------------
 
     async def _run(self, item: BatchItem, entry: JournalEntry, progress: _Progress) -> ImageResult:
-        progress.resent = await self.journal.mark_sending(entry.item_id)
-        progress.state = ItemState.SENDING
+        await self._sending(entry, progress)
         if self.spec.operation is Operation.SKIN:
             result = await self.client.smart_skin(item.path, **self.params)
             await self._record_result(entry, result, progress)
             return result
         task = await self.client.submit_smart_beauty(item.path, **self.params)
+        submitted_at = await self._submitted(entry, task.task_id, progress)
+        return await self._await_task(entry, task.task_id, submitted_at, progress)
+
+    async def _sending(self, entry: JournalEntry, progress: _Progress) -> None:
+        """The paid step is about to leave: the journal hears of it first."""
+        progress.resent = await self.journal.mark_sending(entry.item_id)
+        progress.state = ItemState.SENDING
+
+    async def _submitted(
+        self, entry: JournalEntry, task_id: str, progress: _Progress
+    ) -> dt.datetime:
+        """A task was accepted: journal its id at once (a rerun tracks it); when it was."""
         submitted_at = dt.datetime.now(dt.timezone.utc)
         await self.journal.mark_submitted(
             entry.item_id,
-            task_id=task.task_id,
+            task_id=task_id,
             request_id=None,
             log_id=None,
             submitted_at=submitted_at,
         )
         progress.state = ItemState.SUBMITTED
         self._mark(entry.relative, "submitted")
-        return await self._await_task(entry, task.task_id, submitted_at, progress)
+        return submitted_at
 
     async def _await_task(
         self,
@@ -380,6 +365,18 @@ class BatchRunner:
             ambiguous_resend=resent,
             entry=entry,
         )
+
+
+def _journaled_result(entry: JournalEntry) -> ImageResult:
+    """The result an earlier run got and journaled (its URL), to download now."""
+    assert entry.image_url is not None
+    return ImageResult(
+        image_url=entry.image_url,
+        request_id=entry.request_id,
+        log_id=entry.log_id,
+        task_id=entry.task_id,
+        produced_at=entry.produced_at or dt.datetime.now(dt.timezone.utc),
+    )
 
 
 @attrs.define
