@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aioresponses import aioresponses
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from yarl import URL
 
 from ailab_async import (
@@ -385,6 +387,50 @@ async def test_every_hostile_path_is_refused_and_the_key_goes_nowhere(serve: Ser
 )
 def test_paths_under_the_api_are_accepted(path: str) -> None:
     assert check_api_path(path) == path
+
+
+_VALID = st.from_regex(r"/api(/[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,6}){1,4}", fullmatch=True)
+#: Paths put together from pieces that have fooled URL handling somewhere.
+_PIECES = ["api", "API", "..", ".", "%2e%2e", "%2F", "a", "x.y", "", "\\", "@evil", "c:1"]
+_PATHISH = st.builds(
+    lambda lead, pieces, tail: lead + "/".join(pieces) + tail,
+    st.sampled_from(["/api/", "/api/", "/", "//", "", "\\"]),
+    st.lists(st.sampled_from(_PIECES), max_size=5),
+    st.sampled_from(["", "/", "?q=1", "#f", " ", "\t", "\n"]),
+)
+
+
+@settings(max_examples=500)  # pure and fast; hostile shapes are a small share of the space
+@given(st.one_of(_VALID, _PATHISH, st.text(max_size=40)))
+def test_an_accepted_path_never_leaves_the_base_url(path: str) -> None:
+    base = "https://gateway.example:8443/ailab"
+    try:
+        check_api_path(path)
+    except ValidationError:
+        return
+    # What the dispatcher builds, as aiohttp parses it.
+    url = URL(base + path)
+    assert (url.scheme, url.host, url.port) == ("https", "gateway.example", 8443)
+    assert url.path.startswith("/ailab/api/")
+    assert ".." not in url.parts
+    assert "." not in url.parts
+    assert (url.query_string, url.fragment) == ("", "")
+    assert url.path == "/ailab" + path  # nothing was decoded or normalised away
+
+
+async def test_tasks_of_another_endpoint_learn_their_own_poll_plan(sim: Simulator) -> None:
+    async with sim_client(sim) as client:
+        for seed in range(3):
+            task = await client.submit_task(
+                "POST",
+                BEAUTY,
+                files={"image_target": sample_image(96, 96, seed=seed)},
+                fields={"task_type": "async"},
+            )
+            await task.result(timeout=60)
+        # The typed smart-beauty plan learned nothing from them; their endpoint's did.
+        assert client.tracker.observations == 0
+        assert client._tracker._planner_for(BEAUTY).observations == 3
 
 
 @pytest.mark.parametrize(
