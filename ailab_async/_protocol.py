@@ -37,6 +37,7 @@ __all__ = [
     "error_class_for",
     "form_text_problem",
     "multipart_content_type",
+    "multipart_form",
     "multipart_frame",
     "parse_credits",
     "parse_image_result",
@@ -103,23 +104,37 @@ def multipart_frame(
      b'--B', b'Content-Disposition: form-data; name="image"; filename="a.png"',
      b'Content-Type: image/png', b'', b'<png>', b'--B--', b'']
     """
-    texts = [file_field, filename, content_type, boundary]
-    for name, value in fields:
-        texts += (name, value)
-    if any(form_text_problem(text) for text in texts):
-        raise ValueError("multipart names, values and types must be ASCII without quotes or CR/LF")
-    if any(boundary in value for _, value in fields):
-        raise ValueError("the boundary occurs in a field value")
-    delimiter = f"--{boundary}\r\n"
-    parts = [
-        f'{delimiter}Content-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
-        for name, value in fields
-    ]
+    parts = _field_parts(fields, boundary, file_field, filename, content_type)
     parts.append(
-        f'{delimiter}Content-Disposition: form-data; name="{file_field}"; '
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; '
         f'filename="{filename}"\r\nContent-Type: {content_type}\r\n\r\n'
     )
     return "".join(parts).encode("ascii"), f"\r\n--{boundary}--\r\n".encode("ascii")
+
+
+def multipart_form(fields: Sequence[tuple[str, str]], boundary: str) -> bytes:
+    """A ``multipart/form-data`` body of text fields only (a POST without a file), framed
+    as :func:`multipart_frame` frames them.
+
+    >>> multipart_form([("a", "1")], "B").split(b"\\r\\n")
+    [b'--B', b'Content-Disposition: form-data; name="a"', b'', b'1', b'--B--', b'']
+    """
+    return ("".join(_field_parts(fields, boundary)) + f"--{boundary}--\r\n").encode("ascii")
+
+
+def _field_parts(fields: Sequence[tuple[str, str]], boundary: str, *texts: str) -> list[str]:
+    """The text parts of a multipart body, every text (``texts`` too) checked first."""
+    checked = [boundary, *texts]
+    for name, value in fields:
+        checked += (name, value)
+    if any(form_text_problem(text) for text in checked):
+        raise ValueError("multipart names, values and types must be ASCII without quotes or CR/LF")
+    if any(boundary in value for _, value in fields):
+        raise ValueError("the boundary occurs in a field value")
+    return [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in fields
+    ]
 
 
 def form_text_problem(text: str) -> str | None:

@@ -48,6 +48,7 @@ from ._protocol import (
     MAX_RESPONSE_BYTES,
     RESPONSE_TOO_LARGE,
     multipart_content_type,
+    multipart_form,
     multipart_frame,
 )
 from ._session import SessionManager
@@ -203,14 +204,18 @@ class Transport:
         """
         session = await self._sessions.get()
         with contextlib.ExitStack() as stack:
-            body: MultipartBody | aiohttp.FormData | None = None
+            body: aiohttp.payload.Payload | None = None
             query = list(request.query)
             if request.upload is not None:
                 body = _body(request, request.upload, stack)
             elif request.method == "GET":
                 query += request.fields
             elif request.fields:  # a POST without a file: its fields as a multipart form
-                body = aiohttp.FormData(list(request.fields), default_to_multipart=True)
+                boundary = os.urandom(16).hex()
+                body = aiohttp.payload.BytesPayload(
+                    multipart_form(request.fields, boundary),
+                    content_type=multipart_content_type(boundary),
+                )
             try:
                 async with session.request(
                     request.method,
