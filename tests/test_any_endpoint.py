@@ -226,11 +226,24 @@ async def test_out_of_credits_is_not_retried(fake_time: FakeTime, mocked: aiores
     assert attempts(mocked) == 1
 
 
-@pytest.mark.parametrize(("billed", "ambiguous"), [(True, 1), (False, 0)])
-async def test_a_5xx_page_is_retried_and_counted_ambiguous_only_when_billed(
-    fake_time: FakeTime, mocked: aioresponses, billed: bool, ambiguous: int
+@pytest.mark.parametrize(
+    ("answer", "billed", "ambiguous"),
+    [
+        # A gateway's page: the API may have done (and billed) the work behind it.
+        ({"status": 502, "body": "<html>Bad Gateway</html>"}, True, 1),
+        ({"status": 502, "body": "<html>Bad Gateway</html>"}, False, 0),
+        # The API's own 5xx envelope says it failed: retried, never ambiguous.
+        ({"status": 503, "payload": error_envelope(503, "ERROR_INSUFFICIENT_RESOURCES")}, True, 0),
+    ],
+)
+async def test_a_5xx_is_retried_and_counted_ambiguous_only_when_it_may_have_been_billed(
+    fake_time: FakeTime,
+    mocked: aioresponses,
+    answer: dict[str, Any],
+    billed: bool,
+    ambiguous: int,
 ) -> None:
-    mocked.post(CUTOUT_URL, status=502, body="<html>Bad Gateway</html>")
+    mocked.post(CUTOUT_URL, **answer)
     mocked.post(CUTOUT_URL, payload=envelope({"image_url": RESULT}))
     async with client_for(fake_time) as client:
         result = await client.call("POST", CUTOUT, files={"image": png_bytes()}, billed=billed)
@@ -238,6 +251,27 @@ async def test_a_5xx_page_is_retried_and_counted_ambiguous_only_when_billed(
     assert result.image_url == RESULT
     assert stats.retries == 1
     assert stats.ambiguous_retries == ambiguous
+
+
+async def test_a_connection_dropped_after_the_upload_is_an_ambiguous_retry(serve: Serve) -> None:
+    received: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        if len(received) == 1:  # the request arrived whole; the answer never leaves
+            assert request.transport is not None
+            request.transport.close()
+        return web.json_response(envelope({"ok": 1}))
+
+    url = await serve(handler)
+    # No jitter: the backoff is 0 s, so no test time is spent waiting.
+    async with AILabClient(api_key=TEST_KEY, base_url=url, random=lambda: 0.0) as client:
+        result = await client.call("POST", CUTOUT, files={"image": png_bytes()})
+        stats = client.stats
+    assert result.data == {"ok": 1}
+    assert len(received) == 2
+    assert all(png_bytes() in body for body in received)  # the image, sent again in full
+    assert (stats.retries, stats.ambiguous_retries) == (1, 1)
 
 
 async def test_a_billed_call_is_not_retried_blindly_when_ambiguous_retries_are_off(
