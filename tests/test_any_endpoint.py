@@ -73,6 +73,16 @@ def sim_client(sim: Simulator, **kwargs: Any) -> AILabClient:
     return AILabClient(api_key=sim.api_key, base_url=sim.url, **kwargs)
 
 
+async def submit_beauty(client: AILabClient, seed: int = 0) -> TaskHandle[RawResult]:
+    """Smart-beauty submitted as any task endpoint would be."""
+    return await client.submit_task(
+        "POST",
+        BEAUTY,
+        files={"image_target": sample_image(96, 96, seed=seed)},
+        fields={"task_type": "async"},
+    )
+
+
 async def test_a_call_returns_the_payload_and_the_ids_and_is_billed_once(sim: Simulator) -> None:
     async with sim_client(sim) as client:
         result = await client.call(
@@ -115,12 +125,7 @@ async def test_a_task_of_any_endpoint_is_tracked_to_its_raw_result(sim: Simulato
 
 async def test_a_task_is_picked_up_by_another_client_without_paying_again(sim: Simulator) -> None:
     async with sim_client(sim) as first:
-        task = await first.submit_task(
-            "POST",
-            BEAUTY,
-            files={"image_target": sample_image(96, 96)},
-            fields={"task_type": "async"},
-        )
+        task = await submit_beauty(first)
         task_id = task.task_id
     async with sim_client(sim) as second:
         result = await second.track_task(task_id, path=BEAUTY).result(timeout=60)
@@ -132,12 +137,7 @@ async def test_a_task_is_picked_up_by_another_client_without_paying_again(sim: S
 async def test_a_failed_task_of_any_endpoint_is_a_task_failed_error() -> None:
     config = SimulatorConfig(seed=5, tasks=TaskBehaviour(failure_share=1.0))
     async with Simulator(config) as sim, sim_client(sim) as client:
-        task = await client.submit_task(
-            "POST",
-            BEAUTY,
-            files={"image_target": sample_image(96, 96)},
-            fields={"task_type": "async"},
-        )
+        task = await submit_beauty(client)
         with pytest.raises(TaskFailedError) as caught:
             await task.result(timeout=60)
     assert caught.value.task_id == task.task_id
@@ -455,12 +455,7 @@ def test_an_accepted_path_never_leaves_the_base_url(path: str) -> None:
 async def test_tasks_of_another_endpoint_learn_their_own_poll_plan(sim: Simulator) -> None:
     async with sim_client(sim) as client:
         for seed in range(3):
-            task = await client.submit_task(
-                "POST",
-                BEAUTY,
-                files={"image_target": sample_image(96, 96, seed=seed)},
-                fields={"task_type": "async"},
-            )
+            task = await submit_beauty(client, seed)
             await task.result(timeout=60)
         # The typed smart-beauty plan learned nothing from them; their endpoint's did.
         assert client.tracker.observations == 0
