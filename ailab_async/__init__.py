@@ -6,9 +6,10 @@
 
 The SDK's public names, all in ``__all__``: the client and what it hands out
 (:class:`AILabClient`, :class:`TaskHandle`, :class:`Outcome`, ``ImageInput``), results
-(:class:`ImageResult`, :class:`Credits`, :class:`CreditBalance`, :class:`TaskStatus`,
-:class:`ClientStats`, :class:`TrackerStats`), configuration (:class:`PollingConfig`, the
-:class:`RateLimiter` protocol and :class:`AdaptiveRateLimiter`) and the exception tree of
+(:class:`ImageResult`, :class:`RawResult`, :class:`Credits`, :class:`CreditBalance`,
+:class:`TaskStatus`, :class:`ClientStats`, :class:`TrackerStats`), configuration
+(:class:`PollingConfig`, the :class:`RateLimiter` protocol and :class:`AdaptiveRateLimiter`)
+and the exception tree of
 :mod:`ailab_async.errors`. The machinery behind them is private (modules named ``_*``).
 The batch engine, the command line, integrations and the testing kit are the subpackages
 ``batch``, ``cli``, ``contrib`` and ``testing``.
@@ -50,6 +51,7 @@ from .models import (
     CreditBalance,
     Credits,
     ImageResult,
+    RawResult,
     TaskStatus,
     TrackerStats,
 )
@@ -84,6 +86,7 @@ __all__ = [
     "PollingConfig",
     "RateLimitedError",
     "RateLimiter",
+    "RawResult",
     "RequestTimeoutError",
     "ServerError",
     "TaskError",

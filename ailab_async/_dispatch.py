@@ -142,11 +142,13 @@ class RetryPolicy:
 
 @attrs.frozen
 class Call:
-    """One API call: the endpoint, its query or form fields, and its image if any."""
+    """One API call: the endpoint, its query (GET) or form (POST) fields, its image if any,
+    and, for a POST, the query string (``AILabClient.call``'s ``params``)."""
 
     endpoint: Endpoint
     fields: Sequence[tuple[str, str]] = ()
     image: PreparedImage | None = None
+    query: Sequence[tuple[str, str]] = ()
 
 
 class Dispatcher:
@@ -242,6 +244,7 @@ class Dispatcher:
             timeout=attempt_timeout,
             fields=call.fields,
             upload=upload,
+            query=call.query,
         )
         response = await self._transport.send(request)
         return classify_response(

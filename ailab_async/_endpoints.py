@@ -7,6 +7,11 @@ the wire (:meth:`Param.encode`, which validates). A parameter the caller did not
 not sent: the API applies its own default (the ``default`` stated here), and two fewer
 multipart parts is a cheaper request. Pure: no I/O, no clock.
 
+Any other endpoint of the provider is described here too, per call
+(:func:`generic_endpoint`, for ``AILabClient.call``): its path checked so the key can only
+go to the API host (:func:`check_api_path`), its fields checked for the wire
+(:func:`encode_free_fields`), any file checked as an image (:data:`GENERIC_FILE_RULES`).
+
 Adding an endpoint is one entry here plus its public method on ``AILabClient`` (whose
 signature mirrors the entry's parameters and defaults; ``tests/test_endpoints.py`` checks
 that they agree). The simulator keeps its own copy of these facts on purpose: it stands for
@@ -20,8 +25,10 @@ from __future__ import annotations
 
 import decimal
 import enum
+import functools
 import math
 import numbers
+import re
 import reprlib
 import types
 from collections.abc import Mapping
@@ -29,9 +36,11 @@ from collections.abc import Mapping
 import attrs
 
 from . import errors
+from ._protocol import form_text_problem
 
 __all__ = [
     "ENDPOINTS",
+    "GENERIC_MAX_FILE_BYTES",
     "QUERY_CREDITS",
     "QUERY_TASK",
     "SMART_BEAUTY",
@@ -40,12 +49,18 @@ __all__ = [
     "SMART_SKIN_RULES",
     "CallKind",
     "Endpoint",
+    "GenericCall",
     "ImageRules",
     "Param",
     "ParamKind",
+    "check_api_path",
     "check_degree",
     "check_flag",
+    "check_method",
     "check_task_id",
+    "encode_free_fields",
+    "generic_call",
+    "generic_endpoint",
 ]
 
 _MB = 1024 * 1024
@@ -390,3 +405,273 @@ QUERY_CREDITS = Endpoint(
 ENDPOINTS: Mapping[str, Endpoint] = types.MappingProxyType(
     {e.name: e for e in (SMART_SKIN, SMART_BEAUTY, QUERY_TASK, QUERY_CREDITS)}
 )
+
+
+# --- any other endpoint, described per call ------------------------------------------------
+
+#: The largest file a generic call uploads. The endpoint's own limit is the server's to
+#: enforce (it answers 413, a typed ``ImageRejectedError``); this one only keeps a mistake
+#: (a video, a disk image) from being read and sent.
+GENERIC_MAX_FILE_BYTES = 20 * _MB
+#: The longest path accepted (the provider's are under 80 characters).
+MAX_PATH_LENGTH = 512
+#: A path under the API: ``/api/`` then segments of unreserved characters, none starting
+#: with a dot (so no ``.`` or ``..``), nothing else: no query, fragment, escape or colon.
+_API_PATH = re.compile(r"/api(?:/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+")
+#: A form field or query parameter name.
+_FIELD_NAME = re.compile(r"[A-Za-z0-9_.\[\]-]{1,128}")
+#: The longest field value sent (a field is a number, a word, an id, a URL).
+MAX_FIELD_LENGTH = 8192
+_METHODS = ("GET", "POST")
+
+
+def _path_error(path: str, why: str) -> errors.ValidationError:
+    shown = reprlib.repr(path)
+    return errors.ValidationError(
+        f"path {shown} {why}; give the endpoint's path under the API host, such as "
+        "'/api/cutout/portrait/portrait-background-removal' (the API key is only ever sent "
+        "to the client's base_url)",
+        input="path",
+        rule="path",
+    )
+
+
+def check_api_path(path: object) -> str:
+    """An endpoint path the API key may be sent to: ``/api/...`` on the client's host.
+
+    Refused, each with the reason: anything not a string; an absolute URL
+    (``https://elsewhere/...``) or a scheme-relative one (``//elsewhere``); backslashes;
+    white space or control characters; ``.`` and ``..`` segments; percent escapes (which
+    could hide either); a query or fragment (``params=`` carries the query); anything that
+    does not start with ``/api/``, or holds characters other than letters, digits and
+    ``-_.~`` in its segments.
+
+    >>> check_api_path("/api/cutout/portrait/portrait-background-removal")
+    '/api/cutout/portrait/portrait-background-removal'
+    >>> check_api_path("//evil.example/api/x")
+    Traceback (most recent call last):
+    ...
+    ailab_async.errors.ValidationError: path '//evil.example/api/x' is scheme-relative ...
+    """
+    if not isinstance(path, str):
+        raise errors.ValidationError(
+            f"path must be a string such as '/api/...', got {type(path).__name__}",
+            input="path",
+            rule="type",
+        )
+    if len(path) > MAX_PATH_LENGTH:
+        raise _path_error(path, f"is longer than {MAX_PATH_LENGTH} characters")
+    if _API_PATH.fullmatch(path):
+        return path
+    lowered = path.strip().lower()
+    if "://" in path or re.match(r"[a-z][a-z0-9+.-]*:", lowered):
+        why = "is an absolute URL, not a path"
+    elif path.startswith(("//", "/\\")):
+        why = "is scheme-relative (it names another host)"
+    elif "\\" in path:
+        why = "contains a backslash"
+    elif not path.isprintable() or any(char.isspace() for char in path):
+        why = "contains white space or control characters"
+    elif "%" in path:
+        why = "contains a percent escape (it could hide '..' or '/')"
+    elif "?" in path or "#" in path:
+        why = "contains a query or fragment (pass the query as params=)"
+    elif any(segment in (".", "..") for segment in path.split("/")):
+        why = "contains a '.' or '..' segment"
+    elif not path.startswith("/api/"):
+        why = "does not start with /api/"
+    else:
+        why = (
+            "has an empty segment, a segment starting with '.', or characters other than "
+            "letters, digits and -_.~"
+        )
+    raise _path_error(path, why)
+
+
+def check_method(method: object) -> str:
+    """``GET`` or ``POST`` (any case): the methods the provider's endpoints use.
+
+    >>> check_method("post")
+    'POST'
+    """
+    if isinstance(method, str) and method.upper() in _METHODS:
+        return method.upper()
+    raise errors.ValidationError(
+        f"method must be 'GET' or 'POST', got {reprlib.repr(method)}",
+        input="method",
+        rule="method",
+    )
+
+
+def _free_value(what: str, name: str, value: object) -> str:
+    """One field or query value on the wire: a string, an integer or a finite float."""
+    if isinstance(value, str):
+        text = value
+    elif _is_boolean(value):
+        # str(True) is "True", which no endpoint documents: say which spelling is meant.
+        raise errors.ValidationError(
+            f"{what} {name!r} is a bool; give the value the endpoint documents ('1', 'true', ...)",
+            input=name,
+            rule="type",
+        )
+    elif isinstance(value, numbers.Integral):
+        text = str(int(value))
+    elif isinstance(value, float) and math.isfinite(value):
+        text = repr(value)
+    else:
+        raise errors.ValidationError(
+            f"{what} {name!r} must be a string, an integer or a finite float, got "
+            f"{type(value).__name__}",
+            input=name,
+            rule="type",
+        )
+    problem = form_text_problem(text)
+    if problem is None and not text.isprintable():
+        problem = "must be printable (no control characters)"
+    if problem is None and len(text) > MAX_FIELD_LENGTH:
+        problem = f"must be at most {MAX_FIELD_LENGTH} characters"
+    if problem is not None:
+        raise errors.ValidationError(f"{what} {name!r} {problem}", input=name, rule="value")
+    return text
+
+
+def encode_free_fields(values: object, what: str = "fields") -> list[tuple[str, str]]:
+    """The form fields (or query parameters) of a generic call, every name and value checked.
+
+    ``values`` is a mapping (or ``None``) of names (letters, digits, ``_.-[]``) to strings,
+    integers or finite floats; strings must be printable ASCII without quotes or
+    backslashes (they go into a multipart body framed by hand).
+
+    >>> encode_free_fields({"return_form": "mask", "level": 0.5, "n": 2})
+    [('return_form', 'mask'), ('level', '0.5'), ('n', '2')]
+    """
+    if values is None:
+        return []
+    if not isinstance(values, Mapping):
+        raise errors.ValidationError(
+            f"{what} must be a mapping of names to values, got {type(values).__name__}",
+            input=what,
+            rule="type",
+        )
+    encoded: list[tuple[str, str]] = []
+    for name, value in values.items():
+        if not isinstance(name, str) or not _FIELD_NAME.fullmatch(name):
+            raise errors.ValidationError(
+                f"{what} name {reprlib.repr(name)} must be a string of letters, digits "
+                "and _.-[] (1 to 128)",
+                input=what,
+                rule="name",
+            )
+        encoded.append((name, _free_value(what[:-1] if what.endswith("s") else what, name, value)))
+    return encoded
+
+
+def generic_endpoint(
+    method: object,
+    path: object,
+    *,
+    billed: object,
+    file_field: object = None,
+    task: bool = False,
+) -> Endpoint:
+    """An :class:`Endpoint` for any API operation, every part checked (refused with a
+    :class:`~ailab_async.errors.ValidationError` naming what is wrong).
+
+    A file goes in the form field ``file_field`` and is checked as an image (JPEG, PNG or
+    BMP by its first bytes, a readable resolution, at most :data:`GENERIC_MAX_FILE_BYTES`).
+
+    >>> generic_endpoint("post", "/api/cutout/x", billed=True, file_field="image").image_field
+    'image'
+    """
+    checked_method = check_method(method)
+    checked_path = check_api_path(path)
+    if not isinstance(billed, bool):
+        raise errors.ValidationError(
+            f"billed must be True or False, got {type(billed).__name__}",
+            input="billed",
+            rule="type",
+        )
+    if file_field is not None:
+        encode_free_fields({file_field: ""}, "files")  # the same rules as any field name
+        assert isinstance(file_field, str)
+    return _generic_endpoint(checked_method, checked_path, billed, file_field, task)
+
+
+@functools.lru_cache(maxsize=256)
+def _generic_endpoint(
+    method: str, path: str, billed: bool, file_field: str | None, task: bool
+) -> Endpoint:
+    """Built once per distinct call shape (a batch calls the same one thousands of times)."""
+    kind = CallKind.TASK_SUBMIT if task else CallKind.SYNC if billed else CallKind.QUERY
+    rules = None
+    if file_field is not None:
+        rules = ImageRules(
+            endpoint=path,
+            formats=frozenset({"jpeg", "png", "bmp"}),
+            max_bytes=GENERIC_MAX_FILE_BYTES,
+            min_side_exclusive=None,
+            # No resolution rule of ours: the endpoint's own is the server's to enforce.
+            max_side_exclusive=1 << 31,
+        )
+    return Endpoint(
+        path, method, path, billed=billed, image_field=file_field, kind=kind, image_rules=rules
+    )
+
+
+@attrs.frozen
+class GenericCall:
+    """A generic call, checked: its endpoint, wire fields and file (not yet read)."""
+
+    endpoint: Endpoint
+    #: A GET's query, or a POST's form fields.
+    fields: list[tuple[str, str]]
+    #: A POST's query string.
+    query: list[tuple[str, str]]
+    #: The file to upload in ``endpoint.image_field`` (an image input), or ``None``.
+    file: object = None
+
+
+def generic_call(
+    method: object,
+    path: object,
+    *,
+    files: object = None,
+    fields: object = None,
+    params: object = None,
+    billed: object = True,
+    task: bool = False,
+) -> GenericCall:
+    """Check every argument of ``AILabClient.call`` (or ``submit_task``); nothing is read
+    or sent here. One file at most (the body is framed around one, never copied); a GET
+    carries ``params`` only.
+
+    >>> call = generic_call("GET", "/api/common/query-credits", params={"x": 1}, billed=False)
+    >>> call.endpoint.method, call.fields
+    ('GET', [('x', '1')])
+    """
+    if files is not None and not isinstance(files, Mapping):
+        raise errors.ValidationError(
+            f"files must be a mapping of field name to file, got {type(files).__name__}",
+            input="files",
+            rule="type",
+        )
+    uploads = list((files or {}).items())
+    if len(uploads) > 1:
+        raise errors.ValidationError(
+            f"one file per call is supported, got {len(uploads)}",
+            input="files",
+            rule="count",
+        )
+    file_field, file = uploads[0] if uploads else (None, None)
+    endpoint = generic_endpoint(method, path, billed=billed, file_field=file_field, task=task)
+    form = encode_free_fields(fields, "fields")
+    query = encode_free_fields(params, "params")
+    if endpoint.method == "GET":
+        if form or uploads:
+            raise errors.ValidationError(
+                "a GET sends no body: give its parameters as params=, not fields= or files=",
+                input="fields" if form else "files",
+                rule="method",
+            )
+        return GenericCall(endpoint, query, [])
+    return GenericCall(endpoint, form, query, file)

@@ -49,7 +49,7 @@ import attrs
 from . import _protocol as protocol
 from . import errors
 from ._protocol import MAX_RETRY_AFTER, UNEXPECTED_REDIRECT
-from .models import ImageResult, TaskStatus
+from .models import ImageResult, RawResult, TaskStatus
 
 FALLBACK_INTERVAL = 5.0
 #: ``PROCESSING_FAILURE`` answers to a poll in a row before the task counts as failed: the
@@ -267,6 +267,17 @@ def read_poll(
         except errors.MalformedResponseError as exc:
             return exc  # "done" without a usable URL: ask again, it is free
     return status
+
+
+def read_raw_poll(
+    envelope: protocol.Envelope, task_id: str
+) -> RawResult | TaskStatus | errors.AILabError:
+    """:func:`read_poll` for a task of any other endpoint: once it succeeded, the answer's
+    payload as it came (a :class:`~ailab_async.RawResult`)."""
+    status = protocol.parse_task_status(envelope, task_id=task_id)
+    if isinstance(status, errors.AILabError) or status is not TaskStatus.SUCCEEDED:
+        return status
+    return protocol.parse_raw_result(envelope, task_id=task_id)
 
 
 def task_failure(error: errors.AILabError, task_id: str) -> errors.TaskFailedError:

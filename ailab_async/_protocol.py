@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 
 from . import errors
-from .models import CreditBalance, Credits, ImageResult, TaskStatus, converter
+from .models import CreditBalance, Credits, ImageResult, RawResult, TaskStatus, converter
 
 __all__ = [
     "API_KEY_HEADER",
@@ -35,10 +35,13 @@ __all__ = [
     "Envelope",
     "classify_response",
     "error_class_for",
+    "form_text_problem",
     "multipart_content_type",
+    "multipart_form",
     "multipart_frame",
     "parse_credits",
     "parse_image_result",
+    "parse_raw_result",
     "parse_retry_after",
     "parse_task_id",
     "parse_task_status",
@@ -101,23 +104,49 @@ def multipart_frame(
      b'--B', b'Content-Disposition: form-data; name="image"; filename="a.png"',
      b'Content-Type: image/png', b'', b'<png>', b'--B--', b'']
     """
-    texts = [file_field, filename, content_type, boundary]
-    for name, value in fields:
-        texts += (name, value)
-    if any(_NOT_IN_HEADERS.search(text) or not text.isascii() for text in texts):
-        raise ValueError("multipart names, values and types must be ASCII without quotes or CR/LF")
-    if any(boundary in value for _, value in fields):
-        raise ValueError("the boundary occurs in a field value")
-    delimiter = f"--{boundary}\r\n"
-    parts = [
-        f'{delimiter}Content-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
-        for name, value in fields
-    ]
+    parts = _field_parts(fields, boundary, file_field, filename, content_type)
     parts.append(
-        f'{delimiter}Content-Disposition: form-data; name="{file_field}"; '
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; '
         f'filename="{filename}"\r\nContent-Type: {content_type}\r\n\r\n'
     )
     return "".join(parts).encode("ascii"), f"\r\n--{boundary}--\r\n".encode("ascii")
+
+
+def multipart_form(fields: Sequence[tuple[str, str]], boundary: str) -> bytes:
+    """A ``multipart/form-data`` body of text fields only (a POST without a file), framed
+    as :func:`multipart_frame` frames them.
+
+    >>> multipart_form([("a", "1")], "B").split(b"\\r\\n")
+    [b'--B', b'Content-Disposition: form-data; name="a"', b'', b'1', b'--B--', b'']
+    """
+    return ("".join(_field_parts(fields, boundary)) + f"--{boundary}--\r\n").encode("ascii")
+
+
+def _field_parts(fields: Sequence[tuple[str, str]], boundary: str, *texts: str) -> list[str]:
+    """The text parts of a multipart body, every text (``texts`` too) checked first."""
+    checked = [boundary, *texts]
+    for name, value in fields:
+        checked += (name, value)
+    if any(form_text_problem(text) for text in checked):
+        raise ValueError("multipart names, values and types must be ASCII without quotes or CR/LF")
+    if any(boundary in value for _, value in fields):
+        raise ValueError("the boundary occurs in a field value")
+    return [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in fields
+    ]
+
+
+def form_text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be a multipart name or value as :func:`multipart_frame` frames
+    them; ``None`` if it can.
+
+    >>> form_text_problem("0.5"), form_text_problem('say "hi"')
+    (None, 'must be ASCII without quotes, backslashes or line breaks')
+    """
+    if _NOT_IN_HEADERS.search(text) or not text.isascii():
+        return "must be ASCII without quotes, backslashes or line breaks"
+    return None
 
 
 def multipart_content_type(boundary: str) -> str:
@@ -397,8 +426,19 @@ def parse_image_result(envelope: Envelope, *, task_id: str | None = None) -> Ima
     )
 
 
+def parse_raw_result(envelope: Envelope, *, task_id: str | None = None) -> RawResult:
+    """Any endpoint's success answer as it came: its ``data`` and the whole body."""
+    return RawResult(
+        envelope.data,
+        request_id=envelope.request_id,
+        log_id=envelope.log_id,
+        task_id=task_id,
+        body=envelope.body,
+    )
+
+
 def parse_task_id(envelope: Envelope) -> str:
-    """The ``task_id`` of an accepted smart-beauty submit."""
+    """The ``task_id`` of an accepted task submit (smart-beauty, or any task endpoint)."""
     task_id = _opt_id(_find(envelope, "task_id"))
     if task_id is None:
         raise _malformed(envelope, "a task_id")

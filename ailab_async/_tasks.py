@@ -1,4 +1,8 @@
-"""A smart-beauty task as users hold it (:class:`TaskHandle`) and as the tracker keeps it.
+"""A task as users hold it (:class:`TaskHandle`) and as the tracker keeps it.
+
+A smart-beauty task's handle gives an :class:`~ailab_async.ImageResult`; a task of any
+other endpoint (``AILabClient.submit_task``), a :class:`~ailab_async.RawResult`: the handle
+is generic in its result, and the record carries the function that reads a poll's answer.
 
 :class:`TrackedTask` is the task tracker's record of one pending task: its poll schedule
 state and the one shared future every waiter awaits. :class:`TaskHandle` is the user's view
@@ -12,15 +16,24 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Generator
-from typing import Any
+from collections.abc import Callable, Generator
+from typing import Any, Generic
 
 import attrs
+from typing_extensions import TypeVar
 
 from . import errors
 from ._aio import cancel_and_wait
+from ._polling import PollPlanner
+from ._protocol import Envelope
 from ._ratelimit import Sleeper
 from .models import ImageResult, TaskStatus
+
+#: What a task gives when it succeeds (a bare ``TaskHandle`` is a smart-beauty one).
+ResultT = TypeVar("ResultT", default=ImageResult)
+
+#: Reads a successful poll answer: the task's result, its state, or what is wrong with it.
+PollReader = Callable[[Envelope, str], object]
 
 
 def timeout_problem(value: object) -> str | None:
@@ -57,14 +70,14 @@ async def wait_or_sleep(awaited: asyncio.Future[Any], seconds: float, sleep: Sle
             awaited.exception()  # retrieved: no "exception was never retrieved" at GC
 
 
-def _new_future() -> asyncio.Future[ImageResult]:
-    future: asyncio.Future[ImageResult] = asyncio.get_running_loop().create_future()
+def _new_future() -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     # Retrieve a stored exception so a task nobody awaits never warns "never retrieved".
     future.add_done_callback(_consume_exception)
     return future
 
 
-def _consume_exception(future: asyncio.Future[ImageResult]) -> None:
+def _consume_exception(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
 
@@ -85,6 +98,10 @@ class TrackedTask:
     fresh: bool
     #: The task's draw in [0, 1) that picks its poll schedule (see PollPlanner).
     lane: float
+    #: Reads its poll answers (``_polling.read_poll`` for smart-beauty).
+    read: PollReader
+    #: Places its polls and learns from it: one per kind of task (endpoint).
+    planner: PollPlanner
     #: Polls the plan that placed it expected it to take (``None``: placed by no plan).
     expected_polls: float | None = None
     #: Its state as last polled.
@@ -101,14 +118,17 @@ class TrackedTask:
     failure_code: str = ""
     same_code_failures: int = 0
     #: The outcome every waiter awaits.
-    future: asyncio.Future[ImageResult] = attrs.field(init=False, factory=_new_future)
+    future: asyncio.Future[Any] = attrs.field(init=False, factory=_new_future)
 
 
-class TaskHandle:
-    """A smart-beauty task: await it for its :class:`~ailab_async.ImageResult`.
+class TaskHandle(Generic[ResultT]):
+    """A task: await it for its result. A smart-beauty task gives an
+    :class:`~ailab_async.ImageResult`; one of :meth:`AILabClient.submit_task`
+    (``TaskHandle[RawResult]``), a :class:`~ailab_async.RawResult`.
 
     ``task_id`` is what you paid for: persist it, and pick the task up later with
-    ``client.track(task_id)`` if your process stops.
+    ``client.track(task_id)`` (``client.track_task(task_id)`` for other endpoints) if your
+    process stops.
 
     >>> task = await client.submit_smart_beauty("face.jpg", beauty_level=0.7)  # doctest: +SKIP
     >>> result = await task  # doctest: +SKIP
@@ -137,7 +157,7 @@ class TaskHandle:
         """Whether the task has a result or has failed."""
         return self._future.done()
 
-    async def result(self, timeout: float | None = None) -> ImageResult:
+    async def result(self, timeout: float | None = None) -> ResultT:
         """Wait for the result, at most ``timeout`` seconds (default: the client's).
 
         ``timeout=0`` checks without waiting: the result if the task is known to be done,
@@ -158,7 +178,7 @@ class TaskHandle:
             limit = None
         if limit == 0:
             if self._future.done():
-                return self._future.result()
+                return self._outcome()
             raise errors.TaskTimeoutError(
                 f"task {self.task_id} not finished yet (checked without waiting)",
                 task_id=self.task_id,
@@ -166,15 +186,21 @@ class TaskHandle:
         # shield: cancelling this wait must not cancel the shared future other waiters use.
         waiter = asyncio.shield(self._future)
         if limit is None:
-            return await waiter
+            await waiter
+            return self._outcome()
         await wait_or_sleep(waiter, limit, self._sleep)
         if self._future.done():
-            return self._future.result()
+            return self._outcome()
         raise errors.TaskTimeoutError(
             f"task {self.task_id} not finished after {limit:g}s; it may still finish: "
             "track it again with client.track(task_id)",
             task_id=self.task_id,
         )
+
+    def _outcome(self) -> ResultT:
+        """The settled future's result (or its error, raised), typed as this handle's."""
+        result: ResultT = self._future.result()
+        return result
 
     def _settled(self) -> bool:
         """Whether the task's outcome is settled for good (for the tracker): a result, or
@@ -185,7 +211,7 @@ class TaskHandle:
         error = self._future.exception()
         return error is None or isinstance(error, errors.TaskFailedError)
 
-    def __await__(self) -> Generator[Any, None, ImageResult]:
+    def __await__(self) -> Generator[Any, None, ResultT]:
         return self.result().__await__()
 
     def __repr__(self) -> str:

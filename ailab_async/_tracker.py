@@ -1,4 +1,5 @@
-"""The async task tracker: one scheduler polls every pending smart-beauty task.
+"""The async task tracker: one scheduler polls every pending task (smart-beauty, or a task
+of any other endpoint submitted with ``AILabClient.submit_task``).
 
 One asyncio task (the scheduler) knows each pending task's next poll time (a heap). When
 polls fall due (on the real clock, a timer handle launches them without waking it) a few
@@ -18,8 +19,10 @@ This module does the moving (the heap, the scheduler task, sending polls, settli
 futures). Every decision about a poll (what an answer means, when to poll next, what a
 finished task teaches) is made by the pure functions of :mod:`._polling`; the handle and the
 per-task record live in :mod:`._tasks`. Data flows: ``track()`` -> a record in the heap ->
-a poll through the dispatcher -> :func:`~._polling.read_poll` -> the record's future, which
-the handle's waiters await.
+a poll through the dispatcher -> the record's reader (:func:`~._polling.read_poll`, or
+:func:`~._polling.read_raw_poll` for other endpoints) -> the record's future, which the
+handle's waiters await. Each kind of task (smart-beauty; each other endpoint) has its own
+planner, since each takes its own time; all share the one scheduler and poll budget.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import math
 import traceback
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 from . import errors
 from ._aio import cancel_and_wait
@@ -48,12 +52,13 @@ from ._polling import (
     poll_retry_delay,
     poll_spacing,
     read_poll,
+    read_raw_poll,
     retry_after_of,
     task_failure,
 )
 from ._ratelimit import Clock, RateLimiter, Sleeper
 from ._tasks import TaskHandle, TrackedTask, timeout_problem, wait_or_sleep
-from .models import ImageResult, TaskStatus, TrackerStats
+from .models import TaskStatus, TrackerStats
 
 __all__ = ["TaskTracker"]
 
@@ -67,6 +72,8 @@ _POLL_DEADLINE = 30.0  # one poll, retries included; a slow poll is simply re-sc
 # less CPU (``bench_overhead``'s polling part). A poll goes at most this much early, never
 # late.
 _LAUNCH_SLACK = 0.025
+#: Planners kept for tasks of other endpoints (one per path); past this, they share one.
+_MAX_PLANNERS = 64
 
 
 def _describe(error: errors.AILabError) -> str:
@@ -108,7 +115,8 @@ class TaskTracker:
         self._dispatcher = dispatcher
         self._limiter = limiter
         self._config = config
-        self._planner = PollPlanner(config)
+        self._planner = PollPlanner(config)  # smart-beauty's (the one ``stats`` reports)
+        self._other_planners: dict[str, PollPlanner] = {}
         self._clock = clock
         self._sleep = sleep
         self._wait_timeout = wait_timeout
@@ -154,8 +162,13 @@ class TaskTracker:
         )
 
     def track(
-        self, task_id: str, *, submitted_at: dt.datetime | None = None, fresh: bool = False
-    ) -> TaskHandle:
+        self,
+        task_id: str,
+        *,
+        submitted_at: dt.datetime | None = None,
+        fresh: bool = False,
+        endpoint: str | None = None,
+    ) -> TaskHandle[Any]:
         """The handle of ``task_id``, tracking it if it is not tracked yet.
 
         A task already tracked, or settled for good (a result, or the server's word that it
@@ -163,7 +176,9 @@ class TaskTracker:
         a closed client, a bug) is tracked afresh: a new handle, polled again.
 
         ``submitted_at`` (timezone-aware; a time in the future counts as now) places its
-        polls; ``fresh`` says this client submitted it just now.
+        polls; ``fresh`` says this client submitted it just now. ``endpoint``: ``None`` for
+        a smart-beauty task, else the path of the endpoint that started it (``""`` if not
+        known), whose result is a :class:`~ailab_async.RawResult`.
         """
         if self._closed:
             raise errors.ClientClosedError("this AILabClient is closed; create a new one")
@@ -173,7 +188,15 @@ class TaskTracker:
             )
         wall_now = dt.datetime.now(dt.timezone.utc)
         submitted = None if submitted_at is None else checked_submitted_at(submitted_at, wall_now)
+        read = read_poll if endpoint is None else read_raw_poll
         handle = self._handles.get(task_id)
+        if handle is not None and handle._tracked.read is not read:
+            raise errors.ValidationError(
+                f"task {task_id} is already tracked as "
+                + ("a smart-beauty task" if endpoint is not None else "a task of another endpoint"),
+                input="task_id",
+                rule="kind",
+            )
         if handle is not None and (task_id in self._pending or handle._settled()):
             return handle
         now = self._clock()
@@ -186,6 +209,8 @@ class TaskTracker:
             timed=fresh or submitted is not None,
             fresh=fresh,
             lane=self._rand(),
+            read=read,
+            planner=self._planner if endpoint is None else self._planner_for(endpoint),
         )
         self._pending[task_id] = tracked
         handle = TaskHandle(tracked, self._wait_timeout, self._sleep)
@@ -195,14 +220,23 @@ class TaskTracker:
         # A task submitted just now is placed by the learned plan; one picked up again
         # (unknown or old submit time) is polled at once.
         if fresh:
-            self._planner.submitted(task_id)
-            tracked.expected_polls = self._planner.expected_polls(tracked.lane)
+            tracked.planner.submitted(task_id)
+            tracked.expected_polls = tracked.planner.expected_polls(tracked.lane)
         if tracked.timed:
-            self._schedule(tracked, started + self._planner.next_poll(age, None, tracked.lane))
+            self._schedule(tracked, started + tracked.planner.next_poll(age, None, tracked.lane))
         else:
             self._schedule(tracked, now)
         self._ensure_scheduler()
         return handle
+
+    def _planner_for(self, endpoint: str) -> PollPlanner:
+        """The planner of another endpoint's tasks (created on first use)."""
+        if endpoint not in self._other_planners and len(self._other_planners) >= _MAX_PLANNERS:
+            endpoint = ""
+        planner = self._other_planners.get(endpoint)
+        if planner is None:
+            planner = self._other_planners[endpoint] = PollPlanner(self._config)
+        return planner
 
     async def aclose(self) -> None:
         """Stop polling; every pending waiter gets a clear error naming its task."""
@@ -216,15 +250,15 @@ class TaskTracker:
                         "the task goes on remotely: track it again with a new client"
                     )
                 )
-        for task_id in self._pending:
-            self._planner.dropped(task_id)
+        for task_id, tracked in self._pending.items():
+            tracked.planner.dropped(task_id)
         self._pending.clear()
         self._heap.clear()
 
     def _forget(self, tracked: TrackedTask) -> None:
         if self._pending.get(tracked.task_id) is tracked:
             del self._pending[tracked.task_id]  # its heap entry goes stale
-            self._planner.dropped(tracked.task_id)
+            tracked.planner.dropped(tracked.task_id)
             tracked.future.cancel()
             self._wakeup.set()
 
@@ -363,7 +397,7 @@ class TaskTracker:
         task_id = tracked.task_id
         tracked.polls += 1
         self.polls_sent += 1
-        outcome: ImageResult | TaskStatus | errors.AILabError
+        outcome: object  # the task's result, its state, or an AILabError
         # The server looked at the task some time between now and the answer: "unfinished"
         # is dated to now and "finished" to the answer, so the interval always holds the
         # true completion time, however long the poll queued.
@@ -378,16 +412,16 @@ class TaskTracker:
         except errors.AILabError as exc:
             outcome = exc
         else:
-            outcome = read_poll(envelope, task_id)
+            outcome = tracked.read(envelope, task_id)
         if not self._tracking(tracked):
             return
         now = self._clock()
-        if isinstance(outcome, ImageResult):
-            self._succeed(tracked, outcome, now)
-        elif isinstance(outcome, TaskStatus):
+        if isinstance(outcome, TaskStatus):
             self._not_done(tracked, outcome, poll_started, now)
-        else:
+        elif isinstance(outcome, errors.AILabError):
             self._poll_failed(tracked, outcome, now)
+        else:
+            self._succeed(tracked, outcome, now)
 
     def _tracking(self, tracked: TrackedTask) -> bool:
         return not tracked.future.done() and self._pending.get(tracked.task_id) is tracked
@@ -402,12 +436,12 @@ class TaskTracker:
         tracked.status = status
         tracked.last_not_done = poll_started - tracked.submitted_at
         if tracked.fresh:
-            self._planner.not_done(tracked.task_id, tracked.last_not_done)
+            tracked.planner.not_done(tracked.task_id, tracked.last_not_done)
         if now >= self._give_up_at(tracked):
             self._give_up(tracked)
             return
         age = now - tracked.submitted_at
-        offset = self._planner.next_poll(age, tracked.last_not_done, tracked.lane)
+        offset = tracked.planner.next_poll(age, tracked.last_not_done, tracked.lane)
         self._schedule(tracked, tracked.submitted_at + offset)
 
     def _poll_failed(self, tracked: TrackedTask, error: errors.AILabError, now: float) -> None:
@@ -445,31 +479,33 @@ class TaskTracker:
         # Never past the give-up time: the last poll there decides.
         self._schedule(tracked, min(now + delay, self._give_up_at(tracked)))
 
-    def _succeed(self, tracked: TrackedTask, result: ImageResult, now: float) -> None:
+    def _succeed(self, tracked: TrackedTask, result: object, now: float) -> None:
         del self._pending[tracked.task_id]
         tracked.future.set_result(result)
         evidence = completion_evidence(
             now - tracked.submitted_at, tracked.last_not_done, fresh=tracked.fresh
         )
-        if evidence is not None and self._planner.finished(
+        if evidence is not None and tracked.planner.finished(
             tracked.task_id, evidence[1], tracked.polls, tracked.expected_polls
         ):
-            self._replace_pending(now)
+            self._replace_pending(now, tracked.planner)
 
-    def _replace_pending(self, now: float) -> None:
-        """A new plan is in: move every pending poll to where it now belongs (earlier or
-        later), so no task keeps a poll placed by what the planner knew before."""
+    def _replace_pending(self, now: float, planner: PollPlanner) -> None:
+        """A new plan is in: move every pending poll it places to where it now belongs
+        (earlier or later), so no task keeps a poll placed by what it knew before."""
         for pending in self._pending.values():
+            if pending.planner is not planner:
+                continue  # another kind of task: its plan has not changed
             if not pending.timed or pending.next_poll_at == float("inf") or pending.failures:
                 continue  # unknown submit time, a poll in flight, or backing off
             age = now - pending.submitted_at
-            offset = self._planner.next_poll(age, pending.last_not_done, pending.lane)
+            offset = planner.next_poll(age, pending.last_not_done, pending.lane)
             if pending.submitted_at + offset != pending.next_poll_at:
                 self._schedule(pending, pending.submitted_at + offset)
 
     def _end(self, tracked: TrackedTask, error: BaseException) -> None:
         del self._pending[tracked.task_id]
-        self._planner.dropped(tracked.task_id)
+        tracked.planner.dropped(tracked.task_id)
         tracked.future.set_exception(error)
 
     def _give_up(self, tracked: TrackedTask) -> None:
@@ -502,7 +538,7 @@ class TaskTracker:
         )
         pending = list(self._pending.values())
         for tracked in pending:
-            self._planner.dropped(tracked.task_id)
+            tracked.planner.dropped(tracked.task_id)
         self._pending.clear()
         self._heap.clear()
         for tracked in pending:

@@ -48,6 +48,7 @@ from ._protocol import (
     MAX_RESPONSE_BYTES,
     RESPONSE_TOO_LARGE,
     multipart_content_type,
+    multipart_form,
     multipart_frame,
 )
 from ._session import SessionManager
@@ -119,9 +120,11 @@ class Request:
     billed: bool
     #: Seconds this attempt may take, connecting and reading included.
     timeout: float
-    #: The query string, or the form fields when there is an upload.
+    #: The query string of a GET; the form fields of a POST.
     fields: Sequence[tuple[str, str]] = ()
     upload: Upload | None = None
+    #: A POST's query string.
+    query: Sequence[tuple[str, str]] = ()
     #: The most bytes (decompressed) read from the answer.
     max_body: int = MAX_RESPONSE_BYTES
 
@@ -212,13 +215,24 @@ class Transport:
         """
         session = await self._sessions.get()
         with contextlib.ExitStack() as stack:
-            body = None if request.upload is None else _body(request, request.upload, stack)
+            body: aiohttp.payload.Payload | None = None
+            query = list(request.query)
+            if request.upload is not None:
+                body = _body(request, request.upload, stack)
+            elif request.method == "GET":
+                query += request.fields
+            elif request.fields:  # a POST without a file: its fields as a multipart form
+                boundary = os.urandom(16).hex()
+                body = aiohttp.payload.BytesPayload(
+                    multipart_form(request.fields, boundary),
+                    content_type=multipart_content_type(boundary),
+                )
             try:
                 async with session.request(
                     request.method,
                     request.url,
                     data=body,
-                    params=list(request.fields) if body is None and request.fields else None,
+                    params=query or None,
                     headers=self._api_headers,
                     timeout=aiohttp.ClientTimeout(total=request.timeout),
                     # Never follow: the key would be re-sent to wherever Location points

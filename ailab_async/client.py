@@ -15,7 +15,14 @@ import datetime as dt
 import os
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+)
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, overload
@@ -37,7 +44,15 @@ from ._config import (
 )
 from ._dispatch import Call, Dispatcher, RetryPolicy
 from ._download import DEFAULT_MAX_DOWNLOAD_BYTES, download_to
-from ._endpoints import QUERY_CREDITS, SMART_BEAUTY, SMART_SKIN, Endpoint, check_task_id
+from ._endpoints import (
+    QUERY_CREDITS,
+    SMART_BEAUTY,
+    SMART_SKIN,
+    Endpoint,
+    check_api_path,
+    check_task_id,
+    generic_call,
+)
 from ._images import ImageInput, aprepare_image
 from ._map import Outcome, map_outcomes
 from ._polling import PollingConfig
@@ -46,7 +61,15 @@ from ._session import SessionManager
 from ._tasks import TaskHandle
 from ._tracker import TaskTracker
 from .errors import ClientClosedError, ConfigurationError, ValidationError
-from .models import ClientStats, Credits, ImageResult, Secret, TrackerStats, key_fingerprint
+from .models import (
+    ClientStats,
+    Credits,
+    ImageResult,
+    RawResult,
+    Secret,
+    TrackerStats,
+    key_fingerprint,
+)
 
 __all__ = ["AILabClient"]
 
@@ -358,6 +381,96 @@ class AILabClient:
         check_task_id(task_id)
         return self._tracker.track(task_id, submitted_at=submitted_at)  # checks submitted_at
 
+    # -- any other endpoint ---------------------------------------------------------------
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        files: Mapping[str, ImageInput] | None = None,
+        fields: Mapping[str, str | int | float] | None = None,
+        params: Mapping[str, str | int | float] | None = None,
+        billed: bool = True,
+        deadline: float | None = None,
+    ) -> RawResult:
+        """Call any endpoint of the API through this client's engine; its payload as JSON.
+
+        The same road as the typed methods: concurrency slots, the rate limiter, retries
+        with backoff, the deadline, typed errors. ``billed=True`` (the default: most
+        endpoints cost credits) counts a retry after a failure the server may have
+        processed as ambiguous, and obeys ``retry_ambiguous``; give ``billed=False`` for a
+        free call (a query), which is always safe to retry.
+
+        ``path`` is the endpoint's path under the client's ``base_url`` (``/api/...``): URLs,
+        ``//host``, ``..``, escapes and backslashes are refused, so the API key only ever
+        goes to the API host. ``files`` holds at most one image (path, bytes or binary file
+        object; JPEG/PNG/BMP, checked by its first bytes and streamed on every attempt);
+        ``fields`` are the form fields of a POST, ``params`` the query string; values are
+        strings, integers or floats. A GET takes ``params`` only.
+
+        >>> result = await client.call(
+        ...     "POST", "/api/cutout/portrait/portrait-background-removal",
+        ...     files={"image": "face.jpg"}, fields={"return_form": "mask"},
+        ... )  # doctest: +SKIP
+        >>> result.data["image_url"], result.request_id  # doctest: +SKIP
+        """
+        envelope = await self._send_any(
+            method, path, files, fields, params, billed, deadline, task=False
+        )
+        return protocol.parse_raw_result(envelope)
+
+    # Its parameters repeat call()'s on purpose: each public method spells its signature out
+    # (help(), the reference, type checkers); both hand them to _send_any at once.
+    async def submit_task(
+        self,
+        method: str,
+        path: str,
+        *,
+        files: Mapping[str, ImageInput] | None = None,
+        fields: Mapping[str, str | int | float] | None = None,
+        params: Mapping[str, str | int | float] | None = None,
+        billed: bool = True,
+        deadline: float | None = None,
+    ) -> TaskHandle[RawResult]:
+        """Submit to any endpoint that answers with a ``task_id``; its handle at once.
+
+        Arguments as for :meth:`call` (give the fields the endpoint needs to run as a
+        task, such as ``task_type="async"``). The task is polled by this client's tracker
+        (``query-async-task-result``, within the same budget as every other task); awaiting
+        the handle gives a :class:`RawResult` of the finished task's answer. Persist
+        ``task.task_id``, and pick it up later with :meth:`track_task`.
+
+        >>> task = await client.submit_task(
+        ...     "POST", "/api/portrait/effects/smart-beauty",
+        ...     files={"image_target": "face.jpg"}, fields={"task_type": "async"},
+        ... )  # doctest: +SKIP
+        >>> result = await task  # doctest: +SKIP
+        """
+        envelope = await self._send_any(
+            method, path, files, fields, params, billed, deadline, task=True
+        )
+        return self._tracker.track(protocol.parse_task_id(envelope), fresh=True, endpoint=path)
+
+    def track_task(
+        self,
+        task_id: str,
+        *,
+        submitted_at: dt.datetime | None = None,
+        path: str | None = None,
+    ) -> TaskHandle[RawResult]:
+        """Pick up a task of :meth:`submit_task` submitted earlier (another process, a
+        restart): like :meth:`track`, with a :class:`RawResult` as its result. ``path``
+        (the endpoint that started it) lets its polls follow what this client learned of
+        that endpoint's tasks.
+
+        >>> task = client.track_task(saved_task_id)  # doctest: +SKIP
+        """
+        self._enter()
+        check_task_id(task_id)
+        endpoint = "" if path is None else check_api_path(path)
+        return self._tracker.track(task_id, submitted_at=submitted_at, endpoint=endpoint)
+
     def map(
         self,
         fn: Callable[..., Awaitable[ResultT]],
@@ -493,6 +606,31 @@ class AILabClient:
             # A missing image (None) is refused there, like any other non-image.
             prepared = await aprepare_image(image, endpoint.image_rules)  # type: ignore[arg-type]
         return await self._dispatcher.call(Call(endpoint, fields, prepared), deadline=deadline)
+
+    async def _send_any(
+        self,
+        method: str,
+        path: str,
+        files: Mapping[str, ImageInput] | None,
+        fields: Mapping[str, str | int | float] | None,
+        params: Mapping[str, str | int | float] | None,
+        billed: bool,
+        deadline: float | None,
+        *,
+        task: bool,
+    ) -> protocol.Envelope:
+        """A generic call: every check first (:func:`generic_call`), then the request."""
+        self._enter()
+        checked = generic_call(
+            method, path, files=files, fields=fields, params=params, billed=billed, task=task
+        )
+        check_call_seconds(deadline, "deadline")
+        endpoint = checked.endpoint
+        prepared = None
+        if endpoint.image_rules is not None:
+            prepared = await aprepare_image(checked.file, endpoint.image_rules)  # type: ignore[arg-type]
+        call = Call(endpoint, checked.fields, prepared, query=checked.query)
+        return await self._dispatcher.call(call, deadline=deadline)
 
     def _enter(self) -> None:
         """Refuse a call on a closed client or from a foreign loop; bind the first loop."""

@@ -12,7 +12,7 @@ import datetime as dt
 import enum
 import hashlib
 import hmac
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
@@ -25,6 +25,7 @@ __all__ = [
     "CreditBalance",
     "Credits",
     "ImageResult",
+    "RawResult",
     "Secret",
     "TaskStatus",
     "TrackerStats",
@@ -119,6 +120,51 @@ class ImageResult:
     def expired(self, now: dt.datetime | None = None) -> bool:
         """Whether ``image_url`` has passed its 24-hour validity."""
         return (now or _utcnow()) >= self.expires_at
+
+
+def _describe_data(data: Any) -> str:
+    """A payload shown in a repr by its shape only: it may hold result URLs (secrets)."""
+    if data is None:
+        return "None"
+    if isinstance(data, Mapping):
+        keys = ", ".join(repr(key) for key in list(data)[:8])
+        return f"<keys {keys}{', ...' if len(data) > 8 else ''}>"
+    if isinstance(data, list):
+        return f"<list of {len(data)}>"
+    return f"<{type(data).__name__}>"
+
+
+@attrs.frozen
+class RawResult:
+    """The answer of any endpoint called through :meth:`AILabClient.call` (or a task of
+    :meth:`AILabClient.submit_task`): its ``data`` payload as parsed JSON, and the ids to
+    quote to support.
+
+    ``data`` is the envelope's ``data`` (``None`` if the answer had none); ``body`` is the
+    whole envelope, for the few endpoints that answer beside ``data``. Both are what the
+    server sent, unchecked. The repr shows only their shape: a payload may hold result URLs,
+    which are credentials for 24 hours.
+
+    >>> result = RawResult({"image_url": "https://cdn.example/r.png?sig=s"}, request_id="r1")
+    >>> result
+    RawResult(data=<keys 'image_url'>, request_id='r1', log_id=None, task_id=None)
+    >>> result.image_url
+    'https://cdn.example/r.png?sig=s'
+    """
+
+    data: Any = attrs.field(repr=_describe_data)
+    request_id: str | None = None
+    log_id: str | None = None
+    #: The task that produced it (:meth:`AILabClient.submit_task`), if any.
+    task_id: str | None = None
+    body: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
+
+    @property
+    def image_url(self) -> str | None:
+        """``data.image_url`` when the payload has an ``http(s)`` one (many image endpoints
+        answer so): give it to :meth:`AILabClient.download`. Valid 24 hours."""
+        url = self.data.get("image_url") if isinstance(self.data, Mapping) else None
+        return url if isinstance(url, str) and url.startswith(("http://", "https://")) else None
 
 
 @attrs.frozen

@@ -33,10 +33,11 @@ from collections.abc import (
     Collection,
     Generator,
     Iterable,
+    Mapping,
 )
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 import anyio
 import anyio.to_thread
@@ -49,10 +50,11 @@ from ._map import Outcome
 from ._polling import PollingConfig
 from ._portal import LoopThread
 from ._ratelimit import RateLimiter
+from ._tasks import ResultT
 from ._tasks import TaskHandle as _AsyncTaskHandle
 from ._threads import to_thread
 from .errors import ClientClosedError, ConfigurationError, ValidationError
-from .models import ClientStats, Credits, ImageResult, TaskStatus, TrackerStats
+from .models import ClientStats, Credits, ImageResult, RawResult, TaskStatus, TrackerStats
 
 __all__ = ["AILabClient", "TaskHandle"]
 
@@ -283,6 +285,78 @@ class AILabClient:
         )
         return TaskHandle(handle, self._loop)
 
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        files: Mapping[str, ImageInput] | None = None,
+        fields: Mapping[str, str | int | float] | None = None,
+        params: Mapping[str, str | int | float] | None = None,
+        billed: bool = True,
+        deadline: float | None = None,
+    ) -> RawResult:
+        """Call any endpoint of the API, blocking; see :meth:`ailab_async.AILabClient.call`.
+
+        >>> client.call("GET", "/api/common/query-credits", billed=False).data  # doctest: +SKIP
+        """
+        return self._loop.run(
+            functools.partial(
+                self._client.call,
+                method,
+                path,
+                files=files,
+                fields=fields,
+                params=params,
+                billed=billed,
+                deadline=deadline,
+            )
+        )
+
+    # Like call() above, by design: each blocking method mirrors its async twin's signature.
+    def submit_task(
+        self,
+        method: str,
+        path: str,
+        *,
+        files: Mapping[str, ImageInput] | None = None,
+        fields: Mapping[str, str | int | float] | None = None,
+        params: Mapping[str, str | int | float] | None = None,
+        billed: bool = True,
+        deadline: float | None = None,
+    ) -> TaskHandle[RawResult]:
+        """Submit a task to any endpoint; its handle at once. See
+        :meth:`ailab_async.AILabClient.submit_task`. Persist ``task.task_id``."""
+        handle = self._loop.run(
+            functools.partial(
+                self._client.submit_task,
+                method,
+                path,
+                files=files,
+                fields=fields,
+                params=params,
+                billed=billed,
+                deadline=deadline,
+            )
+        )
+        return TaskHandle(handle, self._loop)
+
+    def track_task(
+        self,
+        task_id: str,
+        *,
+        submitted_at: dt.datetime | None = None,
+        path: str | None = None,
+    ) -> TaskHandle[RawResult]:
+        """Pick up a task of :meth:`submit_task` submitted earlier; see
+        :meth:`ailab_async.AILabClient.track_task`."""
+        handle = self._loop.call(
+            functools.partial(
+                self._client.track_task, task_id, submitted_at=submitted_at, path=path
+            )
+        )
+        return TaskHandle(handle, self._loop)
+
     def credits(self, *, deadline: float | None = None) -> Credits:
         """The account's credit balances (free); see :meth:`ailab_async.AILabClient.credits`.
 
@@ -447,9 +521,10 @@ class AILabClient:
                 self._loop.run(outcomes.aclose)
 
 
-class TaskHandle:
-    """A smart-beauty task: :meth:`result` blocks until its
-    :class:`~ailab_async.ImageResult` is there.
+class TaskHandle(Generic[ResultT]):
+    """A task: :meth:`result` blocks until its result is there (a smart-beauty task's
+    :class:`~ailab_async.ImageResult`; a :class:`~ailab_async.RawResult` for one of
+    :meth:`AILabClient.submit_task`).
 
     The blocking view of :class:`ailab_async.TaskHandle`. ``task_id`` is what you paid for:
     persist it, and pick the task up later with ``client.track(task_id)``.
@@ -460,7 +535,7 @@ class TaskHandle:
 
     __slots__ = ("_handle", "_loop", "task_id")
 
-    def __init__(self, handle: _AsyncTaskHandle, loop: LoopThread) -> None:
+    def __init__(self, handle: _AsyncTaskHandle[ResultT], loop: LoopThread) -> None:
         self.task_id = handle.task_id
         self._handle = handle
         self._loop = loop
@@ -475,7 +550,7 @@ class TaskHandle:
         """Whether the task has a result or has failed."""
         return self._loop.peek(self._handle.done)
 
-    def result(self, timeout: float | None = None) -> ImageResult:
+    def result(self, timeout: float | None = None) -> ResultT:
         """Wait for the result, at most ``timeout`` seconds (default: the client's
         ``task_timeout``); see :meth:`ailab_async.TaskHandle.result`.
 

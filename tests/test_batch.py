@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import errno
 import json
-import signal
-import sys
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -52,6 +49,7 @@ from ailab_async.testing.simulator import (
     sample_image,
 )
 
+from ._killable import run_until_killed
 from ._ledger import check_ledger
 
 
@@ -518,25 +516,9 @@ async def test_killed_mid_batch_then_rerun_pays_only_for_what_was_in_flight(
         seed=9,
     )
     async with Simulator(config) as sim:
-        child = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            KILLABLE_BATCH,
-            sim.url,
-            sim.api_key,
-            operation.value,
-            str(tmp_path / "in"),
-            str(out),
-            stdout=asyncio.subprocess.PIPE,
+        await run_until_killed(
+            KILLABLE_BATCH, sim.url, sim.api_key, operation.value, str(tmp_path / "in"), str(out)
         )
-        assert child.stdout is not None
-        try:
-            for _ in range(5):
-                assert await asyncio.wait_for(child.stdout.readline(), 60) == b"finished\n"
-        finally:
-            child.send_signal(signal.SIGKILL)
-            await child.wait()
-        assert child.returncode == -signal.SIGKILL
         async with await Journal.open(spec.journal_file) as journal:
             at_kill = await journal.counts()
         assert 5 <= at_kill[ItemState.DOWNLOADED] < len(photos)

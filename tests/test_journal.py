@@ -52,8 +52,9 @@ _T = TypeVar("_T")
 # The transitions the issue asks for, written out independently of the module's table.
 EXPECTED_TRANSITIONS: dict[ItemState, set[ItemState]] = {
     S.PENDING: {S.SENDING, S.FAILED},
-    S.SENDING: {S.SENDING, S.SUBMITTED, S.SUCCEEDED, S.FAILED},
-    S.SUBMITTED: {S.SENDING, S.SUCCEEDED, S.FAILED},
+    # A result with nothing to download (a generic call's JSON) is done once written.
+    S.SENDING: {S.SENDING, S.SUBMITTED, S.SUCCEEDED, S.DOWNLOADED, S.FAILED},
+    S.SUBMITTED: {S.SENDING, S.SUCCEEDED, S.DOWNLOADED, S.FAILED},
     S.SUCCEEDED: {S.SENDING, S.DOWNLOADED, S.FAILED},
     # A failure recorded after the paid step by an older journal: track or download it.
     S.FAILED: {S.SENDING, S.SUCCEEDED, S.DOWNLOADED, S.FAILED},

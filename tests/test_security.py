@@ -14,7 +14,7 @@ import pytest
 from aioresponses import aioresponses
 
 from ailab_async import AILabClient, AILabError, ConfigurationError, PollingConfig
-from ailab_async.batch import BatchSpec, Operation, discover_inputs, run_batch
+from ailab_async.batch import BatchCall, BatchSpec, Operation, discover_inputs, run_batch
 from ailab_async.testing.simulator import (
     Faults,
     Simulator,
@@ -54,9 +54,17 @@ async def test_key_and_result_urls_never_leak_anywhere(
             result = await client.smart_skin(sample_image(200, 200, seed=50))
             urls.append(result.image_url)
             texts += [repr(result), str(result)]
+            raw = await client.call(
+                "POST", "/api/portrait/effects/smart-skin", files={"image": sample_image(200, 200)}
+            )
+            assert raw.image_url is not None
+            urls.append(raw.image_url)
+            texts += [repr(raw), str(raw)]
+            any_endpoint = BatchCall("POST", "/api/portrait/effects/smart-skin")
             for spec in (
                 BatchSpec(Operation.SKIN, {}, tmp_path / "out-skin"),
                 BatchSpec(Operation.BEAUTY, {"beauty_level": 0.4}, tmp_path / "out-beauty"),
+                BatchSpec(any_endpoint, {}, tmp_path / "out-call"),
             ):
                 report = await run_batch(client, discover_inputs([photos]), spec)
                 assert report.failed >= 1  # error paths were exercised too
@@ -206,6 +214,7 @@ async def test_api_and_validation_errors_carry_no_key_in_frame_locals() -> None:
             f"{base_url}/api/common/query-credits",
             status=401,
             payload={"error_code": 401, "error_detail": {"code": "ERROR_USER_NOT_EXISTS"}},
+            repeat=True,
         )
         async with AILabClient(api_key=SECRET_KEY, base_url=base_url) as client:
             errors.append(await _capture_async(client.credits))
@@ -213,12 +222,20 @@ async def test_api_and_validation_errors_carry_no_key_in_frame_locals() -> None:
             errors.append(await _capture_async(lambda: client.credits(deadline=float("nan"))))
             errors.append(await _capture_async(lambda: client.download("file:///etc/passwd")))
             errors.append(_capture(lambda: client.track("bad id")))
+            errors.append(await _capture_async(lambda: client.call("GET", "//evil.example/api")))
+            errors.append(
+                await _capture_async(
+                    lambda: client.call("GET", "/api/common/query-credits", billed=False)
+                )
+            )
     assert [type(e).__name__ for e in errors] == [
         "AuthenticationError",
         "ValidationError",
         "ValidationError",
         "DownloadError",
         "ValidationError",
+        "ValidationError",
+        "AuthenticationError",
     ]
     for error in errors:
         assert _leaks(error, SECRET_KEY) == []

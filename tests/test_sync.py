@@ -149,6 +149,9 @@ def test_the_constructor_and_methods_mirror_the_async_client() -> None:
         "track",
         "credits",
         "download",
+        "call",
+        "submit_task",
+        "track_task",
     ):
         async_params = inspect.signature(getattr(ailab_async.AILabClient, name)).parameters
         assert inspect.signature(getattr(AILabClient, name)).parameters == async_params, name

@@ -2,8 +2,9 @@
 
 - :func:`run_batch`, the :class:`BatchRunner` it drives and :func:`planned_actions` (what a
   run would do, for a pre-flight) in ``_runner``: the doing;
-- what a batch is and what became of each item (:class:`BatchSpec`, :class:`ItemOutcome`,
-  :class:`How`, :class:`BatchReport`) in ``_model``: pure values and decisions;
+- what a batch is and what became of each item (:class:`BatchSpec`, :class:`Operation`,
+  :class:`BatchCall` for any other endpoint, :class:`ItemOutcome`, :class:`How`,
+  :class:`BatchReport`) in ``_model``: pure values and decisions;
 - input discovery and output names (:func:`discover_inputs`, :func:`safe_output_path`,
   :func:`output_family`) in ``_paths``;
 - the manifest, one typed line (:class:`ManifestLine`) for every runner, in ``_manifest``;
@@ -19,12 +20,21 @@ The command line (:mod:`ailab_async.cli`) and the Dask recipe
 from __future__ import annotations
 
 from ._manifest import ManifestLine, error_line, manifest_line, outcome_line, write_manifest
-from ._model import BatchReport, BatchSpec, How, ItemOutcome, Operation, normalized_params
+from ._model import (
+    BatchCall,
+    BatchReport,
+    BatchSpec,
+    How,
+    ItemOutcome,
+    Operation,
+    normalized_params,
+)
 from ._paths import IMAGE_EXTENSIONS, BatchItem, discover_inputs, output_family, safe_output_path
 from ._runner import BatchRunner, planned_actions, run_batch
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "BatchCall",
     "BatchItem",
     "BatchReport",
     "BatchRunner",

@@ -1,6 +1,7 @@
 """The batch engine's values, pure: what a batch is, and what became of each item.
 
-:class:`Operation` and :class:`BatchSpec` (what to do, with which parameters, where), with the
+:class:`Operation` (or :class:`BatchCall`, any other endpoint) and :class:`BatchSpec` (what to
+do, with which parameters, where), with the
 decisions that follow from a spec alone (:func:`normalized_params`, the journal file, the
 default item concurrency); :class:`How`, :class:`ItemOutcome` and :class:`BatchReport` (what
 became of items).
@@ -17,10 +18,13 @@ from typing import Any
 
 import attrs
 
+from .._endpoints import encode_free_fields, generic_endpoint
+from ..errors import ValidationError
 from ._paths import BatchItem
 from .journal import ItemState, JournalAccount, JournalEntry
 
 __all__ = [
+    "BatchCall",
     "BatchReport",
     "BatchSpec",
     "How",
@@ -42,10 +46,53 @@ class Operation(enum.Enum):
 
 
 @attrs.frozen
-class BatchSpec:
-    """A batch: the operation, its parameters, and where outputs and the journal go."""
+class BatchCall:
+    """Any other endpoint as a batch operation: each photo is uploaded in ``file_field``
+    with the spec's ``params`` as form fields, as :meth:`AILabClient.call` would (or
+    :meth:`AILabClient.submit_task`, with ``task=True``).
 
-    operation: Operation
+    Each item's output is the answer's ``data`` as JSON (``<name>.json``); when the data
+    holds an ``image_url``, that image is downloaded beside it (same name, the served
+    extension). Checked when built, like a call's arguments.
+
+    >>> BatchCall("POST", "/api/cutout/portrait/portrait-background-removal").value
+    'POST /api/cutout/portrait/portrait-background-removal'
+    """
+
+    method: str
+    path: str
+    #: The form field that carries the photo.
+    file_field: str = "image"
+    billed: bool = True
+    #: The endpoint answers with a ``task_id``, tracked to its result.
+    task: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        endpoint = generic_endpoint(
+            self.method, self.path, billed=self.billed, file_field=self.file_field, task=self.task
+        )
+        if endpoint.method != "POST":
+            raise ValidationError(
+                "a batch uploads a photo per item: its method must be POST",
+                input="method",
+                rule="method",
+            )
+
+    @property
+    def value(self) -> str:
+        """What the journal and the manifest call it (an :class:`Operation`'s ``value``)."""
+        return f"{self.method.upper()} {self.path}"
+
+
+@attrs.frozen
+class BatchSpec:
+    """A batch: the operation, its parameters, and where outputs and the journal go.
+
+    ``operation`` is one of the typed :class:`Operation` members, or a :class:`BatchCall`
+    for any other endpoint (whose ``params`` are its form fields, sent as they are).
+    """
+
+    operation: Operation | BatchCall
     params: Mapping[str, Any]
     out_dir: Path = attrs.field(converter=Path)
     journal_path: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
@@ -66,6 +113,10 @@ class BatchSpec:
     def journal_file(self) -> Path:
         return self.journal_path or self.out_dir / ".ailab-journal.sqlite3"
 
+    def __attrs_post_init__(self) -> None:
+        if isinstance(self.operation, BatchCall):
+            encode_free_fields(self.params, "params")  # refused now, not once per item
+
     def item_concurrency(self, max_concurrency: int) -> int | None:
         """Items in progress at once for a client with ``max_concurrency`` request slots:
         ``concurrency`` if set, else more than the slots for smart-beauty, else ``None`` (the
@@ -74,7 +125,10 @@ class BatchSpec:
         >>> BatchSpec(Operation.BEAUTY, {}, Path("out")).item_concurrency(4)
         32
         """
-        if self.concurrency is None and self.operation is Operation.BEAUTY:
+        tasks = self.operation is Operation.BEAUTY or (
+            isinstance(self.operation, BatchCall) and self.operation.task
+        )
+        if self.concurrency is None and tasks:
             return BEAUTY_ITEMS_PER_SLOT * max_concurrency
         return self.concurrency
 

@@ -24,6 +24,12 @@ journal before the file is moved into place
 want ``a_png.jpg`` when the API serves JPEG, and the second one gets ``a_png~2.jpg``. The
 reservation is kept, so reruns write to the same place.
 
+A batch of any other endpoint (:class:`~._model.BatchCall`) follows the same journal: its
+answer's ``data`` is written to ``<name>.json`` before anything else is recorded, then an
+``image_url`` in it is journaled and downloaded beside it like a smart-skin result; a task is
+journaled by ``task_id`` and tracked again on a rerun. A JSON answer with no image is done
+once written.
+
 This module is the doing: the decisions it acts on are the journal's
 (:meth:`~ailab_async.batch.journal.JournalEntry.resume_action`), the spec's (:mod:`._model`)
 and the output names' (:mod:`._paths`); :func:`planned_actions` asks the same questions
@@ -35,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import json
 import logging
 import os
 import secrets
@@ -47,10 +54,11 @@ import attrs
 from .._download import EXTENSIONS
 from .._threads import to_thread
 from ..client import AILabClient
-from ..models import ImageResult
+from ..models import ImageResult, RawResult
 from ._failures import failure_fields, record_failure
 from ._manifest import write_manifest
 from ._model import (
+    BatchCall,
     BatchReport,
     BatchSpec,
     How,
@@ -130,22 +138,17 @@ class BatchRunner:
         how = How.RAN if action is ResumeAction.RUN else How.RESUMED
         progress = _Progress(entry.state)
         try:
-            if action is ResumeAction.RUN:
+            if isinstance(self.spec.operation, BatchCall):
+                await self._settle_call(self.spec.operation, item, entry, action, progress)
+            elif action is ResumeAction.RUN:
                 result = await self._run(item, entry, progress)
             elif action is ResumeAction.TRACK:
                 assert entry.task_id is not None
                 result = await self._await_task(entry, entry.task_id, entry.submitted_at, progress)
             else:  # DOWNLOAD
-                assert entry.image_url is not None
-                result = ImageResult(
-                    image_url=entry.image_url,
-                    request_id=entry.request_id,
-                    log_id=entry.log_id,
-                    task_id=entry.task_id,
-                    produced_at=entry.produced_at or dt.datetime.now(dt.timezone.utc),
-                )
-                progress.result = result
-            await self._download(item, entry, result)
+                result = progress.result = _journaled_result(entry)
+            if not isinstance(self.spec.operation, BatchCall):
+                await self._download(item, entry, result)
         except Exception as exc:  # the item's failure is its outcome; the batch goes on
             await self._settle_failure(entry, progress, exc)
         settled = await self.journal.get(entry.item_id)
@@ -172,25 +175,128 @@ class BatchRunner:
             log_id=record.log_id,
         )
 
+    # -- any other endpoint (BatchCall) ---------------------------------------------------------
+
+    async def _settle_call(
+        self,
+        call: BatchCall,
+        item: BatchItem,
+        entry: JournalEntry,
+        action: ResumeAction,
+        progress: _Progress,
+    ) -> None:
+        """Do what is left for an item of a :class:`BatchCall` batch."""
+        if action is ResumeAction.DOWNLOAD:  # its JSON was written before its URL was kept
+            progress.result = _journaled_result(entry)
+            await self._download_beside(item, entry, progress.result)
+            return
+        if action is ResumeAction.RUN:
+            raw = await self._send_call(call, item, entry, progress)
+        else:  # TRACK
+            assert entry.task_id is not None
+            task = self.client.track_task(
+                entry.task_id, submitted_at=entry.submitted_at, path=call.path
+            )
+            raw = await task
+        self._mark(entry.relative, "detected")
+        json_path = await self._write_data(item, entry, raw)
+        if raw.image_url is None:
+            await self.journal.mark_downloaded(entry.item_id, output_path=json_path)
+            return
+        result = ImageResult(
+            image_url=raw.image_url,
+            request_id=raw.request_id,
+            log_id=raw.log_id,
+            task_id=raw.task_id,
+        )
+        await self._record_result(entry, result, progress)
+        await self._download_beside(item, entry, result)
+
+    async def _send_call(
+        self, call: BatchCall, item: BatchItem, entry: JournalEntry, progress: _Progress
+    ) -> RawResult:
+        """The paid step, journaled as the typed operations' is (:meth:`_run`)."""
+        await self._sending(entry, progress)
+        arguments: dict[str, Any] = {
+            "files": {call.file_field: item.path},
+            "fields": self.spec.params,  # as given: "1" stays "1", never "1.0"
+            "billed": call.billed,
+        }
+        if not call.task:
+            return await self.client.call(call.method, call.path, **arguments)
+        task = await self.client.submit_task(call.method, call.path, **arguments)
+        await self._submitted(entry, task.task_id, progress)
+        return await task
+
+    async def _write_data(self, item: BatchItem, entry: JournalEntry, raw: RawResult) -> str:
+        """Write the answer's ``data`` to the item's reserved ``.json`` output, atomically."""
+        wanted = safe_output_path(self.spec.out_dir, item.relative, ".json")
+        chosen = await self.journal.reserve_output(entry.item_id, str(wanted))
+        text = json.dumps(raw.data, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+
+        def write() -> None:
+            target = Path(chosen)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = target.with_name(f".ailab-{secrets.token_hex(8)}.json.staging")
+            try:
+                staging.write_text(text, encoding="utf-8")
+                os.replace(staging, target)
+            finally:
+                staging.unlink(missing_ok=True)
+
+        await to_thread(write)
+        return chosen
+
+    async def _download_beside(
+        self, item: BatchItem, entry: JournalEntry, result: ImageResult
+    ) -> None:
+        """Download the image of a :class:`BatchCall` answer next to its JSON (same name,
+        the served extension): the JSON's reserved name keeps it apart from every other
+        item's. The JSON stays the item's output in the journal."""
+        json_path = Path(
+            await self.journal.reserve_output(
+                entry.item_id, str(safe_output_path(self.spec.out_dir, item.relative, ".json"))
+            )
+        )
+
+        def destination(content_type: str) -> Path:
+            return json_path.with_suffix(EXTENSIONS.get(content_type, ".img"))
+
+        await self.client.download_to_dir(result, destination)
+        await self.journal.mark_downloaded(entry.item_id, output_path=str(json_path))
+
+    # -- the typed operations -------------------------------------------------------------------
+
     async def _run(self, item: BatchItem, entry: JournalEntry, progress: _Progress) -> ImageResult:
-        progress.resent = await self.journal.mark_sending(entry.item_id)
-        progress.state = ItemState.SENDING
+        await self._sending(entry, progress)
         if self.spec.operation is Operation.SKIN:
             result = await self.client.smart_skin(item.path, **self.params)
             await self._record_result(entry, result, progress)
             return result
         task = await self.client.submit_smart_beauty(item.path, **self.params)
+        submitted_at = await self._submitted(entry, task.task_id, progress)
+        return await self._await_task(entry, task.task_id, submitted_at, progress)
+
+    async def _sending(self, entry: JournalEntry, progress: _Progress) -> None:
+        """The paid step is about to leave: the journal hears of it first."""
+        progress.resent = await self.journal.mark_sending(entry.item_id)
+        progress.state = ItemState.SENDING
+
+    async def _submitted(
+        self, entry: JournalEntry, task_id: str, progress: _Progress
+    ) -> dt.datetime:
+        """A task was accepted: journal its id at once (a rerun tracks it); when it was."""
         submitted_at = dt.datetime.now(dt.timezone.utc)
         await self.journal.mark_submitted(
             entry.item_id,
-            task_id=task.task_id,
+            task_id=task_id,
             request_id=None,
             log_id=None,
             submitted_at=submitted_at,
         )
         progress.state = ItemState.SUBMITTED
         self._mark(entry.relative, "submitted")
-        return await self._await_task(entry, task.task_id, submitted_at, progress)
+        return submitted_at
 
     async def _await_task(
         self,
@@ -259,6 +365,18 @@ class BatchRunner:
             ambiguous_resend=resent,
             entry=entry,
         )
+
+
+def _journaled_result(entry: JournalEntry) -> ImageResult:
+    """The result an earlier run got and journaled (its URL), to download now."""
+    assert entry.image_url is not None
+    return ImageResult(
+        image_url=entry.image_url,
+        request_id=entry.request_id,
+        log_id=entry.log_id,
+        task_id=entry.task_id,
+        produced_at=entry.produced_at or dt.datetime.now(dt.timezone.utc),
+    )
 
 
 @attrs.define

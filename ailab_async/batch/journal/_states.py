@@ -60,9 +60,11 @@ _S = ItemState
 ALLOWED_TRANSITIONS: Mapping[ItemState, frozenset[ItemState]] = {
     _S.PENDING: frozenset({_S.SENDING, _S.FAILED}),
     # SENDING -> SENDING: the process died with a request in flight; send again.
-    _S.SENDING: frozenset({_S.SENDING, _S.SUBMITTED, _S.SUCCEEDED, _S.FAILED}),
+    # SENDING / SUBMITTED -> DOWNLOADED: a result with nothing to download (a generic
+    # call's JSON), written to its output as it came.
+    _S.SENDING: frozenset({_S.SENDING, _S.SUBMITTED, _S.SUCCEEDED, _S.DOWNLOADED, _S.FAILED}),
     # SUBMITTED -> SENDING: the task is too old to fetch; submit again.
-    _S.SUBMITTED: frozenset({_S.SENDING, _S.SUCCEEDED, _S.FAILED}),
+    _S.SUBMITTED: frozenset({_S.SENDING, _S.SUCCEEDED, _S.DOWNLOADED, _S.FAILED}),
     # SUCCEEDED -> SENDING: the URL expired before it was downloaded; run again.
     _S.SUCCEEDED: frozenset({_S.SENDING, _S.DOWNLOADED, _S.FAILED}),
     # FAILED -> SUCCEEDED / DOWNLOADED: an older journal recorded a failure after the paid
