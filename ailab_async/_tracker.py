@@ -34,7 +34,7 @@ import traceback
 import weakref
 from collections.abc import Callable
 
-from . import errors
+from . import errors, events
 from ._aio import cancel_and_wait
 from ._config import checked_submitted_at
 from ._dispatch import Call, Dispatcher
@@ -102,6 +102,7 @@ class TaskTracker:
             wait_timeout = None
         self._rand = rand
         self._dispatcher = dispatcher
+        self._hooks = dispatcher.hooks
         self._limiter = limiter
         self._config = config
         self._planner = PollPlanner(config)
@@ -198,6 +199,8 @@ class TaskTracker:
         else:
             self._schedule(tracked, now)
         self._ensure_scheduler()
+        if self._hooks is not None:
+            self._hooks.emit(events.TaskTracked(task_id, fresh))
         return handle
 
     async def aclose(self) -> None:
@@ -212,6 +215,7 @@ class TaskTracker:
                         "the task goes on remotely: track it again with a new client"
                     )
                 )
+            self._finished(tracked, "closed", "ClientClosedError")
         for task_id in self._pending:
             self._planner.dropped(task_id)
         self._pending.clear()
@@ -223,6 +227,7 @@ class TaskTracker:
             self._planner.dropped(tracked.task_id)
             tracked.future.cancel()
             self._wakeup.set()
+            self._finished(tracked, "abandoned")
 
     # -- scheduling --------------------------------------------------------------------------
 
@@ -370,6 +375,7 @@ class TaskTracker:
                 # pollable whatever its id looks like).
                 Call(QUERY_TASK, [("task_id", task_id)]),
                 deadline=_POLL_DEADLINE,
+                task_id=task_id,
             )
         except errors.AILabError as exc:
             outcome = exc
@@ -378,6 +384,8 @@ class TaskTracker:
         if not self._tracking(tracked):
             return
         now = self._clock()
+        if self._hooks is not None:
+            self._hooks.emit(_polled(tracked, outcome))
         if isinstance(outcome, ImageResult):
             self._succeed(tracked, outcome, now)
         elif isinstance(outcome, TaskStatus):
@@ -447,6 +455,9 @@ class TaskTracker:
         evidence = completion_evidence(
             now - tracked.submitted_at, tracked.last_not_done, fresh=tracked.fresh
         )
+        if self._hooks is not None:
+            lag = None if evidence is None else evidence[1] - evidence[0]
+            self._finished(tracked, "succeeded", now=now, detection_lag=lag)
         if evidence is not None and self._planner.finished(
             tracked.task_id, evidence[1], tracked.polls, tracked.expected_polls
         ):
@@ -467,6 +478,31 @@ class TaskTracker:
         del self._pending[tracked.task_id]
         self._planner.dropped(tracked.task_id)
         tracked.future.set_exception(error)
+        self._finished(tracked, _ended_how(error), type(error).__name__)
+
+    def _finished(
+        self,
+        tracked: TrackedTask,
+        outcome: str,
+        error_type: str | None = None,
+        *,
+        now: float | None = None,
+        detection_lag: float | None = None,
+    ) -> None:
+        """Report that ``tracked`` is no longer tracked (only when hooks are installed)."""
+        if self._hooks is None:
+            return
+        duration = (self._clock() if now is None else now) - tracked.submitted_at
+        self._hooks.emit(
+            events.TaskFinished(
+                tracked.task_id,
+                outcome,
+                tracked.polls,
+                duration,
+                detection_lag=detection_lag,
+                error_type=error_type,
+            )
+        )
 
     def _give_up(self, tracked: TrackedTask) -> None:
         last = f" (last poll error: {tracked.last_error})" if tracked.failures else ""
@@ -504,6 +540,27 @@ class TaskTracker:
         for tracked in pending:
             if not tracked.future.done():
                 tracked.future.set_exception(_internal_error(tracked.task_id, exc))
+            self._finished(tracked, "stopped", type(exc).__name__)
+
+
+def _polled(
+    tracked: TrackedTask, outcome: ImageResult | TaskStatus | errors.AILabError
+) -> events.TaskPolled:
+    """The event for a poll's answer: the state seen, or the failure's type."""
+    if isinstance(outcome, ImageResult):
+        return events.TaskPolled(tracked.task_id, tracked.polls, "succeeded")
+    if isinstance(outcome, TaskStatus):
+        return events.TaskPolled(tracked.task_id, tracked.polls, outcome.name.lower())
+    return events.TaskPolled(tracked.task_id, tracked.polls, "error", type(outcome).__name__)
+
+
+def _ended_how(error: BaseException) -> str:
+    """A ``TaskFinished`` outcome for a task ended by ``error``."""
+    if isinstance(error, errors.TaskFailedError):
+        return "failed"
+    if isinstance(error, errors.TaskTimeoutError):
+        return "gave_up"
+    return "stopped"
 
 
 def _internal_error(task_id: str, exc: Exception) -> errors.AILabError:
