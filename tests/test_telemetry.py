@@ -33,6 +33,7 @@ from ailab_async.testing.simulator import (
     ManualClock,
     RateLimit,
     Simulator,
+    SimulatorConfig,
     TaskBehaviour,
     Uniform,
     sample_image,
@@ -394,3 +395,21 @@ def test_importing_the_sdk_does_not_import_opentelemetry() -> None:
 def test_a_telemetry_option_of_the_wrong_type_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="telemetry must be"):
         AILabClient(api_key="k", telemetry="yes")  # type: ignore[arg-type]
+
+
+def test_the_blocking_client_keeps_the_calling_threads_span_as_parent(otel: Otel) -> None:
+    from anyio.from_thread import start_blocking_portal  # noqa: PLC0415
+
+    from ailab_async.sync import AILabClient as BlockingClient  # noqa: PLC0415
+
+    tracer = otel.tracer_provider.get_tracer("a script")
+    with (
+        start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(Simulator(SimulatorConfig())) as sim,
+        BlockingClient(api_key=sim.api_key, base_url=sim.url, telemetry=otel.telemetry) as client,
+        tracer.start_as_current_span("nightly job") as job,
+    ):
+        client.credits()
+    [call] = otel.finished("ailab query-credits")
+    assert call.parent is not None
+    assert call.parent.span_id == job.get_span_context().span_id
