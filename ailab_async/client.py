@@ -181,7 +181,7 @@ class AILabClient:
         self._limiter: RateLimiter = limiter or AdaptiveRateLimiter(
             settings.rate_limit, clock=self._clock, sleep=self._sleep
         )
-        otel = telemetry_hook(
+        self._telemetry = otel = telemetry_hook(
             telemetry,
             rate=self._limiter.current_rate,
             server_address=urlsplit(url).hostname or "",
@@ -253,10 +253,18 @@ class AILabClient:
                 await self._tracker.aclose()
             with contextlib.suppress(RuntimeError):
                 await self._sessions.aclose()
+            self._stop_telemetry()
             return
         self._closed = True
         await self._tracker.aclose()
         await self._sessions.aclose()
+        self._stop_telemetry()
+
+    def _stop_telemetry(self) -> None:
+        """A closed client's limiter is no longer observed (after the tracker reported its
+        last tasks)."""
+        if self._telemetry is not None:
+            self._telemetry.close()
 
     @property
     def closed(self) -> bool:

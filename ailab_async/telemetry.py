@@ -68,7 +68,7 @@ class Telemetry:
 
 def telemetry_hook(
     option: object, *, rate: Callable[[], float | None], server_address: str
-) -> events.EventHook | None:
+) -> _Subscriber | None:
     """The hook that records ``option``'s telemetry, or ``None`` when it is off.
 
     ``rate`` reads the client's limiter for the rate gauge; ``server_address`` labels it.
@@ -228,6 +228,10 @@ class _Subscriber:
         self._rate = rate
         self._rate_attributes = {"server.address": server_address}
         self._instruments.rate_sources.add(self)
+
+    def close(self) -> None:
+        """The client closed: its limiter's rate is no longer observed."""
+        self._instruments.rate_sources.discard(self)
 
     def observe_rate(self) -> tuple[float, dict[str, AttributeValue]] | None:
         rate = None if self._rate is None else self._rate()

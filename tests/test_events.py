@@ -32,7 +32,7 @@ from .conftest import (
     png_bytes,
     skin_ok,
 )
-from .test_tracker import FakeBeautyAPI
+from .test_tracker import FakeBeautyAPI, make_client
 
 RESULT_URL = "https://results.example/r/1.png?sig=s3cret"
 IMAGE = png_bytes(300, 300)
@@ -55,19 +55,12 @@ class Recorder:
 
 
 def client_with(fake_time: FakeTime, *hooks: Any, **kwargs: Any) -> AILabClient:
-    return AILabClient(
-        api_key=TEST_KEY,
-        base_url=BASE_URL,
-        clock=fake_time.clock,
-        sleep=fake_time.sleep,
-        random=lambda: 0.5,
-        on_event=list(hooks),
-        telemetry=False,
-        **kwargs,
-    )
+    return make_client(fake_time, on_event=list(hooks), telemetry=False, **kwargs)
 
 
 CALL = ["CallStarted", "RequestSent", "ResponseReceived", "CallEnded"]
+#: A call retried once: the failed attempt, the retry, the attempt that succeeded.
+RETRIED_CALL = [*CALL[:3], "RetryScheduled", *CALL[1:]]
 
 
 async def test_a_successful_call_reports_start_attempt_answer_end(
@@ -100,15 +93,7 @@ async def test_a_5xx_then_ok_reports_the_retry_between_two_attempts(
     recorder = Recorder()
     async with client_with(fake_time, recorder) as client:
         await client.smart_skin(IMAGE)
-    assert recorder.kinds() == [
-        "CallStarted",
-        "RequestSent",
-        "ResponseReceived",
-        "RetryScheduled",
-        "RequestSent",
-        "ResponseReceived",
-        "CallEnded",
-    ]
+    assert recorder.kinds() == RETRIED_CALL
     first, second = recorder.of(ev.ResponseReceived)
     assert (first.attempt, first.status, first.code) == (1, 503, "ERROR_INSUFFICIENT_RESOURCES")
     assert (first.error_type, first.ambiguous) == ("ServerError", False)
@@ -302,15 +287,7 @@ async def test_a_raising_hook_is_logged_once_and_never_breaks_a_call(
         with pytest.raises(InvalidRequestError):  # the call's own error, not the hook's
             await client.smart_skin(IMAGE)
     assert result.image_url.startswith("https://results.example/")
-    assert recorder.kinds()[:7] == [
-        "CallStarted",
-        "RequestSent",
-        "ResponseReceived",
-        "RetryScheduled",
-        "RequestSent",
-        "ResponseReceived",
-        "CallEnded",
-    ]  # the hook after the broken one saw everything
+    assert recorder.kinds()[:7] == RETRIED_CALL  # the hook after the broken one saw everything
     warnings = [r for r in caplog.records if "on_event hook" in r.getMessage()]
     assert len(warnings) == 1
     assert "RuntimeError" in warnings[0].getMessage()
@@ -405,5 +382,5 @@ def test_the_blocking_client_passes_hooks_through(mocked: aioresponses) -> None:
         telemetry=False,
     ) as client:
         client.smart_skin(IMAGE)
-    assert recorder.kinds() == [*CALL[:3], "RetryScheduled", *CALL[1:]]
+    assert recorder.kinds() == RETRIED_CALL
     assert recorder.of(ev.ResponseReceived)[0].error_type == ServerError.__name__

@@ -413,3 +413,15 @@ def test_the_blocking_client_keeps_the_calling_threads_span_as_parent(otel: Otel
     [call] = otel.finished("ailab query-credits")
     assert call.parent is not None
     assert call.parent.span_id == job.get_span_context().span_id
+
+
+async def test_the_rate_gauge_observes_a_client_until_it_closes(
+    ailab_simulator: Simulator, clock: ManualClock, otel: Otel
+) -> None:
+    async with client_for(
+        ailab_simulator, clock, rate_limit=5.0, telemetry=otel.telemetry
+    ) as client:
+        await client.credits()
+        [rate] = otel.points("ailab.client.rate_limit")
+        assert rate.value == pytest.approx(client.stats.current_rate)
+    assert otel.points("ailab.client.rate_limit") == []
