@@ -452,7 +452,8 @@ class Dispatcher:
         task_id: str | None,
     ) -> T:
         """:meth:`_run` between a ``CallStarted`` and a ``CallEnded`` event, whatever the
-        outcome (cancellation included)."""
+        outcome (cancellation included). It takes :meth:`_run`'s arguments (it wraps it),
+        positionally: a separate method keeps the path without hooks free of all this."""
         assert self._hooks is not None
         call_id = next(self._call_ids)
         # For a download: its host, never its URL (which grants access).
