@@ -26,6 +26,7 @@ No attribute ever holds the API key, a result URL, image bytes or an error's mes
 
 from __future__ import annotations
 
+import sys
 import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,8 @@ __all__ = ["Telemetry"]
 _SCOPE = "ailab_async"
 #: Seconds: OpenTelemetry's advised HTTP buckets, and longer ones (an effect can take 30 s).
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+#: Configuring OpenTelemetry imports one of these: if none is imported, nothing is configured.
+_API_MODULES = ("opentelemetry.trace", "opentelemetry.metrics")
 _LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 
 
@@ -76,6 +79,8 @@ def telemetry_hook(
     if option is False:
         return None
     if option is True:
+        if not any(name in sys.modules for name in _API_MODULES):
+            return None  # never imported, so never configured: not even the import is paid
         try:
             from opentelemetry import metrics, trace  # noqa: PLC0415 - optional dependency
         except ImportError:

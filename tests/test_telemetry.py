@@ -425,3 +425,15 @@ async def test_the_rate_gauge_observes_a_client_until_it_closes(
         [rate] = otel.points("ailab.client.rate_limit")
         assert rate.value == pytest.approx(client.stats.current_rate)
     assert otel.points("ailab.client.rate_limit") == []
+
+
+def test_a_client_does_not_import_opentelemetry_that_the_application_never_imported() -> None:
+    code = (
+        "import sys; from ailab_async import AILabClient; "
+        "client = AILabClient(api_key='k'); "
+        "print(client._dispatcher.hooks, any(m.startswith('opentelemetry') for m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.split() == ["None", "False"]
