@@ -21,18 +21,21 @@ frame here holds it: the transport keeps it).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 import attrs
 
-from . import errors
+from . import errors, events
 from ._endpoints import Endpoint
+from ._hooks import Hooks, rate_moved
 from ._images import PreparedImage
 from ._protocol import MAX_RETRY_AFTER, Envelope, classify_response
 from ._ratelimit import Clock, RateLimiter, Sleeper, limiter_reports
@@ -168,6 +171,7 @@ class Dispatcher:
         clock: Clock | None = None,
         sleep: Sleeper | None = None,
         rand: Callable[[], float] | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self._transport = Transport(sessions, api_key=api_key)
         self._base_url = base_url.rstrip("/")
@@ -187,12 +191,22 @@ class Dispatcher:
         self._attempts = 0
         self._retries = 0
         self._ambiguous_retries = 0
+        # Events: None when no hook is installed (each report point tests only that).
+        self._hooks = hooks
+        self._call_ids = itertools.count(1)
+        self._reported_rate = limiter.current_rate()
+        self._server = _host_and_port(self._base_url)
 
     # -- public --------------------------------------------------------------------------
 
     @property
     def policy(self) -> RetryPolicy:
         return self._policy
+
+    @property
+    def hooks(self) -> Hooks | None:
+        """The client's event hooks (``None``: none installed)."""
+        return self._hooks
 
     def stats(self) -> ClientStats:
         return ClientStats(
@@ -206,8 +220,16 @@ class Dispatcher:
             current_rate=self._limiter.current_rate(),
         )
 
-    async def call(self, call: Call, *, deadline: float | None = None) -> Envelope:
-        """Send ``call`` with retries; its success envelope, or a typed error."""
+    async def call(
+        self, call: Call, *, deadline: float | None = None, task_id: str | None = None
+    ) -> Envelope:
+        """Send ``call`` with retries; its success envelope, or a typed error.
+
+        ``task_id`` names the task a poll is about (for events only)."""
+        if self._hooks is not None:
+            return await self._observed(
+                call.endpoint, self._attempt_call, call, deadline, True, None, task_id
+            )
         return await self._run(call.endpoint, self._attempt_call, call, deadline, rate_limited=True)
 
     async def fetch(
@@ -226,6 +248,8 @@ class Dispatcher:
         async def attempt(_: None, attempt_timeout: float) -> T:
             return await self._transport.fetch(url, consume, timeout=attempt_timeout)
 
+        if self._hooks is not None:
+            return await self._observed(_DOWNLOAD, attempt, None, deadline, False, url, None)
         return await self._run(_DOWNLOAD, attempt, None, deadline, rate_limited=False, url=url)
 
     async def _attempt_call(self, call: Call, attempt_timeout: float) -> Envelope | errors.APIError:
@@ -253,7 +277,7 @@ class Dispatcher:
 
     # -- the loop ------------------------------------------------------------------------
 
-    async def _run(  # noqa: RET503 - it ends in raise_without_context, which never returns
+    async def _run(  # noqa: RET503, PLR0915 - ends in raise_without_context; the hot path, inlined
         self,
         endpoint: Endpoint,
         attempt: Callable[[A, float], Awaitable[T | errors.APIError]],
@@ -262,11 +286,14 @@ class Dispatcher:
         *,
         rate_limited: bool,
         url: str | None = None,
+        call_id: int = 0,
     ) -> T:
         """``attempt(argument, timeout)`` until it succeeds, fails for good, or time is up.
 
         The call's state is a few locals of this frame: thousands of calls may wait here
         for a slot at once, and each object they hold would be garbage to collect.
+        ``call_id`` is nonzero when hooks are installed (:meth:`_observed` passes it): the
+        attempts then report events.
         """
         self._requests += 1
         budget = self._deadline if deadline is None else deadline
@@ -290,7 +317,7 @@ class Dispatcher:
                             last_error,
                         )
                     attempts += 1
-                    sent_at, acquired = attempt_started, False
+                    sent_at, acquired, wire_started = attempt_started, False, attempt_started
                     # The slot is held for this attempt only (not during backoff), and
                     # released on any exit, cancellation included. Inlined: this is the
                     # per-request hot path.
@@ -302,6 +329,8 @@ class Dispatcher:
                             sent_at = await self._limiter.acquire()
                             acquired = True
                         self._attempts += 1
+                        if call_id:
+                            wire_started = self._sent(call_id, endpoint, attempts)
                         outcome = await attempt(argument, min(self._timeout, remaining))
                     except errors.AILabError as exc:
                         error: errors.AILabError = exc
@@ -309,6 +338,8 @@ class Dispatcher:
                         if not isinstance(outcome, errors.APIError):
                             if rate_limited:
                                 self._limiter_success(sent_at)
+                            if call_id:
+                                self._answered(call_id, endpoint, attempts, wire_started, outcome)
                             if logger.isEnabledFor(logging.DEBUG):
                                 self._log(endpoint, attempts, attempt_started, outcome, url)
                             return outcome
@@ -319,10 +350,19 @@ class Dispatcher:
                         self._in_flight -= 1
                         self._semaphore.release()
                     last_error = error
+                    if call_id:
+                        self._answered(call_id, endpoint, attempts, wire_started, error)
                     if logger.isEnabledFor(logging.DEBUG):
                         self._log(endpoint, attempts, attempt_started, error, url)
                     delay = self._next_delay(
-                        endpoint, error, retries, attempts, deadline_at, sent_at, rate_limited
+                        endpoint,
+                        error,
+                        retries,
+                        attempts,
+                        deadline_at,
+                        sent_at,
+                        rate_limited,
+                        call_id,
                     )
                     # A 429 is not a failure the server may have seen: no retry counted.
                     retries += not isinstance(error, errors.RateLimitedError)
@@ -350,6 +390,7 @@ class Dispatcher:
         deadline_at: float,
         sent_at: float,
         rate_limited: bool,
+        call_id: int = 0,
     ) -> float:
         """After a failed attempt: tell the limiter of a 429, then give the wait before the
         next attempt, or raise ``error`` (final) or a deadline error (no time for another)."""
@@ -363,6 +404,9 @@ class Dispatcher:
             )
         if isinstance(error, errors.RateLimitedError) and rate_limited:
             self._limiter.on_rate_limited(sent_at, retry_after)
+            if call_id and self._hooks is not None:
+                self._hooks.emit(events.RateLimited(call_id, endpoint.name, attempts, retry_after))
+                self._rate_report()
         if not self._policy.should_retry(endpoint, error, retries):
             raise_without_context(error)
         ambiguous = self._policy.is_ambiguous(endpoint, error)
@@ -381,6 +425,12 @@ class Dispatcher:
         self._retries += 1
         if ambiguous:
             self._ambiguous_retries += 1
+        if call_id and self._hooks is not None:
+            self._hooks.emit(
+                events.RetryScheduled(
+                    call_id, endpoint.name, attempts, _reason(error), delay, ambiguous
+                )
+            )
         if logger.isEnabledFor(logging.INFO):
             logger.info(
                 "retrying %s in %.2fs (attempt %d failed: %s%s)",
@@ -391,6 +441,101 @@ class Dispatcher:
                 ", may have been billed" if ambiguous else "",
             )
         return delay
+
+    # -- events (only when hooks are installed) ---------------------------------------------
+
+    async def _observed(
+        self,
+        endpoint: Endpoint,
+        attempt: Callable[[A, float], Awaitable[T | errors.APIError]],
+        argument: A,
+        deadline: float | None,
+        rate_limited: bool,
+        url: str | None,
+        task_id: str | None,
+    ) -> T:
+        """:meth:`_run` between a ``CallStarted`` and a ``CallEnded`` event, whatever the
+        outcome (cancellation included). It takes :meth:`_run`'s arguments (it wraps it),
+        positionally: a separate method keeps the path without hooks free of all this."""
+        assert self._hooks is not None
+        call_id = next(self._call_ids)
+        # For a download: its host, never its URL (which grants access).
+        address, port = self._server if url is None else _host_and_port(url)
+        self._hooks.emit(
+            events.CallStarted(
+                call_id, endpoint.name, endpoint.method, address, port, task_id=task_id
+            )
+        )
+        started = self._clock()
+        try:
+            outcome = await self._run(
+                endpoint,
+                attempt,
+                argument,
+                deadline,
+                rate_limited=rate_limited,
+                url=url,
+                call_id=call_id,
+            )
+        except BaseException as exc:
+            self._hooks.emit(
+                events.CallEnded(
+                    call_id,
+                    endpoint.name,
+                    self._clock() - started,
+                    type(exc).__name__,
+                    *_answer_of(exc),
+                )
+            )
+            raise
+        self._hooks.emit(
+            events.CallEnded(
+                call_id, endpoint.name, self._clock() - started, None, *_answer_of(outcome)
+            )
+        )
+        return outcome
+
+    def _sent(self, call_id: int, endpoint: Endpoint, attempt: int) -> float:
+        """Report an attempt going out; return when it went (the clock)."""
+        assert self._hooks is not None
+        self._hooks.emit(events.RequestSent(call_id, endpoint.name, attempt))
+        return self._clock()
+
+    def _answered(
+        self, call_id: int, endpoint: Endpoint, attempt: int, sent: float, outcome: object
+    ) -> None:
+        """Report an attempt's answer (or failure), and the limiter's rate if it moved."""
+        assert self._hooks is not None
+        status, code, request_id, log_id = _answer_of(outcome)
+        error_type = None
+        ambiguous = False
+        if isinstance(outcome, errors.AILabError):
+            error_type = type(outcome).__name__
+            ambiguous = self._policy.is_ambiguous(endpoint, outcome)
+        self._hooks.emit(
+            events.ResponseReceived(
+                call_id,
+                endpoint.name,
+                attempt,
+                status,
+                code,
+                self._clock() - sent,
+                error_type,
+                ambiguous,
+                request_id,
+                log_id,
+            )
+        )
+        if error_type is None and endpoint is not _DOWNLOAD:
+            self._rate_report()
+
+    def _rate_report(self) -> None:
+        """A ``RateChanged`` event if the limiter's rate moved enough since the last one."""
+        assert self._hooks is not None
+        rate = self._limiter.current_rate()
+        if rate_moved(self._reported_rate, rate):
+            old, self._reported_rate = self._reported_rate, rate
+            self._hooks.emit(events.RateChanged(old, rate))
 
     def _log(
         self,
@@ -435,3 +580,47 @@ class Dispatcher:
 
 
 _DOWNLOAD = Endpoint(DOWNLOAD, "GET", "", billed=False)
+
+
+def _answer_of(outcome: object) -> tuple[int | None, str, str | None, str | None]:
+    """The status, API code, request id and log id an outcome carries (for events)."""
+    if isinstance(outcome, Envelope):
+        return outcome.status, "", outcome.request_id, outcome.log_id
+    if isinstance(outcome, errors.APIError):
+        return outcome.status, outcome.code or "", outcome.request_id, outcome.log_id
+    if isinstance(outcome, errors.DownloadError):
+        return outcome.status, outcome.code or "", None, None
+    if isinstance(outcome, BaseException):
+        return None, "", None, None
+    return 200, "", None, None  # a download's bytes or file
+
+
+def _host_and_port(url: str) -> tuple[str, int | None]:
+    """The host and port ``url`` goes to (the scheme's port if none is written).
+
+    >>> _host_and_port("https://www.ailabapi.com/api"), _host_and_port("http://[::1]:81/")
+    (('www.ailabapi.com', 443), ('::1', 81))
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "", None
+    if port is None:
+        port = {"https": 443, "http": 80}.get(parts.scheme)
+    return parts.hostname or "", port
+
+
+def _reason(error: errors.AILabError) -> str:
+    """Why an attempt failed, for events: the type and code, never the message.
+
+    >>> _reason(errors.ServerError("boom", status=503, code="UNAVAILABLE"))
+    'ServerError 503 UNAVAILABLE'
+    """
+    parts = [type(error).__name__]
+    if isinstance(error, (errors.APIError, errors.DownloadError)) and error.status is not None:
+        parts.append(str(error.status))
+    code = getattr(error, "code", None)
+    if code:
+        parts.append(str(code))
+    return " ".join(parts)

@@ -19,7 +19,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
+from . import events
 from ._dispatch import Dispatcher
 from ._threads import to_thread
 from ._transport import StreamedResponse
@@ -73,8 +75,9 @@ def _over_the_cap(max_bytes: int, shown: str) -> DownloadError:
 
 async def _stream_to_file(
     response: StreamedResponse, dest: Path, max_bytes: int, shown: str
-) -> Path:
-    """Write the body next to ``dest`` (``.part``), then rename it into place.
+) -> tuple[Path, int]:
+    """Write the body next to ``dest`` (``.part``), then rename it into place; return
+    ``dest`` and the bytes written.
 
     The file gets the mode any file the user creates gets (``0o666`` less the umask), not
     ``mkstemp``'s private ``0o600``. No ``.part`` file is left behind on any failure. A
@@ -104,7 +107,7 @@ async def _stream_to_file(
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return dest
+    return dest, written
 
 
 async def _locally(fn: Callable[..., object], *args: Any, dest: Path, shown: str) -> None:
@@ -176,6 +179,8 @@ async def download_to(
             "run the operation again to get a fresh one"
         )
 
+    served: list[tuple[str, int]] = []  # what was fetched, for the DownloadDone event
+
     async def consume(response: StreamedResponse) -> bytes | Path:
         refused = refusal(
             response.status, response.content_type, response.content_length, max_bytes, shown
@@ -186,8 +191,17 @@ async def download_to(
             data = await response.read(max_bytes)
             if data is None:
                 raise _over_the_cap(max_bytes, shown)
+            served.append((response.content_type, len(data)))
             return data
         target = dest(response.content_type) if callable(dest) else dest
-        return await _stream_to_file(response, target, max_bytes, shown)
+        written, size = await _stream_to_file(response, target, max_bytes, shown)
+        served.append((response.content_type, size))
+        return written
 
-    return await dispatcher.fetch(url, consume, deadline=deadline)
+    fetched = await dispatcher.fetch(url, consume, deadline=deadline)
+    hooks = dispatcher.hooks
+    if hooks is not None and served:
+        content_type, size = served[-1]
+        host = urlsplit(url).hostname or ""
+        hooks.emit(events.DownloadDone(host, content_type, size, to_file=dest is not None))
+    return fetched

@@ -38,7 +38,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from . import errors
+from . import errors, events
 from ._aio import cancel_and_wait
 from ._config import checked_submitted_at
 from ._dispatch import Call, Dispatcher
@@ -113,6 +113,7 @@ class TaskTracker:
             wait_timeout = None
         self._rand = rand
         self._dispatcher = dispatcher
+        self._hooks = dispatcher.hooks
         self._limiter = limiter
         self._config = config
         self._planner = PollPlanner(config)  # smart-beauty's (the one ``stats`` reports)
@@ -227,6 +228,8 @@ class TaskTracker:
         else:
             self._schedule(tracked, now)
         self._ensure_scheduler()
+        if self._hooks is not None:
+            self._hooks.emit(events.TaskTracked(task_id, fresh))
         return handle
 
     def _planner_for(self, endpoint: str) -> PollPlanner:
@@ -250,6 +253,7 @@ class TaskTracker:
                         "the task goes on remotely: track it again with a new client"
                     )
                 )
+            self._finished(tracked, "closed", "ClientClosedError")
         for task_id, tracked in self._pending.items():
             tracked.planner.dropped(task_id)
         self._pending.clear()
@@ -261,6 +265,7 @@ class TaskTracker:
             tracked.planner.dropped(tracked.task_id)
             tracked.future.cancel()
             self._wakeup.set()
+            self._finished(tracked, "abandoned")
 
     # -- scheduling --------------------------------------------------------------------------
 
@@ -408,6 +413,7 @@ class TaskTracker:
                 # pollable whatever its id looks like).
                 Call(QUERY_TASK, [("task_id", task_id)]),
                 deadline=_POLL_DEADLINE,
+                task_id=task_id,
             )
         except errors.AILabError as exc:
             outcome = exc
@@ -416,6 +422,8 @@ class TaskTracker:
         if not self._tracking(tracked):
             return
         now = self._clock()
+        if self._hooks is not None:
+            self._hooks.emit(_polled(tracked, outcome))
         if isinstance(outcome, TaskStatus):
             self._not_done(tracked, outcome, poll_started, now)
         elif isinstance(outcome, errors.AILabError):
@@ -485,6 +493,9 @@ class TaskTracker:
         evidence = completion_evidence(
             now - tracked.submitted_at, tracked.last_not_done, fresh=tracked.fresh
         )
+        if self._hooks is not None:
+            lag = None if evidence is None else evidence[1] - evidence[0]
+            self._finished(tracked, "succeeded", now=now, detection_lag=lag)
         if evidence is not None and tracked.planner.finished(
             tracked.task_id, evidence[1], tracked.polls, tracked.expected_polls
         ):
@@ -507,6 +518,31 @@ class TaskTracker:
         del self._pending[tracked.task_id]
         tracked.planner.dropped(tracked.task_id)
         tracked.future.set_exception(error)
+        self._finished(tracked, _ended_how(error), type(error).__name__)
+
+    def _finished(
+        self,
+        tracked: TrackedTask,
+        outcome: str,
+        error_type: str | None = None,
+        *,
+        now: float | None = None,
+        detection_lag: float | None = None,
+    ) -> None:
+        """Report that ``tracked`` is no longer tracked (only when hooks are installed)."""
+        if self._hooks is None:
+            return
+        duration = (self._clock() if now is None else now) - tracked.submitted_at
+        self._hooks.emit(
+            events.TaskFinished(
+                tracked.task_id,
+                outcome,
+                tracked.polls,
+                duration,
+                detection_lag=detection_lag,
+                error_type=error_type,
+            )
+        )
 
     def _give_up(self, tracked: TrackedTask) -> None:
         last = f" (last poll error: {tracked.last_error})" if tracked.failures else ""
@@ -544,6 +580,26 @@ class TaskTracker:
         for tracked in pending:
             if not tracked.future.done():
                 tracked.future.set_exception(_internal_error(tracked.task_id, exc))
+            self._finished(tracked, "stopped", type(exc).__name__)
+
+
+def _polled(tracked: TrackedTask, outcome: object) -> events.TaskPolled:
+    """The event for a poll's answer: the state seen, or the failure's type (any other
+    answer is the task's result)."""
+    if isinstance(outcome, TaskStatus):
+        return events.TaskPolled(tracked.task_id, tracked.polls, outcome.name.lower())
+    if isinstance(outcome, errors.AILabError):
+        return events.TaskPolled(tracked.task_id, tracked.polls, "error", type(outcome).__name__)
+    return events.TaskPolled(tracked.task_id, tracked.polls, "succeeded")
+
+
+def _ended_how(error: BaseException) -> str:
+    """A ``TaskFinished`` outcome for a task ended by ``error``."""
+    if isinstance(error, errors.TaskFailedError):
+        return "failed"
+    if isinstance(error, errors.TaskTimeoutError):
+        return "gave_up"
+    return "stopped"
 
 
 def _internal_error(task_id: str, exc: Exception) -> errors.AILabError:

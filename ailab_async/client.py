@@ -26,6 +26,7 @@ from collections.abc import (
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, overload
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -53,6 +54,7 @@ from ._endpoints import (
     check_task_id,
     generic_call,
 )
+from ._hooks import checked_hooks, hooks_or_none
 from ._images import ImageInput, aprepare_image
 from ._map import Outcome, map_outcomes
 from ._polling import PollingConfig
@@ -61,6 +63,7 @@ from ._session import SessionManager
 from ._tasks import TaskHandle
 from ._tracker import TaskTracker
 from .errors import ClientClosedError, ConfigurationError, ValidationError
+from .events import EventHook
 from .models import (
     ClientStats,
     Credits,
@@ -70,6 +73,7 @@ from .models import (
     TrackerStats,
     key_fingerprint,
 )
+from .telemetry import Telemetry, telemetry_hook
 
 __all__ = ["AILabClient"]
 
@@ -117,6 +121,14 @@ class AILabClient:
         clock: The monotonic clock (seconds); injectable so tests never wait for real.
         sleep: The coroutine that waits (``asyncio.sleep``); injectable for tests.
         random: The source of jitter (``random.random``); injectable for tests.
+        on_event: A function called with each :mod:`event <ailab_async.events>` the client
+            reports (a call started, an attempt answered, a retry, a 429, a task polled,
+            ...), or a sequence of them. Called synchronously in the event loop: keep it
+            quick. One that raises is logged and ignored.
+        telemetry: OpenTelemetry spans and metrics (:mod:`ailab_async.telemetry`): ``True``
+            records them when ``opentelemetry-api`` is installed and a tracer or meter
+            provider is configured; ``False`` never; a :class:`~ailab_async.telemetry.Telemetry`
+            gives the providers.
     """
 
     def __init__(
@@ -140,6 +152,8 @@ class AILabClient:
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         random: Callable[[], float] | None = None,
+        on_event: EventHook | Iterable[EventHook] | None = None,
+        telemetry: bool | Telemetry = True,
     ) -> None:
         # From here on the key lives only in a holder whose repr is '***': an error raised
         # below carries this frame, and a traceback rendered with its locals must not show
@@ -175,6 +189,7 @@ class AILabClient:
         )
         if session is not None and not isinstance(session, aiohttp.ClientSession):
             raise ConfigurationError("session must be an aiohttp.ClientSession")
+        hooks = checked_hooks(on_event)
 
         self._api_key = api_key_secret
         self._base_url = url
@@ -189,6 +204,13 @@ class AILabClient:
         self._limiter: RateLimiter = limiter or AdaptiveRateLimiter(
             settings.rate_limit, clock=self._clock, sleep=self._sleep
         )
+        self._telemetry = otel = telemetry_hook(
+            telemetry,
+            rate=self._limiter.current_rate,
+            server_address=urlsplit(url).hostname or "",
+        )
+        if otel is not None:
+            hooks.append(otel)
         self._dispatcher = Dispatcher(
             self._sessions,
             base_url=self._base_url,
@@ -206,6 +228,7 @@ class AILabClient:
             clock=self._clock,
             sleep=self._sleep,
             rand=self._rand,
+            hooks=hooks_or_none(hooks),
         )
         self._tracker = TaskTracker(
             self._dispatcher,
@@ -253,10 +276,18 @@ class AILabClient:
                 await self._tracker.aclose()
             with contextlib.suppress(RuntimeError):
                 await self._sessions.aclose()
+            self._stop_telemetry()
             return
         self._closed = True
         await self._tracker.aclose()
         await self._sessions.aclose()
+        self._stop_telemetry()
+
+    def _stop_telemetry(self) -> None:
+        """A closed client's limiter is no longer observed (after the tracker reported its
+        last tasks)."""
+        if self._telemetry is not None:
+            self._telemetry.close()
 
     @property
     def closed(self) -> bool:

@@ -54,7 +54,9 @@ from ._tasks import ResultT
 from ._tasks import TaskHandle as _AsyncTaskHandle
 from ._threads import to_thread
 from .errors import ClientClosedError, ConfigurationError, ValidationError
+from .events import EventHook
 from .models import ClientStats, Credits, ImageResult, RawResult, TaskStatus, TrackerStats
+from .telemetry import Telemetry
 
 __all__ = ["AILabClient", "TaskHandle"]
 
@@ -83,7 +85,7 @@ class AILabClient:
 
     The arguments are those of :class:`ailab_async.AILabClient`, without ``session`` (an
     aiohttp session belongs to one event loop; this client makes its own). ``sleep`` and a
-    :class:`RateLimiter` object run in the client's loop thread.
+    :class:`RateLimiter` object run in the client's loop thread, and so do ``on_event`` hooks.
 
     Errors are the async client's, unchanged. A thread interrupted while it waits
     (``KeyboardInterrupt``) cancels its call; a call that hangs is bounded by ``deadline``
@@ -113,6 +115,8 @@ class AILabClient:
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         random: Callable[[], float] | None = None,
+        on_event: EventHook | Iterable[EventHook] | None = None,
+        telemetry: bool | Telemetry = True,
     ) -> None:
         # Every setting is checked here, before a thread is started for a client that
         # cannot work.
@@ -134,6 +138,8 @@ class AILabClient:
             clock=clock,
             sleep=sleep,
             random=random,
+            on_event=on_event,
+            telemetry=telemetry,
         )
         del api_key  # held by the async client only (see its constructor)
         self._loop = LoopThread(self._client.aclose)

@@ -30,6 +30,7 @@ Target: at most 1.15x raw aiohttp's CPU per call in every cell, and per poll.
     python -m benchmarks.bench_overhead --quick          # 16 small cells, fewer calls
     python -m benchmarks.bench_overhead --sizes 170kB --concurrency 64 --inputs bytes
     python -m benchmarks.bench_overhead --check          # exit 1 if a cell misses the target
+    python -m benchmarks.bench_overhead --telemetry      # no hooks / a no-op hook / OpenTelemetry
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from typing import Any
 import aiohttp
 
 from ailab_async import AILabClient, PollingConfig
+from ailab_async.telemetry import Telemetry
 
 from ._common import (
     OFFICIAL_SMART_SKIN,
@@ -686,6 +688,125 @@ def run_benchmark(
     )
 
 
+# --- the cost of observing: no hooks, a no-op hook, OpenTelemetry ---------------------------------
+
+NOOP_HOOK = "ailab-async + no-op hook"
+OTEL = "ailab-async + OpenTelemetry"
+#: ``--telemetry``: the cells run, each with raw aiohttp and the three ways of observing.
+TELEMETRY_CELLS = tuple(
+    Cell(size, concurrency, "bytes", "none")
+    for size in ("20kB", "170kB")
+    for concurrency in (16, 64)
+)
+
+
+def _no_op(event: object) -> None:
+    del event
+
+
+@contextlib.asynccontextmanager
+async def _observed_sdk(
+    base_url: str, image: Image, cell: Cell, *, telemetry: Any = False, on_event: Any = None
+) -> AsyncIterator[CallOnce]:
+    """This SDK as in :func:`ailab_async`, with a hook or OpenTelemetry installed."""
+    params = cell.params
+    async with AILabClient(
+        api_key=API_KEY,
+        base_url=base_url,
+        max_concurrency=cell.concurrency,
+        on_event=on_event,
+        telemetry=telemetry,
+    ) as client:
+
+        async def call() -> str:
+            result = await client.smart_skin(image.data, **params)
+            return result.image_url
+
+        yield call
+
+
+@contextlib.asynccontextmanager
+async def _with_opentelemetry(base_url: str, image: Image, cell: Cell) -> AsyncIterator[CallOnce]:
+    """OpenTelemetry's SDK as an application configures it: a batch span processor (spans
+    exported from its own thread, whose CPU counts too) into an in-memory exporter, and a
+    meter provider with an in-memory reader."""
+    # An optional dependency: imported here, so the rest of the benchmark runs without it.
+    try:
+        from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: PLC0415
+        from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: PLC0415
+            InMemorySpanExporter,
+        )
+    except ImportError as exc:
+        raise UnavailableError(f"opentelemetry-sdk is not installed ({exc})") from None
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(InMemorySpanExporter()))
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    try:
+        telemetry = Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
+        async with _observed_sdk(base_url, image, cell, telemetry=telemetry) as call:
+            yield call
+    finally:
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+
+
+FACTORIES[NOOP_HOOK] = functools.partial(_observed_sdk, on_event=_no_op)
+FACTORIES[OTEL] = _with_opentelemetry
+TELEMETRY_CLIENTS = (RAW, SDK, NOOP_HOOK, OTEL)
+
+
+def run_telemetry(
+    *,
+    repeat: int = 3,
+    scale: float = 1.0,
+    calls: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[CellResult]:
+    """Each of :data:`TELEMETRY_CELLS` through raw aiohttp and ailab-async three ways."""
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as folder, LocalServer() as server:
+        for cell in TELEMETRY_CELLS:
+            data = make_image(SIZES[cell.size][0])
+            path = Path(folder) / f"{cell.size}.png"
+            path.write_bytes(data)
+            n = calls if calls is not None else max(5, round(SIZES[cell.size][1] * scale))
+            results.append(
+                run_cell(
+                    server,
+                    Image(data, path),
+                    cell,
+                    n=n,
+                    repeat=repeat,
+                    clients=TELEMETRY_CLIENTS,
+                    progress=progress,
+                )
+            )
+    return results
+
+
+def format_telemetry(results: Sequence[CellResult]) -> str:
+    """CPU per call for each way of observing, and its ratio to raw aiohttp."""
+    lines = [
+        "smart-skin, bytes, no degrees: client-process CPU ms per call (median) / ratio to raw",
+        f"{'size':>6} {'conc':>5} {'calls':>6} {'raw':>8} "
+        + " ".join(f"{name.replace('ailab-async', 'sdk'):>26}" for name in TELEMETRY_CLIENTS[1:]),
+    ]
+    for cell in results:
+        c = cell.cell
+        figures = " ".join(
+            f"{_ms(cell.cpu_ms(name)) + ' / ' + _x(cell.ratio(name)):>26}"
+            for name in TELEMETRY_CLIENTS[1:]
+        )
+        lines.append(
+            f"{c.size:>6} {c.concurrency:>5} {cell.calls:>6} {_ms(cell.cpu_ms(RAW)):>8} {figures}"
+        )
+        lines += [f"  {name}: unavailable ({why})" for name, why in cell.unavailable.items()]
+    return "\n".join(lines)
+
+
 # --- reporting ---------------------------------------------------------------------------------
 
 
@@ -803,6 +924,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "the limiter's share of the cost is the difference)",
     )
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    parser.add_argument(
+        "--telemetry",
+        action="store_true",
+        help="instead of the matrix: 20kB and 170kB at concurrency 16 and 64 with no hooks, "
+        "a no-op on_event hook, and OpenTelemetry's SDK installed, against raw aiohttp",
+    )
     add_output_options(
         parser, check=f"exit 1 if a cell or polling costs more than {TARGET_RATIO}x raw aiohttp"
     )
@@ -842,6 +969,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "poll_window": args.poll_window,
     }
     settings.update({name: value for name, value in given.items() if value is not None})
+    if args.telemetry:
+        observed = run_telemetry(
+            repeat=settings.get("repeat", 3),
+            scale=settings.get("scale", 1.0),
+            calls=settings.get("calls"),
+            progress=progress_printer(args.quiet),
+        )
+        print(format_telemetry(observed))
+        if args.json:
+            write_json(args.json, {"benchmark": "overhead-telemetry", "cells": [
+                cell.to_json() for cell in observed
+            ]})  # fmt: skip
+        return 0
     try:
         result = run_benchmark(
             clients=args.clients,

@@ -86,3 +86,20 @@ def test_overhead_benchmark_cli_writes_json(tmp_path: Path) -> None:
     assert written["cells"][0]["cpu_ms_per_call"][RAW] > 0
     assert written["cells"][0]["ratio_vs_raw"][SDK] > 0
     assert written["polling"] is None
+
+
+@pytest.mark.benchmark
+def test_telemetry_option_reports_each_way_of_observing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "telemetry.json"
+    options = ["--telemetry", "--calls", "4", "--repeat", "1", "--quiet", "--json", str(out)]
+    assert main(options) == 0
+    table = capsys.readouterr().out
+    assert "sdk + no-op hook" in table
+    assert "sdk + OpenTelemetry" in table
+    written = json.loads(out.read_text(encoding="utf-8"))
+    assert len(written["cells"]) == 4
+    for cell in written["cells"]:
+        assert all(ms > 0 for ms in cell["cpu_ms_per_call"].values())
+        assert len(cell["cpu_ms_per_call"]) == 4
