@@ -36,7 +36,6 @@ from collections.abc import Mapping
 import attrs
 
 from . import errors
-from ._protocol import form_text_problem
 
 __all__ = [
     "ENDPOINTS",
@@ -525,10 +524,10 @@ def _free_value(what: str, name: str, value: object) -> str:
             input=name,
             rule="type",
         )
-    problem = form_text_problem(text)
-    if problem is None and not text.isprintable():
-        problem = "must be printable (no control characters)"
-    if problem is None and len(text) > MAX_FIELD_LENGTH:
+    problem = None
+    if not text.isprintable() and not all(c.isprintable() or c in "\t\r\n" for c in text):
+        problem = "must be text (no control characters but tabs and line breaks)"
+    elif len(text) > MAX_FIELD_LENGTH:
         problem = f"must be at most {MAX_FIELD_LENGTH} characters"
     if problem is not None:
         raise errors.ValidationError(f"{what} {name!r} {problem}", input=name, rule="value")
@@ -539,8 +538,8 @@ def encode_free_fields(values: object, what: str = "fields") -> list[tuple[str, 
     """The form fields (or query parameters) of a generic call, every name and value checked.
 
     ``values`` is a mapping (or ``None``) of names (letters, digits, ``_.-[]``) to strings,
-    integers or finite floats; strings must be printable ASCII without quotes or
-    backslashes (they go into a multipart body framed by hand).
+    integers or finite floats; a string is any text (sent as UTF-8) without control
+    characters other than tabs and line breaks, at most ``MAX_FIELD_LENGTH`` characters.
 
     >>> encode_free_fields({"return_form": "mask", "level": 0.5, "n": 2})
     [('return_form', 'mask'), ('level', '0.5'), ('n', '2')]

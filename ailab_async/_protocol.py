@@ -94,9 +94,10 @@ def multipart_frame(
     this is the per-request hot path: FormData builds a payload object and a header
     dictionary per part and writes every part's headers, value and separator apart (13
     ``send()`` calls for two fields and an image), where this is two small buffers a
-    transport can send with the image in one write. Every text here comes from the endpoint
-    table and our own validation (names, float values, ``image.png``); ``ValueError`` for
-    anything that would break the framing.
+    transport can send with the image in one write. Names, the file name and the content
+    type go into part headers: ASCII without quotes, backslashes or line breaks. A value is
+    any text (sent as UTF-8, as a browser sends a form) that does not contain the boundary.
+    ``ValueError`` for anything that would break the framing.
 
     >>> head, tail = multipart_frame([("level", "0.5")], "image", "a.png", "image/png", "B")
     >>> (head + b"<png>" + tail).split(b"\\r\\n")  # doctest: +NORMALIZE_WHITESPACE
@@ -109,7 +110,7 @@ def multipart_frame(
         f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; '
         f'filename="{filename}"\r\nContent-Type: {content_type}\r\n\r\n'
     )
-    return "".join(parts).encode("ascii"), f"\r\n--{boundary}--\r\n".encode("ascii")
+    return "".join(parts).encode(), f"\r\n--{boundary}--\r\n".encode("ascii")
 
 
 def multipart_form(fields: Sequence[tuple[str, str]], boundary: str) -> bytes:
@@ -119,16 +120,15 @@ def multipart_form(fields: Sequence[tuple[str, str]], boundary: str) -> bytes:
     >>> multipart_form([("a", "1")], "B").split(b"\\r\\n")
     [b'--B', b'Content-Disposition: form-data; name="a"', b'', b'1', b'--B--', b'']
     """
-    return ("".join(_field_parts(fields, boundary)) + f"--{boundary}--\r\n").encode("ascii")
+    return ("".join(_field_parts(fields, boundary)) + f"--{boundary}--\r\n").encode()
 
 
 def _field_parts(fields: Sequence[tuple[str, str]], boundary: str, *texts: str) -> list[str]:
-    """The text parts of a multipart body, every text (``texts`` too) checked first."""
-    checked = [boundary, *texts]
-    for name, value in fields:
-        checked += (name, value)
+    """The text parts of a multipart body; every name (and ``texts``, what else goes into
+    part headers) checked first."""
+    checked = [boundary, *texts, *(name for name, _ in fields)]
     if any(form_text_problem(text) for text in checked):
-        raise ValueError("multipart names, values and types must be ASCII without quotes or CR/LF")
+        raise ValueError("multipart names and types must be ASCII without quotes or CR/LF")
     if any(boundary in value for _, value in fields):
         raise ValueError("the boundary occurs in a field value")
     return [
@@ -138,8 +138,8 @@ def _field_parts(fields: Sequence[tuple[str, str]], boundary: str, *texts: str) 
 
 
 def form_text_problem(text: str) -> str | None:
-    """Why ``text`` cannot be a multipart name or value as :func:`multipart_frame` frames
-    them; ``None`` if it can.
+    """Why ``text`` cannot go into a multipart part's headers (a name, a file name, a content
+    type) as :func:`multipart_frame` frames them; ``None`` if it can.
 
     >>> form_text_problem("0.5"), form_text_problem('say "hi"')
     (None, 'must be ASCII without quotes, backslashes or line breaks')
