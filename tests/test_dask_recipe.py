@@ -36,6 +36,7 @@ from ailab_async.contrib.dask import (
 from ailab_async.testing.simulator import RateLimit, Simulator, sample_image
 
 from ._ledger import check_ledger
+from .test_report import page_data
 
 REDIS_SERVER = shutil.which("redis-server")
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,6 +184,13 @@ async def test_photos_fan_out_over_two_worker_processes_into_one_manifest(
 
     assert manifest == out_dir / "manifest.jsonl"
     assert len(first_run) == PHOTOS
+    # The report a batch writes, from the whole manifest: every photo, all of them done,
+    # and the failed partition's photos shown as failures in its own report.
+    page = (out_dir / "report.html").read_text(encoding="utf-8")
+    assert [item["s"] for item in page_data(page)["items"]] == ["downloaded"] * PHOTOS
+    failed_page = (tmp_path / "keyless" / "report.html").read_text(encoding="utf-8")
+    assert {item["s"] for item in page_data(failed_page)["items"]} == {"failed"}
+    assert ailab_simulator.api_key not in page + failed_page
     assert sorted(line["relative"] for line in first_run) == sorted(
         f"photos/face-{i:02d}.jpg" for i in range(PHOTOS)
     )

@@ -21,6 +21,7 @@ from PIL import Image
 from ailab_async import AILabClient, PollingConfig
 from ailab_async.batch import (
     BatchSpec,
+    How,
     ManifestLine,
     Operation,
     _report,
@@ -330,6 +331,22 @@ def test_thumbnails_are_made_once_and_follow_their_source(tmp_path: Path) -> Non
     assert len(set(after) & set(made)) == 1
     items = page_data((out / REPORT_NAME).read_text())["items"]
     assert {items[0]["b"], items[0]["o"]} == {path.name for path in after}
+
+
+def test_a_dask_manifest_with_how_and_where_reads_back(tmp_path: Path) -> None:
+    # The Dask recipe's lines carry how each item was settled and where it ran.
+    out = tmp_path / "out"
+    write_manifest_lines(
+        out,
+        [
+            line("a.jpg", how=How.RAN, partition="part-0001-of-0002", worker="tcp://w", pid=7),
+            line("b.jpg", ItemState.FAILED, how=How.FAILED, error_code="X"),
+        ],
+    )
+    summary = build_report(out, thumbnails=False)
+    assert (summary.photos, summary.failed) == (2, 1)
+    items = page_data(summary.path.read_text())["items"]
+    assert [(item["n"], item["h"]) for item in items] == [("a.jpg", "ran"), ("b.jpg", "failed")]
 
 
 def test_missing_or_unreadable_pictures_are_noted_not_fatal(tmp_path: Path) -> None:

@@ -142,6 +142,9 @@ class ManifestLine:
         return json_line(converter.unstructure(self))
 
 
+# ``How`` is a ``str`` enum, which cattrs would read back as a plain ``str``.
+converter.register_structure_hook(How, lambda value, _: How(value))
+
 # The shared converter writes every field, except the extras when unset: a line of a plain
 # run has no ``how``, and only the Dask recipe's lines say where they ran.
 converter.register_unstructure_hook(

@@ -5,6 +5,7 @@ write their lines into one ``manifest.jsonl`` as they complete.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import tempfile
@@ -17,11 +18,14 @@ import distributed
 
 from ...batch import BatchItem, BatchSpec, How, ManifestLine, Operation, discover_inputs
 from ...batch._manifest import json_line
+from ...batch._report import build_report
 from ...errors import ValidationError
 from ...models import converter
 from ._config import DEFAULT_PLUGIN_NAME, PartitionJob, WorkerClientConfig
 from ._shards import JOURNAL_SHARDS, partition_of
 from ._worker import AILabWorkerPlugin, OutcomeLine, process_partition
+
+logger = logging.getLogger("ailab_async")
 
 __all__ = ["run_on_cluster"]
 
@@ -41,6 +45,7 @@ def run_on_cluster(
     retries: int = 1,
     journal_dir: str | os.PathLike[str] | None = None,
     plugin_name: str = DEFAULT_PLUGIN_NAME,
+    report: bool = True,
 ) -> Path:
     """Process every photo under ``inputs`` on the cluster; return ``out_dir/manifest.jsonl``.
 
@@ -52,7 +57,9 @@ def run_on_cluster(
     one client from ``config`` and reads its API key from its own environment. Journals go
     to ``journal_dir`` (default ``out_dir/.journals``). The manifest has one line per photo,
     written as partitions complete (so in completion order) and moved into place atomically
-    at the end.
+    at the end. Then, unless ``report=False``, ``report.html`` beside it, as a batch writes
+    it (before/after thumbnails and failures; no charts: the workers' clients are not
+    sampled).
 
     >>> manifest = run_on_cluster(dask_client, ["photos/"], out_dir="out",
     ...                           params={"retouch_degree": 0.6})  # doctest: +SKIP
@@ -96,9 +103,15 @@ def run_on_cluster(
                 for index, bucket in sorted(buckets.items())
             )
         }
-        return _write_manifest(job, submitted)
+        manifest = _write_manifest(job, submitted)
     finally:
         dask_client.unregister_worker_plugin(plugin_name)  # type: ignore[no-untyped-call]
+    if report:
+        try:
+            build_report(job.out_dir)
+        except OSError as exc:  # the photos are done and journaled; only the page is missing
+            logger.warning("report.html not written: %s", exc)
+    return manifest
 
 
 def _write_manifest(
