@@ -16,9 +16,15 @@ The server's limiter is unknown (a token bucket of any burst, a sliding or fixed
 leaky bucket, a cap on requests in flight, one that changes), so the policy finds the limit
 from what the server *accepted*, by send time:
 
-* **Paced from the start.** Sends are spaced ``1 / rate`` apart in arrival order, never two
-  closer than :data:`HEADROOM` of a spacing (a catch-up burst after a late wake-up would
-  trip a server that allows no burst). Told a ``rate_limit``, the policy starts at it, less
+* **Paced from the start.** Sends are spaced ``1 / rate`` apart in arrival order, on a
+  schedule: a send that left late (an event loop's timer fires after its time) is followed
+  on time, as close as :data:`CATCH_UP` of a spacing, so late wake-ups do not add up (a
+  stall longer than :data:`MAX_CATCH_UP` restarts the schedule instead: catching up that
+  much could put more sends in one of a server's windows than the headroom leaves). Once
+  the server refuses at a pace it may have been refused for such a catch-up (a marginal
+  refusal, or one at the configured limit: a server that allows no burst), sends are never
+  closer than a spacing at that pace (:attr:`AimdState.burstless`), nor than
+  :data:`HEADROOM` of one. Told a ``rate_limit``, the policy starts at it, less
   :data:`HEADROOM` (1.5 %), and never goes above that. Not told, it starts at
   :data:`START_RATE` and grows by slow start: every accepted request adds
   ``ln 2 / (SLOW_START_RTTS * RTT)`` (the rate doubles every :data:`SLOW_START_RTTS` round
@@ -44,7 +50,9 @@ from what the server *accepted*, by send time:
   less. Otherwise the limit is at most the rate the server accepted, by send time, over
   the last :data:`MEASURE_SPAN` seconds since the last cut (or since the first send: never
   divided by more time than has passed): the right answer for windows, which accept their
-  count at any pace, and for the end of slow start.
+  count at any pace, and for the end of slow start. The recovery then aims halfway between
+  it and the refused pace, but not above what the server accepted over the last second (a
+  ramp that filled a fixed window went far above its rate, and would be refused again).
 * **The end of slow start is read twice.** Once the sends from the first refused request
   to the cut are answered: if the server refused about half of them or fewer, it refuses
   only what is over its rate (a token bucket of small burst, a leaky bucket, which accepts
@@ -54,7 +62,8 @@ from what the server *accepted*, by send time:
 * **Told the limit, jitter teaches headroom.** A marginal refusal at 90 % of the ceiling or
   more (the send times jitter on their way, and a server that allows no burst refuses one
   that arrives early) lowers the ceiling to :data:`LEARNED_HEADROOM` of that pace, for
-  good (never below :data:`MIN_HEADROOM` of the limit).
+  good (never below :data:`MIN_HEADROOM` of the limit), and the rate to that ceiling: no
+  further cut.
 * **A cut that was not enough ends the hold-off.** If most of what was sent since the cut
   is refused too (judged at once after a marginal refusal, half a second after any other,
   as a window draining refuses for a while), the limit dropped or a burst the server
@@ -68,7 +77,9 @@ from what the server *accepted*, by send time:
 * **A window beside the rate.** A cut also caps the requests in flight at the number in
   flight when the 429 came (a server that limits requests in flight refused the one above
   its cap), at least what the new pace needs at the usual round trip. The window grows by
-  one per window of answers, only while it is what holds senders back; requests in flight
+  one per window of answers, only while it is what holds senders back. Slots booked ahead
+  (:meth:`AimdPolicy.reserve`) and not yet due are not at the server: the window does not
+  count them. Requests in flight
   are forgotten after :data:`STALE_IN_FLIGHT` seconds without any release (a process that
   died holding them).
 * **Retry-After is information.** It says nothing will be accepted before then, so the pace
@@ -98,9 +109,11 @@ __all__ = [
     "BACKOFF",
     "BUCKET",
     "BUCKETS",
+    "CATCH_UP",
     "HEADROOM",
     "HOLD",
     "LEARNED_HEADROOM",
+    "MAX_CATCH_UP",
     "MEASURE_SPAN",
     "MIN_HEADROOM",
     "MIN_RATE",
@@ -117,8 +130,16 @@ __all__ = [
 ]
 
 #: A configured limit is paced this much under: sends land with jitter, and a server that
-#: allows no burst refuses a request that arrives a millisecond early.
+#: allows no burst refuses a request that arrives a millisecond early (such a server, once
+#: seen, also teaches more headroom: see :data:`LEARNED_HEADROOM`).
 HEADROOM = 0.985
+#: A send that left late (a timer fires after its time) may be followed by the next one
+#: on schedule, as close as this share of a spacing, until the server shows it allows no
+#: burst: then sends are never closer than :data:`HEADROOM` of one.
+CATCH_UP = 0.5
+#: ... but a send later than this (seconds: a third of what :data:`HEADROOM` leaves in a
+#: one-second window) restarts the schedule instead of being caught up.
+MAX_CATCH_UP = 0.005
 #: Told a limit, a refusal of a fully used pace at the ceiling (the send times jitter on
 #: their way, and a server that allows no burst refuses one that comes early) lowers the
 #: ceiling by this factor, for good; never below :data:`MIN_HEADROOM` of the limit.
@@ -237,6 +258,10 @@ class AimdState:
     rate: float | None = None
     #: The share of a configured limit paced at, learned: see :data:`LEARNED_HEADROOM`.
     headroom: float = 1.0
+    #: The pace at which the server refused what may have been a send closer than a
+    #: spacing to the previous one (``inf``: none yet). It may allow no burst: from then
+    #: on a send that left late is followed no closer than a spacing at that pace.
+    burstless: float = math.inf
     #: Whether a 429 has been seen (``False``: slow start), and when the last cut was.
     cut: bool = False
     cut_at: float = -math.inf
@@ -398,7 +423,7 @@ class AimdPolicy:
             state.rate = self._start_rate
         if now < state.paused_until - horizon:
             return state.paused_until - now, False
-        if state.in_flight >= state.window:
+        if state.in_flight - self._booked_ahead(now) >= state.window:
             if now - state.released_at < STALE_IN_FLIGHT:
                 state.window_bound_at = now
                 return math.inf, False
@@ -409,10 +434,14 @@ class AimdPolicy:
             # A pace not used is banked, a little (see SLOW_START_BURST).
             slot = state.last_slot + spacing
         else:
-            # Keep to the schedule so wake-up delays do not add up, but never send two
-            # requests closer than the headroom allows (a catch-up burst would trip a server
-            # that allows no burst at all).
-            slot = max(state.last_slot + spacing, state.last_sent + spacing * HEADROOM)
+            # Keep to the schedule so wake-up delays do not add up: a send that left late is
+            # followed on time, as close as CATCH_UP of a spacing; once the server has shown
+            # it allows no burst, never closer than the headroom allows.
+            if state.burstless < math.inf:
+                gap = min(spacing, max(HEADROOM * spacing, 1.0 / state.burstless))
+            else:
+                gap = CATCH_UP * spacing
+            slot = max(state.last_slot + spacing, state.last_sent + gap)
         slot = max(slot, state.paused_until)
         if slot > now + horizon:
             state.pace_bound_at = now
@@ -423,8 +452,11 @@ class AimdPolicy:
         elif slow_start and state.last_slot > -math.inf:
             send_at = max(slot, now - SLOW_START_BURST)
         else:
-            # Idle for longer than one spacing: start the schedule afresh from now.
-            send_at = slot if now - slot < spacing else now
+            # Late for the slot by a little: keep to the schedule (the next send catches up).
+            # Idle for longer than a spacing, or stalled for longer than MAX_CATCH_UP: start
+            # the schedule afresh from now (catching up more could put more sends in one of
+            # a server's windows than the headroom leaves room for).
+            send_at = slot if now - slot < min(spacing, MAX_CATCH_UP) else now
         state.last_slot = send_at
         sent = max(send_at, now)
         state.last_sent = sent
@@ -486,18 +518,25 @@ class AimdPolicy:
             return False
         pace = self._recent_pace(sent_at)
         estimate = peak = pace
-        marginal = state.cut and sent_at >= state.hold_until and self._marginal(sent_at)
+        fresh = sent_at >= state.hold_until
+        marginal = state.cut and fresh and self._marginal(sent_at)
         ceiling = self.ceiling * state.headroom
-        if (
-            pace >= _NEAR_CEILING * ceiling
-            and sent_at >= state.hold_until
-            and self._marginal(sent_at)
-        ):
-            # Told the limit, refused near it with all else accepted: the send times jitter
-            # more than the headroom allows (a limit that dropped is refused far below the
-            # ceiling, or not marginally). Stay under that pace from now on.
-            learned = LEARNED_HEADROOM * pace / self.ceiling
-            state.headroom = max(MIN_HEADROOM / HEADROOM, min(state.headroom, learned))
+        taught = False
+        if self.configured is not None and fresh and pace >= _NEAR_CEILING * ceiling:
+            # Told the limit and refused at it: perhaps a send that caught up after a late
+            # one came too close for a server that allows no burst. No catch-up from now on.
+            state.burstless = min(state.burstless, pace)
+            if self._marginal(sent_at):
+                # Refused near the limit with all else accepted: the send times jitter more
+                # than the headroom allows (a limit that dropped is refused far below the
+                # ceiling, or not marginally). Stay under that pace from now on.
+                learned = LEARNED_HEADROOM * pace / self.ceiling
+                state.headroom = max(MIN_HEADROOM / HEADROOM, min(state.headroom, learned))
+                taught = True
+        # A marginal refusal may be a send that caught up after a late one, at a server
+        # that allows no burst: no catch-up from now on.
+        if marginal:
+            state.burstless = min(state.burstless, pace)
         state.marginal_cut = marginal
         accepted = self._accepted_rate(sent_at, _MARGINAL_SPAN if marginal else MEASURE_SPAN)
         if accepted is not None and accepted < pace:
@@ -506,6 +545,13 @@ class AimdPolicy:
                 # The pace may be the limit (a leaky bucket refuses as soon as it is over)
                 # or far above it (a window filled during a ramp): recover towards halfway.
                 peak = math.sqrt(accepted * pace)
+                last_second = self._accepted_rate(sent_at, _MARGINAL_SPAN)
+                if last_second is not None and accepted <= last_second:
+                    # ... but not above what the server accepted over the last second: a
+                    # ramp that filled a window went far above its rate, and a limit that
+                    # dropped is found again from below (a server that refuses only what is
+                    # over its rate ends slow start re-read upwards, see _reread_first_cut).
+                    peak = min(peak, last_second)
         current = self.rate(now)
         if state.cut:
             # After slow start (whose ramp may overshoot by more), one event at most halves
@@ -514,6 +560,8 @@ class AimdPolicy:
             estimate = max(estimate, current / 2)
         ceiling = self.ceiling * state.headroom
         new_rate = max(self._min_rate, min(ceiling, current, self._backoff * estimate))
+        if taught:
+            new_rate = min(current, ceiling)  # the lower ceiling is the cut
         state.reread = not state.cut
         state.cut_sent = sent_at
         state.rate = new_rate
@@ -525,7 +573,8 @@ class AimdPolicy:
         # Requests in flight: as many as the server held when it refused this one, but never
         # fewer than the new pace needs at the usual round trip.
         needed = math.ceil(new_rate * state.rtt)
-        state.window = min(state.window, float(max(1, state.in_flight, needed)))
+        held = state.in_flight - self._booked_ahead(now)
+        state.window = min(state.window, float(max(1, held, needed)))
         return True
 
     def _reread_first_cut(self) -> None:
@@ -654,6 +703,14 @@ class AimdPolicy:
         high = min(BUCKETS, math.floor(end / BUCKET) - first)
         paced = sum(state.paces[low:high]) * BUCKET
         return sent >= _SATURATED * paced
+
+    def _booked_ahead(self, now: float) -> int:
+        """Slots booked ahead (:meth:`reserve`) and not yet due at ``now``: counted in
+        flight, but not yet at the server."""
+        state = self.state
+        if state.last_slot <= now or state.rate is None:
+            return 0
+        return min(state.in_flight, math.floor((state.last_slot - now) * state.rate) + 1)
 
     def _recent_pace(self, at: float) -> float:
         """The pace a request sent at ``at`` left at (the pace now, if that is forgotten)."""

@@ -7,8 +7,13 @@ No event loop and no real time: :func:`run_zoo` plays a batch of requests throug
 policy, the server admits or refuses each request at its send time, answers after
 ``latency`` (a 429 at once when the limit says ``instant_429``), and a refused request is
 retried after the dispatcher's delay for a 429 (uniform in ``[0, 1)`` s, at least the
-``Retry-After``). It records what the tests assert on: the wall time against the ideal, the
-429s, the cuts, and the pace over time.
+``Retry-After``). A busy machine is played too, seeded: a sender woken by a timer runs
+``wake_jitter`` seconds late on average (exponentially distributed: an event loop's timers
+fire after their time, now and then much after), and a request reaches the server up to
+``send_jitter`` seconds after it left. With ``booking``, senders do as the Redis store's
+do: each books its own slot up to ``booking`` seconds ahead (no queue), sleeps until it and
+reports the booked time as the send time. It records what the tests assert on: the wall
+time against the ideal, the 429s, the cuts, and the pace over time.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ from ailab_async._aimd import AimdPolicy
 from ailab_async.testing.simulator import RateLimit
 from ailab_async.testing.simulator._limits import server_limit
 
-# A sender waiting for the pace looks again at least this often (as the limiter does).
+# A sender waiting for the pace looks again at least this often (as the limiter does) ...
 _RECHECK = 0.05
+# ... or, booking its own slot (as the Redis store does), at least this long after asking.
+_RECHECK_BOOKING = 0.01
 
 
 @attrs.define
@@ -82,6 +89,8 @@ def run_zoo(
     latency: float = 0.2,
     latency_jitter: float = 0.0,
     send_jitter: float = 0.0,
+    wake_jitter: float = 0.0,
+    booking: float = 0.0,
     configured: float | None = None,
     seed: int = 0,
     policy: AimdPolicy | None = None,
@@ -125,34 +134,53 @@ def run_zoo(
             if wait > 0:
                 if math.isinf(wait):
                     waiting_release = True
-                    wake_pacer(t + _RECHECK)
+                    wake_pacer(t + _RECHECK + late())
                 else:
-                    wake_pacer(t + min(wait, _RECHECK))
+                    wake_pacer(t + min(wait, _RECHECK) + late())
                 return
             send(t, queue.popleft())
 
     def want_slot(t: float, worker: int) -> None:
+        if booking:
+            book(t, worker)
+            return
         queue.append(worker)
         wake_pacer(t)
 
-    def send(t: float, worker: int) -> None:
+    def late() -> float:
+        # A timer fires late on a busy event loop.
+        return rng.expovariate(1 / wake_jitter) if wake_jitter else 0.0
+
+    def book(t: float, worker: int) -> None:
+        # The Redis store: every sender books its own slot up to ``booking`` ahead, sleeps
+        # until it (waking late) and reports the booked time as its send time.
+        wait, booked = policy.reserve(t, booking)
+        if booked:
+            slot = t + wait
+            at(slot + late(), lambda now: send(now, worker, slot))
+        else:
+            again = _RECHECK_BOOKING if math.isinf(wait) else wait - booking / 2
+            at(t + max(_RECHECK_BOOKING, again) + late(), lambda now: book(now, worker))
+
+    def send(t: float, worker: int, slot: float | None = None) -> None:
         nonlocal first_send, in_flight
         first_send = t if first_send is None else first_send
         run.sent += 1
-        # The request reaches the server a little after its slot (a busy event loop).
+        sent_at = t if slot is None else slot  # the send time the policy hears of
+        # The request reaches the server a little after it left (a busy event loop).
         arrival = t + (rng.uniform(0, send_jitter) if send_jitter else 0.0)
         wait = server.admit(arrival)
         answer = t + latency + (rng.uniform(0, latency_jitter) if latency_jitter else 0.0)
         if wait is None:
             in_flight += 1
             run.max_in_flight = max(run.max_in_flight, in_flight)
-            at(answer, lambda now: accepted(now, t, worker))
+            at(answer, lambda now: accepted(now, sent_at, worker))
         else:
             header = None
             if limit.retry_after and math.isfinite(wait):
                 header = float(max(1, math.ceil(wait)))
             when = t if limit.instant_429 else answer
-            at(when, lambda now: refused(now, t, worker, header))
+            at(when, lambda now: refused(now, sent_at, worker, header))
 
     def accepted(now: float, sent_at: float, worker: int) -> None:
         nonlocal remaining, in_flight, waiting_release

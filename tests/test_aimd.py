@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from ailab_async import ConfigurationError
 from ailab_async._aimd import (
     BACKOFF,
+    CATCH_UP,
     HEADROOM,
     LEARNED_HEADROOM,
     MIN_RATE,
@@ -123,6 +124,11 @@ PACED = 50.0 * HEADROOM  # a configured 50/s, paced with headroom
 #: server accepted 20 in the 0.5 s of whole buckets since the first send.
 FIRST_SECOND = (*answered(100.01, 20, 40.0), Wait(100.51, 0.0), Refused(100.51, 100.71))
 CUT_IN_FIRST_SECOND = BACKOFF * 40.0
+#: A configured 10/s, cut by a first 429 with no history to measure from.
+CUT_ALONE = BACKOFF * 10.0 * HEADROOM
+LATE_SEND = 101.2 + 1 / CUT_ALONE + 0.004
+#: A configured 250/s, paced with headroom.
+FAST = 250.0 * HEADROOM
 
 CASES = [
     Case("a_configured_rate_is_paced_with_headroom", 50.0, (Rate(100.0, PACED),)),
@@ -137,12 +143,38 @@ CASES = [
         (Wait(100.0, 0.0), Wait(200.0, 0.0), Wait(200.0, 1 / PACED)),
     ),
     Case(
-        "sends_never_come_closer_than_the_headroom_after_a_late_wake_up",
+        "a_send_that_left_a_little_late_is_followed_on_schedule",
         10.0,
         (
             Wait(100.0, 0.0),
-            Wait(100.2, 0.0),  # late for the slot at 100.103: keeps to the schedule...
-            Wait(100.2, HEADROOM / (10 * HEADROOM)),  # ... but never closer than headroom
+            Wait(100.105, 0.0),  # 4 ms late for the slot at 100.101 ...
+            Wait(100.105, 100.0 + 2 / (10 * HEADROOM) - 100.105),  # ... the next on time
+            Wait(100.21, 0.0),  # 8 ms late for the slot at 100.202: a stall ...
+            Wait(100.21, 1 / (10 * HEADROOM)),  # ... restarts the schedule
+        ),
+    ),
+    Case(
+        "catching_up_never_brings_two_sends_closer_than_catch_up_allows",
+        250.0,
+        (
+            Wait(100.0, 0.0),
+            Wait(100.003 + 1 / FAST, 0.0),  # 3 ms late: most of a 4 ms spacing ...
+            Wait(100.003 + 1 / FAST, CATCH_UP / FAST),  # ... the next only so much closer
+        ),
+    ),
+    Case(
+        "after_a_refusal_at_the_limit_sends_never_come_closer_than_the_headroom",
+        10.0,
+        (
+            # Refused at the configured pace: perhaps a send that caught up came too close
+            # for a server that allows no burst. No catch-up from then on.
+            Wait(100.0, 0.0),
+            Refused(100.0, 100.2),
+            Wait(101.2, 0.0),
+            Ok(101.2, 101.25),  # (the cut left a window of one request in flight)
+            Wait(LATE_SEND, 0.0),  # 4 ms late for its slot ...
+            Ok(LATE_SEND, 101.33),
+            Wait(101.33, LATE_SEND + HEADROOM / CUT_ALONE - 101.33),  # ... the next keeps away
         ),
     ),
     Case(
@@ -354,6 +386,21 @@ def test_a_first_429_with_little_history_teaches_no_headroom() -> None:
     assert policy.state.headroom == 1.0
     _accepted_while_paced(policy, 130.0, 140.0)
     assert policy.rate(140.0) == pytest.approx(PACED)
+
+
+def test_slots_booked_ahead_do_not_count_against_the_window() -> None:
+    # The Redis store books slots up to 0.1 s ahead; a booked slot is in flight from the
+    # booking, but not at the server until it is due. Refused with two slots booked and none
+    # other at the server, the window holds one request, and the booked slots do not fill it.
+    policy = AimdPolicy(40.0)
+    booked = [policy.reserve(100.0, 0.1) for _ in range(3)]
+    assert all(ok for _, ok in booked)
+    policy.release(100.005)
+    assert policy.on_rate_limited(100.0, 100.005)
+    assert policy.state.window == 1.0
+    wait, ok = policy.reserve(100.006, 0.1)
+    assert ok
+    assert wait < 0.1
 
 
 def test_the_state_survives_a_round_trip_through_strings_and_bytes() -> None:

@@ -5,7 +5,9 @@ discrete-event world of ``tests/_rate_zoo.py`` (32 senders as ``client.map`` sen
 server latency, the dispatcher's retry delay for a 429), against one shape of
 ``ailab_async.testing.simulator``'s limits: token buckets of burst 1 to twice the rate,
 sliding and fixed windows, a leaky bucket, a cap on requests in flight, 429s at once or after
-the latency, with or without ``Retry-After``, and a limit that changes mid-run. No event loop
+the latency, with or without ``Retry-After``, and a limit that changes mid-run; some runs
+play a busy machine (late timers, late arrivals, seeded) or senders that book their own slots
+ahead as the Redis store's do. No event loop
 and no real time: the outcomes are exact for a given seed, so the bands below are tight
 enough to fail when the policy gets worse. The wall-time targets on the real client are
 measured by ``benchmarks/bench_batch.py``.
@@ -118,6 +120,18 @@ def test_slow_start_ended_by_a_full_window_or_an_empty_burst_is_not_re_read_upwa
     assert run.pace_at(cut_at + 0.5) == cut_rate
 
 
+@pytest.mark.parametrize(("shape", "at_most"), [("sliding window", 1.1), ("fixed window", 1.45)])
+def test_after_slow_start_the_recovery_aims_no_higher_than_the_last_second_accepted(
+    shape: str, at_most: float
+) -> None:
+    # The ramp filled a window far above its rate; the recovery heads for what the server
+    # accepted over the last second (a fixed window let up to two windows' worth through),
+    # not for the geometric mean with the ramp's pace, which brought a second cluster.
+    run = run_zoo(ZOO[shape][0], latency_jitter=JITTER)
+    cut_at = next(at for (_, before), (at, pace) in itertools.pairwise(run.trace) if pace < before)
+    assert max(pace for at, pace in run.trace if cut_at <= at <= cut_at + 2.5) <= at_most * LIMIT
+
+
 def test_a_limit_that_drops_and_rises_is_followed_within_five_seconds(
     runs: dict[str, ZooRun],
 ) -> None:
@@ -137,15 +151,53 @@ def test_told_the_true_limit_it_holds_it_without_a_429(shape: str) -> None:
         # 50/s at 0.2 s is exactly 10 in flight: told the rate, it never needs an 11th.
         assert run.max_in_flight <= 10
     assert run.refused == 0
-    # Paced 3 % under the limit; the last answer comes 0.2 s after the last send.
-    assert run.ratio <= 1.06
+    # Paced 1.5 % under the limit; the last answer comes 0.2 s after the last send.
+    assert run.ratio <= 1.04
+
+
+#: A busy machine: timers fire half a millisecond late on average (now and then much
+#: more), and a request reaches the server up to a millisecond after it left.
+BUSY = {"wake_jitter": 0.0005, "send_jitter": 0.001}
+
+
+@pytest.mark.parametrize(
+    "shape", [name for name in ZOO if "->" not in name and "in flight" not in name]
+)
+def test_told_the_true_limit_on_a_busy_machine_late_timers_do_not_slow_it_down(
+    shape: str,
+) -> None:
+    # A send that left late is followed on schedule (as close as CATCH_UP of a spacing), so
+    # late timers do not add up: the batch keeps the configured pace. A server that allows
+    # no burst refuses a send that caught up; after that the policy keeps its distance.
+    limit, _, _ = ZOO[shape]
+    batches = [run_zoo(limit, configured=LIMIT, seed=seed, **BUSY) for seed in SEEDS]
+    mean_ratio = sum(run.ratio for run in batches) / len(batches)
+    if "burst 1" in shape or "leaky" in shape:
+        assert mean_ratio <= 1.12
+        assert all(run.refused_share <= 0.03 for run in batches)
+    else:
+        # 1.5 % under the limit, and the last answer 0.2 s after the last send: 1.035x.
+        assert mean_ratio <= 1.04
+        assert all(run.refused == 0 for run in batches)
+
+
+@pytest.mark.parametrize("shape", ["token bucket, burst = rate", "sliding window", "fixed window"])
+def test_booking_slots_ahead_as_the_redis_store_does_it_holds_the_told_limit(shape: str) -> None:
+    # 16 senders (4 processes x 4) each book their own slot 0.1 s ahead and wake late to
+    # it, against a server that answers in 5 ms: the shared pace holds without a 429.
+    limit, _, _ = ZOO[shape]
+    run = run_zoo(limit, configured=LIMIT, senders=16, latency=0.005, booking=0.1, seed=1, **BUSY)
+    assert run.refused == 0
+    assert run.ratio <= 1.02
 
 
 def test_told_too_much_it_comes_down_to_the_limit() -> None:
     run = run_zoo(RateLimit(LIMIT, shape="sliding-window"), configured=1.5 * LIMIT)
     assert run.ratio <= 1.15
     assert run.refused_share <= 0.08
-    assert run.pace_at(8.0) <= 1.1 * LIMIT
+    # Probing above it now and then, but on average within 10 % of it.
+    settled = [run.pace_at(t / 10) for t in range(60, 100)]
+    assert sum(settled) / len(settled) <= 1.1 * LIMIT
 
 
 def test_a_shared_state_in_many_hands_gives_the_same_answers() -> None:
