@@ -7,13 +7,17 @@ by ``next_poll``, each poll tells the planner what it saw (``not_done``, ``finis
 polls, as :mod:`ailab_async._tracker` does. Nothing sleeps, nothing reads a clock: a run
 of hundreds of tasks takes a fraction of a second and gives the same figures every time.
 
-The duration shapes (:data:`SHAPES`) are plain seeded samplers of the same families as the
-simulator's distributions; :func:`fixed_polling_lag` is the provider's advice (poll at once,
-then every 5 s) on the same tasks.
+The duration shapes (:data:`SHAPES`) are the tracker benchmark's own (its duration specs,
+drawn by the simulator's samplers, and its arrivals); :func:`fixed_polling_lag` is the
+provider's advice (poll at once, then every 5 s) on the same tasks. Two bounds say what a
+target can ask on those tasks: :func:`least_polls` (no schedule that polls a task at least
+every ``fallback_interval`` spends fewer) and :func:`best_fixed` (the planner's own solver told
+the true durations). ``python -m tests._planner_sim`` prints the whole table.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import math
@@ -24,7 +28,10 @@ from collections.abc import Callable, Sequence
 import attrs
 
 from ailab_async import PollingConfig
-from ailab_async._polling import PollPlanner, completion_evidence
+from ailab_async._polling import PollPlanner, completion_evidence, solve_schedules
+from ailab_async.testing.simulator import TaskContext, parse_task_duration, sample_task_duration
+from benchmarks.bench_tracker import SHAPES as BENCH_SHAPES
+from benchmarks.bench_tracker import burst_arrivals, poisson_arrivals
 
 #: A duration sampler: (rng, task index, tasks pending at its submit) -> seconds.
 Sampler = Callable[[random.Random, int, int], float]
@@ -165,59 +172,100 @@ def figures(
     )
 
 
-# -- arrivals and shapes -----------------------------------------------------------------------
-
-
-def spread(count: int, rate: float = 20.0, seed: int = 1) -> list[float]:
-    """Poisson arrivals at ``rate`` per second, the first at 0."""
-    rng = random.Random(seed)
-    gaps = [rng.expovariate(rate) for _ in range(count - 1)]
-    return list(itertools.accumulate(gaps, initial=0.0)) if count else []
-
-
-def burst(count: int, warm_up: int = 100, rate: float = 20.0, seed: int = 1) -> list[float]:
-    """``warm_up`` tasks spread out, then the rest submitted at once 10 s later."""
-    first = spread(warm_up, rate, seed)
-    return first + [(first[-1] + 10.0 if first else 0.0)] * (count - warm_up)
+# -- shapes and bounds ------------------------------------------------------------------------
 
 
 def uniform(low: float, high: float) -> Sampler:
     return lambda rng, _index, _pending: rng.uniform(low, high)
 
 
-def lognormal(median: float, sigma: float, cap: float = 120.0) -> Sampler:
-    return lambda rng, _index, _pending: min(cap, rng.lognormvariate(math.log(median), sigma))
+def least_polls(duration: float, config: PollingConfig | None = None) -> int:
+    """The fewest polls any schedule keeping the fallback guarantee spends on a task of
+    ``duration``: one poll at most every ``fallback_interval - min_interval``."""
+    config = config or PollingConfig()
+    return max(1, math.ceil(duration / (config.fallback_interval - config.min_interval)))
 
 
-def bimodal(short_share: float, short: Sampler, long: Sampler) -> Sampler:
-    def sample(rng: random.Random, index: int, pending: int) -> float:
-        pick = short if rng.random() < short_share else long
-        return pick(rng, index, pending)
+def best_fixed(
+    durations: Sequence[float], budget: float, config: PollingConfig | None = None
+) -> tuple[float, float]:
+    """(mean lag, polls per task) of the schedule pair that is best for exactly these
+    durations at ``budget`` (the planner's own solver, told the truth, no exploration): a
+    bound on what learning from evidence can reach on the same tasks."""
+    config = config or PollingConfig(explore_share=0.0)
+    solved = solve_schedules([(d - 1e-6, d, 1.0) for d in durations], budget, config)
+    assert solved is not None
+    sparse, dense, share, _, _ = solved
+    lags, polls = [], []
+    for index, duration in enumerate(durations):
+        schedule = dense if (index * 0.618_034) % 1.0 < share else sparse
+        found = bisect.bisect_left(schedule, duration)
+        if found < len(schedule):
+            lags.append(schedule[found] - duration)
+            polls.append(found + 1)
+        else:  # past the schedule (outside the grid's trimmed sliver): the next fallback poll
+            last = schedule[-1] + least_polls(duration - schedule[-1], config) * (
+                config.fallback_interval - config.min_interval
+            )
+            lags.append(last - duration)
+            polls.append(len(schedule) + least_polls(duration - schedule[-1], config))
+    return statistics.fmean(lags), statistics.fmean(polls)
 
-    return sample
+
+def from_spec(spec: str) -> Sampler:
+    """The simulator's own task durations for a duration ``spec`` (as ``ailab-async
+    simulate --task-duration`` reads it), pending count and submit index included."""
+    duration = parse_task_duration(spec)
+    return lambda rng, index, pending: sample_task_duration(
+        duration, rng, TaskContext(submitted=index, pending=pending)
+    )
 
 
-def drifting(at_task: int, before: Sampler, after: Sampler) -> Sampler:
-    def sample(rng: random.Random, index: int, pending: int) -> float:
-        return (before if index < at_task else after)(rng, index, pending)
-
-    return sample
-
-
-def queue_growing(base: Sampler, per_pending: float) -> Sampler:
-    """Durations grow by ``per_pending`` (a share) for each task pending at submit."""
-    return lambda rng, index, pending: base(rng, index, pending) * (1.0 + per_pending * pending)
-
-
-#: name -> (arrivals, sampler): the shapes the planner must hold on. (Long modes are kept
-#: below about 12 s: a task must be polled at least every ``fallback_interval``, so tasks of
-#: 10-20 s alone need 3-5 polls, and no schedule keeps those within 2 polls per task.)
+#: name -> (arrivals, sampler): the shapes the planner must hold on, the benchmark's own
+#: (``benchmarks.bench_tracker.SHAPES``: the same duration specs, the same arrivals), so
+#: what the harness measures is what the live benchmark measures, without the clock.
 SHAPES: dict[str, tuple[list[float], Sampler]] = {
-    "uniform 1-6 s, spread": (spread(400), uniform(1.0, 6.0)),
-    "uniform 1-6 s, burst": (burst(400), uniform(1.0, 6.0)),
-    "log-normal (median 3 s)": (spread(400), lognormal(3.0, 0.8)),
-    "bimodal 0.5-2 s / 6-12 s": (spread(400), bimodal(0.7, uniform(0.5, 2.0), uniform(6, 12))),
-    "queue-growing": (burst(400), queue_growing(uniform(1.0, 6.0), 0.005)),
-    "drift 1-6 s -> 3-9 s": (spread(400), drifting(200, uniform(1, 6), uniform(3, 9))),
-    "drift 3-9 s -> 1-6 s": (spread(400), drifting(200, uniform(3, 9), uniform(1, 6))),
+    name: (
+        burst_arrivals(400, 100, 20.0, 0) if is_burst else poisson_arrivals(400, 20.0, 0),
+        from_spec(spec),
+    )
+    for name, spec, is_burst in BENCH_SHAPES
 }
+
+
+def shape_table(config: PollingConfig | None = None, seeds: Sequence[int] = (0, 1, 2)) -> str:
+    """The benchmark's distribution table, from the harness: one line per shape, with the
+    bounds on the same tasks: the fewest polls any schedule keeping the fallback guarantee
+    spends ("least"), and the lag of the best fixed schedule for them at the budget."""
+    config = config or PollingConfig()
+    lines = [
+        f"{'shape':<26} {'lag s':>6} {'polls':>6} {'fixed s':>7} {'ratio':>6} {'max s':>6}"
+        f" | {'least':>5} {'best s':>6} {'polls':>6} {'ratio':>6}",
+    ]
+    for name, (arrivals, sampler) in SHAPES.items():
+        result = figures(arrivals, sampler, config, seeds=seeds)
+        durations = steady_durations(arrivals, sampler)
+        least = statistics.fmean(least_polls(d, config) for d in durations)
+        best_lag, best_polls = best_fixed(durations, config.target_polls)
+        lines.append(
+            f"{name:<26} {result.mean_lag:>6.2f} {result.polls_per_task:>6.2f} "
+            f"{result.fixed_lag:>7.2f} {result.ratio:>6.2f} {result.max_lag:>6.2f} | "
+            f"{least:>5.2f} {best_lag:>6.2f} {best_polls:>6.2f} "
+            f"{best_lag / fixed_polling_lag(durations):>6.2f}"
+        )
+    return "\n".join(lines)
+
+
+def steady_durations(
+    arrivals: Sequence[float], sampler: Sampler, skip: int = 100, seeds: Sequence[int] = (0, 1, 2)
+) -> list[float]:
+    """The true durations of the steady-state tasks of :func:`figures`' runs."""
+    durations: list[float] = []
+    for seed in seeds:
+        outcomes, _ = simulate(arrivals, sampler, seed=seed)
+        durations += [o.duration for o in outcomes[skip:]]
+    return durations
+
+
+if __name__ == "__main__":  # python -m tests._planner_sim: the shape table in seconds
+    print(shape_table())

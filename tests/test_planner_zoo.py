@@ -1,9 +1,17 @@
 """The poll planner against a zoo of task-duration shapes, on a simulated clock.
 
-Every figure here comes from :mod:`tests._planner_sim` (no event loop, no real time), so the
-runs are deterministic under their seeds and the bounds can be asserted. The bounds are the
-planner's guarantees plus a margin over what it reaches today; the measured targets against
-the simulator (mean lag, polls per task) are in ``benchmarks/bench_tracker.py``.
+Every figure here comes from :mod:`tests._planner_sim` (no event loop, no real time), on
+the benchmark's own shapes (``benchmarks.bench_tracker.SHAPES``), so the runs are
+deterministic under their seeds and the bounds can be asserted. Two kinds of bounds:
+
+* the targets (at most ``target_polls`` polls per task within a small tolerance, mean lag at
+  most half of fixed 5 s polling's, uniform 1-6 s found within 0.8 s), marked ``xfail``
+  (strict) on the shapes where the planner misses them today, with the measured figures, so
+  a fix shows up as an XPASS that fails the run until the mark goes;
+* guards a little beyond what the planner reaches today, so a regression fails at once.
+
+``python -m tests._planner_sim`` prints the whole table, with the bounds no schedule fixed in
+advance can beat on the same tasks.
 """
 
 from __future__ import annotations
@@ -14,8 +22,52 @@ import pytest
 
 from ailab_async import PollingConfig
 from ailab_async._polling import PollPlanner
+from benchmarks.bench_tracker import burst_arrivals, poisson_arrivals
 
-from ._planner_sim import SHAPES, burst, figures, simulate, spread, uniform
+from ._planner_sim import (
+    SHAPES,
+    Figures,
+    best_fixed,
+    figures,
+    least_polls,
+    simulate,
+    steady_durations,
+    uniform,
+)
+
+TARGET_POLLS = PollingConfig().target_polls
+POLLS_TOLERANCE = 0.15  # three seeds of 300 steady-state tasks: the mean moves about this much
+TARGET_RATIO = 0.5
+TARGET_UNIFORM_LAG = 0.8
+
+QUEUE = "queue-growing"
+#: Where the planner misses a target today, with the harness's figures (three seeds).
+MISSES_POLLS = {
+    QUEUE: "3.20 polls: no schedule keeping the fallback guarantee spends under 2.17 here",
+}
+MISSES_RATIO = {
+    "log-normal, median 3 s": "0.52x (the best fixed schedule told the durations: 0.51x)",
+    "drift 1-6 s -> 3-9 s": "0.55x (the best fixed schedule for the mix: 0.41x)",
+}
+MISSES_UNIFORM_LAG = {
+    "uniform 1-6 s": "0.83 s at 1.97 polls (the best fixed schedule: 0.74 s)",
+    "uniform 1-6 s, burst": "0.85 s at 2.03 polls (the best fixed schedule: 0.74 s)",
+}
+
+
+def _marked(names: list[str], misses: dict[str, str]) -> list[object]:
+    return [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=misses[name]))
+        if name in misses
+        else name
+        for name in names
+    ]
+
+
+@pytest.fixture(scope="module")
+def shape_figures() -> dict[str, Figures]:
+    """Each shape's steady-state figures, computed once for the module."""
+    return {name: figures(arrivals, sampler) for name, (arrivals, sampler) in SHAPES.items()}
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
@@ -25,44 +77,126 @@ def test_no_task_waits_more_than_the_fallback_beyond_its_completion(shape: str) 
     assert max(o.lag for o in outcomes) <= PollingConfig().fallback_interval
 
 
+@pytest.mark.parametrize("shape", _marked(sorted(SHAPES), MISSES_POLLS))
+def test_each_shape_keeps_to_the_poll_budget(shape: str, shape_figures: dict[str, Figures]) -> None:
+    result = shape_figures[shape]
+    assert result.polls_per_task <= TARGET_POLLS + POLLS_TOLERANCE, result
+
+
+@pytest.mark.parametrize("shape", _marked(sorted(SHAPES), MISSES_RATIO))
+def test_each_shape_halves_fixed_polling_lag(shape: str, shape_figures: dict[str, Figures]) -> None:
+    result = shape_figures[shape]
+    assert result.ratio <= TARGET_RATIO, result
+
+
 @pytest.mark.parametrize("shape", sorted(SHAPES))
-def test_every_shape_beats_fixed_5s_polling_by_a_wide_margin(shape: str) -> None:
-    arrivals, sampler = SHAPES[shape]
-    result = figures(arrivals, sampler)
-    assert result.ratio <= 0.75, result
+def test_every_shape_beats_fixed_5s_polling_by_a_wide_margin(
+    shape: str, shape_figures: dict[str, Figures]
+) -> None:
+    """The regression guard beside the target: well under fixed polling's lag, and no
+    shape far over the budget (the queue, which no schedule holds to it, within a bound)."""
+    result = shape_figures[shape]
+    assert result.ratio <= 0.6, result
+    assert result.polls_per_task <= (3.4 if shape == QUEUE else 2.3), result
 
 
-@pytest.mark.parametrize("shape", ["uniform 1-6 s, spread", "uniform 1-6 s, burst"])
-def test_uniform_tasks_are_found_within_a_second_at_about_two_polls(shape: str) -> None:
-    arrivals, sampler = SHAPES[shape]
-    result = figures(arrivals, sampler)
+@pytest.mark.parametrize(
+    "shape", _marked(["uniform 1-6 s", "uniform 1-6 s, burst"], MISSES_UNIFORM_LAG)
+)
+def test_uniform_tasks_are_found_within_0_8_s(
+    shape: str, shape_figures: dict[str, Figures]
+) -> None:
+    result = shape_figures[shape]
+    assert result.mean_lag <= TARGET_UNIFORM_LAG, result
+    assert result.polls_per_task <= TARGET_POLLS + POLLS_TOLERANCE, result
+
+
+@pytest.mark.parametrize("shape", ["uniform 1-6 s", "uniform 1-6 s, burst"])
+def test_uniform_tasks_are_found_within_a_second(
+    shape: str, shape_figures: dict[str, Figures]
+) -> None:
+    result = shape_figures[shape]
     assert result.mean_lag <= 0.9, result
-    assert result.polls_per_task <= 2.5, result
+
+
+def test_no_schedule_holds_the_growing_queue_to_two_polls() -> None:
+    """Why the queue shape is exempt from the budget: its tasks (1-6 s plus 0.02 s for each
+    task pending, in a burst of 300) are so long that polling each at least every
+    ``fallback_interval`` alone takes more than two polls per task on average."""
+    arrivals, sampler = SHAPES[QUEUE]
+    durations = steady_durations(arrivals, sampler)
+    assert sum(least_polls(d) for d in durations) / len(durations) > TARGET_POLLS
+
+
+def test_the_best_fixed_schedule_is_a_bound_the_planner_comes_close_to(
+    shape_figures: dict[str, Figures],
+) -> None:
+    """On uniform 1-6 s, the planner (learning, exploring) is within 0.15 s of the schedule
+    that is best for the true durations at the same budget."""
+    arrivals, sampler = SHAPES["uniform 1-6 s"]
+    best_lag, best_polls = best_fixed(steady_durations(arrivals, sampler), TARGET_POLLS)
+    assert best_polls == pytest.approx(TARGET_POLLS, abs=0.05)
+    assert best_lag <= shape_figures["uniform 1-6 s"].mean_lag <= best_lag + 0.15
 
 
 def test_a_burst_warm_up_is_not_stuck_on_the_5s_fallback() -> None:
     """Hundreds submitted at once with no evidence: the warm-up itself polls early, and the
     first plan puts the first poll well before 5 s (the short durations are learned)."""
-    outcomes, planner = simulate(burst(300, warm_up=0), uniform(1.0, 6.0))
+    outcomes, planner = simulate(burst_arrivals(300, 0, 20.0, 0), uniform(1.0, 6.0))
     assert planner.plan[0] < 4.0
     warm_up_lag = sum(o.lag for o in outcomes[:100]) / 100
     assert warm_up_lag < 1.2  # the 5 s fallback would give about 2.5 s
 
 
-@pytest.mark.parametrize("warm_up", [20, 150])
+COLD_BURST = (
+    "a burst with little or no evidence before it chases the longest completion seen: its "
+    "tasks share their age, and the estimate puts the still-running ones just before it, so "
+    "they are polled there every min_interval as it creeps up (20 tasks before it: 3.48 "
+    "polls per task, none: 10.9; the planner before this change: 3.98 and 10.6)"
+)
+
+
+@pytest.mark.parametrize(
+    "warm_up", [pytest.param(20, marks=pytest.mark.xfail(strict=True, reason=COLD_BURST)), 150]
+)
 def test_the_warm_up_length_does_not_bias_the_steady_state(warm_up: int) -> None:
     """The old planner's bias fed itself (a longer warm-up made the lag worse); now a burst
-    after a short or a long warm-up is found within a second either way."""
-    result = figures(burst(400, warm_up=warm_up), uniform(1.0, 6.0), skip=200)
+    after a short or a long warm-up is found within a second either way, on budget."""
+    result = figures(burst_arrivals(400, warm_up, 20.0, 0), uniform(1.0, 6.0), skip=200)
     assert result.mean_lag <= 1.0, result  # the old planner: 1.14 s, and worse the longer
-    assert result.polls_per_task <= 2.7, result
+    assert result.polls_per_task <= TARGET_POLLS + POLLS_TOLERANCE, result
+
+
+@pytest.mark.xfail(strict=True, reason=COLD_BURST)
+def test_a_burst_on_a_fresh_client_keeps_to_the_budget() -> None:
+    """``client.map`` of hundreds on a new client: nothing learned, all submitted at once."""
+    result = figures(burst_arrivals(400, 0, 20.0, 0), uniform(1.0, 6.0), skip=100)
+    assert result.polls_per_task <= TARGET_POLLS + POLLS_TOLERANCE, result
+
+
+def test_a_burst_is_planned_with_what_finished_before_it() -> None:
+    """While a burst runs, its finished tasks are its quick ones: the tasks finished before
+    it stay in the evidence (past the window), so the plan still reaches as far as they
+    did, instead of ending at the burst's age and chasing that edge poll after poll."""
+    planner = PollPlanner(PollingConfig(window=50))
+    for index in range(60):  # before the burst: 1-6 s
+        planner.observe(0.5 + index / 12, 1.0 + index / 12)
+    for index in range(200):  # the burst: all submitted, the quick half finished by 3 s
+        planner.submitted(f"b{index}")
+        planner.not_done(f"b{index}", 1.0)
+        if index % 2:
+            planner.finished(f"b{index}", 1.2 + index / 100)
+        else:
+            planner.not_done(f"b{index}", 3.0)
+    planner.observe(1.0, 1.5)  # one more finish: re-plan now
+    assert planner.plan[-1] >= 5.5
 
 
 def test_an_outlier_does_not_swing_the_schedule() -> None:
     def with_outlier(rng: random.Random, index: int, _pending: int) -> float:
         return 300.0 if index == 150 else rng.uniform(1.0, 6.0)
 
-    arrivals = spread(300)
+    arrivals = poisson_arrivals(300, 20.0, 0)
     _, plain = simulate(arrivals, uniform(1.0, 6.0))
     _, swung = simulate(arrivals, with_outlier)
     assert swung.plan[0] == pytest.approx(plain.plan[0], abs=0.6)
@@ -78,8 +212,8 @@ def test_a_drift_is_followed_within_about_fifty_tasks() -> None:
     def jump(rng: random.Random, index: int, _pending: int) -> float:
         return rng.uniform(1.0, 6.0) if index < 200 else rng.uniform(8.0, 12.0)
 
-    _, before = simulate(spread(200), jump)
-    _, after = simulate(spread(250), jump)
+    _, before = simulate(poisson_arrivals(200, 20.0, 0), jump)
+    _, after = simulate(poisson_arrivals(250, 20.0, 0), jump)
     assert sum(point < 6.0 for point in before.plan) >= 2  # polls where 1-6 s tasks end
     assert sum(point < 8.0 for point in after.plan) <= 1  # only the first (<= 5 s apart)
 

@@ -301,16 +301,34 @@ def test_dropped_tasks_leave_the_evidence() -> None:
     assert planner.plan[-1] < 10.0
 
 
+def _spread_durations(planner: PollPlanner, polls: int, expected: float) -> None:
+    """Feed 400 tasks of 1-6 s, each spending ``polls`` where its plan expected ``expected``."""
+    for index in range(400):
+        planner.submitted(f"t{index}")
+        planner.not_done(f"t{index}", 1.0 + (index % 50) / 10)
+        planner.finished(f"t{index}", 1.1 + (index % 50) / 10, polls=polls, expected=expected)
+
+
 def test_the_budget_is_corrected_by_what_tasks_spend() -> None:
     planner = PollPlanner()
-    for index in range(200):
-        planner.submitted(f"t{index}")
-        planner.finished(f"t{index}", 3.0, polls=4, expected=2.0)
-    assert planner.overspend == pytest.approx(0.4)  # the correction's bound
+    _spread_durations(planner, polls=3, expected=2.5)
+    assert planner.overspend == pytest.approx(0.5, abs=0.01)  # the measured surprise
     assert planner.expected_polls(0.5) is not None
     sparse, dense = planner._plan_polls
     share = planner._dense_share
-    assert sparse * (1 - share) + dense * share == pytest.approx(2.0 - 0.4)
+    assert sparse * (1 - share) + dense * share == pytest.approx(2.0 - planner.overspend, abs=0.01)
+
+
+def test_the_budget_correction_goes_no_lower_than_one_poll_per_task() -> None:
+    planner = PollPlanner(PollingConfig(target_polls=2.5))
+    _spread_durations(planner, polls=9, expected=2.0)
+    assert planner.overspend == pytest.approx(1.5)  # target_polls - 1, not more
+
+
+def test_tasks_spending_less_than_planned_never_raise_the_budget() -> None:
+    planner = PollPlanner()
+    _spread_durations(planner, polls=1, expected=2.0)
+    assert planner.overspend == 0.0
 
 
 @pytest.mark.parametrize("lane", [0.01, 0.3, 0.77, 0.999])
