@@ -250,6 +250,40 @@ def test_before_evidence_polls_go_out_geometrically_not_every_5s() -> None:
     assert max(gaps) <= 5.0 - 0.25  # never further apart than the fallback (less its margin)
 
 
+def test_a_burst_before_any_plan_sends_only_a_few_scouts_early() -> None:
+    """Hundreds submitted with nothing learned: the first few and about fifteen of those
+    pending poll in the warm-up; the others wait as long as the guarantee allows (the first
+    plan re-places them), instead of each spending the warm-up's polls."""
+    planner = PollPlanner()
+    first_polls = []
+    for index in range(400):
+        planner.submitted(f"b{index}")
+        first_polls.append(planner.next_poll(0.0, None, lane=(index * 0.618_034) % 1.0))
+    assert first_polls[:10] == [0.5] * 10  # the first ones all scout
+    scouts = sum(offset == 0.5 for offset in first_polls)
+    assert 30 <= scouts <= 100
+    assert all(offset in (0.5, 5.0 - 0.25) for offset in first_polls)
+
+
+def test_a_task_at_the_edge_of_what_is_known_is_not_polled_there_again() -> None:
+    """A burst's tasks share their age: the latest of them to finish sets the grid's end,
+    and the others, seen running there, would be polled at that end (their last poll plus
+    ``min_interval``) at each re-plan as it creeps up. Most tasks still running there is
+    the edge of what is known: the next poll steps geometrically from the last one."""
+    planner = PollPlanner()
+    for index in range(300):
+        planner.submitted(f"t{index}")
+    for round_, at in enumerate((0.5, 1.0, 1.5, 2.0, 2.5, 3.0)):
+        for index in range(300):  # a tenth of the tasks finish in each round from 1 s on
+            if index % 10 >= round_:
+                planner.not_done(f"t{index}", at - 0.01 if at == 3.0 else at)
+            elif index % 10 == round_ - 1:
+                planner.finished(f"t{index}", at)
+    assert planner.plan[-1] == pytest.approx(3.0)  # the grid ends where they are
+    for lane in (0.0, 0.25, 0.5, 0.75, 0.9, 0.99):
+        assert planner.next_poll(3.0, 2.99, lane) >= 2.99 * 1.15 - 1e-9
+
+
 def test_the_plan_is_learned_from_min_observations_finished_tasks() -> None:
     planner = PollPlanner()
     for _ in range(4):
