@@ -9,7 +9,8 @@ bytes, never by file name), the byte size, and the resolution read from the file
 request. Nothing here ever waits on input that may never come:
 
 - A path must name a regular file. It is opened without blocking (a FIFO, a device or a
-  socket is refused, never waited on) and streamed from disk again for every attempt.
+  socket is refused, never waited on) and read from disk again for every retry (a file up
+  to 256 KiB is read whole with its check, and its first attempt sends those bytes).
 - A file object is read once, when it is checked: only the image's bytes, from its current
   position, and never more than the endpoint's size limit (a huge or endless stream is
   refused after ``max_bytes + 1`` bytes). What was checked is what every attempt sends, and

@@ -339,7 +339,7 @@ class AILabClient:
         Both degrees are in [0, 1.5]. A degree left out (``None``) is not sent, and the API
         applies its default, 1.0. The image (JPEG/PNG, at most 6 MiB, sides above 128 and
         below 5000 pixels) is a path, bytes or a binary file object; it is checked before
-        upload and streamed from disk on every attempt.
+        upload, and a path is read from disk again for a retry.
 
         >>> result = await client.smart_skin("face.jpg", retouch_degree=0.6)  # doctest: +SKIP
         >>> data = await client.download(result)  # doctest: +SKIP
@@ -436,7 +436,7 @@ class AILabClient:
         ``path`` is the endpoint's path under the client's ``base_url`` (``/api/...``): URLs,
         ``//host``, ``..``, escapes and backslashes are refused, so the API key only ever
         goes to the API host. ``files`` holds at most one image (path, bytes or binary file
-        object; JPEG/PNG/BMP, checked by its first bytes and streamed on every attempt);
+        object; JPEG/PNG/BMP, checked by its first bytes; a path is read again for a retry);
         ``fields`` are the form fields of a POST, ``params`` the query string; values are
         strings, integers or floats. A GET takes ``params`` only.
 
