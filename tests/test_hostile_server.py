@@ -325,17 +325,24 @@ async def test_every_call_ends_typed_and_in_time(case: str) -> None:
             backoff_initial=0.01,
             backoff_max=0.05,
         ) as client:
-            skin, credits, submit, poll = await asyncio.gather(
+            skin, credits, submit, poll, raw_post, raw_get, raw_task = await asyncio.gather(
                 _bounded(lambda: client.smart_skin(IMAGE)),
                 _bounded(client.credits),
                 _bounded(lambda: client.submit_smart_beauty(IMAGE)),
                 _bounded(lambda: client.track("T-1").result(timeout=POLL_WAIT)),
+                # Any other endpoint goes through the same engine, and ends the same way.
+                _bounded(lambda: client.call("POST", "/api/cutout/x", files={"image": IMAGE})),
+                _bounded(lambda: client.call("GET", "/api/common/x", billed=False)),
+                _bounded(lambda: client.track_task("T-2").result(timeout=POLL_WAIT)),
             )
             outcomes: dict[str, object] = {
                 "smart_skin": skin,
                 "credits": credits,
                 "submit": submit,
                 "poll": poll,
+                "call POST": raw_post,
+                "call GET": raw_get,
+                "any task": raw_task,
             }
             for result in (skin, poll):
                 if isinstance(result, ImageResult):
