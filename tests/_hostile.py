@@ -86,8 +86,13 @@ class Servers:
                 # an error of the loop, which would fail the test.
                 pass
             finally:
-                self._connections.discard(task)
                 writer.close()
+                # Awaited, so a connection lost with an error (the client went away while a
+                # scenario wrote: BrokenPipeError) has that error retrieved here, rather than
+                # reported as "never retrieved" whenever the collector frees its future.
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await writer.wait_closed()
+                self._connections.discard(task)
 
         server = await asyncio.start_server(on_connection, "127.0.0.1", 0, limit=2**24)
         self._raw.append(server)
