@@ -222,7 +222,7 @@ class Transport:
             elif request.method == "GET":
                 query += request.fields
             elif request.fields:  # a POST without a file: its fields as a multipart form
-                boundary = os.urandom(16).hex()
+                boundary = _boundary()
                 body = aiohttp.payload.BytesPayload(
                     multipart_form(request.fields, boundary),
                     content_type=multipart_content_type(boundary),
@@ -310,6 +310,12 @@ class Transport:
         return _transport_error(exc, name, billed=billed)
 
 
+def _boundary() -> str:
+    """A fresh random multipart boundary for each attempt, as aiohttp draws one: no image or
+    value can be made to contain it."""
+    return os.urandom(16).hex()
+
+
 def _body(request: Request, upload: Upload, stack: contextlib.ExitStack) -> MultipartBody:
     """The multipart body of one attempt: the image's bytes as they are (a small file's
     checked bytes on its first attempt), or its file opened afresh (closed by ``stack``)."""
@@ -328,9 +334,7 @@ def _body(request: Request, upload: Upload, stack: contextlib.ExitStack) -> Mult
                 input=image.label,
                 rule="readable",
             ) from None
-    # A fresh random boundary per attempt, as aiohttp draws one: no image can be made to
-    # contain it.
-    boundary = os.urandom(16).hex()
+    boundary = _boundary()
     head, tail = multipart_frame(
         request.fields, upload.field, image.filename, image.content_type, boundary
     )
