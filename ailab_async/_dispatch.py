@@ -56,13 +56,17 @@ T = TypeVar("T")
 A = TypeVar("A")
 
 
-# The hard bound on a whole call (a stalled server, a long queue). On Python 3.11+ it is
-# ``asyncio.timeout``: about 3 us to enter and leave, where anyio's cancel scope costs 15-39
-# us per call. Its cancellation is edge-triggered, and aiohttp's per-attempt timer cancels
-# the same task; when both fire at once aiohttp counts with ``Task.uncancel`` and lets ours
-# through, and the loop also stops at the next attempt boundary once the scope has expired
-# (``tests/test_wire.py`` races the two). Python 3.10 has no ``uncancel``: there, anyio's
-# level-triggered scope (re-delivered until it exits), whose cancellation cannot be lost.
+# The hard bound on a call's waits. On Python 3.11+ it is ``asyncio.timeout``: about 5 us
+# to enter and leave, where anyio's cancel scope costs 15-39 us. An API call does not pay it
+# on its common path: it is entered only around a wait that may be long (a slot or the rate
+# limiter, when either is busy), and each attempt is bounded by the timeout aiohttp is
+# given, never past the deadline; a download (whose reader may wait on other things) runs
+# whole inside one. Its cancellation is edge-triggered, and aiohttp's per-attempt timer
+# cancels the same task; when both fire at once aiohttp counts with ``Task.uncancel`` and
+# lets ours through, and the loop also stops at the next attempt boundary once the scope has
+# expired (``tests/test_wire.py`` races the two). Python 3.10 has no ``uncancel``: there,
+# anyio's level-triggered scope (re-delivered until it exits), whose cancellation cannot be
+# lost.
 if sys.version_info >= (3, 11):
     _deadline_scope = asyncio.timeout
 else:
@@ -83,6 +87,23 @@ else:
         @staticmethod
         def expired() -> bool:
             return False  # anyio re-delivers its cancellation: nothing to look at
+
+
+class _Unscoped:
+    """In place of a deadline scope around a call whose attempts bound themselves."""
+
+    async def __aenter__(self) -> _Unscoped:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    @staticmethod
+    def expired() -> bool:
+        return False
+
+
+_UNSCOPED = _Unscoped()
 
 
 @attrs.frozen
@@ -179,6 +200,12 @@ class Dispatcher:
         self._limiter = limiter
         # Success and release reports with the send time (adapting older custom limiters).
         self._limiter_success, self._limiter_release = limiter_reports(limiter)
+        # A limiter that can grant a free slot without awaiting (the in-process one) does,
+        # and an API call then needs no deadline scope for it.
+        try_acquire = getattr(limiter, "try_acquire", None)
+        self._try_acquire: Callable[[], float | None] | None = (
+            try_acquire if callable(try_acquire) else None
+        )
         self._timeout = timeout
         self._deadline = deadline
         self._policy = policy
@@ -226,11 +253,16 @@ class Dispatcher:
         """Send ``call`` with retries; its success envelope, or a typed error.
 
         ``task_id`` names the task a poll is about (for events only)."""
+        # aiohttp times each attempt (never past the deadline): no scope is needed around
+        # the call, unless the session's request method is not aiohttp's own.
+        bounded = self._transport.times_requests
         if self._hooks is not None:
             return await self._observed(
-                call.endpoint, self._attempt_call, call, deadline, True, None, task_id
+                call.endpoint, self._attempt_call, call, deadline, True, None, task_id, bounded
             )
-        return await self._run(call.endpoint, self._attempt_call, call, deadline, rate_limited=True)
+        return await self._run(
+            call.endpoint, self._attempt_call, call, deadline, rate_limited=True, bounded=bounded
+        )
 
     async def fetch(
         self,
@@ -287,13 +319,16 @@ class Dispatcher:
         rate_limited: bool,
         url: str | None = None,
         call_id: int = 0,
+        bounded: bool = False,
     ) -> T:
         """``attempt(argument, timeout)`` until it succeeds, fails for good, or time is up.
 
         The call's state is a few locals of this frame: thousands of calls may wait here
         for a slot at once, and each object they hold would be garbage to collect.
         ``call_id`` is nonzero when hooks are installed (:meth:`_observed` passes it): the
-        attempts then report events.
+        attempts then report events. ``bounded``: ``attempt`` ends within the timeout it is
+        given (aiohttp's own timer), so no scope wraps the whole call: only a wait for a
+        busy slot or limiter is bounded by the deadline on its own.
         """
         self._requests += 1
         budget = self._deadline if deadline is None else deadline
@@ -301,9 +336,9 @@ class Dispatcher:
         attempts = retries = 0
         last_error: errors.AILabError | None = None
         try:
-            # The loop checks the deadline against our clock before every wait; this scope
-            # is the hard real-time bound on top (a stalled server, a long queue).
-            async with _deadline_scope(budget) as scope:
+            # The loop checks the deadline against our clock before every wait and attempt;
+            # a scope is the hard real-time bound on top (a stalled server, a long queue).
+            async with _UNSCOPED if bounded else _deadline_scope(budget) as scope:
                 while True:
                     attempt_started = self._clock()
                     remaining = deadline_at - attempt_started
@@ -321,13 +356,29 @@ class Dispatcher:
                     # The slot is held for this attempt only (not during backoff), and
                     # released on any exit, cancellation included. Inlined: this is the
                     # per-request hot path.
-                    await self._semaphore.acquire()
+                    if bounded and self._semaphore.locked():
+                        async with _deadline_scope(remaining):
+                            await self._semaphore.acquire()
+                    else:
+                        await self._semaphore.acquire()
                     self._in_flight += 1
                     self._max_in_flight = max(self._max_in_flight, self._in_flight)
                     try:
                         if rate_limited:
-                            sent_at = await self._limiter.acquire()
+                            free = self._try_acquire() if self._try_acquire else None
+                            if free is not None:
+                                sent_at = free
+                            elif bounded:
+                                async with _deadline_scope(deadline_at - self._clock()):
+                                    sent_at = await self._limiter.acquire()
+                            else:
+                                sent_at = await self._limiter.acquire()
                             acquired = True
+                        if bounded:
+                            # What the waits for a slot and the limiter left of the deadline.
+                            remaining = deadline_at - self._clock()
+                            if remaining <= 0:
+                                raise TimeoutError  # nothing sent: the deadline error below
                         self._attempts += 1
                         if call_id:
                             wire_started = self._sent(call_id, endpoint, attempts)
@@ -354,6 +405,13 @@ class Dispatcher:
                         self._answered(call_id, endpoint, attempts, wire_started, error)
                     if logger.isEnabledFor(logging.DEBUG):
                         self._log(endpoint, attempts, attempt_started, error, url)
+                    if (
+                        bounded
+                        and remaining < self._timeout
+                        and isinstance(error, errors.RequestTimeoutError)
+                    ):
+                        # Its timeout was what the deadline left: the deadline cut it.
+                        raise TimeoutError
                     delay = self._next_delay(
                         endpoint,
                         error,
@@ -453,6 +511,7 @@ class Dispatcher:
         rate_limited: bool,
         url: str | None,
         task_id: str | None,
+        bounded: bool = False,
     ) -> T:
         """:meth:`_run` between a ``CallStarted`` and a ``CallEnded`` event, whatever the
         outcome (cancellation included). It takes :meth:`_run`'s arguments (it wraps it),
@@ -476,6 +535,7 @@ class Dispatcher:
                 rate_limited=rate_limited,
                 url=url,
                 call_id=call_id,
+                bounded=bounded,
             )
         except BaseException as exc:
             self._hooks.emit(

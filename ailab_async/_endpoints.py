@@ -296,15 +296,16 @@ class Endpoint:
         Values are checked in wire order; an unknown name is refused (``rule="unknown"``)
         rather than silently dropped.
         """
-        known = [param.name for param in self.settable]
-        for name in values:
-            if name not in known:
-                raise errors.ValidationError(
-                    f"{self.name} takes no parameter {name!r} "
-                    f"(it takes: {', '.join(known) or 'none'})",
-                    input=name,
-                    rule="unknown",
-                )
+        if values:
+            known = [param.name for param in self.settable]
+            for name in values:
+                if name not in known:
+                    raise errors.ValidationError(
+                        f"{self.name} takes no parameter {name!r} "
+                        f"(it takes: {', '.join(known) or 'none'})",
+                        input=name,
+                        rule="unknown",
+                    )
         fields: list[tuple[str, str]] = []
         for param in self.params:
             if param.name in values:

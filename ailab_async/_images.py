@@ -397,6 +397,8 @@ def prepare_image(image: ImageInput, rules: ImageRules) -> PreparedImage:
     ...
     ailab_async.errors.ValidationError: <bytes>: format not a recognised image is not ...
     """
+    if type(image) is bytes:  # the common case: nothing to copy, no read that can fail
+        return _prepare_bytes(image, "<bytes>", rules)
     label = _label(image)
     if isinstance(image, (bytes, bytearray, memoryview)):
         with _reading(label):  # a released memoryview

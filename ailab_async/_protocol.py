@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import functools
 import json
 import math
 import re
@@ -105,12 +106,21 @@ def multipart_frame(
      b'--B', b'Content-Disposition: form-data; name="image"; filename="a.png"',
      b'Content-Type: image/png', b'', b'<png>', b'--B--', b'']
     """
-    parts = _field_parts(fields, boundary, file_field, filename, content_type)
-    parts.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; '
+    parts = _field_parts(fields, boundary)
+    parts.append(f"--{boundary}\r\n{_file_part_headers(file_field, filename, content_type)}")
+    return "".join(parts).encode(), f"\r\n--{boundary}--\r\n".encode("ascii")
+
+
+@functools.lru_cache(maxsize=64)
+def _file_part_headers(file_field: str, filename: str, content_type: str) -> str:
+    """The headers of the file's part, each text checked (remembered: an endpoint sends
+    the same few on every call; a refusal is not remembered)."""
+    if any(form_text_problem(text) for text in (file_field, filename, content_type)):
+        raise ValueError("multipart names and types must be ASCII without quotes or CR/LF")
+    return (
+        f'Content-Disposition: form-data; name="{file_field}"; '
         f'filename="{filename}"\r\nContent-Type: {content_type}\r\n\r\n'
     )
-    return "".join(parts).encode(), f"\r\n--{boundary}--\r\n".encode("ascii")
 
 
 def multipart_form(fields: Sequence[tuple[str, str]], boundary: str) -> bytes:
@@ -123,11 +133,9 @@ def multipart_form(fields: Sequence[tuple[str, str]], boundary: str) -> bytes:
     return ("".join(_field_parts(fields, boundary)) + f"--{boundary}--\r\n").encode()
 
 
-def _field_parts(fields: Sequence[tuple[str, str]], boundary: str, *texts: str) -> list[str]:
-    """The text parts of a multipart body; every name (and ``texts``, what else goes into
-    part headers) checked first."""
-    checked = [boundary, *texts, *(name for name, _ in fields)]
-    if any(form_text_problem(text) for text in checked):
+def _field_parts(fields: Sequence[tuple[str, str]], boundary: str) -> list[str]:
+    """The text parts of a multipart body; the boundary and every name checked first."""
+    if form_text_problem(boundary) or any(form_text_problem(name) for name, _ in fields):
         raise ValueError("multipart names and types must be ASCII without quotes or CR/LF")
     if any(boundary in value for _, value in fields):
         raise ValueError("the boundary occurs in a field value")

@@ -44,6 +44,8 @@ class RateLimiter(Protocol):
     EXCEEDING_LIMITS``. A limiter may also define ``release(sent_at)``, called once the
     request is over whatever its outcome (the in-process and Redis limiters use it to keep a
     window of requests in flight); an ``on_success()`` without the send time still works.
+    It may define ``try_acquire()`` too: the send time if a slot is free at once, without
+    waiting, else ``None`` (the dispatcher then awaits :meth:`acquire`).
     :class:`AdaptiveRateLimiter` is the in-process limiter;
     ``ailab_async.contrib.redis.RedisRateLimiter`` shares one budget between processes.
     """
@@ -149,12 +151,19 @@ class AdaptiveRateLimiter:
         """The pace requests are sent at now, probing included (requests per second)."""
         return self._policy.rate(self._clock())
 
+    def try_acquire(self) -> float | None:
+        """The send time if the pace allows a request at once (nobody waiting before it),
+        else ``None``: then :meth:`acquire` waits for the slot."""
+        if self._queue.locked():
+            return None
+        now = self._clock()
+        return now if self._policy.claim(now) <= 0 else None
+
     async def acquire(self) -> float:
         """Wait for the next send slot; return the time the request may go out."""
-        if not self._queue.locked():
-            now = self._clock()
-            if self._policy.claim(now) <= 0:
-                return now  # the pace allows it at once: no lock, no wait
+        free = self.try_acquire()
+        if free is not None:
+            return free  # the pace allows it at once: no lock, no wait
         async with self._queue:  # senders wait in arrival order
             while True:
                 now = self._clock()

@@ -13,6 +13,10 @@ import aiohttp
 
 from .errors import ClientClosedError
 
+# aiohttp's own request method: it times every request by the timeout it is given. A
+# session whose method is another (a subclass's, a test double's) may not.
+_AIOHTTP_REQUEST = aiohttp.ClientSession.__dict__["_request"]
+
 
 class SessionManager:
     """Hands out the one ``aiohttp.ClientSession`` a client uses.
@@ -35,6 +39,14 @@ class SessionManager:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def times_requests(self) -> bool:
+        """Whether the session in use times each request itself (aiohttp's own request
+        method): then an attempt given a timeout ends within it, and a call needs no
+        scope of its own around it. ``False`` before the session exists."""
+        session = self._session
+        return session is not None and getattr(type(session), "_request", None) is _AIOHTTP_REQUEST
 
     async def get(self) -> aiohttp.ClientSession:
         if self._closed:

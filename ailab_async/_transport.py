@@ -206,6 +206,11 @@ class Transport:
         # Built once and passed as is: no frame on the request path has the key in a local.
         self._api_headers: dict[str, str] = {API_KEY_HEADER: api_key, "User-Agent": _USER_AGENT}
 
+    @property
+    def times_requests(self) -> bool:
+        """Whether :meth:`send` ends within ``request.timeout`` on its own (aiohttp times it)."""
+        return self._sessions.times_requests
+
     async def send(self, request: Request) -> Response:  # noqa: RET503 - raise_without_context
         """One API request: its status, headers and body, or a typed error.
 
