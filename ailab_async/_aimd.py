@@ -217,6 +217,7 @@ _REREAD_SHARE = 0.55
 _NEAR_CEILING = 0.9
 # The recovery aims just under the refused pace.
 _PEAK_MARGIN = 0.97
+# Growth is in doublings: ln 2 per doubling time, on each answer.
 _LN2 = math.log(2)
 # Round trips are taken as at least this long.
 _MIN_RTT = 0.05
