@@ -23,6 +23,8 @@ from ailab_async._aimd import (
     CATCH_UP,
     HEADROOM,
     LEARNED_HEADROOM,
+    MAX_CATCH_UP,
+    MAX_CATCH_UP_TOLD,
     MIN_RATE,
     SLOW_START_DOUBLING,
     SLOW_START_RTTS,
@@ -147,10 +149,12 @@ CASES = [
         10.0,
         (
             Wait(100.0, 0.0),
-            Wait(100.105, 0.0),  # 4 ms late for the slot at 100.101 ...
+            Wait(100.105, 0.0),  # 4 ms late for the slot at 100.102 ...
             Wait(100.105, 100.0 + 2 / (10 * HEADROOM) - 100.105),  # ... the next on time
-            Wait(100.21, 0.0),  # 8 ms late for the slot at 100.202: a stall ...
-            Wait(100.21, 1 / (10 * HEADROOM)),  # ... restarts the schedule
+            Wait(100.213, 0.0),  # 10 ms late: told the limit, caught up all the same ...
+            Wait(100.213, 100.0 + 3 / (10 * HEADROOM) - 100.213),
+            Wait(100.325, 0.0),  # 20 ms late for the slot at 100.305: a stall ...
+            Wait(100.325, 1 / (10 * HEADROOM)),  # ... restarts the schedule
         ),
     ),
     Case(
@@ -359,6 +363,25 @@ def _accepted_while_paced(policy: AimdPolicy, start: float, end: float) -> float
         policy.on_success(sent, sent + 0.2)
         policy.release(sent + 0.2)
     return sent_at
+
+
+def test_not_told_the_limit_a_shorter_stall_restarts_the_schedule() -> None:
+    # Probing for the limit, the pace may be at it: a send more than MAX_CATCH_UP late
+    # (not MAX_CATCH_UP_TOLD) starts the schedule afresh instead of being caught up.
+    policy = AimdPolicy(None)
+    policy.claim(100.0)
+    policy.release(100.2)
+    assert policy.on_rate_limited(100.0, 100.2)  # slow start over: paced, on a schedule
+    spacing = 1 / policy.rate(100.2)
+    for late, caught_up in ((MAX_CATCH_UP - 0.001, True), (MAX_CATCH_UP + 0.001, False)):
+        start = 200.0 if caught_up else 300.0
+        assert policy.claim(start) == 0.0  # idle before: the schedule starts here
+        policy.release(start)
+        assert policy.claim(start + spacing + late) == 0.0
+        policy.release(start + spacing + late)
+        expected = spacing - late if caught_up else spacing  # on schedule, or afresh
+        assert policy.claim(start + spacing + late) == pytest.approx(expected)
+    assert MAX_CATCH_UP < 0.008 < MAX_CATCH_UP_TOLD  # (the told case above catches up 10 ms)
 
 
 def test_told_the_limit_a_marginal_refusal_lowers_the_ceiling_for_good() -> None:

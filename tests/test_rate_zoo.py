@@ -19,7 +19,7 @@ import itertools
 
 import pytest
 
-from ailab_async._aimd import AimdPolicy
+from ailab_async._aimd import SLOW_START_LEAD, AimdPolicy
 from ailab_async.testing.simulator import RateLimit
 
 from ._rate_zoo import ZooRun, run_zoo
@@ -96,6 +96,20 @@ def test_a_cluster_of_429s_at_the_end_of_slow_start_costs_one_cut() -> None:
     run = run_zoo(RateLimit(LIMIT, shape="sliding-window"), until=1.9)
     assert run.refused >= 10
     assert run.cuts == 1
+
+
+@pytest.mark.parametrize(
+    ("shape", "refused"), [("sliding window", 12), ("sliding window, instant 429", 4)]
+)
+def test_slow_start_keeps_within_reach_of_what_a_window_accepted(shape: str, refused: int) -> None:
+    # A window refuses only once its count over the last second is over: a ramp doubling
+    # every few round trips was far above the limit by then (~2.5x), with a round trip of
+    # requests in flight to be refused. Slow start stays within SLOW_START_LEAD of what the
+    # last second accepted: a smaller overshoot, fewer 429s ending it (19 and 6 before).
+    run = run_zoo(ZOO[shape][0], until=2.5)
+    assert run.cuts == 1
+    assert max(pace for _, pace in run.trace) <= SLOW_START_LEAD * LIMIT
+    assert run.refused <= refused
 
 
 @pytest.mark.parametrize("shape", ["leaky bucket", "token bucket, burst 1"])
@@ -179,6 +193,26 @@ def test_told_the_true_limit_on_a_busy_machine_late_timers_do_not_slow_it_down(
         # 1.5 % under the limit, and the last answer 0.2 s after the last send: 1.035x.
         assert mean_ratio <= 1.04
         assert all(run.refused == 0 for run in batches)
+
+
+#: A busier machine still: timers 2 ms late on average, arrivals up to 2 ms late, answers
+#: after 0.2 to 0.25 s.
+BUSIER = {"wake_jitter": 0.002, "send_jitter": 0.002, "latency_jitter": 0.05}
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["token bucket, burst = rate", "token bucket, burst 2x rate", "sliding window", "fixed window"],
+)
+def test_told_the_true_limit_a_late_timer_is_caught_up_not_lost(shape: str) -> None:
+    # Told the limit, the schedule is under it: a send up to MAX_CATCH_UP_TOLD (15 ms) late is
+    # followed on schedule rather than restarting it (at 5 ms, 8 % of such wake-ups lost
+    # their lateness: 1.06x). 1.5 % under the limit, the last answer 0.2-0.25 s after the last
+    # send: 1.04x.
+    limit, _, _ = ZOO[shape]
+    batches = [run_zoo(limit, configured=LIMIT, seed=seed, **BUSIER) for seed in SEEDS]
+    assert all(run.refused == 0 for run in batches)
+    assert sum(run.ratio for run in batches) / len(batches) <= 1.045
 
 
 @pytest.mark.parametrize("shape", ["token bucket, burst = rate", "sliding window", "fixed window"])
