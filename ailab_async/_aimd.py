@@ -32,11 +32,7 @@ from what the server *accepted*, by send time:
   :data:`START_RATE` and grows by slow start: every accepted request adds
   ``ln 2 / (SLOW_START_RTTS * RTT)`` (the rate doubles every :data:`SLOW_START_RTTS` round
   trips, at most every :data:`SLOW_START_DOUBLING` seconds, so against a server that answers
-  in milliseconds it is above any demand within a few of them), but never beyond
-  :data:`SLOW_START_LEAD` times what the server accepted over the last second: a window
-  refuses only once its count over its span is exceeded, and a ramp unchecked by what it
-  accepted was about 2.5 times its limit by then, with a round trip of requests in flight
-  to be refused (half as many now, and the pace is cut from nearer the limit).
+  in milliseconds it is above any demand within a few of them).
 * **Nearly free while it is not the limit.** In slow start the rate also grows while the
   demand (sends over the last 0.2 s) is above :data:`SLOW_START_USE` of it, so it stays at
   about twice the demand, and an unused pace is banked for :data:`SLOW_START_BURST`
@@ -127,7 +123,6 @@ __all__ = [
     "MIN_RATE",
     "SLOW_START_BURST",
     "SLOW_START_DOUBLING",
-    "SLOW_START_LEAD",
     "SLOW_START_RTTS",
     "SLOW_START_USE",
     "STALE_IN_FLIGHT",
@@ -174,11 +169,6 @@ SLOW_START_BURST = 0.05
 #: In slow start the rate also grows while the demand is above this share of the pace, so
 #: a client the server keeps up with rarely waits for it.
 SLOW_START_USE = 0.5
-#: ... but never above this many times what the server accepted over the last second (by
-#: send time): a window counts what it accepted over its span and refuses only once that
-#: count is over, so the pace at the first refusal is at most this far above the limit,
-#: not wherever a ramp doubling every few round trips got to meanwhile.
-SLOW_START_LEAD = 1.85
 #: A cut sets the rate to this fraction of the limit estimate.
 BACKOFF = 0.95
 #: Seconds after a cut during which further 429s are the same event (at least two RTTs).
@@ -225,10 +215,8 @@ _MIN_RTT = 0.05
 _RTT_GAIN = 0.2
 # The accepted rate needs this much send history to be trusted.
 _MIN_SPAN = 0.1
-# Slow start measures the demand over this many seconds of send history ...
+# Slow start measures the demand over this many seconds of send history.
 _USE_SPAN = 0.2
-# ... and what the server accepted over this many (a server's usual window).
-_LEAD_SPAN = 1.0
 
 
 def capped_retry_after(retry_after: object) -> float | None:
@@ -418,8 +406,6 @@ class AimdPolicy:
             self._start_rate = START_RATE if start_rate is None else start_rate
         self._max_catch_up = MAX_CATCH_UP if rate is None else MAX_CATCH_UP_TOLD
         self.state = AimdState()
-        # _slow_start_cap's last answer: (state, its bucket's start and end, cap).
-        self._lead: tuple[AimdState | None, float, float, float] = (None, 0.0, 0.0, math.inf)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -517,8 +503,7 @@ class AimdPolicy:
         if state.pace_bound_at >= sent_at - 2.0 / state.rate - _MIN_RTT or (
             not state.cut and self._demand(sent_at) > SLOW_START_USE * state.rate
         ):
-            # At most doubling per two round trips (slow start, and no further than
-            # SLOW_START_LEAD of what the last second accepted), and after a cut no faster
+            # At most doubling per two round trips (slow start), and after a cut no faster
             # than the curve back to the refused pace and beyond.
             if state.cut:
                 rate = min(
@@ -527,10 +512,6 @@ class AimdPolicy:
                 )
             else:
                 rate = state.rate + _LN2 / max(SLOW_START_RTTS * state.rtt, SLOW_START_DOUBLING)
-                cap_state, cap_from, cap_until, cap = self._lead
-                if cap_state is not state or not cap_from <= sent_at < cap_until:
-                    cap = self._slow_start_cap(sent_at)
-                rate = min(rate, cap)
             state.rate = min(self.ceiling * state.headroom, max(state.rate, rate))
         if state.window < math.inf and state.window_bound_at >= sent_at - rtt:
             state.window += 1.0 / state.window
@@ -631,21 +612,6 @@ class AimdPolicy:
         if rate > self.rate(end):
             state.rate = state.cut_rate = rate
             state.refused_pace = max(state.refused_pace, _PEAK_MARGIN * limit)
-
-    def _slow_start_cap(self, sent_at: float) -> float:
-        """How far slow start may take the pace on an answer to a request sent at
-        ``sent_at``: :data:`SLOW_START_LEAD` times what the server accepted over the second
-        before its bucket (``inf``: too little history yet).
-
-        :meth:`on_success` asks once per bucket: the counts of whole buckets before it do
-        not change in slow start (sends land in the bucket being filled, and a 429 ends
-        slow start).
-        """
-        proven = self._accepted_rate(sent_at, _LEAD_SPAN)
-        cap = math.inf if proven is None else SLOW_START_LEAD * proven
-        start = math.floor(sent_at / BUCKET) * BUCKET
-        self._lead = (self.state, start, start + BUCKET, cap)
-        return cap
 
     def _recovery_curve(self, elapsed: float) -> float:
         """The rate ``elapsed`` seconds after the hold-off: back to the refused pace along a

@@ -19,7 +19,7 @@ import itertools
 
 import pytest
 
-from ailab_async._aimd import SLOW_START_LEAD, AimdPolicy
+from ailab_async._aimd import AimdPolicy
 from ailab_async.testing.simulator import RateLimit
 
 from ._rate_zoo import ZooRun, run_zoo
@@ -96,20 +96,6 @@ def test_a_cluster_of_429s_at_the_end_of_slow_start_costs_one_cut() -> None:
     run = run_zoo(RateLimit(LIMIT, shape="sliding-window"), until=1.9)
     assert run.refused >= 10
     assert run.cuts == 1
-
-
-@pytest.mark.parametrize(
-    ("shape", "refused"), [("sliding window", 12), ("sliding window, instant 429", 4)]
-)
-def test_slow_start_keeps_within_reach_of_what_a_window_accepted(shape: str, refused: int) -> None:
-    # A window refuses only once its count over the last second is over: a ramp doubling
-    # every few round trips was far above the limit by then (~2.5x), with a round trip of
-    # requests in flight to be refused. Slow start stays within SLOW_START_LEAD of what the
-    # last second accepted: a smaller overshoot, fewer 429s ending it (19 and 6 before).
-    run = run_zoo(ZOO[shape][0], until=2.5)
-    assert run.cuts == 1
-    assert max(pace for _, pace in run.trace) <= SLOW_START_LEAD * LIMIT
-    assert run.refused <= refused
 
 
 @pytest.mark.parametrize("shape", ["leaky bucket", "token bucket, burst 1"])
