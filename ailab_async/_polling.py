@@ -707,9 +707,10 @@ _PAST_HORIZON = 0.5
 # clipped to this many.
 _MAX_SURPRISE = 3.0
 # Tasks placed before the plan rests on a 1/_LEARNING_SHARE of the window teach the budget
-# correction nothing. Measured with ``python -m tests._planner_sim`` (eight seeds): counting
-# them all, the bimodal shape paid back its learning for the rest of the run (1.0 s lag at
-# 2.0 polls, instead of 0.86 s at 2.03); from a quarter of the window, it overspent (2.2).
+# correction nothing. Measured with ``python -m tests._planner_sim --seeds 8``: counting
+# them all, the bimodal shape paid back its learning for the rest of the run (1.09 s lag at
+# 1.91 polls, instead of 0.86 s at 2.03); from a quarter of the window on, it overspent
+# (2.20 polls, 0.74 s).
 _LEARNING_SHARE = 8
 # Finished tasks submitted just before the oldest pending one that the evidence keeps.
 _BURST_CONTEXT = 50
