@@ -17,6 +17,7 @@ the true durations). ``python -m tests._planner_sim`` prints the whole table.
 
 from __future__ import annotations
 
+import argparse
 import bisect
 import heapq
 import itertools
@@ -244,7 +245,7 @@ def shape_table(config: PollingConfig | None = None, seeds: Sequence[int] = (0, 
     ]
     for name, (arrivals, sampler) in SHAPES.items():
         result = figures(arrivals, sampler, config, seeds=seeds)
-        durations = steady_durations(arrivals, sampler)
+        durations = steady_durations(arrivals, sampler, seeds=seeds)
         least = statistics.fmean(least_polls(d, config) for d in durations)
         best_lag, best_polls = best_fixed(durations, config.target_polls)
         lines.append(
@@ -267,5 +268,17 @@ def steady_durations(
     return durations
 
 
-if __name__ == "__main__":  # python -m tests._planner_sim: the shape table in seconds
-    print(shape_table())
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m tests._planner_sim [--seeds N]``: the shape table in seconds. Three seeds
+    (the tests' own) move by a few hundredths with any change to the planner; judge a change
+    on more."""
+    parser = argparse.ArgumentParser(prog="python -m tests._planner_sim")
+    parser.add_argument("--seeds", type=int, default=3, help="runs per shape (default 3)")
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    print(shape_table(seeds=range(args.seeds)))
+
+
+if __name__ == "__main__":
+    main()

@@ -44,14 +44,17 @@ QUEUE = "queue-growing"
 #: Where the planner misses a target today, with the harness's figures (three seeds).
 MISSES_POLLS = {
     QUEUE: "2.89 polls: no schedule keeping the fallback guarantee spends under 2.16 here",
+    # The old plan's many polls on the first longer tasks are paid back over the next
+    # hundred tasks, not all within this run (eight seeds: 2.15; counted as tasks finished,
+    # 2.10, at 1.33 s lag instead of 1.27 s).
+    "drift 1-6 s -> 3-9 s": "2.16 polls at 0.49x fixed polling's lag",
 }
 MISSES_RATIO = {
-    "log-normal, median 3 s": "0.52x (the best fixed schedule told the durations: 0.51x)",
-    "drift 1-6 s -> 3-9 s": "0.54x (the best fixed schedule for the mix: 0.41x)",
+    # Within the seeds' noise of the target (eight seeds: 0.48x).
+    "drift 3-9 s -> 1-6 s": "0.505x at 1.78 polls",
 }
 MISSES_UNIFORM_LAG = {
-    "uniform 1-6 s": "0.84 s at 1.98 polls (the best fixed schedule: 0.74 s)",
-    "uniform 1-6 s, burst": "0.87 s at 2.01 polls (the best fixed schedule: 0.74 s)",
+    "uniform 1-6 s": "0.80 s at 2.01 polls (the best fixed schedule: 0.74 s)",
 }
 
 
@@ -148,14 +151,30 @@ def test_a_burst_warm_up_is_not_stuck_on_the_5s_fallback() -> None:
     assert warm_up_lag < 1.2  # the 5 s fallback would give about 2.5 s
 
 
-@pytest.mark.parametrize("warm_up", [20, 150])
-def test_the_warm_up_length_does_not_bias_the_steady_state(warm_up: int) -> None:
+@pytest.mark.parametrize(
+    ("warm_up", "most_polls"), [(20, 2.25), (150, TARGET_POLLS + POLLS_TOLERANCE)]
+)
+def test_the_warm_up_length_does_not_bias_the_steady_state(warm_up: int, most_polls: float) -> None:
     """The old planner's bias fed itself (a longer warm-up made the lag worse); now a burst
-    after a short or a long warm-up is found within a second either way, on budget (after
-    20 tasks, before the scouts and the edge of what is known: 3.48 polls per task)."""
+    after a short or a long warm-up is found within a second either way, near the budget.
+    After 20 tasks, most of the batch is placed before the plan has learned, and spends 2.20
+    polls per task (before the scouts and the edge of what is known: 3.48). It looked closer
+    to the budget (2.13) while its surprise cut the budget to one poll per task for the tasks
+    after it: see the next test."""
     result = figures(burst_arrivals(400, warm_up, 20.0, 0), uniform(1.0, 6.0), skip=200)
     assert result.mean_lag <= 1.0, result  # the old planner: 1.14 s, and worse the longer
-    assert result.polls_per_task <= TARGET_POLLS + POLLS_TOLERANCE, result
+    assert result.polls_per_task <= most_polls, result
+
+
+def test_a_batch_does_not_leave_the_budget_lowered_for_the_tasks_after_it() -> None:
+    """A batch of 300 after 20 tasks, then a steady stream: the tasks after the batch get
+    the budget again. When the correction counted tasks as they finished, the batch's slow
+    tasks came last and left it near one poll per task: 1.86 polls, 0.92 s lag after it."""
+    first = burst_arrivals(320, 20, 20.0, 0)
+    later = [first[-1] + 15.0 + at for at in poisson_arrivals(300, 20.0, 1)]
+    after = figures(first + later, uniform(1.0, 6.0), skip=len(first))
+    assert after.polls_per_task >= 1.9, after
+    assert after.mean_lag <= 0.85, after
 
 
 def test_a_burst_on_a_fresh_client_keeps_to_the_budget() -> None:

@@ -346,7 +346,8 @@ def _spread_durations(planner: PollPlanner, polls: int, expected: float) -> None
 def test_the_budget_is_corrected_by_what_tasks_spend() -> None:
     planner = PollPlanner()
     _spread_durations(planner, polls=3, expected=2.5)
-    assert planner.overspend == pytest.approx(0.5, abs=0.01)  # the measured surprise
+    # The measured surprise (the first 25 tasks, placed while learning, do not count).
+    assert planner.overspend == pytest.approx(0.5, abs=0.015)
     assert planner.expected_polls(0.5) is not None
     sparse, dense = planner._plan_polls
     share = planner._dense_share
@@ -363,6 +364,64 @@ def test_tasks_spending_less_than_planned_never_raise_the_budget() -> None:
     planner = PollPlanner()
     _spread_durations(planner, polls=1, expected=2.0)
     assert planner.overspend == 0.0
+
+
+def _learned_planner() -> PollPlanner:
+    """A planner whose plan rests on enough finished tasks for the budget correction."""
+    planner = PollPlanner()
+    for index in range(60):
+        planner.observe(0.5 + index / 12, 1.0 + index / 12)
+    return planner
+
+
+def _batch(planner: PollPlanner, finish_order: list[int]) -> float:
+    """Submit twenty tasks at once; the odd ones spend a poll less than their plan expected,
+    the even ones two more; finish them in ``finish_order``. Returns the correction."""
+    for index in range(20):
+        planner.submitted(f"b{index}")
+    for index in finish_order:
+        polls = 1 if index % 2 else 4
+        planner.finished(f"b{index}", 1.0 + index / 10, polls=polls, expected=2.0)
+    return planner.overspend
+
+
+def test_the_budget_correction_counts_tasks_in_submit_order() -> None:
+    """A batch's quick tasks finish first: counted as they finish, they would leave the
+    correction at zero (it never goes below), and then the slow ones would push it up."""
+    quick_first = _batch(_learned_planner(), [*range(1, 20, 2), *range(0, 20, 2)])
+    as_submitted = _batch(_learned_planner(), list(range(20)))
+    assert quick_first == pytest.approx(as_submitted)
+    assert 0.0 < quick_first < 0.1  # a mean surprise of 0.5, smoothed over ~100 tasks
+
+
+def test_a_slow_task_holds_the_correction_back_only_until_its_surprise_is_sure() -> None:
+    planner = _learned_planner()
+    planner.submitted("slow")
+    for index in range(5):
+        planner.submitted(f"q{index}")
+        planner.finished(f"q{index}", 2.0, polls=4, expected=2.0)
+    assert planner.overspend == 0.0  # they wait for the slow task submitted before them
+    for poll in range(1, 8):
+        planner.not_done("slow", 2.0 * poll)
+    corrected = planner.overspend
+    assert corrected > 0.0  # it has spent three polls more than planned: that counts now
+    planner.finished("slow", 20.0, polls=12, expected=2.0)
+    assert planner.overspend == corrected  # and only once
+
+
+def test_tasks_placed_while_learning_teach_the_budget_correction_nothing() -> None:
+    planner = PollPlanner()
+    for _ in range(10):
+        planner.observe(2.0, 3.0)
+    assert planner.has_plan
+    planner.submitted("early")  # the plan rests on 10 tasks: learning
+    planner.finished("early", 9.0, polls=5, expected=2.0)
+    assert planner.overspend == 0.0
+    for _ in range(20):
+        planner.observe(2.0, 3.0)
+    planner.submitted("later")  # 30 tasks: learned
+    planner.finished("later", 9.0, polls=5, expected=2.0)
+    assert planner.overspend > 0.0
 
 
 @pytest.mark.parametrize("lane", [0.01, 0.3, 0.77, 0.999])
