@@ -41,6 +41,14 @@ class SessionManager:
         return self._closed
 
     @property
+    def current(self) -> aiohttp.ClientSession | None:
+        """The session, when it exists and is open (else :meth:`get` says why, or makes it)."""
+        session = self._session
+        if session is None or session.closed or self._closed:
+            return None
+        return session
+
+    @property
     def times_requests(self) -> bool:
         """Whether the session in use times each request itself (aiohttp's own request
         method): then an attempt given a timeout ends within it, and a call needs no

@@ -164,32 +164,32 @@ class StreamedResponse:
         return self._response.content.iter_chunked(size)
 
     async def read(self, limit: int) -> bytes | None:
-        """The whole body, or ``None`` once it passes ``limit`` bytes (reading stops there).
+        """The whole body, or ``None`` once it passes ``limit`` (see :func:`_read_at_most`)."""
+        return await _read_at_most(self._response, limit)
 
-        A declared length over the limit is refused unread. Past the limit the connection
-        is dropped, so a gzip bomb or an endless body costs at most the limit (plus
-        aiohttp's bounded read buffer) in memory.
-        """
-        response = self._response
-        declared = response.content_length
-        if (
-            declared is not None
-            and declared <= limit
-            and "Content-Encoding" not in response.headers
-        ):
-            # The common answer: a declared length within the cap, nothing to decompress.
-            # aiohttp reads exactly that many bytes (the parser stops there), in one await.
-            return await response.read()
-        body = bytearray()
-        if declared is None or declared <= limit:
-            async for chunk in response.content.iter_chunked(_READ_CHUNK):
-                body += chunk
-                if len(body) > limit:
-                    break
-            else:
-                return bytes(body)
-        response.close()
-        return None
+
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole body, or ``None`` once it passes ``limit`` bytes (reading stops there).
+
+    A declared length over the limit is refused unread. Past the limit the connection is
+    dropped, so a gzip bomb or an endless body costs at most the limit (plus aiohttp's
+    bounded read buffer) in memory.
+    """
+    declared = response.content_length
+    if declared is not None and declared <= limit and "Content-Encoding" not in response.headers:
+        # The common answer: a declared length within the cap, nothing to decompress.
+        # aiohttp reads exactly that many bytes (the parser stops there), in one await.
+        return await response.read()
+    body = bytearray()
+    if declared is None or declared <= limit:
+        async for chunk in response.content.iter_chunked(_READ_CHUNK):
+            body += chunk
+            if len(body) > limit:
+                break
+        else:
+            return bytes(body)
+    response.close()
+    return None
 
 
 class Transport:
@@ -205,6 +205,8 @@ class Transport:
         self._sessions = sessions
         # Built once and passed as is: no frame on the request path has the key in a local.
         self._api_headers: dict[str, str] = {API_KEY_HEADER: api_key, "User-Agent": _USER_AGENT}
+        # The last attempt's timeout (immutable): most attempts have the same one.
+        self._timeout = aiohttp.ClientTimeout()
 
     @property
     def times_requests(self) -> bool:
@@ -218,14 +220,17 @@ class Transport:
         :class:`~ailab_async.errors.MalformedResponseError` (``RESPONSE_TOO_LARGE``): a
         server that answers this way will do it again.
         """
-        session = await self._sessions.get()
+        session = self._sessions.current or await self._sessions.get()
+        timeout = self._timeout
+        if timeout.total != request.timeout:
+            timeout = self._timeout = aiohttp.ClientTimeout(total=request.timeout)
         with contextlib.ExitStack() as stack:
             body: aiohttp.payload.Payload | None = None
-            query = list(request.query)
+            query = request.query
             if request.upload is not None:
                 body = _body(request, request.upload, stack)
             elif request.method == "GET":
-                query += request.fields
+                query = [*query, *request.fields]
             elif request.fields:  # a POST without a file: its fields as a multipart form
                 boundary = _boundary()
                 body = aiohttp.payload.BytesPayload(
@@ -239,14 +244,14 @@ class Transport:
                     data=body,
                     params=query or None,
                     headers=self._api_headers,
-                    timeout=aiohttp.ClientTimeout(total=request.timeout),
+                    timeout=timeout,
                     # Never follow: the key would be re-sent to wherever Location points
                     # (another host, or plain http). A 3xx is classified as an error.
                     allow_redirects=False,
                     # The session may be the user's, created with raise_for_status=True.
                     raise_for_status=False,
                 ) as response:
-                    answer = await StreamedResponse(response).read(request.max_body)
+                    answer = await _read_at_most(response, request.max_body)
                     status, headers = response.status, response.headers
             except errors.AILabError:
                 raise
