@@ -33,6 +33,16 @@ from what the server *accepted*, by send time:
   ``ln 2 / (SLOW_START_RTTS * RTT)`` (the rate doubles every :data:`SLOW_START_RTTS` round
   trips, at most every :data:`SLOW_START_DOUBLING` seconds, so against a server that answers
   in milliseconds it is above any demand within a few of them).
+* **A ramp within reach of what was accepted.** While the pace is what holds the senders
+  back (at least 80 % of it was sent over the last second), slow start takes it no further
+  than :data:`SLOW_START_LEAD` (1.85) times what the server accepted over that second: a
+  window refuses only once its count over its span is over, and a ramp unchecked by what
+  it accepted was about 2.5 times its limit by then, with a round trip of requests in
+  flight to be refused (half as many now, and the cut is from nearer the limit). Not when
+  the client sends well under its pace (a server that keeps up with it: see below), nor
+  when the shortest round trip seen is so short that slow start doubles at its fastest (a
+  server next door: a window is filled before there is a second of history, and its 429s
+  come back within milliseconds, so the lead would spare none, and only slow the start).
 * **Nearly free while it is not the limit.** In slow start the rate also grows while the
   demand (sends over the last 0.2 s) is above :data:`SLOW_START_USE` of it, so it stays at
   about twice the demand, and an unused pace is banked for :data:`SLOW_START_BURST`
@@ -100,6 +110,7 @@ request's send time.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping
 from typing import Any
 
@@ -123,6 +134,7 @@ __all__ = [
     "MIN_RATE",
     "SLOW_START_BURST",
     "SLOW_START_DOUBLING",
+    "SLOW_START_LEAD",
     "SLOW_START_RTTS",
     "SLOW_START_USE",
     "STALE_IN_FLIGHT",
@@ -169,6 +181,13 @@ SLOW_START_BURST = 0.05
 #: In slow start the rate also grows while the demand is above this share of the pace, so
 #: a client the server keeps up with rarely waits for it.
 SLOW_START_USE = 0.5
+#: While the pace is what holds the client back (most of it was used, and the shortest round
+#: trip is long enough that slow start doubles per :data:`SLOW_START_RTTS` of them), slow
+#: start takes it no further than this many times what the server accepted over the last
+#: second (by send time): a window refuses only once its count over its span is over, and a
+#: ramp unchecked by what it accepted was about 2.5 times the limit by then, with a round
+#: trip of requests in flight to be refused.
+SLOW_START_LEAD = 1.85
 #: A cut sets the rate to this fraction of the limit estimate.
 BACKOFF = 0.95
 #: Seconds after a cut during which further 429s are the same event (at least two RTTs).
@@ -215,8 +234,10 @@ _MIN_RTT = 0.05
 _RTT_GAIN = 0.2
 # The accepted rate needs this much send history to be trusted.
 _MIN_SPAN = 0.1
-# Slow start measures the demand over this many seconds of send history.
+# Slow start measures the demand over this many seconds of send history ...
 _USE_SPAN = 0.2
+# ... and what the server accepted over this many (a server's usual window).
+_LEAD_SPAN = 1.0
 
 
 def capped_retry_after(retry_after: object) -> float | None:
@@ -302,6 +323,9 @@ class AimdState:
     paused_until: float = -math.inf
     #: Smoothed round trip of accepted requests, seconds (``0``: none seen yet).
     rtt: float = 0.0
+    #: The shortest round trip of an accepted request seen, seconds: the network's and the
+    #: server's own time, without its queue (``inf``: none seen yet).
+    rtt_floor: float = math.inf
     #: The first send, so a measurement in the first second divides by what has passed.
     first_sent: float = math.inf
     #: The send history: ``sent`` and ``refused`` per ``BUCKET`` of send time, the ring's
@@ -406,6 +430,8 @@ class AimdPolicy:
             self._start_rate = START_RATE if start_rate is None else start_rate
         self._max_catch_up = MAX_CATCH_UP if rate is None else MAX_CATCH_UP_TOLD
         self.state = AimdState()
+        # _slow_start_cap's last answer: (the state, the bucket's number, the cap).
+        self._lead: tuple[AimdState | None, int, float] = (None, 0, math.inf)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -492,6 +518,7 @@ class AimdPolicy:
         state = self.state
         sample = max(0.0, now - sent_at)
         state.rtt = sample if state.rtt == 0.0 else state.rtt + _RTT_GAIN * (sample - state.rtt)
+        state.rtt_floor = min(state.rtt_floor, sample)
         if state.reread and sent_at >= state.cut_at:
             self._reread_first_cut()
         if state.rate is None or sent_at < state.hold_until:
@@ -503,8 +530,9 @@ class AimdPolicy:
         if state.pace_bound_at >= sent_at - 2.0 / state.rate - _MIN_RTT or (
             not state.cut and self._demand(sent_at) > SLOW_START_USE * state.rate
         ):
-            # At most doubling per two round trips (slow start), and after a cut no faster
-            # than the curve back to the refused pace and beyond.
+            # At most doubling per two round trips (slow start, and unless slow start is at
+            # its fastest no further than SLOW_START_LEAD of what the last second accepted),
+            # and after a cut no faster than the curve back to the refused pace and beyond.
             if state.cut:
                 rate = min(
                     state.rate + _LN2 / max(rtt, _RECOVERY_DOUBLING),
@@ -512,6 +540,8 @@ class AimdPolicy:
                 )
             else:
                 rate = state.rate + _LN2 / max(SLOW_START_RTTS * state.rtt, SLOW_START_DOUBLING)
+                if SLOW_START_RTTS * state.rtt_floor > SLOW_START_DOUBLING:
+                    rate = min(rate, self._slow_start_cap(sent_at))
             state.rate = min(self.ceiling * state.headroom, max(state.rate, rate))
         if state.window < math.inf and state.window_bound_at >= sent_at - rtt:
             state.window += 1.0 / state.window
@@ -613,6 +643,33 @@ class AimdPolicy:
             state.rate = state.cut_rate = rate
             state.refused_pace = max(state.refused_pace, _PEAK_MARGIN * limit)
 
+    def _slow_start_cap(self, sent_at: float) -> float:
+        """How far slow start may take the pace on an answer to a request sent at
+        ``sent_at``: :data:`SLOW_START_LEAD` times what the server accepted over the second
+        before its bucket, if the pace is what held the senders back over it (at least
+        ``_SATURATED`` of it was sent); ``inf`` if not, or with too little history.
+
+        A client that a server keeps up with sends about half its pace (slow start keeps it
+        about twice the demand), so a clump of answers goes at once on the bank; held to the
+        lead, the pace would settle at 1.85 times the demand, and clumps would wait on a
+        timer for as long as the client runs. (:meth:`on_success` does not ask at all when
+        the shortest round trip seen is so short that slow start doubles at its fastest.)
+
+        Asked once per bucket: the counts of whole buckets before it do not change in slow
+        start (sends land in the bucket being filled, and a 429 ends slow start).
+        """
+        state = self.state
+        cached, bucket, cap = self._lead
+        if cached is state and bucket == math.floor(sent_at / BUCKET):
+            return cap
+        cap = math.inf
+        proven = self._accepted_rate(sent_at, _LEAD_SPAN)
+        start = max(sent_at - _LEAD_SPAN, state.first_sent)
+        if proven is not None and self._pace_used(start, sent_at) >= _SATURATED:
+            cap = SLOW_START_LEAD * proven
+        self._lead = (state, math.floor(sent_at / BUCKET), cap)
+        return cap
+
     def _recovery_curve(self, elapsed: float) -> float:
         """The rate ``elapsed`` seconds after the hold-off: back to the refused pace along a
         concave curve (quickly at first, flat near it), then beyond it ever faster (a cubic,
@@ -651,12 +708,31 @@ class AimdPolicy:
             state.paces[:] = state.paces[shift:] + [state.rate or 0.0] * shift
         state.first_bucket += shift
 
-    def _sum(self, ring: list[int], start: float, end: float) -> int:
-        """Counts of whole buckets sent in ``[start, end)``."""
+    def _buckets(self, start: float, end: float) -> tuple[int, int]:
+        """The ring offsets ``low, high`` of the whole buckets sent in ``[start, end)``."""
         first = self.state.first_bucket
         low = max(0, math.floor(start / BUCKET) - first)
-        high = min(BUCKETS, math.floor(end / BUCKET) - first)
+        return low, min(BUCKETS, math.floor(end / BUCKET) - first)
+
+    def _sum(self, ring: list[int], start: float, end: float) -> int:
+        """Counts of whole buckets sent in ``[start, end)``."""
+        low, high = self._buckets(start, end)
         return sum(ring[low:high]) if high > low else 0
+
+    def _pace_used(self, start: float, end: float) -> float:
+        """The share of the pace sent in the whole buckets of ``[start, end)``: the sends
+        over the pace's integral, the pace taken as linear across each bucket from the one
+        in force at the previous bucket's last send (a ramp's pace at a bucket's last send
+        can be several times its average over the bucket)."""
+        state = self.state
+        low, high = self._buckets(start, end)
+        if high <= low:
+            return 0.0
+        ends = state.paces[max(0, low - 1) : high]
+        if low == 0:
+            ends.insert(0, ends[0])  # the bucket before is forgotten: no change across it
+        paced = sum(map(operator.add, ends, ends[1:])) * BUCKET / 2
+        return sum(state.sent[low:high]) / paced if paced > 0 else 0.0
 
     def _accepted_rate(self, before: float, span: float) -> float | None:
         """Requests per second the server did not refuse, by send time, over the window
@@ -709,9 +785,7 @@ class AimdPolicy:
         if not sent or self._sum(state.refused, start, end) > _MARGINAL_SHARE * sent:
             return False
         # ... and the pace was used: sends held back by it, not a client that sent little.
-        first = state.first_bucket
-        low = max(0, math.floor(start / BUCKET) - first)
-        high = min(BUCKETS, math.floor(end / BUCKET) - first)
+        low, high = self._buckets(start, end)
         paced = sum(state.paces[low:high]) * BUCKET
         return sent >= _SATURATED * paced
 

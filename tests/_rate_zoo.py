@@ -7,7 +7,9 @@ No event loop and no real time: :func:`run_zoo` plays a batch of requests throug
 policy, the server admits or refuses each request at its send time, answers after
 ``latency`` (a 429 at once when the limit says ``instant_429``), and a refused request is
 retried after the dispatcher's delay for a 429 (uniform in ``[0, 1)`` s, at least the
-``Retry-After``). A busy machine is played too, seeded: a sender woken by a timer runs
+``Retry-After``). With ``clumps``, the senders come in clumps, as a client gathering
+batches does: a batch of ``senders`` requests starts once the last one's requests are all
+answered. A busy machine is played too, seeded: a sender woken by a timer runs
 ``wake_jitter`` seconds late on average (exponentially distributed: an event loop's timers
 fire after their time, now and then much after), and a request reaches the server up to
 ``send_jitter`` seconds after it left. With ``booking``, senders do as the Redis store's
@@ -58,6 +60,8 @@ class ZooRun:
     refused_at: list[float] = attrs.Factory(list)
     #: The most requests in flight at once (accepted by the server, not yet answered).
     max_in_flight: int = 0
+    #: When a sender last had to wait for the pace (``None``: never), from time zero.
+    last_wait: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -95,6 +99,7 @@ def run_zoo(
     seed: int = 0,
     policy: AimdPolicy | None = None,
     until: float = 600.0,
+    clumps: bool = False,
 ) -> ZooRun:
     """Send ``requests`` through the policy to ``limit``; see the module docstring."""
     rng = random.Random(seed)
@@ -132,6 +137,7 @@ def run_zoo(
         while queue:
             wait = policy.claim(t)
             if wait > 0:
+                run.last_wait = t
                 if math.isinf(wait):
                     waiting_release = True
                     wake_pacer(t + _RECHECK + late())
@@ -195,7 +201,11 @@ def run_zoo(
         if waiting_release:
             waiting_release = False
             wake_pacer(now)
-        next_item(now, worker)
+        if not clumps:
+            next_item(now, worker)
+        elif started == requests - remaining:  # the whole batch is answered
+            for idle in range(senders):
+                next_item(now, idle)
 
     def refused(now: float, sent_at: float, worker: int, header: float | None) -> None:
         nonlocal waiting_release

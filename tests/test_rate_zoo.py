@@ -19,7 +19,7 @@ import itertools
 
 import pytest
 
-from ailab_async._aimd import AimdPolicy
+from ailab_async._aimd import SLOW_START_LEAD, AimdPolicy
 from ailab_async.testing.simulator import RateLimit
 
 from ._rate_zoo import ZooRun, run_zoo
@@ -96,6 +96,51 @@ def test_a_cluster_of_429s_at_the_end_of_slow_start_costs_one_cut() -> None:
     run = run_zoo(RateLimit(LIMIT, shape="sliding-window"), until=1.9)
     assert run.refused >= 10
     assert run.cuts == 1
+
+
+@pytest.mark.parametrize(
+    ("shape", "refused"), [("sliding window", 12), ("sliding window, instant 429", 4)]
+)
+def test_slow_start_keeps_within_reach_of_what_a_window_accepted(shape: str, refused: int) -> None:
+    # A window refuses only once its count over the last second is over: a ramp doubling
+    # every few round trips was far above the limit by then (~2.5x), with a round trip of
+    # requests in flight to be refused. While the pace holds the senders back, slow start
+    # stays within SLOW_START_LEAD of what the last second accepted: a smaller overshoot,
+    # fewer 429s ending it (19 and 6 without).
+    run = run_zoo(ZOO[shape][0], until=2.5)
+    assert run.cuts == 1
+    assert max(pace for _, pace in run.trace) <= SLOW_START_LEAD * LIMIT
+    assert run.refused <= refused
+
+
+#: A server that keeps up with anything (it never refuses).
+UNLIMITED = RateLimit(1e6)
+
+
+@pytest.mark.parametrize("senders", [16, 256])
+def test_a_server_next_door_that_keeps_up_is_not_held_to_the_lead(senders: int) -> None:
+    # Round trips of 2 ms: slow start doubles at its fastest, fills any window before the
+    # lead has a second of history, and 429s would come back at once; held to the lead,
+    # a client gathering batches would wait on the pace for 0.7 s (16) to 2.4 s (256).
+    run = run_zoo(UNLIMITED, requests=60 * senders, senders=senders, latency=0.002, clumps=True)
+    assert run.refused == 0
+    assert run.last_wait is not None
+    assert run.last_wait <= 0.3
+
+
+@pytest.mark.parametrize("senders", [16, 64])
+def test_a_client_a_server_keeps_up_with_sends_its_clumps_at_once_after_start_up(
+    senders: int,
+) -> None:
+    # 0.2 s round trips, senders in batches: at the start the pace holds them back (and
+    # the lead holds the pace), but then the server answers every clump and the client
+    # sends about half its pace: the lead no longer binds, and the pace grows until a whole
+    # clump goes at once on the bank (after 3 s of 13 and 5 s of 15). Held to the lead
+    # (1.85x the demand), every clump would wait on the pace for as long as the client runs
+    # (until 18 s and 20 s here).
+    run = run_zoo(UNLIMITED, requests=60 * senders, senders=senders, latency=0.2, clumps=True)
+    assert run.last_wait is not None
+    assert run.last_wait <= run.wall / 2  # then no sender waits for the pace
 
 
 @pytest.mark.parametrize("shape", ["leaky bucket", "token bucket, burst 1"])
