@@ -55,7 +55,7 @@ from ._endpoints import (
     generic_call,
 )
 from ._hooks import checked_hooks, hooks_or_none
-from ._images import ImageInput, aprepare_image, prepare_image
+from ._images import ImageInput, aprepare_image
 from ._map import Outcome, map_outcomes
 from ._polling import PollingConfig
 from ._ratelimit import AdaptiveRateLimiter, RateLimiter
@@ -634,11 +634,8 @@ class AILabClient:
         check_call_seconds(deadline, "deadline")
         prepared = None
         if endpoint.image_rules is not None:
-            if type(image) is bytes:  # nothing to read from disk: no worker thread
-                prepared = prepare_image(image, endpoint.image_rules)
-            else:
-                # A missing image (None) is refused there, like any other non-image.
-                prepared = await aprepare_image(image, endpoint.image_rules)  # type: ignore[arg-type]
+            # A missing image (None) is refused there, like any other non-image.
+            prepared = await aprepare_image(image, endpoint.image_rules)  # type: ignore[arg-type]
         return await self._dispatcher.call(Call(endpoint, fields, prepared), deadline=deadline)
 
     async def _send_any(
