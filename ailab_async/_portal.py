@@ -19,11 +19,14 @@ caller expects of such a call:
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import os
 import threading
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
@@ -82,11 +85,13 @@ class LoopThread:
         is cancelled in the loop before the interruption propagates.
         """
         self._refuse_unanswerable()
+        call = _Cancellable()
+        future: concurrent.futures.Future[T] | None = None
         try:
-            future = self._portal.start_task_soon(func, *args)
-        except RuntimeError:  # the portal has stopped
-            raise ClientClosedError(_CLOSED) from None
-        try:
+            try:
+                future = self._portal.start_task_soon(call.run, func, *args)
+            except RuntimeError:  # the portal has stopped
+                raise ClientClosedError(_CLOSED) from None
             return future.result()
         except concurrent.futures.CancelledError:
             # Only close() cancels a call we did not cancel ourselves.
@@ -97,7 +102,8 @@ class LoopThread:
             error.ambiguous = True
             raise error from None
         except BaseException:
-            future.cancel()  # a no-op when the call itself raised
+            if future is None or not future.done():  # done: the call itself raised
+                call.cancel()
             raise
 
     def call(self, func: Callable[[Unpack[Ts]], T], *args: Unpack[Ts]) -> T:
@@ -206,6 +212,46 @@ def _serve(started: concurrent.futures.Future[BlockingPortal]) -> None:
             started.set_exception(exc)
         else:
             raise
+
+
+class _Cancellable:
+    """One call run in the loop, which the waiting thread can cancel from the moment it asks
+    for it.
+
+    anyio's future for a call exists only once ``start_task_soon`` returns, and that waits
+    for the loop to start the call; an interruption during that wait (``KeyboardInterrupt``
+    while the loop thread already sends the request) would leave the call running with no
+    one to cancel it. This one is cancelled wherever it is: before it starts (it never
+    runs), or while it runs (its cancel scope is cancelled in the loop, level-triggered).
+    """
+
+    __slots__ = ("_cancel", "_cancelled", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._cancel: Callable[[], object] | None = None
+
+    async def run(self, func: Callable[[Unpack[Ts]], Awaitable[T]], *args: Unpack[Ts]) -> T:
+        loop = asyncio.get_running_loop()
+        with anyio.CancelScope() as scope:
+            with self._lock:
+                self._cancel = partial(loop.call_soon_threadsafe, scope.cancel)
+                cancelled = self._cancelled
+            if cancelled:
+                scope.cancel()
+            return await func(*args)
+        # Cancelled by the waiting thread, which has gone: nobody reads this.
+        raise anyio.get_cancelled_exc_class()
+
+    def cancel(self) -> None:
+        """From the waiting thread: the call ends as soon as the loop gets to it."""
+        with self._lock:
+            self._cancelled = True
+            cancel = self._cancel
+        if cancel is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing runs
+                cancel()
 
 
 async def _returning(func: Callable[[Unpack[Ts]], T], *args: Unpack[Ts]) -> T:
