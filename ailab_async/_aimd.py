@@ -74,19 +74,28 @@ from what the server *accepted*, by send time:
   of just before the first refusal, instead of the ramp's average.
 * **Told the limit, jitter teaches headroom.** A marginal refusal at 90 % of the ceiling or
   more (the send times jitter on their way, and a server that allows no burst refuses one
-  that arrives early) lowers the ceiling to :data:`LEARNED_HEADROOM` of that pace, for
-  good (never below :data:`MIN_HEADROOM` of the limit), and the rate to that ceiling: no
-  further cut.
-* **A cut that was not enough ends the hold-off.** If most of what was sent since the cut
-  is refused too (judged at once after a marginal refusal, half a second after any other,
-  as a window draining refuses for a while), the limit dropped or a burst the server
-  allowed inflated the accepted rate: that is a new event. After slow start no event cuts
-  by more than half (a short or fully refused span must not send the rate to the floor).
+  that arrives early) lowers the ceiling to :data:`LEARNED_HEADROOM` of that pace (never
+  below :data:`MIN_HEADROOM` of the limit), and the rate to that ceiling: no further cut.
+  Every request accepted while the pace holds senders back gives a little of it back, so
+  the headroom settles where about :data:`HEADROOM_REFUSED` of the requests are refused,
+  instead of ratcheting lower with every rare refusal for as long as the batch runs.
+* **A cut that was not enough ends the hold-off.** If more than 30 % of what was sent
+  since the cut is refused too (judged at once after a marginal refusal or a lesson in
+  headroom, 0.2 s after any other cut, as a window draining refuses for a while), the
+  limit dropped or a burst the server allowed inflated the accepted rate: that is a new
+  event, measured on what the server accepted since the cut (of the few sends since a cut
+  judged at once, at the pace they left at: a limit that just dropped refuses them all).
+  After slow start no event cuts by more than half (a short or fully refused span must not
+  send the rate to the floor).
 * **Back fast, then probe ever faster.** After the hold-off the rate follows a cubic (as
   TCP CUBIC's window) from the cut rate to just under the pace that was refused (the
   geometric mean of that pace and the accepted rate when the refusal was not marginal):
   quickly at first, flat near it, then beyond it ever faster, so a limit that rose is found
-  within seconds and one that did not costs one small cluster of 429s now and then.
+  within seconds and one that did not costs one small cluster of 429s now and then. Told
+  the limit, once the server accepted it over a measuring span, a limit that dropped under
+  it is probed back up to it within :data:`TOLD_BACK` seconds of the refused pace, at most
+  :data:`TOLD_PROBES` times in a row refused (a limit lowered for good, whose window
+  refuses a burst of each probe, is then probed as an unknown one).
 * **A window beside the rate.** A cut also caps the requests in flight at the number in
   flight when the 429 came (a server that limits requests in flight refused the one above
   its cap), at least what the new pace needs at the usual round trip. The window grows by
@@ -125,6 +134,7 @@ __all__ = [
     "BUCKETS",
     "CATCH_UP",
     "HEADROOM",
+    "HEADROOM_REFUSED",
     "HOLD",
     "LEARNED_HEADROOM",
     "MAX_CATCH_UP",
@@ -139,6 +149,8 @@ __all__ = [
     "SLOW_START_USE",
     "STALE_IN_FLIGHT",
     "START_RATE",
+    "TOLD_BACK",
+    "TOLD_PROBES",
     "AimdPolicy",
     "AimdState",
     "capped_retry_after",
@@ -162,9 +174,13 @@ MAX_CATCH_UP = 0.005
 MAX_CATCH_UP_TOLD = 0.015
 #: Told a limit, a refusal of a fully used pace at the ceiling (the send times jitter on
 #: their way, and a server that allows no burst refuses one that comes early) lowers the
-#: ceiling by this factor, for good; never below :data:`MIN_HEADROOM` of the limit.
-LEARNED_HEADROOM = 0.97
+#: ceiling to this share of that pace; never below :data:`MIN_HEADROOM` of the limit ...
+LEARNED_HEADROOM = 0.98
 MIN_HEADROOM = 0.8
+#: ... and every request accepted while the pace held senders back gives this much of it
+#: back (up to none): the headroom settles where about :data:`HEADROOM_REFUSED` of the
+#: requests are refused (each costs one slot; a pace lowered for good costs every slot).
+HEADROOM_REFUSED = 0.005
 #: The rate never drops below this many requests per second.
 MIN_RATE = 0.2
 #: The first rate when no limit is configured (requests per second); slow start grows it.
@@ -188,6 +204,12 @@ SLOW_START_USE = 0.5
 #: ramp unchecked by what it accepted was about 2.5 times the limit by then, with a round
 #: trip of requests in flight to be refused.
 SLOW_START_LEAD = 1.85
+#: Told the limit, and the server accepted it for a while before it refused: after a cut the
+#: rate probes back up to it within this many seconds of passing the refused pace (the limit
+#: dropped for a while; the told limit is where it comes back to).
+TOLD_BACK = 0.7
+#: ... at most this many times in a row refused, until the server takes the limit again.
+TOLD_PROBES = 4
 #: A cut sets the rate to this fraction of the limit estimate.
 BACKOFF = 0.95
 #: Seconds after a cut during which further 429s are the same event (at least two RTTs).
@@ -212,10 +234,11 @@ _SATURATED = 0.8
 _MARGINAL_SPAN = 1.0
 # A cut was not enough when, of at least _WRONG_CUT_SENDS sent since, more than
 # _WRONG_CUT_SHARE were refused (judged _WRONG_CUT_SPAN seconds after a cut that was not
-# marginal).
+# marginal). A token bucket whose burst made slow start's cut twice its rate refuses about
+# half of that pace, steadily: "most" missed it for a second, 20 more 429s of 500.
 _WRONG_CUT_SENDS = 5
-_WRONG_CUT_SHARE = 0.5
-_WRONG_CUT_SPAN = 0.5
+_WRONG_CUT_SHARE = 0.3
+_WRONG_CUT_SPAN = 0.2
 # After a cut the rate grows by at most ln 2 / max(RTT, this) per accepted request (and no
 # faster than the recovery curve).
 _RECOVERY_DOUBLING = 0.35
@@ -224,6 +247,9 @@ _RECOVERY_DOUBLING = 0.35
 _REREAD_SHARE = 0.55
 # A refusal at this share of a configured ceiling or more teaches headroom.
 _NEAR_CEILING = 0.9
+# Headroom given back per request accepted while the pace held senders back: one refusal's
+# worth (1 - LEARNED_HEADROOM) for every (1 - HEADROOM_REFUSED) / HEADROOM_REFUSED of them.
+_UNLEARN = (1 - LEARNED_HEADROOM) * HEADROOM_REFUSED / (1 - HEADROOM_REFUSED)
 # The recovery aims just under the refused pace.
 _PEAK_MARGIN = 0.97
 # Growth is in doublings: ln 2 per doubling time, on each answer.
@@ -302,6 +328,9 @@ class AimdState:
     #: and the rate that cut set.
     refused_pace: float = math.inf
     cut_rate: float = 0.0
+    #: Told the limit: quick probes back up to it left (see :data:`TOLD_BACK`), set when the
+    #: server accepted it over a whole measuring span; one that is refused uses one up.
+    told_probes: int = 0
     #: Whether the last cut took the refused pace as the limit (a marginal refusal).
     marginal_cut: bool = False
     #: When the request whose 429 ended slow start was sent, and whether what the server
@@ -542,6 +571,8 @@ class AimdPolicy:
                 rate = state.rate + _LN2 / max(SLOW_START_RTTS * state.rtt, SLOW_START_DOUBLING)
                 if SLOW_START_RTTS * state.rtt_floor > SLOW_START_DOUBLING:
                     rate = min(rate, self._slow_start_cap(sent_at))
+            if state.headroom < 1.0:
+                state.headroom = min(1.0, state.headroom + _UNLEARN)
             state.rate = min(self.ceiling * state.headroom, max(state.rate, rate))
         if state.window < math.inf and state.window_bound_at >= sent_at - rtt:
             state.window += 1.0 / state.window
@@ -561,25 +592,18 @@ class AimdPolicy:
         estimate = peak = pace
         fresh = sent_at >= state.hold_until
         marginal = state.cut and fresh and self._marginal(sent_at)
-        ceiling = self.ceiling * state.headroom
-        taught = False
-        if self.configured is not None and fresh and pace >= _NEAR_CEILING * ceiling:
-            # Told the limit and refused at it: perhaps a send that caught up after a late
-            # one came too close for a server that allows no burst. No catch-up from now on.
-            state.burstless = min(state.burstless, pace)
-            if self._marginal(sent_at):
-                # Refused near the limit with all else accepted: the send times jitter more
-                # than the headroom allows (a limit that dropped is refused far below the
-                # ceiling, or not marginally). Stay under that pace from now on.
-                learned = LEARNED_HEADROOM * pace / self.ceiling
-                state.headroom = max(MIN_HEADROOM / HEADROOM, min(state.headroom, learned))
-                taught = True
+        taught = self.configured is not None and fresh and self._told_refused(sent_at, now, pace)
         # A marginal refusal may be a send that caught up after a late one, at a server
         # that allows no burst: no catch-up from now on.
         if marginal:
             state.burstless = min(state.burstless, pace)
-        state.marginal_cut = marginal
+        state.marginal_cut = marginal or taught  # judged at once: see _cut_was_wrong
         accepted = self._accepted_rate(sent_at, _MARGINAL_SPAN if marginal else MEASURE_SPAN)
+        if accepted is None and not fresh:
+            # A cut that was not enough, judged on the few sends since it (a limit that just
+            # dropped refuses them all): what the server accepted of them, at that pace.
+            sent, refused = self._since_cut(sent_at)
+            accepted = pace * (sent - refused) / max(1, sent)
         if accepted is not None and accepted < pace:
             estimate = accepted
             if not marginal:
@@ -616,6 +640,31 @@ class AimdPolicy:
         needed = math.ceil(new_rate * state.rtt)
         held = state.in_flight - self._booked_ahead(now)
         state.window = min(state.window, float(max(1, held, needed)))
+        return True
+
+    def _told_refused(self, sent_at: float, now: float, pace: float) -> bool:
+        """Told the limit, a refusal of a request sent at ``pace`` after the last event's
+        hold-off: keep count of the quick probes back up to it, and return whether the refusal
+        teaches headroom (lowering the ceiling instead of cutting the rate)."""
+        state = self.state
+        if self._took_the_ceiling(sent_at):
+            # The server took the configured limit for a measuring span: if it dropped under
+            # it now, it is probed back up to it quickly (see TOLD_BACK).
+            state.told_probes = TOLD_PROBES
+        elif state.told_probes and state.cut and self.rate(now) > state.refused_pace:
+            state.told_probes -= 1  # refused beyond the last refused pace: not back yet
+        if pace < _NEAR_CEILING * self.ceiling * state.headroom:
+            return False
+        # Refused at the limit: perhaps a send that caught up after a late one came too
+        # close for a server that allows no burst. No catch-up from now on.
+        state.burstless = min(state.burstless, pace)
+        if not self._marginal(sent_at):
+            return False
+        # Refused near the limit with all else accepted: the send times jitter more than the
+        # headroom allows (a limit that dropped is refused far below the ceiling, or not
+        # marginally, or judged at once to be one: see _cut_was_wrong). Stay under that pace.
+        learned = LEARNED_HEADROOM * pace / self.ceiling
+        state.headroom = max(MIN_HEADROOM / HEADROOM, min(state.headroom, learned))
         return True
 
     def _reread_first_cut(self) -> None:
@@ -676,8 +725,13 @@ class AimdPolicy:
         as TCP CUBIC's window)."""
         state = self.state
         peak = state.refused_pace
-        back_in: float = (max(0.0, peak - state.cut_rate) / (_CUBIC * peak)) ** (1 / 3)
-        return peak * (1.0 + _CUBIC * (max(0.0, elapsed) - back_in) ** 3)
+        cubic = _CUBIC
+        if state.told_probes:
+            # The server took the configured limit before: it dropped under it for a while,
+            # and it is probed back up to it within TOLD_BACK seconds of the refused pace.
+            cubic = max(cubic, (self.ceiling * state.headroom / peak - 1.0) / TOLD_BACK**3)
+        back_in: float = (max(0.0, peak - state.cut_rate) / (cubic * peak)) ** (1 / 3)
+        return peak * (1.0 + cubic * (max(0.0, elapsed) - back_in) ** 3)
 
     # -- the send history ---------------------------------------------------------------
 
@@ -771,9 +825,23 @@ class AimdPolicy:
         elapsed = sent_at - state.cut_at
         if elapsed < 0 or (not state.marginal_cut and elapsed < _WRONG_CUT_SPAN):
             return False
-        sent = self._sum(state.sent, state.cut_at, sent_at + BUCKET)
-        refused = self._sum(state.refused, state.cut_at, sent_at + BUCKET)
+        sent, refused = self._since_cut(sent_at)
         return sent >= _WRONG_CUT_SENDS and refused > _WRONG_CUT_SHARE * sent
+
+    def _took_the_ceiling(self, sent_at: float) -> bool:
+        """Whether the server accepted the configured limit (at least ``_NEAR_CEILING`` of
+        the ceiling) over the whole measuring span before ``sent_at``, since the last cut."""
+        state = self.state
+        if sent_at - max(state.first_sent, state.cut_at) < MEASURE_SPAN:
+            return False
+        accepted = self._accepted_rate(sent_at, MEASURE_SPAN)
+        return accepted is not None and accepted >= _NEAR_CEILING * self.ceiling * state.headroom
+
+    def _since_cut(self, sent_at: float) -> tuple[int, int]:
+        """Requests sent, and refused, from the last cut to the bucket of ``sent_at``."""
+        state = self.state
+        end = sent_at + BUCKET
+        return self._sum(state.sent, state.cut_at, end), self._sum(state.refused, state.cut_at, end)
 
     def _marginal(self, sent_at: float) -> bool:
         """Whether the server accepted nearly everything sent since the last cut (within

@@ -3,19 +3,23 @@
 No event loop and no real time: :func:`run_zoo` plays a batch of requests through
 :class:`~ailab_async._aimd.AimdPolicy` against one of the simulator's server limits
 (:func:`ailab_async.testing.simulator._limits.server_limit`), the way the client sends them:
-``senders`` workers (``client.map``'s concurrency) queue in arrival order for a slot from the
-policy, the server admits or refuses each request at its send time, answers after
-``latency`` (a 429 at once when the limit says ``instant_429``), and a refused request is
-retried after the dispatcher's delay for a 429 (uniform in ``[0, 1)`` s, at least the
-``Retry-After``). With ``clumps``, the senders come in clumps, as a client gathering
-batches does: a batch of ``senders`` requests starts once the last one's requests are all
-answered. A busy machine is played too, seeded: a sender woken by a timer runs
-``wake_jitter`` seconds late on average (exponentially distributed: an event loop's timers
-fire after their time, now and then much after), and a request reaches the server up to
-``send_jitter`` seconds after it left. With ``booking``, senders do as the Redis store's
-do: each books its own slot up to ``booking`` seconds ahead (no queue), sleeps until it and
-reports the booked time as the send time. It records what the tests assert on: the wall
-time against the ideal, the 429s, the cuts, and the pace over time.
+``items`` requests at a time (``client.map``'s concurrency, by default twice ``senders`` as
+``client.map``'s is twice ``max_concurrency``) share ``senders`` attempt slots (the
+dispatcher's ``max_concurrency``: a request waiting to retry holds none), and those holding
+one queue in arrival order for a send slot from the policy; the server admits or refuses
+each request at its send time, answers after ``latency`` (a 429 at once when the limit
+says ``instant_429``), and a refused request is retried after the dispatcher's delay for a
+429 (uniform in ``[0, 1)`` s, at least the ``Retry-After``). With ``clumps``, the senders
+come in clumps, as a client gathering batches does: a batch of ``senders`` requests starts
+once the last one's requests are all answered. A busy machine is played too, seeded: a
+sender woken by a timer runs ``wake_jitter`` seconds late on average (exponentially
+distributed: an event loop's timers fire after their time, now and then much after), and a
+request reaches the server up to ``send_jitter`` seconds after it left (plus, with
+``send_tail``, an exponentially distributed delay of that mean: now and then much later).
+:data:`LIVE` is the live benchmark's machine. With ``booking``, senders do as the Redis
+store's do: each books its own slot up to ``booking`` seconds ahead (no queue), sleeps until
+it and reports the booked time as the send time. It records what the tests assert on: the
+wall time against the ideal, the 429s, the cuts, and the pace over time.
 """
 
 from __future__ import annotations
@@ -32,6 +36,17 @@ import attrs
 from ailab_async._aimd import AimdPolicy
 from ailab_async.testing.simulator import RateLimit
 from ailab_async.testing.simulator._limits import server_limit
+
+#: The machine the live benchmark (``benchmarks/bench_batch.py``) runs on, as measured there:
+#: timers about 1 ms late (p99 5 ms), a request at the server 0.4 to 2 ms after it left
+#: (now and then 5 ms), answers 0.2 to 0.21 s after it. With it the zoo predicts the live
+#: batch within its run-to-run spread (a few hundredths).
+LIVE: dict[str, float] = {
+    "wake_jitter": 0.001,
+    "send_jitter": 0.001,
+    "send_tail": 0.0005,
+    "latency_jitter": 0.01,
+}
 
 # A sender waiting for the pace looks again at least this often (as the limiter does) ...
 _RECHECK = 0.05
@@ -90,9 +105,11 @@ def run_zoo(
     *,
     requests: int = 500,
     senders: int = 32,
+    items: int | None = None,
     latency: float = 0.2,
     latency_jitter: float = 0.0,
     send_jitter: float = 0.0,
+    send_tail: float = 0.0,
     wake_jitter: float = 0.0,
     booking: float = 0.0,
     configured: float | None = None,
@@ -146,6 +163,26 @@ def run_zoo(
                 return
             send(t, queue.popleft())
 
+    free_attempts = senders
+    waiting_attempt: deque[int] = deque()  # workers waiting for an attempt slot
+
+    def want_attempt(t: float, worker: int) -> None:
+        # The dispatcher's semaphore: an attempt holds a slot from before the pace until the
+        # answer; a request waiting to retry holds none.
+        nonlocal free_attempts
+        if free_attempts:
+            free_attempts -= 1
+            want_slot(t, worker)
+        else:
+            waiting_attempt.append(worker)
+
+    def attempt_over(t: float) -> None:
+        nonlocal free_attempts
+        if waiting_attempt:
+            want_slot(t, waiting_attempt.popleft())
+        else:
+            free_attempts += 1
+
     def want_slot(t: float, worker: int) -> None:
         if booking:
             book(t, worker)
@@ -175,6 +212,8 @@ def run_zoo(
         sent_at = t if slot is None else slot  # the send time the policy hears of
         # The request reaches the server a little after it left (a busy event loop).
         arrival = t + (rng.uniform(0, send_jitter) if send_jitter else 0.0)
+        if send_tail:
+            arrival += rng.expovariate(1 / send_tail)  # now and then much later
         wait = server.admit(arrival)
         answer = t + latency + (rng.uniform(0, latency_jitter) if latency_jitter else 0.0)
         if wait is None:
@@ -196,6 +235,7 @@ def run_zoo(
         policy.release(now)
         note_pace(now)
         run.accepted_at.append(sent_at)
+        attempt_over(now)
         remaining -= 1
         run.wall = now - (first_send or 0.0)
         if waiting_release:
@@ -212,6 +252,7 @@ def run_zoo(
         run.refused += 1
         run.refused_at.append(sent_at)
         policy.release(now)
+        attempt_over(now)
         if policy.on_rate_limited(sent_at, now, header):
             run.cuts += 1
         note_pace(now)
@@ -219,7 +260,7 @@ def run_zoo(
             waiting_release = False
             wake_pacer(now)
         delay = max(rng.random(), header or 0.0)
-        at(now + delay, lambda later: want_slot(later, worker))
+        at(now + delay, lambda later: want_attempt(later, worker))
 
     started = 0
 
@@ -227,10 +268,12 @@ def run_zoo(
         nonlocal started
         if started < requests:
             started += 1
-            want_slot(t, worker)
+            want_attempt(t, worker)
 
     note_pace(0.0)
-    for worker in range(min(senders, requests)):
+    # A clump is ``senders`` requests; otherwise ``items`` are in progress at once.
+    at_once = senders if clumps else 2 * senders if items is None else items
+    for worker in range(min(at_once, requests)):
         next_item(0.0, worker)
     while events and remaining > 0:
         t, _, action = heapq.heappop(events)

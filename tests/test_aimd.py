@@ -384,7 +384,9 @@ def test_not_told_the_limit_a_shorter_stall_restarts_the_schedule() -> None:
     assert MAX_CATCH_UP < 0.008 < MAX_CATCH_UP_TOLD  # (the told case above catches up 10 ms)
 
 
-def test_told_the_limit_a_marginal_refusal_lowers_the_ceiling_for_good() -> None:
+def test_told_the_limit_a_marginal_refusal_lowers_the_ceiling_until_acceptances_give_it_back() -> (
+    None
+):
     # Send times that jitter on their way to a server that allows no burst: a request sent
     # on a paced, fully accepted schedule under the configured limit is refused now and then.
     policy = AimdPolicy(50.0)
@@ -394,11 +396,18 @@ def test_told_the_limit_a_marginal_refusal_lowers_the_ceiling_for_good() -> None
     assert pace == pytest.approx(PACED)
     policy.release(sent_at + 0.2)
     assert policy.on_rate_limited(sent_at, sent_at + 0.2)
-    assert policy.rate(sent_at + 0.2) < pace
-    # Long after, always paced and always accepted, it grows back to just under that pace
-    # and stays there: the pace a few % lower is kept.
-    _accepted_while_paced(policy, 130.0, 140.0)
-    assert policy.rate(140.0) == pytest.approx(LEARNED_HEADROOM * pace)
+    assert policy.rate(sent_at + 0.2) == pytest.approx(LEARNED_HEADROOM * pace)
+    # Paced and accepted for half a second (about 25 requests), it is still nearly that low:
+    # a refusal's worth of headroom takes (1 - HEADROOM_REFUSED) / HEADROOM_REFUSED
+    # acceptances to give back ...
+    _accepted_while_paced(policy, 130.0, 130.5)
+    given_back = (policy.rate(130.5) - LEARNED_HEADROOM * pace) / ((1 - LEARNED_HEADROOM) * pace)
+    assert 0.0 < given_back < 0.5
+    # ... and after ten seconds of them (about 490) the lower ceiling is gone: a ceiling
+    # lowered for good by every rare refusal would drift down for as long as the batch runs.
+    _accepted_while_paced(policy, 131.0, 141.0)
+    assert policy.state.headroom == 1.0
+    assert policy.rate(141.0) == pytest.approx(pace)
 
 
 def test_a_first_429_with_little_history_teaches_no_headroom() -> None:

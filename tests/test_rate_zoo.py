@@ -181,8 +181,9 @@ def test_a_limit_that_drops_and_rises_is_followed_within_five_seconds(
     runs: dict[str, ZooRun],
 ) -> None:
     run = runs["50 -> 20 -> 50 per second"]
-    # Down to 20/s at 4 s: within 10 % of it by 9 s, and the server keeps accepting 20/s.
-    assert max(run.pace_at(t / 10) for t in range(90, 100)) <= 1.1 * 20.0
+    # Down to 20/s at 4 s: within 10 % of it by 9 s (on average: a probe above it now and
+    # then is how a limit that rose is found), and the server keeps accepting 20/s.
+    assert sum(run.pace_at(t / 100) for t in range(900, 1000)) / 100 <= 1.1 * 20.0
     assert run.accepted_rate(6.0, 10.0) >= 0.9 * 20.0
     # Up to 50/s at 10 s: what the server accepts is back within 10 % of it by 15 s.
     assert run.accepted_rate(14.0, 15.0) >= 0.9 * LIMIT
@@ -259,10 +260,58 @@ def test_booking_slots_ahead_as_the_redis_store_does_it_holds_the_told_limit(sha
 def test_told_too_much_it_comes_down_to_the_limit() -> None:
     run = run_zoo(RateLimit(LIMIT, shape="sliding-window"), configured=1.5 * LIMIT)
     assert run.ratio <= 1.15
-    assert run.refused_share <= 0.08
+    # (Two clusters: the window's count taken in 0.7 s, then the first second rolling off.)
+    assert run.refused_share <= 0.1
     # Probing above it now and then, but on average within 10 % of it.
     settled = [run.pace_at(t / 10) for t in range(60, 100)]
     assert sum(settled) / len(settled) <= 1.1 * LIMIT
+
+
+def test_the_zoo_sends_as_client_map_does_a_request_waiting_to_retry_holds_no_slot() -> None:
+    # client.map keeps twice max_concurrency items going, and a request waiting to retry
+    # after a 429 holds no attempt slot: others go meanwhile. A zoo whose 32 senders slept
+    # through their retries sent fewer requests into a refusing server than the live
+    # benchmark does (against a deep bucket: 37 429s where the live run had 68).
+    limit = RateLimit(LIMIT, burst=100)
+    as_map = run_zoo(limit, latency_jitter=JITTER)
+    sleeping = run_zoo(limit, latency_jitter=JITTER, items=32)
+    assert as_map.max_in_flight <= 32  # still 32 attempts at most
+    assert as_map.refused > sleeping.refused
+
+
+#: The live benchmark's changing limit: 50/s, 20/s from 3 s, 50/s again from 8 s.
+DROPPED = RateLimit(LIMIT, shape="sliding-window", schedule=[(3, 20), (8, LIMIT)])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_told_the_limit_a_limit_that_drops_under_it_is_yielded_to_at_once(seed: int) -> None:
+    # The first 429 comes at the told limit after seconds of it accepted: it looks like a
+    # send that jitter brought too close, and only lowers the ceiling a little. It is judged
+    # at once: the next sends refused too make it a cut, measured on what the server
+    # accepted of them (none: down to half), not on the seconds before the drop.
+    run = run_zoo(DROPPED, configured=LIMIT, seed=seed, latency_jitter=JITTER)
+    down = next(t / 100 for t in range(300, 2000) if run.pace_at(t / 100) <= 25.0)
+    assert down <= 3.6  # a round trip of refusals, then down (it used to take 1.3 s)
+    assert sum(1 for t in run.refused_at if 3.0 <= t < 5.0) <= 35  # it used to be 48
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_told_the_limit_a_limit_that_comes_back_is_probed_back_up_quickly(seed: int) -> None:
+    # The server took the told limit for seconds before it dropped: once it is found, the
+    # pace probes back up to the told limit within TOLD_BACK seconds of the refused pace
+    # (a slow cubic took it 2 s longer), and it is back a second after the limit is.
+    run = run_zoo(DROPPED, configured=LIMIT, seed=seed, latency_jitter=JITTER)
+    assert run.accepted_rate(9.0, 10.0) >= 0.9 * LIMIT
+    assert run.ratio <= 1.1
+
+
+def test_told_the_limit_a_lower_limit_for_good_is_not_probed_quickly_for_ever() -> None:
+    # Quick probes back up to the told limit are TOLD_PROBES in a row at most: a fixed
+    # window whose limit dropped for good would refuse a burst of each one.
+    limit = RateLimit(LIMIT, shape="fixed-window", schedule=[(3, 30)])
+    run = run_zoo(limit, configured=LIMIT, requests=1000, seed=0, latency_jitter=JITTER)
+    assert run.refused_share <= 0.08
+    assert run.accepted_rate(10.0, 30.0) >= 0.9 * 30
 
 
 def test_a_shared_state_in_many_hands_gives_the_same_answers() -> None:
