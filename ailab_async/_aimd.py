@@ -91,11 +91,16 @@ from what the server *accepted*, by send time:
   TCP CUBIC's window) from the cut rate to just under the pace that was refused (the
   geometric mean of that pace and the accepted rate when the refusal was not marginal):
   quickly at first, flat near it, then beyond it ever faster, so a limit that rose is found
-  within seconds and one that did not costs one small cluster of 429s now and then. Told
-  the limit, once the server accepted it over a measuring span, a limit that dropped under
-  it is probed back up to it within :data:`TOLD_BACK` seconds of the refused pace, at most
-  :data:`TOLD_PROBES` times in a row refused (a limit lowered for good, whose window
-  refuses a burst of each probe, is then probed as an unknown one).
+  within seconds and one that did not costs one small cluster of 429s now and then.
+* **Back quickly to what the server took.** A refusal after the server took the pace over
+  the second before it (at least 80 % of it; after slow start, or told the limit) records
+  what it took. If the limit dropped, the recovery reaches that again within
+  :data:`QUICK_PROBE` seconds of the refused pace, and no further on the quick curve
+  (beyond it the slow one finds a limit that rose): a limit that comes back is found
+  within a second or two, not four. A quick probe that is refused uses one of
+  :data:`QUICK_PROBES`; a lower rate taken meanwhile (the dropped limit) neither lowers the
+  target nor gives them back, so a limit lowered for good (a window refuses a burst of
+  each probe) is probed quickly a few times only.
 * **A window beside the rate.** A cut also caps the requests in flight at the number in
   flight when the 429 came (a server that limits requests in flight refused the one above
   its cap), at least what the new pace needs at the usual round trip. The window grows by
@@ -142,6 +147,8 @@ __all__ = [
     "MEASURE_SPAN",
     "MIN_HEADROOM",
     "MIN_RATE",
+    "QUICK_PROBE",
+    "QUICK_PROBES",
     "SLOW_START_BURST",
     "SLOW_START_DOUBLING",
     "SLOW_START_LEAD",
@@ -149,8 +156,6 @@ __all__ = [
     "SLOW_START_USE",
     "STALE_IN_FLIGHT",
     "START_RATE",
-    "TOLD_BACK",
-    "TOLD_PROBES",
     "AimdPolicy",
     "AimdState",
     "capped_retry_after",
@@ -204,12 +209,12 @@ SLOW_START_USE = 0.5
 #: ramp unchecked by what it accepted was about 2.5 times the limit by then, with a round
 #: trip of requests in flight to be refused.
 SLOW_START_LEAD = 1.85
-#: Told the limit, and the server accepted it for a while before it refused: after a cut the
-#: rate probes back up to it within this many seconds of passing the refused pace (the limit
-#: dropped for a while; the told limit is where it comes back to).
-TOLD_BACK = 0.7
-#: ... at most this many times in a row refused, until the server takes the limit again.
-TOLD_PROBES = 4
+#: When the server took the pace for a second before a refusal, and after the cut the rate
+#: is back at the pace refused, it probes back up to what the server took within this many
+#: seconds (the limit dropped for a while, and comes back to where it was) ...
+QUICK_PROBE = 0.7
+#: ... at most this many times in a row refused, until the server takes a pace again.
+QUICK_PROBES = 4
 #: A cut sets the rate to this fraction of the limit estimate.
 BACKOFF = 0.95
 #: Seconds after a cut during which further 429s are the same event (at least two RTTs).
@@ -328,9 +333,10 @@ class AimdState:
     #: and the rate that cut set.
     refused_pace: float = math.inf
     cut_rate: float = 0.0
-    #: Told the limit: quick probes back up to it left (see :data:`TOLD_BACK`), set when the
-    #: server accepted it over a whole measuring span; one that is refused uses one up.
-    told_probes: int = 0
+    #: What the server took over a second before a refusal (requests per second), and the
+    #: quick probes back up to it left (see :data:`QUICK_PROBE`).
+    took: float = 0.0
+    quick_probes: int = 0
     #: Whether the last cut took the refused pace as the limit (a marginal refusal).
     marginal_cut: bool = False
     #: When the request whose 429 ended slow start was sent, and whether what the server
@@ -592,7 +598,9 @@ class AimdPolicy:
         estimate = peak = pace
         fresh = sent_at >= state.hold_until
         marginal = state.cut and fresh and self._marginal(sent_at)
-        taught = self.configured is not None and fresh and self._told_refused(sent_at, now, pace)
+        taught = self.configured is not None and fresh and self._told_refused(sent_at, pace)
+        if fresh and (state.cut or self.configured is not None):
+            self._count_quick_probes(sent_at, now, pace)
         # A marginal refusal may be a send that caught up after a late one, at a server
         # that allows no burst: no catch-up from now on.
         if marginal:
@@ -642,17 +650,11 @@ class AimdPolicy:
         state.window = min(state.window, float(max(1, held, needed)))
         return True
 
-    def _told_refused(self, sent_at: float, now: float, pace: float) -> bool:
+    def _told_refused(self, sent_at: float, pace: float) -> bool:
         """Told the limit, a refusal of a request sent at ``pace`` after the last event's
-        hold-off: keep count of the quick probes back up to it, and return whether the refusal
-        teaches headroom (lowering the ceiling instead of cutting the rate)."""
+        hold-off: whether it teaches headroom (lowering the ceiling instead of cutting the
+        rate)."""
         state = self.state
-        if self._took_the_ceiling(sent_at):
-            # The server took the configured limit for a measuring span: if it dropped under
-            # it now, it is probed back up to it quickly (see TOLD_BACK).
-            state.told_probes = TOLD_PROBES
-        elif state.told_probes and state.cut and self.rate(now) > state.refused_pace:
-            state.told_probes -= 1  # refused beyond the last refused pace: not back yet
         if pace < _NEAR_CEILING * self.ceiling * state.headroom:
             return False
         # Refused at the limit: perhaps a send that caught up after a late one came too
@@ -724,12 +726,22 @@ class AimdPolicy:
         concave curve (quickly at first, flat near it), then beyond it ever faster (a cubic,
         as TCP CUBIC's window)."""
         state = self.state
+        slow = self._cubic(elapsed, _CUBIC)
+        if not state.quick_probes:
+            return slow
+        # The server took more before this event: the limit dropped for a while, and it is
+        # probed back up to that within QUICK_PROBE seconds of the refused pace (no further:
+        # beyond it, the slow curve finds a limit that rose).
+        target = min(state.took, self.ceiling * state.headroom)
+        cubic = (target / state.refused_pace - 1.0) / QUICK_PROBE**3
+        if cubic <= _CUBIC:
+            return slow
+        return max(slow, min(target, self._cubic(elapsed, cubic)))
+
+    def _cubic(self, elapsed: float, cubic: float) -> float:
+        """The recovery cubic of coefficient ``cubic``, ``elapsed`` seconds after the hold-off."""
+        state = self.state
         peak = state.refused_pace
-        cubic = _CUBIC
-        if state.told_probes:
-            # The server took the configured limit before: it dropped under it for a while,
-            # and it is probed back up to it within TOLD_BACK seconds of the refused pace.
-            cubic = max(cubic, (self.ceiling * state.headroom / peak - 1.0) / TOLD_BACK**3)
         back_in: float = (max(0.0, peak - state.cut_rate) / (cubic * peak)) ** (1 / 3)
         return peak * (1.0 + cubic * (max(0.0, elapsed) - back_in) ** 3)
 
@@ -828,14 +840,27 @@ class AimdPolicy:
         sent, refused = self._since_cut(sent_at)
         return sent >= _WRONG_CUT_SENDS and refused > _WRONG_CUT_SHARE * sent
 
-    def _took_the_ceiling(self, sent_at: float) -> bool:
-        """Whether the server accepted the configured limit (at least ``_NEAR_CEILING`` of
-        the ceiling) over the whole measuring span before ``sent_at``, since the last cut."""
+    def _count_quick_probes(self, sent_at: float, now: float, pace: float) -> None:
+        """A refusal after the last event's hold-off (and after slow start, unless told the
+        limit): if the server took the pace over the second before it (at least
+        ``_SATURATED`` of it, with no cut in that second), what it took is where a limit
+        that dropped now is probed back up to, quickly (:data:`QUICK_PROBES` times at most);
+        if not, and the pace was probing beyond the last refused one, one probe is used up."""
         state = self.state
-        if sent_at - max(state.first_sent, state.cut_at) < MEASURE_SPAN:
-            return False
-        accepted = self._accepted_rate(sent_at, MEASURE_SPAN)
-        return accepted is not None and accepted >= _NEAR_CEILING * self.ceiling * state.headroom
+        took = None
+        if sent_at - max(state.first_sent, state.cut_at) >= _MARGINAL_SPAN:
+            took = self._accepted_rate(sent_at, _MARGINAL_SPAN)
+        # (A lower one, while probes up to a higher one last, is the dropped limit: it
+        # neither lowers the target nor gives those probes back.)
+        if (
+            took is not None
+            and took >= _SATURATED * pace
+            and (took >= state.took or not state.quick_probes)
+        ):
+            state.took = took
+            state.quick_probes = QUICK_PROBES
+        elif state.quick_probes and state.cut and self.rate(now) > state.refused_pace:
+            state.quick_probes -= 1  # refused beyond the last refused pace: not back yet
 
     def _since_cut(self, sent_at: float) -> tuple[int, int]:
         """Requests sent, and refused, from the last cut to the bucket of ``sent_at``."""

@@ -181,12 +181,13 @@ def test_a_limit_that_drops_and_rises_is_followed_within_five_seconds(
     runs: dict[str, ZooRun],
 ) -> None:
     run = runs["50 -> 20 -> 50 per second"]
-    # Down to 20/s at 4 s: within 10 % of it by 9 s (on average: a probe above it now and
-    # then is how a limit that rose is found), and the server keeps accepting 20/s.
-    assert sum(run.pace_at(t / 100) for t in range(900, 1000)) / 100 <= 1.1 * 20.0
+    # Down to 20/s at 4 s: the server keeps accepting 20/s from 6 s, and refuses little
+    # (probes back up to the 50/s it took before cost a few 429s each: 5 to 8 in all).
     assert run.accepted_rate(6.0, 10.0) >= 0.9 * 20.0
-    # Up to 50/s at 10 s: what the server accepts is back within 10 % of it by 15 s.
-    assert run.accepted_rate(14.0, 15.0) >= 0.9 * LIMIT
+    assert sum(1 for t in run.refused_at if 6.0 <= t < 10.0) <= 10
+    # Up to 50/s at 10 s: what the server accepts is back within 10 % of it by 12 s (it
+    # took until 14 s, one seed in three until 15 s, before the quick probes).
+    assert run.accepted_rate(12.0, 13.0) >= 0.9 * LIMIT
 
 
 @pytest.mark.parametrize("shape", [name for name in ZOO if "->" not in name])
