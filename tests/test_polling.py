@@ -325,6 +325,18 @@ def test_pending_tasks_count_as_right_censored_evidence() -> None:
     assert with_pending._policy.mass_below[-1] < 0.5
 
 
+def test_a_task_seen_running_at_the_horizon_counts_wholly_beyond_it() -> None:
+    """Half the tasks finished by 6 s, the other half were seen running at 5.95 s, in the
+    grid's last cell: none of them is put before the horizon (where a burst's tasks would be
+    polled again and again as the longest completion seen creeps up)."""
+    finished = [(1.0 + index / 10, 1.1 + index / 10, 1.0) for index in range(50)]
+    running = [(5.95, math.inf, 1.0)] * 50
+    solved = solve_schedules(finished + running, 2.0, PollingConfig())
+    assert solved is not None
+    policy = solved[-1]
+    assert policy.mass_below[-1] == pytest.approx(0.5, abs=0.01)
+
+
 def test_dropped_tasks_leave_the_evidence() -> None:
     planner = PollPlanner()
     planner.submitted("t1")
