@@ -22,7 +22,10 @@ differ from ours in any cell, the run stops with an error, since the comparison 
 
 The polling path is measured the same way: CPU per poll of tasks tracked by the client's
 tracker (``client.track(task_id)``, the server always answering "processing") against a raw
-aiohttp loop of GETs, one per task, at the same spacing.
+aiohttp loop of GETs, one per task, at the same spacing. Both are measured twice: with the
+tasks' polling started spread evenly over one poll interval (as tasks submitted over time
+are), and with every task started in the same instant, which leaves the raw loop's polls in
+lockstep (many served by each turn of the event loop) for as long as it runs.
 
 Target: at most 1.15x raw aiohttp's CPU per call in every cell, and per poll.
 
@@ -443,6 +446,7 @@ class PollResult:
     tasks: int
     interval: float
     window: float
+    start: str = "spread"
     samples: dict[str, list[Sample]] = field(default_factory=dict)
     shapes: dict[str, list[str]] = field(default_factory=dict)
 
@@ -458,18 +462,31 @@ class PollResult:
 
 
 _MIN_POLL_GAP = 0.25
+#: How the tracked tasks' polling starts: ``spread`` evenly over one interval (tasks
+#: submitted over time), or ``together`` (every task in the same instant).
+POLL_STARTS = ("spread", "together")
+
+
+def _start_offsets(tasks: int, interval: float, start: str) -> list[float]:
+    """When each task's polling starts, in seconds after the first."""
+    if start == "together":
+        return [0.0] * tasks
+    return [i * interval / tasks for i in range(tasks)]
 
 
 @contextlib.asynccontextmanager
 async def _raw_polls(
-    base_url: str, task_ids: Sequence[str], interval: float
+    base_url: str, task_ids: Sequence[str], interval: float, offsets: Sequence[float]
 ) -> AsyncIterator[None]:
-    """Hand-written polling: per task, GET its status every ``interval`` seconds."""
+    """Hand-written polling: per task, GET its status every ``interval`` seconds, the
+    first after its offset."""
     url = base_url + QUERY_TASK_PATH
     headers = {"ailabapi-api-key": API_KEY}
     async with aiohttp.ClientSession() as session:
 
-        async def poll(task_id: str) -> None:
+        async def poll(task_id: str, offset: float) -> None:
+            if offset:
+                await asyncio.sleep(offset)
             while True:
                 async with session.get(url, params={"task_id": task_id}, headers=headers) as resp:
                     body = await resp.json()
@@ -477,7 +494,10 @@ async def _raw_polls(
                     raise RuntimeError(f"raw aiohttp: unexpected answer {body!r}")
                 await asyncio.sleep(interval)
 
-        pollers = [asyncio.create_task(poll(task_id)) for task_id in task_ids]
+        pollers = [
+            asyncio.create_task(poll(task_id, offset))
+            for task_id, offset in zip(task_ids, offsets, strict=True)
+        ]
         try:
             yield
         finally:
@@ -488,9 +508,14 @@ async def _raw_polls(
 
 @contextlib.asynccontextmanager
 async def _tracked_polls(
-    base_url: str, task_ids: Sequence[str], interval: float, limiter: str = "default"
+    base_url: str,
+    task_ids: Sequence[str],
+    interval: float,
+    offsets: Sequence[float],
+    limiter: str = "default",
 ) -> AsyncIterator[None]:
-    """The SDK's tracker, polling tasks that never finish at the fallback spacing.
+    """The SDK's tracker, polling tasks that never finish at the fallback spacing, each
+    tracked at its offset.
 
     The tracker keeps ``min_interval`` for a poll's round trip: it polls a task
     ``fallback_interval - min_interval`` after the last poll, here ``interval``.
@@ -503,20 +528,32 @@ async def _tracked_polls(
         polling=polling,
         rate_limit=SDK_LIMITERS[limiter](),
     ) as client:
-        handles = [client.track(task_id) for task_id in task_ids]
+        handles = []
+        started = time.perf_counter()
+        for task_id, offset in zip(task_ids, offsets, strict=True):
+            if offset:
+                await asyncio.sleep(max(0.0, started + offset - time.perf_counter()))
+            handles.append(client.track(task_id))
         yield
         del handles
 
 
 async def _poll_phase(
-    client: str, server: LocalServer, tasks: int, interval: float, window: float, limiter: str
+    client: str,
+    server: LocalServer,
+    tasks: int,
+    interval: float,
+    window: float,
+    limiter: str,
+    start: str = "spread",
 ) -> tuple[Sample, list[str]]:
     """CPU per poll over ``window`` seconds, and the shapes of the polls the server saw."""
     task_ids = [f"bench-task-{i:05d}" for i in range(tasks)]
+    offsets = _start_offsets(tasks, interval, start)
     pollers = (
-        _raw_polls(server.url, task_ids, interval)
+        _raw_polls(server.url, task_ids, interval, offsets)
         if client == RAW
-        else _tracked_polls(server.url, task_ids, interval, limiter)
+        else _tracked_polls(server.url, task_ids, interval, offsets, limiter)
     )
     async with pollers:
         # Warm-up: the tracker polls a task it has just picked up more often at first;
@@ -543,6 +580,7 @@ def run_polls(
     window: float,
     repeat: int,
     sdk_limiter: str = "default",
+    start: str = "spread",
     progress: Callable[[str], None] | None = None,
 ) -> PollResult:
     """CPU per poll of each client: ``repeat`` rounds, each of :data:`BATCHES` phases per
@@ -553,14 +591,14 @@ def run_polls(
     client left a round to that draw (the raw loop alone moved 0.08-0.12 ms per poll from
     one phase to the next), several short ones in turn average it out.
     """
-    result = PollResult(tasks, interval, window)
+    result = PollResult(tasks, interval, window, start)
     for round_number in range(repeat):
         totals: dict[str, Sample] = {}
         for batch in range(BATCHES):
             order = (RAW, SDK) if (round_number + batch) % 2 == 0 else (SDK, RAW)
             for name in order:
                 sample, shapes = asyncio.run(
-                    _poll_phase(name, server, tasks, interval, window / BATCHES, sdk_limiter)
+                    _poll_phase(name, server, tasks, interval, window / BATCHES, sdk_limiter, start)
                 )
                 if result.shapes.setdefault(name, shapes) != shapes or len(shapes) != 1:
                     raise WireMismatchError(f"polling: {name} sent {shapes}")
@@ -572,7 +610,8 @@ def run_polls(
             result.samples.setdefault(name, []).append(sample)
             if progress:
                 progress(
-                    f"polling round {round_number + 1}/{repeat} {name}: {sample.requests} "
+                    f"polling ({start}) round {round_number + 1}/{repeat} {name}: "
+                    f"{sample.requests} "
                     f"polls, {sample.cpu_ms_per_request:.3f} CPU ms/poll"
                 )
     if result.shapes.get(RAW) != result.shapes.get(SDK):
@@ -591,7 +630,8 @@ class Result:
     scale: float
     environment: dict[str, str]
     cells: list[CellResult]
-    polls: PollResult | None
+    #: One per way of starting the tasks' polling (:data:`POLL_STARTS`); empty: not run.
+    polls: list[PollResult]
     sdk_limiter: str = "default"
     requests_served: int = 0
     requests_rejected: int = 0
@@ -603,21 +643,26 @@ class Result:
     def misses(self) -> list[str]:
         """What misses the target: cell labels, and ``polling``."""
         missed = [c.cell.label for c in self.cells if (c.ratio() or 0.0) > TARGET_RATIO]
-        if self.polls is not None and (self.polls.ratio() or 0.0) > TARGET_RATIO:
-            missed.append("polling")
+        missed += [
+            f"polling ({polls.start})"
+            for polls in self.polls
+            if (polls.ratio() or 0.0) > TARGET_RATIO
+        ]
         return missed
 
     def to_json(self) -> dict[str, Any]:
-        polls = None
-        if self.polls is not None:
-            polls = {
-                "tasks": self.polls.tasks,
-                "interval": self.polls.interval,
-                "window": self.polls.window,
-                "cpu_ms_per_poll": {name: self.polls.cpu_ms(name) for name in self.polls.samples},
-                "ratio_vs_raw": self.polls.ratio(),
-                "request_shape": self.polls.shapes,
+        polls = [
+            {
+                "start": p.start,
+                "tasks": p.tasks,
+                "interval": p.interval,
+                "window": p.window,
+                "cpu_ms_per_poll": {name: p.cpu_ms(name) for name in p.samples},
+                "ratio_vs_raw": p.ratio(),
+                "request_shape": p.shapes,
             }
+            for p in self.polls
+        ]
         return {
             "benchmark": "overhead",
             "endpoint": "smart-skin",
@@ -646,6 +691,7 @@ def run_benchmark(
     poll_tasks: int = 200,
     poll_interval: float = 0.5,
     poll_window: float = 5.0,
+    poll_starts: Sequence[str] = POLL_STARTS,
     sdk_limiter: str = "default",
     progress: Callable[[str], None] | None = None,
 ) -> Result:
@@ -661,7 +707,7 @@ def run_benchmark(
         for combination in itertools.product(sizes, concurrencies, inputs, degrees)
     ]
     results: list[CellResult] = []
-    polls = None
+    polls: list[PollResult] = []
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as folder, LocalServer() as server:
         images: dict[str, Image] = {}
         for size in sizes:
@@ -684,15 +730,19 @@ def run_benchmark(
                 )
             )
         if poll_tasks > 0 and {RAW, SDK} <= set(clients):
-            polls = run_polls(
-                server,
-                tasks=poll_tasks,
-                interval=poll_interval,
-                window=poll_window,
-                repeat=repeat,
-                sdk_limiter=sdk_limiter,
-                progress=progress,
-            )
+            polls = [
+                run_polls(
+                    server,
+                    tasks=poll_tasks,
+                    interval=poll_interval,
+                    window=poll_window,
+                    repeat=repeat,
+                    sdk_limiter=sdk_limiter,
+                    start=start,
+                    progress=progress,
+                )
+                for start in poll_starts
+            ]
     return Result(
         repeat=repeat,
         scale=scale,
@@ -856,12 +906,11 @@ def format_table(result: Result) -> str:
             f"{_x(official) if official is not None else '':>9}"
         )
     lines.append("CPU ms per call (median); official: the provider's SDK over raw, where run")
-    if result.polls is not None:
-        polls = result.polls
+    for polls in result.polls:
         lines += [
             "",
-            f"polling: {polls.tasks} tracked tasks, one poll each per {polls.interval:g}s, "
-            f"{polls.window:g}s window",
+            f"polling, started {polls.start}: {polls.tasks} tracked tasks, one poll each per "
+            f"{polls.interval:g}s, {polls.window:g}s window",
             f"  {RAW}: {_ms(polls.cpu_ms(RAW))} CPU ms/poll, {SDK}: {_ms(polls.cpu_ms(SDK))} "
             f"CPU ms/poll, sdk/raw {_x(polls.ratio())}",
         ]
@@ -934,6 +983,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--poll-tasks", type=int, help="tracked tasks (0: skip polling)")
     parser.add_argument("--poll-window", type=float, help="seconds of polling measured")
     parser.add_argument(
+        "--poll-start",
+        choices=(*POLL_STARTS, "both"),
+        default="both",
+        help="the tasks' polling started spread over one interval, together, or both (default)",
+    )
+    parser.add_argument(
         "--sdk-limiter",
         choices=tuple(SDK_LIMITERS),
         default="default",
@@ -984,6 +1039,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "calls": args.calls,
         "poll_tasks": args.poll_tasks,
         "poll_window": args.poll_window,
+        "poll_starts": POLL_STARTS if args.poll_start == "both" else (args.poll_start,),
     }
     settings.update({name: value for name, value in given.items() if value is not None})
     if args.telemetry:

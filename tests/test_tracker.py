@@ -518,7 +518,7 @@ class _Unlimited:
         del sent_at, retry_after
 
 
-@pytest.mark.parametrize(("offset", "together"), [(0.02, True), (0.1, False)])
+@pytest.mark.parametrize(("offset", "together"), [(0.02, True), (0.045, True), (0.1, False)])
 async def test_on_the_real_clock_polls_due_close_together_go_together(
     mocked: aioresponses, fake_time: FakeTime, offset: float, together: bool
 ) -> None:
