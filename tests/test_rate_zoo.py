@@ -22,7 +22,7 @@ import pytest
 from ailab_async._aimd import SLOW_START_LEAD, AimdPolicy
 from ailab_async.testing.simulator import RateLimit
 
-from ._rate_zoo import ZooRun, run_zoo
+from ._rate_zoo import LIVE, ZooRun, run_zoo
 
 LIMIT = 50.0
 
@@ -299,7 +299,7 @@ def test_told_the_limit_a_limit_that_drops_under_it_is_yielded_to_at_once(seed: 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_told_the_limit_a_limit_that_comes_back_is_probed_back_up_quickly(seed: int) -> None:
     # The server took the told limit for seconds before it dropped: once it is found, the
-    # pace probes back up to the told limit within TOLD_BACK seconds of the refused pace
+    # pace probes back up to the told limit within QUICK_PROBE seconds of the refused pace
     # (a slow cubic took it 2 s longer), and it is back a second after the limit is.
     run = run_zoo(DROPPED, configured=LIMIT, seed=seed, latency_jitter=JITTER)
     assert run.accepted_rate(9.0, 10.0) >= 0.9 * LIMIT
@@ -307,12 +307,21 @@ def test_told_the_limit_a_limit_that_comes_back_is_probed_back_up_quickly(seed: 
 
 
 def test_told_the_limit_a_lower_limit_for_good_is_not_probed_quickly_for_ever() -> None:
-    # Quick probes back up to the told limit are TOLD_PROBES in a row at most: a fixed
+    # Quick probes back up to the told limit are QUICK_PROBES in a row at most: a fixed
     # window whose limit dropped for good would refuse a burst of each one.
     limit = RateLimit(LIMIT, shape="fixed-window", schedule=[(3, 30)])
     run = run_zoo(limit, configured=LIMIT, requests=1000, seed=0, latency_jitter=JITTER)
     assert run.refused_share <= 0.08
     assert run.accepted_rate(10.0, 30.0) >= 0.9 * 30
+
+
+def test_not_told_a_lower_limit_for_good_is_not_probed_quickly_for_ever() -> None:
+    # Not told, the same: what the server took before the drop is probed back up to
+    # QUICK_PROBES times in a row at most, each refused in a burst by a fixed window (with
+    # four, 12 % of the requests after the drop were refused).
+    limit = RateLimit(LIMIT, shape="fixed-window", schedule=[(3, 20)])
+    shares = [run_zoo(limit, requests=1000, seed=seed, **LIVE).refused_share for seed in range(6)]
+    assert sum(shares) / len(shares) <= 0.105
 
 
 def test_a_shared_state_in_many_hands_gives_the_same_answers() -> None:
