@@ -243,7 +243,10 @@ _MARGINAL_SPAN = 1.0
 # A cut was not enough when, of at least _WRONG_CUT_SENDS sent since, more than
 # _WRONG_CUT_SHARE were refused (judged _WRONG_CUT_SPAN seconds after a cut that was not
 # marginal). A token bucket whose burst made slow start's cut twice its rate refuses about
-# half of that pace, steadily: "most" missed it for a second, 20 more 429s of 500.
+# half of that pace, steadily: "most" missed it for a second, 20 more 429s of 500. The
+# cost: four processes sharing a budget, told 1.5 times a window's limit, cut again and
+# again (1.30-1.37x the ideal where 50 % after 0.5 s gave 1.12-1.26x); 40 % after 0.3 s
+# gives those back, but not a deep bucket's 429s nor a limit dropped for good's.
 _WRONG_CUT_SENDS = 5
 _WRONG_CUT_SHARE = 0.3
 _WRONG_CUT_SPAN = 0.2
