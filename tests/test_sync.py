@@ -255,6 +255,19 @@ def test_eight_threads_share_one_client(sim: Simulator) -> None:
     assert sim.stats.count("smart-beauty", "OK") == 8
 
 
+@pytest.fixture
+def interruptible() -> Iterator[None]:
+    """Python's own SIGINT handler for the test, even where the suite runs with SIGINT
+    ignored (a shell's background job): there the signal would be dropped, and the call
+    would wait out its deadline."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("interruptible")
 def test_an_interrupted_caller_cancels_its_call(start_simulator: StartSimulator) -> None:
     sim = start_simulator(STALLED_SKIN)
     main = threading.main_thread()
