@@ -131,11 +131,11 @@ class TaskTracker:
         self._timer: asyncio.TimerHandle | None = None
         # Fake clocks in tests see every poll at its exact time.
         self._slack = _LAUNCH_SLACK if sleep is asyncio.sleep else 0.0
-        # Polls run on long-lived workers (not a task per poll): a due poll goes into the
-        # queue, and an idle worker (or a new one, up to the cap) takes it.
-        self._due: asyncio.Queue[TrackedTask | None] = asyncio.Queue()
+        # Polls run on long-lived workers (not a task per poll): a due poll is handed to an
+        # idle worker through the future it waits on (``None``: stop), or starts a new one,
+        # up to the cap. A future each, not a queue: one C call to hand over a poll.
         self._workers: set[asyncio.Task[None]] = set()
-        self._idle_workers = 0
+        self._idle_workers: list[asyncio.Future[TrackedTask | None]] = []
         self._polls_in_flight = 0
         self._max_polls_in_flight = max(1, int(max_concurrency * config.poll_share))
         self._next_poll_slot = float("-inf")
@@ -326,21 +326,31 @@ class TaskTracker:
             tracked.next_poll_at = float("inf")  # in flight: not in the heap
             self._next_poll_slot = max(now, self._next_poll_slot) + spacing
             self._polls_in_flight += 1
-            if self._idle_workers:
-                self._idle_workers -= 1  # this poll is that worker's
-            else:
-                worker = asyncio.get_running_loop().create_task(
-                    self._work(), name="ailab-async task poller"
-                )
-                self._workers.add(worker)
-                worker.add_done_callback(self._worker_done)
-            self._due.put_nowait(tracked)
+            self._hand_over(tracked)
         return None
 
-    async def _work(self) -> None:
-        """One worker: send due polls one after another until told to stop (``None``)."""
-        while (tracked := await self._due.get()) is not None:
-            await self._poll(tracked)
+    def _hand_over(self, tracked: TrackedTask) -> None:
+        """Give a due poll to an idle worker, or to a new one."""
+        while self._idle_workers:
+            idle = self._idle_workers.pop()  # the last to finish: its frames are warm
+            if not idle.done():  # (done: its worker was cancelled)
+                idle.set_result(tracked)
+                return
+        worker = asyncio.get_running_loop().create_task(
+            self._work(tracked), name="ailab-async task poller"
+        )
+        self._workers.add(worker)
+        worker.add_done_callback(self._worker_done)
+
+    async def _work(self, tracked: TrackedTask | None) -> None:
+        """One worker: send the polls handed to it one after another, waiting idle between
+        them, until handed ``None``."""
+        loop = asyncio.get_running_loop()
+        while tracked is not None:
+            try:
+                await self._poll_once(tracked)
+            except Exception as exc:  # a bug: answer the waiters now, not at their timeout
+                self._crash(tracked, exc)
             self._polls_in_flight -= 1
             if self._scheduler is None:
                 return  # the scheduler stopped while this poll ran: nothing left to wait for
@@ -350,7 +360,9 @@ class TaskTracker:
                 or self._closed
             ):
                 self._wakeup.set()  # the scheduler waits for a free slot, or has no work
-            self._idle_workers += 1
+            idle: asyncio.Future[TrackedTask | None] = loop.create_future()
+            self._idle_workers.append(idle)
+            tracked = await idle
 
     def _on_timer(self) -> None:
         """The real clock's timer (see :meth:`_idle`): launch what is due, set the next."""
@@ -365,9 +377,10 @@ class TaskTracker:
 
     def _release_idle_workers(self) -> None:
         """The scheduler stopped: idle workers end (busy ones end after their poll)."""
-        for _ in range(self._idle_workers):
-            self._due.put_nowait(None)
-        self._idle_workers = 0
+        for idle in self._idle_workers:
+            if not idle.done():
+                idle.set_result(None)
+        self._idle_workers.clear()
 
     def _worker_done(self, worker: asyncio.Task[None]) -> None:
         self._workers.discard(worker)
@@ -392,12 +405,6 @@ class TaskTracker:
             await wait_or_sleep(asyncio.ensure_future(self._wakeup.wait()), wait, self._sleep)
 
     # -- one poll ------------------------------------------------------------------------------
-
-    async def _poll(self, tracked: TrackedTask) -> None:
-        try:
-            await self._poll_once(tracked)
-        except Exception as exc:  # a bug: answer the waiters now, not at their timeout
-            self._crash(tracked, exc)
 
     async def _poll_once(self, tracked: TrackedTask) -> None:
         task_id = tracked.task_id

@@ -192,6 +192,9 @@ async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes |
     return None
 
 
+_NO_CLEANUP: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+
 class Transport:
     """Sends requests over one client's aiohttp session; the only holder of the API key."""
 
@@ -224,10 +227,12 @@ class Transport:
         timeout = self._timeout
         if timeout.total != request.timeout:
             timeout = self._timeout = aiohttp.ClientTimeout(total=request.timeout)
-        with contextlib.ExitStack() as stack:
+        # Only an upload may open a file to close after it (a poll has nothing to clean up).
+        with contextlib.ExitStack() if request.upload is not None else _NO_CLEANUP as stack:
             body: aiohttp.payload.Payload | None = None
             query = request.query
             if request.upload is not None:
+                assert stack is not None
                 body = _body(request, request.upload, stack)
             elif request.method == "GET":
                 query = [*query, *request.fields]

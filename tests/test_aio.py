@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from ailab_async._aio import cancel_and_wait
+from ailab_async._aio import Slots, cancel_and_wait
 from ailab_async._tasks import wait_or_sleep
 
 
@@ -84,3 +84,45 @@ async def test_wait_or_sleep_keeps_a_cancellation_that_arrives_while_it_cleans_u
     with pytest.raises(asyncio.CancelledError):
         await task
     assert woke == []
+
+
+async def test_slots_serve_waiters_in_arrival_order_and_nobody_overtakes_them() -> None:
+    slots = Slots(1)
+    assert slots.try_take()
+    order: list[str] = []
+
+    async def waiter(name: str) -> None:
+        await slots.take()
+        order.append(name)
+
+    first = asyncio.create_task(waiter("first"))
+    second = asyncio.create_task(waiter("second"))
+    await asyncio.sleep(0)
+    slots.give()  # goes to "first", not back to the pool
+    assert not slots.try_take()  # a newcomer does not overtake "second"
+    await asyncio.sleep(0)
+    assert order == ["first"]
+    slots.give()
+    await asyncio.gather(first, second)
+    assert order == ["first", "second"]
+    slots.give()
+    assert slots.free == 1
+
+
+async def test_a_cancelled_waiter_leaves_the_line_and_its_handed_slot_is_passed_on() -> None:
+    slots = Slots(1)
+    assert slots.try_take()
+    gone = asyncio.create_task(slots.take())
+    handed = asyncio.create_task(slots.take())
+    last = asyncio.create_task(slots.take())
+    await asyncio.sleep(0)
+    gone.cancel()  # cancelled while waiting: leaves the line
+    await asyncio.gather(gone, return_exceptions=True)
+    slots.give()  # to "handed" (the next in line) ...
+    handed.cancel()  # ... cancelled before it ran: the slot goes on to "last"
+    await asyncio.gather(handed, return_exceptions=True)
+    await asyncio.wait_for(last, 1)
+    assert gone.cancelled() and handed.cancelled()
+    assert slots.free == 0  # "last" holds the one slot
+    slots.give()
+    assert slots.free == 1

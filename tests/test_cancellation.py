@@ -76,7 +76,7 @@ async def test_random_cancellations_release_everything(seed: int) -> None:
         await settle()
         # Every slot is back; nothing counts as in flight; the session is closed.
         assert client.stats.in_flight == 0
-        assert client._dispatcher._semaphore._value == 4
+        assert client._dispatcher._slots.free == 4
         assert session is None or session.closed
         leftover = other_tasks() - before
         assert leftover == set(), [repr(t) for t in leftover]  # no tracker, poll, request task
