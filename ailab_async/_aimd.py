@@ -86,7 +86,8 @@ from what the server *accepted*, by send time:
   event, measured on what the server accepted since the cut (of the few sends since a cut
   judged at once, at the pace they left at: a limit that just dropped refuses them all).
   After slow start no event cuts by more than half (a short or fully refused span must not
-  send the rate to the floor).
+  send the rate to the floor). Such a correction is itself judged only after 0.5 s: a fixed
+  window filled by a pace told too much refuses everything until its boundary.
 * **Back fast, then probe ever faster.** After the hold-off the rate follows a cubic (as
   TCP CUBIC's window) from the cut rate to just under the pace that was refused (the
   geometric mean of that pace and the accepted rate when the refusal was not marginal):
@@ -100,7 +101,9 @@ from what the server *accepted*, by send time:
   within a second or two, not four. A quick probe that is refused uses one of
   :data:`QUICK_PROBES`; a lower rate taken meanwhile (the dropped limit) neither lowers the
   target nor gives them back, so a limit lowered for good (a window refuses a burst of
-  each probe) is probed quickly a few times only.
+  each probe) is probed quickly a few times only. Told the limit (perhaps too much), what
+  it took is measured over two seconds as well, and the lower of the two is kept (a fixed
+  window lets up to twice its count through in one second).
 * **A window beside the rate.** A cut also caps the requests in flight at the number in
   flight when the 429 came (a server that limits requests in flight refused the one above
   its cap), at least what the new pace needs at the usual round trip. The window grows by
@@ -246,10 +249,19 @@ _MARGINAL_SPAN = 1.0
 # half of that pace, steadily: "most" missed it for a second, 20 more 429s of 500. The
 # cost: four processes sharing a budget, told 1.5 times a window's limit, cut again and
 # again (1.30-1.37x the ideal where 50 % after 0.5 s gave 1.12-1.26x); 40 % after 0.3 s
-# gives those back, but not a deep bucket's 429s nor a limit dropped for good's.
+# gives those back, but not a deep bucket's 429s nor a limit dropped for good's. Judging a
+# correction later (_CORRECTED_SPAN) and a two-second measure of what was taken give part of
+# it back without touching those.
 _WRONG_CUT_SENDS = 5
 _WRONG_CUT_SHARE = 0.3
 _WRONG_CUT_SPAN = 0.2
+# A cut that corrected one that was not enough is judged only this many seconds after it:
+# a fixed window filled by a pace told too much refuses everything until its boundary, up
+# to a second, and judged after 0.2 s the correction (to half the pace) was halved again.
+# Four processes sharing a budget told 1.5 times a fixed window's limit: 1.34x the ideal
+# and 10 % 429s in the clock-free model, now 1.22x and 8.5 % (with the two-second measure
+# of what the server took: see _count_quick_probes).
+_CORRECTED_SPAN = 0.5
 # After a cut the rate grows by at most ln 2 / max(RTT, this) per accepted request (and no
 # faster than the recovery curve).
 _RECOVERY_DOUBLING = 0.35
@@ -345,6 +357,9 @@ class AimdState:
     quick_probes: int = 0
     #: Whether the last cut took the refused pace as the limit (a marginal refusal).
     marginal_cut: bool = False
+    #: Whether the last cut corrected one that was not enough (judged later: see
+    #: ``_CORRECTED_SPAN``).
+    corrected: bool = False
     #: When the request whose 429 ended slow start was sent, and whether what the server
     #: did with the sends from then to the cut is still to be read (``_reread_first_cut``).
     cut_sent: float = -math.inf
@@ -612,6 +627,7 @@ class AimdPolicy:
         if marginal:
             state.burstless = min(state.burstless, pace)
         state.marginal_cut = marginal or taught  # judged at once: see _cut_was_wrong
+        state.corrected = not fresh  # judged later: see _cut_was_wrong
         accepted = self._accepted_rate(sent_at, _MARGINAL_SPAN if marginal else MEASURE_SPAN)
         if accepted is None and not fresh:
             # A cut that was not enough, judged on the few sends since it (a limit that just
@@ -841,7 +857,8 @@ class AimdPolicy:
         after ``_WRONG_CUT_SPAN`` (a window draining refuses for a while after any cut)."""
         state = self.state
         elapsed = sent_at - state.cut_at
-        if elapsed < 0 or (not state.marginal_cut and elapsed < _WRONG_CUT_SPAN):
+        span = _CORRECTED_SPAN if state.corrected else _WRONG_CUT_SPAN
+        if elapsed < 0 or (not state.marginal_cut and elapsed < span):
             return False
         sent, refused = self._since_cut(sent_at)
         return sent >= _WRONG_CUT_SENDS and refused > _WRONG_CUT_SHARE * sent
@@ -856,6 +873,12 @@ class AimdPolicy:
         took = None
         if sent_at - max(state.first_sent, state.cut_at) >= _MARGINAL_SPAN:
             took = self._accepted_rate(sent_at, _MARGINAL_SPAN)
+        longer = self._accepted_rate(sent_at, MEASURE_SPAN)
+        if self.configured is not None and took and longer and took >= _SATURATED * pace:
+            # Told the limit (perhaps too much): what it took over the last two seconds, not
+            # one, is probed back up to (a fixed window lets up to twice its count through
+            # in a second, and the probes went back above its limit every time).
+            took = max(_SATURATED * pace, min(took, longer))
         # (A lower one, while probes up to a higher one last, is the dropped limit: it
         # neither lowers the target nor gives those probes back.)
         if (
