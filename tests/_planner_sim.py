@@ -40,11 +40,13 @@ Sampler = Callable[[random.Random, int, int], float]
 
 @attrs.frozen
 class Outcome:
-    """One task: its true duration, how late its completion was seen, after how many polls."""
+    """One task: its true duration, how late its completion was seen, after how many polls,
+    and how many the plan that placed it expected (``None``: placed before any plan)."""
 
     duration: float
     lag: float
     polls: int
+    expected: float | None = None
 
 
 @attrs.frozen
@@ -118,7 +120,7 @@ def simulate(
         answered = now + round_trip
         done_at = task.submitted_at + task.duration
         if seen_at >= done_at:
-            outcomes[index] = Outcome(task.duration, seen_at - done_at, task.polls)
+            outcomes[index] = Outcome(task.duration, seen_at - done_at, task.polls, task.expected)
             del tasks[index]
             evidence = completion_evidence(
                 answered - task.submitted_at, task.last_not_done, fresh=True
@@ -171,6 +173,59 @@ def figures(
         max_lag=worst,
         fixed_lag=fixed_polling_lag([o.duration for o in steady]),
     )
+
+
+@attrs.frozen
+class Block:
+    """Means over one block of tasks, in submit order, over all runs: where the polls go."""
+
+    first: int  # index of the block's first task in each run
+    polls: float
+    expected: float  # what the plans that placed them expected (tasks placed by a plan)
+    lag: float
+
+
+def blocks(
+    arrivals: Sequence[float],
+    sampler: Sampler,
+    config: PollingConfig | None = None,
+    *,
+    size: int = 50,
+    skip: int = 100,
+    seeds: Sequence[int] = (0, 1, 2),
+) -> list[Block]:
+    """:func:`figures`' steady-state tasks cut into blocks of ``size`` in submit order:
+    which tasks spend beyond the budget (learning a new kind of task, a drift, a batch),
+    and whether their plan counted it (``expected``) or missed it."""
+    runs = [simulate(arrivals, sampler, config, seed=seed)[0][skip:] for seed in seeds]
+    found = []
+    for start in range(0, max(len(run) for run in runs), size):
+        block = [o for run in runs for o in run[start : start + size]]
+        planned = [o.expected for o in block if o.expected is not None]
+        found.append(
+            Block(
+                first=skip + start,
+                polls=statistics.fmean(o.polls for o in block),
+                expected=statistics.fmean(planned) if planned else math.nan,
+                lag=statistics.fmean(o.lag for o in block),
+            )
+        )
+    return found
+
+
+def attribution_table(
+    config: PollingConfig | None = None, seeds: Sequence[int] = (0, 1, 2), size: int = 50
+) -> str:
+    """One line per shape: for each block of ``size`` steady-state tasks, "polls/expected
+    lag" (polls spent per task, what their plans expected, mean lag in seconds)."""
+    lines = []
+    for name, (arrivals, sampler) in SHAPES.items():
+        cells = [
+            f"{b.first}: {b.polls:.2f}/{b.expected:.2f} {b.lag:.2f}"
+            for b in blocks(arrivals, sampler, config, size=size, seeds=seeds)
+        ]
+        lines.append(f"{name:<26} " + " | ".join(cells))
+    return "\n".join(lines)
 
 
 # -- shapes and bounds ------------------------------------------------------------------------
@@ -269,15 +324,23 @@ def steady_durations(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m tests._planner_sim [--seeds N]``: the shape table in seconds. Three seeds
-    (the tests' own) move by a few hundredths with any change to the planner; judge a change
-    on more."""
+    """``python -m tests._planner_sim [--seeds N] [--first-seed K] [--attribute]``: the shape
+    table in seconds, or (``--attribute``) where each shape's polls go, block by block. Three
+    seeds (the tests' own) move by a few hundredths with any change to the planner; judge a
+    change on more, and check it on seeds it was not tuned on (``--first-seed 8``)."""
     parser = argparse.ArgumentParser(prog="python -m tests._planner_sim")
     parser.add_argument("--seeds", type=int, default=3, help="runs per shape (default 3)")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first run's seed")
+    parser.add_argument(
+        "--attribute",
+        action="store_true",
+        help="per block of 50 steady-state tasks: polls / what their plans expected, lag",
+    )
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
-    print(shape_table(seeds=range(args.seeds)))
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    print(attribution_table(seeds=seeds) if args.attribute else shape_table(seeds=seeds))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from ._planner_sim import (
     SHAPES,
     Figures,
     best_fixed,
+    blocks,
     figures,
     least_polls,
     simulate,
@@ -135,6 +136,20 @@ def test_uniform_tasks_are_found_within_a_second(
 ) -> None:
     result = shape_figures[shape]
     assert result.mean_lag <= 0.9, result
+
+
+def test_the_blocks_split_the_steady_state_without_losing_a_task() -> None:
+    """The attribution (``python -m tests._planner_sim --attribute``) cuts the steady state
+    into blocks of 50 tasks: their means average back to the whole's, and the upward drift's
+    first block of new tasks (placed by the old plan) shows the overspend it explains."""
+    arrivals, sampler = SHAPES[DRIFT_UP]
+    whole = figures(arrivals, sampler)
+    parts = blocks(arrivals, sampler)
+    assert [b.first for b in parts] == [100, 150, 200, 250, 300, 350]
+    assert sum(b.polls for b in parts) / len(parts) == pytest.approx(whole.polls_per_task)
+    assert sum(b.lag for b in parts) / len(parts) == pytest.approx(whole.mean_lag)
+    drifted = parts[2]  # tasks 200-250: the first 3-9 s ones
+    assert drifted.polls > drifted.expected + 0.5, drifted
 
 
 def test_no_schedule_holds_the_growing_queue_to_two_polls() -> None:
