@@ -165,7 +165,7 @@ class RetryPolicy:
         return retries_so_far < self.max_retries
 
 
-@attrs.frozen
+@attrs.define  # made for every call: slotted, never changed once made (not frozen: cheaper)
 class Call:
     """One API call: the endpoint, its query (GET) or form (POST) fields, its image if any,
     and, for a POST, the query string (``AILabClient.call``'s ``params``)."""
@@ -335,7 +335,8 @@ class Dispatcher:
         """
         self._requests += 1
         budget = self._deadline if deadline is None else deadline
-        deadline_at = self._clock() + budget
+        started = self._clock()
+        deadline_at = started + budget
         attempts = retries = 0
         last_error: errors.AILabError | None = None
         try:
@@ -343,7 +344,7 @@ class Dispatcher:
             # a scope is the hard real-time bound on top (a stalled server, a long queue).
             async with _UNSCOPED if bounded else _deadline_scope(budget) as scope:
                 while True:
-                    attempt_started = self._clock()
+                    attempt_started = self._clock() if attempts else started
                     remaining = deadline_at - attempt_started
                     if remaining <= 0 or (attempts and scope.expired()):
                         raise_without_context(
@@ -359,7 +360,8 @@ class Dispatcher:
                     # The slot is held for this attempt only (not during backoff), and
                     # released on any exit, cancellation included. Inlined: this is the
                     # per-request hot path.
-                    if self._slots.try_take():
+                    waited = not self._slots.try_take()
+                    if not waited:
                         pass
                     elif bounded:
                         async with _deadline_scope(remaining):
@@ -373,13 +375,15 @@ class Dispatcher:
                             free = self._try_acquire() if self._try_acquire else None
                             if free is not None:
                                 sent_at = free
-                            elif bounded:
-                                async with _deadline_scope(deadline_at - self._clock()):
-                                    sent_at = await self._limiter.acquire()
                             else:
-                                sent_at = await self._limiter.acquire()
+                                waited = True
+                                if bounded:
+                                    async with _deadline_scope(deadline_at - self._clock()):
+                                        sent_at = await self._limiter.acquire()
+                                else:
+                                    sent_at = await self._limiter.acquire()
                             acquired = True
-                        if bounded:
+                        if bounded and waited:
                             # What the waits for a slot and the limiter left of the deadline.
                             remaining = deadline_at - self._clock()
                             if remaining <= 0:

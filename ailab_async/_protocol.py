@@ -165,7 +165,7 @@ def multipart_content_type(boundary: str) -> str:
 # --- responses ---------------------------------------------------------------------------
 
 
-@attrs.frozen
+@attrs.define  # made for every success: slotted, never changed once made (not frozen: cheaper)
 class Envelope:
     """A successful response: HTTP 200 and no error signalled in the body."""
 
@@ -297,6 +297,32 @@ def _http_status(value: Any) -> int | None:
     return number if number is not None and 100 <= number <= 599 else None
 
 
+def _plain_success(body: bytes) -> Envelope | None:
+    """The envelope of a 200 whose body is UTF-8 JSON signalling no error in the plainest
+    way (``error_code`` 0 or absent, no ``error_code_str``, no ``error_detail.code``), else
+    ``None``: :func:`classify_response` then reads it in full. What this accepts, the full
+    reading accepts the same way; it only skips the checks such a body cannot fail (the
+    common answer: every successful call and every poll of a pending task)."""
+    try:
+        parsed = json.loads(body.decode())  # UTF-8, as the API sends it: no sniffing
+    except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
+        return None
+    if type(parsed) is not dict:
+        return None
+    error_code = parsed.get("error_code")
+    if not (error_code is None or (type(error_code) is int and error_code == 0)):
+        return None
+    detail = parsed.get("error_detail")
+    if parsed.get("error_code_str") or (type(detail) is dict and detail.get("code")):
+        return None
+    return Envelope(
+        status=200,
+        body=parsed,
+        request_id=_opt_id(parsed.get("request_id")),
+        log_id=_opt_id(parsed.get("log_id")),
+    )
+
+
 def classify_response(
     status: int,
     body: bytes,
@@ -320,6 +346,17 @@ def classify_response(
     >>> type(classify_response(429, b"<html>Too Many Requests</html>")).__name__
     'RateLimitedError'
     """
+    if status == 200:
+        success = _plain_success(body)
+        if success is not None:
+            return success
+    return _classify_in_full(status, body, retry_after)
+
+
+def _classify_in_full(
+    status: int, body: bytes, retry_after: str | None
+) -> Envelope | errors.APIError:
+    """:func:`classify_response` without its shortcut for a plain success."""
     wait = parse_retry_after(retry_after)
     if not 100 <= status <= 599:
         return errors.MalformedResponseError(

@@ -24,6 +24,8 @@ from typing_extensions import TypeVar
 
 from . import errors
 from ._aio import cancel_and_wait
+from ._dispatch import Call
+from ._endpoints import QUERY_TASK
 from ._polling import PollPlanner
 from ._protocol import Envelope
 from ._ratelimit import Sleeper
@@ -119,6 +121,13 @@ class TrackedTask:
     same_code_failures: int = 0
     #: The outcome every waiter awaits.
     future: asyncio.Future[Any] = attrs.field(init=False, factory=_new_future)
+    #: Its poll (the id as the server gave it, not re-validated: a task we paid for must be
+    #: pollable whatever its id looks like), made once.
+    poll: Call = attrs.field(init=False)
+
+    @poll.default
+    def _poll(self) -> Call:
+        return Call(QUERY_TASK, (("task_id", self.task_id),))
 
 
 class TaskHandle(Generic[ResultT]):

@@ -41,8 +41,7 @@ from typing import Any
 from . import errors, events
 from ._aio import cancel_and_wait
 from ._config import checked_submitted_at
-from ._dispatch import Call, Dispatcher
-from ._endpoints import QUERY_TASK
+from ._dispatch import Dispatcher
 from ._polling import (
     PollingConfig,
     PollPlanner,
@@ -417,11 +416,7 @@ class TaskTracker:
         poll_started = self._clock()
         try:
             envelope = await self._dispatcher.call(
-                # The id as the server gave it (not re-validated: a task we paid for must be
-                # pollable whatever its id looks like).
-                Call(QUERY_TASK, [("task_id", task_id)]),
-                deadline=_POLL_DEADLINE,
-                task_id=task_id,
+                tracked.poll, deadline=_POLL_DEADLINE, task_id=task_id
             )
         except errors.AILabError as exc:
             outcome = exc

@@ -122,7 +122,8 @@ async def test_a_cancelled_waiter_leaves_the_line_and_its_handed_slot_is_passed_
     handed.cancel()  # ... cancelled before it ran: the slot goes on to "last"
     await asyncio.gather(handed, return_exceptions=True)
     await asyncio.wait_for(last, 1)
-    assert gone.cancelled() and handed.cancelled()
+    assert gone.cancelled()
+    assert handed.cancelled()
     assert slots.free == 0  # "last" holds the one slot
     slots.give()
     assert slots.free == 1

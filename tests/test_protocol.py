@@ -470,3 +470,74 @@ def test_a_value_is_any_text_in_utf8() -> None:
     # Values are the part's body, not its headers: quotes and line breaks cannot break it.
     head, _ = protocol.multipart_frame([("a", 'say "é"\r\n')], "image", "i.png", "image/png", "B")
     assert b'name="a"\r\n\r\nsay "\xc3\xa9"\r\n\r\n--B\r\n' in head
+
+
+_FIELD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.sampled_from([0, 1, 200, 429, 0.0, "", " ", "0", " 0", "429", "X", "EXCEEDING_LIMITS"]),
+    st.lists(st.integers(), max_size=2),
+)
+_SUCCESS_LIKE = st.fixed_dictionaries(
+    {},
+    optional={
+        "error_code": _FIELD_VALUES,
+        "error_code_str": _FIELD_VALUES,
+        "error_detail": st.one_of(
+            _FIELD_VALUES,
+            st.fixed_dictionaries(
+                {}, optional={"code": _FIELD_VALUES, "status_code": _FIELD_VALUES}
+            ),
+        ),
+        "request_id": _FIELD_VALUES,
+        "log_id": _FIELD_VALUES,
+        "data": st.one_of(st.none(), st.just({"image_url": "https://r.example/x.png"})),
+    },
+)
+
+
+@settings(max_examples=300)
+@given(
+    body=_SUCCESS_LIKE,
+    encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-32"]),
+    retry_after=st.sampled_from([None, "", "1", "soon"]),
+)
+def test_the_shortcut_for_a_plain_success_reads_a_200_as_the_full_reading_does(
+    body: dict[str, object], encoding: str, retry_after: str | None
+) -> None:
+    raw = json.dumps(body).encode(encoding)
+    full = protocol._classify_in_full(200, raw, retry_after)
+    got = protocol.classify_response(200, raw, retry_after=retry_after)
+    if isinstance(full, protocol.Envelope):
+        assert got == full
+    else:  # errors compare by identity: compare what they are and say
+        assert type(got) is type(full)
+        assert str(got) == str(full)
+    shortcut = protocol._plain_success(raw)
+    if shortcut is not None:
+        assert shortcut == full
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"error_detail": {"code": "EXCEEDING_LIMITS"}},
+        {"error_code": 0, "error_detail": {"code": " X "}},
+        {"error_code_str": "ERROR_PARAMETERS"},
+        {"error_code": 429},
+        {"error_code": "429"},
+        {"error_code": 0.0, "error_code_str": "X"},
+    ],
+)
+def test_an_error_signalled_in_a_200_never_takes_the_shortcut(body: dict[str, object]) -> None:
+    raw = json.dumps(body).encode()
+    assert protocol._plain_success(raw) is None
+    assert isinstance(protocol.classify_response(200, raw), errors.APIError)
+
+
+def test_the_shortcut_takes_the_common_success_and_leaves_an_error_in_a_200_alone() -> None:
+    ok = json.dumps(envelope({"image_url": "https://r.example/x.png"})).encode()
+    assert protocol._plain_success(ok) == protocol._classify_in_full(200, ok, None)
+    failed = json.dumps(error_envelope(422, "EXCEEDING_LIMITS")).encode()
+    assert protocol._plain_success(failed) is None
+    assert isinstance(protocol.classify_response(200, failed), errors.RateLimitedError)

@@ -261,6 +261,8 @@ def interruptible() -> Iterator[None]:
     ignored (a shell's background job): there the signal would be dropped, and the call
     would wait out its deadline."""
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    # A signal blocked in this thread would stay pending: say so rather than hang.
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
     try:
         yield
     finally:
@@ -273,7 +275,9 @@ def test_an_interrupted_caller_cancels_its_call(start_simulator: StartSimulator)
     main = threading.main_thread()
     assert threading.current_thread() is main  # signals reach the main thread only
     sent = threading.Event()
-    with client_for(sim, on_event=_setting_on(RequestSent, sent)) as client:
+    # A deadline of a minute, not the default five: an interruption that is lost fails the
+    # test (DeadlineExceededError, not KeyboardInterrupt) within it.
+    with client_for(sim, on_event=_setting_on(RequestSent, sent), deadline=60) as client:
 
         def interrupt_once_sent() -> None:
             sent.wait(60)  # bounded: a call that never sends fails below, not here
