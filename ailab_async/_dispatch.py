@@ -361,13 +361,12 @@ class Dispatcher:
                     # released on any exit, cancellation included. Inlined: this is the
                     # per-request hot path.
                     waited = not self._slots.try_take()
-                    if not waited:
-                        pass
-                    elif bounded:
-                        async with _deadline_scope(remaining):
+                    if waited:
+                        if bounded:
+                            async with _deadline_scope(remaining):
+                                await self._slots.take()
+                        else:
                             await self._slots.take()
-                    else:
-                        await self._slots.take()
                     self._in_flight += 1
                     self._max_in_flight = max(self._max_in_flight, self._in_flight)
                     try:
