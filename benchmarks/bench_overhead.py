@@ -15,8 +15,10 @@ same N smart-skin calls go to a local aiohttp server running in another process 
 Only this process's CPU time is measured (``time.process_time()`` around each measured
 batch, worker threads included), so the server's work never counts. A cell's round runs on
 its own event loop: every client warmed up, then its N calls in batches taken in turn (A B,
-B A, ...), so the load of a busy machine drifts onto both alike; the cell repeats
-``--repeat`` times and the median is reported. The server records the shape of every request
+B A, ...), so the load of a busy machine drifts onto both alike. A batch is at least twice
+the cell's concurrency, so that C calls really are in flight for most of it (N grows to at
+least four such batches: 2,048 calls at C=256), and a round has up to 16 batches. The cell
+repeats ``--repeat`` times and the median is reported. The server records the shape of every request
 (fields, their values, the file's name, type, length and CRC-32): if the raw client's requests
 differ from ours in any cell, the run stops with an error, since the comparison would be unfair.
 
@@ -326,10 +328,33 @@ async def _drive(call: CallOnce, n: int, concurrency: int) -> None:
         raise RuntimeError(f"{wrong} of {n} calls returned an unexpected image URL")
 
 
-#: Each round of a cell splits its N calls per client into this many batches, run in turn
-#: (A B, B A, A B, ...) on one event loop: a busy machine's load drifts over seconds, and
-#: alternating keeps the drift from landing on one client.
-BATCHES = 4
+#: Each round of a cell splits its N calls per client into batches, run in turn (A B, B A,
+#: A B, ...) on one event loop: the machine's load drifts, and alternating keeps the drift from
+#: landing on one client. A batch is at least twice the cell's concurrency, so that most of
+#: it runs with C calls in flight (not only its first wave), and at least ``MIN_BATCH`` calls;
+#: within that, a round has up to ``MAX_BATCHES`` of them: with four batches of 40 large
+#: uploads, one client's rounds moved 6-8 % against the other's, with 16 of 10, 2-5 %.
+MIN_BATCH = 10
+MIN_BATCHES = 4
+MAX_BATCHES = 16
+#: The polling comparison's phases per client and round, taken in turn likewise.
+POLL_PHASES = 4
+
+
+def batch_size(concurrency: int) -> int:
+    """The fewest calls a batch of a cell at ``concurrency`` may have."""
+    return max(MIN_BATCH, 2 * concurrency)
+
+
+def cell_calls(size: str, concurrency: int, scale: float) -> int:
+    """N for a cell: its size's default times ``scale``, and at least ``MIN_BATCHES`` batches."""
+    return max(round(SIZES[size][1] * scale), MIN_BATCHES * batch_size(concurrency))
+
+
+def batches(n: int, concurrency: int) -> list[int]:
+    """How one client's N calls of a round are split into batches (sizes add up to N)."""
+    count = max(1, min(MAX_BATCHES, n // min(n, batch_size(concurrency))))
+    return [n // count + (i < n % count) for i in range(count)]
 
 
 async def _cell_round(
@@ -366,11 +391,8 @@ async def _cell_round(
         cpu = dict.fromkeys(calls, 0.0)
         wall = dict.fromkeys(calls, 0.0)
         order = list(calls)
-        for batch in range(BATCHES):
-            size = n // BATCHES + (batch < n % BATCHES)
+        for batch, size in enumerate(batches(n, cell.concurrency)):
             for name in order if batch % 2 == 0 else order[::-1]:
-                if not size:
-                    continue
                 gc.collect()
                 cpu_started, wall_started = time.process_time(), time.perf_counter()
                 await _drive(calls[name], size, cell.concurrency)
@@ -583,8 +605,8 @@ def run_polls(
     start: str = "spread",
     progress: Callable[[str], None] | None = None,
 ) -> PollResult:
-    """CPU per poll of each client: ``repeat`` rounds, each of :data:`BATCHES` phases per
-    client taken in turn (A B, B A, ...), ``window / BATCHES`` seconds measured in each.
+    """CPU per poll of each client: ``repeat`` rounds, each of :data:`POLL_PHASES` phases per
+    client taken in turn (A B, B A, ...), ``window / POLL_PHASES`` seconds measured in each.
 
     Each phase starts its pollers afresh, and where their polls fall relative to one another
     (how many a loop turn serves) is settled by chance at the start: one long phase per
@@ -594,11 +616,13 @@ def run_polls(
     result = PollResult(tasks, interval, window, start)
     for round_number in range(repeat):
         totals: dict[str, Sample] = {}
-        for batch in range(BATCHES):
-            order = (RAW, SDK) if (round_number + batch) % 2 == 0 else (SDK, RAW)
+        for phase in range(POLL_PHASES):
+            order = (RAW, SDK) if (round_number + phase) % 2 == 0 else (SDK, RAW)
             for name in order:
                 sample, shapes = asyncio.run(
-                    _poll_phase(name, server, tasks, interval, window / BATCHES, sdk_limiter, start)
+                    _poll_phase(
+                        name, server, tasks, interval, window / POLL_PHASES, sdk_limiter, start
+                    )
                 )
                 if result.shapes.setdefault(name, shapes) != shapes or len(shapes) != 1:
                     raise WireMismatchError(f"polling: {name} sent {shapes}")
@@ -716,7 +740,7 @@ def run_benchmark(
             path.write_bytes(data)
             images[size] = Image(data, path)
         for cell in cells:
-            n = calls if calls is not None else max(5, round(SIZES[cell.size][1] * scale))
+            n = calls if calls is not None else cell_calls(cell.size, cell.concurrency, scale)
             results.append(
                 run_cell(
                     server,
@@ -839,7 +863,7 @@ def run_telemetry(
             data = make_image(SIZES[cell.size][0])
             path = Path(folder) / f"{cell.size}.png"
             path.write_bytes(data)
-            n = calls if calls is not None else max(5, round(SIZES[cell.size][1] * scale))
+            n = calls if calls is not None else cell_calls(cell.size, cell.concurrency, scale)
             results.append(
                 run_cell(
                     server,
