@@ -272,6 +272,8 @@ def _text(value: Any) -> str:
 
 
 def _opt_id(value: Any) -> str | None:
+    if type(value) is str:  # what the API sends: one test, no copy (this runs on every answer)
+        return value or None
     if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
         return str(value)
     return None
@@ -282,6 +284,8 @@ _INT_TEXT = re.compile(r"-?[0-9]{1,18}")
 
 def _int_or_none(value: Any) -> int | None:
     """An int from an int or a plain ASCII decimal string (``"422"``); else ``None``."""
+    if type(value) is int:  # the common case first (never a bool: its type is bool)
+        return value
     if isinstance(value, bool):
         return None
     if isinstance(value, int):

@@ -200,7 +200,7 @@ def test_missing_task_status_is_a_retryable_malformed_answer() -> None:
     assert missing.retryable is True
 
 
-@pytest.mark.parametrize("status_value", [3, -1, "done", ""])
+@pytest.mark.parametrize("status_value", [3, -1, "done", "", True, 1.0])
 def test_unknown_task_status_is_a_terminal_failure(status_value: object) -> None:
     outcome = protocol.classify_response(
         200, json.dumps(envelope(None, task_status=status_value)).encode()
@@ -210,6 +210,17 @@ def test_unknown_task_status_is_a_terminal_failure(status_value: object) -> None
     assert isinstance(failed, errors.TaskFailedError)
     assert failed.task_id == "T9"
     assert failed.retryable is False
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("abc", "abc"), ("", None), (123, "123"), (0, "0"), (True, None), (1.5, None), (None, None)],
+)
+def test_request_and_log_ids_are_text_or_none(value: object, expected: str | None) -> None:
+    body = {"error_code": 0, "request_id": value, "log_id": value, "data": {}}
+    outcome = protocol.classify_response(200, json.dumps(body).encode())
+    assert isinstance(outcome, protocol.Envelope)
+    assert (outcome.request_id, outcome.log_id) == (expected, expected)
 
 
 def test_credits_parsed_with_numeric_strings_and_extras() -> None:
