@@ -18,9 +18,10 @@ its own event loop: every client warmed up, then its N calls in batches taken in
 B A, ...), so the load of a busy machine drifts onto both alike. A batch is at least twice
 the cell's concurrency, so that C calls really are in flight for most of it (N grows to at
 least four such batches: 2,048 calls at C=256), and a round has up to 16 batches. The cell
-repeats ``--repeat`` times and the median is reported. The server records the shape of every request
-(fields, their values, the file's name, type, length and CRC-32): if the raw client's requests
-differ from ours in any cell, the run stops with an error, since the comparison would be unfair.
+repeats ``--repeat`` times and the median is reported. The server records the shape of
+every request (fields, their values, the file's name, type, length and CRC-32): if the raw
+client's requests differ from ours in any cell, the run stops with an error, since the
+comparison would be unfair.
 
 The polling path is measured the same way: CPU per poll of tasks tracked by the client's
 tracker (``client.track(task_id)``, the server always answering "processing") against a raw
@@ -332,8 +333,9 @@ async def _drive(call: CallOnce, n: int, concurrency: int) -> None:
 #: A B, ...) on one event loop: the machine's load drifts, and alternating keeps the drift from
 #: landing on one client. A batch is at least twice the cell's concurrency, so that most of
 #: it runs with C calls in flight (not only its first wave), and at least ``MIN_BATCH`` calls;
-#: within that, a round has up to ``MAX_BATCHES`` of them: with four batches of 40 large
-#: uploads, one client's rounds moved 6-8 % against the other's, with 16 of 10, 2-5 %.
+#: within that, a round has up to ``MAX_BATCHES`` of them. With four batches of 40 large
+#: uploads whatever C was, one client's rounds moved 6-8 % against the other's; this way,
+#: 2-5 % in most cells.
 MIN_BATCH = 10
 MIN_BATCHES = 4
 MAX_BATCHES = 16

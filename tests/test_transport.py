@@ -309,6 +309,25 @@ async def test_a_large_image_is_written_between_the_framing_not_joined() -> None
     assert writes.buffers == [b"<head>", image, b"<tail>"]
 
 
+async def test_a_large_image_file_is_read_in_chunks_of_half_a_mebibyte(tmp_path: Path) -> None:
+    # Each chunk is one hop to a worker thread: half as many as aiohttp's 256 KiB would take.
+    image = png_bytes(300, 300) + bytes(2 * 512 * 1024)
+    path = tmp_path / "face.png"
+    path.write_bytes(image)
+    writes = _Writes()
+    with path.open("rb") as handle:
+        body = MultipartBody(b"<head>", handle, len(image), b"<tail>", "multipart/form-data")
+        await body.write(writes)  # type: ignore[arg-type]
+    assert [len(buffer) for buffer in writes.buffers] == [
+        len(b"<head>"),
+        512 * 1024,
+        512 * 1024,
+        len(image) - 2 * 512 * 1024,
+        len(b"<tail>"),
+    ]
+    assert b"".join(writes.buffers) == b"<head>" + image + b"<tail>"
+
+
 async def test_an_image_file_that_shrank_while_sent_fails_the_attempt(tmp_path: Path) -> None:
     path = tmp_path / "face.png"
     path.write_bytes(png_bytes(300, 300))
