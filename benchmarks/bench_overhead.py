@@ -355,7 +355,7 @@ def cell_calls(size: str, concurrency: int, scale: float) -> int:
 
 def batches(n: int, concurrency: int) -> list[int]:
     """How one client's N calls of a round are split into batches (sizes add up to N)."""
-    count = max(1, min(MAX_BATCHES, n // min(n, batch_size(concurrency))))
+    count = max(1, min(MAX_BATCHES, n // batch_size(concurrency)))
     return [n // count + (i < n % count) for i in range(count)]
 
 
