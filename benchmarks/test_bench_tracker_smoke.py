@@ -39,6 +39,7 @@ def test_tracker_benchmark_reports_lag_polls_cpu_and_memory(
             assert figures["mean_lag"] is not None
             assert figures["p95_lag"] >= figures["mean_lag"] >= 0
             assert figures["mean_polls"] >= 1
+            assert figures["lag_error"] >= 0
     official = written["sides"][OFFICIAL]
     assert official["unavailable"] or official["overall"]["tasks"] == 24
     assert isinstance(written["meets_target"], bool)
