@@ -79,6 +79,18 @@ from what the server *accepted*, by send time:
   Every request accepted while the pace holds senders back gives a little of it back, so
   the headroom settles where about :data:`HEADROOM_REFUSED` of the requests are refused,
   instead of ratcheting lower with every rare refusal for as long as the batch runs.
+* **Not told, the limit found is held as if told.** Two marginal refusals at nearly one
+  pace (within 5 %), the server having taken at least 90 % of it over the second before
+  the second one, find the limit: what the server took (a window's count, not the pace it
+  refused). So does the end of slow start read twice (a server that refuses only what is
+  over its rate): what it accepted. From then on the limit found is a ceiling as a
+  configured one is: a refusal near it teaches headroom (a lesson of 2 %, given back by
+  the requests accepted after it) instead of a cut to 95 % and a climb back over the
+  cubic, and a limit that drops is followed as told (a cut that was not enough, below).
+  :data:`PROBE_AFTER` seconds after each hold-off the pace probes above the limit found,
+  along the recovery's cubic; a refused probe goes back to it, unless the server took
+  more than a tenth above it over the second before: the limit rose, and is found again
+  from a cut, as at first.
 * **A cut that was not enough ends the hold-off.** If more than 30 % of what was sent
   since the cut is refused too (judged at once after a marginal refusal or a lesson in
   headroom, 0.2 s after any other cut, as a window draining refuses for a while), the
@@ -150,6 +162,7 @@ __all__ = [
     "MEASURE_SPAN",
     "MIN_HEADROOM",
     "MIN_RATE",
+    "PROBE_AFTER",
     "QUICK_PROBE",
     "QUICK_PROBES",
     "SLOW_START_BURST",
@@ -189,6 +202,10 @@ MIN_HEADROOM = 0.8
 #: back (up to none): the headroom settles where about :data:`HEADROOM_REFUSED` of the
 #: requests are refused (each costs one slot; a pace lowered for good costs every slot).
 HEADROOM_REFUSED = 0.005
+#: Not told the limit, once it is found (see :meth:`AimdPolicy.on_rate_limited`), the pace
+#: probes above it this many seconds after an event's hold-off, along the recovery's cubic:
+#: a limit that rose is found again, and a refused probe goes back to the limit found.
+PROBE_AFTER = 2.5
 #: The rate never drops below this many requests per second.
 MIN_RATE = 0.2
 #: The first rate when no limit is configured (requests per second); slow start grows it.
@@ -268,6 +285,16 @@ _RECOVERY_DOUBLING = 0.35
 # A first cut is re-read when under this share of the sends from the first refused one to
 # the cut were refused.
 _REREAD_SHARE = 0.55
+# Not told, a marginal refusal within this share of the pace of the one before it, with the
+# server having taken at least _FOUND_TOOK of the pace over the second before it, finds
+# the limit (a probe far above what the server took, as a limit that dropped for a while
+# refuses, finds nothing).
+_FOUND_NEAR = 0.05
+_FOUND_TOOK = 0.9
+# A probe above the limit found, refused after the server took more than this many times
+# that limit over the second before it: the limit rose, and is to be found again (a fixed
+# window lets up to a tenth more through in a second by send time, a probe's ramp more).
+_FOUND_ROSE = 1.1
 # A refusal at this share of a configured ceiling or more teaches headroom.
 _NEAR_CEILING = 0.9
 # Headroom given back per request accepted while the pace held senders back: one refusal's
@@ -355,6 +382,10 @@ class AimdState:
     #: quick probes back up to it left (see :data:`QUICK_PROBE`).
     took: float = 0.0
     quick_probes: int = 0
+    #: Not told the limit: the limit found, in requests per second (``inf``: not yet),
+    #: and the pace of the last marginal refusal (how it is found).
+    found: float = math.inf
+    marginal_pace: float = 0.0
     #: Whether the last cut took the refused pace as the limit (a marginal refusal).
     marginal_cut: bool = False
     #: Whether the last cut corrected one that was not enough (judged later: see
@@ -600,7 +631,8 @@ class AimdPolicy:
                     rate = min(rate, self._slow_start_cap(sent_at))
             if state.headroom < 1.0:
                 state.headroom = min(1.0, state.headroom + _UNLEARN)
-            state.rate = min(self.ceiling * state.headroom, max(state.rate, rate))
+            ceiling = self._ceiling() * state.headroom * self._probe(now)
+            state.rate = min(ceiling, max(state.rate, rate))
         if state.window < math.inf and state.window_bound_at >= sent_at - rtt:
             state.window += 1.0 / state.window
 
@@ -619,7 +651,9 @@ class AimdPolicy:
         estimate = peak = pace
         fresh = sent_at >= state.hold_until
         marginal = state.cut and fresh and self._marginal(sent_at)
-        taught = self.configured is not None and fresh and self._told_refused(sent_at, pace)
+        found = self._found(sent_at, pace) if marginal and self.configured is None else None
+        taught = fresh and (found is not None or self._ceiling() < math.inf)
+        taught = taught and self._told_refused(sent_at, pace, found)
         if fresh and (state.cut or self.configured is not None):
             self._count_quick_probes(sent_at, now, pace)
         # A marginal refusal may be a send that caught up after a late one, at a server
@@ -653,7 +687,7 @@ class AimdPolicy:
             # the rate: a measure over a short or fully refused span (a window draining, a
             # limit that just dropped) must not send it to the floor.
             estimate = max(estimate, current / 2)
-        ceiling = self.ceiling * state.headroom
+        ceiling = self._ceiling() * state.headroom
         new_rate = max(self._min_rate, min(ceiling, current, self._backoff * estimate))
         if taught:
             new_rate = min(current, ceiling)  # the lower ceiling is the cut
@@ -672,24 +706,70 @@ class AimdPolicy:
         state.window = min(state.window, float(max(1, held, needed)))
         return True
 
-    def _told_refused(self, sent_at: float, pace: float) -> bool:
-        """Told the limit, a refusal of a request sent at ``pace`` after the last event's
-        hold-off: whether it teaches headroom (lowering the ceiling instead of cutting the
-        rate)."""
+    def _told_refused(self, sent_at: float, pace: float, found: float | None = None) -> bool:
+        """Told the limit (or not told, once it is found: ``found``, just now), a refusal
+        of a request sent at ``pace`` after the last event's hold-off: whether it teaches
+        headroom (lowering the ceiling instead of cutting the rate)."""
         state = self.state
-        if pace < _NEAR_CEILING * self.ceiling * state.headroom:
+        if found is not None:
+            # The limit, found: from now on the policy holds it as if told it.
+            state.found = found
+            state.headroom = LEARNED_HEADROOM
+            state.burstless = min(state.burstless, pace)
+            return True
+        ceiling = self._ceiling()
+        if pace < _NEAR_CEILING * ceiling * state.headroom:
             return False
         # Refused at the limit: perhaps a send that caught up after a late one came too
         # close for a server that allows no burst. No catch-up from now on.
         state.burstless = min(state.burstless, pace)
         if not self._marginal(sent_at):
             return False
+        if pace > ceiling:
+            # A probe above the limit found (see _probe), refused: back to that limit, unless
+            # the server took well above it over the last second: the limit rose, and is
+            # found again (from a cut, as before it was found).
+            took = self._accepted_rate(sent_at, _MARGINAL_SPAN) or 0.0
+            if took > _FOUND_ROSE * ceiling:
+                state.found = math.inf
+                state.headroom = 1.0
+                return False
+            return True
         # Refused near the limit with all else accepted: the send times jitter more than the
         # headroom allows (a limit that dropped is refused far below the ceiling, or not
         # marginally, or judged at once to be one: see _cut_was_wrong). Stay under that pace.
-        learned = LEARNED_HEADROOM * pace / self.ceiling
+        learned = LEARNED_HEADROOM * pace / ceiling
         state.headroom = max(MIN_HEADROOM / HEADROOM, min(state.headroom, learned))
         return True
+
+    def _ceiling(self) -> float:
+        """The pace the policy keeps under, before the headroom learned: the configured
+        limit's, or the limit found (``inf``: neither)."""
+        return self.ceiling if self.configured is not None else self.state.found
+
+    def _probe(self, now: float) -> float:
+        """How far above the limit found the pace may go at ``now``, as a factor: after
+        :data:`PROBE_AFTER` seconds past the last hold-off, along the recovery's cubic."""
+        state = self.state
+        elapsed = now - state.hold_until - PROBE_AFTER
+        if elapsed <= 0 or state.found == math.inf:
+            return 1.0
+        return 1.0 + _CUBIC * elapsed**3
+
+    def _found(self, sent_at: float, pace: float) -> float | None:
+        """Not told the limit, and not yet found: the limit a marginal refusal at ``pace``
+        finds (``None``: none): when the last marginal refusal was at nearly the same pace,
+        and the server took nearly this pace over the second before it, what it took."""
+        state = self.state
+        last, state.marginal_pace = state.marginal_pace, pace
+        if state.found < math.inf or abs(pace - last) > _FOUND_NEAR * pace:
+            return None
+        if sent_at - max(state.first_sent, state.cut_at) < _MARGINAL_SPAN:
+            return None
+        took = self._accepted_rate(sent_at, _MARGINAL_SPAN)
+        if took is None or took < _FOUND_TOOK * pace:
+            return None
+        return took
 
     def _reread_first_cut(self) -> None:
         """Once the sends from the first refused one to the cut that ended slow start are
@@ -715,6 +795,12 @@ class AimdPolicy:
         if rate > self.rate(end):
             state.rate = state.cut_rate = rate
             state.refused_pace = max(state.refused_pace, _PEAK_MARGIN * limit)
+            if self.configured is None:
+                # Not told: such a server's limit is what it accepted, found (see _found).
+                state.found = limit
+                state.headroom = LEARNED_HEADROOM
+                state.burstless = min(state.burstless, limit)
+                state.rate = state.cut_rate = LEARNED_HEADROOM * limit
 
     def _slow_start_cap(self, sent_at: float) -> float:
         """How far slow start may take the pace on an answer to a request sent at
@@ -754,7 +840,7 @@ class AimdPolicy:
         # The server took more before this event: the limit dropped for a while, and it is
         # probed back up to that within QUICK_PROBE seconds of the refused pace (no further:
         # beyond it, the slow curve finds a limit that rose).
-        target = min(state.took, self.ceiling * state.headroom)
+        target = min(state.took, self._ceiling() * state.headroom)
         cubic = (target / state.refused_pace - 1.0) / QUICK_PROBE**3
         if cubic <= _CUBIC:
             return slow
