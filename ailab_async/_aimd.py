@@ -90,7 +90,9 @@ from what the server *accepted*, by send time:
   :data:`PROBE_AFTER` seconds after each hold-off the pace probes above the limit found,
   along the recovery's cubic; a refused probe goes back to it, unless the server took
   more than a tenth above it over the second before: the limit rose, and is found again
-  from a cut, as at first.
+  from a cut, as at first. So is one that a refusal contradicts (a cut that is no lesson:
+  most of a pace refused, refused far below it, or a cut that was not enough): slow
+  start's end misread a window, or the limit dropped.
 * **A cut that was not enough ends the hold-off.** If more than 30 % of what was sent
   since the cut is refused too (judged at once after a marginal refusal or a lesson in
   headroom, 0.2 s after any other cut, as a window draining refuses for a while), the
@@ -651,9 +653,7 @@ class AimdPolicy:
         estimate = peak = pace
         fresh = sent_at >= state.hold_until
         marginal = state.cut and fresh and self._marginal(sent_at)
-        found = self._found(sent_at, pace) if marginal and self.configured is None else None
-        taught = fresh and (found is not None or self._ceiling() < math.inf)
-        taught = taught and self._told_refused(sent_at, pace, found)
+        taught = self._lesson(sent_at, pace, fresh=fresh, marginal=marginal)
         if fresh and (state.cut or self.configured is not None):
             self._count_quick_probes(sent_at, now, pace)
         # A marginal refusal may be a send that caught up after a late one, at a server
@@ -705,6 +705,22 @@ class AimdPolicy:
         held = state.in_flight - self._booked_ahead(now)
         state.window = min(state.window, float(max(1, held, needed)))
         return True
+
+    def _lesson(self, sent_at: float, pace: float, *, fresh: bool, marginal: bool) -> bool:
+        """Whether a refusal of a request sent at ``pace`` teaches headroom under a ceiling
+        (the configured limit, or one found: perhaps just now) instead of cutting the rate."""
+        state = self.state
+        found = self._found(sent_at, pace) if marginal and self.configured is None else None
+        taught = fresh and (found is not None or self._ceiling() < math.inf)
+        taught = taught and self._told_refused(sent_at, pace, found)
+        if not taught and self.configured is None and state.found < math.inf:
+            # Not told, a refusal that is no lesson at the limit found (refused far below
+            # it, most of a pace refused, or a cut that was not enough): that limit was
+            # wrong (slow start's end misread a window) or has dropped: forget it, and find
+            # it again from a cut, as at first.
+            state.found = math.inf
+            state.headroom = 1.0
+        return taught
 
     def _told_refused(self, sent_at: float, pace: float, found: float | None = None) -> bool:
         """Told the limit (or not told, once it is found: ``found``, just now), a refusal
