@@ -711,8 +711,10 @@ class AimdPolicy:
         (the configured limit, or one found: perhaps just now) instead of cutting the rate."""
         state = self.state
         found = self._found(sent_at, pace) if marginal and self.configured is None else None
-        taught = fresh and (found is not None or self._ceiling() < math.inf)
-        taught = taught and self._told_refused(sent_at, pace, found)
+        if found is not None:
+            self._hold(found, pace)  # the limit, found: held as if told from now on
+            return True
+        taught = fresh and self._ceiling() < math.inf and self._told_refused(sent_at, pace)
         if not taught and self.configured is None and state.found < math.inf:
             # Not told, a refusal that is no lesson at the limit found (refused far below
             # it, most of a pace refused, or a cut that was not enough): that limit was
@@ -722,17 +724,19 @@ class AimdPolicy:
             state.headroom = 1.0
         return taught
 
-    def _told_refused(self, sent_at: float, pace: float, found: float | None = None) -> bool:
-        """Told the limit (or not told, once it is found: ``found``, just now), a refusal
-        of a request sent at ``pace`` after the last event's hold-off: whether it teaches
-        headroom (lowering the ceiling instead of cutting the rate)."""
+    def _hold(self, limit: float, pace: float) -> None:
+        """Not told, the limit is found: from now on it is held as if told, one lesson of
+        headroom under it, and no send closer than a spacing at ``pace``."""
         state = self.state
-        if found is not None:
-            # The limit, found: from now on the policy holds it as if told it.
-            state.found = found
-            state.headroom = LEARNED_HEADROOM
-            state.burstless = min(state.burstless, pace)
-            return True
+        state.found = limit
+        state.headroom = LEARNED_HEADROOM
+        state.burstless = min(state.burstless, pace)
+
+    def _told_refused(self, sent_at: float, pace: float) -> bool:
+        """Told the limit (or not told, once it is found), a refusal of a request sent at
+        ``pace`` after the last event's hold-off: whether it teaches headroom (lowering the
+        ceiling instead of cutting the rate)."""
+        state = self.state
         ceiling = self._ceiling()
         if pace < _NEAR_CEILING * ceiling * state.headroom:
             return False
@@ -767,8 +771,10 @@ class AimdPolicy:
         """How far above the limit found the pace may go at ``now``, as a factor: after
         :data:`PROBE_AFTER` seconds past the last hold-off, along the recovery's cubic."""
         state = self.state
+        if state.found == math.inf:
+            return 1.0
         elapsed = now - state.hold_until - PROBE_AFTER
-        if elapsed <= 0 or state.found == math.inf:
+        if elapsed <= 0:
             return 1.0
         return 1.0 + _CUBIC * elapsed**3
 
@@ -813,9 +819,7 @@ class AimdPolicy:
             state.refused_pace = max(state.refused_pace, _PEAK_MARGIN * limit)
             if self.configured is None:
                 # Not told: such a server's limit is what it accepted, found (see _found).
-                state.found = limit
-                state.headroom = LEARNED_HEADROOM
-                state.burstless = min(state.burstless, limit)
+                self._hold(limit, limit)
                 state.rate = state.cut_rate = LEARNED_HEADROOM * limit
 
     def _slow_start_cap(self, sent_at: float) -> float:
