@@ -11,8 +11,10 @@ The duration shapes (:data:`SHAPES`) are the tracker benchmark's own (its durati
 drawn by the simulator's samplers, and its arrivals); :func:`fixed_polling_lag` is the
 provider's advice (poll at once, then every 5 s) on the same tasks. Two bounds say what a
 target can ask on those tasks: :func:`least_polls` (no schedule that polls a task at least
-every ``fallback_interval`` spends fewer) and :func:`best_fixed` (the planner's own solver told
-the true durations). ``python -m tests._planner_sim`` prints the whole table.
+every ``fallback_interval`` spends fewer) and :func:`optimum` (the least lag any poller that
+knows the durations' distribution, not each task's, can reach at a budget); beside them,
+:func:`best_fixed` (the planner's own solver told the true durations) says what its grid
+and solver leave on the table. ``python -m tests._planner_sim`` prints the whole table.
 """
 
 from __future__ import annotations
@@ -27,10 +29,17 @@ import statistics
 from collections.abc import Callable, Sequence
 
 import attrs
+import numpy as np
 
 from ailab_async import PollingConfig
 from ailab_async._polling import PollPlanner, completion_evidence, solve_schedules
-from ailab_async.testing.simulator import TaskContext, parse_task_duration, sample_task_duration
+from ailab_async.testing.simulator import (
+    Drift,
+    QueueGrowth,
+    TaskContext,
+    parse_task_duration,
+    sample_task_duration,
+)
 from benchmarks.bench_tracker import SHAPES as BENCH_SHAPES
 from benchmarks.bench_tracker import burst_arrivals, poisson_arrivals
 
@@ -268,6 +277,76 @@ def best_fixed(
     return statistics.fmean(lags), statistics.fmean(polls)
 
 
+def optimum(
+    groups: Sequence[Sequence[float]],
+    budget: float,
+    config: PollingConfig | None = None,
+    step: float = 0.01,
+) -> tuple[float, float]:
+    """(mean lag, polls per task) of the best any poller can do on tasks of these durations
+    at ``budget`` polls per task, keeping the fallback guarantee (no wait longer than
+    ``fallback_interval`` from a task's submit to its first poll, nor between two polls):
+    a bound no planner can beat, to within ``step`` seconds of lag.
+
+    Each group is a set of tasks alike to the poller (one distribution it may know, not
+    which task takes how long; a drift's two phases are two groups). A poller that knows
+    only that a task is still running at each poll can do no better than a schedule fixed
+    for its group, so the optimum is found by dynamic programming over poll times on a grid
+    of ``step``, for a price per poll (a Lagrangian), and by mixing the two schedules whose
+    prices bracket the budget (the trade-off's lower convex hull).
+    """
+    config = config or PollingConfig()
+    reach = round(config.fallback_interval / step)
+    tasks = sum(len(group) for group in groups)
+    prepared = []
+    for group in groups:
+        ordered = np.sort(np.asarray(group, dtype=float))
+        times = np.arange(math.ceil(ordered[-1] / step) + 1) * step
+        done = np.searchsorted(ordered, times, side="right")  # tasks finished by each time
+        moment = np.concatenate([[0.0], np.cumsum(ordered)])[done]
+        prepared.append((len(ordered), times, done.astype(float), moment))
+
+    def solve(price: float) -> tuple[float, float]:
+        lag = polls = 0.0
+        for count, times, done, moment in prepared:
+            last = len(times) - 1
+            # From a poll at each time on: the cost (lag + price x polls), the lag, the polls.
+            cost, lags, spent = np.zeros(last + 1), np.zeros(last + 1), np.zeros(last + 1)
+            for here in range(last - 1, -1, -1):
+                if done[here] >= count:
+                    continue
+                nxt = np.arange(here + 1, min(here + reach, last) + 1)
+                # The lag of the tasks that finish before each next poll, if it is the next.
+                caught = times[nxt] * (done[nxt] - done[here]) - (moment[nxt] - moment[here])
+                choice = int(np.argmin(caught + cost[nxt]))
+                pick = nxt[choice]
+                running = count - done[here]
+                cost[here] = caught[choice] + cost[pick] + price * running
+                lags[here] = caught[choice] + lags[pick]
+                spent[here] = running + spent[pick]
+            lag += lags[0]
+            polls += spent[0]
+        return float(lag) / tasks, float(polls) / tasks
+
+    # Prices per poll: the first (just above nothing, so that of schedules as late, the one
+    # with fewer polls wins) spends more than the budget, the second less.
+    low, high = 1e-9, 100.0
+    over, under = solve(low), solve(high)
+    if over[1] <= budget or under[1] >= budget:
+        return over if over[1] <= budget else under  # the budget is no constraint / too tight
+    for _ in range(30):
+        price = (low + high) / 2
+        middle = solve(price)
+        if middle[1] > budget:
+            low, over = price, middle
+        else:
+            high, under = price, middle
+    if over[1] - under[1] < 1e-9:
+        return under
+    share = (budget - under[1]) / (over[1] - under[1])
+    return under[0] + share * (over[0] - under[0]), budget
+
+
 def from_spec(spec: str) -> Sampler:
     """The simulator's own task durations for a duration ``spec`` (as ``ailab-async
     simulate --task-duration`` reads it), pending count and submit index included."""
@@ -276,6 +355,8 @@ def from_spec(spec: str) -> Sampler:
         duration, rng, TaskContext(submitted=index, pending=pending)
     )
 
+
+_SPECS = {name: spec for name, spec, _ in BENCH_SHAPES}
 
 #: name -> (arrivals, sampler): the shapes the planner must hold on, the benchmark's own
 #: (``benchmarks.bench_tracker.SHAPES``: the same duration specs, the same arrivals), so
@@ -296,20 +377,50 @@ def shape_table(config: PollingConfig | None = None, seeds: Sequence[int] = (0, 
     config = config or PollingConfig()
     lines = [
         f"{'shape':<26} {'lag s':>6} {'polls':>6} {'fixed s':>7} {'ratio':>6} {'max s':>6}"
-        f" | {'least':>5} {'best s':>6} {'polls':>6} {'ratio':>6}",
+        f" | {'least':>5} {'best s':>6} {'polls':>6} {'ratio':>6} | {'opt s':>6} {'ratio':>6}",
     ]
     for name, (arrivals, sampler) in SHAPES.items():
         result = figures(arrivals, sampler, config, seeds=seeds)
         durations = steady_durations(arrivals, sampler, seeds=seeds)
         least = statistics.fmean(least_polls(d, config) for d in durations)
         best_lag, best_polls = best_fixed(durations, config.target_polls)
+        fixed = fixed_polling_lag(durations)
+        groups = steady_groups(name, seeds=seeds)
+        bound = "     -      -"  # the poller sees the queue: no bound for tasks alike
+        if groups is not None:
+            optimum_lag, _ = optimum(groups, config.target_polls, config)
+            bound = f"{optimum_lag:>6.2f} {optimum_lag / fixed:>6.2f}"
         lines.append(
             f"{name:<26} {result.mean_lag:>6.2f} {result.polls_per_task:>6.2f} "
             f"{result.fixed_lag:>7.2f} {result.ratio:>6.2f} {result.max_lag:>6.2f} | "
-            f"{least:>5.2f} {best_lag:>6.2f} {best_polls:>6.2f} "
-            f"{best_lag / fixed_polling_lag(durations):>6.2f}"
+            f"{least:>5.2f} {best_lag:>6.2f} {best_polls:>6.2f} {best_lag / fixed:>6.2f} | "
+            f"{bound}"
         )
     return "\n".join(lines)
+
+
+def steady_groups(
+    name: str, skip: int = 100, seeds: Sequence[int] = (0, 1, 2)
+) -> list[list[float]] | None:
+    """The steady-state durations of shape ``name`` as groups of tasks alike to a poller
+    (for :func:`optimum`): one group, or a drift's tasks before and after it; ``None`` for
+    a queue, whose durations follow the tasks pending at each submit, which a poller sees."""
+    arrivals, sampler = SHAPES[name]
+    model = parse_task_duration(_SPECS[name])
+    if isinstance(model, QueueGrowth):
+        return None
+    if not isinstance(model, Drift):
+        return [steady_durations(arrivals, sampler, skip, seeds)]
+    switch = model.after_tasks
+    if switch is None:
+        return None  # a drift after a time: which tasks came after depends on the run
+    before: list[float] = []
+    after: list[float] = []
+    for seed in seeds:
+        outcomes, _ = simulate(arrivals, sampler, seed=seed)
+        for index, outcome in enumerate(outcomes[skip:], start=skip):
+            (before if index < switch else after).append(outcome.duration)
+    return [group for group in (before, after) if group]
 
 
 def steady_durations(
