@@ -385,11 +385,12 @@ def shape_table(config: PollingConfig | None = None, seeds: Sequence[int] = (0, 
         least = statistics.fmean(least_polls(d, config) for d in durations)
         best_lag, best_polls = best_fixed(durations, config.target_polls)
         fixed = fixed_polling_lag(durations)
-        groups = steady_groups(name, seeds=seeds)
+        groups = population_groups(name)
         bound = "     -      -"  # the poller sees the queue: no bound for tasks alike
         if groups is not None:
             optimum_lag, _ = optimum(groups, config.target_polls, config)
-            bound = f"{optimum_lag:>6.2f} {optimum_lag / fixed:>6.2f}"
+            drawn = [duration for group in groups for duration in group]
+            bound = f"{optimum_lag:>6.2f} {optimum_lag / fixed_polling_lag(drawn):>6.2f}"
         lines.append(
             f"{name:<26} {result.mean_lag:>6.2f} {result.polls_per_task:>6.2f} "
             f"{result.fixed_lag:>7.2f} {result.ratio:>6.2f} {result.max_lag:>6.2f} | "
@@ -397,6 +398,31 @@ def shape_table(config: PollingConfig | None = None, seeds: Sequence[int] = (0, 
             f"{bound}"
         )
     return "\n".join(lines)
+
+
+def population_groups(
+    name: str, draws: int = 20_000, tasks: int = 400, skip: int = 100, seed: int = 0
+) -> list[list[float]] | None:
+    """``draws`` fresh durations of shape ``name``, as groups of tasks alike to a poller (for
+    :func:`optimum`, whose answer on them is then what the best poller that knows the
+    distribution can expect, not what fits one sample best): one group, or a drift's tasks
+    before and after it, in the shares a run of ``tasks`` has in its steady state (after
+    ``skip``); ``None`` for a queue (its durations follow the tasks pending, which a poller
+    sees) or a drift after a time."""
+    model = parse_task_duration(_SPECS[name])
+    rng = random.Random(seed)
+    if isinstance(model, QueueGrowth):
+        return None
+    if not isinstance(model, Drift):
+        return [[sample_task_duration(model, rng, TaskContext()) for _ in range(draws)]]
+    if model.after_tasks is None or isinstance(model.before, QueueGrowth):
+        return None
+    before = max(0, model.after_tasks - skip) * draws // (tasks - skip)
+    parts = ((model.before, before), (model.after, draws - before))
+    groups = [
+        [sample_task_duration(part, rng, TaskContext()) for _ in range(n)] for part, n in parts
+    ]
+    return [group for group in groups if group]
 
 
 def steady_groups(
