@@ -106,18 +106,28 @@ from what the server *accepted*, by send time:
   TCP CUBIC's window) from the cut rate to just under the pace that was refused (the
   geometric mean of that pace and the accepted rate when the refusal was not marginal):
   quickly at first, flat near it, then beyond it ever faster, so a limit that rose is found
-  within seconds and one that did not costs one small cluster of 429s now and then.
+  within seconds and one that did not costs one small cluster of 429s now and then. Once a
+  marginal refusal's event proves a cluster (4 429s or more: a window let a ramp through
+  until its count was full, then refused a round trip of sends; a server that refuses only
+  what is over its rate refuses one or two), the cubic levels off just over what the
+  server accepted over the second before instead, as the ramp went far above the window's
+  rate (not after a probe that showed a limit found rose: that one is found again soon).
 * **Back quickly to what the server took.** A refusal after the server took the pace over
   the second before it (at least 80 % of it; after slow start, or told the limit) records
   what it took. If the limit dropped, the recovery reaches that again within
   :data:`QUICK_PROBE` seconds of the refused pace, and no further on the quick curve
   (beyond it the slow one finds a limit that rose): a limit that comes back is found
-  within a second or two, not four. A quick probe that is refused uses one of
-  :data:`QUICK_PROBES`; a lower rate taken meanwhile (the dropped limit) neither lowers the
-  target nor gives them back, so a limit lowered for good (a window refuses a burst of
-  each probe) is probed quickly a few times only. Told the limit (perhaps too much), what
-  it took is measured over two seconds as well, and the lower of the two is kept (a fixed
-  window lets up to twice its count through in one second).
+  within a second or two, not four. If the pace the server took then was still short of
+  where the recovery was heading (a limit that dropped before the pace got back to it),
+  the limit may be higher: the target reached with nothing refused, the pace probes on from
+  it at once along the slow cubic, instead of holding it until the slow curve passes it
+  (not otherwise: at a target that is the limit, probing on sooner costs 429s). A quick
+  probe that is refused uses one of :data:`QUICK_PROBES`; a lower rate taken meanwhile
+  (the dropped limit) neither lowers the target nor gives them back, so a limit lowered for
+  good (a window refuses a burst of each probe) is probed quickly a few times only. Told
+  the limit (perhaps too much), what it took is measured over two seconds as well, and the
+  lower of the two is kept (a fixed window lets up to twice its count through in one
+  second).
 * **A window beside the rate.** A cut also caps the requests in flight at the number in
   flight when the 429 came (a server that limits requests in flight refused the one above
   its cap), at least what the new pace needs at the usual round trip. The window grows by
@@ -297,6 +307,14 @@ _FOUND_TOOK = 0.9
 # that limit over the second before it: the limit rose, and is to be found again (a fixed
 # window lets up to a tenth more through in a second by send time, a probe's ramp more).
 _FOUND_ROSE = 1.1
+# A cut from a marginal refusal aims its slow recovery just under the refused pace, but once
+# its event is a cluster of at least this many 429s (a window let a ramp through until its
+# count was full, then refused what was sent in a round trip; a server that refuses only
+# what is over its rate refuses one or two), just under _FOUND_ROSE times what the server
+# accepted over the second before: a ramp through a window goes far above its rate, and
+# aiming back at that pace was refused again within two seconds (a fixed window: 1.107x
+# the ideal and 9.1 % 429s, now 1.076x and 8.6 %).
+_CLUSTER = 4
 # A refusal at this share of a configured ceiling or more teaches headroom.
 _NEAR_CEILING = 0.9
 # Headroom given back per request accepted while the pace held senders back: one refusal's
@@ -379,10 +397,18 @@ class AimdState:
     #: Where the recovery after the last cut levels off (just under the refused pace),
     #: and the rate that cut set.
     refused_pace: float = math.inf
+    #: Where the slow recovery levels off: the refused pace's, lowered to ``aim_cap`` once
+    #: the event proves a cluster of 429s (see ``_CLUSTER``; the quick curve keeps
+    #: ``refused_pace``).
+    aim: float = math.inf
+    aim_cap: float = math.inf
     cut_rate: float = 0.0
     #: What the server took over a second before a refusal (requests per second), and the
     #: quick probes back up to it left (see :data:`QUICK_PROBE`).
     took: float = 0.0
+    #: Whether that was taken at a pace short of the recovery's level (the server may take
+    #: more: see ``_recovery_curve``).
+    took_short: bool = False
     quick_probes: int = 0
     #: Not told the limit: the limit found, in requests per second (``inf``: not yet),
     #: and the pace of the last marginal refusal (how it is found).
@@ -648,11 +674,13 @@ class AimdPolicy:
         if pause > 0:
             state.paused_until = max(state.paused_until, sent_at + pause)
         if sent_at < state.hold_until and not self._cut_was_wrong(sent_at):
+            self._same_event(sent_at)
             return False
         pace = self._recent_pace(sent_at)
         estimate = peak = pace
         fresh = sent_at >= state.hold_until
         marginal = state.cut and fresh and self._marginal(sent_at)
+        found = state.found
         taught = self._lesson(sent_at, pace, fresh=fresh, marginal=marginal)
         if fresh and (state.cut or self.configured is not None):
             self._count_quick_probes(sent_at, now, pace)
@@ -693,9 +721,11 @@ class AimdPolicy:
             new_rate = min(current, ceiling)  # the lower ceiling is the cut
         state.reread = not state.cut
         state.cut_sent = sent_at
-        state.rate = new_rate
-        state.cut_rate = new_rate
+        state.rate = state.cut_rate = new_rate
         state.refused_pace = max(_PEAK_MARGIN * peak, new_rate)
+        # (Not after a probe above the limit found that showed it rose: see _told_refused.)
+        rose = found < pace and state.found == math.inf
+        self._aim(peak, estimate, capped=marginal and not rose)
         state.cut = True
         state.cut_at = now
         state.hold_until = now + max(HOLD, 2 * state.rtt)
@@ -705,6 +735,22 @@ class AimdPolicy:
         held = state.in_flight - self._booked_ahead(now)
         state.window = min(state.window, float(max(1, held, needed)))
         return True
+
+    def _same_event(self, sent_at: float) -> None:
+        """A 429 for a request sent at ``sent_at``, in the last cut's hold-off: once the event
+        is a cluster of at least ``_CLUSTER`` of them, the slow recovery aims lower."""
+        state = self.state
+        if self._sum(state.refused, state.cut_sent, sent_at + BUCKET) >= _CLUSTER:
+            state.aim = min(state.aim, state.aim_cap)
+
+    def _aim(self, peak: float, estimate: float, *, capped: bool) -> None:
+        """After a cut: the slow recovery aims just under ``peak``; if ``capped`` (a marginal
+        refusal) and the event proves a cluster, just under ``_FOUND_ROSE`` times
+        ``estimate`` (what the server accepted over the second before), if that is lower."""
+        state = self.state
+        state.aim = state.refused_pace
+        aim = min(peak, _FOUND_ROSE * estimate) if capped else peak
+        state.aim_cap = max(_PEAK_MARGIN * aim, state.cut_rate)
 
     def _lesson(self, sent_at: float, pace: float, *, fresh: bool, marginal: bool) -> bool:
         """Whether a refusal of a request sent at ``pace`` teaches headroom under a ceiling
@@ -817,6 +863,7 @@ class AimdPolicy:
         if rate > self.rate(end):
             state.rate = state.cut_rate = rate
             state.refused_pace = max(state.refused_pace, _PEAK_MARGIN * limit)
+            state.aim = max(state.aim, _PEAK_MARGIN * limit)
             if self.configured is None:
                 # Not told: such a server's limit is what it accepted, found (see _found).
                 self._hold(limit, limit)
@@ -854,7 +901,9 @@ class AimdPolicy:
         concave curve (quickly at first, flat near it), then beyond it ever faster (a cubic,
         as TCP CUBIC's window)."""
         state = self.state
-        slow = self._cubic(elapsed, _CUBIC)
+        # (Never above the refused pace's level: nor when a state written before the aim
+        # was kept, in a shared store, has none.)
+        slow = self._cubic(elapsed, _CUBIC, min(state.aim, state.refused_pace))
         if not state.quick_probes:
             return slow
         # The server took more before this event: the limit dropped for a while, and it is
@@ -864,14 +913,29 @@ class AimdPolicy:
         cubic = (target / state.refused_pace - 1.0) / QUICK_PROBE**3
         if cubic <= _CUBIC:
             return slow
-        return max(slow, min(target, self._cubic(elapsed, cubic)))
-
-    def _cubic(self, elapsed: float, cubic: float) -> float:
-        """The recovery cubic of coefficient ``cubic``, ``elapsed`` seconds after the hold-off."""
-        state = self.state
         peak = state.refused_pace
-        back_in: float = (max(0.0, peak - state.cut_rate) / (cubic * peak)) ** (1 / 3)
+        quick = self._cubic(elapsed, cubic, peak)
+        if quick < target or not state.took_short:
+            return max(slow, min(target, quick))
+        # What the server took was taken at a pace short of the recovery's level then (it
+        # may take more), and the target is reached with nothing refused: probe on from it
+        # at once along the slow cubic, rather than hold it until the slow curve (from the
+        # lower pace refused since) passes it. (Not when the pace had reached that level:
+        # then the target is the limit, and probing on sooner only costs 429s.)
+        reached = self._back_in(cubic, peak) + QUICK_PROBE
+        return max(slow, target * (1.0 + _CUBIC * (elapsed - reached) ** 3))
+
+    def _cubic(self, elapsed: float, cubic: float, peak: float) -> float:
+        """The recovery cubic of coefficient ``cubic``, ``elapsed`` seconds after the hold-off,
+        from the cut rate back to ``peak`` (flat there) and beyond."""
+        back_in = self._back_in(cubic, peak)
         return peak * (1.0 + cubic * (max(0.0, elapsed) - back_in) ** 3)
+
+    def _back_in(self, cubic: float, peak: float) -> float:
+        """Seconds after the hold-off the recovery cubic of coefficient ``cubic`` is back at
+        ``peak`` from the cut rate."""
+        back_in: float = (max(0.0, peak - self.state.cut_rate) / (cubic * peak)) ** (1 / 3)
+        return back_in
 
     # -- the send history ---------------------------------------------------------------
 
@@ -993,6 +1057,7 @@ class AimdPolicy:
             and (took >= state.took or not state.quick_probes)
         ):
             state.took = took
+            state.took_short = pace < _PEAK_MARGIN * state.refused_pace
             state.quick_probes = QUICK_PROBES
         elif state.quick_probes and state.cut and self.rate(now) > state.refused_pace:
             state.quick_probes -= 1  # refused beyond the last refused pace: not back yet

@@ -457,6 +457,23 @@ def test_a_state_written_by_another_version_starts_its_history_afresh() -> None:
     assert state.sent == AimdState().sent
 
 
+def test_a_state_written_before_the_recovery_s_aim_was_kept_recovers_to_the_refused_pace() -> None:
+    # A shared store may hold a state an older version wrote (no ``aim``): its recovery
+    # follows the cubic back to the refused pace, as the state written now does.
+    written = AimdState(rate=39.0, cut=True, cut_rate=39.0, refused_pace=40.0, hold_until=5.0)
+    older = {key: value for key, value in written.to_fields().items() if "aim" not in key}
+    rates = []
+    for fields in (written.to_fields(), older):
+        policy = AimdPolicy(None)
+        policy.state = AimdState.from_fields(fields)
+        assert policy.claim(5.0) == 0.0
+        assert policy.claim(5.0) > 0  # the pace holds the next sender back
+        policy.on_success(sent_at=5.0, now=5.2)
+        rates.append(policy.rate(5.2))
+    assert 39.0 < rates[0] < 40.0  # on the cubic, flat near the refused pace
+    assert rates[1] == rates[0]
+
+
 @given(
     rate=st.floats(0.2, 1e4),
     in_flight=st.integers(0, 1000),
