@@ -337,6 +337,45 @@ def test_a_task_seen_running_at_the_horizon_counts_wholly_beyond_it() -> None:
     assert policy.mass_below[-1] == pytest.approx(0.5, abs=0.01)
 
 
+def _planner_with_tasks_running_past_the_horizon(running: int, oldest: float) -> PollPlanner:
+    """Quick tasks (1-2 s) have finished; ``running`` others were last seen running at ages
+    spread from 2.2 s up to ``oldest``, past everything seen finish (a slow kind of task
+    none of which has finished yet)."""
+    planner = PollPlanner()
+    for index in range(40):
+        planner.observe(0.5, 1.0 + index / 40)
+    for index in range(running):
+        planner.submitted(f"slow-{index}")
+        planner.not_done(f"slow-{index}", 2.2 + (oldest - 2.2) * index / max(1, running - 1))
+    for index in range(20):  # enough new evidence to re-plan with the slow ones in it
+        planner.observe(0.5, 1.0 + index / 20)
+    return planner
+
+
+def test_the_tail_skips_to_where_many_were_seen_still_running() -> None:
+    """Past the longest completion seen, a task would step at each 1.25x of its age; where
+    ten or more others were already seen still running, none of which finished, a poll
+    would find next to nothing done: it skips to the latest such age instead."""
+    planner = _planner_with_tasks_running_past_the_horizon(running=30, oldest=5.0)
+    assert planner.plan[-1] <= 2.0  # only the quick ones have finished
+    seen = sorted((2.2 + 2.8 * index / 29 for index in range(30)), reverse=True)
+    tenth_oldest = seen[9]
+    for lane in (0.1, 0.5, 0.9):
+        assert planner.next_poll(2.5, 2.5, lane) == pytest.approx(tenth_oldest)
+    # Past that age (among the oldest), the tail steps geometrically again.
+    assert planner.next_poll(4.9, 4.9, 0.5) == pytest.approx(4.9 * 1.25)
+
+
+def test_a_few_tasks_running_past_the_horizon_do_not_move_the_tail() -> None:
+    planner = _planner_with_tasks_running_past_the_horizon(running=9, oldest=5.0)
+    assert planner.next_poll(2.5, 2.5, 0.5) == pytest.approx(2.5 * 1.25)
+
+
+def test_the_tail_skips_no_further_than_the_fallback_allows() -> None:
+    planner = _planner_with_tasks_running_past_the_horizon(running=30, oldest=60.0)
+    assert planner.next_poll(2.5, 2.5, 0.5) == pytest.approx(2.5 + 5.0 - 0.25)
+
+
 def test_dropped_tasks_leave_the_evidence() -> None:
     planner = PollPlanner()
     planner.submitted("t1")
