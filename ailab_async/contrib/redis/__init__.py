@@ -18,7 +18,8 @@ writes it back in one optimistic transaction (``WATCH``/``MULTI``/``EXEC``, run 
 another process wrote first):
 
 * every ``acquire`` books the next slot of the *shared* schedule when it is due within 0.1 s
-  (else it sleeps and asks again), and sleeps locally until the slot;
+  (else it sleeps and asks again), and sleeps locally until the slot; a process's senders
+  queue for one booker, so a process has one transaction in flight however many it runs;
 * a ``429 EXCEEDING_LIMITS`` from any process cuts the shared pace, once per cluster of
   429s, to 95 % of what the whole account was accepting; the pace grows back along the
   policy's recovery curve, never above ``rate``; a cap on requests in flight is shared too;
