@@ -369,6 +369,17 @@ async def test_a_sender_cancelled_asleep_till_its_booked_slot_gives_it_back(
         assert await in_flight(redis_server, first.key) == 1
 
 
+async def test_a_sender_queued_when_the_limiter_closes_is_told_so(
+    redis_server: RedisServer,
+) -> None:
+    limiter = RedisRateLimiter(redis_server.url, name=budget_name(), rate=50)
+    sender = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0)  # queued; its booker not yet run
+    await limiter.aclose()
+    with pytest.raises(ClientClosedError):
+        await asyncio.wait_for(sender, 5.0)
+
+
 async def test_the_window_of_requests_in_flight_is_shared(redis_server: RedisServer) -> None:
     name = budget_name()
     async with (

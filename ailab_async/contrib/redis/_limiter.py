@@ -273,6 +273,7 @@ class RedisRateLimiter:
                 task.cancel()
         pending = [t for t in (self._flusher, self._reconnector, self._booker, *self._reports) if t]
         await asyncio.gather(*pending, return_exceptions=True)
+        self._wake_waiting()  # a booker cancelled before it ran woke no one
         if self._owns_client:
             await self._client.aclose()
 
@@ -346,11 +347,16 @@ class RedisRateLimiter:
                 again = _RECHECK if math.isinf(decision.wait) else decision.wait - _HORIZON / 2
                 await self._sleep(max(_RECHECK, again))
         finally:
-            self._booker = None
-            while waiting:  # Redis went away or the limiter closed: nothing booked for them
-                waiter = waiting.popleft()
-                if not waiter.done():
-                    waiter.set_result(None)
+            self._wake_waiting()
+
+    def _wake_waiting(self) -> None:
+        """Redis went away or the limiter closed: nothing is booked for the senders still
+        queued; they go to the fallback, or raise :class:`ClientClosedError`."""
+        self._booker = None
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _local_clock(self) -> float:
         return time.time() + self._clock_offset
