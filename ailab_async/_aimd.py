@@ -680,7 +680,7 @@ class AimdPolicy:
         estimate = peak = pace
         fresh = sent_at >= state.hold_until
         marginal = state.cut and fresh and self._marginal(sent_at)
-        found = state.found
+        found_before = state.found
         taught = self._lesson(sent_at, pace, fresh=fresh, marginal=marginal)
         if fresh and (state.cut or self.configured is not None):
             self._count_quick_probes(sent_at, now, pace)
@@ -724,7 +724,7 @@ class AimdPolicy:
         state.rate = state.cut_rate = new_rate
         state.refused_pace = max(_PEAK_MARGIN * peak, new_rate)
         # (Not after a probe above the limit found that showed it rose: see _told_refused.)
-        rose = found < pace and state.found == math.inf
+        rose = found_before < pace and state.found == math.inf
         self._aim(peak, estimate, capped=marginal and not rose)
         state.cut = True
         state.cut_at = now

@@ -34,6 +34,7 @@ import numpy as np
 from ailab_async import PollingConfig
 from ailab_async._polling import PollPlanner, completion_evidence, solve_schedules
 from ailab_async.testing.simulator import (
+    Distribution,
     Drift,
     QueueGrowth,
     TaskContext,
@@ -400,6 +401,23 @@ def shape_table(config: PollingConfig | None = None, seeds: Sequence[int] = (0, 
     return "\n".join(lines)
 
 
+def _phases(name: str) -> tuple[list[Distribution], int] | None:
+    """The distributions a poller can tell apart in shape ``name``, and the submit index at
+    which the second begins (none: one distribution); ``None`` when the durations follow
+    what a poller sees (a queue: the tasks pending at each submit) or the clock (a drift
+    after a time, which tasks it reaches depends on the run)."""
+    model = parse_task_duration(_SPECS[name])
+    if isinstance(model, QueueGrowth):
+        return None
+    if not isinstance(model, Drift):
+        return [model], 0
+    if model.after_tasks is None:
+        return None
+    if isinstance(model.before, QueueGrowth) or isinstance(model.after, QueueGrowth):
+        return None
+    return [model.before, model.after], model.after_tasks
+
+
 def population_groups(
     name: str, draws: int = 20_000, tasks: int = 400, skip: int = 100, seed: int = 0
 ) -> list[list[float]] | None:
@@ -407,20 +425,16 @@ def population_groups(
     :func:`optimum`, whose answer on them is then what the best poller that knows the
     distribution can expect, not what fits one sample best): one group, or a drift's tasks
     before and after it, in the shares a run of ``tasks`` has in its steady state (after
-    ``skip``); ``None`` for a queue (its durations follow the tasks pending, which a poller
-    sees) or a drift after a time."""
-    model = parse_task_duration(_SPECS[name])
+    ``skip``); ``None`` where :func:`_phases` finds no distributions to bound by."""
+    phases = _phases(name)
+    if phases is None:
+        return None
+    parts, switch = phases
+    before = max(0, switch - skip) * draws // (tasks - skip) if len(parts) > 1 else draws
     rng = random.Random(seed)
-    if isinstance(model, QueueGrowth):
-        return None
-    if not isinstance(model, Drift):
-        return [[sample_task_duration(model, rng, TaskContext()) for _ in range(draws)]]
-    if model.after_tasks is None or isinstance(model.before, QueueGrowth):
-        return None
-    before = max(0, model.after_tasks - skip) * draws // (tasks - skip)
-    parts = ((model.before, before), (model.after, draws - before))
     groups = [
-        [sample_task_duration(part, rng, TaskContext()) for _ in range(n)] for part, n in parts
+        [sample_task_duration(part, rng, TaskContext()) for _ in range(n)]
+        for part, n in zip(parts, (before, draws - before), strict=False)
     ]
     return [group for group in groups if group]
 
@@ -428,18 +442,16 @@ def population_groups(
 def steady_groups(
     name: str, skip: int = 100, seeds: Sequence[int] = (0, 1, 2)
 ) -> list[list[float]] | None:
-    """The steady-state durations of shape ``name`` as groups of tasks alike to a poller
-    (for :func:`optimum`): one group, or a drift's tasks before and after it; ``None`` for
-    a queue, whose durations follow the tasks pending at each submit, which a poller sees."""
-    arrivals, sampler = SHAPES[name]
-    model = parse_task_duration(_SPECS[name])
-    if isinstance(model, QueueGrowth):
+    """The steady-state durations of shape ``name``'s runs as groups of tasks alike to a
+    poller (for :func:`optimum`): one group, or a drift's tasks before and after it; ``None``
+    where :func:`_phases` finds no distributions to bound by."""
+    phases = _phases(name)
+    if phases is None:
         return None
-    if not isinstance(model, Drift):
+    arrivals, sampler = SHAPES[name]
+    parts, switch = phases
+    if len(parts) == 1:
         return [steady_durations(arrivals, sampler, skip, seeds)]
-    switch = model.after_tasks
-    if switch is None:
-        return None  # a drift after a time: which tasks came after depends on the run
     before: list[float] = []
     after: list[float] = []
     for seed in seeds:

@@ -216,7 +216,7 @@ class RedisRateLimiter:
                     try:
                         await self._sleep(wait)
                     except asyncio.CancelledError:
-                        self.release(send_at)  # booked, never sent: not in flight
+                        self._unbook()  # booked, never sent: not in flight
                         raise
                 return send_at
             if self._closed:
@@ -312,8 +312,8 @@ class RedisRateLimiter:
         try:
             return await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled() and (slot := waiter.result()):
-                self.release(slot[0])  # handed a slot as it was cancelled: give it back
+            if waiter.done() and not waiter.cancelled() and waiter.result():
+                self._unbook()  # handed a slot as it was cancelled: give it back
             raise
 
     async def _book(self) -> None:
@@ -321,12 +321,9 @@ class RedisRateLimiter:
         at a time (Redis's optimistic transactions, many at once on one key, mostly run
         again: sixteen senders a process, four processes, and calls took 0.1-0.8 s, past the
         deadline that counts Redis as down); hand each its slot as soon as it is booked."""
-        waiting = self._waiting
         try:
             while self._using_redis and not self._closed:
-                while waiting and waiting[0].done():  # its sender was cancelled
-                    waiting.popleft()
-                if not waiting:
+                if self._next_waiting() is None:
                     return
                 try:
                     decision = await self._call(self._budget.reserve(self._take_report()))
@@ -335,12 +332,12 @@ class RedisRateLimiter:
                     return
                 self._observe(decision)
                 if decision.booked:
-                    while waiting and waiting[0].done():
-                        waiting.popleft()
-                    if waiting:
-                        waiting.popleft().set_result((decision.send_at, decision.wait))
-                    else:  # its sender went meanwhile: the slot is not used
-                        self._queue_report(releases=[self._local_clock()])
+                    waiter = self._next_waiting()
+                    if waiter is None:  # its sender went meanwhile: the slot is not used
+                        self._unbook()
+                    else:
+                        self._waiting.popleft()
+                        waiter.set_result((decision.send_at, decision.wait))
                     continue
                 # Not yet: ask again when the slot is within the horizon (or, with the shared
                 # window full, shortly: a release may come from any process).
@@ -348,6 +345,17 @@ class RedisRateLimiter:
                 await self._sleep(max(_RECHECK, again))
         finally:
             self._wake_waiting()
+
+    def _next_waiting(self) -> asyncio.Future[_Slot] | None:
+        """The first sender still queued (those cancelled meanwhile are dropped), if any."""
+        while self._waiting and self._waiting[0].done():
+            self._waiting.popleft()
+        return self._waiting[0] if self._waiting else None
+
+    def _unbook(self) -> None:
+        """A slot booked and never sent (its sender was cancelled): Redis hears that it is
+        not in flight with the next call, as of a request released now."""
+        self._queue_report(releases=[self._local_clock()])
 
     def _wake_waiting(self) -> None:
         """Redis went away or the limiter closed: nothing is booked for the senders still
