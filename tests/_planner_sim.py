@@ -51,12 +51,16 @@ Sampler = Callable[[random.Random, int, int], float]
 @attrs.frozen
 class Outcome:
     """One task: its true duration, how late its completion was seen, after how many polls,
-    and how many the plan that placed it expected (``None``: placed before any plan)."""
+    and how many the plan that placed it expected (``None``: placed before any plan); and
+    how many of its polls went out past that plan's last poll (its horizon, the longest
+    completion it knew: the plan counts one poll for each task it expects there; ``None``:
+    placed before any plan)."""
 
     duration: float
     lag: float
     polls: int
     expected: float | None = None
+    past_horizon: int | None = None
 
 
 @attrs.frozen
@@ -81,8 +85,10 @@ class _Task:
     duration: float
     lane: float
     expected: float | None
+    horizon: float | None  # the last poll of the plan that placed it (None: no plan yet)
     last_not_done: float | None = None
     polls: int = 0
+    past_horizon: int = 0  # polls that went out past ``horizon``
     next_poll_at: float = math.inf
 
 
@@ -118,7 +124,8 @@ def simulate(
             lane = rng.random()
             key = str(index)
             planner.submitted(key)
-            task = tasks[index] = _Task(now, duration, lane, planner.expected_polls(lane))
+            horizon = planner.plan[-1] if planner.has_plan else None
+            task = tasks[index] = _Task(now, duration, lane, planner.expected_polls(lane), horizon)
             place(index, task, planner.next_poll(0.0, None, lane))
             continue
         task_or_none = tasks.get(index)
@@ -126,11 +133,16 @@ def simulate(
             continue  # finished, or re-placed since
         task = task_or_none
         task.polls += 1
+        if task.horizon is not None and now - task.submitted_at > task.horizon:
+            task.past_horizon += 1
         seen_at = now + round_trip / 2
         answered = now + round_trip
         done_at = task.submitted_at + task.duration
         if seen_at >= done_at:
-            outcomes[index] = Outcome(task.duration, seen_at - done_at, task.polls, task.expected)
+            past = None if task.horizon is None else task.past_horizon
+            outcomes[index] = Outcome(
+                task.duration, seen_at - done_at, task.polls, task.expected, past
+            )
             del tasks[index]
             evidence = completion_evidence(
                 answered - task.submitted_at, task.last_not_done, fresh=True
@@ -193,6 +205,11 @@ class Block:
     polls: float
     expected: float  # what the plans that placed them expected (tasks placed by a plan)
     lag: float
+    #: Of the tasks placed by a plan: the share that polled past its horizon (the longest
+    #: completion it knew; its count has one poll for each), and the polls per task that
+    #: went out there. A kind of task not seen yet, or a drift, spends its surprise there.
+    past_share: float = math.nan
+    past_polls: float = math.nan
 
 
 def blocks(
@@ -212,12 +229,15 @@ def blocks(
     for start in range(0, max(len(run) for run in runs), size):
         block = [o for run in runs for o in run[start : start + size]]
         planned = [o.expected for o in block if o.expected is not None]
+        past = [o.past_horizon for o in block if o.past_horizon is not None]
         found.append(
             Block(
                 first=skip + start,
                 polls=statistics.fmean(o.polls for o in block),
                 expected=statistics.fmean(planned) if planned else math.nan,
                 lag=statistics.fmean(o.lag for o in block),
+                past_share=statistics.fmean(p > 0 for p in past) if past else math.nan,
+                past_polls=statistics.fmean(past) if past else math.nan,
             )
         )
     return found
@@ -227,11 +247,14 @@ def attribution_table(
     config: PollingConfig | None = None, seeds: Sequence[int] = (0, 1, 2), size: int = 50
 ) -> str:
     """One line per shape: for each block of ``size`` steady-state tasks, "polls/expected
-    lag" (polls spent per task, what their plans expected, mean lag in seconds)."""
+    lag [share past, polls past]" (polls spent per task, what their plans expected, mean lag
+    in seconds; the share of tasks that outlived their plan's horizon, and the polls per
+    task spent past it)."""
     lines = []
     for name, (arrivals, sampler) in SHAPES.items():
         cells = [
             f"{b.first}: {b.polls:.2f}/{b.expected:.2f} {b.lag:.2f}"
+            f" [{b.past_share:.2f} {b.past_polls:.2f}]"
             for b in blocks(arrivals, sampler, config, size=size, seeds=seeds)
         ]
         lines.append(f"{name:<26} " + " | ".join(cells))
@@ -483,7 +506,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--attribute",
         action="store_true",
-        help="per block of 50 steady-state tasks: polls / what their plans expected, lag",
+        help="per block of 50 steady-state tasks: polls / what their plans expected, lag,"
+        " [share of tasks past their plan's horizon, polls per task spent there]",
     )
     args = parser.parse_args(argv)
     if args.seeds < 1:

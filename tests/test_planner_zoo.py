@@ -152,6 +152,19 @@ def test_the_blocks_split_the_steady_state_without_losing_a_task() -> None:
     assert drifted.polls > drifted.expected + 0.5, drifted
 
 
+def test_the_attribution_shows_where_a_plan_runs_out_of_knowledge() -> None:
+    """Where the steady state spends beyond its plans (``--attribute``): past the horizon of
+    the plan that placed each task (the longest completion it knew), which counts one poll
+    for each task it expects there. On bimodal 0.5-2 s / 6-12 s, while no slow task has
+    finished, a third of the first steady tasks outlive their plan and spend more polls
+    there than the block overspends; on uniform 1-6 s, once learned, hardly a task does."""
+    learning, *_ = blocks(*SHAPES["bimodal 0.5-2 s / 6-12 s"])
+    assert learning.past_share >= 0.25, learning
+    assert learning.past_polls >= learning.polls - learning.expected, learning
+    learned = blocks(*SHAPES["uniform 1-6 s"])[2:]
+    assert all(b.past_share <= 0.02 for b in learned), learned
+
+
 def test_a_slow_mode_not_seen_yet_is_not_stepped_through_at_each_1_25x_of_its_age() -> None:
     """Bimodal 0.5-2 s / 6-12 s at 20 tasks a second: when task 100 is submitted no 6-12 s
     task has finished, and each of its long tasks outlives everything seen. Stepping at each
