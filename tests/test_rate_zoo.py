@@ -166,6 +166,26 @@ def test_slow_start_ended_by_a_full_window_or_an_empty_burst_is_not_re_read_upwa
     assert run.pace_at(cut_at + 0.5) == cut_rate
 
 
+def test_slow_start_s_end_is_re_read_from_the_answers_not_from_whole_buckets() -> None:
+    # The share of the sends from the first refused one to the cut that the server refused
+    # is counted from their answers. Over whole 50 ms buckets of send time it was off by up
+    # to a tenth either way: a sliding window at 100/s (which refuses 0.56-0.59 of them)
+    # was read as a server refusing only over its rate on 5 seeds of these 8 (a "limit" of
+    # 142-146/s held as found), and a token bucket of burst 1 at 30/s was found on 5.
+    window = RateLimit(2 * LIMIT, shape="sliding-window")
+    bucket = RateLimit(30, burst=1)
+    found_window, found_bucket = [], []
+    for seed in range(8):
+        policy = AimdPolicy(None)
+        run_zoo(window, seed=seed, policy=policy, until=3.0, **LIVE)
+        found_window.append(policy.state.found)
+        policy = AimdPolicy(None)
+        run_zoo(bucket, seed=seed, policy=policy, until=3.0, **LIVE)
+        found_bucket.append(policy.state.found)
+    assert all(found == math.inf for found in found_window)
+    assert sum(found <= 30 for found in found_bucket) >= 6
+
+
 @pytest.mark.parametrize(("shape", "at_most"), [("sliding window", 1.1), ("fixed window", 1.45)])
 def test_after_slow_start_the_recovery_aims_no_higher_than_the_last_second_accepted(
     shape: str, at_most: float
@@ -461,11 +481,12 @@ def test_a_shared_state_in_many_hands_finds_the_same_limit(limit: RateLimit) -> 
 
 def test_not_told_a_limit_found_too_high_is_forgotten_at_the_next_cut() -> None:
     # Slow start's end can read a sliding window as a server that refuses only over its
-    # rate (on these seeds: a "limit" of 70/s against 50). Held as found, it kept the ceiling
-    # far above the window for the whole run; the first refusal that is no lesson (most of
-    # the pace refused) forgets it, and the limit is found again from a cut. Live, the
-    # limit that drops to 20/s and comes back took 1.224x (seven runs) with the wrong limit
-    # kept, 1.208x with it forgotten (1.199x before limits were found at all).
+    # rate (answering after 0.3 s, the ramp grows less per second and the window draining
+    # refuses under half of it: a "limit" of 65-68/s against 50). Held as found, it kept the
+    # ceiling far above the window for the whole run; the first refusal that is no lesson
+    # (most of the pace refused) forgets it, and the limit is found again from a cut. Live,
+    # the limit that drops to 20/s and comes back took 1.224x (seven runs) with the wrong
+    # limit kept, 1.208x with it forgotten (1.199x before limits were found at all).
 
     class Recording(AimdPolicy):
         def __init__(self) -> None:
@@ -477,9 +498,9 @@ def test_not_told_a_limit_found_too_high_is_forgotten_at_the_next_cut() -> None:
             self.seen.append(self.state.found)
 
     shape = RateLimit(LIMIT, shape="sliding-window", schedule=[(3, 20), (8, LIMIT)])
-    for seed in (2, 30, 31):
+    for seed in range(3):
         policy = Recording()
-        run_zoo(shape, seed=seed, policy=policy, **LIVE)
+        run_zoo(shape, seed=seed, policy=policy, latency=0.3, **LIVE)
         wrong = [found for found in policy.seen if 1.2 * LIMIT < found < math.inf]
         assert wrong  # slow start's end was misread: the case this test is about
         assert policy.seen.index(wrong[-1]) < len(policy.seen) // 4  # forgotten early
