@@ -166,6 +166,26 @@ def test_slow_start_ended_by_a_full_window_or_an_empty_burst_is_not_re_read_upwa
     assert run.pace_at(cut_at + 0.5) == cut_rate
 
 
+def test_slow_start_s_end_is_re_read_from_the_answers_not_from_whole_buckets() -> None:
+    # The share of the sends from the first refused one to the cut that the server refused
+    # is counted from their answers. Over whole 50 ms buckets of send time it was off by up
+    # to a tenth either way: a sliding window at 100/s (which refuses 0.56-0.59 of them)
+    # was read as a server refusing only over its rate on 5 seeds of these 8 (a "limit" of
+    # 142-146/s held as found), and a token bucket of burst 1 at 30/s was found on 5.
+    window = RateLimit(2 * LIMIT, shape="sliding-window")
+    bucket = RateLimit(30, burst=1)
+    found_window, found_bucket = [], []
+    for seed in range(8):
+        policy = AimdPolicy(None)
+        run_zoo(window, seed=seed, policy=policy, until=3.0, **LIVE)
+        found_window.append(policy.state.found)
+        policy = AimdPolicy(None)
+        run_zoo(bucket, seed=seed, policy=policy, until=3.0, **LIVE)
+        found_bucket.append(policy.state.found)
+    assert all(found == math.inf for found in found_window)
+    assert sum(found <= 30 for found in found_bucket) >= 6
+
+
 @pytest.mark.parametrize(("shape", "at_most"), [("sliding window", 1.1), ("fixed window", 1.45)])
 def test_after_slow_start_the_recovery_aims_no_higher_than_the_last_second_accepted(
     shape: str, at_most: float
@@ -461,11 +481,12 @@ def test_a_shared_state_in_many_hands_finds_the_same_limit(limit: RateLimit) -> 
 
 def test_not_told_a_limit_found_too_high_is_forgotten_at_the_next_cut() -> None:
     # Slow start's end can read a sliding window as a server that refuses only over its
-    # rate (on these seeds: a "limit" of 70/s against 50). Held as found, it kept the ceiling
-    # far above the window for the whole run; the first refusal that is no lesson (most of
-    # the pace refused) forgets it, and the limit is found again from a cut. Live, the
-    # limit that drops to 20/s and comes back took 1.224x (seven runs) with the wrong limit
-    # kept, 1.208x with it forgotten (1.199x before limits were found at all).
+    # rate (answering after 0.3 s, the ramp grows less per second and the window draining
+    # refuses under half of it: a "limit" of 65-68/s against 50). Held as found, it kept the
+    # ceiling far above the window for the whole run; the first refusal that is no lesson
+    # (most of the pace refused) forgets it, and the limit is found again from a cut. Live,
+    # the limit that drops to 20/s and comes back took 1.224x (seven runs) with the wrong
+    # limit kept, 1.208x with it forgotten (1.199x before limits were found at all).
 
     class Recording(AimdPolicy):
         def __init__(self) -> None:
@@ -477,9 +498,9 @@ def test_not_told_a_limit_found_too_high_is_forgotten_at_the_next_cut() -> None:
             self.seen.append(self.state.found)
 
     shape = RateLimit(LIMIT, shape="sliding-window", schedule=[(3, 20), (8, LIMIT)])
-    for seed in (2, 30, 31):
+    for seed in range(3):
         policy = Recording()
-        run_zoo(shape, seed=seed, policy=policy, **LIVE)
+        run_zoo(shape, seed=seed, policy=policy, latency=0.3, **LIVE)
         wrong = [found for found in policy.seen if 1.2 * LIMIT < found < math.inf]
         assert wrong  # slow start's end was misread: the case this test is about
         assert policy.seen.index(wrong[-1]) < len(policy.seen) // 4  # forgotten early
@@ -508,3 +529,26 @@ def test_not_told_a_limit_back_above_what_was_taken_before_it_dropped_is_probed_
     runs = [run_zoo(DROPPED, seed=seed, **LIVE) for seed in range(4)]
     accepted = [run.accepted_rate(9.5, 11.0) for run in runs]
     assert sum(accepted) / len(accepted) >= 0.9 * LIMIT
+
+
+def test_not_told_a_pace_that_rose_over_the_second_before_a_drop_is_probed_on_from() -> None:
+    # 50/s, 15/s from 3.5 s to 8 s: the pace was still climbing back to slow start's refused
+    # pace when the limit dropped, so over the second before the drop the server took all
+    # that was sent (about 43/s), less than the pace it refused (48/s). That is short of the
+    # limit too: once the quick probe is back at it unrefused, the pace probes on at once
+    # (held there, the server accepted 43/s over 9.5-11 s on these seeds, 1.221x; now
+    # 48/s, 1.162x).
+    limit = RateLimit(LIMIT, shape="sliding-window", schedule=[(3.5, 15), (8, LIMIT)])
+    runs = [run_zoo(limit, seed=seed, **LIVE) for seed in range(6)]
+    accepted = [run.accepted_rate(9.5, 11.0) for run in runs]
+    assert sum(accepted) / len(accepted) >= 0.9 * LIMIT
+
+
+def test_not_told_a_drop_while_probing_beyond_the_refused_pace_is_not_probed_on_from() -> None:
+    # 50/s, 15/s from 5 s to 8 s: the pace was probing beyond the pace last refused when the
+    # limit dropped, so what the server took over the second before is about its limit,
+    # short of the pace refused only by the probe. Probing on from it at once cost a cluster
+    # of 429s more after the limit came back: 1.163x on these seeds, held 1.134x.
+    limit = RateLimit(LIMIT, shape="sliding-window", schedule=[(5, 15), (8, LIMIT)])
+    runs = [run_zoo(limit, seed=seed, **LIVE) for seed in range(6)]
+    assert sum(run.ratio for run in runs) / len(runs) <= 1.145
