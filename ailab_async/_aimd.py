@@ -101,7 +101,11 @@ from what the server *accepted*, by send time:
   judged at once, at the pace they left at: a limit that just dropped refuses them all).
   After slow start no event cuts by more than half (a short or fully refused span must not
   send the rate to the floor). Such a correction is itself judged only after 0.5 s: a fixed
-  window filled by a pace told too much refuses everything until its boundary.
+  window filled by a pace told too much refuses everything until its boundary. If the
+  server took well under the pace (under 80 % of it) over the two seconds before the
+  correction (a window let its count through while the pace climbed above it), the
+  recovery aims back at what it took, not from the halved rate along the cubic beyond it
+  (which took a pace told too much back to the told figure within three seconds).
 * **Back fast, then probe ever faster.** After the hold-off the rate follows a cubic (as
   TCP CUBIC's window) from the cut rate to just under the pace that was refused (the
   geometric mean of that pace and the accepted rate when the refusal was not marginal):
@@ -664,7 +668,9 @@ class AimdPolicy:
         if state.window < math.inf and state.window_bound_at >= sent_at - rtt:
             state.window += 1.0 / state.window
 
-    def on_rate_limited(self, sent_at: float, now: float, retry_after: float | None = None) -> bool:
+    def on_rate_limited(  # noqa: PLR0915 - one transition, read top to bottom
+        self, sent_at: float, now: float, retry_after: float | None = None
+    ) -> bool:
         """The request sent at ``sent_at`` was answered ``429`` at ``now``; return whether it
         cut the rate (``False``: the same event as the last cut). Call :meth:`release` for it
         first, so the window is set from the *other* requests in flight."""
@@ -709,6 +715,8 @@ class AimdPolicy:
                     # dropped is found again from below (a server that refuses only what is
                     # over its rate ends slow start re-read upwards, see _reread_first_cut).
                     peak = min(peak, last_second)
+        if not fresh:
+            peak = self._correction_peak(sent_at, pace, peak)
         current = self.rate(now)
         if state.cut:
             # After slow start (whose ramp may overshoot by more), one event at most halves
@@ -1009,6 +1017,23 @@ class AimdPolicy:
             return None
         accepted = self._sum(state.sent, start, end) - self._sum(state.refused, start, end)
         return max(0, accepted) / span
+
+    def _correction_peak(self, sent_at: float, pace: float, peak: float) -> float:
+        """Where the recovery from a cut that was not enough aims (``peak``: from what the
+        server accepted since that cut): if over the ``MEASURE_SPAN`` before this refusal,
+        whatever cut came meanwhile, the server took well under the pace (under
+        ``_SATURATED`` of it: a window let its count through while the pace climbed above
+        it), no lower than what it took. (From the halved rate along the cubic beyond it,
+        four processes told 60/s were back at it within three seconds, and filled a 40/s
+        window again.)"""
+        state = self.state
+        start = math.floor(max(sent_at - MEASURE_SPAN, state.first_sent) / BUCKET) * BUCKET
+        end = math.floor(sent_at / BUCKET) * BUCKET
+        if end - start < _MIN_SPAN:
+            return peak
+        took = self._sum(state.sent, start, end) - self._sum(state.refused, start, end)
+        took_rate = max(0, took) / (end - start)
+        return max(peak, took_rate) if took_rate < _SATURATED * pace else peak
 
     def _demand(self, at: float) -> float:
         """Requests per second sent over the ``_USE_SPAN`` before ``at`` (its own bucket,
