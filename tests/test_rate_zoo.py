@@ -376,6 +376,17 @@ def test_told_too_much_a_correction_recovers_to_what_the_window_took_not_beyond(
         assert max(settled) <= 1.15 * 40
 
 
+def test_told_too_much_a_window_that_refuses_at_once_is_recovered_to_what_it_took() -> None:
+    # Told 75/s, a 50/s sliding window answering its 429s at once: the correction comes when
+    # the server took 84 % of the pace over the two seconds before it (its count let
+    # through, then all refused); the recovery aims at what it took, not from the halved
+    # rate along the cubic beyond it (under 80 % only: 1.14-1.19x, as before the rule).
+    limit = RateLimit(LIMIT, shape="sliding-window", instant_429=True)
+    batches = [run_zoo(limit, configured=1.5 * LIMIT, seed=seed, **LIVE) for seed in range(6)]
+    assert sum(run.ratio for run in batches) / len(batches) <= 1.12
+    assert all(run.refused_share <= 0.05 for run in batches)
+
+
 class RoundTripping(AimdPolicy):
     """A policy that round-trips its state through strings before every send, as the Redis
     store loads the state into a fresh policy for every operation."""
