@@ -137,7 +137,8 @@ from what the server *accepted*, by send time:
   its cap), at least what the new pace needs at the usual round trip. The window grows by
   one per window of answers, only while it is what holds senders back. Slots booked ahead
   (:meth:`AimdPolicy.reserve`) and not yet due are not at the server: the window does not
-  count them. Requests in flight
+  count them; and a store that books ahead, which hears of answers late, is allowed at
+  least what the pace sends over its horizon. Requests in flight
   are forgotten after :data:`STALE_IN_FLIGHT` seconds without any release (a process that
   died holding them).
 * **Retry-After is information.** It says nothing will be accepted before then, so the pace
@@ -588,7 +589,12 @@ class AimdPolicy:
             state.rate = self._start_rate
         if now < state.paused_until - horizon:
             return state.paused_until - now, False
-        if state.in_flight - self._booked_ahead(now) >= state.window:
+        # A store that books ahead hears of answers late (the Redis store: with the
+        # process's next call): the window is at least what the pace sends over that
+        # horizon. (A window of one, after a cut at a server that answers in milliseconds,
+        # let one request out per report: 24/s at a 37/s pace, live.)
+        window = max(state.window, math.ceil(state.rate * horizon))
+        if state.in_flight - self._booked_ahead(now) >= window:
             if now - state.released_at < STALE_IN_FLIGHT:
                 state.window_bound_at = now
                 return math.inf, False
