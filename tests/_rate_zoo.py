@@ -18,7 +18,9 @@ request reaches the server up to ``send_jitter`` seconds after it left (plus, wi
 ``send_tail``, an exponentially distributed delay of that mean: now and then much later).
 :data:`LIVE` is the live benchmark's machine. With ``booking``, senders do as the Redis
 store's do: each books its own slot up to ``booking`` seconds ahead (no queue), sleeps until
-it and reports the booked time as the send time. It records what the tests assert on: the
+it and reports the booked time as the send time; with ``report_delay``, the shared state hears
+of an accepted request's answer up to that long after it (the store reports answers with the
+process's next call), and counts it in flight meanwhile. It records what the tests assert on: the
 wall time against the ideal, the 429s, the cuts, and the pace over time.
 """
 
@@ -112,6 +114,7 @@ def run_zoo(
     send_tail: float = 0.0,
     wake_jitter: float = 0.0,
     booking: float = 0.0,
+    report_delay: float = 0.0,
     configured: float | None = None,
     seed: int = 0,
     policy: AimdPolicy | None = None,
@@ -231,9 +234,19 @@ def run_zoo(
         nonlocal remaining, in_flight, waiting_release
         in_flight -= 1
         server.done(now)
-        policy.on_success(sent_at, now)
-        policy.release(now)
-        note_pace(now)
+        if report_delay:
+            # The Redis store tells the shared state of an answer with the process's next
+            # call (or within 0.1 s): meanwhile the request still counts in flight there.
+            def report(later: float, answered: float = now) -> None:
+                policy.on_success(sent_at, answered)
+                policy.release(answered)
+                note_pace(later)
+
+            at(now + rng.uniform(0, report_delay), report)
+        else:
+            policy.on_success(sent_at, now)
+            policy.release(now)
+            note_pace(now)
         run.accepted_at.append(sent_at)
         attempt_over(now)
         remaining -= 1

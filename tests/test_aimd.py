@@ -435,6 +435,28 @@ def test_slots_booked_ahead_do_not_count_against_the_window() -> None:
     assert wait < 0.1
 
 
+def test_a_store_that_books_ahead_is_not_held_to_a_window_under_its_horizon_s_pace() -> None:
+    # The Redis store hears of an answer with the process's next call: a request answered
+    # but not yet reported still counts in flight. After a cut at a server that answers in
+    # milliseconds, the window is one request; booking 0.1 s ahead, the window is at least
+    # what the pace sends over that horizon (four at 37/s), or every process but the one
+    # that just reported waits: live, 24/s went out at a 37/s pace. Not booking ahead (the
+    # in-process limiter, which hears of answers at once), the window of one holds.
+    policy = AimdPolicy(40.0)
+    assert policy.reserve(100.0, 0.1)[1]
+    policy.release(100.004)
+    assert policy.on_rate_limited(100.0, 100.004)
+    assert policy.state.window == 1.0
+    for at in (100.03, 100.06, 100.09):  # sent and answered, but not reported yet
+        wait, ok = policy.reserve(at, 0.1)
+        assert ok
+        assert wait < 0.1
+    assert policy.state.in_flight == 3
+    in_process = AimdPolicy(40.0)
+    in_process.state = AimdState.from_fields(policy.state.to_fields())
+    assert in_process.claim(100.2) == math.inf  # the window of one is full
+
+
 def test_the_state_survives_a_round_trip_through_strings_and_bytes() -> None:
     policy = AimdPolicy(None)
     for event in FIRST_SECOND:

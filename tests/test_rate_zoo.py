@@ -345,20 +345,12 @@ def test_not_told_a_lower_limit_for_good_is_not_probed_quickly_for_ever() -> Non
     assert sum(shares) / len(shares) <= 0.105
 
 
-@pytest.mark.parametrize(("latency", "at_most"), [(0.005, 1.23), (0.05, 1.29)])
-def test_a_shared_budget_told_too_much_settles_under_a_fixed_window(
-    latency: float, at_most: float
-) -> None:
-    # Four processes of four senders sharing one budget, as the Redis store runs them (one
-    # state, every sender booking its own slot ahead), told 60/s against a fixed window of
-    # 40/s. A correction of a cut that was not enough is judged after 0.5 s, not 0.2 s (the
-    # window stays full until its boundary: it was halved again, 1.37x at 5 ms), and told the
-    # limit, quick probes aim at what the server took over two seconds, not one (a fixed
-    # window lets up to twice its count through in one second: 1.32x at 50 ms).
-    limit = RateLimit(40, shape="fixed-window")
-    batches = [
+def _shared_told_too_much(shape: str, latency: float) -> list[ZooRun]:
+    """Four processes of four senders sharing one budget, as the Redis store runs them (one
+    state, every sender booking its own slot ahead), told 60/s against a limit of 40/s."""
+    return [
         run_zoo(
-            limit,
+            RateLimit(40, shape=shape),
             requests=400,
             senders=16,
             items=16,
@@ -370,9 +362,81 @@ def test_a_shared_budget_told_too_much_settles_under_a_fixed_window(
         )
         for seed in range(4)
     ]
+
+
+@pytest.mark.parametrize(("latency", "at_most"), [(0.005, 1.13), (0.05, 1.13)])
+def test_a_shared_budget_told_too_much_settles_under_a_fixed_window(
+    latency: float, at_most: float
+) -> None:
+    # A correction of a cut that was not enough is judged after 0.5 s, not 0.2 s (the window
+    # stays full until its boundary: it was halved again, 1.37x at 5 ms); told the limit,
+    # quick probes aim at what the server took over two seconds, not one (a fixed window
+    # lets up to twice its count through in one second: 1.32x at 50 ms); and the recovery
+    # after a correction aims at what the server took over the two seconds before it, not
+    # from the halved rate along the cubic beyond it (1.19x and 1.27x, now 1.10x and 1.09x).
+    batches = _shared_told_too_much("fixed-window", latency)
     assert all(len(run.accepted_at) == run.requests for run in batches)
     assert sum(run.ratio for run in batches) / len(batches) <= at_most
-    assert sum(run.refused_share for run in batches) / len(batches) <= 0.1
+    assert sum(run.refused_share for run in batches) / len(batches) <= 0.07
+
+
+@pytest.mark.parametrize("shape", ["fixed-window", "sliding-window"])
+@pytest.mark.parametrize("latency", [0.005, 0.05])
+def test_told_too_much_a_correction_recovers_to_what_the_window_took_not_beyond(
+    shape: str, latency: float
+) -> None:
+    # Told 60/s, the pace fills the 40/s window in 0.7 s and its cut (to 95 %) is refused
+    # too: the correction halves the rate, and the recovery aims at what the server took
+    # over the two seconds before it (44/s: the window's count in its first 0.9 s), instead
+    # of climbing the cubic beyond the halved rate (27/s) back to the told 59/s within 3 s
+    # and filling the window again: back within 10 % of the limit two seconds after the
+    # first cluster, and no further than 15 % above it for the seconds after.
+    for run in _shared_told_too_much(shape, latency):
+        assert run.pace_at(3.0) >= 0.9 * 40
+        assert max(run.pace_at(t / 10) for t in range(25, 60)) <= 1.15 * 40
+
+
+def test_told_too_much_a_window_that_refuses_at_once_is_recovered_to_what_it_took() -> None:
+    # Told 75/s, a 50/s sliding window answering its 429s at once: the correction comes when
+    # the server took 84 % of the pace over the two seconds before it (its count let
+    # through, then all refused); the recovery aims at what it took, not from the halved
+    # rate along the cubic beyond it (under 80 % only: 1.14-1.19x, as before the rule).
+    limit = RateLimit(LIMIT, shape="sliding-window", instant_429=True)
+    batches = [run_zoo(limit, configured=1.5 * LIMIT, seed=seed, **LIVE) for seed in range(6)]
+    assert sum(run.ratio for run in batches) / len(batches) <= 1.12
+    assert all(run.refused_share <= 0.05 for run in batches)
+
+
+@pytest.mark.parametrize(
+    ("shape", "told", "at_most"),
+    [("leaky-bucket", 40, 1.3), ("leaky-bucket", 60, 1.3), ("fixed-window", 60, 1.13)],
+)
+def test_a_shared_budget_that_hears_of_answers_late_is_not_held_to_a_window_of_one(
+    shape: str, told: float, at_most: float
+) -> None:
+    # The Redis store tells the shared state of an answer with the process's next call (or
+    # within 0.1 s): live, the window of one request a cut leaves at a server that answers
+    # in milliseconds let one request out per report, 24/s at a 37/s pace. Booking ahead,
+    # the window is at least what the pace sends over the horizon (1.43x, 1.45x and 1.18x
+    # with a window of one; told the true limit of a leaky bucket, 1.10x is out of reach
+    # of any pace under the live machine's jitter).
+    batches = [
+        run_zoo(
+            RateLimit(40, shape=shape),
+            requests=400,
+            senders=16,
+            items=16,
+            booking=0.1,
+            report_delay=0.06,
+            latency=0.005,
+            configured=told,
+            seed=seed,
+            **LIVE,
+        )
+        for seed in range(4)
+    ]
+    assert all(len(run.accepted_at) == run.requests for run in batches)
+    assert sum(run.ratio for run in batches) / len(batches) <= at_most
 
 
 class RoundTripping(AimdPolicy):

@@ -383,8 +383,10 @@ async def test_a_sender_queued_when_the_limiter_closes_is_told_so(
 async def test_the_window_of_requests_in_flight_is_shared(redis_server: RedisServer) -> None:
     name = budget_name()
     async with (
-        RedisRateLimiter(redis_server.url, name=name, rate=50) as first,
-        RedisRateLimiter(redis_server.url, name=name, rate=50) as second,
+        # (At 10/s: booking 0.1 s ahead, the window is at least what the pace sends over
+        # that horizon, one request here, and a window of two holds.)
+        RedisRateLimiter(redis_server.url, name=name, rate=10) as first,
+        RedisRateLimiter(redis_server.url, name=name, rate=10) as second,
     ):
         sent = [await first.acquire() for _ in range(3)]
         first.release(sent[0])
@@ -392,7 +394,7 @@ async def test_the_window_of_requests_in_flight_is_shared(redis_server: RedisSer
         await first.flush()
         client = await redis_server.client()
         try:
-            state = await SharedBudget(client, first.key, rate=50).state()
+            state = await SharedBudget(client, first.key, rate=10).state()
         finally:
             await client.aclose()
         assert (state.window, state.in_flight) == (2.0, 2)

@@ -46,6 +46,7 @@ async def test_a_burst_at_one_instant_gets_what_the_shape_allows(
     assert api.stats.rate_limited == 30 - accepted
     assert api.stats.count("query-credits", "EXCEEDING_LIMITS") == 30 - accepted
     assert api.stats.admitted_at == [clock.now()] * accepted
+    assert api.stats.refused_at == [clock.now()] * (30 - accepted)
 
 
 class GatedClock(ManualClock):
@@ -205,4 +206,4 @@ async def test_stats_reset_clears_the_limit_counters(
     await statuses(api, 3)
     assert (api.stats.rate_limited, len(api.stats.admitted_at)) == (2, 1)
     api.stats.reset()
-    assert (api.stats.rate_limited, api.stats.admitted_at) == (0, [])
+    assert (api.stats.rate_limited, api.stats.admitted_at, api.stats.refused_at) == (0, [], [])

@@ -112,6 +112,7 @@ class SimulatorStats:
       ``EXCEEDING_LIMITS``), whether or not a fault then replaced the answer.
     - ``admitted_at``: arrival times (the simulator's clock) of the API requests the limits
       accepted, in order: an accepted rate per second is a histogram of these.
+    - ``refused_at``: arrival times of the API requests the limits refused, in order.
     """
 
     requests: Counter[tuple[str, str]] = attrs.field(factory=Counter)
@@ -124,6 +125,7 @@ class SimulatorStats:
     credits_spent: float = 0.0
     rate_limited: int = 0
     admitted_at: list[float] = attrs.field(factory=list)
+    refused_at: list[float] = attrs.field(factory=list)
 
     def count(self, endpoint: str | None = None, outcome: str | None = None) -> int:
         """Requests seen, optionally only for one endpoint and/or outcome.
@@ -152,6 +154,7 @@ class SimulatorStats:
         self.credits_spent = 0.0
         self.rate_limited = 0
         self.admitted_at.clear()
+        self.refused_at.clear()
 
 
 @attrs.frozen
@@ -280,6 +283,7 @@ class SimulatorState:
             wait = limit.admit(now)
             if wait is not None:
                 self.stats.rate_limited += 1
+                self.stats.refused_at.append(now)
                 return Admission(tuple(passed), config, wait)
             passed.append(limit)
         self.stats.admitted_at.append(now)
