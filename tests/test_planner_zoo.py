@@ -32,6 +32,7 @@ from ._planner_sim import (
     blocks,
     figures,
     least_polls,
+    shapes,
     simulate,
     steady_durations,
     uniform,
@@ -78,6 +79,18 @@ def _marked(names: list[str], misses: dict[str, str]) -> list[object]:
         else name
         for name in names
     ]
+
+
+#: A long-lived client's steady state: runs of this many tasks, after this many.
+LONG_TASKS, LONG_SKIP = 1000, 300
+LOG_NORMAL = "log-normal, median 3 s"
+
+
+@pytest.fixture(scope="module")
+def long_log_normal() -> Figures:
+    """Log-normal's steady state in long runs (eight seeds of tasks 300-1000)."""
+    arrivals, sampler = shapes(LONG_TASKS)[LOG_NORMAL]
+    return figures(arrivals, sampler, skip=LONG_SKIP, seeds=SHAPE_SEEDS)
 
 
 @pytest.fixture(scope="module")
@@ -296,3 +309,32 @@ def test_resumed_tasks_teach_nothing() -> None:
     for _ in range(5):
         planner.observe(2.0, 3.0)
     assert max(planner.plan) < 10.0
+
+
+def test_a_long_run_continues_the_harness_runs() -> None:
+    """``shapes(n)`` (``python -m tests._planner_sim --tasks n``) are the benchmark's shapes
+    on more tasks: the 400-task runs' arrivals, continued."""
+    long = shapes(LONG_TASKS)
+    assert long.keys() == SHAPES.keys()
+    for name, (arrivals, _) in SHAPES.items():
+        assert len(long[name][0]) == LONG_TASKS
+        assert long[name][0][: len(arrivals)] == arrivals
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="1.55 s at 1.92 polls, 0.57x (tasks 100-400: 1.32 s at 2.07, 0.49x): the plans"
+    " rest on evidence their own polls shaped, and the estimate's tail grows heavy",
+)
+def test_log_normal_halves_fixed_polling_lag_in_a_long_run(long_log_normal: Figures) -> None:
+    """The target holds for a long-lived client too: what it sees is the steady state of a
+    long run, where the plans have learned only from what they themselves polled."""
+    assert long_log_normal.ratio <= TARGET_RATIO, long_log_normal
+    assert long_log_normal.polls_per_task <= TARGET_POLLS + SHAPE_POLLS_TOLERANCE, long_log_normal
+
+
+def test_log_normal_stays_well_under_fixed_polling_in_a_long_run(long_log_normal: Figures) -> None:
+    """The regression guard beside it: 0.57x at 1.92 polls today (hold-out seeds 8-15: 0.56x
+    at 1.94)."""
+    assert long_log_normal.ratio <= 0.6, long_log_normal
+    assert long_log_normal.polls_per_task <= TARGET_POLLS + SHAPE_POLLS_TOLERANCE, long_log_normal
