@@ -27,6 +27,9 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ailab_async import (
     AILabClient,
@@ -800,3 +803,144 @@ def test_the_limiter_repr_never_shows_the_password() -> None:
     limiter = RedisRateLimiter("redis://u:hunter2-pw@127.0.0.1:1/0", name="acct", rate=5)
     assert "hunter2" not in repr(limiter) + str(limiter)
     assert "redis://***@127.0.0.1:1/0" in repr(limiter)
+
+
+# -- the shared count in flight: no request's release lost or told twice --------------------
+
+
+class Outage:
+    """Redis unreachable for one limiter, from now until :meth:`end`: every budget call it
+    makes fails as a refused connection (the reconnection probe included)."""
+
+    def __init__(self, limiter: RedisRateLimiter) -> None:
+        self.limiter = limiter
+        self.down = True
+        budget = limiter._budget
+        for operation in ("reserve", "report", "rate_limited", "peek"):
+            setattr(budget, operation, self._failing(getattr(budget, operation)))
+
+    def _failing(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        async def failing(*args: Any, **kwargs: Any) -> Any:
+            if self.down:
+                raise RedisConnectionError("injected: Redis unreachable")
+            return await original(*args, **kwargs)
+
+        return failing
+
+    async def end(self) -> None:
+        """Redis is back: wait for the limiter to see it (it probes every 0.01 s here)."""
+        assert not self.limiter.using_redis
+        reconnector = self.limiter._reconnector
+        assert reconnector is not None
+        self.down = False
+        await asyncio.wait_for(reconnector, 10.0)
+        assert self.limiter.using_redis
+
+
+async def test_a_request_answered_while_redis_is_unreachable_is_released_once_back(
+    redis_server: RedisServer,
+) -> None:
+    # Its release was dropped: the shared count kept it in flight for good (until the
+    # stale reset, which needs ten seconds without any release from any process).
+    name = budget_name()
+    async with RedisRateLimiter(
+        redis_server.url, name=name, rate=50, reconnect_interval=0.01
+    ) as limiter:
+        sent_at = await limiter.acquire()  # booked on Redis: in flight there
+        outage = Outage(limiter)
+        await limiter.acquire()  # Redis unreachable: the fallback's slot
+        limiter.on_success(sent_at)
+        limiter.release(sent_at)  # answered while degraded
+        await outage.end()
+        await limiter.flush()
+        assert await in_flight(redis_server, limiter.key) == 0
+
+
+async def test_a_request_the_fallback_let_out_is_not_released_on_redis(
+    redis_server: RedisServer,
+) -> None:
+    # Its release was told to Redis once back, taking another process's request out of the
+    # shared count (and, as a release, putting off the stale reset).
+    name = budget_name()
+    async with (
+        RedisRateLimiter(redis_server.url, name=name, rate=50, reconnect_interval=0.01) as first,
+        RedisRateLimiter(redis_server.url, name=name, rate=50) as second,
+    ):
+        outage = Outage(first)
+        local_sent_at = await first.acquire()  # the fallback's slot
+        await outage.end()
+        await second.acquire()  # the other process's request, in flight on Redis
+        first.release(local_sent_at)
+        await first.flush()
+        assert await in_flight(redis_server, first.key) == 1
+
+
+@pytest.mark.parametrize("operation", ["reserve", "report", "rate_limited"])
+async def test_releases_carried_by_a_call_that_failed_reach_redis_once_back(
+    redis_server: RedisServer, operation: str
+) -> None:
+    # The report went with the call and was lost with it.
+    name = budget_name()
+    async with RedisRateLimiter(
+        redis_server.url, name=name, rate=50, reconnect_interval=0.01
+    ) as limiter:
+        sent = [await limiter.acquire() for _ in range(3)]
+        assert await in_flight(redis_server, limiter.key) == 3
+        outage = Outage(limiter)
+        limiter.release(sent[0])
+        if operation == "reserve":
+            await limiter.acquire()  # carries the release; fails; the fallback's slot
+        elif operation == "report":
+            await limiter.flush()
+        else:
+            limiter.release(sent[1])
+            limiter.on_rate_limited(sent[1])
+            await limiter.flush()
+        await outage.end()
+        await limiter.flush()
+        still = 2 if operation != "rate_limited" else 1
+        assert await in_flight(redis_server, limiter.key) == still
+
+
+class LostAnswers:
+    """The next ``count`` transactions' EXEC is applied by Redis and its answer lost (a
+    socket timeout on a loaded machine): redis-py then runs the transaction again."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, count: int = 1) -> None:
+        self.left = count
+        original = Pipeline._execute_transaction
+
+        async def applied_then_lost(pipe: Pipeline, *args: Any, **kwargs: Any) -> Any:
+            response = await original(pipe, *args, **kwargs)
+            if self.left > 0:
+                self.left -= 1
+                pipe.watching = True  # as when the answer to EXEC never came
+                raise RedisTimeoutError("injected: EXEC's answer lost")
+            return response
+
+        monkeypatch.setattr(Pipeline, "_execute_transaction", applied_then_lost)
+
+
+@pytest.mark.parametrize("operation", ["reserve", "report"])
+async def test_a_transaction_whose_answer_was_lost_is_applied_once(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, operation: str
+) -> None:
+    # Run again whole by redis-py: a slot booked twice (the first never used: in flight
+    # for good), or a release told twice (another request taken out of the count).
+    client = await redis_server.client()
+    budget = SharedBudget(client, f"{{{budget_name()}}}:ailab-rate", rate=50.0, horizon=1.0)
+    try:
+        booked = [await budget.reserve() for _ in range(2)]
+        lost = LostAnswers(monkeypatch)
+        if operation == "reserve":
+            decision = await budget.reserve()
+            assert decision.booked
+            assert decision.send_at > booked[-1].send_at
+        else:
+            await budget.report(Report(releases=[booked[0].now]))
+        assert lost.left == 0  # the answer was lost, and the transaction run again
+        state = await budget.state()
+    finally:
+        await client.aclose()
+    assert state.in_flight == (3 if operation == "reserve" else 1)
+    assert sum(state.sent) == (3 if operation == "reserve" else 2)

@@ -18,7 +18,9 @@ transaction costs a few round trips on a local network and rarely has to run twi
 
 from __future__ import annotations
 
+import itertools
 import math
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -31,6 +33,10 @@ from ..._aimd import BACKOFF, MIN_RATE, AimdPolicy, AimdState
 __all__ = ["Decision", "Report", "SharedBudget"]
 
 T = TypeVar("T")
+
+#: How long the mark of an applied transaction is kept (seconds): it is read only by the
+#: same transaction run again at once (see ``_transaction``), well within this.
+_MARK_TTL = 10.0
 
 
 @attrs.frozen
@@ -93,6 +99,9 @@ class SharedBudget:
         self._policy = AimdPolicy(rate, min_rate=min_rate, backoff_factor=backoff_factor)
         self._horizon = horizon
         self._ttl = ttl
+        # Marks of this budget's transactions: key prefix and sequence (see _transaction).
+        self._marks = f"{key}:applied:{uuid.uuid4().hex}:"
+        self._sequence = itertools.count()
 
     async def reserve(self, report: Report = Report(), *, now: float | None = None) -> Decision:
         """Apply ``report``, then book the next shared send slot if it is within the
@@ -155,8 +164,21 @@ class SharedBudget:
         decide: Callable[[AimdPolicy, float], T],
         now: float | None,
     ) -> T:
+        # redis-py runs ``run`` again after a timeout or lost connection while the key is
+        # watched, EXEC's answer included: an EXEC that Redis applied and whose answer was
+        # lost was applied twice (its releases told twice; a slot booked twice, the first
+        # never used, in flight for good). Each run therefore marks, in the same MULTI,
+        # that this transaction was applied (a key of its own: the same hash slot, never
+        # watched), and a run again that finds the mark does nothing and returns the
+        # first run's answer.
+        mark = f"{self._marks}{next(self._sequence)}"
+        first: list[T] = []
+
         async def run(pipe: Pipeline) -> T:
             # Immediate mode (after WATCH): each command answers at once.
+            if first and await pipe.exists(mark):
+                pipe.multi()  # type: ignore[no-untyped-call]
+                return first[0]
             fields: dict[Any, Any] = await pipe.hgetall(self.key)
             at = now
             if at is None:
@@ -175,6 +197,8 @@ class SharedBudget:
             # Abandoned budgets vanish; one paused by a long Retry-After outlives the pause.
             paused = state.paused_until - at if math.isfinite(state.paused_until) else 0.0
             pipe.pexpire(self.key, math.ceil((max(0.0, paused) + self._ttl) * 1000))
+            pipe.set(mark, 1, px=math.ceil(_MARK_TTL * 1000))
+            first[:] = [result]
             return result
 
         result: T = await self._client.transaction(run, self.key, value_from_callable=True)

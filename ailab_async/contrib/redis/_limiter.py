@@ -157,6 +157,11 @@ class RedisRateLimiter:
         # Answers not yet told to Redis: (sent_at, answered_at) successes, release times.
         self._pending_successes: list[tuple[float, float]] = []
         self._pending_releases: list[float] = []
+        # Send times of the requests let out on a slot booked on Redis and not yet released:
+        # only theirs are released on Redis (a request the fallback let out was never counted
+        # there), and theirs are, even when answered while Redis is unreachable (it hears
+        # once back: a release lost keeps a request in the shared count, see _keep).
+        self._booked: collections.Counter[float] = collections.Counter()
         self._flusher: asyncio.Task[None] | None = None
         self._reconnector: asyncio.Task[None] | None = None
         # Senders waiting for a slot, in arrival order, and the task booking them one by one.
@@ -218,6 +223,7 @@ class RedisRateLimiter:
                     except asyncio.CancelledError:
                         self._unbook()  # booked, never sent: not in flight
                         raise
+                self._booked[send_at] += 1
                 return send_at
             if self._closed:
                 raise ClientClosedError("the Redis rate limiter is closed")
@@ -233,7 +239,13 @@ class RedisRateLimiter:
     def release(self, sent_at: float) -> None:
         """The request sent at ``sent_at`` is over; Redis hears it with the next call."""
         self._fallback.release(sent_at)
-        self._queue_report(releases=[self._local_clock()])
+        booked = self._booked.get(sent_at, 0)
+        if booked:  # let out on a slot booked on Redis: over there too
+            if booked == 1:
+                del self._booked[sent_at]
+            else:
+                self._booked[sent_at] = booked - 1
+            self._queue_report(releases=[self._local_clock()])
 
     def on_rate_limited(self, sent_at: float, retry_after: float | None = None) -> None:
         """Report a ``429`` to every process sharing the budget (in the background).
@@ -249,6 +261,7 @@ class RedisRateLimiter:
             task = self._spawn(self._report_rate_limited(sent_at, retry_after, report))
             if task is not None:
                 return
+            self._keep(report)
         self._fallback.on_rate_limited(sent_at, retry_after)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -325,9 +338,11 @@ class RedisRateLimiter:
             while self._using_redis and not self._closed:
                 if self._next_waiting() is None:
                     return
+                report = self._take_report()
                 try:
-                    decision = await self._call(self._budget.reserve(self._take_report()))
+                    decision = await self._call(self._budget.reserve(report))
                 except _UNAVAILABLE as exc:
+                    self._keep(report)
                     self._degrade(exc)
                     return
                 self._observe(decision)
@@ -403,12 +418,25 @@ class RedisRateLimiter:
         successes: list[tuple[float, float]] | None = None,
         releases: list[float] | None = None,
     ) -> None:
-        if not self._using_redis or self._closed:
+        if self._closed:
+            return
+        # Releases wait out an outage (each is a request Redis counts in flight: lost, it
+        # stays in the shared count, and the stale reset needs ten seconds without a
+        # release from any process); successes only teach the round trip, and are dropped.
+        self._pending_releases += releases or []
+        if not self._using_redis:
             return
         self._pending_successes += successes or []
-        self._pending_releases += releases or []
         if self._flusher is None:
             self._flusher = self._spawn(self._flush_soon())
+
+    def _keep(self, report: Report) -> None:
+        """A call carrying ``report`` failed (Redis unreachable): its releases go again with
+        the first call once Redis is back. (A call that timed out may have been applied:
+        a release told twice lowers the shared count by one until it next drains to zero,
+        as a release lost would raise it until the stale reset; the lesser harm.)"""
+        if not self._closed:
+            self._pending_releases[:0] = report.releases
 
     def _take_report(self) -> Report:
         report = Report(self._pending_successes, self._pending_releases)
@@ -421,14 +449,17 @@ class RedisRateLimiter:
             await asyncio.sleep(0.1)
         finally:
             self._flusher = None
+        if not self._using_redis or self._closed:
+            return  # the releases pending wait for Redis to be back
         report = self._take_report()
-        if (report.successes or report.releases) and self._using_redis and not self._closed:
+        if report.successes or report.releases:
             await self._send_report(report)
 
     async def _send_report(self, report: Report) -> None:
         try:
             self._observe(await self._call(self._budget.report(report)))
         except _UNAVAILABLE as exc:
+            self._keep(report)
             self._degrade(exc)
 
     async def _report_rate_limited(
@@ -437,6 +468,7 @@ class RedisRateLimiter:
         try:
             decision = await self._call(self._budget.rate_limited(sent_at, retry_after, report))
         except _UNAVAILABLE as exc:
+            self._keep(report)
             self._degrade(exc)
             self._fallback.on_rate_limited(sent_at, retry_after)
         else:
@@ -468,6 +500,7 @@ class RedisRateLimiter:
             self._using_redis = True
             self.recovered_count += 1
             self._reconnector = None
+            self._queue_report()  # the releases kept through the outage: told soon
             logger.warning(
                 "shared rate limit %r: Redis at %s is reachable again; using the shared "
                 "budget (%.3g requests/s now)",
