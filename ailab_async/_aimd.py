@@ -1159,8 +1159,9 @@ class AimdPolicy:
                 # it (short of the limit: an average over the ramp). A drop at 2 s to 20/s,
                 # back at 10 s, 40 seeds: back within 10 % of 50/s in 4.89 s (max 5.65),
                 # now 3.08 s (max 4.40); 1.321x -> 1.206x. Not while probing beyond the
-                # refused pace: a token bucket's burst let the ramp through at twice its
-                # rate, and probes back up to that cost it 7 more 429s of 500.
+                # refused pace: a token bucket of burst twice its rate let the ramp through
+                # at 99/s of 50, and probes back up to that cost 1.5 more 429s of 500 (6.7
+                # more probed from slow start's cut on).
                 state.took = ramp_took
                 state.took_short = True
         elif state.quick_probes and state.cut and self.rate(now) > state.refused_pace:
