@@ -616,3 +616,17 @@ def test_not_told_a_drop_while_probing_beyond_the_refused_pace_is_not_probed_on_
     limit = RateLimit(LIMIT, shape="sliding-window", schedule=[(5, 15), (8, LIMIT)])
     runs = [run_zoo(limit, seed=seed, **LIVE) for seed in range(6)]
     assert sum(run.ratio for run in runs) / len(runs) <= 1.145
+
+
+def test_not_told_a_limit_that_dropped_in_slow_start_s_hold_off_is_probed_back_up_to_the_ramp() -> (
+    None
+):
+    # 50/s, 20/s from 2 s to 10 s: the limit dropped in the hold-off of slow start's cut, so
+    # the server never took a pace for a second at 50/s, and what it took before the later
+    # refusals is 20/s. What slow start's ramp got through (43/s) is probed back up to
+    # quickly instead: the server accepted 26/s over 14-15 s on these seeds (the limit found
+    # at 20/s, probed 2.5 s after each hold-off along the slow cubic), now 45/s.
+    limit = RateLimit(LIMIT, shape="sliding-window", schedule=[(2, 20), (10, LIMIT)])
+    runs = [run_zoo(limit, seed=seed, **LIVE) for seed in range(6)]
+    accepted = [run.accepted_rate(14.0, 15.0) for run in runs]
+    assert sum(accepted) / len(accepted) >= 0.8 * LIMIT
