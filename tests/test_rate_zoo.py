@@ -364,9 +364,12 @@ def test_not_told_a_lower_limit_for_good_is_not_probed_quickly_for_ever() -> Non
     assert sum(shares) / len(shares) <= 0.105
 
 
-def _shared_told_too_much(shape: str, latency: float) -> list[ZooRun]:
+def _shared_budget(
+    shape: str, latency: float, *, told: float = 60, report_delay: float = 0.0
+) -> list[ZooRun]:
     """Four processes of four senders sharing one budget, as the Redis store runs them (one
-    state, every sender booking its own slot ahead), told 60/s against a limit of 40/s."""
+    state, every sender booking its own slot ahead), told ``told`` against a limit of
+    40/s; answers reach the shared state up to ``report_delay`` late. Four seeds."""
     return [
         run_zoo(
             RateLimit(40, shape=shape),
@@ -374,8 +377,9 @@ def _shared_told_too_much(shape: str, latency: float) -> list[ZooRun]:
             senders=16,
             items=16,
             booking=0.1,
+            report_delay=report_delay,
             latency=latency,
-            configured=60,
+            configured=told,
             seed=seed,
             **LIVE,
         )
@@ -393,7 +397,7 @@ def test_a_shared_budget_told_too_much_settles_under_a_fixed_window(
     # lets up to twice its count through in one second: 1.32x at 50 ms); and the recovery
     # after a correction aims at what the server took over the two seconds before it, not
     # from the halved rate along the cubic beyond it (1.19x and 1.27x, now 1.10x and 1.09x).
-    batches = _shared_told_too_much("fixed-window", latency)
+    batches = _shared_budget("fixed-window", latency)
     assert all(len(run.accepted_at) == run.requests for run in batches)
     assert sum(run.ratio for run in batches) / len(batches) <= at_most
     assert sum(run.refused_share for run in batches) / len(batches) <= 0.07
@@ -410,7 +414,7 @@ def test_told_too_much_a_correction_recovers_to_what_the_window_took_not_beyond(
     # of climbing the cubic beyond the halved rate (27/s) back to the told 59/s within 3 s
     # and filling the window again: back within 10 % of the limit two seconds after the
     # first cluster, and no further than 15 % above it for the seconds after.
-    for run in _shared_told_too_much(shape, latency):
+    for run in _shared_budget(shape, latency):
         assert run.pace_at(3.0) >= 0.9 * 40
         assert max(run.pace_at(t / 10) for t in range(25, 60)) <= 1.15 * 40
 
@@ -439,21 +443,7 @@ def test_a_shared_budget_that_hears_of_answers_late_is_not_held_to_a_window_of_o
     # the window is at least what the pace sends over the horizon (1.43x, 1.45x and 1.18x
     # with a window of one; told the true limit of a leaky bucket, 1.10x is out of reach
     # of any pace under the live machine's jitter).
-    batches = [
-        run_zoo(
-            RateLimit(40, shape=shape),
-            requests=400,
-            senders=16,
-            items=16,
-            booking=0.1,
-            report_delay=0.06,
-            latency=0.005,
-            configured=told,
-            seed=seed,
-            **LIVE,
-        )
-        for seed in range(4)
-    ]
+    batches = _shared_budget(shape, 0.005, told=told, report_delay=0.06)
     assert all(len(run.accepted_at) == run.requests for run in batches)
     assert sum(run.ratio for run in batches) / len(batches) <= at_most
 
