@@ -664,7 +664,10 @@ class AimdPolicy:
         """A request granted by :meth:`claim` is over (whatever its outcome), at ``now``."""
         state = self.state
         state.in_flight = max(0, state.in_flight - 1)
-        state.released_at = now
+        # The latest release: reports reach a shared state out of order (each process tells
+        # its answers with its next call), and an earlier one told late must not make the
+        # count look stale (see STALE_IN_FLIGHT).
+        state.released_at = max(state.released_at, now)
 
     def on_success(self, sent_at: float, now: float) -> None:
         """The request sent at ``sent_at`` was accepted (answered without a rate-limit
