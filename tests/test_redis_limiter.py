@@ -875,6 +875,24 @@ async def test_a_request_the_fallback_let_out_is_not_released_on_redis(
         assert await in_flight(redis_server, first.key) == 1
 
 
+async def test_a_request_booked_on_redis_is_not_released_from_the_fallback_s_count(
+    redis_server: RedisServer,
+) -> None:
+    # The fallback never counted it: lowering its count for it let one more of its own
+    # requests out than its window allows while Redis is unreachable.
+    async with RedisRateLimiter(
+        redis_server.url, name=budget_name(), rate=50, reconnect_interval=0.01
+    ) as limiter:
+        shared_sent_at = await limiter.acquire()  # booked on Redis
+        outage = Outage(limiter)
+        await limiter.acquire()  # the fallback's slot: in flight in its count
+        fallback = limiter._fallback._policy.state
+        assert fallback.in_flight == 1
+        limiter.release(shared_sent_at)
+        assert fallback.in_flight == 1
+        await outage.end()
+
+
 @pytest.mark.parametrize("operation", ["reserve", "report", "rate_limited"])
 async def test_releases_carried_by_a_call_that_failed_reach_redis_once_back(
     redis_server: RedisServer, operation: str

@@ -238,14 +238,16 @@ class RedisRateLimiter:
 
     def release(self, sent_at: float) -> None:
         """The request sent at ``sent_at`` is over; Redis hears it with the next call."""
-        self._fallback.release(sent_at)
         booked = self._booked.get(sent_at, 0)
-        if booked:  # let out on a slot booked on Redis: over there too
-            if booked == 1:
-                del self._booked[sent_at]
-            else:
-                self._booked[sent_at] = booked - 1
-            self._queue_report(releases=[self._local_clock()])
+        if not booked:  # the fallback let it out: over in its count only
+            self._fallback.release(sent_at)
+            return
+        # Let out on a slot booked on Redis: over there (the fallback never counted it).
+        if booked == 1:
+            del self._booked[sent_at]
+        else:
+            self._booked[sent_at] = booked - 1
+        self._queue_report(releases=[self._local_clock()])
 
     def on_rate_limited(self, sent_at: float, retry_after: float | None = None) -> None:
         """Report a ``429`` to every process sharing the budget (in the background).
