@@ -920,6 +920,49 @@ async def test_releases_carried_by_a_call_that_failed_reach_redis_once_back(
         assert await in_flight(redis_server, limiter.key) == still
 
 
+async def test_slots_held_by_a_process_silent_for_five_minutes_are_no_longer_in_flight(
+    redis_server: RedisServer,
+) -> None:
+    # A process that died holding booked slots (or never reported again) kept them in the
+    # shared count for good: the stale reset needs ten seconds without a release from ANY
+    # process, which never comes while the others work.
+    client = await redis_server.client()
+    key = f"{{{budget_name()}}}:ailab-rate"
+    gone = SharedBudget(client, key, rate=50.0, horizon=1.0)
+    alive = SharedBudget(client, key, rate=50.0, horizon=1.0)
+    try:
+        for _ in range(2):
+            assert (await gone.reserve(now=1000.0)).booked
+        assert (await alive.reserve(now=1000.5)).booked
+        assert (await alive.reserve(now=1200.0)).booked
+        assert (await alive.state()).in_flight == 4
+        await alive.report(Report(releases=[1300.9]), now=1301.0)
+        state = await alive.state()
+        fields = await client.hgetall(key)
+    finally:
+        await client.aclose()
+    assert state.in_flight == 1  # the one the live process still holds
+    assert [field for field in fields if field.startswith(b"held:")] == [alive._held.encode()]
+
+
+async def test_a_release_told_twice_takes_no_other_process_s_request_out(
+    redis_server: RedisServer,
+) -> None:
+    client = await redis_server.client()
+    key = f"{{{budget_name()}}}:ailab-rate"
+    first = SharedBudget(client, key, rate=50.0, horizon=1.0)
+    second = SharedBudget(client, key, rate=50.0, horizon=1.0)
+    try:
+        booked = await first.reserve(now=1000.0)
+        assert (await second.reserve(now=1000.1)).booked
+        await first.report(Report(releases=[booked.now + 0.2, booked.now + 0.2]), now=1000.3)
+        state = await first.state()
+    finally:
+        await client.aclose()
+    assert state.in_flight == 1  # the second's
+    assert state.released_at == 1000.2
+
+
 class LostAnswers:
     """The next ``count`` transactions' EXEC is applied by Redis and its answer lost (a
     socket timeout on a loaded machine): redis-py then runs the transaction again."""

@@ -37,6 +37,14 @@ T = TypeVar("T")
 #: How long the mark of an applied transaction is kept (seconds): it is read only by the
 #: same transaction run again at once (see ``_transaction``), well within this.
 _MARK_TTL = 10.0
+#: How long a process's booked slots stay counted in flight after its last transaction
+#: (seconds): far beyond any request's deadline, so a process that still holds them has
+#: told their release long before; a process that died (or never reports again) holding
+#: them no longer keeps them in the shared count for good.
+_BOOKED_TTL = 300.0
+#: The hash field prefix of each process's booked slots: ``held:<budget id>`` holds
+#: ``"<count>,<time of that process's last transaction>"``.
+_HELD = "held:"
 
 
 @attrs.frozen
@@ -99,8 +107,11 @@ class SharedBudget:
         self._policy = AimdPolicy(rate, min_rate=min_rate, backoff_factor=backoff_factor)
         self._horizon = horizon
         self._ttl = ttl
+        identity = uuid.uuid4().hex
+        # The field counting the slots this budget booked and has not released yet.
+        self._held = f"{_HELD}{identity}"
         # Marks of this budget's transactions: key prefix and sequence (see _transaction).
-        self._marks = f"{key}:applied:{uuid.uuid4().hex}:"
+        self._marks = f"{key}:applied:{identity}:"
         self._sequence = itertools.count()
 
     async def reserve(self, report: Report = Report(), *, now: float | None = None) -> Decision:
@@ -147,6 +158,27 @@ class SharedBudget:
 
     # -- internals ---------------------------------------------------------------------------
 
+    def _held_slots(self, fields: dict[Any, Any], at: float) -> tuple[int, dict[str, int]]:
+        """The slots this budget holds, and those of processes silent for longer than
+        :data:`_BOOKED_TTL` (theirs, and this one's after such a silence), by field."""
+        held = 0
+        gone: dict[str, int] = {}
+        for raw_field, raw_value in fields.items():
+            field = raw_field.decode() if isinstance(raw_field, bytes) else raw_field
+            if not field.startswith(_HELD):
+                continue
+            value = raw_value.decode() if isinstance(raw_value, bytes) else raw_value
+            count_text, _, touched_text = value.partition(",")
+            try:
+                count, touched = int(count_text), float(touched_text)
+            except ValueError:  # written by another version: nothing to count
+                count, touched = 0, -math.inf
+            if at - touched > _BOOKED_TTL:
+                gone[field] = count
+            elif field == self._held:
+                held = count
+        return held, gone
+
     def _decision(
         self, at: float, *, wait: float = 0.0, booked: bool = False, cut: bool = False
     ) -> Decision:
@@ -186,14 +218,28 @@ class SharedBudget:
                 at = float(seconds) + float(microseconds) / 1e6
             policy = self._policy
             policy.state = AimdState.from_fields(fields)
+            held, gone = self._held_slots(fields, at)
+            policy.forget(sum(gone.values()))
             for sent_at, answered_at in report.successes:
                 policy.on_success(sent_at, answered_at)
             for answered_at in report.releases:
-                policy.release(answered_at)
+                # More releases than slots held: told twice, or forgotten already (see
+                # _BOOKED_TTL); another process's requests stay counted.
+                policy.release(answered_at, counted=held > 0)
+                held = max(0, held - 1)
             result = decide(policy, at)
+            if isinstance(result, Decision) and result.booked:
+                held += 1
             state = policy.state
             pipe.multi()  # type: ignore[no-untyped-call]
             pipe.hset(self.key, mapping=state.to_fields())  # type: ignore[arg-type]
+            if held:
+                pipe.hset(self.key, self._held, f"{held},{at!r}")
+            dropped = [field for field in gone if field != self._held]
+            if not held and (self._held in fields or self._held.encode() in fields):
+                dropped.append(self._held)
+            if dropped:
+                pipe.hdel(self.key, *dropped)
             # Abandoned budgets vanish; one paused by a long Retry-After outlives the pause.
             paused = state.paused_until - at if math.isfinite(state.paused_until) else 0.0
             pipe.pexpire(self.key, math.ceil((max(0.0, paused) + self._ttl) * 1000))
