@@ -809,15 +809,15 @@ def test_the_limiter_repr_never_shows_the_password() -> None:
 
 
 class Outage:
-    """Redis unreachable for one limiter, from now until :meth:`end`: every budget call it
-    makes fails as a refused connection (the reconnection probe included)."""
+    """Redis unreachable for one limiter, from now until :meth:`end`: every call its budget
+    makes to Redis fails as a refused connection (the reconnection probe included)."""
 
     def __init__(self, limiter: RedisRateLimiter) -> None:
         self.limiter = limiter
         self.down = True
-        budget = limiter._budget
-        for operation in ("reserve", "report", "rate_limited", "peek"):
-            setattr(budget, operation, self._failing(getattr(budget, operation)))
+        client = limiter._budget._client
+        for command in ("transaction", "hgetall", "time"):
+            setattr(client, command, self._failing(getattr(client, command)))
 
     def _failing(self, original: Callable[..., Any]) -> Callable[..., Any]:
         async def failing(*args: Any, **kwargs: Any) -> Any:
@@ -961,6 +961,94 @@ async def test_a_release_told_twice_takes_no_other_process_s_request_out(
         await client.aclose()
     assert state.in_flight == 1  # the second's
     assert state.released_at == 1000.2
+
+
+class AbandonedAnswers:
+    """The next ``count`` transactions' EXEC is applied by Redis and its answer never comes:
+    the caller's deadline abandons the call (the limiter's is ``4 * timeout``)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, count: int = 1) -> None:
+        self.left = count
+        original = Pipeline._execute_transaction
+
+        async def applied_then_silent(pipe: Pipeline, *args: Any, **kwargs: Any) -> Any:
+            response = await original(pipe, *args, **kwargs)
+            if self.left > 0:
+                self.left -= 1
+                await asyncio.Event().wait()  # until the caller gives up
+            return response
+
+        monkeypatch.setattr(Pipeline, "_execute_transaction", applied_then_silent)
+
+
+async def test_a_slot_booked_by_an_abandoned_call_is_given_back_by_the_next(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redis booked it; the caller, past its deadline, never learned the slot: nobody sends
+    # on it or releases it, and it stayed in the shared count for good.
+    client = await redis_server.client()
+    budget = SharedBudget(client, f"{{{budget_name()}}}:ailab-rate", rate=50.0, horizon=1.0)
+    try:
+        assert (await budget.reserve()).booked
+        abandoned = AbandonedAnswers(monkeypatch)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(budget.reserve(), 0.05)
+        assert abandoned.left == 0
+        assert (await budget.state()).in_flight == 2  # applied
+        await budget.report(Report())
+        assert (await budget.state()).in_flight == 1
+        await budget.report(Report())  # settled once: not given back again
+        state = await budget.state()
+        marks = await client.keys(f"{budget.key}:applied:*")
+    finally:
+        await client.aclose()
+    assert state.in_flight == 1
+    assert len(marks) == 1  # the last transaction's; the others' deleted
+
+
+async def test_a_release_carried_by_an_abandoned_call_is_told_once(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The limiter told the release again once Redis was back: applied twice, it took a
+    # request of the process's own still in flight out of the shared count.
+    async with RedisRateLimiter(
+        redis_server.url, name=budget_name(), rate=50, timeout=0.02, reconnect_interval=0.01
+    ) as limiter:
+        sent = [await limiter.acquire() for _ in range(3)]
+        limiter.release(sent[0])
+        abandoned = AbandonedAnswers(monkeypatch)
+        await limiter.flush()  # applied, its answer never came: degraded
+        assert abandoned.left == 0
+        assert limiter.degraded_count == 1
+        if limiter._reconnector is not None:
+            await asyncio.wait_for(limiter._reconnector, 10.0)
+        assert limiter.using_redis
+        limiter.release(sent[1])
+        await limiter.flush()
+        assert await in_flight(redis_server, limiter.key) == 1
+
+
+async def test_a_release_carried_by_a_call_never_applied_is_told_by_the_next(
+    redis_server: RedisServer,
+) -> None:
+    client = await redis_server.client()
+    budget = SharedBudget(client, f"{{{budget_name()}}}:ailab-rate", rate=50.0, horizon=1.0)
+    try:
+        booked = [await budget.reserve() for _ in range(2)]
+        transaction = client.transaction
+        client.transaction = failing_transaction  # type: ignore[method-assign]
+        with pytest.raises(RedisConnectionError):
+            await budget.report(Report(releases=[booked[0].now]))
+        client.transaction = transaction  # type: ignore[method-assign]
+        await budget.report(Report())
+        state = await budget.state()
+    finally:
+        await client.aclose()
+    assert state.in_flight == 1
+
+
+async def failing_transaction(*args: Any, **kwargs: Any) -> Any:
+    raise RedisConnectionError("injected: Redis unreachable")
 
 
 class LostAnswers:

@@ -160,7 +160,7 @@ class RedisRateLimiter:
         # Send times of the requests let out on a slot booked on Redis and not yet released:
         # only theirs are released on Redis (a request the fallback let out was never counted
         # there), and theirs are, even when answered while Redis is unreachable (it hears
-        # once back: a release lost keeps a request in the shared count, see _keep).
+        # once back: a release lost keeps a request in the shared count, see SharedBudget).
         self._booked: collections.Counter[float] = collections.Counter()
         self._flusher: asyncio.Task[None] | None = None
         self._reconnector: asyncio.Task[None] | None = None
@@ -272,7 +272,7 @@ class RedisRateLimiter:
         """Send pending reports and wait for the 429 reports in flight."""
         if self._using_redis and not self._closed:
             report = self._take_report()
-            if report.successes or report.releases:
+            if report.successes or report.releases or self._budget.in_doubt:
                 await self._send_report(report)
         while self._reports:
             await asyncio.gather(*self._reports, return_exceptions=True)
@@ -343,8 +343,7 @@ class RedisRateLimiter:
                 report = self._take_report()
                 try:
                     decision = await self._call(self._budget.reserve(report))
-                except _UNAVAILABLE as exc:
-                    self._keep(report)
+                except _UNAVAILABLE as exc:  # its report is the budget's to settle
                     self._degrade(exc)
                     return
                 self._observe(decision)
@@ -433,10 +432,10 @@ class RedisRateLimiter:
             self._flusher = self._spawn(self._flush_soon())
 
     def _keep(self, report: Report) -> None:
-        """A call carrying ``report`` failed (Redis unreachable): its releases go again with
-        the first call once Redis is back. (A call that timed out may have been applied:
-        a release told twice lowers the shared count by one until it next drains to zero,
-        as a release lost would raise it until the stale reset; the lesser harm.)"""
+        """``report`` was taken for a call that could not start (no event loop to run it
+        on): its releases go with the next call. (A call that started and failed leaves
+        its report to the budget, which knows whether Redis applied it: see
+        :class:`~._budget.SharedBudget`.)"""
         if not self._closed:
             self._pending_releases[:0] = report.releases
 
@@ -454,14 +453,13 @@ class RedisRateLimiter:
         if not self._using_redis or self._closed:
             return  # the releases pending wait for Redis to be back
         report = self._take_report()
-        if report.successes or report.releases:
+        if report.successes or report.releases or self._budget.in_doubt:
             await self._send_report(report)
 
     async def _send_report(self, report: Report) -> None:
         try:
             self._observe(await self._call(self._budget.report(report)))
-        except _UNAVAILABLE as exc:
-            self._keep(report)
+        except _UNAVAILABLE as exc:  # its report is the budget's to settle
             self._degrade(exc)
 
     async def _report_rate_limited(
@@ -469,8 +467,7 @@ class RedisRateLimiter:
     ) -> None:
         try:
             decision = await self._call(self._budget.rate_limited(sent_at, retry_after, report))
-        except _UNAVAILABLE as exc:
-            self._keep(report)
+        except _UNAVAILABLE as exc:  # its report is the budget's to settle
             self._degrade(exc)
             self._fallback.on_rate_limited(sent_at, retry_after)
         else:
@@ -502,7 +499,9 @@ class RedisRateLimiter:
             self._using_redis = True
             self.recovered_count += 1
             self._reconnector = None
-            self._queue_report()  # the releases kept through the outage: told soon
+            # The releases kept through the outage, and the calls left in doubt: told and
+            # settled soon.
+            self._queue_report()
             logger.warning(
                 "shared rate limit %r: Redis at %s is reachable again; using the shared "
                 "budget (%.3g requests/s now)",
