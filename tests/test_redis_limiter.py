@@ -372,6 +372,21 @@ async def test_a_sender_cancelled_asleep_till_its_booked_slot_gives_it_back(
         assert await in_flight(redis_server, first.key) == 1
 
 
+async def test_closing_releases_what_the_process_still_holds_on_redis(
+    redis_server: RedisServer,
+) -> None:
+    # A closed limiter's slots (booked ahead, or requests it never saw answered) stayed in
+    # the shared count, holding the other processes to a smaller window.
+    name = budget_name()
+    async with RedisRateLimiter(redis_server.url, name=name, rate=50) as staying:
+        leaving = RedisRateLimiter(redis_server.url, name=name, rate=50)
+        sent = [await leaving.acquire() for _ in range(3)]
+        leaving.release(sent[0])
+        await staying.acquire()
+        await leaving.aclose()
+        assert await in_flight(redis_server, staying.key) == 1  # the staying one's
+
+
 async def test_a_sender_queued_when_the_limiter_closes_is_told_so(
     redis_server: RedisServer,
 ) -> None:

@@ -159,6 +159,11 @@ class SharedBudget:
 
         return await self._transaction(report, refused, now)
 
+    async def leave(self, report: Report = Report(), *, now: float | None = None) -> Decision:
+        """Apply ``report``, then release every slot this budget booked and has not
+        released (its process is closing: whatever it still holds is over for the others)."""
+        return await self._transaction(report, lambda _policy, at: self._decision(at), now, True)
+
     async def peek(self, *, now: float | None = None) -> Decision:
         """The shared pace now, changing nothing (also the reconnection probe)."""
         fields = await self._client.hgetall(self.key)
@@ -227,6 +232,7 @@ class SharedBudget:
         report: Report,
         decide: Callable[[AimdPolicy, float], Decision],
         now: float | None,
+        leaving: bool = False,
     ) -> Decision:
         # redis-py runs ``run`` again after a timeout or lost connection while the key is
         # watched, EXEC's answer included: an EXEC that Redis applied and whose answer was
@@ -285,6 +291,8 @@ class SharedBudget:
                     held -= 1
                     policy.forget(1)
             tell(report)
+            if leaving:
+                tell(Report(releases=[at] * held))
             result = decide(policy, at)
             if result.booked:
                 held += 1

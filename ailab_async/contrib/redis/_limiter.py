@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
 import time
@@ -278,7 +279,9 @@ class RedisRateLimiter:
             await asyncio.gather(*self._reports, return_exceptions=True)
 
     async def aclose(self) -> None:
-        """Finish the reports in flight, stop reconnecting, close the pool if it is ours."""
+        """Finish the reports in flight, release on Redis what this process still holds
+        (slots booked, requests in flight), stop reconnecting, close the pool if it is
+        ours."""
         if self._closed:
             return
         await self.flush()
@@ -289,6 +292,11 @@ class RedisRateLimiter:
         pending = [t for t in (self._flusher, self._reconnector, self._booker, *self._reports) if t]
         await asyncio.gather(*pending, return_exceptions=True)
         self._wake_waiting()  # a booker cancelled before it ran woke no one
+        if self._using_redis:
+            # Else they stay counted until the budget forgets a silent process's slots.
+            report = self._take_report()
+            with contextlib.suppress(*_UNAVAILABLE):
+                await self._call(self._budget.leave(report))
         if self._owns_client:
             await self._client.aclose()
 
