@@ -658,6 +658,15 @@ class AimdPolicy:
             state.paces[offset] = state.rate
         return max(0.0, send_at - now), True
 
+    def window_wait_is_news(self, now: float) -> bool:
+        """Whether a sender held back by the window at ``now`` is worth noting in the state
+        (:meth:`reserve` notes it: the window grows on answers only while it holds senders
+        back). A store whose every note is a write makes it at most every half round trip
+        (a full window is looked at again and again): the note is then at most that stale,
+        well within the round trip the growth looks back over."""
+        state = self.state
+        return now - state.window_bound_at >= max(state.rtt, _MIN_RTT) / 2
+
     # -- after a send -------------------------------------------------------------------
 
     def release(self, now: float, *, counted: bool = True) -> None:

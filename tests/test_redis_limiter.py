@@ -424,6 +424,77 @@ async def test_the_window_of_requests_in_flight_is_shared(redis_server: RedisSer
         await asyncio.wait_for(waiter, 5.0)
 
 
+class Writes:
+    """Counts the transactions that reach ``EXEC`` (writes), in any budget."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        original = Pipeline._execute_transaction
+
+        async def counted(pipe: Pipeline, *args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return await original(pipe, *args, **kwargs)
+
+        monkeypatch.setattr(Pipeline, "_execute_transaction", counted)
+
+
+async def test_looking_at_a_full_window_writes_at_most_every_half_round_trip(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every waiting booker looked every 10 ms with a write transaction: some 300 writes/s
+    # and thousands of commands/s with four processes waiting, for nothing.
+    client = await redis_server.client()
+    key = f"{{{budget_name()}}}:ailab-rate"
+    holder = SharedBudget(client, key, rate=10.0, horizon=1.0)
+    waiter = SharedBudget(client, key, rate=10.0, horizon=0.1)
+    try:
+        slots = [(await holder.reserve(now=100.0)).send_at for _ in range(4)]
+        answered = Report(successes=[(slots[0], slots[0] + 0.2)], releases=[slots[0] + 0.2])
+        await holder.rate_limited(slots[1], None, answered, now=slots[1] + 0.2)
+        state = await holder.state()
+        assert state.in_flight >= state.window  # full: two in flight, a window of two
+        assert state.rtt == pytest.approx(0.2)
+        writes = Writes(monkeypatch)
+        looks = [100.5 + 0.01 * step for step in range(30)]  # 0.3 s, every 10 ms
+        for at in looks:
+            decision = await waiter.reserve(now=at)
+            assert not decision.booked
+            assert decision.wait == math.inf
+        noted = (await waiter.state()).window_bound_at
+    finally:
+        await client.aclose()
+    assert writes.count == 3  # the first look's note, then one every 0.1 s
+    assert looks[20] <= noted <= looks[22]
+
+
+async def test_a_release_of_its_own_wakes_a_booker_looking_at_a_full_window(
+    redis_server: RedisServer,
+) -> None:
+    # The release waited for the next look (10 ms), and on Redis for the next call.
+    looks_never_come = True
+    looking = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        if looks_never_come and seconds == redis_limiter_module._LOOK_AGAIN:
+            looking.set()
+            await asyncio.Event().wait()  # only a wake-up ends this one
+
+    async with RedisRateLimiter(
+        redis_server.url, name=budget_name(), rate=10, sleep=sleep
+    ) as limiter:
+        sent = [await limiter.acquire() for _ in range(3)]
+        limiter.release(sent[0])
+        limiter.on_rate_limited(sent[0])  # refused: a window of one (or two)
+        await limiter.flush()
+        waiter = asyncio.create_task(limiter.acquire())
+        await asyncio.wait_for(looking.wait(), 5.0)  # it found the window full
+        assert not waiter.done()
+        limiter.release(sent[1])
+        limiter.release(sent[2])
+        looks_never_come = False  # (the pace may still hold it back a little)
+        await asyncio.wait_for(waiter, 5.0)
+
+
 async def _pause_another_process_sees(redis_server: RedisServer, retry_after: float) -> float:
     """One process reports a 429 with ``retry_after``; how long another is told to wait
     before asking Redis again (its slot is then within the booking horizon)."""

@@ -136,7 +136,7 @@ class SharedBudget:
             wait, booked = policy.reserve(at, self._horizon)
             return self._decision(at, wait=wait, booked=booked)
 
-        return await self._transaction(report, book, now)
+        return await self._transaction(report, book, now, looking=True)
 
     async def report(self, report: Report, *, now: float | None = None) -> Decision:
         """Apply ``report`` (successes and releases) and nothing else."""
@@ -176,6 +176,29 @@ class SharedBudget:
         return AimdState.from_fields(await self._client.hgetall(self.key))
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _settle(self, doubts: list[tuple[str, Report]], marks: list[Any], held: int) -> int:
+        """Settle the transactions in doubt from their marks (as read); return the slots
+        this budget holds after."""
+        for (_, report), mark in zip(doubts, marks, strict=True):
+            if mark is None:  # never applied
+                held = self._tell(report, held)
+            elif mark == _BOOKED and held > 0:  # applied: its slot was never handed out
+                held -= 1
+                self._policy.forget(1)
+        return held
+
+    def _tell(self, report: Report, held: int) -> int:
+        """Apply ``report`` to the policy; return the slots this budget holds after it."""
+        policy = self._policy
+        for sent_at, answered_at in report.successes:
+            policy.on_success(sent_at, answered_at)
+        for answered_at in report.releases:
+            # More releases than slots held: told twice, or forgotten already (see
+            # _BOOKED_TTL); another process's requests stay counted.
+            policy.release(answered_at, counted=held > 0)
+            held = max(0, held - 1)
+        return held
 
     def _write(
         self, pipe: Pipeline, at: float, fields: dict[Any, Any], held: int, gone: dict[str, int]
@@ -233,6 +256,7 @@ class SharedBudget:
         decide: Callable[[AimdPolicy, float], Decision],
         now: float | None,
         leaving: bool = False,
+        looking: bool = False,
     ) -> Decision:
         # redis-py runs ``run`` again after a timeout or lost connection while the key is
         # watched, EXEC's answer included: an EXEC that Redis applied and whose answer was
@@ -251,10 +275,18 @@ class SharedBudget:
         # twice, and a booked slot stayed in flight for good.)
         mark = f"{self._marks}{next(self._sequence)}"
         first: list[Decision] = []
+        #
+        # A reservation that finds the window full (``looking``) and has nothing else to
+        # write is a look, not a transaction: WATCH, HGETALL, TIME, UNWATCH. Every waiting
+        # process looks every few milliseconds; only the note that a sender is held back
+        # by the window is written, and at most every half round trip (see
+        # AimdPolicy.window_wait_is_news).
+        #
         # The transactions in doubt this one settles, and the marks it deletes (those of
-        # transactions answered: no longer read).
+        # transactions answered: no longer read); whether it wrote.
         settling: list[tuple[str, Report]] = []
         deleting: list[str] = []
+        wrote = [False]
 
         async def run(pipe: Pipeline) -> Decision:
             # Immediate mode (after WATCH): each command answers at once.
@@ -273,27 +305,19 @@ class SharedBudget:
             policy.state = AimdState.from_fields(fields)
             held, gone = self._held_slots(fields, at)
             policy.forget(sum(gone.values()))
-
-            def tell(told: Report) -> None:
-                nonlocal held
-                for sent_at, answered_at in told.successes:
-                    policy.on_success(sent_at, answered_at)
-                for answered_at in told.releases:
-                    # More releases than slots held: told twice, or forgotten already (see
-                    # _BOOKED_TTL); another process's requests stay counted.
-                    policy.release(answered_at, counted=held > 0)
-                    held = max(0, held - 1)
-
-            for (_, doubtful), outcome in zip(settling, outcomes, strict=True):
-                if outcome is None:  # never applied
-                    tell(doubtful)
-                elif outcome == _BOOKED and held > 0:  # applied: its slot was never used
-                    held -= 1
-                    policy.forget(1)
-            tell(report)
+            held = self._settle(settling, outcomes, held)
+            quiet = not (settling or gone or report.successes or report.releases or leaving)
+            news = policy.window_wait_is_news(at)
+            held = self._tell(report, held)
             if leaving:
-                tell(Report(releases=[at] * held))
+                held = self._tell(Report(releases=[at] * held), held)
             result = decide(policy, at)
+            if looking and quiet and not news and not result.booked and math.isinf(result.wait):
+                # UNWATCH, and no MULTI: a look writes nothing.
+                await pipe.reset()  # type: ignore[no-untyped-call]
+                wrote[0] = False
+                return result
+            wrote[0] = True
             if result.booked:
                 held += 1
             pipe.multi()  # type: ignore[no-untyped-call]
@@ -314,7 +338,8 @@ class SharedBudget:
         except BaseException:
             self._in_doubt.append((mark, report))
             raise
-        self._note_answered(mark, settling, deleting)
+        if wrote[0]:
+            self._note_answered(mark, settling, deleting)
         return result
 
     def _note_answered(

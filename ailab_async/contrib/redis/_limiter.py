@@ -47,9 +47,11 @@ _UNAVAILABLE = (RedisError, OSError, asyncio.TimeoutError)
 #: How far ahead a sender books its slot (seconds): a reservation costs a round trip, so it
 #: is made a little before the slot is due, and the sender sleeps until then.
 _HORIZON = 0.1
-#: A slot not yet within the horizon, or a shared window that is full (a request in flight
-#: must be released first), is asked for again after at least this long.
-_RECHECK = 0.01
+#: A shared window that is full (a request in flight must be released first, by any
+#: process) is looked at again after this long (a look reads, and writes only now and then:
+#: see SharedBudget.reserve); a release of this process's own wakes its booker at once. A
+#: slot not yet within the horizon is asked for again after at least this long too.
+_LOOK_AGAIN = 0.01
 #: A booked slot handed to a sender: its time on Redis's clock, and how long to sleep until
 #: it (``None``: no slot; Redis went away or the limiter closed).
 _Slot = tuple[float, float] | None
@@ -168,6 +170,8 @@ class RedisRateLimiter:
         # Senders waiting for a slot, in arrival order, and the task booking them one by one.
         self._waiting: collections.deque[asyncio.Future[_Slot]] = collections.deque()
         self._booker: asyncio.Task[None] | None = None
+        # Set when this process releases a slot booked on Redis: wakes the booker's look.
+        self._released = asyncio.Event()
         self._reports: set[asyncio.Task[None]] = set()
         self._closed = False
         #: Times Redis became unreachable / reachable again (for health checks and tests).
@@ -249,6 +253,7 @@ class RedisRateLimiter:
         else:
             self._booked[sent_at] = booked - 1
         self._queue_report(releases=[self._local_clock()])
+        self._released.set()  # room, maybe: the booker looks at once
 
     def on_rate_limited(self, sent_at: float, retry_after: float | None = None) -> None:
         """Report a ``429`` to every process sharing the budget (in the background).
@@ -348,6 +353,7 @@ class RedisRateLimiter:
             while self._using_redis and not self._closed:
                 if self._next_waiting() is None:
                     return
+                self._released.clear()  # a release from here on wakes the next look
                 report = self._take_report()
                 try:
                     decision = await self._call(self._budget.reserve(report))
@@ -363,12 +369,26 @@ class RedisRateLimiter:
                         self._waiting.popleft()
                         waiter.set_result((decision.send_at, decision.wait))
                     continue
-                # Not yet: ask again when the slot is within the horizon (or, with the shared
-                # window full, shortly: a release may come from any process).
-                again = _RECHECK if math.isinf(decision.wait) else decision.wait - _HORIZON / 2
-                await self._sleep(max(_RECHECK, again))
+                if math.isinf(decision.wait):
+                    # The shared window is full: look again shortly (a release may come from
+                    # any process), or at once on a release of this process's own.
+                    await self._look_again()
+                    continue
+                # Not yet: ask again when the slot is within the horizon.
+                await self._sleep(max(_LOOK_AGAIN, decision.wait - _HORIZON / 2))
         finally:
             self._wake_waiting()
+
+    async def _look_again(self) -> None:
+        """Wait ``_LOOK_AGAIN``, or less: until this process releases a request (its booker
+        then tells the release and books in one transaction)."""
+        released = asyncio.ensure_future(self._released.wait())
+        sleeper = asyncio.ensure_future(self._sleep(_LOOK_AGAIN))
+        try:
+            await asyncio.wait({released, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            released.cancel()
+            sleeper.cancel()
 
     def _next_waiting(self) -> asyncio.Future[_Slot] | None:
         """The first sender still queued (those cancelled meanwhile are dropped), if any."""
@@ -380,6 +400,7 @@ class RedisRateLimiter:
         """A slot booked and never sent (its sender was cancelled): Redis hears that it is
         not in flight with the next call, as of a request released now."""
         self._queue_report(releases=[self._local_clock()])
+        self._released.set()
 
     def _wake_waiting(self) -> None:
         """Redis went away or the limiter closed: nothing is booked for the senders still
