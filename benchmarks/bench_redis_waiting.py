@@ -2,9 +2,10 @@
 
 ``--processes`` limiters (in this one process, each with its own connection pool and booker,
 as separate processes would have) share one ``RedisRateLimiter`` budget on a ``redis-server``
-(started here on a free port of 127.0.0.1 unless ``--redis-url``). The first one books three
-slots at ``--rate`` and reports a ``429`` for one of them: the shared window is then two
-requests, both held by it. Then:
+(started here on a free port of 127.0.0.1 unless ``--redis-url``). The first one books a slot
+and reports it answered after 0.2 s (the round trip), then books three more at ``--rate``
+and reports a ``429`` for one of them: the shared window is then two requests, both held by
+it. Then:
 
 * **waiting**: every limiter has a sender waiting for a slot, for ``--seconds``; measured from
   Redis's own counters (``INFO stats`` and ``INFO commandstats``, deltas): the commands per
@@ -62,7 +63,12 @@ async def _measure(args: argparse.Namespace, url: str) -> dict[str, Any]:
     client = aioredis.Redis.from_url(url)
     first = limiters[0]
     try:
-        # The window: refused with two others in flight, it holds two, both the first's.
+        # The window: one request answered after 0.2 s (the round trip the policy learns),
+        # one refused with two others in flight: it holds two, both the first's.
+        answered = await first.acquire()
+        await asyncio.sleep(0.2)
+        first.on_success(answered)
+        first.release(answered)
         held = [await first.acquire() for _ in range(3)]
         first.release(held[0])
         first.on_rate_limited(held[0])
