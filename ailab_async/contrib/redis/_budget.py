@@ -8,7 +8,12 @@ one optimistic transaction (``WATCH`` / ``MULTI`` / ``EXEC`` through redis-py's
 ``transaction`` helper, run again if another process wrote the hash meanwhile). There is no
 second copy of the policy to drift from the first. :class:`SharedBudget` is the state's
 Python face: one transaction per operation, nothing else (the limiter that sleeps, batches
-reports and falls back is in ``_limiter.py``).
+reports and falls back is in ``_limiter.py``); a reservation that finds the shared window full
+only reads, and writes now and then that it waited.
+
+Each process's booked slots are also counted in a field of their own (``held:<id>``), so that
+the slots of a process that died are forgotten after five minutes of its silence, and a
+release told twice takes no other process's request out of the count.
 
 Why transactions and not a Lua script: a script would be a second implementation of the
 policy, in another language, that the tests would have to keep in step with the first. At
@@ -273,15 +278,14 @@ class SharedBudget:
         # report of one never applied, gives back the slot of one that booked, and marks
         # it settled. (Told again by the caller instead, an applied release was told
         # twice, and a booked slot stayed in flight for good.)
-        mark = f"{self._marks}{next(self._sequence)}"
-        first: list[Decision] = []
         #
         # A reservation that finds the window full (``looking``) and has nothing else to
         # write is a look, not a transaction: WATCH, HGETALL, TIME, UNWATCH. Every waiting
         # process looks every few milliseconds; only the note that a sender is held back
         # by the window is written, and at most every half round trip (see
         # AimdPolicy.window_wait_is_news).
-        #
+        mark = f"{self._marks}{next(self._sequence)}"
+        first: list[Decision] = []
         # The transactions in doubt this one settles, and the marks it deletes (those of
         # transactions answered: no longer read); whether it wrote.
         settling: list[tuple[str, Report]] = []
