@@ -658,13 +658,35 @@ class AimdPolicy:
             state.paces[offset] = state.rate
         return max(0.0, send_at - now), True
 
+    def window_wait_is_news(self, now: float) -> bool:
+        """Whether a sender held back by the window at ``now`` is worth noting in the state
+        (:meth:`reserve` notes it: the window grows on answers only while it holds senders
+        back). A store whose every note is a write makes it at most every half round trip
+        (a full window is looked at again and again): the note is then at most that stale,
+        well within the round trip the growth looks back over."""
+        state = self.state
+        return now - state.window_bound_at >= max(state.rtt, _MIN_RTT) / 2
+
     # -- after a send -------------------------------------------------------------------
 
-    def release(self, now: float) -> None:
-        """A request granted by :meth:`claim` is over (whatever its outcome), at ``now``."""
+    def release(self, now: float, *, counted: bool = True) -> None:
+        """A request granted by :meth:`claim` is over (whatever its outcome), at ``now``.
+
+        ``counted=False``: it is no longer in the count (a store already forgot it, see
+        :meth:`forget`), but its answer still says requests are coming back."""
         state = self.state
-        state.in_flight = max(0, state.in_flight - 1)
-        state.released_at = now
+        if counted:
+            state.in_flight = max(0, state.in_flight - 1)
+        # The latest release: reports reach a shared state out of order (each process tells
+        # its answers with its next call), and an earlier one told late must not make the
+        # count look stale (see STALE_IN_FLIGHT).
+        state.released_at = max(state.released_at, now)
+
+    def forget(self, count: int) -> None:
+        """``count`` requests counted in flight will never be released (the process that
+        held them is gone): no longer in flight. Not a release: nothing came back."""
+        state = self.state
+        state.in_flight = max(0, state.in_flight - count)
 
     def on_success(self, sent_at: float, now: float) -> None:
         """The request sent at ``sent_at`` was accepted (answered without a rate-limit

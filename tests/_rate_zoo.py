@@ -199,8 +199,12 @@ def run_zoo(
 
     def book(t: float, worker: int) -> None:
         # The Redis store: every sender books its own slot up to ``booking`` ahead, sleeps
-        # until it (waking late) and reports the booked time as its send time.
+        # until it (waking late) and reports the booked time as its send time. A full
+        # window's wait is written only when it is news (the store's look writes nothing).
+        news, noted = policy.window_wait_is_news(t), policy.state.window_bound_at
         wait, booked = policy.reserve(t, booking)
+        if math.isinf(wait) and not news:
+            policy.state.window_bound_at = noted
         if booked:
             slot = t + wait
             at(slot + late(), lambda now: send(now, worker, slot))

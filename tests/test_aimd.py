@@ -457,6 +457,33 @@ def test_a_store_that_books_ahead_is_not_held_to_a_window_under_its_horizon_s_pa
     assert in_process.claim(100.2) == math.inf  # the window of one is full
 
 
+def test_a_release_told_late_does_not_move_the_last_release_back() -> None:
+    # Reports reach the shared state out of order (each process tells its answers with its
+    # next call): a release answered at 100.0 told after one answered at 120.0 must not make
+    # the in-flight count look stale at 125.0 (nothing released for ten seconds), which
+    # would forget the requests still in flight and let a burst through a full window.
+    policy = AimdPolicy(40.0, start_rate=40.0)
+    policy.state = AimdState(rate=40.0, cut=True, window=1.0, in_flight=3)
+    policy.release(120.0)
+    policy.release(100.0)
+    assert policy.state.released_at == 120.0
+    assert policy.reserve(125.0, 0.0) == (math.inf, False)
+    assert policy.state.in_flight == 1
+
+
+def test_a_wait_for_the_window_is_news_at_most_every_half_round_trip() -> None:
+    policy = AimdPolicy(40.0)
+    policy.state = AimdState(rate=40.0, cut=True, window=1.0, in_flight=1, released_at=100.0)
+    assert policy.window_wait_is_news(100.0)  # never noted
+    assert policy.reserve(100.0, 0.0) == (math.inf, False)
+    policy.state.rtt = 0.2
+    assert not policy.window_wait_is_news(100.09)
+    assert policy.window_wait_is_news(100.11)
+    policy.state.rtt = 0.0  # none seen yet: taken as the shortest round trip, 0.05 s
+    assert not policy.window_wait_is_news(100.02)
+    assert policy.window_wait_is_news(100.03)
+
+
 def test_the_state_survives_a_round_trip_through_strings_and_bytes() -> None:
     policy = AimdPolicy(None)
     for event in FIRST_SECOND:

@@ -372,6 +372,21 @@ async def test_a_sender_cancelled_asleep_till_its_booked_slot_gives_it_back(
         assert await in_flight(redis_server, first.key) == 1
 
 
+async def test_closing_releases_what_the_process_still_holds_on_redis(
+    redis_server: RedisServer,
+) -> None:
+    # A closed limiter's slots (booked ahead, or requests it never saw answered) stayed in
+    # the shared count, holding the other processes to a smaller window.
+    name = budget_name()
+    async with RedisRateLimiter(redis_server.url, name=name, rate=50) as staying:
+        leaving = RedisRateLimiter(redis_server.url, name=name, rate=50)
+        sent = [await leaving.acquire() for _ in range(3)]
+        leaving.release(sent[0])
+        await staying.acquire()
+        await leaving.aclose()
+        assert await in_flight(redis_server, staying.key) == 1  # the staying one's
+
+
 async def test_a_sender_queued_when_the_limiter_closes_is_told_so(
     redis_server: RedisServer,
 ) -> None:
@@ -406,6 +421,77 @@ async def test_the_window_of_requests_in_flight_is_shared(redis_server: RedisSer
         assert not waiter.done()  # the other process's requests fill the window
         first.release(sent[1])  # reaches Redis with the next call, or within 0.1 s
         await first.flush()
+        await asyncio.wait_for(waiter, 5.0)
+
+
+class Writes:
+    """Counts the transactions that reach ``EXEC`` (writes), in any budget."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        original = Pipeline._execute_transaction
+
+        async def counted(pipe: Pipeline, *args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return await original(pipe, *args, **kwargs)
+
+        monkeypatch.setattr(Pipeline, "_execute_transaction", counted)
+
+
+async def test_looking_at_a_full_window_writes_at_most_every_half_round_trip(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every waiting booker looked every 10 ms with a write transaction: some 300 writes/s
+    # and thousands of commands/s with four processes waiting, for nothing.
+    client = await redis_server.client()
+    key = f"{{{budget_name()}}}:ailab-rate"
+    holder = SharedBudget(client, key, rate=10.0, horizon=1.0)
+    waiter = SharedBudget(client, key, rate=10.0, horizon=0.1)
+    try:
+        slots = [(await holder.reserve(now=100.0)).send_at for _ in range(4)]
+        answered = Report(successes=[(slots[0], slots[0] + 0.2)], releases=[slots[0] + 0.2])
+        await holder.rate_limited(slots[1], None, answered, now=slots[1] + 0.2)
+        state = await holder.state()
+        assert state.in_flight >= state.window  # full: two in flight, a window of two
+        assert state.rtt == pytest.approx(0.2)
+        writes = Writes(monkeypatch)
+        looks = [100.5 + 0.01 * step for step in range(30)]  # 0.3 s, every 10 ms
+        for at in looks:
+            decision = await waiter.reserve(now=at)
+            assert not decision.booked
+            assert decision.wait == math.inf
+        noted = (await waiter.state()).window_bound_at
+    finally:
+        await client.aclose()
+    assert writes.count == 3  # the first look's note, then one every 0.1 s
+    assert looks[20] <= noted <= looks[22]
+
+
+async def test_a_release_of_its_own_wakes_a_booker_looking_at_a_full_window(
+    redis_server: RedisServer,
+) -> None:
+    # The release waited for the next look (10 ms), and on Redis for the next call.
+    looks_never_come = True
+    looking = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        if looks_never_come and seconds == redis_limiter_module._LOOK_AGAIN:
+            looking.set()
+            await asyncio.Event().wait()  # only a wake-up ends this one
+
+    async with RedisRateLimiter(
+        redis_server.url, name=budget_name(), rate=10, sleep=sleep
+    ) as limiter:
+        sent = [await limiter.acquire() for _ in range(3)]
+        limiter.release(sent[0])
+        limiter.on_rate_limited(sent[0])  # refused: a window of one (or two)
+        await limiter.flush()
+        waiter = asyncio.create_task(limiter.acquire())
+        await asyncio.wait_for(looking.wait(), 5.0)  # it found the window full
+        assert not waiter.done()
+        limiter.release(sent[1])
+        limiter.release(sent[2])
+        looks_never_come = False  # (the pace may still hold it back a little)
         await asyncio.wait_for(waiter, 5.0)
 
 
@@ -809,15 +895,15 @@ def test_the_limiter_repr_never_shows_the_password() -> None:
 
 
 class Outage:
-    """Redis unreachable for one limiter, from now until :meth:`end`: every budget call it
-    makes fails as a refused connection (the reconnection probe included)."""
+    """Redis unreachable for one limiter, from now until :meth:`end`: every call its budget
+    makes to Redis fails as a refused connection (the reconnection probe included)."""
 
     def __init__(self, limiter: RedisRateLimiter) -> None:
         self.limiter = limiter
         self.down = True
-        budget = limiter._budget
-        for operation in ("reserve", "report", "rate_limited", "peek"):
-            setattr(budget, operation, self._failing(getattr(budget, operation)))
+        client = limiter._budget._client
+        for command in ("transaction", "hgetall", "time"):
+            setattr(client, command, self._failing(getattr(client, command)))
 
     def _failing(self, original: Callable[..., Any]) -> Callable[..., Any]:
         async def failing(*args: Any, **kwargs: Any) -> Any:
@@ -875,6 +961,24 @@ async def test_a_request_the_fallback_let_out_is_not_released_on_redis(
         assert await in_flight(redis_server, first.key) == 1
 
 
+async def test_a_request_booked_on_redis_is_not_released_from_the_fallback_s_count(
+    redis_server: RedisServer,
+) -> None:
+    # The fallback never counted it: lowering its count for it let one more of its own
+    # requests out than its window allows while Redis is unreachable.
+    async with RedisRateLimiter(
+        redis_server.url, name=budget_name(), rate=50, reconnect_interval=0.01
+    ) as limiter:
+        shared_sent_at = await limiter.acquire()  # booked on Redis
+        outage = Outage(limiter)
+        await limiter.acquire()  # the fallback's slot: in flight in its count
+        fallback = limiter._fallback._policy.state
+        assert fallback.in_flight == 1
+        limiter.release(shared_sent_at)
+        assert fallback.in_flight == 1
+        await outage.end()
+
+
 @pytest.mark.parametrize("operation", ["reserve", "report", "rate_limited"])
 async def test_releases_carried_by_a_call_that_failed_reach_redis_once_back(
     redis_server: RedisServer, operation: str
@@ -900,6 +1004,137 @@ async def test_releases_carried_by_a_call_that_failed_reach_redis_once_back(
         await limiter.flush()
         still = 2 if operation != "rate_limited" else 1
         assert await in_flight(redis_server, limiter.key) == still
+
+
+async def test_slots_held_by_a_process_silent_for_five_minutes_are_no_longer_in_flight(
+    redis_server: RedisServer,
+) -> None:
+    # A process that died holding booked slots (or never reported again) kept them in the
+    # shared count for good: the stale reset needs ten seconds without a release from ANY
+    # process, which never comes while the others work.
+    client = await redis_server.client()
+    key = f"{{{budget_name()}}}:ailab-rate"
+    gone = SharedBudget(client, key, rate=50.0, horizon=1.0)
+    alive = SharedBudget(client, key, rate=50.0, horizon=1.0)
+    try:
+        for _ in range(2):
+            assert (await gone.reserve(now=1000.0)).booked
+        assert (await alive.reserve(now=1000.5)).booked
+        assert (await alive.reserve(now=1200.0)).booked
+        assert (await alive.state()).in_flight == 4
+        await alive.report(Report(releases=[1300.9]), now=1301.0)
+        state = await alive.state()
+        fields = await client.hgetall(key)
+    finally:
+        await client.aclose()
+    assert state.in_flight == 1  # the one the live process still holds
+    assert [field for field in fields if field.startswith(b"held:")] == [alive._held.encode()]
+
+
+async def test_a_release_told_twice_takes_no_other_process_s_request_out(
+    redis_server: RedisServer,
+) -> None:
+    client = await redis_server.client()
+    key = f"{{{budget_name()}}}:ailab-rate"
+    first = SharedBudget(client, key, rate=50.0, horizon=1.0)
+    second = SharedBudget(client, key, rate=50.0, horizon=1.0)
+    try:
+        booked = await first.reserve(now=1000.0)
+        assert (await second.reserve(now=1000.1)).booked
+        await first.report(Report(releases=[booked.now + 0.2, booked.now + 0.2]), now=1000.3)
+        state = await first.state()
+    finally:
+        await client.aclose()
+    assert state.in_flight == 1  # the second's
+    assert state.released_at == 1000.2
+
+
+class AbandonedAnswers:
+    """The next ``count`` transactions' EXEC is applied by Redis and its answer never comes:
+    the caller's deadline abandons the call (the limiter's is ``4 * timeout``)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, count: int = 1) -> None:
+        self.left = count
+        original = Pipeline._execute_transaction
+
+        async def applied_then_silent(pipe: Pipeline, *args: Any, **kwargs: Any) -> Any:
+            response = await original(pipe, *args, **kwargs)
+            if self.left > 0:
+                self.left -= 1
+                await asyncio.Event().wait()  # until the caller gives up
+            return response
+
+        monkeypatch.setattr(Pipeline, "_execute_transaction", applied_then_silent)
+
+
+async def test_a_slot_booked_by_an_abandoned_call_is_given_back_by_the_next(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redis booked it; the caller, past its deadline, never learned the slot: nobody sends
+    # on it or releases it, and it stayed in the shared count for good.
+    client = await redis_server.client()
+    budget = SharedBudget(client, f"{{{budget_name()}}}:ailab-rate", rate=50.0, horizon=1.0)
+    try:
+        assert (await budget.reserve()).booked
+        abandoned = AbandonedAnswers(monkeypatch)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(budget.reserve(), 0.05)
+        assert abandoned.left == 0
+        assert (await budget.state()).in_flight == 2  # applied
+        await budget.report(Report())
+        assert (await budget.state()).in_flight == 1
+        await budget.report(Report())  # settled once: not given back again
+        state = await budget.state()
+        marks = await client.keys(f"{budget.key}:applied:*")
+    finally:
+        await client.aclose()
+    assert state.in_flight == 1
+    assert len(marks) == 1  # the last transaction's; the others' deleted
+
+
+async def test_a_release_carried_by_an_abandoned_call_is_told_once(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The limiter told the release again once Redis was back: applied twice, it took a
+    # request of the process's own still in flight out of the shared count.
+    async with RedisRateLimiter(
+        redis_server.url, name=budget_name(), rate=50, timeout=0.02, reconnect_interval=0.01
+    ) as limiter:
+        sent = [await limiter.acquire() for _ in range(3)]
+        limiter.release(sent[0])
+        abandoned = AbandonedAnswers(monkeypatch)
+        await limiter.flush()  # applied, its answer never came: degraded
+        assert abandoned.left == 0
+        assert limiter.degraded_count == 1
+        if limiter._reconnector is not None:
+            await asyncio.wait_for(limiter._reconnector, 10.0)
+        assert limiter.using_redis
+        limiter.release(sent[1])
+        await limiter.flush()
+        assert await in_flight(redis_server, limiter.key) == 1
+
+
+async def test_a_release_carried_by_a_call_never_applied_is_told_by_the_next(
+    redis_server: RedisServer,
+) -> None:
+    client = await redis_server.client()
+    budget = SharedBudget(client, f"{{{budget_name()}}}:ailab-rate", rate=50.0, horizon=1.0)
+    try:
+        booked = [await budget.reserve() for _ in range(2)]
+        transaction = client.transaction
+        client.transaction = failing_transaction  # type: ignore[method-assign]
+        with pytest.raises(RedisConnectionError):
+            await budget.report(Report(releases=[booked[0].now]))
+        client.transaction = transaction  # type: ignore[method-assign]
+        await budget.report(Report())
+        state = await budget.state()
+    finally:
+        await client.aclose()
+    assert state.in_flight == 1
+
+
+async def failing_transaction(*args: Any, **kwargs: Any) -> Any:
+    raise RedisConnectionError("injected: Redis unreachable")
 
 
 class LostAnswers:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
 import time
@@ -46,9 +47,11 @@ _UNAVAILABLE = (RedisError, OSError, asyncio.TimeoutError)
 #: How far ahead a sender books its slot (seconds): a reservation costs a round trip, so it
 #: is made a little before the slot is due, and the sender sleeps until then.
 _HORIZON = 0.1
-#: A slot not yet within the horizon, or a shared window that is full (a request in flight
-#: must be released first), is asked for again after at least this long.
-_RECHECK = 0.01
+#: A shared window that is full (a request in flight must be released first, by any
+#: process) is looked at again after this long (a look reads, and writes only now and then:
+#: see SharedBudget.reserve); a release of this process's own wakes its booker at once. A
+#: slot not yet within the horizon is asked for again after at least this long too.
+_LOOK_AGAIN = 0.01
 #: A booked slot handed to a sender: its time on Redis's clock, and how long to sleep until
 #: it (``None``: no slot; Redis went away or the limiter closed).
 _Slot = tuple[float, float] | None
@@ -160,13 +163,15 @@ class RedisRateLimiter:
         # Send times of the requests let out on a slot booked on Redis and not yet released:
         # only theirs are released on Redis (a request the fallback let out was never counted
         # there), and theirs are, even when answered while Redis is unreachable (it hears
-        # once back: a release lost keeps a request in the shared count, see _keep).
+        # once back: a release lost keeps a request in the shared count, see SharedBudget).
         self._booked: collections.Counter[float] = collections.Counter()
         self._flusher: asyncio.Task[None] | None = None
         self._reconnector: asyncio.Task[None] | None = None
         # Senders waiting for a slot, in arrival order, and the task booking them one by one.
         self._waiting: collections.deque[asyncio.Future[_Slot]] = collections.deque()
         self._booker: asyncio.Task[None] | None = None
+        # Set when this process releases a slot booked on Redis: wakes the booker's look.
+        self._released = asyncio.Event()
         self._reports: set[asyncio.Task[None]] = set()
         self._closed = False
         #: Times Redis became unreachable / reachable again (for health checks and tests).
@@ -238,14 +243,17 @@ class RedisRateLimiter:
 
     def release(self, sent_at: float) -> None:
         """The request sent at ``sent_at`` is over; Redis hears it with the next call."""
-        self._fallback.release(sent_at)
         booked = self._booked.get(sent_at, 0)
-        if booked:  # let out on a slot booked on Redis: over there too
-            if booked == 1:
-                del self._booked[sent_at]
-            else:
-                self._booked[sent_at] = booked - 1
-            self._queue_report(releases=[self._local_clock()])
+        if not booked:  # the fallback let it out: over in its count only
+            self._fallback.release(sent_at)
+            return
+        # Let out on a slot booked on Redis: over there (the fallback never counted it).
+        if booked == 1:
+            del self._booked[sent_at]
+        else:
+            self._booked[sent_at] = booked - 1
+        self._queue_report(releases=[self._local_clock()])
+        self._released.set()  # room, maybe: the booker looks at once
 
     def on_rate_limited(self, sent_at: float, retry_after: float | None = None) -> None:
         """Report a ``429`` to every process sharing the budget (in the background).
@@ -270,13 +278,15 @@ class RedisRateLimiter:
         """Send pending reports and wait for the 429 reports in flight."""
         if self._using_redis and not self._closed:
             report = self._take_report()
-            if report.successes or report.releases:
+            if report.successes or report.releases or self._budget.in_doubt:
                 await self._send_report(report)
         while self._reports:
             await asyncio.gather(*self._reports, return_exceptions=True)
 
     async def aclose(self) -> None:
-        """Finish the reports in flight, stop reconnecting, close the pool if it is ours."""
+        """Finish the reports in flight, release on Redis what this process still holds
+        (slots booked, requests in flight), stop reconnecting, close the pool if it is
+        ours."""
         if self._closed:
             return
         await self.flush()
@@ -287,6 +297,11 @@ class RedisRateLimiter:
         pending = [t for t in (self._flusher, self._reconnector, self._booker, *self._reports) if t]
         await asyncio.gather(*pending, return_exceptions=True)
         self._wake_waiting()  # a booker cancelled before it ran woke no one
+        if self._using_redis:
+            # Else they stay counted until the budget forgets a silent process's slots.
+            report = self._take_report()
+            with contextlib.suppress(*_UNAVAILABLE):
+                await self._call(self._budget.leave(report))
         if self._owns_client:
             await self._client.aclose()
 
@@ -338,11 +353,11 @@ class RedisRateLimiter:
             while self._using_redis and not self._closed:
                 if self._next_waiting() is None:
                     return
+                self._released.clear()  # a release from here on wakes the next look
                 report = self._take_report()
                 try:
                     decision = await self._call(self._budget.reserve(report))
-                except _UNAVAILABLE as exc:
-                    self._keep(report)
+                except _UNAVAILABLE as exc:  # its report is the budget's to settle
                     self._degrade(exc)
                     return
                 self._observe(decision)
@@ -354,12 +369,26 @@ class RedisRateLimiter:
                         self._waiting.popleft()
                         waiter.set_result((decision.send_at, decision.wait))
                     continue
-                # Not yet: ask again when the slot is within the horizon (or, with the shared
-                # window full, shortly: a release may come from any process).
-                again = _RECHECK if math.isinf(decision.wait) else decision.wait - _HORIZON / 2
-                await self._sleep(max(_RECHECK, again))
+                if math.isinf(decision.wait):
+                    # The shared window is full: look again shortly (a release may come from
+                    # any process), or at once on a release of this process's own.
+                    await self._look_again()
+                    continue
+                # Not yet: ask again when the slot is within the horizon.
+                await self._sleep(max(_LOOK_AGAIN, decision.wait - _HORIZON / 2))
         finally:
             self._wake_waiting()
+
+    async def _look_again(self) -> None:
+        """Wait ``_LOOK_AGAIN``, or less: until this process releases a request (its booker
+        then tells the release and books in one transaction)."""
+        released = asyncio.ensure_future(self._released.wait())
+        sleeper = asyncio.ensure_future(self._sleep(_LOOK_AGAIN))
+        try:
+            await asyncio.wait({released, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            released.cancel()
+            sleeper.cancel()
 
     def _next_waiting(self) -> asyncio.Future[_Slot] | None:
         """The first sender still queued (those cancelled meanwhile are dropped), if any."""
@@ -371,6 +400,7 @@ class RedisRateLimiter:
         """A slot booked and never sent (its sender was cancelled): Redis hears that it is
         not in flight with the next call, as of a request released now."""
         self._queue_report(releases=[self._local_clock()])
+        self._released.set()
 
     def _wake_waiting(self) -> None:
         """Redis went away or the limiter closed: nothing is booked for the senders still
@@ -431,10 +461,10 @@ class RedisRateLimiter:
             self._flusher = self._spawn(self._flush_soon())
 
     def _keep(self, report: Report) -> None:
-        """A call carrying ``report`` failed (Redis unreachable): its releases go again with
-        the first call once Redis is back. (A call that timed out may have been applied:
-        a release told twice lowers the shared count by one until it next drains to zero,
-        as a release lost would raise it until the stale reset; the lesser harm.)"""
+        """``report`` was taken for a call that could not start (no event loop to run it
+        on): its releases go with the next call. (A call that started and failed leaves
+        its report to the budget, which knows whether Redis applied it: see
+        :class:`~._budget.SharedBudget`.)"""
         if not self._closed:
             self._pending_releases[:0] = report.releases
 
@@ -452,14 +482,13 @@ class RedisRateLimiter:
         if not self._using_redis or self._closed:
             return  # the releases pending wait for Redis to be back
         report = self._take_report()
-        if report.successes or report.releases:
+        if report.successes or report.releases or self._budget.in_doubt:
             await self._send_report(report)
 
     async def _send_report(self, report: Report) -> None:
         try:
             self._observe(await self._call(self._budget.report(report)))
-        except _UNAVAILABLE as exc:
-            self._keep(report)
+        except _UNAVAILABLE as exc:  # its report is the budget's to settle
             self._degrade(exc)
 
     async def _report_rate_limited(
@@ -467,8 +496,7 @@ class RedisRateLimiter:
     ) -> None:
         try:
             decision = await self._call(self._budget.rate_limited(sent_at, retry_after, report))
-        except _UNAVAILABLE as exc:
-            self._keep(report)
+        except _UNAVAILABLE as exc:  # its report is the budget's to settle
             self._degrade(exc)
             self._fallback.on_rate_limited(sent_at, retry_after)
         else:
@@ -500,7 +528,9 @@ class RedisRateLimiter:
             self._using_redis = True
             self.recovered_count += 1
             self._reconnector = None
-            self._queue_report()  # the releases kept through the outage: told soon
+            # The releases kept through the outage, and the calls left in doubt: told and
+            # settled soon.
+            self._queue_report()
             logger.warning(
                 "shared rate limit %r: Redis at %s is reachable again; using the shared "
                 "budget (%.3g requests/s now)",
