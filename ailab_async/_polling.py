@@ -59,6 +59,7 @@ import enum
 import heapq
 import itertools
 import math
+import operator
 
 import attrs
 
@@ -794,21 +795,38 @@ def _histogram(
         )
         groups[(first, last)] += weight
     total = sum(groups.values())
-    mass = [0.0] * (cells + 1)
-    for (first, last), weight in groups.items():  # start: each interval spread evenly
-        share = weight / (total * (last - first + 1))
-        for cell in range(first, last + 1):
-            mass[cell] += share
+    # Each interval as its cells' range [first, stop) and its share of the weight. A round
+    # sums each range's mass from running sums, and adds each range's scale to the cells
+    # it covers as a step up at ``first`` and down at ``stop`` (running sums again): a few
+    # operations per interval instead of one per cell it covers (a histogram took 0.37 ms,
+    # now 0.19, on the evidence of the harness's runs; every task's polls and lag the same
+    # on all its shapes, seeds 0-7).
+    spans = [(first, last + 1, weight / total) for (first, last), weight in groups.items()]
+    steps = [0.0] * (cells + 2)
+    coverage = [0] * (cells + 2)
+    for first, stop, share in spans:  # start: each interval spread evenly
+        steps[first] += share / (stop - first)
+        steps[stop] -= share / (stop - first)
+        coverage[first] += 1
+        coverage[stop] -= 1
+    # A cell no interval covers holds nothing (not what the running sum's rounding leaves).
+    mass = [
+        spread if covers else 0.0
+        for spread, covers in zip(
+            itertools.accumulate(steps[: cells + 1]),
+            itertools.accumulate(coverage[: cells + 1]),
+            strict=True,
+        )
+    ]
     for _ in range(_EM_ROUNDS):
-        updated = [0.0] * (cells + 1)
-        for (first, last), weight in groups.items():
-            covered = sum(mass[first : last + 1])
-            if covered <= 0.0:
-                continue
-            scale = weight / (total * covered)
-            for cell in range(first, last + 1):
-                updated[cell] += mass[cell] * scale
-        mass = updated
+        running = [0.0, *itertools.accumulate(mass)]
+        steps = [0.0] * (cells + 2)
+        for first, stop, share in spans:
+            covered = running[stop] - running[first]
+            if covered > 0.0:
+                steps[first] += share / covered
+                steps[stop] -= share / covered
+        mass = list(map(operator.mul, mass, itertools.accumulate(steps[: cells + 1])))
     norm = sum(mass) or 1.0
     return step, [m / norm for m in mass[:cells]], mass[beyond] / norm
 
