@@ -30,6 +30,7 @@ from ._planner_sim import (
     Figures,
     best_fixed,
     blocks,
+    estimate_error,
     figures,
     least_polls,
     shapes,
@@ -54,21 +55,19 @@ MISSES_POLLS = {
     # The tasks placed by the old plan spend 3.3 polls each (tasks 200-250); the new
     # durations leave the budget almost no room to pay that back (the sparsest schedule
     # keeping the fallback guarantee spends about 1.8), so the lag rises instead.
-    DRIFT_UP: "2.13 polls at 0.55x fixed polling's lag",
+    DRIFT_UP: "2.13 polls at 0.54x fixed polling's lag",
     # Learning the long part: at 20 tasks a second, tasks 100-200 are placed before their
     # slow ones have finished (2.2-2.5 polls each); from task 200 on, 2.0 or less.
-    "log-normal, median 3 s": "2.07 polls at 0.49x (tasks 200-400: 2.00)",
+    "log-normal, median 3 s": "2.09 polls at 0.48x (tasks 200-400: 2.00)",
     "bimodal 0.5-2 s / 6-12 s": "2.05 polls at 0.23x (tasks 100-150: 2.36)",
-    # The batch's pending polls are re-placed by every re-plan while it runs.
-    "uniform 1-6 s, burst": "2.07 polls at 0.77 s",
 }
 MISSES_RATIO = {
     QUEUE: "0.55x at 2.61 polls",
-    DRIFT_UP: "0.55x at 2.13 polls",
+    DRIFT_UP: "0.54x at 2.13 polls",
 }
 MISSES_UNIFORM_LAG = {
-    "uniform 1-6 s": "0.81 s at 1.98 polls (the best fixed schedule: 0.75 s)",
-    "uniform 1-6 s, burst": "0.77 s, but at 2.07 polls",
+    # Seeds 8-15: 0.800 s at 1.99 polls.
+    "uniform 1-6 s, burst": "0.802 s at 1.98 polls",
 }
 
 
@@ -170,12 +169,16 @@ def test_the_attribution_shows_where_a_plan_runs_out_of_knowledge() -> None:
     the plan that placed each task (the longest completion it knew), which counts one poll
     for each task it expects there. On bimodal 0.5-2 s / 6-12 s, while no slow task has
     finished, a third of the first steady tasks outlive their plan and spend more polls
-    there than the block overspends; on uniform 1-6 s, once learned, hardly a task does."""
+    there than the block overspends; on uniform 1-6 s, once learned, hardly a task does
+    (a few in a hundred: the smoothed estimate thins the last cells before the sharp 6 s
+    edge, so a plan may end a cell or two short of it), and each of those spends the one
+    poll its plan counted there."""
     learning, *_ = blocks(*SHAPES["bimodal 0.5-2 s / 6-12 s"])
     assert learning.past_share >= 0.25, learning
     assert learning.past_polls >= learning.polls - learning.expected, learning
     learned = blocks(*SHAPES["uniform 1-6 s"])[2:]
-    assert all(b.past_share <= 0.02 for b in learned), learned
+    assert all(b.past_share <= 0.05 for b in learned), learned
+    assert all(b.past_polls <= b.past_share + 1e-9 for b in learned), learned
 
 
 def test_a_slow_mode_not_seen_yet_is_not_stepped_through_at_each_1_25x_of_its_age() -> None:
@@ -188,6 +191,22 @@ def test_a_slow_mode_not_seen_yet_is_not_stepped_through_at_each_1_25x_of_its_ag
     learning, _, *later = blocks(*SHAPES["bimodal 0.5-2 s / 6-12 s"])
     assert learning.polls <= 2.65, learning
     assert sum(b.lag for b in later) / len(later) <= 0.8, later
+
+
+@pytest.mark.parametrize(
+    ("shape", "most_misplaced"),
+    [("log-normal, median 3 s", 0.37), ("bimodal 0.5-2 s / 6-12 s", 0.47)],
+)
+def test_the_estimate_follows_the_durations_between_polls(
+    shape: str, most_misplaced: float
+) -> None:
+    """A task is known only to have finished between two polls, and the self-consistency
+    rounds heap such evidence on the cells where many intervals end: the estimate grew
+    spikes at the plan's own poll times (probability in the wrong cells of the grid, eight
+    seeds: log-normal 0.42, bimodal 0.52). Sharing each interval's weight by a smoothed
+    estimate follows the durations between the polls: 0.33 and 0.43."""
+    misplaced, _ = estimate_error(shape, seeds=SHAPE_SEEDS)
+    assert misplaced <= most_misplaced
 
 
 def test_no_schedule_holds_the_growing_queue_to_two_polls() -> None:
@@ -323,7 +342,7 @@ def test_a_long_run_continues_the_harness_runs() -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="1.55 s at 1.92 polls, 0.57x (tasks 100-400: 1.32 s at 2.07, 0.49x): the plans"
+    reason="1.47 s at 1.95 polls, 0.54x (tasks 100-400: 1.31 s at 2.09, 0.48x): the plans"
     " rest on evidence their own polls shaped, and the estimate's tail grows heavy",
 )
 def test_log_normal_halves_fixed_polling_lag_in_a_long_run(long_log_normal: Figures) -> None:
@@ -334,7 +353,7 @@ def test_log_normal_halves_fixed_polling_lag_in_a_long_run(long_log_normal: Figu
 
 
 def test_log_normal_stays_well_under_fixed_polling_in_a_long_run(long_log_normal: Figures) -> None:
-    """The regression guard beside it: 0.57x at 1.92 polls today (hold-out seeds 8-15: 0.56x
-    at 1.94)."""
+    """The regression guard beside it: 0.54x at 1.95 polls today (hold-out seeds 8-15: 0.52x
+    at 1.98)."""
     assert long_log_normal.ratio <= 0.6, long_log_normal
     assert long_log_normal.polls_per_task <= TARGET_POLLS + SHAPE_POLLS_TOLERANCE, long_log_normal

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 from typing import Any
 
 import pytest
 
-from ailab_async import ImageResult, PollingConfig, TaskStatus, ValidationError, errors
+from ailab_async import ImageResult, PollingConfig, TaskStatus, ValidationError, _polling, errors
 from ailab_async import _protocol as protocol
 from ailab_async._polling import (
     PROCESSING_FAILURE_TRIES,
@@ -323,6 +324,69 @@ def test_pending_tasks_count_as_right_censored_evidence() -> None:
     assert with_pending._policy is not None
     assert quick_only._policy.mass_below[-1] == pytest.approx(1.0)
     assert with_pending._policy.mass_below[-1] < 0.5
+
+
+def _reference_histogram(
+    observations: list[tuple[float, float, float]], cells: int
+) -> tuple[list[float], float]:
+    """Turnbull's self-consistency rounds cell by cell, as written down: each interval's
+    weight shared among the cells it covers in proportion to the current estimate smoothed
+    (each cell's mass spread by a Gaussian as wide as a tenth of its age in cells, the first
+    cells' kept as they are)."""
+    step = max(high for _, high, _ in observations if high != math.inf) / cells
+    spans = []
+    for low, high, weight in observations:
+        first = min(cells, int(low / step))
+        if high == math.inf and first >= cells - 1:
+            first = cells
+        last = cells if high == math.inf else max(first, min(cells - 1, math.ceil(high / step) - 1))
+        spans.append((first, last, weight))
+    total = sum(weight for _, _, weight in spans)
+    mass = [0.0] * (cells + 1)
+    for first, last, weight in spans:
+        for cell in range(first, last + 1):
+            mass[cell] += weight / (total * (last - first + 1))
+    for _ in range(_polling._EM_ROUNDS):
+        prior = [0.0] * (cells + 1)
+        prior[cells] = mass[cells]
+        for source in range(cells):
+            if source < _polling._SHARP_CELLS:
+                prior[source] += mass[source]
+                continue
+            width = _polling._SMOOTHING * (source + 0.5)
+            targets = [
+                target
+                for target in range(_polling._SHARP_CELLS, cells)
+                if abs(target - source) <= math.ceil(4 * width)
+            ]
+            shares = [math.exp(-0.5 * ((target - source) / width) ** 2) for target in targets]
+            for target, share in zip(targets, shares, strict=True):
+                prior[target] += mass[source] * share / sum(shares)
+        updated = [0.0] * (cells + 1)
+        for first, last, weight in spans:
+            covered = sum(prior[first : last + 1])
+            for cell in range(first, last + 1):
+                updated[cell] += prior[cell] * weight / (total * covered) if covered else 0.0
+        mass = updated
+    norm = sum(mass)
+    return [m / norm for m in mass[:cells]], mass[cells] / norm
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_estimate_is_the_smoothed_self_consistency_update(seed: int) -> None:
+    """The rounds work on running sums (a few steps per interval, not one per cell) and a
+    cached kernel: the estimate is still the cell-by-cell update's, to rounding."""
+    rng = random.Random(seed)
+    observations = []
+    for index in range(150):
+        duration = rng.lognormvariate(1.0, 0.6)
+        low = rng.choice([0.0, duration * rng.uniform(0.3, 0.95)])
+        high = math.inf if index % 7 == 0 else duration * rng.uniform(1.0, 1.4)
+        observations.append((low, high, 0.98**index))
+    expected_mass, expected_beyond = _reference_histogram(observations, 60)
+    _, mass, beyond = _polling._histogram(observations, 60)
+    assert mass == pytest.approx(expected_mass, rel=1e-9, abs=1e-12)
+    assert beyond == pytest.approx(expected_beyond, rel=1e-9, abs=1e-12)
 
 
 def test_a_task_seen_running_at_the_horizon_counts_wholly_beyond_it() -> None:
