@@ -147,6 +147,11 @@ from what the server *accepted*, by send time:
   least what the pace sends over its horizon. Requests in flight
   are forgotten after :data:`STALE_IN_FLIGHT` seconds without any release (a process that
   died holding them).
+* **The batch's end.** When the input of a batch runs out (:meth:`AimdPolicy.wind_down`:
+  ``client.map`` tells the in-process limiter), the requests in progress are all there is
+  to send: the pace stops growing until they are accepted, and if it held senders back
+  at more than :data:`WIND_DOWN_ABOVE` times what the server took, it comes down to that
+  (not in slow start). A probe then could only cost a 429, and a retry's wait at the end.
 * **Retry-After is information.** It says nothing will be accepted before then, so the pace
   waits until the refused request's send time plus the *certain* part of it
   (:func:`certain_retry_after`: all of a fractional value, one second less than a whole
@@ -195,6 +200,7 @@ __all__ = [
     "SLOW_START_USE",
     "STALE_IN_FLIGHT",
     "START_RATE",
+    "WIND_DOWN_ABOVE",
     "AimdPolicy",
     "AimdState",
     "capped_retry_after",
@@ -265,6 +271,10 @@ QUICK_PROBES = 3
 BACKOFF = 0.95
 #: Seconds after a cut during which further 429s are the same event (at least two RTTs).
 HOLD = 1.0
+#: When the batch's input runs out (:meth:`AimdPolicy.wind_down`), a pace that held senders
+#: back at more than this many times what the server took comes down to what it took: the
+#: requests left are all there is to send, and a 429 now costs its retry's wait at the end.
+WIND_DOWN_ABOVE = 1.1
 #: Seconds of send history the accepted rate is measured over (two of a server's usual
 #: one-second windows: a fixed window lets up to twice its count through in one second).
 MEASURE_SPAN = 2.0
@@ -440,6 +450,10 @@ class AimdState:
     #: that ended it), kept until the next refusal after a hold-off (``0``: none; see
     #: ``_count_quick_probes``).
     ramp_took: float = 0.0
+    #: Requests still to be accepted since the batch's input ran out (see
+    #: :meth:`AimdPolicy.wind_down`): until then the pace does not grow (``0``: not winding
+    #: down).
+    winding: int = 0
     #: Not told the limit: the limit found, in requests per second (``inf``: not yet),
     #: and the pace of the last marginal refusal (how it is found).
     found: float = math.inf
@@ -667,6 +681,47 @@ class AimdPolicy:
         state = self.state
         return now - state.window_bound_at >= max(state.rtt, _MIN_RTT) / 2
 
+    # -- the batch's end ----------------------------------------------------------------
+
+    def wind_down(self, now: float, requests: int) -> None:
+        """The batch's input ran out at ``now``, with ``requests`` in progress (sent, or
+        still to be): no request will come beyond those (and their retries). Until that many
+        are accepted, the pace does not grow (a probe now finds nothing the batch could use,
+        and a 429 costs its retry's wait at the end); and if senders were held back by it
+        and it is more than :data:`WIND_DOWN_ABOVE` times what the server took (by send
+        time, over the :data:`MEASURE_SPAN` before the sends not yet answered), it comes
+        down to that. Not in slow start, whose pace is no measure of the server yet (a batch
+        no larger than its concurrency runs out at its first send). Per process only: a
+        store shared by processes has no such method (one process's end is not the batch's).
+
+        >>> policy = AimdPolicy(10.0)
+        >>> policy.wind_down(100.0, 3)  # nothing taken yet: the pace only stops growing
+        >>> policy.state.winding, round(policy.rate(100.0), 3)
+        (3, 9.85)
+        """
+        state = self.state
+        if requests <= 0 or (not state.cut and self.configured is None):
+            return
+        state.winding = requests
+        if state.first_sent == math.inf:
+            return  # nothing sent yet (told the limit, a batch that ran out at once)
+        # What the server took: accepted by send time over the MEASURE_SPAN before the
+        # sends not yet answered (a round trip), whatever cut came meanwhile: a pace that
+        # climbed back faster than the server took comes down too. (Over the second since
+        # the last cut, or only when more than a tenth was refused, the drop/return family
+        # came to 1.174x, as with no coming down at all; this way 1.172x.)
+        end = math.floor((now - state.rtt) / BUCKET) * BUCKET
+        start = math.floor(max(end - MEASURE_SPAN, state.first_sent) / BUCKET) * BUCKET
+        if end - start < _MIN_SPAN:
+            return
+        took = self._sum(state.sent, start, end) - self._sum(state.refused, start, end)
+        took_rate = max(0, took) / (end - start)
+        if (
+            self.rate(now) > WIND_DOWN_ABOVE * took_rate
+            and self._pace_used(start, end) >= _SATURATED
+        ):
+            state.rate = max(self._min_rate, took_rate)
+
     # -- after a send -------------------------------------------------------------------
 
     def release(self, now: float, *, counted: bool = True) -> None:
@@ -698,6 +753,9 @@ class AimdPolicy:
         if state.reread and sent_at >= state.cut_at:
             self._reread_first_cut()
         self._count_reread(sent_at, refused=False)
+        if state.winding:
+            state.winding -= 1
+            return  # the batch's end: no growth (see wind_down)
         if state.rate is None or sent_at < state.hold_until:
             return
         rtt = max(state.rtt, _MIN_RTT)

@@ -72,8 +72,14 @@ async def map_outcomes(
     ordered: bool = False,
     reorder_window: int | None = None,
     kwargs: dict[str, Any] | None = None,
+    on_exhausted: Callable[[int], None] | None = None,
 ) -> AsyncGenerator[Outcome[ItemT, ResultT], None]:
-    """Yield an :class:`Outcome` for every item, running at most ``concurrency`` at once."""
+    """Yield an :class:`Outcome` for every item, running at most ``concurrency`` at once.
+
+    ``on_exhausted(in_progress)`` is called once, when the input runs out, with the number
+    of items still in progress then (``client.map`` tells its rate limiter: no request will
+    come beyond those).
+    """
     whole = isinstance(concurrency, int) and not isinstance(concurrency, bool)
     if not whole or concurrency < 1:
         # ValidationError is also a ValueError: callers catching ValueError keep working.
@@ -102,6 +108,8 @@ async def map_outcomes(
                     item = await source.__anext__()
                 except StopAsyncIteration:
                     exhausted = True
+                    if on_exhausted is not None:
+                        on_exhausted(len(running))
                     break
                 running.add(loop.create_task(_run_one(fn, item, pulled, call_kwargs)))
                 pulled += 1

@@ -45,7 +45,11 @@ class RateLimiter(Protocol):
     request is over whatever its outcome (the in-process and Redis limiters use it to keep a
     window of requests in flight); an ``on_success()`` without the send time still works.
     It may define ``try_acquire()`` too: the send time if a slot is free at once, without
-    waiting, else ``None`` (the dispatcher then awaits :meth:`acquire`).
+    waiting, else ``None`` (the dispatcher then awaits :meth:`acquire`). And it may define
+    ``wind_down(requests)``: ``client.map`` calls it once, when its input runs out, with the
+    number of items still in progress (no request will come beyond those and their
+    retries); :class:`AdaptiveRateLimiter` then stops probing for more. The Redis limiter
+    has none: its budget is shared, and one process's end is not the others'.
     :class:`AdaptiveRateLimiter` is the in-process limiter;
     ``ailab_async.contrib.redis.RedisRateLimiter`` shares one budget between processes.
     """
@@ -184,6 +188,13 @@ class AdaptiveRateLimiter:
 
     def on_success(self, sent_at: float) -> None:
         self._policy.on_success(sent_at, self._clock())
+
+    def wind_down(self, requests: int) -> None:
+        """The batch's input ran out with ``requests`` in progress (``client.map`` calls
+        this): the pace stops growing until they are accepted, and comes down to what the
+        server took if it was well above it (:meth:`~ailab_async._aimd.AimdPolicy.wind_down`).
+        """
+        self._policy.wind_down(self._clock(), requests)
 
     def on_rate_limited(self, sent_at: float, retry_after: float | None = None) -> None:
         """Record a ``429 EXCEEDING_LIMITS`` for a request sent at ``sent_at``.

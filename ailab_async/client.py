@@ -519,17 +519,23 @@ class AILabClient:
         twice ``max_concurrency``; raise it for ``smart_beauty``, whose items mostly wait on
         remote tasks). Outcomes come as items complete, or in input order with
         ``ordered=True`` (through a bounded reorder buffer). A failed item is an outcome
-        with ``error`` set; it never stops the others.
+        with ``error`` set; it never stops the others. When ``items`` runs out, the rate
+        limiter is told (if it can be: see ``RateLimiter``): the pace stops probing for more
+        than the server took, as only the requests in progress are left.
 
         >>> async for outcome in client.map(client.smart_skin, paths, retouch_degree=0.6):
         ...     print(outcome.item, outcome.result or outcome.error)  # doctest: +SKIP
         """
+        # When the input runs out, a limiter that can tells its pace: no request comes
+        # beyond those in progress (see RateLimiter).
+        wind_down = getattr(self._limiter, "wind_down", None)
         return map_outcomes(
             fn,
             items,
             concurrency=concurrency or 2 * self._max_concurrency,
             ordered=ordered,
             kwargs=kwargs,
+            on_exhausted=wind_down if callable(wind_down) else None,
         )
 
     @property

@@ -20,7 +20,9 @@ request reaches the server up to ``send_jitter`` seconds after it left (plus, wi
 store's do: each books its own slot up to ``booking`` seconds ahead (no queue), sleeps until
 it and reports the booked time as the send time; with ``report_delay``, the shared state hears
 of an accepted request's answer up to that long after it (the store reports answers with the
-process's next call), and counts it in flight meanwhile. It records what the tests assert on: the
+process's next call), and counts it in flight meanwhile. When the input runs out (a sender asks
+for an item after the last one), the policy is told to wind down, as ``client.map`` tells the
+limiter (``wind_down=False``: not). It records what the tests assert on: the
 wall time against the ideal, the 429s, the cuts, and the pace over time.
 """
 
@@ -49,6 +51,16 @@ LIVE: dict[str, float] = {
     "send_tail": 0.0005,
     "latency_jitter": 0.01,
 }
+
+#: The drop/return family: a sliding window at 50/s drops at 2 to 5 s (every half second) to
+#: 15, 20 or 30/s and is back at 50/s at 8 s (21 timings). Any one timing moves by a few
+#: hundredths with where the last probe falls; a change to the policy's handling of a limit
+#: that changes is judged on the family's mean over 40 seeds (0-39, and again on 40-79).
+DROP_RETURN_FAMILY: list[RateLimit] = [
+    RateLimit(50.0, shape="sliding-window", schedule=[(drop / 2, low), (8.0, 50.0)])
+    for drop in range(4, 11)
+    for low in (15.0, 20.0, 30.0)
+]
 
 # A sender waiting for the pace looks again at least this often (as the limiter does) ...
 _RECHECK = 0.05
@@ -120,6 +132,7 @@ def run_zoo(
     policy: AimdPolicy | None = None,
     until: float = 600.0,
     clumps: bool = False,
+    wind_down: bool = True,
 ) -> ZooRun:
     """Send ``requests`` through the policy to ``limit``; see the module docstring."""
     rng = random.Random(seed)
@@ -280,17 +293,25 @@ def run_zoo(
         at(now + delay, lambda later: want_attempt(later, worker))
 
     started = 0
+    exhausted = False
 
     def next_item(t: float, worker: int) -> None:
-        nonlocal started
+        nonlocal started, exhausted
         if started < requests:
             started += 1
             want_attempt(t, worker)
+        elif not exhausted:
+            # ``client.map`` finds its input exhausted when it asks for one more item than
+            # there are, and tells the limiter (the requests still in progress are all left).
+            exhausted = True
+            if wind_down:
+                policy.wind_down(t, remaining)
+                note_pace(t)
 
     note_pace(0.0)
     # A clump is ``senders`` requests; otherwise ``items`` are in progress at once.
     at_once = senders if clumps else 2 * senders if items is None else items
-    for worker in range(min(at_once, requests)):
+    for worker in range(min(at_once, requests + 1)):
         next_item(0.0, worker)
     while events and remaining > 0:
         t, _, action = heapq.heappop(events)

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from ailab_async import ConfigurationError
 from ailab_async._aimd import (
     BACKOFF,
+    BUCKET,
     CATCH_UP,
     HEADROOM,
     LEARNED_HEADROOM,
@@ -29,6 +30,7 @@ from ailab_async._aimd import (
     SLOW_START_DOUBLING,
     SLOW_START_RTTS,
     START_RATE,
+    WIND_DOWN_ABOVE,
     AimdPolicy,
     AimdState,
     capped_retry_after,
@@ -565,3 +567,75 @@ def test_retry_after_is_capped_and_nonsense_ignored(
 def test_rejects_a_rate_that_is_not_positive_and_finite(rate: object) -> None:
     with pytest.raises(ConfigurationError, match="positive, finite"):
         AimdPolicy(rate)  # type: ignore[arg-type]
+
+
+# -- the batch's end -----------------------------------------------------------------------
+
+
+def test_at_the_batch_s_end_the_pace_stops_growing_until_the_requests_left_are_accepted() -> None:
+    # Told 50/s, a marginal refusal lowered the ceiling, and acceptances give it back ...
+    policy = AimdPolicy(50.0)
+    sent_at = _accepted_while_paced(policy, 100.0, 103.0)
+    policy.release(sent_at + 0.2)
+    assert policy.on_rate_limited(sent_at, sent_at + 0.2)
+    _accepted_while_paced(policy, 103.2, 106.0)
+    unwound = AimdPolicy(50.0)
+    unwound.state = AimdState.from_fields(policy.state.to_fields())
+    pace = policy.rate(106.0)
+    policy.wind_down(106.0, 1000)
+    assert policy.rate(106.0) == pace  # the server took the pace: it does not come down
+    # ... but not once the batch's input ran out, until the requests left are accepted.
+    _accepted_while_paced(policy, 106.0, 107.0)
+    _accepted_while_paced(unwound, 106.0, 107.0)
+    assert policy.rate(107.0) == pace
+    assert unwound.rate(107.0) > pace
+    policy.state.winding = 1  # one left: then it grows again (the next batch)
+    _accepted_while_paced(policy, 107.0, 108.0)
+    assert policy.rate(108.0) > pace
+
+
+def test_at_the_batch_s_end_a_pace_far_above_what_the_server_took_comes_down_to_it() -> None:
+    # Not told: slow start, a cut, and the pace climbing back, faster than the server took
+    # over the two seconds before (the sends of the last round trip not yet answered).
+    policy = AimdPolicy(None)
+    sent_at = _accepted_while_paced(policy, 100.0, 102.0)
+    policy.release(sent_at + 0.2)
+    assert policy.on_rate_limited(sent_at, sent_at + 0.2)
+    _accepted_while_paced(policy, 102.2, 104.0)
+    state = policy.state
+    sent = sum(state.sent[-round(2.2 / BUCKET) : -round(0.2 / BUCKET)])
+    took = (sent - sum(state.refused)) / 2.0
+    pace = policy.rate(104.0)
+    assert pace > WIND_DOWN_ABOVE * took
+    policy.wind_down(104.0, 100)
+    assert policy.rate(104.0) == pytest.approx(took)
+
+
+def test_at_the_batch_s_end_a_pace_the_client_did_not_use_stays() -> None:
+    # Told 50/s, sending 10/s (the server keeps up): the pace is not what held it back, and
+    # the tracker plans its polls from it.
+    policy = AimdPolicy(50.0)
+    for tenth in range(20):
+        sent_at = 100.0 + tenth / 10
+        assert policy.claim(sent_at) == 0.0
+        policy.release(sent_at + 0.2)
+        policy.on_success(sent_at, sent_at + 0.2)
+    policy.wind_down(102.2, 5)
+    assert policy.rate(102.2) == pytest.approx(PACED)
+
+
+def test_told_the_limit_a_batch_that_runs_out_before_its_first_send_keeps_its_pace() -> None:
+    policy = AimdPolicy(50.0)
+    policy.wind_down(100.0, 3)
+    assert policy.rate(100.0) == pytest.approx(PACED)
+    assert policy.claim(100.0) == 0.0
+
+
+def test_in_slow_start_the_batch_s_end_changes_nothing() -> None:
+    # A batch no larger than its concurrency runs out at its first send: its pace is no
+    # measure of the server yet, and held at the start rate it would crawl.
+    policy, unwound = AimdPolicy(None), AimdPolicy(None)
+    policy.wind_down(100.0, 64)
+    _accepted_while_paced(policy, 100.0, 101.0)
+    _accepted_while_paced(unwound, 100.0, 101.0)
+    assert policy.rate(101.0) == unwound.rate(101.0) > START_RATE

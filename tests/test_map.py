@@ -11,6 +11,7 @@ import pytest
 
 from ailab_async import AILabClient, Outcome, ValidationError
 from ailab_async._map import map_outcomes
+from ailab_async._ratelimit import AdaptiveRateLimiter
 
 from .conftest import BASE_URL, TEST_KEY
 
@@ -152,3 +153,99 @@ async def test_client_map_passes_keyword_arguments() -> None:
         results = {o.item: o.result async for o in client.map(probe, range(5), scale=2) if o.ok}
     assert results == {0: 0, 1: 2, 2: 4, 4: 8}
     assert probe.peak <= 6  # default concurrency: twice max_concurrency
+
+
+async def test_map_tells_once_when_its_input_runs_out_with_the_items_still_in_progress() -> None:
+    probe = Probe(delays={item: 1 + item % 3 for item in range(20)})
+    told: list[tuple[int, int]] = []  # (in progress, outcomes yielded by then)
+    outcomes: list[Outcome[int, int]] = []
+    agen = map_outcomes(
+        probe, range(20), concurrency=4, on_exhausted=lambda n: told.append((n, len(outcomes)))
+    )
+    async for outcome in agen:
+        outcomes.append(outcome)
+    assert len(told) == 1
+    in_progress, yielded = told[0]
+    assert 1 <= in_progress <= 4
+    assert in_progress == 20 - yielded  # every item left to come was in progress
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+async def test_an_input_shorter_than_the_concurrency_runs_out_before_any_item_is_over(
+    ordered: bool,
+) -> None:
+    told: list[int] = []
+    outcomes = await collect(
+        map_outcomes(Probe(), range(3), concurrency=8, ordered=ordered, on_exhausted=told.append)
+    )
+    assert told == [3]
+    assert len(outcomes) == 3
+
+
+async def test_leaving_early_never_tells_of_an_input_that_ran_out() -> None:
+    told: list[int] = []
+    async with contextlib.aclosing(
+        map_outcomes(Probe(), itertools.count(), concurrency=4, on_exhausted=told.append)
+    ) as agen:
+        async for _ in agen:
+            break
+    assert told == []
+
+
+class PlainLimiter:
+    """A custom RateLimiter without the optional ``wind_down``."""
+
+    def __init__(self) -> None:
+        self.rate_limited_count = 0
+
+    @property
+    def configured_rate(self) -> float | None:
+        return None
+
+    def current_rate(self) -> float | None:
+        return None
+
+    async def acquire(self) -> float:
+        return 0.0
+
+    def on_success(self, sent_at: float) -> None:
+        del sent_at
+
+    def on_rate_limited(self, sent_at: float, retry_after: float | None = None) -> None:
+        del sent_at, retry_after
+
+
+class WindingLimiter(PlainLimiter):
+    """The same with ``wind_down``: its calls are recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.winds: list[int] = []
+
+    def wind_down(self, requests: int) -> None:
+        self.winds.append(requests)
+
+
+async def test_client_map_winds_down_a_limiter_that_can_when_its_input_runs_out() -> None:
+    limiter = WindingLimiter()
+    async with AILabClient(
+        api_key=TEST_KEY, base_url=BASE_URL, max_concurrency=3, rate_limit=limiter
+    ) as client:
+        outcomes = [o async for o in client.map(Probe(), range(4))]
+    assert len(outcomes) == 4
+    assert limiter.winds == [4]  # default concurrency 6: all four in progress at once
+
+
+async def test_client_map_works_with_a_limiter_without_wind_down() -> None:
+    limiter = PlainLimiter()
+    async with AILabClient(api_key=TEST_KEY, base_url=BASE_URL, rate_limit=limiter) as client:
+        results = {o.item: o.result async for o in client.map(Probe(), range(5)) if o.ok}
+    assert results == {0: 0, 1: 1, 2: 2, 4: 4}
+
+
+async def test_client_map_winds_down_the_in_process_limiter() -> None:
+    async with AILabClient(api_key=TEST_KEY, base_url=BASE_URL, rate_limit=10) as client:
+        assert [o.item async for o in client.map(Probe(), range(3), ordered=True)] == [0, 1, 2]
+        limiter = client._limiter
+        assert isinstance(limiter, AdaptiveRateLimiter)
+        assert limiter.policy.state.winding == 3  # told: nothing sent yet, all three left
