@@ -200,6 +200,7 @@ class AILabClient:
         # The loop of the first call: sessions, locks and futures belong to one loop.
         self._binding = LoopBinding()
         self._closed = False
+        self._maps_feeding = 0  # client.map generators whose input has not run out yet
         self._sessions = SessionManager(session, pool_size=max_concurrency, trust_env=trust_env)
         self._limiter: RateLimiter = limiter or AdaptiveRateLimiter(
             settings.rate_limit, clock=self._clock, sleep=self._sleep
@@ -521,22 +522,51 @@ class AILabClient:
         ``ordered=True`` (through a bounded reorder buffer). A failed item is an outcome
         with ``error`` set; it never stops the others. When ``items`` runs out, the rate
         limiter is told (if it can be: see ``RateLimiter``): the pace stops probing for more
-        than the server took, as only the requests in progress are left.
+        than the server took, as only the requests in progress are left (not while another
+        ``map`` on this client still takes input).
 
         >>> async for outcome in client.map(client.smart_skin, paths, retouch_degree=0.6):
         ...     print(outcome.item, outcome.result or outcome.error)  # doctest: +SKIP
         """
+        return self._map(fn, items, concurrency or 2 * self._max_concurrency, ordered, kwargs)
+
+    async def _map(
+        self,
+        fn: Callable[..., Awaitable[ResultT]],
+        items: Iterable[ItemT] | AsyncIterable[ItemT],
+        concurrency: int,
+        ordered: bool,
+        kwargs: dict[str, Any],
+    ) -> AsyncGenerator[Outcome[ItemT, ResultT], None]:
         # When the input runs out, a limiter that can tells its pace: no request comes
-        # beyond those in progress (see RateLimiter).
-        wind_down = getattr(self._limiter, "wind_down", None)
-        return map_outcomes(
+        # beyond those in progress (see RateLimiter). Not while another map on this client
+        # still takes input: its requests are still to come.
+        feeding = True
+        self._maps_feeding += 1
+
+        def exhausted(in_progress: int) -> None:
+            nonlocal feeding
+            feeding = False
+            self._maps_feeding -= 1
+            wind_down = getattr(self._limiter, "wind_down", None)
+            if not self._maps_feeding and callable(wind_down):
+                wind_down(in_progress)
+
+        outcomes = map_outcomes(
             fn,
             items,
-            concurrency=concurrency or 2 * self._max_concurrency,
+            concurrency=concurrency,
             ordered=ordered,
             kwargs=kwargs,
-            on_exhausted=wind_down if callable(wind_down) else None,
+            on_exhausted=exhausted,
         )
+        try:
+            async with contextlib.aclosing(outcomes):
+                async for outcome in outcomes:
+                    yield outcome
+        finally:
+            if feeding:
+                self._maps_feeding -= 1
 
     @property
     def tracker(self) -> TrackerStats:

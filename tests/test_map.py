@@ -249,3 +249,43 @@ async def test_client_map_winds_down_the_in_process_limiter() -> None:
         limiter = client._limiter
         assert isinstance(limiter, AdaptiveRateLimiter)
         assert limiter.policy.state.winding == 3  # told: nothing sent yet, all three left
+
+
+async def test_two_maps_on_one_client_wind_down_only_when_the_last_input_runs_out() -> None:
+    limiter = WindingLimiter()
+    long_started, short_done = asyncio.Event(), asyncio.Event()
+    winds_when_short_was_done: list[list[int]] = []
+
+    async def long_input() -> AsyncIterator[int]:
+        for item in range(10):
+            long_started.set()
+            if item == 5:
+                await short_done.wait()  # still taking input after the short map ran out
+                winds_when_short_was_done.append(list(limiter.winds))
+            yield item
+
+    async with AILabClient(
+        api_key=TEST_KEY, base_url=BASE_URL, max_concurrency=2, rate_limit=limiter
+    ) as client:
+
+        async def short() -> list[Outcome[int, int]]:
+            await long_started.wait()
+            outcomes = await collect(client.map(Probe(), range(3)))
+            short_done.set()
+            return outcomes
+
+        short_outcomes, long_outcomes = await asyncio.gather(
+            short(), collect(client.map(Probe(), long_input()))
+        )
+        assert len(short_outcomes) == 3
+        assert len(long_outcomes) == 10
+        assert winds_when_short_was_done == [[]]  # the other map's requests were still to come
+        assert len(limiter.winds) == 1  # told once, when the last input ran out
+        assert 1 <= limiter.winds[0] <= 4
+
+        # A map left early no longer counts as taking input: the next one winds down.
+        async with contextlib.aclosing(client.map(Probe(), itertools.count())) as endless:
+            async for _ in endless:
+                break
+        assert [o.item async for o in client.map(Probe(), range(2), ordered=True)] == [0, 1]
+        assert limiter.winds[1:] == [2]
