@@ -48,8 +48,9 @@ class RateLimiter(Protocol):
     waiting, else ``None`` (the dispatcher then awaits :meth:`acquire`). And it may define
     ``wind_down(requests)``: ``client.map`` calls it once, when its input runs out (the last
     input of the client's maps running at once), with the number of its items still in
-    progress (no request will come beyond those and their retries); :class:`AdaptiveRateLimiter` then stops probing for more. The Redis limiter
-    has none: its budget is shared, and one process's end is not the others'.
+    progress (no request will come beyond those and their retries);
+    :class:`AdaptiveRateLimiter` then stops probing for more. The Redis limiter has none:
+    its budget is shared, and one process's end is not the others'.
     :class:`AdaptiveRateLimiter` is the in-process limiter;
     ``ailab_async.contrib.redis.RedisRateLimiter`` shares one budget between processes.
     """
