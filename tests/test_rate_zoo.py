@@ -23,37 +23,7 @@ import pytest
 from ailab_async._aimd import SLOW_START_LEAD, AimdPolicy
 from ailab_async.testing.simulator import RateLimit
 
-from ._rate_zoo import LIVE, ZooRun, run_zoo
-
-LIMIT = 50.0
-
-#: name -> (limit, wall/ideal at most, share of requests refused at most)
-ZOO: dict[str, tuple[RateLimit, float, float]] = {
-    "token bucket, burst 1": (RateLimit(LIMIT, burst=1), 1.23, 0.08),
-    "token bucket, burst = rate": (RateLimit(LIMIT), 1.05, 0.10),
-    "token bucket, burst 2x rate": (RateLimit(LIMIT, burst=100), 1.00, 0.10),
-    "sliding window": (RateLimit(LIMIT, shape="sliding-window"), 1.15, 0.08),
-    "sliding window, instant 429": (
-        RateLimit(LIMIT, shape="sliding-window", instant_429=True),
-        1.15,
-        0.05,
-    ),
-    "sliding window, no Retry-After": (
-        RateLimit(LIMIT, shape="sliding-window", retry_after=False),
-        1.15,
-        0.08,
-    ),
-    "fixed window": (RateLimit(LIMIT, shape="fixed-window"), 1.25, 0.13),
-    "leaky bucket": (RateLimit(LIMIT, shape="leaky-bucket"), 1.23, 0.08),
-    "10 in flight": (RateLimit.concurrency(10), 1.22, 0.03),
-    "10 in flight, instant 429": (RateLimit.concurrency(10, instant_429=True), 1.28, 0.03),
-    "50 -> 20 -> 50 per second": (
-        RateLimit(LIMIT, shape="sliding-window", schedule=[(4, 20), (10, LIMIT)]),
-        1.2,  # (1.22 and 14 % before the quick climb back to what the server took)
-        0.1,
-    ),
-}
-
+from ._rate_zoo import LIMIT, LIVE, ZOO, ZooRun, family_table, run_zoo, zoo_table
 
 #: Seeds of the runs per shape (the dispatcher's retry delays and a little latency jitter
 #: differ between them): the targets hold on the average, so no one lucky path passes.
@@ -653,3 +623,13 @@ def test_at_the_batch_s_end_the_pace_no_longer_probes_into_429s(shape: str) -> N
         return sum(run.ratio for run in runs) / len(runs)
 
     assert mean_ratio(wind_down=True) <= mean_ratio(wind_down=False) - 0.01
+
+
+def test_the_zoo_table_prints_every_row_asked_for_and_the_family() -> None:
+    # ``python -m tests._rate_zoo``: the table that changes to the policy are judged on.
+    table = zoo_table(range(1), ["sliding window", "fixed window"], told=True).splitlines()
+    assert len(table) == 3
+    assert table[1].startswith("sliding window ")
+    family = family_table([range(1), range(1, 2)]).splitlines()
+    assert [line.split()[0] for line in family[1:]] == ["0-0", "1-1"]
+    assert all(line.split()[-1].endswith("/21") for line in family[1:])
