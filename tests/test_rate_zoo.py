@@ -669,6 +669,21 @@ def test_not_told_a_limit_that_dropped_in_slow_start_s_hold_off_is_probed_back_u
     assert sum(accepted) / len(accepted) >= 0.8 * LIMIT
 
 
+def test_not_told_a_limit_found_after_it_dropped_in_slow_start_s_hold_off_is_probed_up_sooner() -> (
+    None
+):
+    # 50/s, 30/s from 2 s to 8 s: the limit dropped while slow start's cut held, the pace
+    # came back up past it and found it (30/s, held as if told), and when the limit came
+    # back only the slow probe PROBE_AFTER seconds after each hold-off found it: the pace
+    # sat near 30/s until 11-12 s (1.212x on these seeds). A limit found under what slow
+    # start's ramp got through is probed back up to that sooner, once: 1.165x, with no
+    # more 429s (a limit lowered for good pays one probe's).
+    limit = RateLimit(LIMIT, shape="sliding-window", schedule=[(2, 30), (8, LIMIT)])
+    runs = [run_zoo(limit, seed=seed, **LIVE) for seed in range(8)]
+    assert sum(run.ratio for run in runs) / len(runs) <= 1.19
+    assert sum(run.refused for run in runs) / len(runs) <= 31
+
+
 @pytest.mark.parametrize("shape", ["token bucket, burst 2x rate", "leaky bucket"])
 def test_at_the_batch_s_end_the_pace_no_longer_probes_into_429s(shape: str) -> None:
     # When the input runs out, the requests left are all there is to send: a probe then
