@@ -684,6 +684,24 @@ def test_not_told_a_limit_found_after_it_dropped_in_slow_start_s_hold_off_is_pro
     assert sum(run.refused for run in runs) / len(runs) <= 31
 
 
+@pytest.mark.parametrize(("back", "mean_ratio"), [(10, 1.175), (12, 1.17)])
+def test_not_told_a_limit_low_for_long_still_has_quick_probes_when_it_comes_back(
+    back: int, mean_ratio: float
+) -> None:
+    # 50/s, 20/s from 4 s: the slow curve's climb just above the dropped limit, refused as
+    # the limit, spent a quick probe too, and by the time the limit came back (10 s or
+    # 12 s) all three were gone on most seeds: back within 10 % of 50/s 3.0-3.4 s after it
+    # (1.190x and 1.214x on these seeds). Only a probe well above the refused pace spends
+    # one: back within 1.0-1.9 s (1.160x and 1.137x).
+    limit = RateLimit(LIMIT, shape="sliding-window", schedule=[(4, 20), (back, LIMIT)])
+    runs = [run_zoo(limit, seed=seed, **LIVE) for seed in range(6)]
+    for run in runs:
+        steps = range(back * 20, 400)
+        again = next(t / 20 for t in steps if run.accepted_rate(t / 20, t / 20 + 1) >= 45)
+        assert again - back <= 2.0
+    assert sum(run.ratio for run in runs) / len(runs) <= mean_ratio
+
+
 @pytest.mark.parametrize("shape", ["token bucket, burst 2x rate", "leaky bucket"])
 def test_at_the_batch_s_end_the_pace_no_longer_probes_into_429s(shape: str) -> None:
     # When the input runs out, the requests left are all there is to send: a probe then
