@@ -93,7 +93,10 @@ from what the server *accepted*, by send time:
   more than a tenth above it over the second before: the limit rose, and is found again
   from a cut, as at first. So is one that a refusal contradicts (a cut that is no lesson:
   most of a pace refused, refused far below it, or a cut that was not enough): slow
-  start's end misread a window, or the limit dropped.
+  start's end misread a window, or the limit dropped. A limit found under what slow
+  start's ramp got through (it dropped while slow start's cut held) is probed back up to
+  that sooner (``_RAMP_PROBE_AFTER``), quickly, and on from it: once, until such a
+  probe is refused.
 * **A cut that was not enough ends the hold-off.** If more than 30 % of what was sent
   since the cut is refused too (judged at once after a marginal refusal or a lesson in
   headroom, 0.2 s after any other cut, as a window draining refuses for a while), the
@@ -131,10 +134,11 @@ from what the server *accepted*, by send time:
   the limit, probing on sooner costs 429s). Not told, a limit that dropped in slow start's
   hold-off (before the pace had a second at the old level) is probed back up to what slow
   start's ramp got through, if the first refusal after it comes on the pace's way back and
-  the server took less. A quick probe that is refused uses one of
-  :data:`QUICK_PROBES`; a lower rate taken meanwhile (the dropped limit) neither lowers the
-  target nor gives them back, so a limit lowered for good (a window refuses a burst of each
-  probe) is probed quickly a few times only. Told
+  the server took less. A quick probe that is refused (more than a tenth above the pace
+  refused before: just above it, the slow curve's climb is refused by the dropped limit)
+  uses one of :data:`QUICK_PROBES`; a lower rate taken meanwhile (the dropped limit)
+  neither lowers the target nor gives them back, so a limit lowered for good (a window
+  refuses a burst of each probe) is probed quickly a few times only. Told
   the limit (perhaps too much), what it took is measured over two seconds as well, and the
   lower of the two is kept (a fixed window lets up to twice its count through in one
   second).
@@ -333,6 +337,33 @@ _RECOVERY_DOUBLING = 0.35
 # 0.45-0.61 and was taken for a rate limiter on 24 seeds of 40 (a "limit" of 140/s), at
 # 50/s on 3 (live, more often: 70/s held for a second against 50, 10-17 more 429s).
 _REREAD_SHARE = 0.55
+# ... and when more were refused, but not over _ALL_REFUSED of them, and what the server
+# took of them is under _BURST_SPENT of what it took of the sends one second before, the
+# ramp spent a token bucket's burst: the pace comes down to what it takes now
+# (_reread_spent_burst). Measured at slow start's end re-read, 40 seeds, 30-100/s and
+# round trips of 0.1-0.35 s: sliding windows 0.79-1.49 of what they took a second before,
+# fixed windows nothing (all refused) or 1.7 times as much and more, token buckets of
+# burst twice their rate 0.43-0.74, three times 0.28-0.53 (of burst = rate 0.51-2.25).
+# A bucket of burst 100 at 50/s: 45.5 429s of 500 -> 34.3, 0.881x -> 0.863x (no other row
+# of the zoo, nor the drop/return family, moved).
+_ALL_REFUSED = 0.9
+_BURST_SPENT = 0.7
+# Not told, a limit found under what slow start's ramp got through is probed back up to that
+# this many seconds after a hold-off (not PROBE_AFTER): the limit dropped while slow start's
+# cut held, and may come back. The drop/return family, seeds 0-39 and 40-79: 1.1720x and
+# 1.1719x -> 1.1697x and 1.1691x (a drop at 2 s to 30/s, found there: 1.213x -> 1.17x); no
+# row of the zoo moved, and limits that drop for good at 2-3 s to 15-30/s (sliding and
+# fixed windows, 600 requests) moved by 0.003x at most (at most 0.8 % more 429s).
+_RAMP_PROBE_AFTER = 1.0
+# A refusal spends one of the QUICK_PROBES only when the pace was more than this many times
+# the pace last refused: just above it, the slow curve was climbing, and a limit that
+# dropped refuses that as the limit, not as a probe. Spent there, a limit low for six
+# seconds (50/s, 20/s from 4 s to 10 s) had used all three by the time it came back on 3
+# seeds of 6, and the pace was back within 10 % of 50/s 3.2-3.4 s after it, now 1.4-1.6 s
+# (the zoo's row, 40 seeds: 1.187x -> 1.16x); back at 12 s, 1.214x -> 1.137x on those
+# seeds. The drop/return family (back at 8 s) did not move; limits lowered for good at 2-3 s
+# to 15-30/s (600 requests) cost up to 0.01x more and 1.2 % more of the requests refused.
+_QUICK_PROBE_SPENT = 1.1
 # Not told, a marginal refusal within this share of the pace of the one before it, with the
 # server having taken at least _FOUND_TOOK of the pace over the second before it, finds
 # the limit (a probe far above what the server took, as a limit that dropped for a while
@@ -450,6 +481,10 @@ class AimdState:
     #: that ended it), kept until the next refusal after a hold-off (``0``: none; see
     #: ``_count_quick_probes``).
     ramp_took: float = 0.0
+    #: Not told: the same, kept until a probe above a limit found under it is refused (a
+    #: limit found lower, after it dropped in slow start's hold-off, is probed back up to
+    #: it quickly: see ``_probe``; ``0``: none).
+    ramp_seen: float = 0.0
     #: Requests still to be accepted since the batch's input ran out (see
     #: :meth:`AimdPolicy.wind_down`): until then the pace does not grow (``0``: not winding
     #: down).
@@ -751,7 +786,7 @@ class AimdPolicy:
         state.rtt = sample if state.rtt == 0.0 else state.rtt + _RTT_GAIN * (sample - state.rtt)
         state.rtt_floor = min(state.rtt_floor, sample)
         if state.reread and sent_at >= state.cut_at:
-            self._reread_first_cut()
+            self._reread_first_cut(now)
         self._count_reread(sent_at, refused=False)
         if state.winding:
             state.winding -= 1
@@ -928,6 +963,7 @@ class AimdPolicy:
                 state.found = math.inf
                 state.headroom = 1.0
                 return False
+            state.ramp_seen = 0.0  # (if it probed back up to slow start's ramp: no more)
             return True
         # Refused near the limit with all else accepted: the send times jitter more than the
         # headroom allows (a limit that dropped is refused far below the ceiling, or not
@@ -943,14 +979,26 @@ class AimdPolicy:
 
     def _probe(self, now: float) -> float:
         """How far above the limit found the pace may go at ``now``, as a factor: after
-        :data:`PROBE_AFTER` seconds past the last hold-off, along the recovery's cubic."""
+        :data:`PROBE_AFTER` seconds past the last hold-off, along the recovery's cubic.
+
+        A limit found under what slow start's ramp got through (``ramp_seen``: the limit
+        dropped while slow start's cut held, and that ramp is all the client saw of the
+        level before) is probed back up to it sooner (``_RAMP_PROBE_AFTER``), within
+        :data:`QUICK_PROBE` seconds, and on from it along the slow cubic (the ramp's take
+        is an average, short of the old level): once, until such a probe is refused."""
         state = self.state
         if state.found == math.inf:
             return 1.0
-        elapsed = now - state.hold_until - PROBE_AFTER
-        if elapsed <= 0:
-            return 1.0
-        return 1.0 + _CUBIC * elapsed**3
+        elapsed = now - state.hold_until
+        slow = 1.0 + _CUBIC * max(0.0, elapsed - PROBE_AFTER) ** 3
+        back = state.ramp_seen / state.found
+        since = elapsed - _RAMP_PROBE_AFTER
+        if back <= 1.0 or since <= 0:
+            return slow
+        quick = 1.0 + (back - 1.0) * (since / QUICK_PROBE) ** 3
+        if quick < back:
+            return max(slow, quick)
+        return max(slow, back * (1.0 + _CUBIC * (since - QUICK_PROBE) ** 3))
 
     def _found(self, sent_at: float, pace: float) -> float | None:
         """Not told the limit, and not yet found: the limit a marginal refusal at ``pace``
@@ -973,7 +1021,7 @@ class AimdPolicy:
         told) what the server ``accepted`` of the ramp is kept (see ``_count_quick_probes``)."""
         state = self.state
         if not state.cut and self.configured is None:
-            state.ramp_took = accepted or 0.0
+            state.ramp_took = state.ramp_seen = accepted or 0.0
         state.reread = not state.cut
         state.reread_answers = state.reread_refused = 1
         state.cut_sent = sent_at
@@ -986,7 +1034,7 @@ class AimdPolicy:
             state.reread_answers += 1
             state.reread_refused += refused
 
-    def _reread_first_cut(self) -> None:
+    def _reread_first_cut(self, now: float) -> None:
         """Once the sends from the first refused one to the cut that ended slow start are
         all answered: if the server refused about half of them or fewer, it refuses only what is
         over its rate (a token or leaky bucket, not a window filled by the ramp, which
@@ -996,13 +1044,17 @@ class AimdPolicy:
         state.reread = False
         start, end = state.cut_sent, state.cut_at
         sent, refused = state.reread_answers, state.reread_refused
-        if sent < _WRONG_CUT_SENDS or refused >= _REREAD_SHARE * sent:
+        if sent < _WRONG_CUT_SENDS:
             return
         span = end - start
+        accepted = (sent - refused) / span
+        if refused >= _REREAD_SHARE * sent:
+            if self.configured is None and refused <= _ALL_REFUSED * sent:
+                self._reread_spent_burst(now, accepted)
+            return
         # What it accepted, or (a queue-free leaky bucket accepts one request in two just
         # above its rate) the pace it accepted all of just before the first refusal, if
         # that is not far above (a token bucket's burst let a much faster ramp through).
-        accepted = (sent - refused) / span
         before = self._recent_pace(start - BUCKET)
         limit = before if accepted < before <= 2 * accepted else accepted
         rate = min(self.ceiling * state.headroom, self._backoff * limit)
@@ -1014,6 +1066,33 @@ class AimdPolicy:
                 # Not told: such a server's limit is what it accepted, found (see _found).
                 self._hold(limit, limit)
                 state.rate = state.cut_rate = LEARNED_HEADROOM * limit
+
+    def _reread_spent_burst(self, now: float, accepted: float) -> None:
+        """Not told, slow start's end re-read (the sends from the first refused one to the
+        cut all answered, at ``now``): the server refused most of them but not all, and
+        ``accepted`` (what it took of them, by send time) is well under what it took of
+        the sends one second before those (under ``_BURST_SPENT`` of it). A sliding window
+        takes, once full, as many as it took a window before, which a ramp sent at a lower
+        pace, and a fixed window refuses all until its boundary; a token bucket whose burst
+        let the ramp through takes its rate, whatever it took before. The cut (from what it
+        took over the ramp, the burst included: about twice a deep bucket's rate) is
+        refused in half: the pace comes down to what it takes now, a cut that was not
+        enough found a round trip sooner than by judging the sends after it, and is
+        probed above from there (see the module docstring)."""
+        state = self.state
+        start, end = state.cut_sent - _LEAD_SPAN, state.cut_at - _LEAD_SPAN
+        low, high = math.floor(start / BUCKET) * BUCKET, math.ceil(end / BUCKET) * BUCKET
+        took = self._sum(state.sent, low, high) - self._sum(state.refused, low, high)
+        if accepted >= _BURST_SPENT * took / (high - low) or accepted >= self.rate(now):
+            return
+        state.rate = state.cut_rate = max(self._min_rate, accepted)
+        state.refused_pace = state.aim = state.aim_cap = state.rate
+        state.ramp_took = min(state.ramp_took, accepted)  # the burst was no limit
+        state.ramp_seen = min(state.ramp_seen, accepted)
+        state.cut_at = now
+        state.hold_until = now + max(HOLD, 2 * state.rtt)
+        state.corrected = True  # judged later (see _cut_was_wrong)
+        state.marginal_cut = False
 
     def _slow_start_cap(self, sent_at: float) -> float:
         """How far slow start may take the pace on an answer to a request sent at
@@ -1248,8 +1327,12 @@ class AimdPolicy:
                 # more probed from slow start's cut on).
                 state.took = ramp_took
                 state.took_short = True
-        elif state.quick_probes and state.cut and self.rate(now) > state.refused_pace:
-            state.quick_probes -= 1  # refused beyond the last refused pace: not back yet
+        elif (
+            state.quick_probes
+            and state.cut
+            and self.rate(now) > _QUICK_PROBE_SPENT * state.refused_pace
+        ):
+            state.quick_probes -= 1  # refused well beyond the last refused pace: not back yet
 
     def _since_cut(self, sent_at: float) -> tuple[int, int]:
         """Requests sent, and refused, from the last cut to the bucket of ``sent_at``."""

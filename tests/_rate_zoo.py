@@ -28,12 +28,14 @@ wall time against the ideal, the 429s, the cuts, and the pace over time.
 
 from __future__ import annotations
 
+import argparse
 import heapq
 import itertools
 import math
 import random
+import statistics
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import attrs
 
@@ -50,6 +52,47 @@ LIVE: dict[str, float] = {
     "send_jitter": 0.001,
     "send_tail": 0.0005,
     "latency_jitter": 0.01,
+}
+
+#: The limit every row of :data:`ZOO` is at (requests per second).
+LIMIT = 50.0
+
+#: The zoo's rows, shared by ``tests/test_rate_zoo.py`` and the table below (``python -m
+#: tests._rate_zoo``): name -> (limit, wall/ideal at most, share of requests refused at most
+#: over ``test_rate_zoo``'s seeds).
+ZOO: dict[str, tuple[RateLimit, float, float]] = {
+    "token bucket, burst 1": (RateLimit(LIMIT, burst=1), 1.23, 0.08),
+    "token bucket, burst = rate": (RateLimit(LIMIT), 1.05, 0.10),
+    "token bucket, burst 2x rate": (RateLimit(LIMIT, burst=100), 1.00, 0.10),
+    "sliding window": (RateLimit(LIMIT, shape="sliding-window"), 1.15, 0.08),
+    "sliding window, instant 429": (
+        RateLimit(LIMIT, shape="sliding-window", instant_429=True),
+        1.15,
+        0.05,
+    ),
+    "sliding window, no Retry-After": (
+        RateLimit(LIMIT, shape="sliding-window", retry_after=False),
+        1.15,
+        0.08,
+    ),
+    "fixed window": (RateLimit(LIMIT, shape="fixed-window"), 1.25, 0.13),
+    "leaky bucket": (RateLimit(LIMIT, shape="leaky-bucket"), 1.23, 0.08),
+    "10 in flight": (RateLimit.concurrency(10), 1.22, 0.03),
+    "10 in flight, instant 429": (RateLimit.concurrency(10, instant_429=True), 1.28, 0.03),
+    "50 -> 20 -> 50 per second": (
+        RateLimit(LIMIT, shape="sliding-window", schedule=[(4, 20), (10, LIMIT)]),
+        1.2,  # (1.22 and 14 % before the quick climb back to what the server took)
+        0.1,
+    ),
+}
+
+#: The table's rows (``python -m tests._rate_zoo``): the zoo's, and the live benchmark's
+#: changing limit (50/s, 20/s from 3 s, 50/s again from 8 s).
+TABLE_ROWS: dict[str, RateLimit] = {
+    **{name: limit for name, (limit, _, _) in ZOO.items()},
+    "50 -> 20 -> 50, at 3 s and 8 s": RateLimit(
+        LIMIT, shape="sliding-window", schedule=[(3, 20), (8, LIMIT)]
+    ),
 }
 
 #: The drop/return family: a sliding window at 50/s drops at 2 to 5 s (every half second) to
@@ -319,3 +362,88 @@ def run_zoo(
             break
         action(t)
     return run
+
+
+def _row_figures(
+    limit: RateLimit, seeds: Sequence[int], *, configured: float | None = None
+) -> tuple[float, float, int, ZooRun]:
+    """Over ``seeds`` on the :data:`LIVE` machine: the mean wall/ideal, the mean 429s per
+    500 requests, the worst seed and its run (the largest wall/ideal)."""
+    runs = {seed: run_zoo(limit, configured=configured, seed=seed, **LIVE) for seed in seeds}
+    worst = max(runs, key=lambda seed: runs[seed].ratio)
+    ratio = statistics.fmean(run.ratio for run in runs.values())
+    refused = statistics.fmean(500 * run.refused / run.requests for run in runs.values())
+    return ratio, refused, worst, runs[worst]
+
+
+def zoo_table(
+    seeds: Sequence[int], rows: Sequence[str] | None = None, *, told: bool = False
+) -> str:
+    """The zoo on the :data:`LIVE` machine, one line per row of :data:`TABLE_ROWS`: the mean
+    wall/ideal over ``seeds``, the mean 429s per 500 requests, and the worst seed; with
+    ``told``, the same told the true limit."""
+    header = f"{'row':32} {'wall/ideal':>10} {'429s/500':>8}  {'worst seed':>19}"
+    if told:
+        header += f"  {'told: wall':>10} {'429s':>6}"
+    lines = [header]
+    for name in rows or list(TABLE_ROWS):
+        limit = TABLE_ROWS[name]
+        ratio, refused, worst, run = _row_figures(limit, seeds)
+        line = (
+            f"{name:32} {ratio:10.3f} {refused:8.1f}  "
+            f"{f'{worst}: {run.ratio:.3f}x, {run.refused}':>19}"
+        )
+        if told:
+            told_ratio, told_refused, _, _ = _row_figures(limit, seeds, configured=LIMIT)
+            line += f"  {told_ratio:10.3f} {told_refused:6.1f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def family_table(seed_sets: Sequence[Sequence[int]], *, slow: float = 1.2) -> str:
+    """The drop/return family (:data:`DROP_RETURN_FAMILY`) on the :data:`LIVE` machine: per
+    set of seeds, the mean wall/ideal and 429s per 500 over its 21 timings, and how many
+    runs took more than ``slow`` times the ideal."""
+    lines = [f"{'family seeds':14} {'wall/ideal':>10} {'429s/500':>8} {f'runs > {slow}x':>12}"]
+    for seeds in seed_sets:
+        runs = [run_zoo(limit, seed=seed, **LIVE) for limit in DROP_RETURN_FAMILY for seed in seeds]
+        ratio = statistics.fmean(run.ratio for run in runs)
+        refused = statistics.fmean(500 * run.refused / run.requests for run in runs)
+        over = sum(run.ratio > slow for run in runs)
+        name = f"{seeds[0]}-{seeds[-1]}"
+        lines.append(f"{name:14} {ratio:10.4f} {refused:8.1f} {f'{over}/{len(runs)}':>12}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m tests._rate_zoo [--seeds N] [--first-seed K] [--rows NAME ...] [--told]
+    [--family] [--family-seeds N]``: the zoo table on the live benchmark's machine
+    (:data:`LIVE`), and with ``--family`` the drop/return family's mean on two sets of
+    seeds (0 to N-1 and N to 2N-1). Clock-free: the whole table takes seconds."""
+    parser = argparse.ArgumentParser(prog="python -m tests._rate_zoo")
+    parser.add_argument("--seeds", type=int, default=40, help="runs per row (default 40)")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first run's seed")
+    parser.add_argument(
+        "--rows", nargs="+", choices=list(TABLE_ROWS), metavar="NAME", help="rows of the zoo (all)"
+    )
+    parser.add_argument("--told", action="store_true", help="also told the true limit")
+    parser.add_argument("--family", action="store_true", help="also the drop/return family")
+    parser.add_argument(
+        "--family-seeds", type=int, default=40, help="seeds per family set (default 40)"
+    )
+    parser.add_argument(
+        "--family-only", action="store_true", help="the drop/return family only, no rows"
+    )
+    args = parser.parse_args(argv)
+    if args.seeds < 1 or args.family_seeds < 1:
+        parser.error("--seeds and --family-seeds must be at least 1")
+    if not args.family_only:
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
+        print(zoo_table(seeds, args.rows, told=args.told))
+    if args.family or args.family_only:
+        count = args.family_seeds
+        print(family_table([range(count), range(count, 2 * count)]))
+
+
+if __name__ == "__main__":
+    main()
