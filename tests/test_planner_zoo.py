@@ -25,6 +25,7 @@ from ailab_async import PollingConfig
 from ailab_async._polling import PollPlanner
 from benchmarks.bench_tracker import burst_arrivals, poisson_arrivals
 
+from . import _planner_sim as planner_sim
 from ._planner_sim import (
     SHAPES,
     Figures,
@@ -64,10 +65,6 @@ MISSES_POLLS = {
 MISSES_RATIO = {
     QUEUE: "0.55x at 2.61 polls",
     DRIFT_UP: "0.54x at 2.13 polls",
-}
-MISSES_UNIFORM_LAG = {
-    # Seeds 8-15: 0.800 s at 1.99 polls.
-    "uniform 1-6 s, burst": "0.802 s at 1.98 polls",
 }
 
 
@@ -131,9 +128,7 @@ def test_every_shape_beats_fixed_5s_polling_by_a_wide_margin(
     assert result.polls_per_task <= (2.75 if shape == QUEUE else 2.2), result
 
 
-@pytest.mark.parametrize(
-    "shape", _marked(["uniform 1-6 s", "uniform 1-6 s, burst"], MISSES_UNIFORM_LAG)
-)
+@pytest.mark.parametrize("shape", ["uniform 1-6 s", "uniform 1-6 s, burst"])
 def test_uniform_tasks_are_found_within_0_8_s(
     shape: str, shape_figures: dict[str, Figures]
 ) -> None:
@@ -148,6 +143,33 @@ def test_uniform_tasks_are_found_within_a_second(
 ) -> None:
     result = shape_figures[shape]
     assert result.mean_lag <= 0.9, result
+
+
+def test_the_harness_never_re_places_a_poll_the_tracker_has_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A re-plan comes with a poll's answer; a poll that fell due before that answer came
+    back has gone out (the tracker re-places only polls still waiting). The harness
+    re-placed those too, from the answer's age: in a burst (a re-plan every few finishes)
+    a task's next poll was pushed past its time again and again, and a long-run burst of
+    900 spent 1.96 polls per task where its plans counted 2.00 (a plan kept unchanged
+    through the burst: 1.33)."""
+    moved: list[tuple[float, float]] = []
+    placed: dict[float, tuple[float | None, float]] = {}  # lane -> (last seen running, poll)
+
+    class Recording(PollPlanner):
+        def next_poll(self, age: float, last_not_done: float | None, lane: float = 0.5) -> float:
+            before = placed.get(lane)
+            if before is not None and before[0] == last_not_done and age > before[1]:
+                moved.append((age, before[1]))  # re-placed after its poll fell due
+            offset = super().next_poll(age, last_not_done, lane)
+            placed[lane] = (last_not_done, offset)
+            return offset
+
+    monkeypatch.setattr(planner_sim, "PollPlanner", Recording)
+    simulate(*SHAPES["uniform 1-6 s, burst"])
+    assert placed
+    assert moved == []
 
 
 def test_the_blocks_split_the_steady_state_without_losing_a_task() -> None:
@@ -177,7 +199,9 @@ def test_the_attribution_shows_where_a_plan_runs_out_of_knowledge() -> None:
     assert learning.past_share >= 0.25, learning
     assert learning.past_polls >= learning.polls - learning.expected, learning
     learned = blocks(*SHAPES["uniform 1-6 s"])[2:]
-    assert all(b.past_share <= 0.05 for b in learned), learned
+    # A few in a hundred: 8 of the 150 tasks of block 200 (three seeds), 7 while the
+    # harness moved polls already sent (see the test above).
+    assert all(b.past_share <= 0.06 for b in learned), learned
     assert all(b.past_polls <= b.past_share + 1e-9 for b in learned), learned
 
 
