@@ -512,6 +512,13 @@ class TaskTracker:
                 continue  # another kind of task: its plan has not changed
             if not pending.timed or pending.next_poll_at == float("inf") or pending.failures:
                 continue  # unknown submit time, a poll in flight, or backing off
+            if pending.next_poll_at <= now + self._slack:
+                # Due already, held back by the poll rate or the slots for polls: it goes as
+                # soon as they allow, as the plan that placed it counted. Re-placed from now,
+                # it would move to the new plan's next poll after now, and in a burst (many
+                # polls due at once, a re-plan every few finishes) each task's schedule would
+                # thin out below what the plans expected.
+                continue
             age = now - pending.submitted_at
             offset = planner.next_poll(age, pending.last_not_done, pending.lane)
             if pending.submitted_at + offset != pending.next_poll_at:

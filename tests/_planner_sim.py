@@ -154,7 +154,10 @@ def simulate(
                 if plans is not None and planner._policy is not None:
                     plans.append((len(arrivals) - len(tasks), planner._policy))
                 for other_index, other in tasks.items():  # the tracker's _replace_pending
-                    if other.next_poll_at == math.inf:
+                    if other.next_poll_at == math.inf or other.next_poll_at < answered:
+                        # Due before this answer came back: the tracker has sent it, and
+                        # re-places only polls still waiting. Re-placed from the answer's
+                        # age, it was pushed past its time by each re-plan of a burst.
                         continue
                     offset = planner.next_poll(
                         answered - other.submitted_at, other.last_not_done, other.lane

@@ -25,6 +25,7 @@ from ailab_async import PollingConfig
 from ailab_async._polling import PollPlanner
 from benchmarks.bench_tracker import burst_arrivals, poisson_arrivals
 
+from . import _planner_sim as planner_sim
 from ._planner_sim import (
     SHAPES,
     Figures,
@@ -51,23 +52,19 @@ QUEUE = "queue-growing"
 DRIFT_UP = "drift 1-6 s -> 3-9 s"
 #: Where the planner misses a target today, with the harness's figures (eight seeds).
 MISSES_POLLS = {
-    QUEUE: "2.61 polls: no schedule keeping the fallback guarantee spends under 2.14 here",
+    QUEUE: "2.62 polls: no schedule keeping the fallback guarantee spends under 2.14 here",
     # The tasks placed by the old plan spend 3.3 polls each (tasks 200-250); the new
     # durations leave the budget almost no room to pay that back (the sparsest schedule
     # keeping the fallback guarantee spends about 1.8), so the lag rises instead.
-    DRIFT_UP: "2.13 polls at 0.54x fixed polling's lag",
+    DRIFT_UP: "2.15 polls at 0.54x fixed polling's lag",
     # Learning the long part: at 20 tasks a second, tasks 100-200 are placed before their
-    # slow ones have finished (2.2-2.5 polls each); from task 200 on, 2.0 or less.
-    "log-normal, median 3 s": "2.09 polls at 0.48x (tasks 200-400: 2.00)",
-    "bimodal 0.5-2 s / 6-12 s": "2.05 polls at 0.23x (tasks 100-150: 2.36)",
+    # slow ones have finished (2.2 polls each); from task 200 on, about 2.05.
+    "log-normal, median 3 s": "2.10 polls at 0.47x (tasks 100-200: 2.20, 200-400: 2.06)",
+    "bimodal 0.5-2 s / 6-12 s": "2.06 polls at 0.23x (tasks 100-150: 2.33)",
 }
 MISSES_RATIO = {
-    QUEUE: "0.55x at 2.61 polls",
-    DRIFT_UP: "0.54x at 2.13 polls",
-}
-MISSES_UNIFORM_LAG = {
-    # Seeds 8-15: 0.800 s at 1.99 polls.
-    "uniform 1-6 s, burst": "0.802 s at 1.98 polls",
+    QUEUE: "0.54x at 2.62 polls",
+    DRIFT_UP: "0.54x at 2.15 polls",
 }
 
 
@@ -131,9 +128,7 @@ def test_every_shape_beats_fixed_5s_polling_by_a_wide_margin(
     assert result.polls_per_task <= (2.75 if shape == QUEUE else 2.2), result
 
 
-@pytest.mark.parametrize(
-    "shape", _marked(["uniform 1-6 s", "uniform 1-6 s, burst"], MISSES_UNIFORM_LAG)
-)
+@pytest.mark.parametrize("shape", ["uniform 1-6 s", "uniform 1-6 s, burst"])
 def test_uniform_tasks_are_found_within_0_8_s(
     shape: str, shape_figures: dict[str, Figures]
 ) -> None:
@@ -148,6 +143,33 @@ def test_uniform_tasks_are_found_within_a_second(
 ) -> None:
     result = shape_figures[shape]
     assert result.mean_lag <= 0.9, result
+
+
+def test_the_harness_never_re_places_a_poll_the_tracker_has_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A re-plan comes with a poll's answer; a poll that fell due before that answer came
+    back has gone out (the tracker re-places only polls still waiting). The harness
+    re-placed those too, from the answer's age: in a burst (a re-plan every few finishes)
+    a task's next poll was pushed past its time again and again, and a long-run burst of
+    900 spent 1.96 polls per task where its plans counted 2.00 (a plan kept unchanged
+    through the burst: 1.33)."""
+    moved: list[tuple[float, float]] = []
+    placed: dict[float, tuple[float | None, float]] = {}  # lane -> (last seen running, poll)
+
+    class Recording(PollPlanner):
+        def next_poll(self, age: float, last_not_done: float | None, lane: float = 0.5) -> float:
+            before = placed.get(lane)
+            if before is not None and before[0] == last_not_done and age > before[1]:
+                moved.append((age, before[1]))  # re-placed after its poll fell due
+            offset = super().next_poll(age, last_not_done, lane)
+            placed[lane] = (last_not_done, offset)
+            return offset
+
+    monkeypatch.setattr(planner_sim, "PollPlanner", Recording)
+    simulate(*SHAPES["uniform 1-6 s, burst"])
+    assert placed
+    assert moved == []
 
 
 def test_the_blocks_split_the_steady_state_without_losing_a_task() -> None:
@@ -177,7 +199,9 @@ def test_the_attribution_shows_where_a_plan_runs_out_of_knowledge() -> None:
     assert learning.past_share >= 0.25, learning
     assert learning.past_polls >= learning.polls - learning.expected, learning
     learned = blocks(*SHAPES["uniform 1-6 s"])[2:]
-    assert all(b.past_share <= 0.05 for b in learned), learned
+    # A few in a hundred: 8 of the 150 tasks of block 200 (three seeds), 7 while the
+    # harness moved polls already sent (see the test above).
+    assert all(b.past_share <= 0.06 for b in learned), learned
     assert all(b.past_polls <= b.past_share + 1e-9 for b in learned), learned
 
 
@@ -342,8 +366,9 @@ def test_a_long_run_continues_the_harness_runs() -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="1.47 s at 1.95 polls, 0.54x (tasks 100-400: 1.31 s at 2.09, 0.48x): the plans"
-    " rest on evidence their own polls shaped, and the estimate's tail grows heavy",
+    reason="1.43 s at 1.97 polls, 0.53x (seeds 8-15: 0.51x at 2.00; tasks 100-400: 0.47x at"
+    " 2.10): the plans rest on about 58 tasks' worth of evidence (half_life 40); told each"
+    " task's completion time exactly they read the same 0.53x, with 200 tasks' memory 0.51x",
 )
 def test_log_normal_halves_fixed_polling_lag_in_a_long_run(long_log_normal: Figures) -> None:
     """The target holds for a long-lived client too: what it sees is the steady state of a
@@ -353,7 +378,7 @@ def test_log_normal_halves_fixed_polling_lag_in_a_long_run(long_log_normal: Figu
 
 
 def test_log_normal_stays_well_under_fixed_polling_in_a_long_run(long_log_normal: Figures) -> None:
-    """The regression guard beside it: 0.54x at 1.95 polls today (hold-out seeds 8-15: 0.52x
-    at 1.98)."""
+    """The regression guard beside it: 0.53x at 1.97 polls today (hold-out seeds 8-15: 0.51x
+    at 2.00)."""
     assert long_log_normal.ratio <= 0.6, long_log_normal
     assert long_log_normal.polls_per_task <= TARGET_POLLS + SHAPE_POLLS_TOLERANCE, long_log_normal

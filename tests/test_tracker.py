@@ -308,6 +308,33 @@ async def test_polls_keep_to_their_share_of_the_rate_limit(
     assert max(api.poll_times) - min(api.poll_times) >= 3.8 - 1e-6
 
 
+async def test_a_new_plan_leaves_a_poll_held_back_past_its_time_due(fake_time: FakeTime) -> None:
+    """A poll held back past its time (by the poll rate, or the slots for polls) is still
+    the plan's poll: a re-plan while it waits leaves it due. Re-placed from now, it moved to
+    the new plan's next point after now, so in a burst under a rate limit (hundreds of polls
+    due at once, a re-plan every few finishes) every task spent fewer polls than counted."""
+    async with make_client(fake_time) as client:
+        tracker = client._tracker
+        planner = tracker.planner
+        rng = random.Random(3)
+        for _ in range(60):
+            duration = rng.uniform(1.0, 6.0)
+            planner.observe(max(0.0, duration - rng.uniform(0.1, 1.0)), duration)
+        handle = tracker.track("T1", fresh=True)  # placed; the scheduler has not run yet
+        tracked = tracker._pending["T1"]
+        first = planner.plan[0]
+        tracked.last_not_done = first  # its first poll saw it running
+        tracker._schedule(
+            tracked,
+            tracked.submitted_at + planner.next_poll(first + 0.01, first, tracked.lane),
+        )
+        due = tracked.next_poll_at
+        fake_time.now = due + 0.05  # due, but not sent yet
+        tracker._replace_pending(fake_time.now, planner)
+        assert tracked.next_poll_at == due
+        del handle
+
+
 async def test_submit_validates_before_sending(mocked: aioresponses, fake_time: FakeTime) -> None:
     async with make_client(fake_time) as client:
         with pytest.raises(ValidationError):
