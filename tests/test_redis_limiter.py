@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,8 +43,8 @@ from ailab_async._aimd import HEADROOM
 from ailab_async._protocol import MAX_RETRY_AFTER
 from ailab_async.contrib.redis import RedisRateLimiter, SharedBudget, redact_redis_url
 from ailab_async.contrib.redis import _limiter as redis_limiter_module
-from ailab_async.contrib.redis._budget import Report
-from ailab_async.contrib.redis._limiter import _HORIZON
+from ailab_async.contrib.redis._budget import Decision, Report
+from ailab_async.contrib.redis._limiter import _HORIZON, _ClockOffset
 from ailab_async.testing.simulator import RateLimit, Simulator, SimulatorConfig
 
 from .test_aimd import CASES, Case, Ok, Rate, Refused, Wait
@@ -370,6 +371,65 @@ async def test_a_sender_cancelled_asleep_till_its_booked_slot_gives_it_back(
             await sender
         await second.flush()
         assert await in_flight(redis_server, first.key) == 1
+
+
+async def test_a_sender_sleeps_till_its_slot_by_the_clock_not_from_the_booking_s_answer(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redis reads its clock mid-transaction: the rest of the transaction and the hand-off to
+    # the sender take a loaded machine a few milliseconds, never the same. A sender that
+    # slept the booked wait from the answer sent that much after its slot (live, senders of
+    # four processes then arrived closer than the pace now and then, and a leaky bucket
+    # refused them). Here they take 30 ms: the sleep is 30 ms shorter than the wait.
+    monkeypatch.setattr(redis_limiter_module, "_HORIZON", 5.0)
+    late = [0.0]
+    monkeypatch.setattr(
+        redis_limiter_module, "time", types.SimpleNamespace(time=lambda: time.time() + late[0])
+    )
+    sleeps = RecordedSleeps()
+    decisions: list[Decision] = []
+    async with RedisRateLimiter(
+        redis_server.url, name=budget_name(), rate=10, sleep=sleeps
+    ) as limiter:
+        budget = limiter._budget
+        reserve = budget.reserve
+
+        async def answered_late(*args: Any, **kwargs: Any) -> Decision:
+            decision = await reserve(*args, **kwargs)
+            decisions.append(decision)
+            late[0] = 0.03  # this machine's clock, 30 ms after Redis read its own
+            return decision
+
+        budget.reserve = answered_late  # type: ignore[method-assign]
+        await limiter.acquire()
+        await limiter.acquire()
+    booked = decisions[-1]
+    assert booked.booked
+    assert booked.wait > 0.09  # a spacing (0.1 s) after the first
+    assert booked.wait - 0.045 <= sleeps.sleeps[-1] <= booked.wait - 0.025
+
+
+@pytest.mark.parametrize(
+    ("readings", "offset"),
+    [
+        # (offset, error, read at): the most precise reading is kept ...
+        ([(5.0, 0.001, 100.0), (5.004, 0.005, 101.0)], 5.0),
+        ([(5.004, 0.005, 100.0), (5.0, 0.001, 101.0)], 5.0),
+        # ... until it has aged past a new one's error (100 ppm: 0.01 s after 100 s) ...
+        ([(5.0, 0.001, 100.0), (5.004, 0.005, 200.0)], 5.004),
+        # ... or a new one contradicts it: this machine's clock was set.
+        ([(5.0, 0.001, 100.0), (2.0, 0.005, 101.0)], 2.0),
+        # A decision with no reading (Redis's clock given) is used only until there is one.
+        ([(7.0, math.inf, 100.0), (5.0, 0.001, 100.5), (7.0, math.inf, 101.0)], 5.0),
+    ],
+)
+def test_the_clock_offset_is_the_most_precise_recent_reading(
+    readings: list[tuple[float, float, float]], offset: float
+) -> None:
+    clock = _ClockOffset()
+    for reading in readings:
+        clock.observe(*reading)
+    assert clock.offset == offset
 
 
 async def test_closing_releases_what_the_process_still_holds_on_redis(

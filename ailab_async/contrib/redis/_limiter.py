@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
+import attrs
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -52,9 +53,38 @@ _HORIZON = 0.1
 #: see SharedBudget.reserve); a release of this process's own wakes its booker at once. A
 #: slot not yet within the horizon is asked for again after at least this long too.
 _LOOK_AGAIN = 0.01
-#: A booked slot handed to a sender: its time on Redis's clock, and how long to sleep until
-#: it (``None``: no slot; Redis went away or the limiter closed).
-_Slot = tuple[float, float] | None
+#: A booked slot handed to a sender: its time on Redis's clock (``None``: no slot; Redis
+#: went away or the limiter closed).
+_Slot = float | None
+#: How far this machine's clock may drift from Redis's, in seconds per second: a reading of
+#: their offset is taken to lose this much precision a second (100 ppm, a poor quartz's).
+_DRIFT = 1e-4
+
+
+@attrs.define
+class _ClockOffset:
+    """Redis's clock minus this machine's wall clock, as the most precise recent reading
+    says: a reading (see :class:`~._budget.Decision`) is good to half the round trip of the
+    ``TIME`` command, and loses :data:`_DRIFT` of a second a second; one that disagrees with
+    the kept one by more than both their errors (this machine's clock was set) replaces it.
+
+    A send slot is on Redis's clock: a sender sleeps until it by this machine's, so what
+    comes after Redis read its clock (the rest of the transaction, the hand-off to the
+    sender, each a loaded machine's few milliseconds, and never the same) does not make
+    it late. Senders of several processes that miss their slots by different amounts arrive
+    closer together than the pace now and then: a server that allows no burst refuses them.
+    """
+
+    offset: float = 0.0
+    error: float = math.inf
+    read_at: float = -math.inf
+
+    def observe(self, offset: float, error: float, read_at: float) -> None:
+        """Take the reading ``offset`` (good to ``error``), made at ``read_at`` (this
+        machine's clock), if it is better than the one kept, aged, or contradicts it."""
+        aged = self.error + _DRIFT * max(0.0, read_at - self.read_at)
+        if error <= aged or abs(offset - self.offset) > error + aged:
+            self.offset, self.error, self.read_at = offset, error, read_at
 
 
 class RedisRateLimiter:
@@ -146,7 +176,9 @@ class RedisRateLimiter:
             ttl=state_ttl,
         )
         # Redis time minus local wall time, so that the fallback's clock (and the send times
-        # it hands out) stays on the timeline of Redis's, which on_rate_limited compares.
+        # it hands out) stays on the timeline of Redis's, which on_rate_limited compares,
+        # and senders sleep until their slots by it.
+        self._clock = _ClockOffset()
         self._clock_offset = 0.0
         self._fallback = AdaptiveRateLimiter(
             self._fallback_rate,
@@ -219,9 +251,9 @@ class RedisRateLimiter:
         if self._closed:
             raise ClientClosedError("the Redis rate limiter is closed")
         if self._using_redis:
-            slot = await self._queue_for_slot()
-            if slot is not None:
-                send_at, wait = slot
+            send_at = await self._queue_for_slot()
+            if send_at is not None:
+                wait = send_at - self._local_clock()  # see _ClockOffset
                 if wait > 0:
                     try:
                         await self._sleep(wait)
@@ -340,7 +372,7 @@ class RedisRateLimiter:
         try:
             return await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled() and waiter.result():
+            if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
                 self._unbook()  # handed a slot as it was cancelled: give it back
             raise
 
@@ -367,7 +399,7 @@ class RedisRateLimiter:
                         self._unbook()
                     else:
                         self._waiting.popleft()
-                        waiter.set_result((decision.send_at, decision.wait))
+                        waiter.set_result(decision.send_at)
                     continue
                 if math.isinf(decision.wait):
                     # The shared window is full: look again shortly (a release may come from
@@ -421,7 +453,14 @@ class RedisRateLimiter:
 
     def _observe(self, decision: Decision) -> None:
         self._shared_rate = decision.rate
-        self._clock_offset = decision.now - time.time()
+        if decision.read_at is None:  # Redis's clock given (tests): read at its answer
+            now = time.time()
+            self._clock.observe(decision.now - now, math.inf, now)
+        else:
+            self._clock.observe(
+                decision.now - decision.read_at, decision.read_error, decision.read_at
+            )
+        self._clock_offset = self._clock.offset
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
         try:
