@@ -44,7 +44,7 @@ from ailab_async._protocol import MAX_RETRY_AFTER
 from ailab_async.contrib.redis import RedisRateLimiter, SharedBudget, redact_redis_url
 from ailab_async.contrib.redis import _limiter as redis_limiter_module
 from ailab_async.contrib.redis._budget import Decision, Report
-from ailab_async.contrib.redis._limiter import _HORIZON, _ClockOffset
+from ailab_async.contrib.redis._limiter import _HORIZON, _KEEP_ALIVE, _ClockOffset
 from ailab_async.testing.simulator import RateLimit, Simulator, SimulatorConfig
 
 from .test_aimd import CASES, Case, Ok, Rate, Refused, Wait
@@ -1089,6 +1089,44 @@ async def test_slots_held_by_a_process_silent_for_five_minutes_are_no_longer_in_
         await client.aclose()
     assert state.in_flight == 1  # the one the live process still holds
     assert [field for field in fields if field.startswith(b"held:")] == [alive._held.encode()]
+
+
+async def test_a_process_holding_a_request_tells_redis_it_is_alive_with_nothing_else_to_say(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A request held over five minutes, with no other call to Redis from its process: the
+    # others took the process for dead and forgot the request (one more in the shared
+    # window than it allows, for as long as it lasts). Every _KEEP_ALIVE seconds, the
+    # process tells Redis it still holds it.
+    slept, woken = asyncio.Event(), asyncio.Event()
+
+    async def idle_sleep(seconds: float) -> None:
+        assert seconds == _KEEP_ALIVE
+        slept.set()
+        await woken.wait()
+        woken.clear()
+
+    monkeypatch.setattr(redis_limiter_module, "_idle_sleep", idle_sleep)
+    client = await redis_server.client()
+    try:
+        async with RedisRateLimiter(redis_server.url, name=budget_name(), rate=50) as limiter:
+            held = limiter._budget._held
+            await limiter.acquire()
+            await asyncio.wait_for(slept.wait(), 5.0)
+            before = await client.hget(limiter.key, held)
+            slept.clear()
+            woken.set()  # _KEEP_ALIVE seconds later
+            await asyncio.wait_for(slept.wait(), 5.0)  # told, and asleep again
+            after = await client.hget(limiter.key, held)
+    finally:
+        await client.aclose()
+    assert before is not None
+    assert after is not None
+    (count_before, told_before), (count_after, told_after) = (
+        value.decode().split(",") for value in (before, after)
+    )
+    assert count_before == count_after == "1"
+    assert float(told_after) > float(told_before)
 
 
 async def test_a_release_told_twice_takes_no_other_process_s_request_out(

@@ -39,9 +39,9 @@ from ..._aimd import BACKOFF, MIN_RATE, AimdPolicy, AimdState
 __all__ = ["Decision", "Report", "SharedBudget"]
 
 #: How long a process's booked slots stay counted in flight after its last transaction
-#: (seconds): far beyond any request's deadline, so a process that still holds them has
-#: told their release long before; a process that died (or never reports again) holding
-#: them no longer keeps them in the shared count for good.
+#: (seconds): a live process that holds them makes one at least every minute (the limiter's
+#: ``_KEEP_ALIVE``, with nothing else to tell if need be); a process that died (or never
+#: reports again) holding them no longer keeps them in the shared count for good.
 _BOOKED_TTL = 300.0
 #: The hash field prefix of each process's booked slots: ``held:<budget id>`` holds
 #: ``"<count>,<time of that process's last transaction>"``.

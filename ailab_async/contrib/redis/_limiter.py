@@ -53,6 +53,13 @@ _HORIZON = 0.1
 #: see SharedBudget.reserve); a release of this process's own wakes its booker at once. A
 #: slot not yet within the horizon is asked for again after at least this long too.
 _LOOK_AGAIN = 0.01
+#: A process holding requests booked on Redis (not yet released) tells Redis it is alive at
+#: least this often (seconds), with nothing else to tell if need be: a process silent for
+#: five minutes is taken for dead, and the requests it holds are forgotten (see
+#: ``_budget._BOOKED_TTL``), while one request of a live process may take longer than that.
+_KEEP_ALIVE = 60.0
+#: What the keeper sleeps with between those (tests replace it).
+_idle_sleep: Sleeper = asyncio.sleep
 #: A booked slot handed to a sender: its time on Redis's clock (``None``: no slot; Redis
 #: went away or the limiter closed).
 _Slot = float | None
@@ -198,6 +205,8 @@ class RedisRateLimiter:
         # once back: a release lost keeps a request in the shared count, see SharedBudget).
         self._booked: collections.Counter[float] = collections.Counter()
         self._flusher: asyncio.Task[None] | None = None
+        # Tells Redis this process is alive while it holds requests (see _KEEP_ALIVE).
+        self._keeper: asyncio.Task[None] | None = None
         self._reconnector: asyncio.Task[None] | None = None
         # Senders waiting for a slot, in arrival order, and the task booking them one by one.
         self._waiting: collections.deque[asyncio.Future[_Slot]] = collections.deque()
@@ -261,6 +270,9 @@ class RedisRateLimiter:
                         self._unbook()  # booked, never sent: not in flight
                         raise
                 self._booked[send_at] += 1
+                if self._keeper is None:
+                    self._keeper = asyncio.get_running_loop().create_task(self._keep_alive())
+                    self._keeper.add_done_callback(self._report_done)  # a bug in it is logged
                 return send_at
             if self._closed:
                 raise ClientClosedError("the Redis rate limiter is closed")
@@ -323,10 +335,11 @@ class RedisRateLimiter:
             return
         await self.flush()
         self._closed = True
-        for task in (self._flusher, self._reconnector, self._booker):
+        background = (self._flusher, self._reconnector, self._booker, self._keeper)
+        for task in background:
             if task is not None:
                 task.cancel()
-        pending = [t for t in (self._flusher, self._reconnector, self._booker, *self._reports) if t]
+        pending = [t for t in (*background, *self._reports) if t]
         await asyncio.gather(*pending, return_exceptions=True)
         self._wake_waiting()  # a booker cancelled before it ran woke no one
         if self._using_redis:
@@ -523,6 +536,18 @@ class RedisRateLimiter:
         report = self._take_report()
         if report.successes or report.releases or self._budget.in_doubt:
             await self._send_report(report)
+
+    async def _keep_alive(self) -> None:
+        """While this process holds requests booked on Redis, tell Redis every
+        :data:`_KEEP_ALIVE` seconds (what is pending, or nothing: the transaction notes that
+        this process still holds them)."""
+        try:
+            while self._booked and not self._closed:
+                await _idle_sleep(_KEEP_ALIVE)
+                if self._booked and self._using_redis and not self._closed:
+                    await self._send_report(self._take_report())
+        finally:
+            self._keeper = None
 
     async def _send_report(self, report: Report) -> None:
         try:
