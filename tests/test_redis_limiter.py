@@ -484,6 +484,36 @@ async def test_the_window_of_requests_in_flight_is_shared(redis_server: RedisSer
         await asyncio.wait_for(waiter, 5.0)
 
 
+async def test_a_release_reaches_redis_at_once_while_the_window_holds_others_back(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A process with no sender queued told its answers within 0.1 s (the idle flush): a
+    # sender of another process, held back by the shared window, waited that much longer
+    # for each of its releases. Here the idle flush never comes: the release goes at once,
+    # as the window held a sender back when this process last saw the state.
+    name = budget_name()
+    async with (
+        RedisRateLimiter(redis_server.url, name=name, rate=10) as first,
+        RedisRateLimiter(redis_server.url, name=name, rate=10) as second,
+    ):
+        sent = [await first.acquire() for _ in range(3)]
+        first.release(sent[0])
+        first.on_rate_limited(sent[0])  # refused with two others in flight: a window of two
+        await first.flush()
+        waiter = asyncio.create_task(second.acquire())
+        await asyncio.sleep(0.1)  # it looks at the full window, and notes that it waits
+        assert not waiter.done()
+        first.on_success(sent[1])
+        await first.flush()  # the first sees the note
+        monkeypatch.setattr(redis_limiter_module, "_FLUSH_AFTER", 3600.0)
+        first.release(sent[1])
+        try:
+            await asyncio.wait_for(waiter, 5.0)
+        finally:
+            if first._flusher is not None:  # (an hour's idle flush, for closing)
+                first._flusher.cancel()
+
+
 class Writes:
     """Counts the transactions that reach ``EXEC`` (writes), in any budget."""
 

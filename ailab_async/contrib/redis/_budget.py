@@ -74,6 +74,9 @@ class Decision:
     cut: bool = False
     #: Whether the rate is known (a 429 seen or a rate configured), not still probing.
     known: bool = True
+    #: When a sender (of any process) was last held back by the window of requests in
+    #: flight, as the state noted it (Redis's clock; ``-inf``: never).
+    window_bound_at: float = -math.inf
     #: This machine's wall clock (``time.time()``) when Redis's clock read ``now``: the
     #: middle of the ``TIME`` command's round trip, give or take ``read_error`` seconds (half
     #: of it); ``None`` when ``now`` was given. A store sleeps until a slot on Redis's clock
@@ -257,7 +260,7 @@ class SharedBudget:
     ) -> Decision:
         policy = self._policy
         known = policy.configured is not None or policy.state.cut
-        return Decision(wait, booked, policy.rate(at), at, cut, known)
+        return Decision(wait, booked, policy.rate(at), at, cut, known, policy.state.window_bound_at)
 
     async def _reading(
         self, pipe: Pipeline | None = None

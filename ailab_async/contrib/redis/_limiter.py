@@ -53,6 +53,13 @@ _HORIZON = 0.1
 #: see SharedBudget.reserve); a release of this process's own wakes its booker at once. A
 #: slot not yet within the horizon is asked for again after at least this long too.
 _LOOK_AGAIN = 0.01
+#: Answers not yet told to Redis go with this process's next call, or after this long
+#: (seconds) when it makes none ...
+_FLUSH_AFTER = 0.1
+#: ... but a release goes at once, when no sender of this process is queued (whose booking
+#: would carry it), if the shared window held a sender back this recently (seconds, as
+#: this process last saw the state): another process may be waiting for that release.
+_WINDOW_RECENT = 1.0
 #: A process holding requests booked on Redis (not yet released) tells Redis it is alive at
 #: least this often (seconds), with nothing else to tell if need be: a process silent for
 #: five minutes is taken for dead, and the requests it holds are forgotten (see
@@ -196,6 +203,8 @@ class RedisRateLimiter:
         )
         self._using_redis = True
         self._shared_rate = self._rate
+        # When the shared window last held a sender back, as last seen (Redis's clock).
+        self._window_bound_at = -math.inf
         # Answers not yet told to Redis: (sent_at, answered_at) successes, release times.
         self._pending_successes: list[tuple[float, float]] = []
         self._pending_releases: list[float] = []
@@ -286,7 +295,8 @@ class RedisRateLimiter:
         self._queue_report(successes=[(sent_at, self._local_clock())])
 
     def release(self, sent_at: float) -> None:
-        """The request sent at ``sent_at`` is over; Redis hears it with the next call."""
+        """The request sent at ``sent_at`` is over; Redis hears it with the next call (at
+        once, if the shared window held a sender back lately and no sender here is queued)."""
         booked = self._booked.get(sent_at, 0)
         if not booked:  # the fallback let it out: over in its count only
             self._fallback.release(sent_at)
@@ -466,6 +476,7 @@ class RedisRateLimiter:
 
     def _observe(self, decision: Decision) -> None:
         self._shared_rate = decision.rate
+        self._window_bound_at = max(self._window_bound_at, decision.window_bound_at)
         if decision.read_at is None:  # Redis's clock given (tests): read at its answer
             now = time.time()
             self._clock.observe(decision.now - now, math.inf, now)
@@ -509,7 +520,15 @@ class RedisRateLimiter:
         if not self._using_redis:
             return
         self._pending_successes += successes or []
-        if self._flusher is None:
+        if (
+            releases
+            and self._booker is None
+            and self._local_clock() - self._window_bound_at < _WINDOW_RECENT
+        ):
+            report = self._take_report()
+            if self._spawn(self._send_report(report)) is None:
+                self._keep(report)
+        elif self._flusher is None:
             self._flusher = self._spawn(self._flush_soon())
 
     def _keep(self, report: Report) -> None:
@@ -528,7 +547,7 @@ class RedisRateLimiter:
     async def _flush_soon(self) -> None:
         try:
             # Under load the next reservation carries the reports; this covers idle spells.
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(_FLUSH_AFTER)
         finally:
             self._flusher = None
         if not self._using_redis or self._closed:
