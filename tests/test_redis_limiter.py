@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,8 +43,8 @@ from ailab_async._aimd import HEADROOM
 from ailab_async._protocol import MAX_RETRY_AFTER
 from ailab_async.contrib.redis import RedisRateLimiter, SharedBudget, redact_redis_url
 from ailab_async.contrib.redis import _limiter as redis_limiter_module
-from ailab_async.contrib.redis._budget import Report
-from ailab_async.contrib.redis._limiter import _HORIZON
+from ailab_async.contrib.redis._budget import Decision, Report
+from ailab_async.contrib.redis._limiter import _HORIZON, _KEEP_ALIVE, _ClockOffset
 from ailab_async.testing.simulator import RateLimit, Simulator, SimulatorConfig
 
 from .test_aimd import CASES, Case, Ok, Rate, Refused, Wait
@@ -372,6 +373,65 @@ async def test_a_sender_cancelled_asleep_till_its_booked_slot_gives_it_back(
         assert await in_flight(redis_server, first.key) == 1
 
 
+async def test_a_sender_sleeps_till_its_slot_by_the_clock_not_from_the_booking_s_answer(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redis reads its clock mid-transaction: the rest of the transaction and the hand-off to
+    # the sender take a loaded machine a few milliseconds, never the same. A sender that
+    # slept the booked wait from the answer sent that much after its slot (live, senders of
+    # four processes then arrived closer than the pace now and then, and a leaky bucket
+    # refused them). Here they take 30 ms: the sleep is 30 ms shorter than the wait.
+    monkeypatch.setattr(redis_limiter_module, "_HORIZON", 5.0)
+    late = [0.0]
+    monkeypatch.setattr(
+        redis_limiter_module, "time", types.SimpleNamespace(time=lambda: time.time() + late[0])
+    )
+    sleeps = RecordedSleeps()
+    decisions: list[Decision] = []
+    async with RedisRateLimiter(
+        redis_server.url, name=budget_name(), rate=10, sleep=sleeps
+    ) as limiter:
+        budget = limiter._budget
+        reserve = budget.reserve
+
+        async def answered_late(*args: Any, **kwargs: Any) -> Decision:
+            decision = await reserve(*args, **kwargs)
+            decisions.append(decision)
+            late[0] = 0.03  # this machine's clock, 30 ms after Redis read its own
+            return decision
+
+        budget.reserve = answered_late  # type: ignore[method-assign]
+        await limiter.acquire()
+        await limiter.acquire()
+    booked = decisions[-1]
+    assert booked.booked
+    assert booked.wait > 0.09  # a spacing (0.1 s) after the first
+    assert booked.wait - 0.045 <= sleeps.sleeps[-1] <= booked.wait - 0.025
+
+
+@pytest.mark.parametrize(
+    ("readings", "offset"),
+    [
+        # (offset, error, read at): the most precise reading is kept ...
+        ([(5.0, 0.001, 100.0), (5.004, 0.005, 101.0)], 5.0),
+        ([(5.004, 0.005, 100.0), (5.0, 0.001, 101.0)], 5.0),
+        # ... until it has aged past a new one's error (100 ppm: 0.01 s after 100 s) ...
+        ([(5.0, 0.001, 100.0), (5.004, 0.005, 200.0)], 5.004),
+        # ... or a new one contradicts it: this machine's clock was set.
+        ([(5.0, 0.001, 100.0), (2.0, 0.005, 101.0)], 2.0),
+        # A decision with no reading (Redis's clock given) is used only until there is one.
+        ([(7.0, math.inf, 100.0), (5.0, 0.001, 100.5), (7.0, math.inf, 101.0)], 5.0),
+    ],
+)
+def test_the_clock_offset_is_the_most_precise_recent_reading(
+    readings: list[tuple[float, float, float]], offset: float
+) -> None:
+    clock = _ClockOffset()
+    for reading in readings:
+        clock.observe(*reading)
+    assert clock.offset == offset
+
+
 async def test_closing_releases_what_the_process_still_holds_on_redis(
     redis_server: RedisServer,
 ) -> None:
@@ -422,6 +482,36 @@ async def test_the_window_of_requests_in_flight_is_shared(redis_server: RedisSer
         first.release(sent[1])  # reaches Redis with the next call, or within 0.1 s
         await first.flush()
         await asyncio.wait_for(waiter, 5.0)
+
+
+async def test_a_release_reaches_redis_at_once_while_the_window_holds_others_back(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A process with no sender queued told its answers within 0.1 s (the idle flush): a
+    # sender of another process, held back by the shared window, waited that much longer
+    # for each of its releases. Here the idle flush never comes: the release goes at once,
+    # as the window held a sender back when this process last saw the state.
+    name = budget_name()
+    async with (
+        RedisRateLimiter(redis_server.url, name=name, rate=10) as first,
+        RedisRateLimiter(redis_server.url, name=name, rate=10) as second,
+    ):
+        sent = [await first.acquire() for _ in range(3)]
+        first.release(sent[0])
+        first.on_rate_limited(sent[0])  # refused with two others in flight: a window of two
+        await first.flush()
+        waiter = asyncio.create_task(second.acquire())
+        await asyncio.sleep(0.1)  # it looks at the full window, and notes that it waits
+        assert not waiter.done()
+        first.on_success(sent[1])
+        await first.flush()  # the first sees the note
+        monkeypatch.setattr(redis_limiter_module, "_FLUSH_AFTER", 3600.0)
+        first.release(sent[1])
+        try:
+            await asyncio.wait_for(waiter, 5.0)
+        finally:
+            if first._flusher is not None:  # (an hour's idle flush, for closing)
+                first._flusher.cancel()
 
 
 class Writes:
@@ -1029,6 +1119,44 @@ async def test_slots_held_by_a_process_silent_for_five_minutes_are_no_longer_in_
         await client.aclose()
     assert state.in_flight == 1  # the one the live process still holds
     assert [field for field in fields if field.startswith(b"held:")] == [alive._held.encode()]
+
+
+async def test_a_process_holding_a_request_tells_redis_it_is_alive_with_nothing_else_to_say(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A request held over five minutes, with no other call to Redis from its process: the
+    # others took the process for dead and forgot the request (one more in the shared
+    # window than it allows, for as long as it lasts). Every _KEEP_ALIVE seconds, the
+    # process tells Redis it still holds it.
+    slept, woken = asyncio.Event(), asyncio.Event()
+
+    async def idle_sleep(seconds: float) -> None:
+        assert seconds == _KEEP_ALIVE
+        slept.set()
+        await woken.wait()
+        woken.clear()
+
+    monkeypatch.setattr(redis_limiter_module, "_idle_sleep", idle_sleep)
+    client = await redis_server.client()
+    try:
+        async with RedisRateLimiter(redis_server.url, name=budget_name(), rate=50) as limiter:
+            held = limiter._budget._held
+            await limiter.acquire()
+            await asyncio.wait_for(slept.wait(), 5.0)
+            before = await client.hget(limiter.key, held)
+            slept.clear()
+            woken.set()  # _KEEP_ALIVE seconds later
+            await asyncio.wait_for(slept.wait(), 5.0)  # told, and asleep again
+            after = await client.hget(limiter.key, held)
+    finally:
+        await client.aclose()
+    assert before is not None
+    assert after is not None
+    (count_before, told_before), (count_after, told_after) = (
+        value.decode().split(",") for value in (before, after)
+    )
+    assert count_before == count_after == "1"
+    assert float(told_after) > float(told_before)
 
 
 async def test_a_release_told_twice_takes_no_other_process_s_request_out(

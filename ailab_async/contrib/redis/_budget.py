@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,9 +39,9 @@ from ..._aimd import BACKOFF, MIN_RATE, AimdPolicy, AimdState
 __all__ = ["Decision", "Report", "SharedBudget"]
 
 #: How long a process's booked slots stay counted in flight after its last transaction
-#: (seconds): far beyond any request's deadline, so a process that still holds them has
-#: told their release long before; a process that died (or never reports again) holding
-#: them no longer keeps them in the shared count for good.
+#: (seconds): a live process that holds them makes one at least every minute (the limiter's
+#: ``_KEEP_ALIVE``, with nothing else to tell if need be); a process that died (or never
+#: reports again) holding them no longer keeps them in the shared count for good.
 _BOOKED_TTL = 300.0
 #: The hash field prefix of each process's booked slots: ``held:<budget id>`` holds
 #: ``"<count>,<time of that process's last transaction>"``.
@@ -73,6 +74,16 @@ class Decision:
     cut: bool = False
     #: Whether the rate is known (a 429 seen or a rate configured), not still probing.
     known: bool = True
+    #: When a sender (of any process) was last held back by the window of requests in
+    #: flight, as the state noted it (Redis's clock; ``-inf``: never).
+    window_bound_at: float = -math.inf
+    #: This machine's wall clock (``time.time()``) when Redis's clock read ``now``: the
+    #: middle of the ``TIME`` command's round trip, give or take ``read_error`` seconds (half
+    #: of it); ``None`` when ``now`` was given. A store sleeps until a slot on Redis's clock
+    #: by this reading (what happened after ``TIME``, the rest of the transaction and the
+    #: hand-off to the sender, takes nothing off the sleep otherwise).
+    read_at: float | None = None
+    read_error: float = math.inf
 
     @property
     def send_at(self) -> float:
@@ -172,9 +183,9 @@ class SharedBudget:
     async def peek(self, *, now: float | None = None) -> Decision:
         """The shared pace now, changing nothing (also the reconnection probe)."""
         fields = await self._client.hgetall(self.key)
-        at = await self._time() if now is None else now
+        reading, at = (None, now) if now is not None else await self._reading()
         self._policy.state = AimdState.from_fields(fields)
-        return self._decision(at)
+        return _stamped(self._decision(at), reading)
 
     async def state(self) -> AimdState:
         """The shared state as stored (for tests and health checks)."""
@@ -249,11 +260,18 @@ class SharedBudget:
     ) -> Decision:
         policy = self._policy
         known = policy.configured is not None or policy.state.cut
-        return Decision(wait, booked, policy.rate(at), at, cut, known)
+        return Decision(wait, booked, policy.rate(at), at, cut, known, policy.state.window_bound_at)
 
-    async def _time(self) -> float:
-        seconds, microseconds = await self._client.time()
-        return float(seconds) + float(microseconds) / 1e6
+    async def _reading(
+        self, pipe: Pipeline | None = None
+    ) -> tuple[tuple[float, float, float], float]:
+        """Redis's clock, with this machine's wall clock when it was read (the middle of
+        the round trip) and the error of that (half the round trip); and Redis's clock."""
+        before = time.time()
+        seconds, microseconds = await (self._client if pipe is None else pipe).time()
+        after = time.time()
+        at = float(seconds) + float(microseconds) / 1e6
+        return (at, (before + after) / 2, (after - before) / 2), at
 
     async def _transaction(
         self,
@@ -301,10 +319,7 @@ class SharedBudget:
             deleting[:] = self._answered
             outcomes = [await pipe.get(doubt) for doubt, _ in settling]
             fields: dict[Any, Any] = await pipe.hgetall(self.key)
-            at = now
-            if at is None:
-                seconds, microseconds = await pipe.time()
-                at = float(seconds) + float(microseconds) / 1e6
+            reading, at = (None, now) if now is not None else await self._reading(pipe)
             policy = self._policy
             policy.state = AimdState.from_fields(fields)
             held, gone = self._held_slots(fields, at)
@@ -315,7 +330,7 @@ class SharedBudget:
             held = self._tell(report, held)
             if leaving:
                 held = self._tell(Report(releases=[at] * held), held)
-            result = decide(policy, at)
+            result = _stamped(decide(policy, at), reading)
             if looking and quiet and not news and not result.booked and math.isinf(result.wait):
                 # UNWATCH, and no MULTI: a look writes nothing.
                 await pipe.reset()  # type: ignore[no-untyped-call]
@@ -355,3 +370,12 @@ class SharedBudget:
         self._in_doubt = [item for item in self._in_doubt if item[0] not in settled_marks]
         self._answered = [m for m in self._answered if m not in deleted]
         self._answered += [mark, *settled_marks]
+
+
+def _stamped(decision: Decision, reading: tuple[float, float, float] | None) -> Decision:
+    """``decision`` with when, by this machine's clock, Redis read its own (see
+    :meth:`SharedBudget._reading`)."""
+    if reading is None:
+        return decision
+    _, read_at, read_error = reading
+    return attrs.evolve(decision, read_at=read_at, read_error=read_error)

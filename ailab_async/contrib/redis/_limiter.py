@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
+import attrs
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -52,9 +53,52 @@ _HORIZON = 0.1
 #: see SharedBudget.reserve); a release of this process's own wakes its booker at once. A
 #: slot not yet within the horizon is asked for again after at least this long too.
 _LOOK_AGAIN = 0.01
-#: A booked slot handed to a sender: its time on Redis's clock, and how long to sleep until
-#: it (``None``: no slot; Redis went away or the limiter closed).
-_Slot = tuple[float, float] | None
+#: Answers not yet told to Redis go with this process's next call, or after this long
+#: (seconds) when it makes none ...
+_FLUSH_AFTER = 0.1
+#: ... but a release goes at once, when no sender of this process is queued (whose booking
+#: would carry it), if the shared window held a sender back this recently (seconds, as
+#: this process last saw the state): another process may be waiting for that release.
+_WINDOW_RECENT = 1.0
+#: A process holding requests booked on Redis (not yet released) tells Redis it is alive at
+#: least this often (seconds), with nothing else to tell if need be: a process silent for
+#: five minutes is taken for dead, and the requests it holds are forgotten (see
+#: ``_budget._BOOKED_TTL``), while one request of a live process may take longer than that.
+_KEEP_ALIVE = 60.0
+#: What the keeper sleeps with between those (tests replace it).
+_idle_sleep: Sleeper = asyncio.sleep
+#: A booked slot handed to a sender: its time on Redis's clock (``None``: no slot; Redis
+#: went away or the limiter closed).
+_Slot = float | None
+#: How far this machine's clock may drift from Redis's, in seconds per second: a reading of
+#: their offset is taken to lose this much precision a second (100 ppm, a poor quartz's).
+_DRIFT = 1e-4
+
+
+@attrs.define
+class _ClockOffset:
+    """Redis's clock minus this machine's wall clock, as the most precise recent reading
+    says: a reading (see :class:`~._budget.Decision`) is good to half the round trip of the
+    ``TIME`` command, and loses :data:`_DRIFT` of a second a second; one that disagrees with
+    the kept one by more than both their errors (this machine's clock was set) replaces it.
+
+    A send slot is on Redis's clock: a sender sleeps until it by this machine's, so what
+    comes after Redis read its clock (the rest of the transaction, the hand-off to the
+    sender, each a loaded machine's few milliseconds, and never the same) does not make
+    it late. Senders of several processes that miss their slots by different amounts arrive
+    closer together than the pace now and then: a server that allows no burst refuses them.
+    """
+
+    offset: float = 0.0
+    error: float = math.inf
+    read_at: float = -math.inf
+
+    def observe(self, offset: float, error: float, read_at: float) -> None:
+        """Take the reading ``offset`` (good to ``error``), made at ``read_at`` (this
+        machine's clock), if it is better than the one kept, aged, or contradicts it."""
+        aged = self.error + _DRIFT * max(0.0, read_at - self.read_at)
+        if error <= aged or abs(offset - self.offset) > error + aged:
+            self.offset, self.error, self.read_at = offset, error, read_at
 
 
 class RedisRateLimiter:
@@ -146,7 +190,9 @@ class RedisRateLimiter:
             ttl=state_ttl,
         )
         # Redis time minus local wall time, so that the fallback's clock (and the send times
-        # it hands out) stays on the timeline of Redis's, which on_rate_limited compares.
+        # it hands out) stays on the timeline of Redis's, which on_rate_limited compares,
+        # and senders sleep until their slots by it.
+        self._clock = _ClockOffset()
         self._clock_offset = 0.0
         self._fallback = AdaptiveRateLimiter(
             self._fallback_rate,
@@ -157,6 +203,8 @@ class RedisRateLimiter:
         )
         self._using_redis = True
         self._shared_rate = self._rate
+        # When the shared window last held a sender back, as last seen (Redis's clock).
+        self._window_bound_at = -math.inf
         # Answers not yet told to Redis: (sent_at, answered_at) successes, release times.
         self._pending_successes: list[tuple[float, float]] = []
         self._pending_releases: list[float] = []
@@ -166,6 +214,8 @@ class RedisRateLimiter:
         # once back: a release lost keeps a request in the shared count, see SharedBudget).
         self._booked: collections.Counter[float] = collections.Counter()
         self._flusher: asyncio.Task[None] | None = None
+        # Tells Redis this process is alive while it holds requests (see _KEEP_ALIVE).
+        self._keeper: asyncio.Task[None] | None = None
         self._reconnector: asyncio.Task[None] | None = None
         # Senders waiting for a slot, in arrival order, and the task booking them one by one.
         self._waiting: collections.deque[asyncio.Future[_Slot]] = collections.deque()
@@ -219,9 +269,9 @@ class RedisRateLimiter:
         if self._closed:
             raise ClientClosedError("the Redis rate limiter is closed")
         if self._using_redis:
-            slot = await self._queue_for_slot()
-            if slot is not None:
-                send_at, wait = slot
+            send_at = await self._queue_for_slot()
+            if send_at is not None:
+                wait = send_at - self._local_clock()  # see _ClockOffset
                 if wait > 0:
                     try:
                         await self._sleep(wait)
@@ -229,6 +279,9 @@ class RedisRateLimiter:
                         self._unbook()  # booked, never sent: not in flight
                         raise
                 self._booked[send_at] += 1
+                if self._keeper is None:
+                    self._keeper = asyncio.get_running_loop().create_task(self._keep_alive())
+                    self._keeper.add_done_callback(self._report_done)  # a bug in it is logged
                 return send_at
             if self._closed:
                 raise ClientClosedError("the Redis rate limiter is closed")
@@ -242,7 +295,8 @@ class RedisRateLimiter:
         self._queue_report(successes=[(sent_at, self._local_clock())])
 
     def release(self, sent_at: float) -> None:
-        """The request sent at ``sent_at`` is over; Redis hears it with the next call."""
+        """The request sent at ``sent_at`` is over; Redis hears it with the next call (at
+        once, if the shared window held a sender back lately and no sender here is queued)."""
         booked = self._booked.get(sent_at, 0)
         if not booked:  # the fallback let it out: over in its count only
             self._fallback.release(sent_at)
@@ -291,10 +345,11 @@ class RedisRateLimiter:
             return
         await self.flush()
         self._closed = True
-        for task in (self._flusher, self._reconnector, self._booker):
+        background = (self._flusher, self._reconnector, self._booker, self._keeper)
+        for task in background:
             if task is not None:
                 task.cancel()
-        pending = [t for t in (self._flusher, self._reconnector, self._booker, *self._reports) if t]
+        pending = [t for t in (*background, *self._reports) if t]
         await asyncio.gather(*pending, return_exceptions=True)
         self._wake_waiting()  # a booker cancelled before it ran woke no one
         if self._using_redis:
@@ -340,7 +395,7 @@ class RedisRateLimiter:
         try:
             return await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled() and waiter.result():
+            if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
                 self._unbook()  # handed a slot as it was cancelled: give it back
             raise
 
@@ -367,7 +422,7 @@ class RedisRateLimiter:
                         self._unbook()
                     else:
                         self._waiting.popleft()
-                        waiter.set_result((decision.send_at, decision.wait))
+                        waiter.set_result(decision.send_at)
                     continue
                 if math.isinf(decision.wait):
                     # The shared window is full: look again shortly (a release may come from
@@ -421,7 +476,15 @@ class RedisRateLimiter:
 
     def _observe(self, decision: Decision) -> None:
         self._shared_rate = decision.rate
-        self._clock_offset = decision.now - time.time()
+        self._window_bound_at = max(self._window_bound_at, decision.window_bound_at)
+        if decision.read_at is None:  # Redis's clock given (tests): read at its answer
+            now = time.time()
+            self._clock.observe(decision.now - now, math.inf, now)
+        else:
+            self._clock.observe(
+                decision.now - decision.read_at, decision.read_error, decision.read_at
+            )
+        self._clock_offset = self._clock.offset
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
         try:
@@ -457,7 +520,15 @@ class RedisRateLimiter:
         if not self._using_redis:
             return
         self._pending_successes += successes or []
-        if self._flusher is None:
+        if (
+            releases
+            and self._booker is None
+            and self._local_clock() - self._window_bound_at < _WINDOW_RECENT
+        ):
+            report = self._take_report()
+            if self._spawn(self._send_report(report)) is None:
+                self._keep(report)
+        elif self._flusher is None:
             self._flusher = self._spawn(self._flush_soon())
 
     def _keep(self, report: Report) -> None:
@@ -476,7 +547,7 @@ class RedisRateLimiter:
     async def _flush_soon(self) -> None:
         try:
             # Under load the next reservation carries the reports; this covers idle spells.
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(_FLUSH_AFTER)
         finally:
             self._flusher = None
         if not self._using_redis or self._closed:
@@ -484,6 +555,18 @@ class RedisRateLimiter:
         report = self._take_report()
         if report.successes or report.releases or self._budget.in_doubt:
             await self._send_report(report)
+
+    async def _keep_alive(self) -> None:
+        """While this process holds requests booked on Redis, tell Redis every
+        :data:`_KEEP_ALIVE` seconds (what is pending, or nothing: the transaction notes that
+        this process still holds them)."""
+        try:
+            while self._booked and not self._closed:
+                await _idle_sleep(_KEEP_ALIVE)
+                if self._booked and self._using_redis and not self._closed:
+                    await self._send_report(self._take_report())
+        finally:
+            self._keeper = None
 
     async def _send_report(self, report: Report) -> None:
         try:
