@@ -963,8 +963,8 @@ class AimdPolicy:
             return False
         # Refused at the limit: perhaps a send that caught up after a late one came too
         # close for a server that allows no burst. No catch-up from now on.
-        # (Told only: not told, a limit found at a cap on requests in flight refused a tenth
-        # of the requests on one seed in three, where a fortieth.)
+        # (Told only: not told, at a cap of 10 requests in flight whose limit was found,
+        # 6.5 % of the requests were refused on one seed of three, where 2.5 %.)
         jitter = self.configured is not None and state.burstless < math.inf
         state.burstless = min(state.burstless, pace)
         if not self._marginal(sent_at) and not (jitter and self._jitter_refused(sent_at)):
@@ -1304,8 +1304,9 @@ class AimdPolicy:
             # server that answers in milliseconds) is not one sent since. Counted, with five
             # sends judged at once after a lesson in headroom, one more 429 was "most"
             # refused, and the pace was cut to half (four processes sharing a leaky bucket
-            # told its 40/s: 25 times in 40 runs of 400 requests). (Not told, the quicker
-            # correction helps a window's limit found: 1.240x -> 1.260x uncounted, shared.)
+            # told its 40/s: 25 times in 40 runs of 400 requests). (Not told, the sooner
+            # correction helps where a window's limit was found: four processes sharing a
+            # sliding window, 1.240x the ideal, 1.260x with the cut's own 429 left out.)
             sent -= 1
             refused -= 1
         return sent >= _WRONG_CUT_SENDS and refused > _WRONG_CUT_SHARE * sent
