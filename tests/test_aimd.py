@@ -412,6 +412,74 @@ def test_told_the_limit_a_marginal_refusal_lowers_the_ceiling_until_acceptances_
     assert policy.rate(141.0) == pytest.approx(pace)
 
 
+def _paced_run(
+    policy: AimdPolicy, start: float, end: float, *, latency: float, refuse: set[int]
+) -> dict[int, tuple[float, bool]]:
+    """Senders always waiting from ``start`` to ``end``, each request answered ``latency``
+    after it went: refused if its number (from 0) is in ``refuse``. Returns, per refused
+    request, when it went and whether its 429 cut the rate."""
+    answers: list[tuple[float, int]] = []  # (sent at, number), in send order
+    cuts: dict[int, tuple[float, bool]] = {}
+    now, number = start, 0
+    while now < end or answers:
+        while answers and (answers[0][0] + latency <= now or now >= end):
+            sent, which = answers.pop(0)
+            policy.release(sent + latency)
+            if which in refuse:
+                cuts[which] = (sent, policy.on_rate_limited(sent, sent + latency))
+            else:
+                policy.on_success(sent, sent + latency)
+        if now >= end:
+            break
+        wait = policy.claim(now)
+        if wait == 0:
+            answers.append((now, number))
+            number += 1
+            continue
+        now = min(
+            now + (wait if wait < math.inf else 0.001),
+            answers[0][0] + latency if answers else math.inf,
+        )
+    return cuts
+
+
+def test_told_the_limit_a_server_that_refused_at_the_ceiling_refuses_more_as_jitter() -> None:
+    # A server that allows no burst refuses a send that arrives early at any pace: after a
+    # lesson in headroom, more than a tenth of the sends since it refused (but at most a
+    # fifth) are jitter too, and the next refusal at the ceiling is another lesson (2 %),
+    # not a cut to 95 % of what the server took since the lesson.
+    policy = AimdPolicy(50.0)
+    first = _paced_run(policy, 100.0, 102.0, latency=0.2, refuse={90})
+    assert first[90][1]
+    lesson = policy.rate(102.0)
+    assert lesson == pytest.approx(LEARNED_HEADROOM * PACED)
+    # In the lesson's hold-off (to 103.03) 6 of about 50 refused (the same event); then one
+    # more, at 103.14.
+    refused = {8, 16, 24, 32, 40, 47, 55}
+    hold_until = policy.state.hold_until
+    cuts = _paced_run(policy, 102.0, 103.6, latency=0.2, refuse=refused)
+    assert cuts[47][0] < hold_until < cuts[55][0]
+    assert [cut for _, cut in cuts.values()] == [False] * 6 + [True]
+    assert policy.rate(103.6) == pytest.approx(LEARNED_HEADROOM * lesson, rel=1e-3)
+
+
+def test_a_cut_s_own_429_is_not_counted_as_one_sent_since_it() -> None:
+    # A server next door answers in 5 ms: the lesson's refused send is in the bucket the
+    # count since the cut starts at. One of the five sends after it refused is not "most"
+    # of them (more than 30 %): the same event, no cut.
+    policy = AimdPolicy(50.0)
+    spacing = 1 / (LEARNED_HEADROOM * PACED)
+    # Refuse send 92 (at about 101.868, answered in the same 50 ms bucket), and then the
+    # fifth after it.
+    cuts = _paced_run(policy, 100.0, 102.5, latency=0.005, refuse={92, 97})
+    (lesson_sent, lesson_cut), (jitter_sent, jitter_cut) = cuts[92], cuts[97]
+    assert math.floor(lesson_sent / BUCKET) == math.floor((lesson_sent + 0.005) / BUCKET)
+    assert jitter_sent - lesson_sent < 6 * spacing
+    assert lesson_cut
+    assert not jitter_cut
+    assert policy.rate(102.5) == pytest.approx(LEARNED_HEADROOM * PACED, rel=1e-3)
+
+
 def test_a_first_429_with_little_history_teaches_no_headroom() -> None:
     policy = AimdPolicy(50.0)
     policy.claim(100.0)
