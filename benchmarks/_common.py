@@ -39,7 +39,7 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -359,6 +359,16 @@ class RedisServer:
             self._process.kill()
             self._process.wait()
             self._process = None
+
+
+@contextlib.contextmanager
+def redis_url(given: str | None) -> Iterator[str]:
+    """``given`` (a ``--redis-url``), else a throw-away :class:`RedisServer`'s, in the block."""
+    if given:
+        yield given
+        return
+    with RedisServer() as server:
+        yield server.url
 
 
 def redis_server_version() -> str:

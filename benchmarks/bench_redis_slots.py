@@ -30,11 +30,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._common import (
-    RedisServer,
     add_output_options,
     environment,
     package_version,
     redis_server_version,
+    redis_url,
     write_json,
 )
 
@@ -125,11 +125,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    if args.redis_url:
-        result = _measure(args, args.redis_url)
-    else:
-        with RedisServer() as server:
-            result = _measure(args, server.url)
+    with redis_url(args.redis_url) as url:
+        result = _measure(args, url)
     late = result["late_ms"]
     print(
         f"{result['processes']} processes x {result['senders']} senders, {result['sends']} "

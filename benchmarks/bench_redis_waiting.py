@@ -33,11 +33,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._common import (
-    RedisServer,
     add_output_options,
     environment,
     package_version,
     redis_server_version,
+    redis_url,
     write_json,
 )
 
@@ -141,11 +141,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    if args.redis_url:
-        result = asyncio.run(_measure(args, args.redis_url))
-    else:
-        with RedisServer() as server:
-            result = asyncio.run(_measure(args, server.url))
+    with redis_url(args.redis_url) as url:
+        result = asyncio.run(_measure(args, url))
     latency = result["own_release_to_slot_ms"]
     print(
         f"{result['processes']} limiters waiting on a full window of {result['window']:g} for "
