@@ -458,6 +458,16 @@ async def test_a_sender_queued_when_the_limiter_closes_is_told_so(
         await asyncio.wait_for(sender, 5.0)
 
 
+async def fill_a_window_of_two(limiter: RedisRateLimiter) -> list[float]:
+    """Three sends, the first refused with the other two in flight: a shared window of two.
+    Returns the three send times (the last two still in flight)."""
+    sent = [await limiter.acquire() for _ in range(3)]
+    limiter.release(sent[0])
+    limiter.on_rate_limited(sent[0])
+    await limiter.flush()
+    return sent
+
+
 async def test_the_window_of_requests_in_flight_is_shared(redis_server: RedisServer) -> None:
     name = budget_name()
     async with (
@@ -466,10 +476,7 @@ async def test_the_window_of_requests_in_flight_is_shared(redis_server: RedisSer
         RedisRateLimiter(redis_server.url, name=name, rate=10) as first,
         RedisRateLimiter(redis_server.url, name=name, rate=10) as second,
     ):
-        sent = [await first.acquire() for _ in range(3)]
-        first.release(sent[0])
-        first.on_rate_limited(sent[0])  # refused with two others in flight: a window of two
-        await first.flush()
+        sent = await fill_a_window_of_two(first)
         client = await redis_server.client()
         try:
             state = await SharedBudget(client, first.key, rate=10).state()
@@ -496,10 +503,7 @@ async def test_a_release_reaches_redis_at_once_while_the_window_holds_others_bac
         RedisRateLimiter(redis_server.url, name=name, rate=10) as first,
         RedisRateLimiter(redis_server.url, name=name, rate=10) as second,
     ):
-        sent = [await first.acquire() for _ in range(3)]
-        first.release(sent[0])
-        first.on_rate_limited(sent[0])  # refused with two others in flight: a window of two
-        await first.flush()
+        sent = await fill_a_window_of_two(first)
         waiter = asyncio.create_task(second.acquire())
         await asyncio.sleep(0.1)  # it looks at the full window, and notes that it waits
         assert not waiter.done()
