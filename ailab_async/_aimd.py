@@ -611,7 +611,9 @@ class AimdPolicy:
     """The policy's transitions over an :class:`AimdState`; every method takes the time.
 
     ``rate`` is the configured limit (``None``: find it). A store may swap :attr:`state`
-    for one it loaded (that is how the Redis store shares it).
+    for one it loaded (that is how the Redis store shares it). ``books_ahead``: the store
+    books slots ahead (:meth:`reserve` with a horizon, as the Redis store does), and waits
+    for a window its first sends filled (see the module docstring's Retry-After).
 
     >>> policy = AimdPolicy(10.0)
     >>> policy.claim(100.0), round(policy.claim(100.0), 4)  # sent; the next one waits
