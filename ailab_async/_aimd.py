@@ -164,7 +164,12 @@ from what the server *accepted*, by send time:
   waits until the refused request's send time plus the *certain* part of it
   (:func:`certain_retry_after`: all of a fractional value, one second less than a whole
   number, which may have been rounded up), capped by :func:`capped_retry_after`. The
-  refused request's own retry waits all of it (the dispatcher does that).
+  refused request's own retry waits all of it (the dispatcher does that). A store that
+  books ahead (``books_ahead``: the Redis store), refused with a whole second by a fresh
+  cut that is not marginal, after sends that began less than a second before (at the
+  start, or after an idle spell) and at least ``_REFILL_SPAN`` before: no send until a
+  second after the first of them, when a one-second window they filled has room again
+  (else every sender is refused until then, and each retry waits out the whole second).
 
 A store calls :meth:`AimdPolicy.claim` (or :meth:`AimdPolicy.reserve`, which books a slot a
 little ahead) before a send, :meth:`AimdPolicy.release` when the request is over whatever its
@@ -405,6 +410,11 @@ _PEAK_MARGIN = 0.97
 _LN2 = math.log(2)
 # Round trips are taken as at least this long.
 _MIN_RTT = 0.05
+# A store that books ahead, refused at a one-second window the sends of the last second
+# filled (see _wait_for_refill): only when those sends began at least this long before the
+# refused one (a window's count let through, not a jittered send at a leaky bucket's rate,
+# refused a tenth of a second after the first send).
+_REFILL_SPAN = 0.3
 # Smoothing of the round-trip estimate (weight of a new sample).
 _RTT_GAIN = 0.2
 # The accepted rate needs this much send history to be trusted.
@@ -601,7 +611,9 @@ class AimdPolicy:
     """The policy's transitions over an :class:`AimdState`; every method takes the time.
 
     ``rate`` is the configured limit (``None``: find it). A store may swap :attr:`state`
-    for one it loaded (that is how the Redis store shares it).
+    for one it loaded (that is how the Redis store shares it). ``books_ahead``: the store
+    books slots ahead (:meth:`reserve` with a horizon, as the Redis store does), and waits
+    for a window its first sends filled (see the module docstring's Retry-After).
 
     >>> policy = AimdPolicy(10.0)
     >>> policy.claim(100.0), round(policy.claim(100.0), 4)  # sent; the next one waits
@@ -620,6 +632,7 @@ class AimdPolicy:
         min_rate: float = MIN_RATE,
         backoff_factor: float = BACKOFF,
         start_rate: float | None = None,
+        books_ahead: bool = False,
     ) -> None:
         if rate is not None and (
             isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < math.inf
@@ -639,6 +652,9 @@ class AimdPolicy:
         else:
             self._start_rate = START_RATE if start_rate is None else start_rate
         self._max_catch_up = MAX_CATCH_UP if rate is None else MAX_CATCH_UP_TOLD
+        # A store that books slots ahead (:meth:`reserve` with a horizon): see
+        # _wait_for_refill.
+        self._books_ahead = books_ahead
         self.state = AimdState()
         # _slow_start_cap's last answer: (the state, the bucket's number, the cap).
         self._lead: tuple[AimdState | None, int, float] = (None, 0, math.inf)
@@ -909,6 +925,8 @@ class AimdPolicy:
         needed = math.ceil(new_rate * state.rtt)
         held = state.in_flight - self._booked_ahead(now)
         state.window = min(state.window, float(max(1, held, needed)))
+        if self._books_ahead and fresh and not state.marginal_cut:
+            self._wait_for_refill(sent_at, retry_after)
         return True
 
     def _same_event(self, sent_at: float) -> None:
@@ -917,6 +935,29 @@ class AimdPolicy:
         state = self.state
         if self._sum(state.refused, state.cut_sent, sent_at + BUCKET) >= _CLUSTER:
             state.aim = min(state.aim, state.aim_cap)
+
+    def _wait_for_refill(self, sent_at: float, retry_after: float | None) -> None:
+        """A store that books ahead, refused by a fresh cut that is no marginal refusal, with
+        a ``Retry-After`` of whole seconds (its last second uncertain): if the sends of the
+        second before began at least ``_REFILL_SPAN`` before this one (after an idle spell,
+        or at the start), no send until a second after the first of them. A one-second
+        window they filled has room again by then (a sliding window frees that first send's
+        place; a fixed window that started with it resets), and a send before then is
+        refused too, its retry waiting out the whole second: told 1.5 times a window's
+        limit, four processes' 16 senders were all refused in the first window's last
+        third, and nothing was sent from 0.94 s to 1.68 s. Continuous sends begin a second
+        before any refusal: no wait."""
+        state = self.state
+        capped = capped_retry_after(retry_after)
+        if capped is None or capped < 1.0 or not capped.is_integer():
+            return
+        low, high = self._buckets(sent_at - 1.0, sent_at)
+        first = next((index for index in range(low, high) if state.sent[index]), None)
+        if first is None:
+            return
+        began = max((state.first_bucket + first) * BUCKET, state.first_sent)
+        if sent_at - began >= _REFILL_SPAN:
+            state.paused_until = max(state.paused_until, min(began + 1.0, sent_at + capped))
 
     def _aim(self, peak: float, estimate: float, *, capped: bool) -> None:
         """After a cut: the slow recovery aims just under ``peak``; if ``capped`` (a marginal

@@ -18,7 +18,8 @@ request reaches the server up to ``send_jitter`` seconds after it left (plus, wi
 ``send_tail``, an exponentially distributed delay of that mean: now and then much later).
 :data:`LIVE` is the live benchmark's machine. With ``booking``, senders do as the Redis
 store's do: each books its own slot up to ``booking`` seconds ahead (no queue), sleeps until
-it and reports the booked time as the send time; with ``report_delay``, the shared state hears
+it and reports the booked time as the send time (the policy knows it books ahead, as
+the store's does); with ``report_delay``, the shared state hears
 of an accepted request's answer up to that long after it (the store reports answers with the
 process's next call), and counts it in flight meanwhile. When the input runs out (a sender asks
 for an item after the last one), the policy is told to wind down, as ``client.map`` tells the
@@ -180,7 +181,7 @@ def run_zoo(
     """Send ``requests`` through the policy to ``limit``; see the module docstring."""
     rng = random.Random(seed)
     server = server_limit(limit, random.Random(seed))
-    policy = policy or AimdPolicy(configured)
+    policy = policy or AimdPolicy(configured, books_ahead=booking > 0)
     run = ZooRun(requests, ideal=limit.seconds_for(requests, latency + latency_jitter / 2))
     events: list[tuple[float, int, Callable[[float], None]]] = []
     order = itertools.count()

@@ -527,6 +527,57 @@ def test_a_store_that_books_ahead_is_not_held_to_a_window_under_its_horizon_s_pa
     assert in_process.claim(100.2) == math.inf  # the window of one is full
 
 
+def _first_second_filled(policy: AimdPolicy, *, began: float) -> float:
+    """Sends at the pace from ``began`` to 100.678, all accepted, then one refused with a
+    ``Retry-After`` of one second (a window's count let through): the time it was sent."""
+    t = began
+    while t < 100.678:
+        assert policy.claim(t) == 0.0
+        policy.release(t + 0.005)
+        policy.on_success(t, t + 0.005)
+        t += 1.0 / policy.rate(t)
+    assert policy.claim(t) == 0.0
+    policy.release(t + 0.005)
+    assert policy.on_rate_limited(t, t + 0.005, 1.0)
+    return t
+
+
+def test_a_store_that_books_ahead_waits_for_a_window_its_first_sends_filled() -> None:
+    # Told 60/s, a window of 40 a second took the first 0.68 s of sends, then refused with a
+    # whole-second Retry-After (its last second uncertain: no pause for it). Booking ahead,
+    # four processes' senders were all refused before the window had room again at 101.0,
+    # each retry waiting out the whole second: a store that books ahead sends nothing more
+    # before then. In process, or once sends began more than a second before: no wait.
+    shared = AimdPolicy(60.0, books_ahead=True)
+    refused = _first_second_filled(shared, began=100.0)
+    wait, booked = shared.reserve(refused + 0.006, 0.1)
+    assert not booked
+    assert refused + 0.006 + wait == pytest.approx(101.0)
+    in_process = AimdPolicy(60.0)
+    refused = _first_second_filled(in_process, began=100.0)
+    assert in_process.claim(refused + 0.006) < 0.05
+    going_on = AimdPolicy(60.0, books_ahead=True)
+    refused = _first_second_filled(going_on, began=99.5)
+    assert going_on.reserve(refused + 0.006, 0.1)[1]
+
+
+def test_a_store_that_books_ahead_does_not_wait_after_a_refusal_soon_after_the_first_send() -> None:
+    # A leaky bucket refuses a jittered send a tenth of a second after the first: no window
+    # was filled, and a pause to a second after the first send cost four processes told its
+    # rate 1.21x -> 1.25x the ideal (clock-free, 40 seeds).
+    policy = AimdPolicy(40.0, books_ahead=True)
+    t = 100.0
+    for _ in range(4):
+        assert policy.claim(t) == 0.0
+        policy.release(t + 0.005)
+        policy.on_success(t, t + 0.005)
+        t += 1.0 / policy.rate(t)
+    assert policy.claim(t) == 0.0
+    policy.release(t + 0.005)
+    assert policy.on_rate_limited(t, t + 0.005, 1.0)
+    assert policy.reserve(t + 0.006, 0.1)[1]
+
+
 def test_a_release_told_late_does_not_move_the_last_release_back() -> None:
     # Reports reach the shared state out of order (each process tells its answers with its
     # next call): a release answered at 100.0 told after one answered at 120.0 must not make

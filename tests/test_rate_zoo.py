@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 
 import pytest
 
@@ -393,11 +394,17 @@ def test_not_told_a_lower_limit_for_good_is_not_probed_quickly_for_ever() -> Non
 
 
 def _shared_budget(
-    shape: str, latency: float, *, told: float = 60, report_delay: float = 0.0
+    shape: str,
+    latency: float,
+    *,
+    told: float = 60,
+    report_delay: float = 0.0,
+    seeds: Sequence[int] = range(4),
 ) -> list[ZooRun]:
     """Four processes of four senders sharing one budget, as the Redis store runs them (one
     state, every sender booking its own slot ahead), told ``told`` against a limit of
-    40/s; answers reach the shared state up to ``report_delay`` late. Four seeds."""
+    40/s; answers reach the shared state up to ``report_delay`` late. Four seeds unless
+    ``seeds``."""
     return [
         run_zoo(
             RateLimit(40, shape=shape),
@@ -411,24 +418,37 @@ def _shared_budget(
             seed=seed,
             **LIVE,
         )
-        for seed in range(4)
+        for seed in seeds
     ]
 
 
-@pytest.mark.parametrize(("latency", "at_most"), [(0.005, 1.13), (0.05, 1.13)])
-def test_a_shared_budget_told_too_much_settles_under_a_fixed_window(
-    latency: float, at_most: float
-) -> None:
+@pytest.mark.parametrize("latency", [0.005, 0.05])
+def test_a_shared_budget_told_too_much_settles_under_a_fixed_window(latency: float) -> None:
     # A correction of a cut that was not enough is judged after 0.5 s, not 0.2 s (the window
     # stays full until its boundary: it was halved again, 1.37x at 5 ms); told the limit,
     # quick probes aim at what the server took over two seconds, not one (a fixed window
     # lets up to twice its count through in one second: 1.32x at 50 ms); and the recovery
     # after a correction aims at what the server took over the two seconds before it, not
-    # from the halved rate along the cubic beyond it (1.19x and 1.27x, now 1.10x and 1.09x).
-    batches = _shared_budget("fixed-window", latency)
+    # from the halved rate along the cubic beyond it (1.19x and 1.27x, then 1.10x and 1.09x
+    # on four seeds). Over 40 seeds that read 1.123x and 1.141x (a fifth of the runs over
+    # 1.15x: a probe that fills the window, halved); waiting for the room the first window
+    # has again a second after the first send (see test_aimd), 1.094x and 1.077x.
+    batches = _shared_budget("fixed-window", latency, seeds=range(40))
     assert all(len(run.accepted_at) == run.requests for run in batches)
-    assert sum(run.ratio for run in batches) / len(batches) <= at_most
+    assert sum(run.ratio for run in batches) / len(batches) <= 1.105
     assert sum(run.refused_share for run in batches) / len(batches) <= 0.07
+
+
+@pytest.mark.parametrize("shape", ["fixed-window", "sliding-window"])
+def test_a_shared_budget_told_too_much_waits_for_the_first_window_to_have_room(shape: str) -> None:
+    # Told 60/s, the pace fills the 40/s window in 0.68 s; the sends after it, up to the
+    # window's room at 1.0 s, are refused with a whole-second Retry-After, each retry waiting
+    # it out: the 16 senders were all refused, and the window from 1.0 s to 2.0 s took 9
+    # (1.10x and 1.12x the ideal). Waiting for that room, it takes 29 (1.06x and 1.07x).
+    batches = _shared_budget(shape, 0.005, report_delay=0.06)
+    for run in batches:
+        assert sum(1 for t in run.accepted_at if 1.0 <= t < 2.0) >= 25
+    assert sum(run.ratio for run in batches) / len(batches) <= 1.085
 
 
 @pytest.mark.parametrize("shape", ["fixed-window", "sliding-window"])
@@ -441,10 +461,19 @@ def test_told_too_much_a_correction_recovers_to_what_the_window_took_not_beyond(
     # over the two seconds before it (44/s: the window's count in its first 0.9 s), instead
     # of climbing the cubic beyond the halved rate (27/s) back to the told 59/s within 3 s
     # and filling the window again: back within 10 % of the limit two seconds after the
-    # first cluster, and no further than 15 % above it for the seconds after.
+    # first cluster, within 5 % of it on average over the seconds after, and never back
+    # near the told pace. (The recovery probes above the limit now and then, and a fixed
+    # window refuses such a probe only once a second's count is over: for a moment it is
+    # up to 1.36x the limit, then cut. Once the first window's room is waited for, the
+    # recovery levels off at 97 % of what the window took, not 8 % above it, and its
+    # probes reach higher before the window refuses one; "at most 1.15x at any moment"
+    # held for the code before on these four seeds only: at 50 ms, 16 of 80 seeds went
+    # over, up to 1.44x.)
     for run in _shared_budget(shape, latency):
+        paces = [run.pace_at(t / 100) for t in range(250, 600)]
         assert run.pace_at(3.0) >= 0.9 * 40
-        assert max(run.pace_at(t / 10) for t in range(25, 60)) <= 1.15 * 40
+        assert sum(paces) / len(paces) <= 1.05 * 40
+        assert max(paces) <= 1.4 * 40
 
 
 def test_told_too_much_a_window_that_refuses_at_once_is_recovered_to_what_it_took() -> None:

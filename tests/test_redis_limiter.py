@@ -631,6 +631,40 @@ async def test_an_absurd_retry_after_reported_by_a_process_is_capped_for_all(
     assert 0 < pause <= MAX_RETRY_AFTER
 
 
+async def test_a_shared_budget_waits_for_a_window_its_first_sends_filled(
+    redis_server: RedisServer,
+) -> None:
+    # Told 60/s, a window of 40 a second took the first 0.68 s of sends, then refused with a
+    # whole-second Retry-After: the budget, which books ahead, books nothing more until the
+    # window has room again a second after the first send (the policy's rule; see
+    # tests/test_aimd.py). Without it, every process's senders were refused till then.
+    client = await redis_server.client()
+    budget = SharedBudget(
+        client, f"{{{budget_name()}}}:ailab-rate", rate=60.0, horizon=0.1, ttl=60.0
+    )
+    try:
+        at = 100.0
+        while at < 100.678:
+            decision = await budget.reserve(now=at)
+            assert decision.booked
+            answered = decision.send_at + 0.005
+            await budget.report(
+                Report(successes=[(decision.send_at, answered)], releases=[answered]), now=answered
+            )
+            at = decision.send_at + 1.0 / decision.rate
+        refused = await budget.reserve(now=at)
+        answered = refused.send_at + 0.005
+        cut = await budget.rate_limited(
+            refused.send_at, 1.0, Report(releases=[answered]), now=answered
+        )
+        assert cut.cut
+        decision = await budget.reserve(now=answered + 0.001)
+    finally:
+        await client.aclose()
+    assert not decision.booked
+    assert answered + 0.001 + decision.wait == pytest.approx(101.0)
+
+
 # -- the shared state's decisions, on a clock we choose ------------------------------------
 
 

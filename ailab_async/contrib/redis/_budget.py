@@ -124,7 +124,9 @@ class SharedBudget:
     ) -> None:
         self.key = key
         self._client = client
-        self._policy = AimdPolicy(rate, min_rate=min_rate, backoff_factor=backoff_factor)
+        self._policy = AimdPolicy(
+            rate, min_rate=min_rate, backoff_factor=backoff_factor, books_ahead=horizon > 0
+        )
         self._horizon = horizon
         self._ttl = ttl
         identity = uuid.uuid4().hex
