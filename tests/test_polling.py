@@ -656,7 +656,7 @@ def test_tasks_before_a_change_do_not_come_back_as_the_memory_grows() -> None:
     assert policy.mass_at(3.0)[0] < 0.02
 
 
-def test_the_memory_is_short_while_a_batch_of_more_than_a_window_is_pending() -> None:
+def test_the_memory_is_short_while_a_batch_of_most_of_a_window_is_pending() -> None:
     rng = random.Random(6)
     planner = PollPlanner()
     for _ in range(400):
