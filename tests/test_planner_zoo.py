@@ -23,6 +23,7 @@ import pytest
 
 from ailab_async import PollingConfig
 from ailab_async._polling import PollPlanner
+from ailab_async._tracker import _LAUNCH_SLACK
 from benchmarks.bench_tracker import burst_arrivals, poisson_arrivals
 
 from . import _planner_sim as planner_sim
@@ -59,8 +60,10 @@ MISSES_POLLS = {
     DRIFT_UP: "2.15 polls at 0.54x fixed polling's lag",
     # Learning the long part: at 20 tasks a second, tasks 100-200 are placed before their
     # slow ones have finished (2.2 polls each); from task 200 on, about 2.05.
-    "log-normal, median 3 s": "2.10 polls at 0.47x (tasks 100-200: 2.20, 200-400: 2.06)",
-    "bimodal 0.5-2 s / 6-12 s": "2.06 polls at 0.23x (tasks 100-150: 2.33)",
+    "log-normal, median 3 s": "2.07 polls at 0.47x (tasks 100-200: 2.20, 200-400: 2.06)",
+    # (Bimodal 0.5-2 s / 6-12 s keeps to it on these seeds since the evidence's memory grows
+    # while the durations hold: 2.00 polls at 0.23x; it was 2.06. On seeds 8-15 it reads
+    # 2.06, on 16-31 2.04: learning its slow mode still costs polls for a while.)
 }
 MISSES_RATIO = {
     QUEUE: "0.54x at 2.62 polls",
@@ -170,6 +173,43 @@ def test_the_harness_never_re_places_a_poll_the_tracker_has_sent(
     simulate(*SHAPES["uniform 1-6 s, burst"])
     assert placed
     assert moved == []
+
+
+def test_the_harness_can_send_polls_in_groups_as_the_tracker_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The tracker sends every poll due within its launch slack of one falling due with it,
+    early, never late. Two tasks submitted 20 ms apart have their warm-up polls 20 ms apart;
+    with the slack, each goes with the other's earlier one."""
+    seen: dict[str, list[float]] = {}
+
+    class Recording(PollPlanner):
+        def not_done(self, task_id: str, offset: float) -> None:
+            seen.setdefault(task_id, []).append(offset)
+            super().not_done(task_id, offset)
+
+    monkeypatch.setattr(planner_sim, "PollPlanner", Recording)
+    constant = lambda _rng, _index, _pending: 3.0  # noqa: E731
+    simulate([0.0, 0.02], constant)
+    alone = dict(seen)
+    seen.clear()
+    simulate([0.0, 0.02], constant, slack=_LAUNCH_SLACK)
+    assert [round(b - a, 9) for a, b in zip(alone["0"], alone["1"], strict=True)] == [0.0] * 5
+    sent = [round(offset + 0.02, 9) for offset in seen["1"]]
+    assert sent == [round(offset, 9) for offset in seen["0"]]  # together
+    assert seen["1"][0] == pytest.approx(alone["1"][0] - 0.02)  # early, not late
+
+
+def test_polls_sent_early_in_groups_spend_more_than_each_at_its_time() -> None:
+    """What the tracker spends live beyond what the harness counted: sent up to its launch
+    slack early, a poll finds a few tasks not yet finished that its plan expected finished.
+    On 1,100 uniform 1-6 s tasks (the live benchmark's), counted from the 100th, seeds 0-7:
+    1.974 polls per task each at its time, 1.994 in groups (with the evidence's half-life
+    40 throughout: 1.990 and 2.002, where two live runs read 2.007 and 2.009)."""
+    arrivals, sampler = poisson_arrivals(1100, 20.0, 0), uniform(1.0, 6.0)
+    alone = figures(arrivals, sampler, skip=100, seeds=range(2))
+    grouped = figures(arrivals, sampler, skip=100, seeds=range(2), slack=_LAUNCH_SLACK)
+    assert grouped.polls_per_task > alone.polls_per_task
 
 
 def test_the_blocks_split_the_steady_state_without_losing_a_task() -> None:
@@ -322,9 +362,17 @@ def test_an_outlier_does_not_swing_the_schedule() -> None:
         return 300.0 if index == 150 else rng.uniform(1.0, 6.0)
 
     arrivals = poisson_arrivals(300, 20.0, 0)
-    _, plain = simulate(arrivals, uniform(1.0, 6.0))
-    _, swung = simulate(arrivals, with_outlier)
-    assert swung.plan[0] == pytest.approx(plain.plan[0], abs=0.6)
+    # One run's first poll moves by a few tenths of a second either way, outlier or not (it
+    # is the sparser of two schedules that swap as the budget moves); over eight runs the
+    # outlier moves it by 0.22 s on average (by 0.29 s when the evidence's half-life was 40
+    # tasks throughout, 0.55 s at most; now 0.67 s at most).
+    shifts = []
+    for seed in range(8):
+        _, plain = simulate(arrivals, uniform(1.0, 6.0), seed=seed)
+        _, swung = simulate(arrivals, with_outlier, seed=seed)
+        shifts.append(abs(swung.plan[0] - plain.plan[0]))
+    assert sum(shifts) / len(shifts) <= 0.3, shifts
+    assert max(shifts) <= 0.8, shifts
     quiet = figures(arrivals, uniform(1.0, 6.0), skip=160)
     noisy = figures(arrivals, with_outlier, skip=160)
     assert noisy.mean_lag <= quiet.mean_lag + 0.15
@@ -366,9 +414,10 @@ def test_a_long_run_continues_the_harness_runs() -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="1.43 s at 1.97 polls, 0.53x (seeds 8-15: 0.51x at 2.00; tasks 100-400: 0.47x at"
-    " 2.10): the plans rest on about 58 tasks' worth of evidence (half_life 40); told each"
-    " task's completion time exactly they read the same 0.53x, with 200 tasks' memory 0.51x",
+    reason="1.38 s at 2.01 polls, 0.509x (seeds 8-15: 0.494x at 2.02; 16-31: 0.509x at 2.00):"
+    " at exactly 2.0 polls 0.509x, the least any poller knowing the distribution can expect"
+    " 0.475x; the plan's grid of 60 cells (90: 0.503x, 120: 0.497x) and the exploratory polls"
+    " (0.05 per task) are most of the rest",
 )
 def test_log_normal_halves_fixed_polling_lag_in_a_long_run(long_log_normal: Figures) -> None:
     """The target holds for a long-lived client too: what it sees is the steady state of a
@@ -378,7 +427,9 @@ def test_log_normal_halves_fixed_polling_lag_in_a_long_run(long_log_normal: Figu
 
 
 def test_log_normal_stays_well_under_fixed_polling_in_a_long_run(long_log_normal: Figures) -> None:
-    """The regression guard beside it: 0.53x at 1.97 polls today (hold-out seeds 8-15: 0.51x
-    at 2.00)."""
-    assert long_log_normal.ratio <= 0.6, long_log_normal
+    """The regression guard beside it: 0.509x at 2.01 polls today (hold-out seeds 8-15:
+    0.494x at 2.02). The evidence's half-life was 40 tasks throughout: 0.526x at 1.97 (at
+    exactly 2.0 polls, 0.517x; now 0.509x). The half-life now grows to 200 tasks while the
+    durations hold, and is 40 again when recent tasks disagree with the plan."""
+    assert long_log_normal.ratio <= 0.52, long_log_normal
     assert long_log_normal.polls_per_task <= TARGET_POLLS + SHAPE_POLLS_TOLERANCE, long_log_normal

@@ -573,6 +573,103 @@ def test_no_poll_is_more_than_the_fallback_after_the_last(lane: float) -> None:
         last = offset
 
 
+def _polled_every_half_second(
+    planner: PollPlanner, rng: random.Random, low: float, high: float
+) -> bool:
+    """One task of ``Uniform(low, high)`` seconds, polled every 0.5 s: what it teaches."""
+    duration = rng.uniform(low, high)
+    seen_running = math.floor(duration * 2.0) / 2.0
+    return planner.observe(seen_running, seen_running + 0.5)
+
+
+def _intervals(rng: random.Random, low: float, high: float, count: int) -> list[list[float]]:
+    intervals = []
+    for _ in range(count):
+        seen_running = math.floor(rng.uniform(low, high) * 2.0) / 2.0
+        intervals.append([seen_running, seen_running + 0.5])
+    return intervals
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "changed"),
+    [(1.0, 6.0, False), (3.0, 9.0, True), (0.5, 3.0, True), (1.5, 6.5, False)],
+)
+def test_recent_tasks_that_disagree_with_the_plan_are_a_change(
+    low: float, high: float, changed: bool
+) -> None:
+    """Tasks alike to those the plan was made for agree with it (half a second later, a
+    shift within the polls' own resolution, too); tasks that take longer, or shorter, are
+    a change."""
+    rng = random.Random(3)
+    evidence = [(a, b, 1.0) for a, b in _intervals(rng, 1.0, 6.0, 200)]
+    solved = solve_schedules(evidence, 2.0, PollingConfig())
+    assert solved is not None
+    policy = solved[4]
+    assert _polling._changed(_intervals(rng, low, high, 40), policy) is changed
+
+
+def test_a_task_still_running_past_the_plan_counts_towards_a_change() -> None:
+    rng = random.Random(4)
+    evidence = [(a, b, 1.0) for a, b in _intervals(rng, 1.0, 6.0, 200)]
+    solved = solve_schedules(evidence, 2.0, PollingConfig())
+    assert solved is not None
+    running = [[6.0, math.inf]] * 20 + _intervals(rng, 1.0, 6.0, 20)
+    assert _polling._changed(running, solved[4])
+    assert not _polling._changed(_intervals(rng, 1.0, 6.0, 10), solved[4])  # too few to say
+
+
+def test_the_memory_is_long_while_durations_hold_and_short_after_a_change() -> None:
+    """While the tasks keep to the durations the plan was made for, its evidence's half-life
+    grows to five times ``half_life`` (a long tail's schedule rests on more tasks); when
+    recent tasks disagree with it, the half-life is ``half_life`` again, and stays there
+    until the tasks in flight at the change have finished."""
+    rng = random.Random(5)
+    planner = PollPlanner()
+    assert planner.memory == 40.0
+    for _ in range(400):
+        _polled_every_half_second(planner, rng, 1.0, 6.0)
+    assert planner.memory == 200.0
+    for _ in range(60):
+        _polled_every_half_second(planner, rng, 3.0, 9.0)
+    assert planner.memory == 40.0
+    for _ in range(90):
+        _polled_every_half_second(planner, rng, 3.0, 9.0)
+    assert planner.memory == 40.0  # the tasks in flight at the change
+    for _ in range(200):
+        _polled_every_half_second(planner, rng, 3.0, 9.0)
+    assert planner.memory > 100.0
+
+
+def test_tasks_before_a_change_do_not_come_back_as_the_memory_grows() -> None:
+    """After a change, the memory grows again, but the tasks from before it keep the short
+    one: 250 tasks later, those 1-6 s tasks (still within a window of 600) would otherwise
+    weigh about 0.4 each, and the plan would expect tasks to finish before 3 s."""
+    rng = random.Random(7)
+    planner = PollPlanner(PollingConfig(window=600))
+    for _ in range(300):
+        _polled_every_half_second(planner, rng, 1.0, 6.0)
+    for _ in range(250):
+        _polled_every_half_second(planner, rng, 3.0, 9.0)
+    assert planner.memory > 100.0
+    policy = planner._policy
+    assert policy is not None
+    assert policy.mass_at(3.0)[0] < 0.02
+
+
+def test_the_memory_is_short_while_a_batch_of_most_of_a_window_is_pending() -> None:
+    rng = random.Random(6)
+    planner = PollPlanner()
+    for _ in range(400):
+        _polled_every_half_second(planner, rng, 1.0, 6.0)
+    assert planner.memory == 200.0
+    for index in range(200):
+        planner.submitted(f"batch-{index}")
+        planner.not_done(f"batch-{index}", 0.5)
+    for _ in range(10):
+        _polled_every_half_second(planner, rng, 1.0, 6.0)
+    assert planner.memory == 40.0
+
+
 def test_planner_keeps_only_the_most_recent_window() -> None:
     planner = PollPlanner(PollingConfig(window=10))
     for _ in range(25):
