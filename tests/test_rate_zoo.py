@@ -559,6 +559,25 @@ def test_not_told_a_limit_read_at_the_end_of_slow_start_is_held_as_if_told(
     assert sum(lowest) / len(lowest) >= at_least * LIMIT
 
 
+def test_not_told_a_first_answer_slowed_by_opening_the_connection_does_not_slow_slow_start() -> (
+    None
+):
+    # Live, the first request also opens the connection: its answer comes 20-35 ms later
+    # than the rest. The round trip estimate started from it and carried it for a dozen
+    # answers, each growing slow start's pace by less: on a sliding window the first cut
+    # landed at 40.0/s on these seeds where 40.7/s with a prompt first answer, and the
+    # limit that drops and comes back took 1.172x the ideal where 1.161x. A second round
+    # trip well under the first replaces it: 40.5/s, 1.166x.
+    def first_cut(run: ZooRun) -> float:
+        return next(p1 for (_, p0), (t1, p1) in itertools.pairwise(run.trace) if p1 < p0)
+
+    slowed = {**LIVE, "first_latency": 0.025}
+    for shape in ("sliding window", "50 -> 20 -> 50 per second"):
+        prompt = [first_cut(run_zoo(ZOO[shape][0], seed=seed, **LIVE)) for seed in range(6)]
+        late = [first_cut(run_zoo(ZOO[shape][0], seed=seed, **slowed)) for seed in range(6)]
+        assert sum(late) >= 0.99 * sum(prompt)
+
+
 @pytest.mark.parametrize(
     ("shape", "near", "within"),
     [
