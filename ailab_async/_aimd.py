@@ -27,7 +27,9 @@ from what the server *accepted*, by send time:
   the server refuses at a pace it may have been refused for such a catch-up (a marginal
   refusal, or one at the configured limit: a server that allows no burst), sends are never
   closer than a spacing at that pace (:attr:`AimdState.burstless`), nor than
-  :data:`HEADROOM` of one. Told a ``rate_limit``, the policy starts at it, less
+  :data:`HEADROOM` of one (told the limit, only a refusal at the ceiling says so, and a
+  cut that proves not enough takes back what its event's first refusal said: the limit
+  dropped). Told a ``rate_limit``, the policy starts at it, less
   :data:`HEADROOM` (1.5 %), and never goes above that. Not told, it starts at
   :data:`START_RATE` and grows by slow start: every accepted request adds
   ``ln 2 / (SLOW_START_RTTS * RTT)`` (the rate doubles every :data:`SLOW_START_RTTS` round
@@ -483,6 +485,10 @@ class AimdState:
     #: spacing to the previous one (``inf``: none yet). It may allow no burst: from then
     #: on a send that left late is followed no closer than a spacing at that pace.
     burstless: float = math.inf
+    #: Told the limit: what that was before the last event's first refusal (a cut that was
+    #: not enough shows that refusal was no send caught up too close: see
+    #: ``_burstless_refusal``).
+    burstless_before: float = math.inf
     #: Whether a 429 has been seen (``False``: slow start), and when the last cut was.
     cut: bool = False
     cut_at: float = -math.inf
@@ -880,6 +886,7 @@ class AimdPolicy:
         if fresh and self._window_refused(sent_at, pace):
             self._window_only(now)
             return False
+        self._burstless_event(fresh=fresh)
         estimate = peak = pace
         marginal = state.cut and fresh and self._marginal(sent_at)
         found_before = state.found
@@ -888,7 +895,7 @@ class AimdPolicy:
             self._count_quick_probes(sent_at, now, pace)
         # A marginal refusal may be a send that caught up after a late one, at a server
         # that allows no burst: no catch-up from now on.
-        if marginal:
+        if marginal and self._burstless_refusal(pace):
             state.burstless = min(state.burstless, pace)
         state.marginal_cut = marginal or taught  # judged at once: see _cut_was_wrong
         state.corrected = not fresh  # judged later: see _cut_was_wrong
@@ -989,6 +996,28 @@ class AimdPolicy:
         if now < state.window_grows_at:
             grown = min(grown, max(state.window, state.window_cut))
         state.window = grown
+
+    def _burstless_refusal(self, pace: float) -> bool:
+        """Whether a marginal refusal at ``pace`` may be a send that caught up after a late
+        one, at a server that allows no burst (see :attr:`AimdState.burstless`). Told the
+        limit, only at the ceiling: well under it, the limit dropped under the told one, and
+        the pace is what it refused. (Marked there, the pace held no send closer than a
+        spacing once the limit came back, and lost the late timers' 5 %.)"""
+        told = self.configured is not None
+        return not told or pace >= _NEAR_CEILING * self.ceiling * self.state.headroom
+
+    def _burstless_event(self, *, fresh: bool) -> None:
+        """Told the limit, a refusal that is not the window's: the first of an event keeps
+        the burstless mark it found; one that shows the event's cut was not enough (the
+        limit dropped: many refused, not one send caught up too close) takes back the mark
+        that first refusal made."""
+        state = self.state
+        if self.configured is None:
+            return
+        if fresh:
+            state.burstless_before = state.burstless
+        else:
+            state.burstless = state.burstless_before
 
     def _same_event(self, sent_at: float) -> None:
         """A 429 for a request sent at ``sent_at``, in the last cut's hold-off: once the event

@@ -539,6 +539,20 @@ def test_told_the_limit_only_a_refusal_at_the_ceiling_can_be_the_window_s(
     assert (policy.rate(103.21) == pace) is window_s
 
 
+def test_told_the_limit_a_cut_that_was_not_enough_takes_back_the_burstless_mark() -> None:
+    # Seconds at the told limit accepted, then everything refused for half a second (the
+    # limit dropped): the first 429, at the ceiling, looks like a send that caught up too
+    # close at a server that allows no burst (marked: no late send caught up any more) and
+    # teaches headroom. The refusals after it show the lesson was not enough: the limit
+    # dropped, and that first refusal was no send caught up, so the mark goes.
+    policy = AimdPolicy(50.0)
+    cuts = _paced_run(policy, 100.0, 104.0, latency=0.2, refuse=set(range(150, 175)))
+    lesson, correction = (number for number, (_, cut) in sorted(cuts.items()) if cut)
+    assert (lesson, correction) == (150, 161)
+    assert policy.rate(104.0) < 0.5 * PACED  # the correction
+    assert policy.state.burstless == math.inf
+
+
 def test_a_cut_s_own_429_is_not_counted_as_one_sent_since_it() -> None:
     # A server next door answers in 5 ms: the lesson's refused send is in the bucket the
     # count since the cut starts at. One of the five sends after it refused is not "most"

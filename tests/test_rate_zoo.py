@@ -388,6 +388,24 @@ def test_told_the_limit_a_limit_that_comes_back_is_probed_back_up_quickly(seed: 
     assert run.ratio <= 1.1
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_told_the_limit_once_a_dropped_limit_is_back_late_sends_are_caught_up_again(
+    seed: int,
+) -> None:
+    # The drop's first 429 (at the ceiling, after seconds accepted) and those of the pace
+    # probing the lower limit are marginal refusals: each may be a send that caught up
+    # after a late one at a server that allows no burst, and once marked, no late send is
+    # caught up again. Back at 50/s on the live machine, late timers then cost the pace 5 %
+    # (46-47/s taken). The correction that follows the drop's first 429 takes its mark back,
+    # and a refusal well under the told ceiling makes none: the limit is what refused it.
+    policy = AimdPolicy(LIMIT)
+    run = run_zoo(
+        ZOO["50 -> 20 -> 50 per second"][0], configured=LIMIT, seed=seed, policy=policy, **LIVE
+    )
+    assert policy.state.burstless == math.inf
+    assert run.accepted_rate(12.0, 14.0) >= 48.0
+
+
 def test_told_the_limit_a_lower_limit_for_good_is_not_probed_quickly_for_ever() -> None:
     # Quick probes back up to the told limit are QUICK_PROBES in a row at most: a fixed
     # window whose limit dropped for good would refuse a burst of each one.
