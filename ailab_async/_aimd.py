@@ -3,7 +3,7 @@
 Every decision about *how fast* (and how many at once) to send lives here; times are passed
 in, so the policy is tested with tables of events (``tests/test_aimd.py``) and against a zoo
 of server limiters on a simulated clock (``tests/test_rate_zoo.py``), with no event loop.
-Its state (:class:`AimdState`) is a few scalars and three short rings per send-time bucket,
+Its state (:class:`AimdState`) is a few scalars and four short rings per send-time bucket,
 so it serialises to a flat mapping. Two stores run this very code:
 
 * :class:`~ailab_async.AdaptiveRateLimiter` (``_ratelimit.py``) keeps one state in process
@@ -27,7 +27,9 @@ from what the server *accepted*, by send time:
   the server refuses at a pace it may have been refused for such a catch-up (a marginal
   refusal, or one at the configured limit: a server that allows no burst), sends are never
   closer than a spacing at that pace (:attr:`AimdState.burstless`), nor than
-  :data:`HEADROOM` of one. Told a ``rate_limit``, the policy starts at it, less
+  :data:`HEADROOM` of one (told the limit, only a refusal at the ceiling says so, and a
+  cut that proves not enough takes back what its event's first refusal said: the limit
+  dropped). Told a ``rate_limit``, the policy starts at it, less
   :data:`HEADROOM` (1.5 %), and never goes above that. Not told, it starts at
   :data:`START_RATE` and grows by slow start: every accepted request adds
   ``ln 2 / (SLOW_START_RTTS * RTT)`` (the rate doubles every :data:`SLOW_START_RTTS` round
@@ -150,7 +152,12 @@ from what the server *accepted*, by send time:
 * **A window beside the rate.** A cut also caps the requests in flight at the number in
   flight when the 429 came (a server that limits requests in flight refused the one above
   its cap), at least what the new pace needs at the usual round trip. The window grows by
-  one per window of answers, only while it is what holds senders back. Slots booked ahead
+  one per window of answers, only while it is what holds senders back. Told the limit, a
+  refusal at the ceiling of a request sent with more in flight than that cut's window, the
+  window full, is the window's: it goes back to that cut's window (and grows above it again
+  only :data:`PROBE_AFTER` seconds after a hold-off), and the pace stays (a refusal at the
+  ceiling taken for a server that allows no burst was the cap's too: late sends catch up
+  again). Slots booked ahead
   (:meth:`AimdPolicy.reserve`) and not yet due are not at the server: the window does not
   count them; and a store that books ahead, which hears of answers late, is allowed at
   least what the pace sends over its horizon. Requests in flight
@@ -469,7 +476,7 @@ def _pace_ring() -> list[float]:
 
 @attrs.define
 class AimdState:
-    """Everything the policy remembers: scalars and three rings per send-time bucket.
+    """Everything the policy remembers: scalars and four rings per send-time bucket.
 
     Small and flat on purpose: :meth:`to_fields` and :meth:`from_fields` turn it into a
     mapping of strings (one Redis hash) and back, so every store runs the same policy.
@@ -483,6 +490,10 @@ class AimdState:
     #: spacing to the previous one (``inf``: none yet). It may allow no burst: from then
     #: on a send that left late is followed no closer than a spacing at that pace.
     burstless: float = math.inf
+    #: Told the limit: what that was before the last event's first refusal (a cut that was
+    #: not enough shows that refusal was no send caught up too close: see
+    #: ``_burstless_refusal``).
+    burstless_before: float = math.inf
     #: Whether a 429 has been seen (``False``: slow start), and when the last cut was.
     cut: bool = False
     cut_at: float = -math.inf
@@ -560,6 +571,12 @@ class AimdState:
     refused: list[int] = attrs.field(factory=_ring)
     #: The pace in force at the last send of each bucket.
     paces: list[float] = attrs.field(factory=_pace_ring)
+    #: Told the limit: the window the last cut set (``inf``: none yet), the sends per bucket
+    #: that went with more in flight than that, the window full (see ``_window_refused``),
+    #: and when the window may grow above it again after such a send was refused.
+    window_cut: float = math.inf
+    crowded: list[int] = attrs.field(factory=_ring)
+    window_grows_at: float = -math.inf
 
     def to_fields(self) -> dict[str, str]:
         """The state as a flat mapping of strings (floats exact, via ``repr``)."""
@@ -738,6 +755,8 @@ class AimdPolicy:
         offset = self._count(state.sent, sent)
         if offset is not None:
             state.paces[offset] = state.rate
+            if not horizon:
+                self._note_crowded(now, offset)
         return max(0.0, send_at - now), True
 
     def window_wait_is_news(self, now: float) -> bool:
@@ -853,7 +872,7 @@ class AimdPolicy:
             ceiling = self._ceiling() * state.headroom * self._probe(now)
             state.rate = min(ceiling, max(state.rate, rate))
         if state.window < math.inf and state.window_bound_at >= sent_at - rtt:
-            state.window += 1.0 / state.window
+            self._grow_window(now)
 
     def _first_round_trip_was_longer(self, sample: float) -> bool:
         """Not told, in slow start: whether the round trip estimate is still the only one
@@ -893,8 +912,12 @@ class AimdPolicy:
             self._same_event(sent_at)
             return False
         pace = self._recent_pace(sent_at)
-        estimate = peak = pace
         fresh = sent_at >= state.hold_until
+        if fresh and self._window_refused(sent_at, pace):
+            self._window_only(now)
+            return False
+        self._burstless_event(fresh=fresh)
+        estimate = peak = pace
         marginal = state.cut and fresh and self._marginal(sent_at)
         found_before = state.found
         taught = self._lesson(sent_at, pace, fresh=fresh, marginal=marginal)
@@ -902,7 +925,7 @@ class AimdPolicy:
             self._count_quick_probes(sent_at, now, pace)
         # A marginal refusal may be a send that caught up after a late one, at a server
         # that allows no burst: no catch-up from now on.
-        if marginal:
+        if marginal and self._burstless_refusal(pace):
             state.burstless = min(state.burstless, pace)
         state.marginal_cut = marginal or taught  # judged at once: see _cut_was_wrong
         state.corrected = not fresh  # judged later: see _cut_was_wrong
@@ -954,10 +977,77 @@ class AimdPolicy:
         # fewer than the new pace needs at the usual round trip.
         needed = math.ceil(new_rate * state.rtt)
         held = state.in_flight - self._booked_ahead(now)
-        state.window = min(state.window, float(max(1, held, needed)))
+        state.window = state.window_cut = min(state.window, float(max(1, held, needed)))
         if self._books_ahead and fresh and not state.marginal_cut:
             self._wait_for_refill(sent_at, retry_after)
         return True
+
+    def _note_crowded(self, now: float, offset: int) -> None:
+        """Told the limit, a send just granted at ``now`` (its bucket at ``offset``): counted
+        in ``crowded`` if it went with more requests in flight than the window the last cut
+        set (the window grew above it since), the window full. (Not asked by a store that
+        books ahead: it hears of answers late, and its count in flight holds some answered.
+        Four processes sharing a leaky bucket told its 40/s: 1.21x -> 1.33x the ideal.)"""
+        state = self.state
+        if self.configured is None or state.window_cut == math.inf:
+            return
+        held = state.in_flight - self._booked_ahead(now)
+        if held > state.window_cut and held > state.window - 1:
+            state.crowded[offset] += 1
+
+    def _window_refused(self, sent_at: float, pace: float) -> bool:
+        """Told the limit, whether a refusal of a request sent at ``sent_at`` at ``pace``,
+        after the last event's hold-off, is the window's: sent at the ceiling, with more in
+        flight than the window the last cut set, the window full. A server that caps the
+        requests in flight refused the one above its cap: the pace is not in question (a
+        lesson of headroom there held the pace at 47-48/s, and 10 in flight took 46/s)."""
+        state = self.state
+        if self.configured is None or pace < _NEAR_CEILING * self.ceiling * state.headroom:
+            return False
+        offset = math.floor(sent_at / BUCKET) - state.first_bucket
+        return 0 <= offset < BUCKETS and state.crowded[offset] > 0
+
+    def _window_only(self, now: float) -> None:
+        """A refusal that is the window's (``_window_refused``), at ``now``: the window goes
+        back to what the last cut set, and grows above it only ``PROBE_AFTER`` seconds after
+        a hold-off; the pace stays. Nor does the server refuse sends that come close
+        together: a refusal at the ceiling that took it for one (no catch-up since) was the
+        cap's too, and without catching up late timers the pace lost 5 % of its sends."""
+        state = self.state
+        state.window = state.window_cut
+        state.window_grows_at = now + max(HOLD, 2 * state.rtt) + PROBE_AFTER
+        state.burstless = math.inf
+
+    def _grow_window(self, now: float) -> None:
+        """The window held senders back: one more per window of answers, but not above the
+        one the last cut set until ``window_grows_at``."""
+        state = self.state
+        grown = state.window + 1.0 / state.window
+        if now < state.window_grows_at:
+            grown = min(grown, max(state.window, state.window_cut))
+        state.window = grown
+
+    def _burstless_refusal(self, pace: float) -> bool:
+        """Whether a marginal refusal at ``pace`` may be a send that caught up after a late
+        one, at a server that allows no burst (see :attr:`AimdState.burstless`). Told the
+        limit, only at the ceiling: well under it, the limit dropped under the told one, and
+        the pace is what it refused. (Marked there, the pace held no send closer than a
+        spacing once the limit came back, and lost the late timers' 5 %.)"""
+        told = self.configured is not None
+        return not told or pace >= _NEAR_CEILING * self.ceiling * self.state.headroom
+
+    def _burstless_event(self, *, fresh: bool) -> None:
+        """Told the limit, a refusal that is not the window's: the first of an event keeps
+        the burstless mark it found; one that shows the event's cut was not enough (the
+        limit dropped: many refused, not one send caught up too close) takes back the mark
+        that first refusal made."""
+        state = self.state
+        if self.configured is None:
+            return
+        if fresh:
+            state.burstless_before = state.burstless
+        else:
+            state.burstless = state.burstless_before
 
     def _same_event(self, sent_at: float) -> None:
         """A 429 for a request sent at ``sent_at``, in the last cut's hold-off: once the event
@@ -1279,10 +1369,12 @@ class AimdPolicy:
         if shift >= BUCKETS:
             state.sent[:] = _ring()
             state.refused[:] = _ring()
+            state.crowded[:] = _ring()
             state.paces[:] = [state.rate or 0.0] * BUCKETS
         else:
             state.sent[:] = state.sent[shift:] + [0] * shift
             state.refused[:] = state.refused[shift:] + [0] * shift
+            state.crowded[:] = state.crowded[shift:] + [0] * shift
             # The pace was in force over buckets without sends too.
             state.paces[:] = state.paces[shift:] + [state.rate or 0.0] * shift
         state.first_bucket += shift

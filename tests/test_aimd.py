@@ -11,6 +11,7 @@ How the policy fares against whole server limiters is in ``tests/test_rate_zoo.p
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import attrs
 import pytest
@@ -27,6 +28,7 @@ from ailab_async._aimd import (
     MAX_CATCH_UP,
     MAX_CATCH_UP_TOLD,
     MIN_RATE,
+    PROBE_AFTER,
     SLOW_START_DOUBLING,
     SLOW_START_RTTS,
     START_RATE,
@@ -461,6 +463,94 @@ def test_told_the_limit_a_server_that_refused_at_the_ceiling_refuses_more_as_jit
     assert cuts[47][0] < hold_until < cuts[55][0]
     assert [cut for _, cut in cuts.values()] == [False] * 6 + [True]
     assert policy.rate(103.6) == pytest.approx(LEARNED_HEADROOM * lesson, rel=1e-3)
+
+
+def _capped_run(
+    policy: AimdPolicy, start: float, end: float, *, latency: float, cap: int
+) -> list[tuple[float, bool, float]]:
+    """Senders always waiting from ``start`` to ``end``, at a server that refuses a request
+    when ``cap`` requests it accepted are still in flight there; each answered ``latency``
+    after it went. Returns, per refused request: when it went, whether its 429 cut the rate,
+    and the window right after it."""
+    answers: list[tuple[float, bool]] = []  # (sent at, accepted), in send order
+    refusals: list[tuple[float, bool, float]] = []
+    now = start
+    while now < end or answers:
+        while answers and (answers[0][0] + latency <= now or now >= end):
+            sent, accepted = answers.pop(0)
+            policy.release(sent + latency)
+            if accepted:
+                policy.on_success(sent, sent + latency)
+            else:
+                cut = policy.on_rate_limited(sent, sent + latency)
+                refusals.append((sent, cut, policy.state.window))
+        if now >= end:
+            break
+        wait = policy.claim(now)
+        if wait == 0:
+            at_server = sum(accepted for _, accepted in answers)
+            answers.append((now, at_server < cap))
+            continue
+        now = min(
+            now + (wait if wait < math.inf else 0.001),
+            answers[0][0] + latency if answers else math.inf,
+        )
+    return refusals
+
+
+def test_told_the_limit_a_refusal_above_the_window_a_cut_set_is_the_window_s_alone() -> None:
+    # A server that caps requests in flight at 10, answering in 0.21 s: told 50/s, the pace
+    # (49.25/s) keeps 10.3 in flight there. The first 429 cuts (the window to the 10 held);
+    # the window holds senders back, grows, and an 11th request in flight is refused: that
+    # is the window's, not the pace's. The window goes back to 10 (and grows again only
+    # PROBE_AFTER seconds after a hold-off: one probe in about 3.5 s), the pace stays at the
+    # told rate, with no lesson in headroom and late sends caught up again.
+    policy = AimdPolicy(50.0)
+    refusals = _capped_run(policy, 100.0, 110.0, latency=0.21, cap=10)
+    (_, first_cut, first_window), *probes = refusals
+    assert first_cut
+    assert first_window == 10.0
+    assert probes
+    assert all(not cut and window == 10.0 for _, cut, window in probes)
+    assert all(later - earlier > PROBE_AFTER for (earlier, _, _), (later, _, _) in pairwise(probes))
+    assert policy.state.headroom == 1.0
+    assert policy.state.burstless == math.inf
+    assert policy.rate(110.0) == pytest.approx(PACED)
+
+
+@pytest.mark.parametrize(("pace", "window_s"), [(PACED, True), (0.85 * PACED, False)])
+def test_told_the_limit_only_a_refusal_at_the_ceiling_can_be_the_window_s(
+    pace: float, window_s: bool
+) -> None:
+    # A request sent with 11 in flight, above the window of 10 the last cut set (the window
+    # grew to 11 since, and this send filled it), is refused. At the ceiling, that is the
+    # window's; well below it (a limit that dropped under the told one, found by a cut), the
+    # pace is in question as for any refusal, whatever the window did.
+    policy = AimdPolicy(50.0)
+    _capped_run(policy, 100.0, 102.0, latency=0.21, cap=10)
+    state = policy.state
+    assert state.window_cut == 10.0
+    state.rate, state.window, state.in_flight, state.headroom = pace, 11.0, 10, 1.0
+    state.last_slot = state.last_sent = state.hold_until = -math.inf  # no event in force
+    assert policy.claim(103.0) == 0.0
+    assert policy.claim(103.001) == math.inf  # the window is full
+    policy.release(103.21)
+    assert policy.on_rate_limited(103.0, 103.21) is not window_s
+    assert (policy.rate(103.21) == pace) is window_s
+
+
+def test_told_the_limit_a_cut_that_was_not_enough_takes_back_the_burstless_mark() -> None:
+    # Seconds at the told limit accepted, then everything refused for half a second (the
+    # limit dropped): the first 429, at the ceiling, looks like a send that caught up too
+    # close at a server that allows no burst (marked: no late send caught up any more) and
+    # teaches headroom. The refusals after it show the lesson was not enough: the limit
+    # dropped, and that first refusal was no send caught up, so the mark goes.
+    policy = AimdPolicy(50.0)
+    cuts = _paced_run(policy, 100.0, 104.0, latency=0.2, refuse=set(range(150, 175)))
+    lesson, correction = (number for number, (_, cut) in sorted(cuts.items()) if cut)
+    assert (lesson, correction) == (150, 161)
+    assert policy.rate(104.0) < 0.5 * PACED  # the correction
+    assert policy.state.burstless == math.inf
 
 
 def test_a_cut_s_own_429_is_not_counted_as_one_sent_since_it() -> None:
