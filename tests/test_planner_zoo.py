@@ -18,6 +18,7 @@ advance can beat on the same tasks.
 from __future__ import annotations
 
 import random
+import statistics
 
 import pytest
 
@@ -35,6 +36,7 @@ from ._planner_sim import (
     estimate_error,
     figures,
     least_polls,
+    ratio_at_budget,
     shapes,
     simulate,
     steady_durations,
@@ -410,6 +412,23 @@ def test_a_long_run_continues_the_harness_runs() -> None:
     for name, (arrivals, _) in SHAPES.items():
         assert len(long[name][0]) == LONG_TASKS
         assert long[name][0][: len(arrivals)] == arrivals
+
+
+def test_the_ratio_at_a_budget_is_read_off_the_line_through_three_runs() -> None:
+    """``ratio_at_budget`` (``python -m tests._planner_sim --at-budget SHAPE``) compares
+    changes at exactly the budget: runs at the budget and 0.06 either side, the least-squares
+    line through their (polls, ratio), read at the budget."""
+    arrivals, sampler = shapes(150)["uniform 1-6 s"]
+    ratio, runs = ratio_at_budget(arrivals, sampler, skip=50, seeds=range(1))
+    assert [run.tasks for run in runs] == [100, 100, 100]
+    polls = [run.polls_per_task for run in runs]
+    ratios = [run.ratio for run in runs]
+    assert polls[0] < polls[1] < polls[2]
+    mean_polls, mean_ratio = statistics.fmean(polls), statistics.fmean(ratios)
+    slope = sum((p - mean_polls) * (r - mean_ratio) for p, r in zip(polls, ratios, strict=True))
+    slope /= sum((p - mean_polls) ** 2 for p in polls)
+    assert ratio == pytest.approx(mean_ratio + slope * (2.0 - mean_polls))
+    assert runs[1] == figures(arrivals, sampler, skip=50, seeds=range(1))
 
 
 @pytest.mark.xfail(
