@@ -11,6 +11,7 @@ How the policy fares against whole server limiters is in ``tests/test_rate_zoo.p
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from itertools import pairwise
 
 import attrs
@@ -414,35 +415,54 @@ def test_told_the_limit_a_marginal_refusal_lowers_the_ceiling_until_acceptances_
     assert policy.rate(141.0) == pytest.approx(pace)
 
 
-def _paced_run(
-    policy: AimdPolicy, start: float, end: float, *, latency: float, refuse: set[int]
-) -> dict[int, tuple[float, bool]]:
+def _driven_run(
+    policy: AimdPolicy,
+    start: float,
+    end: float,
+    *,
+    latency: float,
+    refused: Callable[[int, int], bool],
+) -> list[tuple[int, float, bool, float]]:
     """Senders always waiting from ``start`` to ``end``, each request answered ``latency``
-    after it went: refused if its number (from 0) is in ``refuse``. Returns, per refused
-    request, when it went and whether its 429 cut the rate."""
-    answers: list[tuple[float, int]] = []  # (sent at, number), in send order
-    cuts: dict[int, tuple[float, bool]] = {}
+    after it went: refused if ``refused(its number from 0, accepted requests in flight)``.
+    Returns, per refused request: its number, when it went, whether its 429 cut the rate,
+    and the window right after it."""
+    answers: list[tuple[float, int, bool]] = []  # (sent at, number, accepted), in send order
+    refusals: list[tuple[int, float, bool, float]] = []
     now, number = start, 0
     while now < end or answers:
         while answers and (answers[0][0] + latency <= now or now >= end):
-            sent, which = answers.pop(0)
+            sent, which, accepted = answers.pop(0)
             policy.release(sent + latency)
-            if which in refuse:
-                cuts[which] = (sent, policy.on_rate_limited(sent, sent + latency))
-            else:
+            if accepted:
                 policy.on_success(sent, sent + latency)
+            else:
+                cut = policy.on_rate_limited(sent, sent + latency)
+                refusals.append((which, sent, cut, policy.state.window))
         if now >= end:
             break
         wait = policy.claim(now)
         if wait == 0:
-            answers.append((now, number))
+            at_server = sum(accepted for _, _, accepted in answers)
+            answers.append((now, number, not refused(number, at_server)))
             number += 1
             continue
         now = min(
             now + (wait if wait < math.inf else 0.001),
             answers[0][0] + latency if answers else math.inf,
         )
-    return cuts
+    return refusals
+
+
+def _paced_run(
+    policy: AimdPolicy, start: float, end: float, *, latency: float, refuse: set[int]
+) -> dict[int, tuple[float, bool]]:
+    """Requests refused by number (``refuse``, from 0); per refused request, when it went
+    and whether its 429 cut the rate (see :func:`_driven_run`)."""
+    refusals = _driven_run(
+        policy, start, end, latency=latency, refused=lambda number, _: number in refuse
+    )
+    return {number: (sent, cut) for number, sent, cut, _ in refusals}
 
 
 def test_told_the_limit_a_server_that_refused_at_the_ceiling_refuses_more_as_jitter() -> None:
@@ -468,34 +488,13 @@ def test_told_the_limit_a_server_that_refused_at_the_ceiling_refuses_more_as_jit
 def _capped_run(
     policy: AimdPolicy, start: float, end: float, *, latency: float, cap: int
 ) -> list[tuple[float, bool, float]]:
-    """Senders always waiting from ``start`` to ``end``, at a server that refuses a request
-    when ``cap`` requests it accepted are still in flight there; each answered ``latency``
-    after it went. Returns, per refused request: when it went, whether its 429 cut the rate,
-    and the window right after it."""
-    answers: list[tuple[float, bool]] = []  # (sent at, accepted), in send order
-    refusals: list[tuple[float, bool, float]] = []
-    now = start
-    while now < end or answers:
-        while answers and (answers[0][0] + latency <= now or now >= end):
-            sent, accepted = answers.pop(0)
-            policy.release(sent + latency)
-            if accepted:
-                policy.on_success(sent, sent + latency)
-            else:
-                cut = policy.on_rate_limited(sent, sent + latency)
-                refusals.append((sent, cut, policy.state.window))
-        if now >= end:
-            break
-        wait = policy.claim(now)
-        if wait == 0:
-            at_server = sum(accepted for _, accepted in answers)
-            answers.append((now, at_server < cap))
-            continue
-        now = min(
-            now + (wait if wait < math.inf else 0.001),
-            answers[0][0] + latency if answers else math.inf,
-        )
-    return refusals
+    """At a server that refuses a request when ``cap`` requests it accepted are still in
+    flight there; per refused request, when it went, whether its 429 cut the rate, and the
+    window right after it (see :func:`_driven_run`)."""
+    refusals = _driven_run(
+        policy, start, end, latency=latency, refused=lambda _, in_flight: in_flight >= cap
+    )
+    return [(sent, cut, window) for _, sent, cut, window in refusals]
 
 
 def test_told_the_limit_a_refusal_above_the_window_a_cut_set_is_the_window_s_alone() -> None:
