@@ -616,11 +616,11 @@ def test_a_store_that_books_ahead_is_not_held_to_a_window_under_its_horizon_s_pa
     assert in_process.claim(100.2) == math.inf  # the window of one is full
 
 
-def _first_second_filled(policy: AimdPolicy, *, began: float) -> float:
-    """Sends at the pace from ``began`` to 100.678, all accepted, then one refused with a
+def _first_second_filled(policy: AimdPolicy, *, began: float, until: float = 100.678) -> float:
+    """Sends at the pace from ``began`` to ``until``, all accepted, then one refused with a
     ``Retry-After`` of one second (a window's count let through): the time it was sent."""
     t = began
-    while t < 100.678:
+    while t < until:
         assert policy.claim(t) == 0.0
         policy.release(t + 0.005)
         policy.on_success(t, t + 0.005)
@@ -655,16 +655,9 @@ def test_a_store_that_books_ahead_does_not_wait_after_a_refusal_soon_after_the_f
     # was filled, and a pause to a second after the first send cost four processes told its
     # rate 1.21x -> 1.25x the ideal (clock-free, 40 seeds).
     policy = AimdPolicy(40.0, books_ahead=True)
-    t = 100.0
-    for _ in range(4):
-        assert policy.claim(t) == 0.0
-        policy.release(t + 0.005)
-        policy.on_success(t, t + 0.005)
-        t += 1.0 / policy.rate(t)
-    assert policy.claim(t) == 0.0
-    policy.release(t + 0.005)
-    assert policy.on_rate_limited(t, t + 0.005, 1.0)
-    assert policy.reserve(t + 0.006, 0.1)[1]
+    refused = _first_second_filled(policy, began=100.0, until=100.09)  # four sends
+    assert refused == pytest.approx(100.1, abs=0.01)
+    assert policy.reserve(refused + 0.006, 0.1)[1]
 
 
 def test_a_release_told_late_does_not_move_the_last_release_back() -> None:
