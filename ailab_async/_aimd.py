@@ -1002,7 +1002,7 @@ class AimdPolicy:
         requests in flight refused the one above its cap: the pace is not in question (a
         lesson of headroom there held the pace at 47-48/s, and 10 in flight took 46/s)."""
         state = self.state
-        if self.configured is None or pace < _NEAR_CEILING * self.ceiling * state.headroom:
+        if self.configured is None or not self._near_ceiling(pace):
             return False
         offset = math.floor(sent_at / BUCKET) - state.first_bucket
         return 0 <= offset < BUCKETS and state.crowded[offset] > 0
@@ -1033,8 +1033,7 @@ class AimdPolicy:
         limit, only at the ceiling: well under it, the limit dropped under the told one, and
         the pace is what it refused. (Marked there, the pace held no send closer than a
         spacing once the limit came back, and lost the late timers' 5 %.)"""
-        told = self.configured is not None
-        return not told or pace >= _NEAR_CEILING * self.ceiling * self.state.headroom
+        return self.configured is None or self._near_ceiling(pace)
 
     def _burstless_event(self, *, fresh: bool) -> None:
         """Told the limit, a refusal that is not the window's: the first of an event keeps
@@ -1120,7 +1119,7 @@ class AimdPolicy:
         ceiling instead of cutting the rate)."""
         state = self.state
         ceiling = self._ceiling()
-        if pace < _NEAR_CEILING * ceiling * state.headroom:
+        if not self._near_ceiling(pace):
             return False
         # Refused at the limit: perhaps a send that caught up after a late one came too
         # close for a server that allows no burst. No catch-up from now on.
@@ -1157,6 +1156,11 @@ class AimdPolicy:
         end = sent_at + BUCKET
         sent = self._sum(state.sent, start, end)
         return sent > 0 and self._sum(state.refused, start, end) <= _JITTER_SHARE * sent
+
+    def _near_ceiling(self, pace: float) -> bool:
+        """Whether ``pace`` is at the ceiling (``_NEAR_CEILING`` of it or more, headroom
+        learned included): a refusal there may be jitter, or a cap's, not a lower limit."""
+        return pace >= _NEAR_CEILING * self._ceiling() * self.state.headroom
 
     def _ceiling(self) -> float:
         """The pace the policy keeps under, before the headroom learned: the configured
