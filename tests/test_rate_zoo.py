@@ -417,11 +417,12 @@ def test_told_the_limit_a_lower_limit_for_good_is_not_probed_quickly_for_ever() 
 
 def test_not_told_a_lower_limit_for_good_is_not_probed_quickly_for_ever() -> None:
     # Not told, the same: what the server took before the drop is probed back up to
-    # QUICK_PROBES times in a row at most, each refused in a burst by a fixed window (with
-    # four, 12 % of the requests after the drop were refused).
+    # QUICK_PROBES times in a row at most, each refused in a burst by a fixed window (40
+    # seeds, 0-39 and 40-79: with four, 11.9 % and 11.8 % of the requests were refused; with
+    # three, 10.8 % and 11.0 %).
     limit = RateLimit(LIMIT, shape="fixed-window", schedule=[(3, 20)])
-    shares = [run_zoo(limit, requests=1000, seed=seed, **LIVE).refused_share for seed in range(6)]
-    assert sum(shares) / len(shares) <= 0.105
+    shares = [run_zoo(limit, requests=1000, seed=seed, **LIVE).refused_share for seed in range(40)]
+    assert sum(shares) / len(shares) <= 0.113
 
 
 def _shared_budget(
@@ -602,9 +603,10 @@ def test_not_told_a_first_answer_slowed_by_opening_the_connection_does_not_slow_
     def first_cut(run: ZooRun) -> float:
         return next(p1 for (_, p0), (t1, p1) in itertools.pairwise(run.trace) if p1 < p0)
 
+    answered = {**LIVE, "first_latency": 0.0}
     slowed = {**LIVE, "first_latency": 0.025}
     for shape in ("sliding window", "50 -> 20 -> 50 per second"):
-        prompt = [first_cut(run_zoo(ZOO[shape][0], seed=seed, **LIVE)) for seed in range(6)]
+        prompt = [first_cut(run_zoo(ZOO[shape][0], seed=seed, **answered)) for seed in range(6)]
         late = [first_cut(run_zoo(ZOO[shape][0], seed=seed, **slowed)) for seed in range(6)]
         assert sum(late) >= 0.99 * sum(prompt)
 
@@ -692,9 +694,9 @@ def test_not_told_after_a_window_s_cluster_of_429s_the_recovery_aims_at_what_it_
     # sends is refused (a cluster): the pace refused was far above the window's rate, and
     # a recovery aimed back at it was refused again within two seconds. Aimed just over what
     # the window accepted instead, the pace spent 10 % of 4-10 s above 1.2 times a fixed
-    # window's limit, now 6 % (1.10x the ideal on these seeds, now 1.08x).
+    # window's limit (40 seeds, 0-39 and 40-79: 10.0 % and 10.2 %), now 6.6 % and 5.7 %.
     limit = RateLimit(LIMIT, shape="fixed-window")
-    runs = [run_zoo(limit, seed=seed, **LIVE) for seed in range(4)]
+    runs = [run_zoo(limit, seed=seed, **LIVE) for seed in range(40)]
     above = [sum(run.pace_at(t / 20) > 1.2 * LIMIT for t in range(80, 200)) / 120 for run in runs]
     assert sum(above) / len(above) <= 0.08
 
@@ -728,10 +730,11 @@ def test_not_told_a_drop_while_probing_beyond_the_refused_pace_is_not_probed_on_
     # 50/s, 15/s from 5 s to 8 s: the pace was probing beyond the pace last refused when the
     # limit dropped, so what the server took over the second before is about its limit,
     # short of the pace refused only by the probe. Probing on from it at once cost a cluster
-    # of 429s more after the limit came back: 1.163x on these seeds, held 1.134x.
+    # of 429s more after the limit came back: 40 seeds, 0-39 and 40-79, 1.170x and 1.173x,
+    # held 1.144x and 1.147x.
     limit = RateLimit(LIMIT, shape="sliding-window", schedule=[(5, 15), (8, LIMIT)])
-    runs = [run_zoo(limit, seed=seed, **LIVE) for seed in range(6)]
-    assert sum(run.ratio for run in runs) / len(runs) <= 1.145
+    runs = [run_zoo(limit, seed=seed, **LIVE) for seed in range(40)]
+    assert sum(run.ratio for run in runs) / len(runs) <= 1.155
 
 
 def test_not_told_a_limit_that_dropped_in_slow_start_s_hold_off_is_probed_back_up_to_the_ramp() -> (
