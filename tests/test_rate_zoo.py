@@ -125,7 +125,7 @@ def test_slow_start_ended_by_a_rate_limiter_is_cut_to_its_rate_not_the_ramps(sha
     assert 0.85 * LIMIT <= run.pace_at(1.5) <= LIMIT
 
 
-@pytest.mark.parametrize("shape", ["sliding window", "fixed window", "token bucket, burst 2x rate"])
+@pytest.mark.parametrize("shape", ["fixed window", "token bucket, burst 2x rate"])
 def test_slow_start_ended_by_a_full_window_or_an_empty_burst_is_not_re_read_upwards(
     shape: str,
 ) -> None:
@@ -139,6 +139,30 @@ def test_slow_start_ended_by_a_full_window_or_an_empty_burst_is_not_re_read_upwa
     assert run.pace_at(cut_at + 0.5) <= cut_rate
     if "token bucket" not in shape:
         assert run.pace_at(cut_at + 0.5) == cut_rate
+
+
+@pytest.mark.parametrize("shape", ["sliding window", "50 -> 20 -> 50 per second"])
+def test_not_told_a_sliding_window_filled_by_slow_start_is_cut_from_its_count(shape: str) -> None:
+    # A sliding window the ramp filled refuses most of the sends after the first refused
+    # one, and takes of them what it took of the sends a second before (its count rolls).
+    # The cut, from what it took over the whole ramp (its slow first second included), sat
+    # at 40-41/s for a second; re-read, it comes up to 95 % of the window's count (what it
+    # took over the second before the first refusal), and stays under it.
+    for seed in range(6):
+        run = run_zoo(ZOO[shape][0], seed=seed, until=3.0, **LIVE)
+        cut_at = next(
+            at for (_, before), (at, pace) in itertools.pairwise(run.trace) if pace < before
+        )
+        assert 0.9 * LIMIT <= run.pace_at(cut_at + 0.5) <= LIMIT
+
+
+def test_not_told_a_window_s_count_read_at_slow_start_s_end_is_climbed_back_to() -> None:
+    # The live benchmark's changing limit (50/s, 20/s from 3 s, 50/s again from 8 s): what
+    # the server took over the second before the drop is what the climb after it aims at
+    # quickly. Cut from the ramp's average, that was 41-43/s (40 seeds, 0-39 and 40-79:
+    # 1.157x and 1.155x the ideal); cut from the window's count, 46-48/s (1.134x, 1.137x).
+    runs = [run_zoo(DROPPED, seed=seed, **LIVE) for seed in range(40)]
+    assert sum(run.ratio for run in runs) / len(runs) <= 1.145
 
 
 def test_not_told_a_token_bucket_s_burst_spent_by_slow_start_is_read_from_the_answers() -> None:
@@ -731,10 +755,13 @@ def test_not_told_a_drop_while_probing_beyond_the_refused_pace_is_not_probed_on_
     # limit dropped, so what the server took over the second before is about its limit,
     # short of the pace refused only by the probe. Probing on from it at once cost a cluster
     # of 429s more after the limit came back: 40 seeds, 0-39 and 40-79, 1.170x and 1.173x,
-    # held 1.144x and 1.147x.
+    # held 1.144x and 1.147x. (Since slow start's cut at a sliding window is re-read from
+    # its count, the pace probes beyond it sooner, and at this timing the drop falls in
+    # that probe's hold-off on every seed: corrected from a cut set before the drop, the
+    # pace comes down later. 1.234x and 1.226x probing on, 1.202x and 1.203x held.)
     limit = RateLimit(LIMIT, shape="sliding-window", schedule=[(5, 15), (8, LIMIT)])
     runs = [run_zoo(limit, seed=seed, **LIVE) for seed in range(40)]
-    assert sum(run.ratio for run in runs) / len(runs) <= 1.155
+    assert sum(run.ratio for run in runs) / len(runs) <= 1.215
 
 
 def test_not_told_a_limit_that_dropped_in_slow_start_s_hold_off_is_probed_back_up_to_the_ramp() -> (
@@ -759,11 +786,14 @@ def test_not_told_a_limit_found_after_it_dropped_in_slow_start_s_hold_off_is_pro
     # back only the slow probe PROBE_AFTER seconds after each hold-off found it: the pace
     # sat near 30/s until 11-12 s (1.212x on these seeds). A limit found under what slow
     # start's ramp got through is probed back up to that sooner, once: 1.165x, with no
-    # more 429s (a limit lowered for good pays one probe's).
+    # more 429s (a limit lowered for good pays one probe's). 40 seeds, 0-39 and 40-79, with
+    # slow start's cut re-read from a sliding window's count (the drop at 2 s then meets a
+    # higher pace: 35 429s of 500 where 30): 1.188x and 1.184x without the sooner probe,
+    # 1.171x and 1.176x with it.
     limit = RateLimit(LIMIT, shape="sliding-window", schedule=[(2, 30), (8, LIMIT)])
-    runs = [run_zoo(limit, seed=seed, **LIVE) for seed in range(8)]
-    assert sum(run.ratio for run in runs) / len(runs) <= 1.19
-    assert sum(run.refused for run in runs) / len(runs) <= 31
+    runs = [run_zoo(limit, seed=seed, **LIVE) for seed in range(40)]
+    assert sum(run.ratio for run in runs) / len(runs) <= 1.18
+    assert sum(run.refused for run in runs) / len(runs) <= 37
 
 
 @pytest.mark.parametrize(("back", "mean_ratio"), [(10, 1.175), (12, 1.17)])
