@@ -101,7 +101,10 @@ from what the server *accepted*, by send time:
   :data:`PROBE_AFTER` seconds after each hold-off the pace probes above the limit found,
   along the recovery's cubic; a refused probe goes back to it, unless the server took
   more than a tenth above it over the second before: the limit rose, and is found again
-  from a cut, as at first. So is one that a refusal contradicts (a cut that is no lesson:
+  from a cut, as at first. A limit found at slow start's end (a server that refuses only
+  what is over its rate, and also a send that arrives a little early, so the ramp may have
+  met a refusal below its limit) is found again at ``_REFOUND`` of a probe's pace refused
+  more than a tenth above it, the server having taken every send of the half second before. So is one that a refusal contradicts (a cut that is no lesson:
   most of a pace refused, refused far below it, or a cut that was not enough): slow
   start's end misread a window, or the limit dropped. A limit found under what slow
   start's ramp got through (it dropped while slow start's cut held) is probed back up to
@@ -393,6 +396,16 @@ _RAMP_PROBE_AFTER = 1.0
 # seeds. The drop/return family (back at 8 s) did not move; limits lowered for good at 2-3 s
 # to 15-30/s (600 requests) cost up to 0.01x more and 1.2 % more of the requests refused.
 _QUICK_PROBE_SPENT = 1.1
+# Not told, a probe above a limit found at slow start's end re-read (a server that refuses
+# only what is over its rate), refused at more than _REFOUND_ABOVE times that limit after
+# the server took every send of the _REFOUND_SPAN before it, finds the limit again at
+# _REFOUND of the pace refused (see _refound_higher). A leaky bucket at 50/s, 40 seeds, 0-39
+# and 40-79: 1.250x and 1.243x the ideal, now 1.236x and 1.236x (at 0.9 of it 1.242x, at 0.94
+# 1.239x, at 1.0 1.287x: too high, the limit is forgotten at the next refusal that is no
+# lesson); a token bucket of burst 1 the same; no other row moved.
+_REFOUND_ABOVE = 1.1
+_REFOUND_SPAN = 0.5
+_REFOUND = 0.92
 # Not told, a marginal refusal within this share of the pace of the one before it, with the
 # server having taken at least _FOUND_TOOK of the pace over the second before it, finds
 # the limit (a probe far above what the server took, as a limit that dropped for a while
@@ -543,6 +556,9 @@ class AimdState:
     #: and the pace of the last marginal refusal (how it is found).
     found: float = math.inf
     marginal_pace: float = 0.0
+    #: Whether the limit found was read at slow start's end, from a server that refuses only
+    #: what is over its rate (see ``_refound_higher``).
+    found_by_rate: bool = False
     #: Whether the last cut took the refused pace as the limit (a marginal refusal).
     marginal_cut: bool = False
     #: Whether the last cut corrected one that was not enough (judged later: see
@@ -1122,6 +1138,7 @@ class AimdPolicy:
         headroom under it, and no send closer than a spacing at ``pace``."""
         state = self.state
         state.found = limit
+        state.found_by_rate = False
         state.headroom = LEARNED_HEADROOM
         state.burstless = min(state.burstless, pace)
 
@@ -1151,6 +1168,7 @@ class AimdPolicy:
                 state.headroom = 1.0
                 return False
             state.ramp_seen = 0.0  # (if it probed back up to slow start's ramp: no more)
+            self._refound_higher(sent_at, pace)
             return True
         # Refused near the limit with all else accepted: the send times jitter more than the
         # headroom allows (a limit that dropped is refused far below the ceiling, or not
@@ -1158,6 +1176,28 @@ class AimdPolicy:
         learned = LEARNED_HEADROOM * pace / ceiling
         state.headroom = max(MIN_HEADROOM / HEADROOM, min(state.headroom, learned))
         return True
+
+    def _refound_higher(self, sent_at: float, pace: float) -> None:
+        """Not told, a probe above a limit found at slow start's end (a server that refuses
+        only what is over its rate), refused at ``pace`` more than ``_REFOUND_ABOVE`` times
+        that limit, the server having taken every send of the ``_REFOUND_SPAN`` before it:
+        the limit was found low, and is found again at ``_REFOUND`` of the pace refused.
+        (Such a server also refuses a send that arrives a little early, and slow start's
+        ramp, which sends what it banked at once, met one below the limit on half the seeds:
+        a leaky bucket at 50/s was found at 39-45/s and held there, a refused probe going
+        back to it, as what the server took over the second before, the probe's ramp, was
+        under a tenth above it.)"""
+        state = self.state
+        if not state.found_by_rate or pace <= _REFOUND_ABOVE * state.found:
+            return
+        low, high = self._buckets(sent_at - _REFOUND_SPAN, sent_at)
+        if high <= low or not sum(state.sent[low:high]) or any(state.refused[low:high]):
+            return
+        state.found = _REFOUND * pace
+        state.headroom = LEARNED_HEADROOM
+        # (The no-burst mark the lower limit set goes with it: no send closer than a spacing
+        # at the pace refused. Kept lower, 1.239x.)
+        state.burstless = pace
 
     def _jitter_refused(self, sent_at: float) -> bool:
         """Whether at most ``_JITTER_SHARE`` of the sends since the last cut (within the
@@ -1268,6 +1308,7 @@ class AimdPolicy:
             if self.configured is None:
                 # Not told: such a server's limit is what it accepted, found (see _found).
                 self._hold(limit, limit)
+                state.found_by_rate = True
                 state.rate = state.cut_rate = LEARNED_HEADROOM * limit
 
     def _reread_spent_burst(self, now: float, accepted: float) -> None:
