@@ -101,15 +101,15 @@ from what the server *accepted*, by send time:
   :data:`PROBE_AFTER` seconds after each hold-off the pace probes above the limit found,
   along the recovery's cubic; a refused probe goes back to it, unless the server took
   more than a tenth above it over the second before: the limit rose, and is found again
-  from a cut, as at first. A limit found at slow start's end (a server that refuses only
-  what is over its rate, and also a send that arrives a little early, so the ramp may have
-  met a refusal below its limit) is found again at ``_REFOUND`` of a probe's pace refused
-  more than a tenth above it, the server having taken every send of the half second before. So is one that a refusal contradicts (a cut that is no lesson:
+  from a cut, as at first. So is one that a refusal contradicts (a cut that is no lesson:
   most of a pace refused, refused far below it, or a cut that was not enough): slow
   start's end misread a window, or the limit dropped. A limit found under what slow
   start's ramp got through (it dropped while slow start's cut held) is probed back up to
   that sooner (``_RAMP_PROBE_AFTER``), quickly, and on from it: once, until such a
-  probe is refused.
+  probe is refused. A limit found at slow start's end (a server that refuses only what is
+  over its rate, and also a send that arrives a little early, so the ramp may have met a
+  refusal below its limit) is found again at ``_REFOUND`` of a probe's pace refused more
+  than a tenth above it, the server having taken every send of the half second before.
 * **A cut that was not enough ends the hold-off.** If more than 30 % of what was sent
   since the cut is refused too (judged at once after a marginal refusal or a lesson in
   headroom, 0.2 s after any other cut, as a window draining refuses for a while), the
