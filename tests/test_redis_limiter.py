@@ -405,8 +405,12 @@ async def test_a_sender_sleeps_till_its_slot_by_the_clock_not_from_the_booking_s
         await limiter.acquire()
     booked = decisions[-1]
     assert booked.booked
-    assert booked.wait > 0.09  # a spacing (0.1 s) after the first
-    assert booked.wait - 0.045 <= sleeps.sleeps[-1] <= booked.wait - 0.025
+    # A spacing (0.1 s) after the first, less what the machine took between the two bookings
+    # (a loaded machine has taken over 10 ms there). The sleep is the wait less the 30 ms the
+    # clock moved, and less the hand-off to the sender (a few milliseconds, more when loaded);
+    # sleeping the booked wait itself is what the upper bound rules out.
+    assert booked.wait > 0.05
+    assert booked.wait - 0.08 <= sleeps.sleeps[-1] <= booked.wait - 0.025
 
 
 @pytest.mark.parametrize(
