@@ -455,6 +455,21 @@ def test_the_schedule_is_the_dynamic_programmes_written_out(seed: int) -> None:
     assert value == pytest.approx(expected[2], rel=1e-9, abs=1e-9)
 
 
+@pytest.mark.parametrize(("longest", "cells"), [(6.0, 60), (11.0, 88), (30.0, 120)])
+def test_a_long_horizon_gets_finer_cells_than_sixty(longest: float, cells: int) -> None:
+    """The grid's cells are at most an eighth of a second wide, between 60 and 120 of them:
+    tasks of 1-6 s keep the 60 cells they had, a long tail gets finer ones (with 60 cells
+    throughout, a long-lived client's log-normal tasks were found at 0.504-0.514 of fixed
+    polling's lag at 2.0 polls per task, 0.492-0.502 with these)."""
+    rng = random.Random(7)
+    durations = [rng.uniform(1.0, longest - 0.5) for _ in range(200)] + [longest - 0.3]
+    observations = [(duration - 0.3, duration + 0.3, 1.0) for duration in durations]
+    solved = solve_schedules(observations, 2.0, PollingConfig())
+    assert solved is not None
+    points = solved[-1].points
+    assert points[1] - points[0] == pytest.approx(longest / cells)
+
+
 def test_a_task_seen_running_at_the_horizon_counts_wholly_beyond_it() -> None:
     """Half the tasks finished by 6 s, the other half were seen running at 5.95 s, in the
     grid's last cell: none of them is put before the horizon (where a burst's tasks would be
