@@ -25,7 +25,10 @@ import pytest
 from ailab_async import PollingConfig
 from ailab_async._polling import PollPlanner
 from ailab_async._tracker import _LAUNCH_SLACK
-from benchmarks.bench_tracker import burst_arrivals, poisson_arrivals
+from ailab_async.testing.simulator import ManualClock
+from ailab_async.testing.simulator._state import SimulatorState
+from benchmarks._common import sample_portraits
+from benchmarks.bench_tracker import IMAGE_SIDE, _simulator_config, burst_arrivals, poisson_arrivals
 
 from . import _planner_sim as planner_sim
 from ._planner_sim import (
@@ -412,6 +415,16 @@ def test_a_long_run_continues_the_harness_runs() -> None:
     for name, (arrivals, _) in SHAPES.items():
         assert len(long[name][0]) == LONG_TASKS
         assert long[name][0][: len(arrivals)] == arrivals
+
+
+def test_the_live_benchmarks_tasks_are_the_simulators() -> None:
+    """``live_durations`` (``python -m tests._planner_sim --live``) are the durations the
+    simulator gives the live benchmark's images, in its order: the harness runs the very
+    tasks a live run polls."""
+    state = SimulatorState(_simulator_config("1:6", 0), ManualClock())
+    images = sample_portraits(30, IMAGE_SIDE)
+    drawn = [state.create_task("key", state.digest(image), image, 0.5).duration for image in images]
+    assert planner_sim.live_durations()[:30] == drawn
 
 
 def test_the_ratio_at_a_budget_is_read_off_the_line_through_three_runs() -> None:
