@@ -470,6 +470,29 @@ def test_a_long_horizon_gets_finer_cells_than_sixty(longest: float, cells: int) 
     assert points[1] - points[0] == pytest.approx(longest / cells)
 
 
+@pytest.mark.parametrize(("seed", "budget"), [(0, 2.0), (1, 1.2), (2, 3.0), (3, 2.0)])
+def test_the_bisection_probe_changes_no_schedule(
+    seed: int, budget: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bisection for the budget's poll cost skips its first halvings when one programme
+    at the last of them keeps within the budget: the schedules, shares and values are the
+    full bisection's."""
+    rng = random.Random(seed)
+    observations = []
+    for index in range(150):
+        duration = rng.lognormvariate(1.0, 0.4 + 0.3 * seed)
+        low = rng.choice([0.0, duration * rng.uniform(0.3, 0.95)])
+        high = math.inf if index % 9 == 0 else duration * rng.uniform(1.0, 1.3)
+        observations.append((low, high, 0.99**index))
+    probed = solve_schedules(observations, budget, PollingConfig())
+    monkeypatch.setattr(_polling, "_PROBE_COST", math.inf)
+    halved = solve_schedules(observations, budget, PollingConfig())
+    assert probed is not None
+    assert halved is not None
+    assert probed[:4] == halved[:4]
+    assert probed[4] == halved[4]
+
+
 def test_a_task_seen_running_at_the_horizon_counts_wholly_beyond_it() -> None:
     """Half the tasks finished by 6 s, the other half were seen running at 5.95 s, in the
     grid's last cell: none of them is put before the horizon (where a burst's tasks would be
