@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import hashlib
 import heapq
 import itertools
 import math
@@ -41,8 +42,9 @@ from ailab_async.testing.simulator import (
     parse_task_duration,
     sample_task_duration,
 )
+from benchmarks._common import sample_portraits
+from benchmarks.bench_tracker import IMAGE_SIDE, burst_arrivals, poisson_arrivals
 from benchmarks.bench_tracker import SHAPES as BENCH_SHAPES
-from benchmarks.bench_tracker import burst_arrivals, poisson_arrivals
 
 #: A duration sampler: (rng, task index, tasks pending at its submit) -> seconds.
 Sampler = Callable[[random.Random, int, int], float]
@@ -494,6 +496,40 @@ def shape_table(
     return "\n".join(lines)
 
 
+def live_durations(tasks: int = 1100, spec: str = "1:6", seed: int = 0) -> list[float]:
+    """The durations of the live benchmark's own tasks (``python -m benchmarks.bench_tracker``,
+    its defaults: 1,100 images, ``spec`` 1:6, ``seed`` 0), in submit order: the simulator
+    draws each from its seed and the image's digest (``SimulatorState.create_task``), so
+    every live run has these tasks; only the tracker's lanes and the clock's noise differ.
+    The harness on them says what a live run can expect, and live figures apart from it are
+    what the harness does not model."""
+    duration = parse_task_duration(spec)
+    seen: dict[str, int] = {}
+    durations = []
+    for image in sample_portraits(tasks, IMAGE_SIDE):
+        digest = hashlib.sha256(image).hexdigest()
+        occurrence = seen.get(digest, 0)
+        seen[digest] = occurrence + 1
+        rng = random.Random(f"{seed}:task:{digest}:{occurrence}")
+        durations.append(sample_task_duration(duration, rng, TaskContext()))
+    return durations
+
+
+def live_figures(
+    lanes: Sequence[int] = range(16), *, slack: float = 0.05, skip: int = 100
+) -> list[Figures]:
+    """The live benchmark's tasks (:func:`live_durations`, at its arrivals) through the
+    harness once per seed of ``lanes`` (the tracker's lane draws), polls sent grouped as the
+    tracker sends them (``slack``); the steady state after ``skip``."""
+    durations = live_durations()
+    arrivals = poisson_arrivals(len(durations), 20.0, 0)
+
+    def sampler(_rng: random.Random, index: int, _pending: int) -> float:
+        return durations[index]
+
+    return [figures(arrivals, sampler, skip=skip, seeds=[lane], slack=slack) for lane in lanes]
+
+
 def _phases(name: str) -> tuple[list[Distribution], int] | None:
     """The distributions a poller can tell apart in shape ``name``, and the submit index at
     which the second begins (none: one distribution); ``None`` when the durations follow
@@ -632,6 +668,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         " read off the line through runs at budgets 1.94, 2.0 and 2.06",
     )
     parser.add_argument(
+        "--live",
+        action="store_true",
+        help="the live benchmark's own tasks (bench_tracker's 1,100 uniform 1-6 s tasks,"
+        " seed 0) once per seed (the tracker's lanes), polls grouped as the tracker sends them"
+        " (--slack, default here 0.05): what a live run can expect",
+    )
+    parser.add_argument(
         "--attribute",
         action="store_true",
         help="per block of 50 steady-state tasks: polls / what their plans expected, lag,"
@@ -644,7 +687,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--skip must be at least 0 and below --tasks")
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     run = {"seeds": seeds, "tasks": args.tasks, "skip": args.skip}
-    if args.at_budget is not None:
+    if args.live:
+        runs = live_figures(seeds, slack=args.slack or 0.05)
+        for seed, run in zip(seeds, runs, strict=True):
+            print(f"seed {seed}: {run.mean_lag:.3f} s  {run.polls_per_task:.3f} polls")
+        lags = [run.mean_lag for run in runs]
+        polls = [run.polls_per_task for run in runs]
+        spread = statistics.stdev(lags) if len(lags) > 1 else 0.0
+        print(
+            f"mean {statistics.fmean(lags):.3f} s (sd {spread:.3f}) at"
+            f" {statistics.fmean(polls):.3f} polls; fixed 5 s polling {runs[0].fixed_lag:.3f} s"
+        )
+    elif args.at_budget is not None:
         if args.at_budget not in SHAPES:
             parser.error(f"--at-budget: one of {', '.join(sorted(SHAPES))}")
         arrivals, sampler = shapes(args.tasks)[args.at_budget]

@@ -389,6 +389,110 @@ def test_the_estimate_is_the_smoothed_self_consistency_update(seed: int) -> None
     assert beyond == pytest.approx(expected_beyond, rel=1e-9, abs=1e-12)
 
 
+def _reference_schedule(
+    points: list[float],
+    below: list[float],
+    moment: list[float],
+    cost: float,
+    longest_gap: float,
+    shortest_gap: float,
+) -> tuple[list[float], float, list[float]]:
+    """The dynamic programme over poll times as written down: from each point, every next
+    poll allowed (no closer than ``shortest_gap`` but the last point, no further than
+    ``longest_gap`` but the next point), costed as ``cost`` per task still running plus the
+    lag of the tasks finishing before it."""
+    last = len(points) - 1
+    value = [0.0] * (last + 1)
+    choice = [last] * (last + 1)
+    for i in range(last - 1, -1, -1):
+        best, pick = math.inf, last
+        for j in range(i + 1, last + 1):
+            gap = points[j] - points[i]
+            if gap > longest_gap and j > i + 1:
+                break
+            if gap < shortest_gap and j < last:
+                continue
+            candidate = (
+                cost * (1.0 - below[i])
+                + points[j] * (below[j] - below[i])
+                - (moment[j] - moment[i])
+                + value[j]
+            )
+            if candidate < best:
+                best, pick = candidate, j
+        value[i], choice[i] = best, pick
+    schedule, polls, i = [], 0.0, 0
+    while i < last:
+        polls += 1.0 - below[i]
+        i = choice[i]
+        schedule.append(points[i])
+    return schedule, polls, value
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_schedule_is_the_dynamic_programmes_written_out(seed: int) -> None:
+    """The solver's inner loop is rearranged (one multiplication per candidate, the allowed
+    next polls found once for every cost): its schedules are still the written-out
+    programme's, on grids equal and not, with gaps tight and loose."""
+    rng = random.Random(seed)
+    count = rng.randint(2, 60)
+    points = [0.0, *sorted(rng.uniform(0.0, 20.0) for _ in range(count - 1))]
+    if seed % 2:
+        points = [cell * 0.1 for cell in range(count)]
+    shares = [rng.random() ** 3 for _ in range(count - 1)]
+    total = sum(shares) * rng.uniform(1.0, 1.3)  # some probability past the last point
+    below, moment = [0.0], [0.0]
+    for cell, share in enumerate(shares):
+        below.append(below[-1] + share / total)
+        moment.append(moment[-1] + share / total * (points[cell] + points[cell + 1]) / 2)
+    longest, shortest = rng.choice([(4.75, 0.25), (1.5, 1.0), (0.5, 0.01), (2.1, 2.0)])
+    cost = rng.choice([0.0, 1e-3, rng.uniform(0.0, 5.0), 1e3])
+    expected = _reference_schedule(points, below, moment, cost, longest, shortest)
+    windows = _polling._windows(points, longest, shortest)
+    schedule, polls, value = _polling._best_schedule(points, below, moment, cost, windows)
+    assert schedule == expected[0]
+    assert polls == pytest.approx(expected[1], rel=1e-12)
+    assert value == pytest.approx(expected[2], rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize(("longest", "cells"), [(6.0, 60), (11.0, 88), (30.0, 120)])
+def test_a_long_horizon_gets_finer_cells_than_sixty(longest: float, cells: int) -> None:
+    """The grid's cells are at most an eighth of a second wide, between 60 and 120 of them:
+    tasks of 1-6 s keep the 60 cells they had, a long tail gets finer ones (with 60 cells
+    throughout, a long-lived client's log-normal tasks were found at 0.504-0.514 of fixed
+    polling's lag at 2.0 polls per task, 0.492-0.502 with these)."""
+    rng = random.Random(7)
+    durations = [rng.uniform(1.0, longest - 0.5) for _ in range(200)] + [longest - 0.3]
+    observations = [(duration - 0.3, duration + 0.3, 1.0) for duration in durations]
+    solved = solve_schedules(observations, 2.0, PollingConfig())
+    assert solved is not None
+    points = solved[-1].points
+    assert points[1] - points[0] == pytest.approx(longest / cells)
+
+
+@pytest.mark.parametrize(("seed", "budget"), [(0, 2.0), (1, 1.2), (2, 3.0), (3, 2.0)])
+def test_the_bisection_probe_changes_no_schedule(
+    seed: int, budget: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bisection for the budget's poll cost skips its first halvings when one programme
+    at the last of them keeps within the budget: the schedules, shares and values are the
+    full bisection's."""
+    rng = random.Random(seed)
+    observations = []
+    for index in range(150):
+        duration = rng.lognormvariate(1.0, 0.4 + 0.3 * seed)
+        low = rng.choice([0.0, duration * rng.uniform(0.3, 0.95)])
+        high = math.inf if index % 9 == 0 else duration * rng.uniform(1.0, 1.3)
+        observations.append((low, high, 0.99**index))
+    probed = solve_schedules(observations, budget, PollingConfig())
+    monkeypatch.setattr(_polling, "_PROBE_COST", math.inf)
+    halved = solve_schedules(observations, budget, PollingConfig())
+    assert probed is not None
+    assert halved is not None
+    assert probed[:4] == halved[:4]
+    assert probed[4] == halved[4]
+
+
 def test_a_task_seen_running_at_the_horizon_counts_wholly_beyond_it() -> None:
     """Half the tasks finished by 6 s, the other half were seen running at 5.95 s, in the
     grid's last cell: none of them is put before the horizon (where a burst's tasks would be
