@@ -388,6 +388,20 @@ def test_told_the_limit_a_limit_that_comes_back_is_probed_back_up_quickly(seed: 
     assert run.ratio <= 1.1
 
 
+def test_told_a_probe_refused_just_before_a_dropped_limit_returns_holds_off_briefly() -> None:
+    # In the low phase the pace probes back up to what the server took before the drop, and
+    # each refused probe is a cut. When one was sent just before the limit came back, its
+    # cut held off for a second, and the climb began 1.4 s after the limit was back: half
+    # the runs took 1.145x, the others 1.07x. A cut on that climb (the pace under what the
+    # server took before, quick probes left) is one probe's refusal, not a window's
+    # cluster: it holds off half a second, and every run is back within 1.2 s.
+    runs = [run_zoo(DROPPED, configured=LIMIT, seed=seed, **LIVE) for seed in range(8)]
+    for run in runs:
+        back = next(t / 100 for t in range(800, 2000) if run.pace_at(t / 100) >= 0.9 * LIMIT)
+        assert back <= 9.2
+        assert run.ratio <= 1.095
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_told_the_limit_once_a_dropped_limit_is_back_late_sends_are_caught_up_again(
     seed: int,
