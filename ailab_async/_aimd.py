@@ -159,7 +159,10 @@ from what the server *accepted*, by send time:
   window full, is the window's: it goes back to that cut's window (and grows above it again
   only :data:`PROBE_AFTER` seconds after a hold-off), and the pace stays (a refusal at the
   ceiling taken for a server that allows no burst was the cap's too: late sends catch up
-  again). Slots booked ahead
+  again). Nor is a first refusal in the run's first round trip, of a request sent with
+  more in flight than the pace sends in a round trip (the first answer came late), taken
+  for one: a cap refuses the request above it however evenly the sends went. Slots booked
+  ahead
   (:meth:`AimdPolicy.reserve`) and not yet due are not at the server: the window does not
   count them; and a store that books ahead, which hears of answers late, is allowed at
   least what the pace sends over its horizon. Requests in flight
@@ -583,8 +586,10 @@ class AimdState:
     #: The pace in force at the last send of each bucket.
     paces: list[float] = attrs.field(factory=_pace_ring)
     #: Told the limit: the window the last cut set (``inf``: none yet), the sends per bucket
-    #: that went with more in flight than that, the window full (see ``_window_refused``),
-    #: and when the window may grow above it again after such a send was refused.
+    #: that went with more in flight than that, the window full (see ``_window_refused``;
+    #: before the first cut, the most in flight of each bucket's sends: see
+    #: ``_cap_refused_first``), and when the window may grow above it again after such a
+    #: send was refused.
     window_cut: float = math.inf
     crowded: list[int] = attrs.field(factory=_ring)
     window_grows_at: float = -math.inf
@@ -988,6 +993,8 @@ class AimdPolicy:
         # fewer than the new pace needs at the usual round trip.
         needed = math.ceil(new_rate * state.rtt)
         held = state.in_flight - self._booked_ahead(now)
+        if state.window_cut == math.inf:
+            state.crowded[:] = _ring()  # (the most in flight per bucket, until this first cut)
         state.window = state.window_cut = min(state.window, float(max(1, held, needed)))
         if self._books_ahead and fresh and not state.marginal_cut:
             self._wait_for_refill(sent_at, retry_after)
@@ -1012,9 +1019,13 @@ class AimdPolicy:
         books ahead: it hears of answers late, and its count in flight holds some answered.
         Four processes sharing a leaky bucket told its 40/s: 1.21x -> 1.33x the ideal.)"""
         state = self.state
-        if self.configured is None or state.window_cut == math.inf:
+        if self.configured is None:
             return
         held = state.in_flight - self._booked_ahead(now)
+        if state.window_cut == math.inf:
+            # No cut yet: the most in flight of the bucket's sends (see _cap_refused_first).
+            state.crowded[offset] = max(state.crowded[offset], held)
+            return
         if held > state.window_cut and held > state.window - 1:
             state.crowded[offset] += 1
 
@@ -1028,7 +1039,32 @@ class AimdPolicy:
         if self.configured is None or not self._near_ceiling(pace):
             return False
         offset = math.floor(sent_at / BUCKET) - state.first_bucket
-        return 0 <= offset < BUCKETS and state.crowded[offset] > 0
+        return state.window_cut < math.inf and 0 <= offset < BUCKETS and state.crowded[offset] > 0
+
+    def _cap_refused_first(self, sent_at: float, pace: float) -> bool:
+        """Told the limit, whether the first refusal (no cut yet) of a request sent at
+        ``sent_at`` at ``pace`` is a cap's on requests in flight: in the run's first round
+        trip (no answer back yet, to a bucket: every send so far in flight), sent with more
+        in flight than the pace sends in a round trip (``pace * rtt``: the first answer came
+        late, as it does when it opens the connection). Such a cap refuses the request above it
+        however evenly the sends went, so its refusal says nothing of a server that allows
+        no burst. (Marked as one, late sends were no longer caught up, and the pace held
+        then, about 47/s, kept a cap of 10 in flight at 0.2 s from refusing again to take
+        the mark back: told 50/s, 1.08x the ideal live.) A server that allows no burst
+        refuses an early arrival with few in flight, or after answers came back."""
+        state = self.state
+        offset = math.floor(sent_at / BUCKET) - state.first_bucket
+        if (
+            state.window_cut < math.inf
+            or state.rtt == 0.0  # no round trip to weigh the count against
+            or not 0 <= offset < BUCKETS
+            or math.floor(state.first_sent / BUCKET) < state.first_bucket
+        ):
+            return False
+        # The most in flight of the bucket's sends: more than all sent before the bucket if
+        # one of them went before any answer came back.
+        held = state.crowded[offset]
+        return held > sum(state.sent[:offset]) and held > pace * state.rtt
 
     def _window_only(self, now: float) -> None:
         """A refusal that is the window's (``_window_refused``), at ``now``: the window goes
@@ -1149,7 +1185,8 @@ class AimdPolicy:
         # (Told only: not told, at a cap of 10 requests in flight whose limit was found,
         # 6.5 % of the requests were refused on one seed of three, where 2.5 %.)
         jitter = self.configured is not None and state.burstless < math.inf
-        state.burstless = min(state.burstless, pace)
+        if not self._cap_refused_first(sent_at, pace):
+            state.burstless = min(state.burstless, pace)
         if not self._marginal(sent_at) and not (jitter and self._jitter_refused(sent_at)):
             return False
         if pace > ceiling:

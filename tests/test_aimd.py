@@ -517,6 +517,25 @@ def test_told_the_limit_a_refusal_above_the_window_a_cut_set_is_the_window_s_alo
     assert policy.rate(110.0) == pytest.approx(PACED)
 
 
+@pytest.mark.parametrize(("refuse", "marked"), [("cap", False), ("early send", True)])
+def test_told_the_limit_a_first_refusal_above_what_the_pace_keeps_in_flight_marks_no_burstless(
+    refuse: str, marked: bool
+) -> None:
+    # The run's first 429, before any cut set a window. A cap of 10 in flight answering in
+    # 0.21 s refuses the 11th request sent, the first ones not yet answered: it went with
+    # more in flight than the pace needs at the round trip (49.25 * 0.21 = 10.3), and such
+    # a cap refuses it however evenly the sends went, so it marks no server that allows no
+    # burst (late sends are still caught up). A server that allows no burst refuses a send
+    # that arrived early, here the fourth, with four in flight: that marks it.
+    policy = AimdPolicy(50.0)
+    if refuse == "cap":
+        (_, cut, _), *_ = _capped_run(policy, 100.0, 100.3, latency=0.21, cap=10)
+    else:
+        ((_, cut),) = _paced_run(policy, 100.0, 100.3, latency=0.21, refuse={3}).values()
+    assert cut
+    assert (policy.state.burstless == PACED) is marked
+
+
 @pytest.mark.parametrize(("pace", "window_s"), [(PACED, True), (0.85 * PACED, False)])
 def test_told_the_limit_only_a_refusal_at_the_ceiling_can_be_the_window_s(
     pace: float, window_s: bool
