@@ -993,6 +993,11 @@ class AimdPolicy:
         # fewer than the new pace needs at the usual round trip.
         needed = math.ceil(new_rate * state.rtt)
         held = state.in_flight - self._booked_ahead(now)
+        if fresh and self._cap_refused_first(sent_at, pace):
+            # A cap's first refusal: it held every request sent before this one (the count
+            # now, with answers back and sends since, reads one short of that now and then:
+            # live, a window of 9 held 10 in flight to 44/s for the rest of the run).
+            held = max(held, self._sent_before(sent_at, pace))
         if state.window_cut == math.inf:
             state.crowded[:] = _ring()  # (the most in flight per bucket, until this first cut)
         state.window = state.window_cut = min(state.window, float(max(1, held, needed)))
@@ -1065,6 +1070,15 @@ class AimdPolicy:
         # one of them went before any answer came back.
         held = state.crowded[offset]
         return held > sum(state.sent[:offset]) and held > pace * state.rtt
+
+    def _sent_before(self, sent_at: float, pace: float) -> int:
+        """In the run's first round trip, paced at ``pace`` from the first send (late sends
+        catch up on the schedule), the requests sent before the one sent at ``sent_at``: no
+        more than the most in flight of its bucket's sends, less itself."""
+        state = self.state
+        offset = math.floor(sent_at / BUCKET) - state.first_bucket
+        slots = math.floor((sent_at - state.first_sent) * pace + 1e-9)
+        return min(state.crowded[offset] - 1, slots)
 
     def _window_only(self, now: float) -> None:
         """A refusal that is the window's (``_window_refused``), at ``now``: the window goes
