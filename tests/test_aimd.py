@@ -517,6 +517,50 @@ def test_told_the_limit_a_refusal_above_the_window_a_cut_set_is_the_window_s_alo
     assert policy.rate(110.0) == pytest.approx(PACED)
 
 
+@pytest.mark.parametrize(("refuse", "marked"), [("cap", False), ("early send", True)])
+def test_told_the_limit_a_first_refusal_above_what_the_pace_keeps_in_flight_marks_no_burstless(
+    refuse: str, marked: bool
+) -> None:
+    # The run's first 429, before any cut set a window. A cap of 10 in flight answering in
+    # 0.21 s refuses the 11th request sent, the first ones not yet answered: it went with
+    # more in flight than the pace needs at the round trip (49.25 * 0.21 = 10.3), and such
+    # a cap refuses it however evenly the sends went, so it marks no server that allows no
+    # burst (late sends are still caught up). A server that allows no burst refuses a send
+    # that arrived early, here the fourth, with four in flight: that marks it.
+    policy = AimdPolicy(50.0)
+    if refuse == "cap":
+        (_, cut, _), *_ = _capped_run(policy, 100.0, 100.3, latency=0.21, cap=10)
+    else:
+        ((_, cut),) = _paced_run(policy, 100.0, 100.3, latency=0.21, refuse={3}).values()
+    assert cut
+    assert (policy.state.burstless == PACED) is marked
+
+
+def test_told_the_limit_a_cap_s_first_refusal_sets_the_window_to_all_it_held() -> None:
+    # A cap of 10 in flight refuses the run's 11th request, none of the first ten answered
+    # yet (the first answer, which opened the connection, came late): the window is the ten
+    # it held, however many are in flight when the 429 comes back (none here: nothing was
+    # sent since) and however low the cut (38/s: the first bucket held two sends fewer).
+    # Live, the count then read 9 now and then, and a window of 9 held the run to 44/s.
+    policy = AimdPolicy(50.0)
+    sent: list[float] = []
+    now = 100.04
+    while len(sent) < 11:
+        wait = policy.claim(now)
+        if wait == 0:
+            sent.append(now)
+        else:
+            now += wait
+    for at in sent[:10]:
+        policy.release(at + 0.21)
+        policy.on_success(at, at + 0.21)
+    policy.release(sent[10] + 0.21)
+    assert policy.on_rate_limited(sent[10], sent[10] + 0.21)
+    assert policy.rate(sent[10] + 0.21) < 0.8 * PACED
+    assert policy.state.window == 10.0
+    assert policy.state.burstless == math.inf
+
+
 @pytest.mark.parametrize(("pace", "window_s"), [(PACED, True), (0.85 * PACED, False)])
 def test_told_the_limit_only_a_refusal_at_the_ceiling_can_be_the_window_s(
     pace: float, window_s: bool
