@@ -87,6 +87,14 @@ from what the server *accepted*, by send time:
   Every request accepted while the pace holds senders back gives a little of it back, so
   the headroom settles where about :data:`HEADROOM_REFUSED` of the requests are refused,
   instead of ratcheting lower with every rare refusal for as long as the batch runs.
+* **Told too much, a server that allows no burst.** A store that books ahead (many
+  processes told one figure), refused from the very first sends, and in about half of what
+  its first cut sends (an overrun leaky bucket takes one request in two), corrects that
+  cut aiming at the geometric mean of what the server took (a lower bound of its limit,
+  not the limit) and the pace refused. From then on a marginal refusal far under the told
+  ceiling finds the limit, held as if told (see below), and a refusal of a send at the
+  lowered pace in a lesson's hold-off teaches more headroom at once, rather than the
+  hold-off ending in a cut to 95 % of what the server took.
 * **Not told, the limit found is held as if told.** Two marginal refusals at nearly one
   pace (within 5 %), the server having taken at least 90 % of it over the second before
   the second one, find the limit: what the server took (a window's count, not the pace it
