@@ -94,7 +94,10 @@ from what the server *accepted*, by send time:
   not the limit) and the pace refused. From then on a marginal refusal far under the told
   ceiling finds the limit, held as if told (see below), and a refusal of a send at the
   lowered pace in a lesson's hold-off teaches more headroom at once, rather than the
-  hold-off ending in a cut to 95 % of what the server took.
+  hold-off ending in a cut to 95 % of what the server took. Told its true rate, such a
+  server (refused from the first sends, in at most about half of the sends since the cut)
+  is known by the first refusal after the first cut's hold-off: up to half of the sends
+  since a cut refused are then jitter, not a fifth.
 * **Not told, the limit found is held as if told.** Two marginal refusals at nearly one
   pace (within 5 %), the server having taken at least 90 % of it over the second before
   the second one, find the limit: what the server took (a window's count, not the pace it
@@ -417,6 +420,13 @@ _NEAR_CEILING = 0.9
 # best steady pace is about 35/s (zoo, seeds 0-39 and 40-79: 1.254x and 1.287x the ideal;
 # with the cut's own 429 no longer counted as one since it, 1.214x and 1.229x).
 _JITTER_SHARE = 0.2
+# ... or this share, once a store that books ahead has seen the server allows no burst
+# (``AimdState.no_burst``): four processes sharing a leaky bucket told its 40/s refused
+# 21 % of the first cut's sends in its hold-off, and the first refusal after it cut the
+# pace to 95 % of what the server took (28.5/s, then seconds back; 40 seeds, 0-39 and
+# 40-79: 1.212x and 1.216x the ideal, 19.3 and 18.1 429s; as a lesson, 1.203x and 1.212x,
+# 13.6 and 13.4 429s).
+_NO_BURST_JITTER_SHARE = 0.5
 # Headroom given back per request accepted while the pace held senders back: one refusal's
 # worth (1 - LEARNED_HEADROOM) for every (1 - HEADROOM_REFUSED) / HEADROOM_REFUSED of them.
 _UNLEARN = (1 - LEARNED_HEADROOM) * HEADROOM_REFUSED / (1 - HEADROOM_REFUSED)
@@ -946,6 +956,8 @@ class AimdPolicy:
         estimate = peak = pace
         marginal = state.cut and fresh and self._marginal(sent_at)
         found_before = state.found
+        overrun = state.cut and self._no_burst_overrun(sent_at)
+        state.no_burst = state.no_burst or overrun
         taught = self._lesson(sent_at, pace, fresh=fresh, marginal=marginal)
         if fresh and (state.cut or self.configured is not None):
             self._count_quick_probes(sent_at, now, pace)
@@ -980,11 +992,9 @@ class AimdPolicy:
             # all refused in the low phase; a sliding window at 50/s, 30/s from 3.5 s to
             # 10 s, was not back within 10 % of 50/s by the batch's end on 4 seeds of 40.)
             peak = self._correction_peak(sent_at, pace, peak)
-        if not fresh and self._no_burst_overrun(sent_at):
-            state.no_burst = True
-            if accepted is not None and accepted < pace:
-                # What it took was a lower bound (overrun, it takes one request in two).
-                peak = max(peak, math.sqrt(accepted * pace))
+        if overrun and not fresh and accepted is not None and accepted < pace:
+            # What it took was a lower bound (overrun, it takes one request in two).
+            peak = max(peak, math.sqrt(accepted * pace))
         current = self.rate(now)
         if state.cut:
             # After slow start (whose ramp may overshoot by more), one event at most halves
@@ -1080,10 +1090,11 @@ class AimdPolicy:
             state.burstless = state.burstless_before
 
     def _no_burst_overrun(self, sent_at: float) -> bool:
-        """Told the limit, a store that books ahead, a cut that was not enough (a refusal
-        of a request sent at ``sent_at``): whether the server allows no burst and was told
-        too much (see ``_REFILL_SPAN``'s note below it): the first refusal came from the
-        very first sends, and about half of the sends since the cut were refused."""
+        """Told the limit, a store that books ahead, a refusal of a request sent at
+        ``sent_at`` after the first cut (a cut that was not enough, or the first refusal
+        after its hold-off): whether the server allows no burst (see ``_REFILL_SPAN``'s note
+        below it): the first refusal came from the very first sends, and at most about half
+        of the sends since the cut were refused."""
         state = self.state
         if not self._books_ahead or self.configured is None:
             return False
@@ -1232,7 +1243,8 @@ class AimdPolicy:
         start = max(state.cut_at, sent_at - MEASURE_SPAN)
         end = sent_at + BUCKET
         sent = self._sum(state.sent, start, end)
-        return sent > 0 and self._sum(state.refused, start, end) <= _JITTER_SHARE * sent
+        share = _NO_BURST_JITTER_SHARE if state.no_burst else _JITTER_SHARE
+        return sent > 0 and self._sum(state.refused, start, end) <= share * sent
 
     def _near_ceiling(self, pace: float) -> bool:
         """Whether ``pace`` is at the ceiling (``_NEAR_CEILING`` of it or more, headroom

@@ -948,3 +948,24 @@ def test_in_slow_start_the_batch_s_end_changes_nothing() -> None:
     _accepted_while_paced(policy, 100.0, 101.0)
     _accepted_while_paced(unwound, 100.0, 101.0)
     assert policy.rate(101.0) == unwound.rate(101.0) > START_RATE
+
+
+def test_told_the_limit_a_server_refusing_from_the_first_sends_refuses_more_as_jitter() -> None:
+    # A store that books ahead, told a leaky bucket's rate: the fourth send refused (the
+    # first cut), then a fifth of the sends in its hold-off (the same event), then one after
+    # it. Refused from the very first sends and in no more than about half since the cut,
+    # the server allows no burst: up to half of the sends since a cut refused are jitter
+    # (not a fifth), and that refusal is a lesson of headroom (2 %), not a cut to 95 % of
+    # what the server took (four processes fell to 28.5/s, and took seconds to climb back).
+    refuse = frozenset({3, 8, 12, 16, 20, 24, 28, 32, 36, 42})
+    policy = AimdPolicy(40.0, books_ahead=True)
+    refusals = _leaky_run(policy, 100.0, 101.3, rate=1000.0, refuse=refuse)
+    assert [cut for _, _, cut in refusals] == [True] + [False] * 8 + [True]
+    assert policy.state.no_burst
+    pace = BACKOFF * 40.0 * HEADROOM  # the first cut's
+    assert policy.rate(101.3) == pytest.approx(LEARNED_HEADROOM * pace, rel=0.01)
+    # In process (its own rules), the same refusals: a cut to 95 % of what was taken.
+    in_process = AimdPolicy(40.0)
+    _leaky_run(in_process, 100.0, 101.3, rate=1000.0, refuse=refuse)
+    assert not in_process.state.no_burst
+    assert in_process.rate(101.3) < 0.8 * pace
