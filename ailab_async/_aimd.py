@@ -90,6 +90,17 @@ from what the server *accepted*, by send time:
   Every request accepted while the pace holds senders back gives a little of it back, so
   the headroom settles where about :data:`HEADROOM_REFUSED` of the requests are refused,
   instead of ratcheting lower with every rare refusal for as long as the batch runs.
+* **Told too much, a server that allows no burst.** A store that books ahead (many
+  processes told one figure), refused from the very first sends, and in about half of what
+  its first cut sends (an overrun leaky bucket takes one request in two), corrects that
+  cut aiming at the geometric mean of what the server took (a lower bound of its limit,
+  not the limit) and the pace refused. From then on a marginal refusal far under the told
+  ceiling finds the limit, held as if told (see below), and a refusal of a send at the
+  lowered pace in a lesson's hold-off teaches more headroom at once, rather than the
+  hold-off ending in a cut to 95 % of what the server took. Told its true rate, such a
+  server (refused from the first sends, in at most about half of the sends since the cut)
+  is known by the first refusal after the first cut's hold-off: up to half of the sends
+  since a cut refused are then jitter, not a fifth.
 * **Not told, the limit found is held as if told.** Two marginal refusals at nearly one
   pace (within 5 %), the server having taken at least 90 % of it over the second before
   the second one, find the limit: what the server took (a window's count, not the pace it
@@ -450,6 +461,13 @@ _NEAR_CEILING = 0.9
 # best steady pace is about 35/s (zoo, seeds 0-39 and 40-79: 1.254x and 1.287x the ideal;
 # with the cut's own 429 no longer counted as one since it, 1.214x and 1.229x).
 _JITTER_SHARE = 0.2
+# ... or this share, once a store that books ahead has seen the server allows no burst
+# (``AimdState.no_burst``): four processes sharing a leaky bucket told its 40/s refused
+# 21 % of the first cut's sends in its hold-off, and the first refusal after it cut the
+# pace to 95 % of what the server took (28.5/s, then seconds back; 40 seeds, 0-39 and
+# 40-79: 1.212x and 1.216x the ideal, 19.3 and 18.1 429s; as a lesson, 1.203x and 1.212x,
+# 13.6 and 13.4 429s).
+_NO_BURST_JITTER_SHARE = 0.5
 # Headroom given back per request accepted while the pace held senders back: one refusal's
 # worth (1 - LEARNED_HEADROOM) for every (1 - HEADROOM_REFUSED) / HEADROOM_REFUSED of them.
 _UNLEARN = (1 - LEARNED_HEADROOM) * HEADROOM_REFUSED / (1 - HEADROOM_REFUSED)
@@ -464,6 +482,17 @@ _MIN_RTT = 0.05
 # refused one (a window's count let through, not a jittered send at a leaky bucket's rate,
 # refused a tenth of a second after the first send).
 _REFILL_SPAN = 0.3
+# Told the limit, a store that books ahead: a correction (a cut that was not enough) of the
+# first event, whose first refusal was sent within _REFILL_SPAN of the first send, with at
+# most _REREAD_SHARE of the sends since the cut refused, shows a server that allows no burst
+# told too much (``AimdState.no_burst``): it refused from the very first sends, and only
+# about half of them (a leaky bucket overrun takes one request in two; a window the told
+# pace filled refuses all of them, 0.70-0.75 by then, and a token bucket's burst let a
+# second or more through first). What it took meanwhile is then a lower bound of the limit,
+# not the limit: the recovery aims at the geometric mean of it and the pace refused (aimed
+# at 95 % of what it took, about 31/s for a 40/s bucket told 60/s, the pace stayed there
+# for seconds); and a marginal refusal far under the told ceiling finds the limit, held as
+# if told from then on (``_found_under_told``).
 # Smoothing of the round-trip estimate (weight of a new sample).
 _RTT_GAIN = 0.2
 # Not told, in slow start, a round trip this much shorter than the first (the only one seen)
@@ -623,6 +652,10 @@ class AimdState:
     window_cut: float = math.inf
     crowded: list[int] = attrs.field(factory=_ring)
     window_grows_at: float = -math.inf
+    #: Told the limit, a store that books ahead: the server refused from the very first
+    #: sends, about half of them, and the first cut was not enough (a leaky bucket, or a
+    #: token bucket of no burst, told too much: see ``_no_burst_overrun``).
+    no_burst: bool = False
 
     def to_fields(self) -> dict[str, str]:
         """The state as a flat mapping of strings (floats exact, via ``repr``)."""
@@ -915,7 +948,8 @@ class AimdPolicy:
                     rate = min(rate, self._slow_start_cap(sent_at))
             if state.headroom < 1.0:
                 state.headroom = min(1.0, state.headroom + _UNLEARN)
-            ceiling = self._ceiling() * state.headroom * self._probe(now)
+            # (Never above the told ceiling: a limit found under it is probed above, up to it.)
+            ceiling = min(self.ceiling, self._ceiling() * state.headroom * self._probe(now))
             state.rate = min(ceiling, max(state.rate, rate))
         if state.window < math.inf and state.window_bound_at >= sent_at - rtt:
             self._grow_window(now)
@@ -954,6 +988,8 @@ class AimdPolicy:
         pause = certain_retry_after(retry_after)
         if pause > 0:
             state.paused_until = max(state.paused_until, sent_at + pause)
+        if self._lesson_in_hold_off(sent_at, now):
+            return True  # (before judging the cut: a few jittered sends are no dropped limit)
         if sent_at < state.hold_until and not self._cut_was_wrong(sent_at):
             self._same_event(sent_at)
             return False
@@ -966,6 +1002,8 @@ class AimdPolicy:
         estimate = peak = pace
         marginal = state.cut and fresh and self._marginal(sent_at)
         found_before = state.found
+        overrun = state.cut and self._no_burst_overrun(sent_at)
+        state.no_burst = state.no_burst or overrun
         taught = self._lesson(sent_at, pace, fresh=fresh, marginal=marginal)
         if fresh and (state.cut or self.configured is not None):
             self._count_quick_probes(sent_at, now, pace)
@@ -1000,6 +1038,9 @@ class AimdPolicy:
             # all refused in the low phase; a sliding window at 50/s, 30/s from 3.5 s to
             # 10 s, was not back within 10 % of 50/s by the batch's end on 4 seeds of 40.)
             peak = self._correction_peak(sent_at, pace, peak)
+        if overrun and not fresh and accepted is not None and accepted < pace:
+            # What it took was a lower bound (overrun, it takes one request in two).
+            peak = max(peak, math.sqrt(accepted * pace))
         current = self.rate(now)
         if state.cut:
             # After slow start (whose ramp may overshoot by more), one event at most halves
@@ -1151,6 +1192,51 @@ class AimdPolicy:
         else:
             state.burstless = state.burstless_before
 
+    def _no_burst_overrun(self, sent_at: float) -> bool:
+        """Told the limit, a store that books ahead, a refusal of a request sent at
+        ``sent_at`` after the first cut (a cut that was not enough, or the first refusal
+        after its hold-off): whether the server allows no burst (see ``_REFILL_SPAN``'s note
+        below it): the first refusal came from the very first sends, and at most about half
+        of the sends since the cut were refused."""
+        state = self.state
+        if not self._books_ahead or self.configured is None:
+            return False
+        if state.cut_sent - state.first_sent >= _REFILL_SPAN:
+            return False  # a burst was let through first (or a later event)
+        sent, refused = self._since_cut(sent_at)
+        return sent >= _WRONG_CUT_SENDS and refused <= _REREAD_SHARE * sent
+
+    def _lesson_in_hold_off(self, sent_at: float, now: float) -> bool:
+        """A store that books ahead, in the hold-off of a lesson in headroom at a server
+        that allows no burst: whether a 429 for a request sent at ``sent_at`` since that
+        lesson, at the pace it set and near the ceiling, teaches more headroom at once
+        (lowering the ceiling again, with a hold-off of its own). Otherwise the hold-off
+        took no lesson for a second: a pace still too high for the jitter was refused many
+        times meanwhile, and the first refusal after it, with more than a fifth refused,
+        was no lesson but a cut to 95 % of what the server took (a 40/s leaky bucket: to
+        27-28/s, then seconds back)."""
+        state = self.state
+        if (
+            not state.no_burst
+            or not state.marginal_cut
+            or state.burstless == math.inf
+            or not state.cut_at <= sent_at < state.hold_until
+        ):
+            return False
+        pace = self._recent_pace(sent_at)
+        if pace > self.rate(now) or not self._near_ceiling(pace):
+            return False  # sent before the lesson took effect, or refused far under it
+        ceiling = self._ceiling()
+        headroom = max(MIN_HEADROOM / HEADROOM, LEARNED_HEADROOM * pace / ceiling)
+        if headroom >= state.headroom:
+            return False  # as low as it goes: let the cut be judged
+        state.headroom = headroom
+        state.rate = state.cut_rate = min(self.rate(now), ceiling * headroom)
+        state.refused_pace = state.aim = state.aim_cap = state.rate
+        state.cut_at = now
+        state.hold_until = now + max(HOLD, 2 * state.rtt)
+        return True
+
     def _same_event(self, sent_at: float) -> None:
         """A 429 for a request sent at ``sent_at``, in the last cut's hold-off: once the event
         is a cluster of at least ``_CLUSTER`` of them, the slow recovery aims lower."""
@@ -1195,6 +1281,8 @@ class AimdPolicy:
         (the configured limit, or one found: perhaps just now) instead of cutting the rate."""
         state = self.state
         found = self._found(sent_at, pace) if marginal and self.configured is None else None
+        if found is None and marginal:
+            found = self._found_under_told(pace)
         if found is not None:
             self._hold(found, pace)  # the limit, found: held as if told from now on
             return True
@@ -1283,7 +1371,8 @@ class AimdPolicy:
         start = max(state.cut_at, sent_at - MEASURE_SPAN)
         end = sent_at + BUCKET
         sent = self._sum(state.sent, start, end)
-        return sent > 0 and self._sum(state.refused, start, end) <= _JITTER_SHARE * sent
+        share = _NO_BURST_JITTER_SHARE if state.no_burst else _JITTER_SHARE
+        return sent > 0 and self._sum(state.refused, start, end) <= share * sent
 
     def _near_ceiling(self, pace: float) -> bool:
         """Whether ``pace`` is at the ceiling (``_NEAR_CEILING`` of it or more, headroom
@@ -1293,7 +1382,9 @@ class AimdPolicy:
     def _ceiling(self) -> float:
         """The pace the policy keeps under, before the headroom learned: the configured
         limit's, or the limit found (``inf``: neither)."""
-        return self.ceiling if self.configured is not None else self.state.found
+        if self.configured is None:
+            return self.state.found
+        return min(self.ceiling, self.state.found)  # (told, found only if no_burst)
 
     def _probe(self, now: float) -> float:
         """How far above the limit found the pace may go at ``now``, as a factor: after
@@ -1317,6 +1408,19 @@ class AimdPolicy:
         if quick < back:
             return max(slow, quick)
         return max(slow, back * (1.0 + _CUBIC * (since - QUICK_PROBE) ** 3))
+
+    def _found_under_told(self, pace: float) -> float | None:
+        """Told the limit, at a server that allows no burst told too much (``no_burst``: a
+        store that books ahead), no limit found yet: the limit a marginal refusal at
+        ``pace`` finds (``None``: none). Far under the told ceiling (under
+        ``_NEAR_CEILING`` of it), the told figure is wrong: the pace refused is the limit,
+        held as if told from then on, and refusals near it teach headroom rather than cut
+        the pace by 5 % again and again (a 40/s leaky bucket told 60/s saw-toothed between
+        32/s and 38/s)."""
+        state = self.state
+        if not state.no_burst or state.found < math.inf or self._near_ceiling(pace):
+            return None
+        return pace
 
     def _found(self, sent_at: float, pace: float) -> float | None:
         """Not told the limit, and not yet found: the limit a marginal refusal at ``pace``

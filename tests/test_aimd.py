@@ -704,6 +704,114 @@ def test_a_store_that_books_ahead_does_not_wait_after_a_refusal_soon_after_the_f
     assert policy.reserve(refused + 0.006, 0.1)[1]
 
 
+def _leaky_run(
+    policy: AimdPolicy,
+    start: float,
+    end: float,
+    *,
+    rate: float = 40.0,
+    refuse: frozenset[int] = frozenset(),
+) -> list[tuple[int, float, bool]]:
+    """Senders always waiting from ``start`` to ``end``, each request answered 5 ms after
+    it went, by a queue-free leaky bucket of ``rate`` (it refuses a request sent less than
+    ``1 / rate`` after the last one it took in this run) that also refuses the requests
+    numbered in ``refuse`` (from 0). Returns, per refused request: its number, when it went,
+    and whether its 429 cut the rate."""
+    taken = -math.inf
+    answers: list[tuple[float, int, bool]] = []
+    refusals: list[tuple[int, float, bool]] = []
+    now, number = start, 0
+    while now < end or answers:
+        while answers and (answers[0][0] + 0.005 <= now or now >= end):
+            sent, which, accepted = answers.pop(0)
+            policy.release(sent + 0.005)
+            if accepted:
+                policy.on_success(sent, sent + 0.005)
+            else:
+                refusals.append((which, sent, policy.on_rate_limited(sent, sent + 0.005)))
+        if now >= end:
+            break
+        wait = policy.claim(now)
+        if wait == 0:
+            accepted = number not in refuse and now >= taken + 1.0 / rate - 1e-9
+            taken = now if accepted else taken
+            answers.append((now, number, accepted))
+            number += 1
+            continue
+        now = min(
+            now + (wait if wait < math.inf else 0.001),
+            answers[0][0] + 0.005 if answers else math.inf,
+        )
+    return refusals
+
+
+def _leaky_told_too_much() -> AimdPolicy:
+    """A store that books ahead, told 60/s, 1.5 s at a 40/s leaky bucket: refused from the
+    second send on, and its first cut (to 95 %) refused in half too, then corrected."""
+    policy = AimdPolicy(60.0, books_ahead=True)
+    cuts = [sent for _, sent, cut in _leaky_run(policy, 100.0, 101.5) if cut]
+    assert cuts == [pytest.approx(100.017, abs=0.001), pytest.approx(100.231, abs=0.001)]
+    return policy
+
+
+def test_told_too_much_a_server_that_allows_no_burst_is_recovered_towards_above_what_it_took() -> (
+    None
+):
+    # A leaky bucket refused the second send at the told 59/s, and half of the sends of the
+    # cut to 56/s: overrun, it takes one request in two (28/s), so what it took is a lower
+    # bound of its limit. The correction's recovery aims at the geometric mean of what it
+    # took and the pace it refused (about 40/s), not at what it took (29/s: four processes
+    # stayed about 31/s for seconds).
+    policy = _leaky_told_too_much()
+    assert policy.state.no_burst
+    assert policy.state.refused_pace == pytest.approx(39.8, abs=0.5)
+    assert policy.state.cut_rate < 30.0
+    # Not a store that books ahead (the in-process limiter: its own rules), nor a server
+    # that let the first sends through (a window of 40 a second told 60/s filled in 0.68 s,
+    # then refused all: what it took is its limit).
+    in_process = AimdPolicy(60.0)
+    _leaky_run(in_process, 100.0, 101.5)
+    assert not in_process.state.no_burst
+    assert in_process.state.refused_pace < 30.0
+    window = AimdPolicy(60.0, books_ahead=True)
+    taken = iter(range(1, 10**6))
+    _driven_run(window, 100.0, 101.5, latency=0.005, refused=lambda _, __: next(taken) > 40)
+    assert window.state.cut
+    assert not window.state.no_burst
+
+
+def test_told_too_much_a_marginal_refusal_far_under_the_told_ceiling_finds_the_limit() -> None:
+    # After that correction, paced and all accepted up to 40/s, then one refused: far under
+    # the told ceiling (59/s), the told figure is wrong, and that pace is the limit, held as
+    # if told: one lesson of headroom under it (2 %), not a cut to 95 % of what the server
+    # took over the second before (the pace saw-toothed between 32/s and 38/s).
+    policy = _leaky_told_too_much()
+    _leaky_run(policy, 101.5, 103.0, rate=1000.0)
+    pace = policy.rate(103.0)
+    assert 39.0 < pace < 0.9 * 60.0 * HEADROOM
+    (refusal,) = _leaky_run(policy, 103.0, 103.2, rate=1000.0, refuse=frozenset({5}))
+    assert refusal[2]
+    found = policy.state.found  # the pace it was refused at (still climbing since 103.0)
+    assert found == pytest.approx(pace, rel=0.01)
+    assert policy.rate(103.2) == pytest.approx(LEARNED_HEADROOM * found)
+
+
+def test_told_too_much_a_refusal_at_the_lowered_pace_in_a_lesson_s_hold_off_teaches_more() -> None:
+    # Held under the limit found, a leaky bucket still refuses sends the jitter brings early:
+    # each one sent at the lowered pace since the lesson, in its hold-off, is another lesson
+    # (2 % more), at once. (Left to the hold-off's end, the refusals of a second of a pace
+    # still too high were more than a fifth of the sends: no lesson, a cut to 95 % of what
+    # the server took, 27-28/s of a 40/s bucket.)
+    policy = _leaky_told_too_much()
+    _leaky_run(policy, 101.5, 103.0, rate=1000.0)
+    _leaky_run(policy, 103.0, 103.2, rate=1000.0, refuse=frozenset({5}))
+    lesson = policy.rate(103.2)
+    assert policy.state.hold_until > 104.0
+    refusals = _leaky_run(policy, 103.2, 103.6, rate=1000.0, refuse=frozenset({3, 9}))
+    assert [cut for _, _, cut in refusals] == [True, True]
+    assert policy.rate(103.6) == pytest.approx(LEARNED_HEADROOM**2 * lesson, rel=1e-3)
+
+
 def test_a_release_told_late_does_not_move_the_last_release_back() -> None:
     # Reports reach the shared state out of order (each process tells its answers with its
     # next call): a release answered at 100.0 told after one answered at 120.0 must not make
@@ -884,3 +992,24 @@ def test_in_slow_start_the_batch_s_end_changes_nothing() -> None:
     _accepted_while_paced(policy, 100.0, 101.0)
     _accepted_while_paced(unwound, 100.0, 101.0)
     assert policy.rate(101.0) == unwound.rate(101.0) > START_RATE
+
+
+def test_told_the_limit_a_server_refusing_from_the_first_sends_refuses_more_as_jitter() -> None:
+    # A store that books ahead, told a leaky bucket's rate: the fourth send refused (the
+    # first cut), then a fifth of the sends in its hold-off (the same event), then one after
+    # it. Refused from the very first sends and in no more than about half since the cut,
+    # the server allows no burst: up to half of the sends since a cut refused are jitter
+    # (not a fifth), and that refusal is a lesson of headroom (2 %), not a cut to 95 % of
+    # what the server took (four processes fell to 28.5/s, and took seconds to climb back).
+    refuse = frozenset({3, 8, 12, 16, 20, 24, 28, 32, 36, 42})
+    policy = AimdPolicy(40.0, books_ahead=True)
+    refusals = _leaky_run(policy, 100.0, 101.3, rate=1000.0, refuse=refuse)
+    assert [cut for _, _, cut in refusals] == [True] + [False] * 8 + [True]
+    assert policy.state.no_burst
+    pace = BACKOFF * 40.0 * HEADROOM  # the first cut's
+    assert policy.rate(101.3) == pytest.approx(LEARNED_HEADROOM * pace, rel=0.01)
+    # In process (its own rules), the same refusals: a cut to 95 % of what was taken.
+    in_process = AimdPolicy(40.0)
+    _leaky_run(in_process, 100.0, 101.3, rate=1000.0, refuse=refuse)
+    assert not in_process.state.no_burst
+    assert in_process.rate(101.3) < 0.8 * pace

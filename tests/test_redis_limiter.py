@@ -190,9 +190,16 @@ async def test_several_processes_share_one_budget_without_a_rate_limit_error(
     results, _, rejected = await run_workers(
         redis_server, processes=processes, seconds=1.0, limit=limit, concurrency=4
     )
+    # (A 429 from the simulator's token bucket, of burst 40, needs more than 40 + 40 t
+    # requests by t, with at most 12 in flight: it failed once under heavy load, not since.
+    # Each process's figures in the message, so such a failure says which one sent more.)
+    seen = [
+        {key: (len(r[key]) if key == "done" else r[key]) for key in sorted(r) if key != "errors"}
+        for r in results
+    ]
     assert [r["errors"] for r in results] == [{}] * processes
-    assert [r["rate_limited"] for r in results] == [0] * processes
-    assert rejected == 0
+    assert [r["rate_limited"] for r in results] == [0] * processes, seen
+    assert rejected == 0, seen
     assert all(r["done"] for r in results)  # every process got calls through
     assert all(r["using_redis"] and r["degraded"] == 0 for r in results)
 
