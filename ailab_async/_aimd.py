@@ -1005,9 +1005,9 @@ class AimdPolicy:
         overrun = state.cut and self._no_burst_overrun(sent_at)
         state.no_burst = state.no_burst or overrun
         cap_first = fresh and self._cap_refused_first(sent_at, pace)
-        # ... and not in the run's first bucket (where "more in flight than all sent before
-        # the bucket" holds of any send): the cap's alone, the pace stays. (A leaky bucket
-        # told too much refuses the second send, answers back: that cut must stand.)
+        # A cap's first refusal past the run's first bucket (in it, "more in flight than all
+        # sent before the bucket" holds of any send): the cap's alone, the pace stays. (A
+        # leaky bucket told too much refuses the second send, answers back: that cut stands.)
         cap_only = cap_first and math.floor(sent_at / BUCKET) > math.floor(
             state.first_sent / BUCKET
         )
