@@ -1004,7 +1004,14 @@ class AimdPolicy:
         found_before = state.found
         overrun = state.cut and self._no_burst_overrun(sent_at)
         state.no_burst = state.no_burst or overrun
-        taught = self._lesson(sent_at, pace, fresh=fresh, marginal=marginal)
+        cap_first = fresh and self._cap_refused_first(sent_at, pace)
+        # A cap's first refusal past the run's first bucket (in it, "more in flight than all
+        # sent before the bucket" holds of any send): the cap's alone, the pace stays. (A
+        # leaky bucket told too much refuses the second send, answers back: that cut stands.)
+        cap_only = cap_first and math.floor(sent_at / BUCKET) > math.floor(
+            state.first_sent / BUCKET
+        )
+        taught = not cap_only and self._lesson(sent_at, pace, fresh=fresh, marginal=marginal)
         if fresh and (state.cut or self.configured is not None):
             self._count_quick_probes(sent_at, now, pace)
         # A marginal refusal may be a send that caught up after a late one, at a server
@@ -1051,6 +1058,8 @@ class AimdPolicy:
         new_rate = max(self._min_rate, min(ceiling, current, self._backoff * estimate))
         if taught:
             new_rate = min(current, ceiling)  # the lower ceiling is the cut
+        if cap_only:
+            new_rate = current  # the window is the cut (see below)
         self._mark_cut_sent(sent_at, accepted)
         state.rate = state.cut_rate = new_rate
         state.refused_pace = max(_PEAK_MARGIN * peak, new_rate)
@@ -1064,11 +1073,13 @@ class AimdPolicy:
         # fewer than the new pace needs at the usual round trip.
         needed = math.ceil(new_rate * state.rtt)
         held = state.in_flight - self._booked_ahead(now)
-        if fresh and self._cap_refused_first(sent_at, pace):
+        if cap_first:
             # A cap's first refusal: it held every request sent before this one (the count
             # now, with answers back and sends since, reads one short of that now and then:
             # live, a window of 9 held 10 in flight to 44/s for the rest of the run).
             held = max(held, self._sent_before(sent_at, pace))
+            if cap_only:
+                needed = 1  # (the pace stays: the cap, not the round trip, bounds the window)
         if state.window_cut == math.inf:
             state.crowded[:] = _ring()  # (the most in flight per bucket, until this first cut)
         state.window = state.window_cut = min(state.window, float(max(1, held, needed)))

@@ -540,8 +540,9 @@ def test_told_the_limit_a_cap_s_first_refusal_sets_the_window_to_all_it_held() -
     # A cap of 10 in flight refuses the run's 11th request, none of the first ten answered
     # yet (the first answer, which opened the connection, came late): the window is the ten
     # it held, however many are in flight when the 429 comes back (none here: nothing was
-    # sent since) and however low the cut (38/s: the first bucket held two sends fewer).
-    # Live, the count then read 9 now and then, and a window of 9 held the run to 44/s.
+    # sent since). Live, the count then read 9 now and then, and a window of 9 held the run
+    # to 44/s. The pace stays at the told rate: the refusal was the cap's alone (cut to 0.95
+    # of what the first buckets took, 38/s here, it took 2.5 s to climb back).
     policy = AimdPolicy(50.0)
     sent: list[float] = []
     now = 100.04
@@ -556,7 +557,8 @@ def test_told_the_limit_a_cap_s_first_refusal_sets_the_window_to_all_it_held() -
         policy.on_success(at, at + 0.21)
     policy.release(sent[10] + 0.21)
     assert policy.on_rate_limited(sent[10], sent[10] + 0.21)
-    assert policy.rate(sent[10] + 0.21) < 0.8 * PACED
+    assert policy.rate(sent[10] + 0.21) == pytest.approx(PACED)
+    assert policy.state.headroom == 1.0
     assert policy.state.window == 10.0
     assert policy.state.burstless == math.inf
 
