@@ -628,16 +628,23 @@ def test_a_shared_state_in_many_hands_gives_the_same_answers() -> None:
 # -- not told: once the limit is found, it is held as if told ---------------------------------
 
 
+def _not_told_runs(shape: str, seeds: Sequence[int]) -> tuple[list[float], list[float]]:
+    """Not told, ``shape``'s first zoo row on the live machine, one run per seed: each run's
+    wall time over the ideal, and the limit its policy found (infinite if none)."""
+    ratios, found = [], []
+    for seed in seeds:
+        policy = AimdPolicy(None)
+        ratios.append(run_zoo(ZOO[shape][0], seed=seed, policy=policy, **LIVE).ratio)
+        found.append(policy.state.found)
+    return ratios, found
+
+
 def test_not_told_a_window_s_limit_refused_twice_at_one_pace_is_then_held_as_if_told() -> None:
     # Two marginal refusals at nearly one pace, the window having taken nearly that pace
     # for a second: the limit is found (what it took: the window's count), and from then on
     # a refusal near it lowers the pace by a lesson of headroom, not by a cut to 95 % and a
     # climb back over the cubic (1.134x on these seeds, with the found limit 1.113x).
-    ratios, found = [], []
-    for seed in range(6):
-        policy = AimdPolicy(None)
-        ratios.append(run_zoo(ZOO["sliding window"][0], seed=seed, policy=policy, **LIVE).ratio)
-        found.append(policy.state.found)
+    ratios, found = _not_told_runs("sliding window", range(6))
     assert sum(ratios) / len(ratios) <= 1.125
     # (One seed in six reads slow start's end as a server that refuses only over its rate.)
     assert sum(0.95 * LIMIT <= limit <= LIMIT for limit in found) >= 5
@@ -668,11 +675,7 @@ def test_not_told_a_rate_limiter_s_limit_found_low_is_found_again_by_a_refused_p
     # found: back to it, for the whole batch (1.250x the ideal over these seeds). A probe
     # refused more than a tenth above it, every send of the half second before taken, finds
     # it again at 92 % of the pace refused: 1.236x.
-    ratios, found = [], []
-    for seed in range(40):
-        policy = AimdPolicy(None)
-        ratios.append(run_zoo(ZOO["leaky bucket"][0], seed=seed, policy=policy, **LIVE).ratio)
-        found.append(policy.state.found)
+    ratios, found = _not_told_runs("leaky bucket", range(40))
     assert min(found) >= 0.88 * LIMIT
     assert sum(ratios) / len(ratios) <= 1.242
 
