@@ -880,7 +880,7 @@ class AimdPolicy:
         start = math.floor(max(end - MEASURE_SPAN, state.first_sent) / BUCKET) * BUCKET
         if end - start < _MIN_SPAN:
             return
-        took = self._sum(state.sent, start, end) - self._sum(state.refused, start, end)
+        took = self._took(start, end)
         took_rate = max(0, took) / (end - start)
         if (
             self.rate(now) > WIND_DOWN_ABOVE * took_rate
@@ -1517,7 +1517,7 @@ class AimdPolicy:
         state = self.state
         start, end = state.cut_sent - _LEAD_SPAN, state.cut_at - _LEAD_SPAN
         low, high = math.floor(start / BUCKET) * BUCKET, math.ceil(end / BUCKET) * BUCKET
-        took = self._sum(state.sent, low, high) - self._sum(state.refused, low, high)
+        took = self._took(low, high)
         if accepted >= _BURST_SPENT * took / (high - low) or accepted >= self.rate(now):
             return
         state.rate = state.cut_rate = max(self._min_rate, accepted)
@@ -1543,18 +1543,14 @@ class AimdPolicy:
         state = self.state
         start, end = state.cut_sent - _LEAD_SPAN, state.cut_at - _LEAD_SPAN
         low, high = math.floor(start / BUCKET) * BUCKET, math.ceil(end / BUCKET) * BUCKET
-        before = (self._sum(state.sent, low, high) - self._sum(state.refused, low, high)) / (
-            high - low
-        )
+        before = self._took(low, high) / (high - low)
         if not _WINDOW_KEPT_LOW * before <= accepted <= _WINDOW_KEPT_HIGH * before:
             return
         low = math.floor(max(start, state.first_sent) / BUCKET) * BUCKET
         high = math.floor(state.cut_sent / BUCKET) * BUCKET
         if high - low < _MIN_SPAN:
             return
-        count = (self._sum(state.sent, low, high) - self._sum(state.refused, low, high)) / (
-            high - low
-        )
+        count = self._took(low, high) / (high - low)
         rate = self._backoff * count
         if rate > self.rate(now):
             state.rate = state.cut_rate = rate
@@ -1672,6 +1668,12 @@ class AimdPolicy:
         low, high = self._buckets(start, end)
         return sum(ring[low:high]) if high > low else 0
 
+    def _took(self, start: float, end: float) -> int:
+        """What the server took of the sends in the whole buckets of ``[start, end)``: those
+        sent less those refused, by send time."""
+        state = self.state
+        return self._sum(state.sent, start, end) - self._sum(state.refused, start, end)
+
     def _pace_used(self, start: float, end: float) -> float:
         """The share of the pace sent in the whole buckets of ``[start, end)``: the sends
         over the pace's integral, the pace taken as linear across each bucket from the one
@@ -1702,7 +1704,7 @@ class AimdPolicy:
         span = end - start
         if span < _MIN_SPAN:
             return None
-        accepted = self._sum(state.sent, start, end) - self._sum(state.refused, start, end)
+        accepted = self._took(start, end)
         return max(0, accepted) / span
 
     def _correction_peak(self, sent_at: float, pace: float, peak: float) -> float:
@@ -1718,7 +1720,7 @@ class AimdPolicy:
         end = math.floor(sent_at / BUCKET) * BUCKET
         if end - start < _MIN_SPAN:
             return peak
-        took = self._sum(state.sent, start, end) - self._sum(state.refused, start, end)
+        took = self._took(start, end)
         took_rate = max(0, took) / (end - start)
         return max(peak, took_rate) if took_rate < _TOOK_SHORT * pace else peak
 

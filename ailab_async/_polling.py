@@ -851,12 +851,12 @@ _SLIVER = 0.005
 # cells 4 (1.73-1.96 polls per task where the others spend 1.90-2.16).
 _CELLS = 60
 _MAX_CELLS = 120
+_CELL_WIDTH = 0.125
 # Where the bisection for the budget's poll cost probes before halving (seconds of lag per
 # poll): the costs that meet a budget of 2 polls per task are 0.1-2 on the harness's shapes
 # (a drift's lowered budget: up to 8; a queue's: a few hundred, where the probe finds more
 # polls than the budget and the bisection starts from the top).
 _PROBE_COST = 10.0
-_CELL_WIDTH = 0.125
 # The evidence's memory (``PollPlanner._memory``): the last _RECENT tasks of the evidence
 # are tested against the plan's estimate, and disagree beyond _CHANGE_Z standard errors; the
 # half-life stays at ``half_life`` until _SETTLE tasks have finished since, then grows to
