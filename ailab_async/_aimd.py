@@ -1515,10 +1515,7 @@ class AimdPolicy:
         enough found a round trip sooner than by judging the sends after it, and is
         probed above from there (see the module docstring)."""
         state = self.state
-        start, end = state.cut_sent - _LEAD_SPAN, state.cut_at - _LEAD_SPAN
-        low, high = math.floor(start / BUCKET) * BUCKET, math.ceil(end / BUCKET) * BUCKET
-        took = self._took(low, high)
-        if accepted >= _BURST_SPENT * took / (high - low) or accepted >= self.rate(now):
+        if accepted >= _BURST_SPENT * self._took_a_second_before() or accepted >= self.rate(now):
             return
         state.rate = state.cut_rate = max(self._min_rate, accepted)
         state.refused_pace = state.aim = state.aim_cap = state.rate
@@ -1541,11 +1538,10 @@ class AimdPolicy:
         near 40/s for a second at a 50/s window, and a limit that dropped then was climbed
         back to that 41-43/s, not to 50.)"""
         state = self.state
-        start, end = state.cut_sent - _LEAD_SPAN, state.cut_at - _LEAD_SPAN
-        low, high = math.floor(start / BUCKET) * BUCKET, math.ceil(end / BUCKET) * BUCKET
-        before = self._took(low, high) / (high - low)
+        before = self._took_a_second_before()
         if not _WINDOW_KEPT_LOW * before <= accepted <= _WINDOW_KEPT_HIGH * before:
             return
+        start = state.cut_sent - _LEAD_SPAN
         low = math.floor(max(start, state.first_sent) / BUCKET) * BUCKET
         high = math.floor(state.cut_sent / BUCKET) * BUCKET
         if high - low < _MIN_SPAN:
@@ -1667,6 +1663,15 @@ class AimdPolicy:
         """Counts of whole buckets sent in ``[start, end)``."""
         low, high = self._buckets(start, end)
         return sum(ring[low:high]) if high > low else 0
+
+    def _took_a_second_before(self) -> float:
+        """Slow start's end re-read: what the server took, per second, of the sends one
+        second (``_LEAD_SPAN``) before those from the first refused one to the cut, over the
+        buckets that span covers."""
+        state = self.state
+        start, end = state.cut_sent - _LEAD_SPAN, state.cut_at - _LEAD_SPAN
+        low, high = math.floor(start / BUCKET) * BUCKET, math.ceil(end / BUCKET) * BUCKET
+        return self._took(low, high) / (high - low)
 
     def _took(self, start: float, end: float) -> int:
         """What the server took of the sends in the whole buckets of ``[start, end)``: those
