@@ -928,11 +928,13 @@ def test_rejects_a_rate_that_is_not_positive_and_finite(rate: object) -> None:
 
 
 def test_at_the_batch_s_end_the_pace_stops_growing_until_the_requests_left_are_accepted() -> None:
-    # Told 50/s, a marginal refusal lowered the ceiling, and acceptances give it back ...
+    # Told 50/s, a marginal refusal lowered the ceiling, and acceptances give it back (a
+    # server that allows a burst: see the next test) ...
     policy = AimdPolicy(50.0)
     sent_at = _accepted_while_paced(policy, 100.0, 103.0)
     policy.release(sent_at + 0.2)
     assert policy.on_rate_limited(sent_at, sent_at + 0.2)
+    policy.state.burstless = math.inf
     _accepted_while_paced(policy, 103.2, 106.0)
     unwound = AimdPolicy(50.0)
     unwound.state = AimdState.from_fields(policy.state.to_fields())
@@ -947,6 +949,36 @@ def test_at_the_batch_s_end_the_pace_stops_growing_until_the_requests_left_are_a
     policy.state.winding = 1  # one left: then it grows again (the next batch)
     _accepted_while_paced(policy, 107.0, 108.0)
     assert policy.rate(108.0) > pace
+
+
+def test_told_at_the_batch_s_end_a_server_that_allows_no_burst_is_sent_to_more_slowly() -> None:
+    # Told 50/s, a refusal at the ceiling (a server that allows no burst refuses a send that
+    # arrives a little early): the requests left go at 95 % of the pace, where a 429 would
+    # cost its retry a whole second at the end.
+    policy = AimdPolicy(50.0)
+    sent_at = _accepted_while_paced(policy, 100.0, 103.0)
+    policy.release(sent_at + 0.2)
+    assert policy.on_rate_limited(sent_at, sent_at + 0.2)
+    _accepted_while_paced(policy, 103.2, 106.0)
+    assert policy.state.burstless < math.inf
+    pace = policy.rate(106.0)
+    policy.wind_down(106.0, 64)
+    assert policy.rate(106.0) == pytest.approx(0.95 * pace)
+
+
+@pytest.mark.parametrize("by_rate", [True, False])
+def test_not_told_at_the_batch_s_end_a_limit_found_by_rate_is_sent_to_more_slowly(
+    by_rate: bool,
+) -> None:
+    # Not told, a limit read at slow start's end (a server that refuses only what is over
+    # its rate) that refused a send caught up: 95 % of the pace for the requests left. Not
+    # a window's limit found by two marginal refusals (a window takes a burst).
+    policy = AimdPolicy(None)
+    policy.state = AimdState(
+        rate=47.0, cut=True, found=48.0, found_by_rate=by_rate, burstless=48.0, headroom=0.98
+    )
+    policy.wind_down(100.0, 64)
+    assert policy.rate(100.0) == pytest.approx(0.95 * 47.0 if by_rate else 47.0)
 
 
 def test_at_the_batch_s_end_a_pace_far_above_what_the_server_took_comes_down_to_it() -> None:
