@@ -25,6 +25,7 @@ from ailab_async._aimd import (
     BUCKET,
     CATCH_UP,
     HEADROOM,
+    HOLD,
     LEARNED_HEADROOM,
     MAX_CATCH_UP,
     MAX_CATCH_UP_TOLD,
@@ -791,9 +792,9 @@ def test_told_too_much_a_marginal_refusal_far_under_the_told_ceiling_finds_the_l
     _leaky_run(policy, 101.5, 103.0, rate=1000.0)
     pace = policy.rate(103.0)
     assert 39.0 < pace < 0.9 * 60.0 * HEADROOM
-    (refusal,) = _leaky_run(policy, 103.0, 103.2, rate=1000.0, refuse=frozenset({5}))
+    (refusal,) = _leaky_run(policy, 103.0, 103.2, rate=1000.0, refuse=frozenset({0}))
     assert refusal[2]
-    found = policy.state.found  # the pace it was refused at (still climbing since 103.0)
+    found = policy.state.found  # the pace it was refused at
     assert found == pytest.approx(pace, rel=0.01)
     assert policy.rate(103.2) == pytest.approx(LEARNED_HEADROOM * found)
 
@@ -1026,6 +1027,35 @@ def test_in_slow_start_the_batch_s_end_changes_nothing() -> None:
     _accepted_while_paced(policy, 100.0, 101.0)
     _accepted_while_paced(unwound, 100.0, 101.0)
     assert policy.rate(101.0) == unwound.rate(101.0) > START_RATE
+
+
+def test_told_too_much_a_no_burst_correction_holds_off_briefly_and_judges_the_sends_after_it() -> (
+    None
+):
+    # The correction that shows a leaky bucket told too much (at 100.24) holds off 0.4 s,
+    # not a second: such a server refuses at once, and only the sends booked at the pace
+    # corrected (here two, refused just after it) are still the event's. The first refusal
+    # after the hold-off is judged on the sends since it ended: all accepted, so it is
+    # marginal, far under the told ceiling, and finds the limit (held for a second, the pace
+    # sat at 28/s; judged on the sends since the cut, those two made it a cut to 95 % of
+    # what the server took).
+    policy = AimdPolicy(60.0, books_ahead=True)
+    cuts = [sent for _, sent, cut in _leaky_run(policy, 100.0, 100.3) if cut]
+    assert cuts == [pytest.approx(100.017, abs=0.001), pytest.approx(100.231, abs=0.001)]
+    assert policy.state.no_burst
+    assert policy.state.hold_until == pytest.approx(policy.state.cut_at + 0.4)
+    stale = _leaky_run(policy, 100.3, 101.0, rate=1000.0, refuse=frozenset({0, 1}))
+    assert [cut for _, _, cut in stale] == [False, False]
+    pace = policy.rate(101.0)
+    (refusal,) = _leaky_run(policy, 101.0, 101.1, rate=1000.0, refuse=frozenset({0}))
+    assert refusal[2]
+    assert policy.state.found == pytest.approx(pace, rel=0.01)
+    assert policy.rate(101.1) == pytest.approx(LEARNED_HEADROOM * pace, rel=0.01)
+    # Told the limit, the same refusals after the first cut: no correction, a second's
+    # hold-off (the sends of the run so far, a fifth refused, are no news).
+    told = AimdPolicy(40.0, books_ahead=True)
+    _leaky_run(told, 100.0, 100.3, rate=1000.0, refuse=frozenset({3}))
+    assert told.state.hold_until == pytest.approx(told.state.cut_at + HOLD)
 
 
 def test_told_the_limit_a_server_refusing_from_the_first_sends_refuses_more_as_jitter() -> None:
