@@ -22,7 +22,7 @@ import statistics
 
 import pytest
 
-from ailab_async import PollingConfig
+from ailab_async import PollingConfig, _polling
 from ailab_async._polling import PollPlanner
 from ailab_async._tracker import _LAUNCH_SLACK
 from ailab_async.testing.simulator import ManualClock
@@ -43,6 +43,7 @@ from ._planner_sim import (
     shapes,
     simulate,
     steady_durations,
+    told_truth,
     uniform,
 )
 
@@ -442,6 +443,23 @@ def test_the_ratio_at_a_budget_is_read_off_the_line_through_three_runs() -> None
     slope /= sum((p - mean_polls) ** 2 for p in polls)
     assert ratio == pytest.approx(mean_ratio + slope * (2.0 - mean_polls))
     assert runs[1] == figures(arrivals, sampler, skip=50, seeds=range(1))
+
+
+def test_a_planner_told_the_truth_plans_on_it() -> None:
+    """``told_truth`` (``python -m tests._planner_sim --at-budget SHAPE --told N``): every
+    plan is solved on fresh draws of the true durations instead of the planner's estimate,
+    and only while it is active."""
+    told, untold = PollPlanner(), PollPlanner()
+    with told_truth(lambda _rng, _index, _pending: 2.0, 20):
+        for _ in range(10):
+            told.observe(4.0, 4.5)
+    for _ in range(10):
+        untold.observe(4.0, 4.5)
+    assert told.plan[0] == pytest.approx(2.0, abs=0.05)
+    assert untold.plan[0] > 3.9
+    assert _polling.solve_schedules is planner_sim.solve_schedules
+    with told_truth(uniform(1.0, 6.0), 0):
+        assert _polling.solve_schedules is planner_sim.solve_schedules
 
 
 @pytest.mark.xfail(
