@@ -138,9 +138,12 @@ def told_truth(sampler: Sampler, draws: int, seed: int = 0) -> Iterator[None]:
         _observations: list[tuple[float, float, float]],
         budget: float,
         config: PollingConfig,
+        *,
+        smoothing: float | None = None,
     ) -> tuple[list[float], list[float], float, tuple[float, float], _Policy] | None:
         durations = [sampler(rng, 0, 0) for _ in range(draws)]
-        return solve([(d - 1e-6, d, 1.0) for d in durations], budget, config)
+        exact = [(d - 1e-6, d, 1.0) for d in durations]
+        return solve(exact, budget, config, smoothing=smoothing)
 
     with mock.patch.object(_polling, "solve_schedules", told):
         yield
