@@ -851,20 +851,22 @@ _SHARP_CELLS = 3
 # is floored at _FLOOR), every _CHOOSE_EVERY plans. A smooth long tail rests on a few dozen
 # tasks past its median, and the share of wide intervals' weight by a narrow smoothing
 # follows where those few happened to fall: told 800 fresh exact durations at every plan
-# instead of its estimate, the planner reads 0.493x of fixed polling's lag on a log-normal
-# (median 3 s; tasks 300-1,000, seeds 0-7, at exactly 2.0 polls) where its estimate reads
-# 0.502x (told 200: 0.500x; 3,200: 0.492x; ``python -m tests._planner_sim --at-budget SHAPE
+# instead of its estimate, the planner reads 0.495x of fixed polling's lag on a log-normal
+# (median 3 s; tasks 300-1,000, seeds 0-7, at exactly 2.0 polls) where its estimate read
+# 0.502x (told 200: 0.507x; 3,200: 0.492x; ``python -m tests._planner_sim --at-budget SHAPE
 # --told N``). A wider smoothing throughout takes that back on the log-normal (0.495x) but
-# blurs sharp edges: a batch of 1-6 s tasks after 100 others 0.82 s at 1.96 polls instead of
-# 0.77 s at 2.01, the bimodal mix 0.83 s instead of 0.80 s (seeds 0-7, tasks 100-400), and
-# the bimodal mix in long runs 0.84 s instead of 0.81 s. Chosen by the evidence, a long-run
-# log-normal picks the wider one at about 19 plans of 20, the bimodal mix at about 1 of 10:
-# at exactly 2.0 polls, tasks 300-1,000, seeds 0-7, 8-15 and 16-31 read 0.497x, 0.488x and
-# 0.496x where one smoothing throughout read 0.502x, 0.492x and 0.502x; the bimodal mix and
-# 1-6 s tasks in long runs within 0.01 s and 0.01 polls of before. Chosen from the start of
-# a client's life, a burst's plans sometimes pick the wider one too (0.82 s at 1.96 polls),
-# hence only once the durations have held for long; chosen at every plan, a long tail's
-# re-plan took about twice as long.
+# blurs sharp edges: a batch of 1-6 s tasks after 100 others 0.83 s at 1.95 polls instead of
+# 0.77 s at 2.01, the bimodal mix 0.85 s instead of 0.80 s (seeds 0-7, tasks 100-400); from
+# the 400th task on only, the bimodal mix in long runs 0.84 s instead of 0.81 s. Chosen by
+# the evidence, a long-run log-normal picks the wider one at about 19 plans of 20, the
+# bimodal mix at about 1 of 10: at exactly 2.0 polls, tasks 300-1,000, seeds 0-7, 8-15 and
+# 16-31 read 0.497x, 0.488x and 0.496x where one smoothing throughout read 0.502x, 0.492x
+# and 0.502x; the bimodal mix and 1-6 s tasks in long runs within 0.01 s and 0.01 polls of
+# before. Chosen from the start of a client's life, a burst's plans sometimes pick the wider
+# one too (0.82 s at 1.96 polls), hence only once the durations have held for long. A long
+# tail's re-plan (from its 450th task on) takes about 4.8-5.7 ms of CPU where it took 4.0
+# (the wider smoothing's longer reach, and the choice's four estimates every tenth plan);
+# chosen at every plan, a few times as long.
 _SMOOTHINGS = (0.1, 0.2)
 _CHOOSE_EVERY = 10
 _SMOOTH_AFTER = 400
