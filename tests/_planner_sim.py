@@ -21,18 +21,20 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import hashlib
 import heapq
 import itertools
 import math
 import random
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from unittest import mock
 
 import attrs
 import numpy as np
 
-from ailab_async import PollingConfig
+from ailab_async import PollingConfig, _polling
 from ailab_async._polling import PollPlanner, _Policy, completion_evidence, solve_schedules
 from ailab_async.testing.simulator import (
     Distribution,
@@ -103,6 +105,7 @@ def simulate(
     round_trip: float = 0.005,
     slack: float = 0.0,
     plans: list[tuple[int, _Policy]] | None = None,
+    told: int = 0,
 ) -> tuple[list[Outcome], PollPlanner]:
     """Run tasks submitted at ``arrivals`` (seconds, ascending) with durations drawn by
     ``sampler`` through a fresh planner; each poll takes ``round_trip`` seconds and the
@@ -110,7 +113,51 @@ def simulate(
     tracker sends them: when a poll falls due, every poll due within ``slack`` seconds goes
     with it, early (the tracker's ``_LAUNCH_SLACK``). Returns each task's outcome, in submit
     order; each re-plan's policy goes to ``plans`` (if given), with how many tasks had
-    finished."""
+    finished. With ``told``, every plan is solved on that many fresh draws of ``sampler``
+    (exact completion times, alike in weight) instead of the planner's estimate
+    (:func:`told_truth`); all else is the planner's own."""
+    with told_truth(sampler, told, seed):
+        return _simulate(arrivals, sampler, config, seed, round_trip, slack, plans)
+
+
+@contextlib.contextmanager
+def told_truth(sampler: Sampler, draws: int, seed: int = 0) -> Iterator[None]:
+    """While active (``draws`` above 0), every plan's solver is told ``draws`` fresh
+    durations from ``sampler`` (of a shape whose durations do not change: its index and
+    pending count are not given) as exact completion times instead of the evidence's
+    estimate: what the planner reaches when its estimate is as good as that many tasks
+    seen finishing exactly. Beside the planner's own figure, it says how much of what is
+    left is the estimate's noise."""
+    if draws <= 0:
+        yield
+        return
+    rng = random.Random(f"told:{seed}")
+    solve = _polling.solve_schedules
+
+    def told(
+        _observations: list[tuple[float, float, float]],
+        budget: float,
+        config: PollingConfig,
+        *,
+        smoothing: float | None = None,
+    ) -> tuple[list[float], list[float], float, tuple[float, float], _Policy] | None:
+        durations = [sampler(rng, 0, 0) for _ in range(draws)]
+        exact = [(d - 1e-6, d, 1.0) for d in durations]
+        return solve(exact, budget, config, smoothing=smoothing)
+
+    with mock.patch.object(_polling, "solve_schedules", told):
+        yield
+
+
+def _simulate(
+    arrivals: Sequence[float],
+    sampler: Sampler,
+    config: PollingConfig | None,
+    seed: int,
+    round_trip: float,
+    slack: float,
+    plans: list[tuple[int, _Policy]] | None,
+) -> tuple[list[Outcome], PollPlanner]:
     rng = random.Random(seed)
     planner = PollPlanner(config)
     tasks: dict[int, _Task] = {}
@@ -200,14 +247,15 @@ def figures(
     skip: int = 100,
     seeds: Sequence[int] = (0, 1, 2),
     slack: float = 0.0,
+    told: int = 0,
 ) -> Figures:
     """Run the tasks once per seed (durations and lanes) and sum up, over all runs, the
-    tasks after the first ``skip`` of each (the steady state); ``slack`` as in
+    tasks after the first ``skip`` of each (the steady state); ``slack`` and ``told`` as in
     :func:`simulate`."""
     steady: list[Outcome] = []
     worst = 0.0
     for seed in seeds:
-        outcomes, _ = simulate(arrivals, sampler, config, seed=seed, slack=slack)
+        outcomes, _ = simulate(arrivals, sampler, config, seed=seed, slack=slack, told=told)
         steady += outcomes[skip:]
         worst = max([worst, *(o.lag for o in outcomes)])
     return Figures(
@@ -227,12 +275,14 @@ def ratio_at_budget(
     spread: float = 0.06,
     skip: int = 100,
     seeds: Sequence[int] = (0, 1, 2),
+    told: int = 0,
 ) -> tuple[float, list[Figures]]:
     """The lag as a share of fixed polling's at exactly ``budget`` polls per task: the
     runs' spending lands a little off their budget (and a change that spends less looks
     worse by that alone), so the tasks are run at budgets ``budget - spread``, ``budget``
     and ``budget + spread`` and the ratio read off the least-squares line through the three
-    (polls, ratio) figures. Returns that ratio and the three figures."""
+    (polls, ratio) figures (``told`` as in :func:`simulate`). Returns that ratio and the
+    three figures."""
     runs = [
         figures(
             arrivals,
@@ -240,6 +290,7 @@ def ratio_at_budget(
             PollingConfig(target_polls=budget + offset),
             skip=skip,
             seeds=seeds,
+            told=told,
         )
         for offset in (-spread, 0.0, spread)
     ]
@@ -668,6 +719,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         " read off the line through runs at budgets 1.94, 2.0 and 2.06",
     )
     parser.add_argument(
+        "--told",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --at-budget: every plan solved on N fresh draws of the shape's true"
+        " durations (exact) instead of the planner's estimate; what is left beside the"
+        " planner's own figure is the estimate's noise (a shape whose durations do not change)",
+    )
+    parser.add_argument(
         "--live",
         action="store_true",
         help="the live benchmark's own tasks (bench_tracker's 1,100 uniform 1-6 s tasks,"
@@ -685,6 +745,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--seeds must be at least 1")
     if not 0 <= args.skip < args.tasks:
         parser.error("--skip must be at least 0 and below --tasks")
+    if args.told:
+        phases = _phases(args.at_budget) if args.at_budget in SHAPES else None
+        if args.told < 0 or phases is None or len(phases[0]) != 1:
+            parser.error("--told: a positive count, with --at-budget of a shape that holds")
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     run = {"seeds": seeds, "tasks": args.tasks, "skip": args.skip}
     if args.live:
@@ -702,7 +766,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.at_budget not in SHAPES:
             parser.error(f"--at-budget: one of {', '.join(sorted(SHAPES))}")
         arrivals, sampler = shapes(args.tasks)[args.at_budget]
-        ratio, runs = ratio_at_budget(arrivals, sampler, skip=args.skip, seeds=seeds)
+        ratio, runs = ratio_at_budget(
+            arrivals, sampler, skip=args.skip, seeds=seeds, told=args.told
+        )
         for run in runs:
             print(f"{run.polls_per_task:.3f} polls  {run.mean_lag:.3f} s  {run.ratio:.4f}x")
         print(f"at 2.0 polls: {ratio:.4f}x")

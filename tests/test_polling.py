@@ -744,6 +744,65 @@ def test_the_memory_is_long_while_durations_hold_and_short_after_a_change() -> N
     assert planner.memory > 100.0
 
 
+def _polled_at(duration: float, rng: random.Random) -> tuple[float, float, float]:
+    """A task of ``duration`` under a plan polling at 1.5, 3, 4.5, 6, 8, 10 s and on (each
+    task's polls stretched by a few per cent): its interval."""
+    low = 0.0
+    for planned in (1.5, 3.0, 4.5, 6.0, 8.0, 10.0, 12.5, 15.0, 20.0, 25.0, 30.0, 40.0):
+        point = planned * (1.0 + 0.05 * (rng.random() - 0.5))
+        if point >= duration:
+            return low, point, 1.0
+        low = point
+    return low, math.inf, 1.0
+
+
+def test_the_evidence_chooses_a_wider_smoothing_for_a_smooth_tail_only() -> None:
+    """Each half of the evidence predicts the other best under a wider smoothing when the
+    durations are smooth (a log-normal's long tail), under the narrow one when they have
+    sharp edges (short tasks and long ones, nothing between)."""
+    rng = random.Random(1)
+    smooth = [_polled_at(3.0 * math.exp(0.8 * rng.gauss(0.0, 1.0)), rng) for _ in range(200)]
+    edged = [
+        _polled_at(rng.uniform(0.5, 2.0) if rng.random() < 0.7 else rng.uniform(6.0, 12.0), rng)
+        for _ in range(200)
+    ]
+    assert _polling._choose_smoothing(smooth) == max(_polling._SMOOTHINGS)
+    assert _polling._choose_smoothing(edged) == _polling._SMOOTHING == min(_polling._SMOOTHINGS)
+
+
+def test_the_smoothing_is_chosen_only_once_durations_have_held_for_long(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Until ``_SMOOTH_AFTER`` tasks have finished since the last change, every plan shares
+    by ``_SMOOTHING``; from then on by what the evidence chooses (here a log-normal's: the
+    wider one), checked every ``_CHOOSE_EVERY`` plans; after a change, ``_SMOOTHING`` again."""
+    used: list[float | None] = []
+    solve = _polling.solve_schedules
+
+    def spy(*args: Any, smoothing: float | None = None, **kwargs: Any) -> Any:
+        used.append(smoothing)
+        return solve(*args, smoothing=smoothing, **kwargs)
+
+    monkeypatch.setattr(_polling, "solve_schedules", spy)
+    rng = random.Random(2)
+    planner = PollPlanner()
+
+    def lognormal(median: float) -> None:
+        low, high, _ = _polled_at(median * math.exp(0.8 * rng.gauss(0.0, 1.0)), rng)
+        planner.observe(low, high if high != math.inf else 60.0)
+
+    for _ in range(_polling._SMOOTH_AFTER - 10):
+        lognormal(3.0)
+    assert set(used) == {_polling._SMOOTHING}
+    for _ in range(30):
+        lognormal(3.0)
+    assert used[-1] == max(_polling._SMOOTHINGS) > _polling._SMOOTHING
+    for _ in range(60):
+        lognormal(12.0)
+    assert planner.memory == 40.0
+    assert used[-1] == _polling._SMOOTHING
+
+
 def test_tasks_before_a_change_do_not_come_back_as_the_memory_grows() -> None:
     """After a change, the memory grows again, but the tasks from before it keep the short
     one: 250 tasks later, those 1-6 s tasks (still within a window of 600) would otherwise
