@@ -598,6 +598,29 @@ def test_told_the_limit_a_cut_that_was_not_enough_takes_back_the_burstless_mark(
     assert policy.state.burstless == math.inf
 
 
+@pytest.mark.parametrize(
+    ("mark", "refuse", "kept"),
+    [(30.0, set(), False), (45.0, set(), True), (30.0, set(range(5, 200, 40)), True)],
+)
+def test_not_told_a_burstless_mark_the_server_took_well_above_is_taken_back(
+    mark: float, refuse: set[int], kept: bool
+) -> None:
+    # Not told, a marginal refusal at 30/s marked a server that allows no burst (no late
+    # send caught up): it was a probe refused while the limit was down. The limit is back,
+    # and the server takes 47/s, spaced closer than a spacing at 30/s, refusing none over a
+    # second: no such server, the mark goes. Not when what it takes is within a fifth of
+    # the mark (45/s), nor when it refuses one in every second (a server that allows no
+    # burst refuses a send caught up now and then).
+    policy = AimdPolicy(None)
+    state = policy.state
+    state.rate, state.burstless = 47.0, mark
+    state.cut, state.cut_sent, state.cut_at = True, 98.8, 99.0
+    state.hold_until = 200.0  # (no growth meanwhile: the pace stays 47/s)
+    _paced_run(policy, 100.0, 102.5, latency=0.2, refuse=refuse)
+    assert policy.rate(102.5) == 47.0
+    assert state.burstless == (mark if kept else math.inf)
+
+
 def test_a_cut_s_own_429_is_not_counted_as_one_sent_since_it() -> None:
     # A server next door answers in 5 ms: the lesson's refused send is in the bucket the
     # count since the cut starts at. One of the five sends after it refused is not "most"
