@@ -989,6 +989,27 @@ def test_at_the_batch_s_end_a_pace_far_above_what_the_server_took_comes_down_to_
     assert policy.rate(104.0) == pytest.approx(took)
 
 
+@pytest.mark.parametrize(("pace", "lowered"), [(51.0, True), (49.0, False)])
+def test_at_the_batch_s_end_a_pace_a_little_above_what_the_server_took_comes_down_near_it(
+    pace: float, lowered: bool
+) -> None:
+    # Not told, after a cut: the server took 47/s, every send, and the pace has just
+    # climbed back to 51/s, under WIND_DOWN_ABOVE times that. Sent on to the batch's end, a
+    # window that takes 47-50/s refuses one in the last second, and its retry waits out a
+    # whole Retry-After: at the end, the pace comes down to 1.06 times what the server took
+    # (not at 49/s, within that).
+    policy = AimdPolicy(None)
+    state = policy.state
+    state.rate = 47.0
+    state.cut, state.cut_sent, state.cut_at = True, 98.8, 99.0
+    state.hold_until = 200.0  # (no growth meanwhile: the pace stays 47/s)
+    _paced_run(policy, 100.0, 102.5, latency=0.2, refuse=set())
+    state.rate = pace
+    assert pace < WIND_DOWN_ABOVE * 47.0
+    policy.wind_down(102.5, 20)
+    assert policy.rate(102.5) == (pytest.approx(1.06 * 47.0, rel=0.02) if lowered else pace)
+
+
 def test_at_the_batch_s_end_a_pace_the_client_did_not_use_stays() -> None:
     # Told 50/s, sending 10/s (the server keeps up): the pace is not what held it back, and
     # the tracker plans its polls from it.
