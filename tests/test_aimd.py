@@ -599,6 +599,29 @@ def test_told_the_limit_a_cut_that_was_not_enough_takes_back_the_burstless_mark(
     assert policy.state.burstless == math.inf
 
 
+@pytest.mark.parametrize(
+    ("mark", "refuse", "kept"),
+    [(30.0, set(), False), (45.0, set(), True), (30.0, set(range(5, 200, 40)), True)],
+)
+def test_not_told_a_burstless_mark_the_server_took_well_above_is_taken_back(
+    mark: float, refuse: set[int], kept: bool
+) -> None:
+    # Not told, a marginal refusal at 30/s marked a server that allows no burst (no late
+    # send caught up): it was a probe refused while the limit was down. The limit is back,
+    # and the server takes 47/s, spaced closer than a spacing at 30/s, refusing none over a
+    # second: no such server, the mark goes. Not when what it takes is within a fifth of
+    # the mark (45/s), nor when it refuses one in every second (a server that allows no
+    # burst refuses a send caught up now and then).
+    policy = AimdPolicy(None)
+    state = policy.state
+    state.rate, state.burstless = 47.0, mark
+    state.cut, state.cut_sent, state.cut_at = True, 98.8, 99.0
+    state.hold_until = 200.0  # (no growth meanwhile: the pace stays 47/s)
+    _paced_run(policy, 100.0, 102.5, latency=0.2, refuse=refuse)
+    assert policy.rate(102.5) == 47.0
+    assert state.burstless == (mark if kept else math.inf)
+
+
 def test_a_cut_s_own_429_is_not_counted_as_one_sent_since_it() -> None:
     # A server next door answers in 5 ms: the lesson's refused send is in the bucket the
     # count since the cut starts at. One of the five sends after it refused is not "most"
@@ -997,6 +1020,27 @@ def test_at_the_batch_s_end_a_pace_far_above_what_the_server_took_comes_down_to_
     assert pace > WIND_DOWN_ABOVE * took
     policy.wind_down(104.0, 100)
     assert policy.rate(104.0) == pytest.approx(took)
+
+
+@pytest.mark.parametrize(("pace", "lowered"), [(51.0, True), (49.0, False)])
+def test_at_the_batch_s_end_a_pace_a_little_above_what_the_server_took_comes_down_near_it(
+    pace: float, lowered: bool
+) -> None:
+    # Not told, after a cut: the server took 47/s, every send, and the pace has just
+    # climbed back to 51/s, under WIND_DOWN_ABOVE times that. Sent on to the batch's end, a
+    # window that takes 47-50/s refuses one in the last second, and its retry waits out a
+    # whole Retry-After: at the end, the pace comes down to 1.06 times what the server took
+    # (not at 49/s, within that).
+    policy = AimdPolicy(None)
+    state = policy.state
+    state.rate = 47.0
+    state.cut, state.cut_sent, state.cut_at = True, 98.8, 99.0
+    state.hold_until = 200.0  # (no growth meanwhile: the pace stays 47/s)
+    _paced_run(policy, 100.0, 102.5, latency=0.2, refuse=set())
+    state.rate = pace
+    assert pace < WIND_DOWN_ABOVE * 47.0
+    policy.wind_down(102.5, 20)
+    assert policy.rate(102.5) == (pytest.approx(1.06 * 47.0, rel=0.02) if lowered else pace)
 
 
 def test_at_the_batch_s_end_a_pace_the_client_did_not_use_stays() -> None:
