@@ -79,6 +79,10 @@ from what the server *accepted*, by send time:
   most of them but took about what it took of the sends a second before, a sliding window
   the ramp filled is rolling: the cut is raised to :data:`BACKOFF` of its count (what it
   took over the second before the first refusal), not left at the ramp's average.
+  A 429 that came back at once (before any answer to the sends around it: a cap on
+  requests in flight, a gateway) has no sends from it to the cut: those re-read run on to
+  a round trip past the cut, and a cap that refuses none of them is read as when its 429s
+  come after the latency.
 * **Told the limit, jitter teaches headroom.** A marginal refusal at 90 % of the ceiling or
   more (the send times jitter on their way, and a server that allows no burst refuses one
   that arrives early) lowers the ceiling to :data:`LEARNED_HEADROOM` of that pace (never
@@ -407,6 +411,10 @@ _BURST_SPENT = 0.7
 # 0.62-0.84, deeper ones under 0.75, fixed windows nothing or 1.7 times and more.
 _WINDOW_KEPT_LOW = 0.85
 _WINDOW_KEPT_HIGH = 1.6
+# A 429 that came back in under this share of the shortest round trip of an accepted request
+# came back at once (before any answer to the sends around it): the re-read then runs on over
+# the sends of a round trip past the cut (see _instant_reread_until).
+_INSTANT_SHARE = 0.5
 # Not told, a limit found under what slow start's ramp got through is probed back up to that
 # this many seconds after a hold-off (not PROBE_AFTER): the limit dropped while slow start's
 # cut held, and may come back. The drop/return family, seeds 0-39 and 40-79: 1.1720x and
@@ -617,6 +625,10 @@ class AimdState:
     #: after its 429): all of them, and the 429s among them.
     reread_answers: int = 0
     reread_refused: int = 0
+    #: When that 429 came back at once (before any answer to the sends around it): the
+    #: sends re-read run on to this, a round trip past the cut (``-inf``: to the cut; see
+    #: ``_reread_end``).
+    reread_until: float = -math.inf
     #: Requests in flight allowed (``inf``: no window yet), and requests in flight now.
     window: float = math.inf
     in_flight: int = 0
@@ -919,7 +931,7 @@ class AimdPolicy:
         else:
             state.rtt = sample if state.rtt == 0.0 else state.rtt + _RTT_GAIN * (sample - state.rtt)
         state.rtt_floor = min(state.rtt_floor, sample)
-        if state.reread and sent_at >= state.cut_at:
+        if state.reread and sent_at >= self._reread_end():
             self._reread_first_cut(now)
         self._count_reread(sent_at, refused=False)
         if state.winding:
@@ -1061,6 +1073,7 @@ class AimdPolicy:
         if cap_only:
             new_rate = current  # the window is the cut (see below)
         self._mark_cut_sent(sent_at, accepted)
+        state.reread_until = self._instant_reread_until(sent_at, now)
         state.rate = state.cut_rate = new_rate
         state.refused_pace = max(_PEAK_MARGIN * peak, new_rate)
         # (Not after a probe above the limit found that showed it rose: see _told_refused.)
@@ -1459,11 +1472,30 @@ class AimdPolicy:
         state.reread_answers = state.reread_refused = 1
         state.cut_sent = sent_at
 
+    def _instant_reread_until(self, sent_at: float, now: float) -> float:
+        """A cut that ends slow start, for a 429 to a request sent at ``sent_at`` that came
+        back at ``now``: where the sends re-read end if that 429 came back at once (in under
+        ``_INSTANT_SHARE`` of the shortest round trip of an accepted request), before any
+        answer to the sends around it: a round trip past the cut (``-inf`` otherwise: at the
+        cut). Those that left at the cut's pace then say what the sends after the refused
+        one would have said (a cap on requests in flight refuses none of them, and is read
+        as a server that refuses only what is over its rate, as when its 429s come late)."""
+        state = self.state
+        if state.cut or not now - sent_at < _INSTANT_SHARE * state.rtt_floor:
+            return -math.inf
+        return now + state.rtt
+
+    def _reread_end(self) -> float:
+        """Where the sends re-read at slow start's end end: at the cut, or a round trip
+        past it after a 429 that came back at once (see ``_instant_reread_until``)."""
+        state = self.state
+        return max(state.cut_at, state.reread_until)
+
     def _count_reread(self, sent_at: float, *, refused: bool) -> None:
         """Count an answer to a request sent at ``sent_at`` for the re-read of slow start's
         end, if it is one of the sends from the first refused one to the cut."""
         state = self.state
-        if state.reread and state.cut_sent <= sent_at < state.cut_at:
+        if state.reread and state.cut_sent <= sent_at < self._reread_end():
             state.reread_answers += 1
             state.reread_refused += refused
 
@@ -1475,14 +1507,17 @@ class AimdPolicy:
         ramp's average the cut was set from: cut to that instead, and recover to it."""
         state = self.state
         state.reread = False
-        start, end = state.cut_sent, state.cut_at
+        start, end = state.cut_sent, self._reread_end()
         sent, refused = state.reread_answers, state.reread_refused
         if sent < _WRONG_CUT_SENDS:
             return
         span = end - start
         accepted = (sent - refused) / span
         if refused >= _REREAD_SHARE * sent:
-            if self.configured is None and refused <= _ALL_REFUSED * sent:
+            # (Not after a 429 that came back at once: those re-reads weigh the ramp's own
+            # sends after the first refused one, and these went at the cut's pace.)
+            instant = state.reread_until > state.cut_at
+            if self.configured is None and refused <= _ALL_REFUSED * sent and not instant:
                 self._reread_spent_burst(now, accepted)
                 self._reread_full_window(now, accepted)
             return

@@ -497,6 +497,55 @@ def _capped_run(
     return [(sent, cut, window) for _, sent, cut, window in refusals]
 
 
+def _instant_capped_run(
+    policy: AimdPolicy, start: float, end: float, *, latency: float, cap: int
+) -> list[tuple[float, bool]]:
+    """Senders always waiting from ``start`` to ``end``, at a server that refuses a request
+    when ``cap`` requests it accepted are in flight there, its 429 at once (an accepted one
+    answered ``latency`` after it went); per refused request, when it went and whether its
+    429 cut the rate."""
+    answers: list[float] = []  # send times of the accepted requests in flight, in order
+    refusals: list[tuple[float, bool]] = []
+    now = start
+    while now < end or answers:
+        while answers and (answers[0] + latency <= now or now >= end):
+            sent = answers.pop(0)
+            policy.release(sent + latency)
+            policy.on_success(sent, sent + latency)
+        if now >= end:
+            break
+        wait = policy.claim(now)
+        if wait == 0:
+            if len(answers) >= cap:
+                policy.release(now)
+                refusals.append((now, policy.on_rate_limited(now, now)))
+            else:
+                answers.append(now)
+            continue
+        now = min(
+            now + (wait if wait < math.inf else 0.001),
+            answers[0] + latency if answers else math.inf,
+        )
+    return refusals
+
+
+def test_not_told_slow_start_ended_by_a_429_at_once_is_re_read_over_the_round_trip_after_it() -> (
+    None
+):
+    # A cap of 10 in flight answering in 0.2 s (50/s) and refusing at once: slow start's
+    # ramp is refused at about 51/s, before any answer to the sends around that request
+    # came back, and the cut is the ramp's average (~33/s, ~6.5 in flight). The round trip
+    # sent after the cut is all accepted: such a server refuses only what is over its
+    # limit, and the cut is re-read from the top of the ramp, as when its 429s come after
+    # the latency (left at the ramp's average, it climbed back over seconds).
+    policy = AimdPolicy(None)
+    ((_, cut),) = _instant_capped_run(policy, 100.0, 101.6, latency=0.2, cap=10)
+    assert cut
+    assert policy.state.window == 10.0
+    assert policy.rate(101.6) >= 0.9 * 50.0
+    assert policy.state.found < math.inf
+
+
 def test_told_the_limit_a_refusal_above_the_window_a_cut_set_is_the_window_s_alone() -> None:
     # A server that caps requests in flight at 10, answering in 0.21 s: told 50/s, the pace
     # (49.25/s) keeps 10.3 in flight there. The first 429 cuts (the window to the 10 held);
