@@ -182,7 +182,12 @@ from what the server *accepted*, by send time:
   ceiling taken for a server that allows no burst was the cap's too: late sends catch up
   again). Nor is a first refusal in the run's first round trip, of a request sent with
   more in flight than the pace sends in a round trip (the first answer came late), taken
-  for one: a cap refuses the request above it however evenly the sends went. Slots booked
+  for one: a cap refuses the request above it however evenly the sends went. Not told,
+  once the limit is found, a 429 that came back at once (the count in flight is then the
+  server's) for a request sent at the ceiling with at least the last cut's window in
+  flight, the window full, is the window's as well, and a pace probing above the limit
+  found goes back to it (until one such 429 comes with fewer in flight: a server that
+  refuses under the window is no cap). Slots booked
   ahead
   (:meth:`AimdPolicy.reserve`) and not yet due are not at the server: the window does not
   count them; and a store that books ahead, which hears of answers late, is allowed at
@@ -664,6 +669,9 @@ class AimdState:
     window_cut: float = math.inf
     crowded: list[int] = attrs.field(factory=_ring)
     window_grows_at: float = -math.inf
+    #: Not told, the limit found: whether the server refused a request with fewer in flight
+    #: than the last cut's window, its 429 at once (see ``_cap_refused_at_once``).
+    below_window: bool = False
     #: Told the limit, a store that books ahead: the server refused from the very first
     #: sends, about half of them, and the first cut was not enough (a leaky bucket, or a
     #: token bucket of no burst, told too much: see ``_no_burst_overrun``).
@@ -1010,6 +1018,10 @@ class AimdPolicy:
         if fresh and self._window_refused(sent_at, pace):
             self._window_only(now)
             return False
+        if fresh and self._cap_refused_at_once(sent_at, now, pace):
+            self._window_only(now)
+            self._probe_refused(now)
+            return False
         self._burstless_event(fresh=fresh)
         estimate = peak = pace
         marginal = state.cut and fresh and self._marginal(sent_at)
@@ -1174,6 +1186,34 @@ class AimdPolicy:
         offset = math.floor(sent_at / BUCKET) - state.first_bucket
         slots = math.floor((sent_at - state.first_sent) * pace + 1e-9)
         return min(state.crowded[offset] - 1, slots)
+
+    def _cap_refused_at_once(self, sent_at: float, now: float, pace: float) -> bool:
+        """Not told, the limit found: whether a 429 that came back at once (see
+        ``_instant_reread_until``), for a request sent at ``sent_at`` at ``pace``, after the
+        last event's hold-off, is the window's: the requests in flight then are the ones the
+        server holds, and it refused with at least as many as the last cut's window (what it
+        held at that cut), at the ceiling. One refused with fewer shows a server that refuses
+        under that window: no cap on requests in flight, and no later refusal is taken for
+        one's."""
+        state = self.state
+        if self.configured is not None or state.found == math.inf or state.below_window:
+            return False
+        if not now - sent_at < _INSTANT_SHARE * state.rtt_floor:
+            return False
+        held = state.in_flight - self._booked_ahead(now)  # (the refused one released)
+        if held < state.window_cut:
+            state.below_window = True
+            return False
+        return held + 1 > state.window and self._near_ceiling(pace)
+
+    def _probe_refused(self, now: float) -> None:
+        """Not told, a refusal at ``now`` that was the window's (``_cap_refused_at_once``):
+        a pace probing above the limit found goes back to it, and probes again only
+        ``PROBE_AFTER`` seconds on (the window, not the pace, keeps such a server from
+        refusing: a pace left to probe on climbed to hundreds a second)."""
+        state = self.state
+        state.rate = min(self.rate(now), self._ceiling() * state.headroom)
+        state.hold_until = now
 
     def _window_only(self, now: float) -> None:
         """A refusal that is the window's (``_window_refused``), at ``now``: the window goes
