@@ -81,6 +81,10 @@ from what the server *accepted*, by send time:
   most of them but took about what it took of the sends a second before, a sliding window
   the ramp filled is rolling: the cut is raised to :data:`BACKOFF` of its count (what it
   took over the second before the first refusal), not left at the ramp's average.
+  A 429 that came back at once (before any answer to the sends around it: a cap on
+  requests in flight, a gateway) has no sends from it to the cut: those re-read run on to
+  a round trip past the cut, and a cap that refuses none of them is read as when its 429s
+  come after the latency.
 * **Told the limit, jitter teaches headroom.** A marginal refusal at 90 % of the ceiling or
   more (the send times jitter on their way, and a server that allows no burst refuses one
   that arrives early) lowers the ceiling to :data:`LEARNED_HEADROOM` of that pace (never
@@ -182,7 +186,12 @@ from what the server *accepted*, by send time:
   ceiling taken for a server that allows no burst was the cap's too: late sends catch up
   again). Nor is a first refusal in the run's first round trip, of a request sent with
   more in flight than the pace sends in a round trip (the first answer came late), taken
-  for one: a cap refuses the request above it however evenly the sends went. Slots booked
+  for one: a cap refuses the request above it however evenly the sends went. Not told,
+  once the limit is found, a 429 that came back at once (the count in flight is then the
+  server's) for a request sent at the ceiling with at least the last cut's window in
+  flight, the window full, is the window's as well, and a pace probing above the limit
+  found goes back to it (until one such 429 comes with fewer in flight: a server that
+  refuses under the window is no cap). Slots booked
   ahead
   (:meth:`AimdPolicy.reserve`) and not yet due are not at the server: the window does not
   count them; and a store that books ahead, which hears of answers late, is allowed at
@@ -413,6 +422,10 @@ _BURST_SPENT = 0.7
 # 0.62-0.84, deeper ones under 0.75, fixed windows nothing or 1.7 times and more.
 _WINDOW_KEPT_LOW = 0.85
 _WINDOW_KEPT_HIGH = 1.6
+# A 429 that came back in under this share of the shortest round trip of an accepted request
+# came back at once (before any answer to the sends around it): the re-read then runs on over
+# the sends of a round trip past the cut (see _instant_reread_until).
+_INSTANT_SHARE = 0.5
 # Not told, a limit found under what slow start's ramp got through is probed back up to that
 # this many seconds after a hold-off (not PROBE_AFTER): the limit dropped while slow start's
 # cut held, and may come back. The drop/return family, seeds 0-39 and 40-79: 1.1720x and
@@ -648,6 +661,10 @@ class AimdState:
     #: after its 429): all of them, and the 429s among them.
     reread_answers: int = 0
     reread_refused: int = 0
+    #: When that 429 came back at once (before any answer to the sends around it): the
+    #: sends re-read run on to this, a round trip past the cut (``-inf``: to the cut; see
+    #: ``_reread_end``).
+    reread_until: float = -math.inf
     #: Requests in flight allowed (``inf``: no window yet), and requests in flight now.
     window: float = math.inf
     in_flight: int = 0
@@ -683,6 +700,9 @@ class AimdState:
     window_cut: float = math.inf
     crowded: list[int] = attrs.field(factory=_ring)
     window_grows_at: float = -math.inf
+    #: Not told, the limit found: whether the server refused a request with fewer in flight
+    #: than the last cut's window, its 429 at once (see ``_cap_refused_at_once``).
+    below_window: bool = False
     #: Told the limit, a store that books ahead: the server refused from the very first
     #: sends, about half of them, and the first cut was not enough (a leaky bucket, or a
     #: token bucket of no burst, told too much: see ``_no_burst_overrun``).
@@ -988,7 +1008,7 @@ class AimdPolicy:
         else:
             state.rtt = sample if state.rtt == 0.0 else state.rtt + _RTT_GAIN * (sample - state.rtt)
         state.rtt_floor = min(state.rtt_floor, sample)
-        if state.reread and sent_at >= state.cut_at:
+        if state.reread and sent_at >= self._reread_end():
             self._reread_first_cut(now)
         self._count_reread(sent_at, refused=False)
         self._burst_taken(sent_at)
@@ -1068,6 +1088,10 @@ class AimdPolicy:
         if fresh and self._window_refused(sent_at, pace):
             self._window_only(now)
             return False
+        if fresh and self._cap_refused_at_once(sent_at, now, pace):
+            self._window_only(now)
+            self._probe_refused(now)
+            return False
         self._burstless_event(fresh=fresh)
         estimate = peak = pace
         marginal = state.cut and fresh and self._marginal(sent_at)
@@ -1131,6 +1155,7 @@ class AimdPolicy:
         if cap_only:
             new_rate = current  # the window is the cut (see below)
         self._mark_cut_sent(sent_at, accepted)
+        state.reread_until = self._instant_reread_until(sent_at, now)
         state.rate = state.cut_rate = new_rate
         state.refused_pace = max(_PEAK_MARGIN * peak, new_rate)
         # (Not after a probe above the limit found that showed it rose: see _told_refused.)
@@ -1233,6 +1258,34 @@ class AimdPolicy:
         offset = math.floor(sent_at / BUCKET) - state.first_bucket
         slots = math.floor((sent_at - state.first_sent) * pace + 1e-9)
         return min(state.crowded[offset] - 1, slots)
+
+    def _cap_refused_at_once(self, sent_at: float, now: float, pace: float) -> bool:
+        """Not told, the limit found: whether a 429 that came back at once (see
+        ``_instant_reread_until``), for a request sent at ``sent_at`` at ``pace``, after the
+        last event's hold-off, is the window's: the requests in flight then are the ones the
+        server holds, and it refused with at least as many as the last cut's window (what it
+        held at that cut), at the ceiling. One refused with fewer shows a server that refuses
+        under that window: no cap on requests in flight, and no later refusal is taken for
+        one's."""
+        state = self.state
+        if self.configured is not None or state.found == math.inf or state.below_window:
+            return False
+        if not now - sent_at < _INSTANT_SHARE * state.rtt_floor:
+            return False
+        held = state.in_flight - self._booked_ahead(now)  # (the refused one released)
+        if held < state.window_cut:
+            state.below_window = True
+            return False
+        return held + 1 > state.window and self._near_ceiling(pace)
+
+    def _probe_refused(self, now: float) -> None:
+        """Not told, a refusal at ``now`` that was the window's (``_cap_refused_at_once``):
+        a pace probing above the limit found goes back to it, and probes again only
+        ``PROBE_AFTER`` seconds on (the window, not the pace, keeps such a server from
+        refusing: a pace left to probe on climbed to hundreds a second)."""
+        state = self.state
+        state.rate = min(self.rate(now), self._ceiling() * state.headroom)
+        state.hold_until = now
 
     def _window_only(self, now: float) -> None:
         """A refusal that is the window's (``_window_refused``), at ``now``: the window goes
@@ -1574,11 +1627,30 @@ class AimdPolicy:
         state.reread_answers = state.reread_refused = 1
         state.cut_sent = sent_at
 
+    def _instant_reread_until(self, sent_at: float, now: float) -> float:
+        """A cut that ends slow start, for a 429 to a request sent at ``sent_at`` that came
+        back at ``now``: where the sends re-read end if that 429 came back at once (in under
+        ``_INSTANT_SHARE`` of the shortest round trip of an accepted request), before any
+        answer to the sends around it: a round trip past the cut (``-inf`` otherwise: at the
+        cut). Those that left at the cut's pace then say what the sends after the refused
+        one would have said (a cap on requests in flight refuses none of them, and is read
+        as a server that refuses only what is over its rate, as when its 429s come late)."""
+        state = self.state
+        if state.cut or not now - sent_at < _INSTANT_SHARE * state.rtt_floor:
+            return -math.inf
+        return now + state.rtt
+
+    def _reread_end(self) -> float:
+        """Where the sends re-read at slow start's end end: at the cut, or a round trip
+        past it after a 429 that came back at once (see ``_instant_reread_until``)."""
+        state = self.state
+        return max(state.cut_at, state.reread_until)
+
     def _count_reread(self, sent_at: float, *, refused: bool) -> None:
         """Count an answer to a request sent at ``sent_at`` for the re-read of slow start's
         end, if it is one of the sends from the first refused one to the cut."""
         state = self.state
-        if state.reread and state.cut_sent <= sent_at < state.cut_at:
+        if state.reread and state.cut_sent <= sent_at < self._reread_end():
             state.reread_answers += 1
             state.reread_refused += refused
 
@@ -1590,14 +1662,17 @@ class AimdPolicy:
         ramp's average the cut was set from: cut to that instead, and recover to it."""
         state = self.state
         state.reread = False
-        start, end = state.cut_sent, state.cut_at
+        start, end = state.cut_sent, self._reread_end()
         sent, refused = state.reread_answers, state.reread_refused
         if sent < _WRONG_CUT_SENDS:
             return
         span = end - start
         accepted = (sent - refused) / span
         if refused >= _REREAD_SHARE * sent:
-            if self.configured is None and refused <= _ALL_REFUSED * sent:
+            # (Not after a 429 that came back at once: those re-reads weigh the ramp's own
+            # sends after the first refused one, and these went at the cut's pace.)
+            instant = state.reread_until > state.cut_at
+            if self.configured is None and refused <= _ALL_REFUSED * sent and not instant:
                 self._reread_spent_burst(now, accepted)
                 self._reread_full_window(now, accepted)
             return

@@ -5,8 +5,9 @@ before the clock starts) go to the simulator, with ``--latency`` seconds on ever
 included unless the shape answers them at once), against every shape of the limiter zoo at
 ``--rps`` requests per second (``--shapes`` picks some): token buckets of burst 1, ``rps`` and
 ``2 * rps``, a sliding window, the same answering 429 at once and without ``Retry-After``, a
-fixed window, a queue-free leaky bucket, a cap of ``rps * latency`` requests in flight, and a
-sliding window whose limit drops to 40 % at 3 s and comes back at 8 s. Each shape, through:
+fixed window, a queue-free leaky bucket, a cap of ``rps * latency`` requests in flight (and the
+same answering 429 at once), and a sliding window whose limit drops to 40 % at 3 s and comes
+back at 8 s. Each shape, through:
 
 * ``A map, adaptive``: ``client.map(client.smart_skin, photos)`` with
   ``AILabClient(max_concurrency=C)`` and no ``rate_limit``: the client must find the limit by
@@ -148,6 +149,11 @@ def zoo(rps: float, latency: float) -> list[Shape]:
         Shape("fixed", "fixed window 1 s", RateLimit(rps, shape="fixed-window")),
         Shape("leaky", "leaky bucket", RateLimit(rps, shape="leaky-bucket"), no_burst=True),
         Shape("concurrency", f"{in_flight} in flight", RateLimit.concurrency(in_flight)),
+        Shape(
+            "concurrency-instant",
+            f"{in_flight} in flight, instant 429",
+            RateLimit.concurrency(in_flight, instant_429=True),
+        ),
         Shape(
             "changing",
             f"{rps:g} -> {0.4 * rps:g} -> {rps:g}/s (3 s, 8 s)",

@@ -498,6 +498,101 @@ def _capped_run(
     return [(sent, cut, window) for _, sent, cut, window in refusals]
 
 
+def _instant_run(
+    policy: AimdPolicy,
+    start: float,
+    end: float,
+    *,
+    latency: float,
+    refused: Callable[[int, int], bool],
+) -> list[tuple[float, bool]]:
+    """Senders always waiting from ``start`` to ``end``, at a server that answers a 429 at
+    once (an accepted request ``latency`` after it went): to a request if ``refused(its
+    number from 0, accepted requests in flight)``. Per refused request, when it went and
+    whether its 429 cut the rate."""
+    answers: list[float] = []  # send times of the accepted requests in flight, in order
+    refusals: list[tuple[float, bool]] = []
+    now, number = start, 0
+    while now < end or answers:
+        while answers and (answers[0] + latency <= now or now >= end):
+            sent = answers.pop(0)
+            policy.release(sent + latency)
+            policy.on_success(sent, sent + latency)
+        if now >= end:
+            break
+        wait = policy.claim(now)
+        if wait == 0:
+            if refused(number, len(answers)):
+                policy.release(now)
+                refusals.append((now, policy.on_rate_limited(now, now)))
+            else:
+                answers.append(now)
+            number += 1
+            continue
+        now = min(
+            now + (wait if wait < math.inf else 0.001),
+            answers[0] + latency if answers else math.inf,
+        )
+    return refusals
+
+
+def test_not_told_slow_start_ended_by_a_429_at_once_is_re_read_over_the_round_trip_after_it() -> (
+    None
+):
+    # A cap of 10 in flight answering in 0.2 s (50/s) and refusing at once: slow start's
+    # ramp is refused at about 51/s, before any answer to the sends around that request
+    # came back, and the cut is the ramp's average (~33/s, ~6.5 in flight). The round trip
+    # sent after the cut is all accepted: such a server refuses only what is over its
+    # limit, and the cut is re-read from the top of the ramp, as when its 429s come after
+    # the latency (left at the ramp's average, it climbed back over seconds).
+    policy = AimdPolicy(None)
+    ((_, cut),) = _instant_run(policy, 100.0, 101.6, latency=0.2, refused=_at_cap)
+    assert cut
+    assert policy.state.window == 10.0
+    assert policy.rate(101.6) >= 0.9 * 50.0
+    assert policy.state.found < math.inf
+
+
+def _at_cap(_: int, in_flight: int) -> bool:
+    """A cap of 10 requests in flight."""
+    return in_flight >= 10
+
+
+def test_not_told_a_429_at_once_with_the_window_full_at_the_limit_found_is_the_window_s() -> None:
+    # The same cap, run on: the limit found at slow start's end (~54/s: the pace, 53/s,
+    # keeps ~10.6 in flight), the window (10, all the server held at that cut) holds the
+    # senders back, grows, and an 11th request in flight is refused at once. The count in
+    # flight is then the server's: at least the cut's window, the window full. That is the
+    # window's refusal (it goes back to 10), not the pace's: no cut (cut by a lesson in
+    # headroom each time, 2 % and more, the pace sank to ~45/s, under what 10 in flight
+    # take), and a pace probing above the limit found goes back to it (left to probe on,
+    # the window alone bounding the sends, it climbed to hundreds a second).
+    policy = AimdPolicy(None)
+    (_, first), *later = _instant_run(policy, 100.0, 110.0, latency=0.2, refused=_at_cap)
+    assert first
+    assert later
+    assert not any(cut for _, cut in later)
+    assert policy.state.window == 10.0
+    assert 0.95 * 50.0 <= policy.rate(110.0) <= policy.state.found
+
+
+def test_not_told_a_429_at_once_with_fewer_in_flight_than_the_window_shows_no_cap() -> None:
+    # The same cap, but one request refused with only 9 in flight (a server that refuses
+    # under the window: a rate's, not a cap's). That refusal cuts, and so does any later
+    # one at 10 in flight: it may be the rate's too.
+    policy = AimdPolicy(None)
+    refusals = _instant_run(
+        policy,
+        100.0,
+        110.0,
+        latency=0.2,
+        refused=lambda number, in_flight: in_flight >= 10 or number == 200,
+    )
+    below = next(index for index, (sent, _) in enumerate(refusals) if 104.0 < sent < 104.5)
+    assert refusals[below][1]
+    assert any(cut for _, cut in refusals[below + 1 :])
+
+
 def test_told_the_limit_a_refusal_above_the_window_a_cut_set_is_the_window_s_alone() -> None:
     # A server that caps requests in flight at 10, answering in 0.21 s: told 50/s, the pace
     # (49.25/s) keeps 10.3 in flight there. The first 429 cuts (the window to the 10 held);
