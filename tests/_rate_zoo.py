@@ -430,16 +430,20 @@ def zoo_table(
     *,
     told: bool = False,
     machine: Mapping[str, float] = LIVE,
+    instant: bool = False,
 ) -> str:
     """The zoo on the ``machine`` (:data:`LIVE`), one line per row of :data:`TABLE_ROWS`: the
     mean wall/ideal over ``seeds``, the mean 429s per 500 requests, and the worst seed; with
-    ``told``, the same told the true limit."""
+    ``told``, the same told the true limit; with ``instant``, every row's server answers
+    its 429s at once."""
     header = f"{'row':32} {'wall/ideal':>10} {'429s/500':>8}  {'worst seed':>19}"
     if told:
         header += f"  {'told: wall':>10} {'429s':>6}"
     lines = [header]
     for name in rows or list(TABLE_ROWS):
         limit = TABLE_ROWS[name]
+        if instant:
+            limit = attrs.evolve(limit, instant_429=True)
         ratio, refused, worst, run = _row_figures(limit, seeds, machine=machine)
         line = (
             f"{name:32} {ratio:10.3f} {refused:8.1f}  "
@@ -478,7 +482,7 @@ def family_table(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m tests._rate_zoo [--seeds N] [--first-seed K] [--rows NAME ...] [--told]
-    [--family] [--family-seeds N] [--measured]``: the zoo table on the live benchmark's
+    [--family] [--family-seeds N] [--measured] [--instant]``: the zoo table on the live benchmark's
     machine (:data:`LIVE`; with ``--measured``, :data:`LIVE_MEASURED`), and with ``--family``
     the drop/return family's mean on two sets of seeds (0 to N-1 and N to 2N-1). Clock-free:
     the whole table takes seconds."""
@@ -489,6 +493,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--rows", nargs="+", choices=list(TABLE_ROWS), metavar="NAME", help="rows of the zoo (all)"
     )
     parser.add_argument("--told", action="store_true", help="also told the true limit")
+    parser.add_argument(
+        "--instant", action="store_true", help="every row's server answers its 429s at once"
+    )
     parser.add_argument("--family", action="store_true", help="also the drop/return family")
     parser.add_argument(
         "--family-seeds", type=int, default=40, help="seeds per family set (default 40)"
@@ -505,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--seeds and --family-seeds must be at least 1")
     if not args.family_only:
         seeds = range(args.first_seed, args.first_seed + args.seeds)
-        print(zoo_table(seeds, args.rows, told=args.told, machine=machine))
+        print(zoo_table(seeds, args.rows, told=args.told, machine=machine, instant=args.instant))
     if args.family or args.family_only:
         count = args.family_seeds
         print(family_table([range(count), range(count, 2 * count)], machine=machine))
