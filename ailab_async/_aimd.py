@@ -135,6 +135,9 @@ from what the server *accepted*, by send time:
   limit dropped or a burst the server allowed inflated the accepted rate: that is a new
   event, measured on what the server accepted since the cut (of the few sends since a cut
   judged at once, at the pace they left at: a limit that just dropped refuses them all).
+  Not told, a cut for a 429 that came back at once is judged from a round trip after it,
+  as one after the latency is: it came as the server started refusing, and a fixed window
+  the pace filled refuses everything until its boundary.
   After slow start no event cuts by more than half (a short or fully refused span must not
   send the rate to the floor). Such a correction is itself judged only after 0.5 s: a fixed
   window filled by a pace told too much refuses everything until its boundary. If the
@@ -1935,11 +1938,13 @@ class AimdPolicy:
         the hold-off ends. A cut from a marginal refusal is judged at once; any other only
         after ``_WRONG_CUT_SPAN`` (a window draining refuses for a while after any cut)."""
         state = self.state
-        elapsed = sent_at - state.cut_at
+        start = state.cut_at + self._instant_cut_lag()
+        elapsed = sent_at - start
         span = _CORRECTED_SPAN if state.corrected else _WRONG_CUT_SPAN
         if elapsed < 0 or (not state.marginal_cut and elapsed < span):
             return False
-        sent, refused = self._since_cut(sent_at)
+        end = sent_at + BUCKET
+        sent, refused = self._sum(state.sent, start, end), self._sum(state.refused, start, end)
         first = math.floor(state.cut_at / BUCKET) * BUCKET
         if self.configured is not None and state.cut_sent >= first:
             # Told the limit, the cut's own refused request in the first bucket counted (a
@@ -1952,6 +1957,23 @@ class AimdPolicy:
             sent -= 1
             refused -= 1
         return sent >= _WRONG_CUT_SENDS and refused > _WRONG_CUT_SHARE * sent
+
+    def _instant_cut_lag(self) -> float:
+        """Not told, how much later than ``_WRONG_CUT_SPAN`` (or ``_CORRECTED_SPAN``) after
+        it the last cut is judged: a round trip if its 429 came back at once (in under
+        ``_INSTANT_SHARE`` of the shortest round trip), none otherwise. A 429 after the
+        latency cuts a round trip after its request left, and the spans were measured so;
+        one at once cuts as the server starts refusing, and a fixed window the pace filled
+        refuses everything until its boundary: judged 0.2 s after the cut, that was "not
+        enough", and the pace was halved (a fixed window answering at once, 20 seeds:
+        1.48x the ideal)."""
+        state = self.state
+        if (
+            self.configured is not None
+            or not state.cut_at - state.cut_sent < _INSTANT_SHARE * state.rtt_floor
+        ):
+            return 0.0
+        return state.rtt
 
     def _count_quick_probes(self, sent_at: float, now: float, pace: float) -> None:
         """A refusal after the last event's hold-off (and after slow start, unless told the
