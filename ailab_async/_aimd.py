@@ -60,7 +60,11 @@ from what the server *accepted*, by send time:
 * **A cluster of 429s is one event.** A ``429`` for a request sent after the previous
   event's hold-off cuts the rate to :data:`BACKOFF` (95 %) of the limit estimate; the next
   ``max(HOLD, 2 RTT)`` seconds are a hold-off: 429s for requests sent in it (a sliding window
-  draining, requests already in flight) change nothing, and the rate does not grow.
+  draining, requests already in flight) change nothing, and the rate does not grow. Told
+  the limit, a 429 that came back at once, at a pace under what the server took (a limit
+  that dropped under the told one), starts the hold-off a round trip after its send, as
+  one that comes after the latency does (started at the send, it covered a round trip
+  less of sends, and the refusals of a dropped limit's window spent its quick probes).
 * **The estimate is what was accepted.** The pace each refused request left at is known
   (a ring of paces per bucket). If since the last cut the server accepted nearly everything
   (at most 10 % refused) of a pace that was used (at least 80 % of it sent), this refusal
@@ -178,7 +182,9 @@ from what the server *accepted*, by send time:
   a second, not :data:`HOLD`: one probe was refused, and the limit may be back any moment.
 * **A window beside the rate.** A cut also caps the requests in flight at the number in
   flight when the 429 came (a server that limits requests in flight refused the one above
-  its cap), at least what the new pace needs at the usual round trip. The window grows by
+  its cap), at least what the new pace needs at the usual round trip (told the limit, a cut
+  before any answer, for a 429 that came back at once, is raised to that at the first
+  answer, unless it held most of it: a cap's). The window grows by
   one per window of answers, only while it is what holds senders back. Told the limit, a
   refusal at the ceiling of a request sent with more in flight than that cut's window, the
   window full, is the window's: it goes back to that cut's window (and grows above it again
