@@ -558,6 +558,34 @@ def _at_cap(_: int, in_flight: int) -> bool:
     return in_flight >= 10
 
 
+@pytest.mark.parametrize(("refuse", "latency"), [("early send", 0.2), ("cap", 0.24)])
+def test_told_the_limit_a_429_at_once_before_any_answer_leaves_the_window_a_round_trip(
+    refuse: str, latency: float
+) -> None:
+    # A server that allows no burst refuses the second send (it arrived early) at once,
+    # with one request in flight, before any answer: the cut's window counted that one,
+    # and none for the round trip not known yet. At the first answer the window is raised
+    # to what the pace needs at the round trip (a window of one held the pace to 5/s, every
+    # refusal at the ceiling after it taken for the window's). A cap of 10 in flight refuses
+    # the 11th send, a round trip of the pace in flight: that window stays its 10.
+    policy = AimdPolicy(50.0)
+    sent: list[int] = []
+
+    def refused(number: int, in_flight: int) -> bool:
+        sent.append(number)
+        return number == 1 if refuse == "early send" else _at_cap(number, in_flight)
+
+    ((_, cut), *_) = _instant_run(policy, 100.0, 103.0, latency=latency, refused=refused)
+    assert cut
+    if refuse == "cap":
+        assert policy.state.window_cut == 10.0
+    else:
+        needed = math.ceil(policy.state.cut_rate * latency)
+        assert policy.state.window_cut >= needed
+        assert policy.state.window >= needed
+        assert len(sent) >= 0.9 * 3.0 * PACED * BACKOFF
+
+
 def test_not_told_a_429_at_once_with_the_window_full_at_the_limit_found_is_the_window_s() -> None:
     # The same cap, run on: the limit found at slow start's end (~54/s: the pace, 53/s,
     # keeps ~10.6 in flight), the window (10, all the server held at that cut) holds the
