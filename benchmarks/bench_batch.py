@@ -5,9 +5,9 @@ before the clock starts) go to the simulator, with ``--latency`` seconds on ever
 included unless the shape answers them at once), against every shape of the limiter zoo at
 ``--rps`` requests per second (``--shapes`` picks some): token buckets of burst 1, ``rps`` and
 ``2 * rps``, a sliding window, the same answering 429 at once and without ``Retry-After``, a
-fixed window, a queue-free leaky bucket, a cap of ``rps * latency`` requests in flight (and the
-same answering 429 at once), and a sliding window whose limit drops to 40 % at 3 s and comes
-back at 8 s. Each shape, through:
+fixed window and a queue-free leaky bucket (each also answering 429 at once), a cap of
+``rps * latency`` requests in flight (and the same answering 429 at once), and a sliding
+window whose limit drops to 40 % at 3 s and comes back at 8 s. Each shape, through:
 
 * ``A map, adaptive``: ``client.map(client.smart_skin, photos)`` with
   ``AILabClient(max_concurrency=C)`` and no ``rate_limit``: the client must find the limit by
@@ -147,7 +147,18 @@ def zoo(rps: float, latency: float) -> list[Shape]:
             RateLimit(rps, shape="sliding-window", retry_after=False),
         ),
         Shape("fixed", "fixed window 1 s", RateLimit(rps, shape="fixed-window")),
+        Shape(
+            "fixed-instant",
+            "fixed window, instant 429",
+            RateLimit(rps, shape="fixed-window", instant_429=True),
+        ),
         Shape("leaky", "leaky bucket", RateLimit(rps, shape="leaky-bucket"), no_burst=True),
+        Shape(
+            "leaky-instant",
+            "leaky bucket, instant 429",
+            RateLimit(rps, shape="leaky-bucket", instant_429=True),
+            no_burst=True,
+        ),
         Shape("concurrency", f"{in_flight} in flight", RateLimit.concurrency(in_flight)),
         Shape(
             "concurrency-instant",
