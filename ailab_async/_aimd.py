@@ -1239,7 +1239,7 @@ class AimdPolicy:
             self.configured is None
             or not state.quick_probes
             or not pace < state.took
-            or not now - sent_at < _INSTANT_SHARE * state.rtt_floor
+            or not self._came_back_at_once(sent_at, now)
         ):
             return now
         return max(now, sent_at + state.rtt)
@@ -1330,7 +1330,7 @@ class AimdPolicy:
         state = self.state
         if self.configured is not None or state.found == math.inf or state.below_window:
             return False
-        if not now - sent_at < _INSTANT_SHARE * state.rtt_floor:
+        if not self._came_back_at_once(sent_at, now):
             return False
         held = state.in_flight - self._booked_ahead(now)  # (the refused one released)
         if held < state.window_cut:
@@ -1696,7 +1696,7 @@ class AimdPolicy:
         one would have said (a cap on requests in flight refuses none of them, and is read
         as a server that refuses only what is over its rate, as when its 429s come late)."""
         state = self.state
-        if state.cut or not now - sent_at < _INSTANT_SHARE * state.rtt_floor:
+        if state.cut or not self._came_back_at_once(sent_at, now):
             return -math.inf
         return now + state.rtt
 
@@ -2000,8 +2000,7 @@ class AimdPolicy:
         span = _CORRECTED_SPAN if state.corrected else _WRONG_CUT_SPAN
         if elapsed < 0 or (not state.marginal_cut and elapsed < span):
             return False
-        end = sent_at + BUCKET
-        sent, refused = self._sum(state.sent, start, end), self._sum(state.refused, start, end)
+        sent, refused = self._since_cut(sent_at, start)
         first = math.floor(state.cut_at / BUCKET) * BUCKET
         if self.configured is not None and state.cut_sent >= first:
             # Told the limit, the cut's own refused request in the first bucket counted (a
@@ -2025,10 +2024,7 @@ class AimdPolicy:
         enough", and the pace was halved (a fixed window answering at once, 20 seeds:
         1.48x the ideal)."""
         state = self.state
-        if (
-            self.configured is not None
-            or not state.cut_at - state.cut_sent < _INSTANT_SHARE * state.rtt_floor
-        ):
+        if self.configured is not None or not self._came_back_at_once(state.cut_sent, state.cut_at):
             return 0.0
         return state.rtt
 
@@ -2091,11 +2087,19 @@ class AimdPolicy:
         ):
             state.quick_probes -= 1  # refused well beyond the last refused pace: not back yet
 
-    def _since_cut(self, sent_at: float) -> tuple[int, int]:
-        """Requests sent, and refused, from the last cut to the bucket of ``sent_at``."""
+    def _since_cut(self, sent_at: float, start: float | None = None) -> tuple[int, int]:
+        """Requests sent, and refused, from the last cut (or ``start``) to the bucket of
+        ``sent_at``."""
         state = self.state
+        start = state.cut_at if start is None else start
         end = sent_at + BUCKET
-        return self._sum(state.sent, state.cut_at, end), self._sum(state.refused, state.cut_at, end)
+        return self._sum(state.sent, start, end), self._sum(state.refused, start, end)
+
+    def _came_back_at_once(self, sent_at: float, now: float) -> bool:
+        """Whether a 429 at ``now`` to a request sent at ``sent_at`` came back at once: in
+        under ``_INSTANT_SHARE`` of the shortest round trip of an accepted request, before
+        any answer to the sends around it."""
+        return now - sent_at < _INSTANT_SHARE * self.state.rtt_floor
 
     def _marginal(self, sent_at: float) -> bool:
         """Whether the server accepted nearly everything sent since the last cut (within
