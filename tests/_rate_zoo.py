@@ -163,6 +163,9 @@ class ZooRun:
     max_in_flight: int = 0
     #: When a sender last had to wait for the pace (``None``: never), from time zero.
     last_wait: float | None = None
+    #: When the last request accepted at its first attempt was answered, from the first
+    #: send (the rest of the wall time is retries waiting out their ``Retry-After``).
+    fresh_done: float = 0.0
 
     @property
     def ratio(self) -> float:
@@ -184,6 +187,13 @@ class ZooRun:
     def accepted_rate(self, start: float, end: float) -> float:
         """Accepted requests per second sent in ``[start, end)``."""
         return sum(1 for t in self.accepted_at if start <= t < end) / (end - start)
+
+    @property
+    def end_wait(self) -> float:
+        """Seconds from the last answer to a request accepted at its first attempt to the
+        batch's last answer: retries of requests refused near the end, waiting out their
+        ``Retry-After``."""
+        return max(0.0, self.wall - self.fresh_done)
 
 
 def run_zoo(
@@ -224,6 +234,7 @@ def run_zoo(
     remaining = requests
     in_flight = 0
     first_send: float | None = None
+    retrying: set[int] = set()  # workers whose request is a retry
 
     def at(t: float, action: Callable[[float], None]) -> None:
         heapq.heappush(events, (t, next(order), action))
@@ -352,6 +363,10 @@ def run_zoo(
             policy.release(now)
             note_pace(now)
         run.accepted_at.append(sent_at)
+        if worker in retrying:
+            retrying.discard(worker)
+        else:
+            run.fresh_done = now - (first_send or 0.0)
         attempt_over(now)
         remaining -= 1
         run.wall = now - (first_send or 0.0)
@@ -368,6 +383,7 @@ def run_zoo(
         nonlocal waiting_release
         run.refused += 1
         run.refused_at.append(sent_at)
+        retrying.add(worker)
         policy.release(now)
         attempt_over(now)
         if policy.on_rate_limited(sent_at, now, header):
@@ -458,6 +474,54 @@ def zoo_table(
     return "\n".join(lines)
 
 
+#: Where the seconds of a batch go (:func:`breakdown_table`): its start, and the span over
+#: which the accepted rate and the pace are averaged (seconds from the first send).
+BREAKDOWN_START = 2.0
+BREAKDOWN_SPAN = (2.0, 8.0)
+
+
+def breakdown_table(
+    seeds: Sequence[int],
+    rows: Sequence[str] | None = None,
+    *,
+    told: bool = False,
+    machine: Mapping[str, float] = LIVE,
+    instant: bool = False,
+) -> str:
+    """Where the seconds go, one line per row of :data:`TABLE_ROWS` (and with ``told``, one
+    more told the true limit), means over ``seeds`` on the ``machine``: the wall time over
+    the ideal; the requests accepted of those sent in the first :data:`BREAKDOWN_START`
+    seconds (the start: slow start, the first cut); the requests accepted per second, and
+    the pace, over :data:`BREAKDOWN_SPAN` (by send time: the steady state); and the seconds
+    the batch's last answer came after the last answer to a request accepted at its first
+    attempt (the end: retries waiting out their ``Retry-After``)."""
+    low, high = BREAKDOWN_SPAN
+    header = (
+        f"{'row':40} {'wall/ideal':>10} {f'start {BREAKDOWN_START:g} s':>11} "
+        f"{f'taken {low:g}-{high:g} s':>12} {'pace':>6} {'end wait':>8}"
+    )
+    lines = [header]
+    for name in rows or list(TABLE_ROWS):
+        limit = TABLE_ROWS[name]
+        if instant:
+            limit = attrs.evolve(limit, instant_429=True)
+        for configured in (None, LIMIT) if told else (None,):
+            runs = [run_zoo(limit, configured=configured, seed=seed, **machine) for seed in seeds]
+            steps = [low + (high - low) * step / 100 for step in range(100)]
+            label = name if configured is None else f"{name}, told"
+            ratio = statistics.fmean(run.ratio for run in runs)
+            start = statistics.fmean(
+                BREAKDOWN_START * run.accepted_rate(0.0, BREAKDOWN_START) for run in runs
+            )
+            taken = statistics.fmean(run.accepted_rate(low, high) for run in runs)
+            pace = statistics.fmean(run.pace_at(t) for run in runs for t in steps)
+            end = statistics.fmean(run.end_wait for run in runs)
+            lines.append(
+                f"{label:40} {ratio:10.3f} {start:11.1f} {taken:12.2f} {pace:6.2f} {end:8.3f}"
+            )
+    return "\n".join(lines)
+
+
 def family_table(
     seed_sets: Sequence[Sequence[int]],
     *,
@@ -482,10 +546,11 @@ def family_table(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m tests._rate_zoo [--seeds N] [--first-seed K] [--rows NAME ...] [--told]
-    [--family] [--family-seeds N] [--measured] [--instant]``: the zoo table on the live benchmark's
-    machine (:data:`LIVE`; with ``--measured``, :data:`LIVE_MEASURED`), and with ``--family``
-    the drop/return family's mean on two sets of seeds (0 to N-1 and N to 2N-1). Clock-free:
-    the whole table takes seconds."""
+    [--family] [--family-seeds N] [--measured] [--instant] [--breakdown]``: the zoo table on the
+    live benchmark's machine (:data:`LIVE`; with ``--measured``, :data:`LIVE_MEASURED`), and
+    with ``--family`` the drop/return family's mean on two sets of seeds (0 to N-1 and N to
+    2N-1); with ``--breakdown``, where each row's seconds go (:func:`breakdown_table`) instead
+    of the table. Clock-free: the whole table takes seconds."""
     parser = argparse.ArgumentParser(prog="python -m tests._rate_zoo")
     parser.add_argument("--seeds", type=int, default=40, help="runs per row (default 40)")
     parser.add_argument("--first-seed", type=int, default=0, help="the first run's seed")
@@ -497,6 +562,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--instant", action="store_true", help="every row's server answers its 429s at once"
     )
     parser.add_argument("--family", action="store_true", help="also the drop/return family")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="where the seconds go (start, steady state, end), not the table",
+    )
     parser.add_argument(
         "--family-seeds", type=int, default=40, help="seeds per family set (default 40)"
     )
@@ -510,9 +580,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     machine = LIVE_MEASURED if args.measured else LIVE
     if args.seeds < 1 or args.family_seeds < 1:
         parser.error("--seeds and --family-seeds must be at least 1")
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    table = breakdown_table if args.breakdown else zoo_table
     if not args.family_only:
-        seeds = range(args.first_seed, args.first_seed + args.seeds)
-        print(zoo_table(seeds, args.rows, told=args.told, machine=machine, instant=args.instant))
+        print(table(seeds, args.rows, told=args.told, machine=machine, instant=args.instant))
     if args.family or args.family_only:
         count = args.family_seeds
         print(family_table([range(count), range(count, 2 * count)], machine=machine))

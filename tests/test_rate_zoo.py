@@ -26,7 +26,17 @@ from ailab_async import _aimd
 from ailab_async._aimd import SLOW_START_LEAD, AimdPolicy
 from ailab_async.testing.simulator import RateLimit
 
-from ._rate_zoo import LIMIT, LIVE, TABLE_ROWS, ZOO, ZooRun, family_table, run_zoo, zoo_table
+from ._rate_zoo import (
+    LIMIT,
+    LIVE,
+    TABLE_ROWS,
+    ZOO,
+    ZooRun,
+    breakdown_table,
+    family_table,
+    run_zoo,
+    zoo_table,
+)
 
 #: Seeds of the runs per shape (the dispatcher's retry delays and a little latency jitter
 #: differ between them): the targets hold on the average, so no one lucky path passes.
@@ -1012,3 +1022,28 @@ def test_the_zoo_table_prints_every_row_asked_for_and_the_family() -> None:
     family = family_table([range(1), range(1, 2)]).splitlines()
     assert [line.split()[0] for line in family[1:]] == ["0-0", "1-1"]
     assert all(line.split()[-1].endswith("/21") for line in family[1:])
+
+
+def test_the_breakdown_tells_the_start_the_steady_state_and_the_end_apart() -> None:
+    # ``python -m tests._rate_zoo --breakdown``: where a row's seconds go. Told the limit, a
+    # sliding window takes about its limit from the start and refuses nothing: no end wait.
+    table = breakdown_table(range(2), ["sliding window"], told=True).splitlines()
+    assert [line.split(",")[0].split()[:2] for line in table[1:]] == [["sliding", "window"]] * 2
+    told = table[2].split()
+    assert told[2] == "told"
+    start, taken, pace, end = map(float, told[4:])
+    assert start >= 0.95 * 2 * LIMIT
+    assert 0.95 * LIMIT <= taken <= pace <= LIMIT
+    assert end == 0.0
+
+
+def test_the_end_wait_is_what_the_last_answer_owes_to_retries() -> None:
+    # A token bucket of burst 1 at 30/s, told 50/s, refuses its first sends: their retries
+    # wait a second, then queue behind the rest, and are the batch's last answers.
+    run = run_zoo(RateLimit(30, burst=1), configured=LIMIT, seed=0, requests=100, **LIVE)
+    assert max(run.refused_at) < 1.0
+    assert run.end_wait == run.wall - run.fresh_done > 0.05
+    clean = run_zoo(RateLimit(LIMIT, shape="sliding-window"), configured=LIMIT, requests=100)
+    assert clean.refused == 0
+    assert clean.end_wait == 0.0
+    assert clean.fresh_done == clean.wall
