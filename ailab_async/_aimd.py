@@ -187,8 +187,8 @@ from what the server *accepted*, by send time:
   flight when the 429 came (a server that limits requests in flight refused the one above
   its cap), at least what the new pace needs at the usual round trip (told the limit, a cut
   before any answer, for a 429 that came back at once, is raised to that at the first
-  answer, unless it held most of it: a cap's). The window grows by
-  one per window of answers, only while it is what holds senders back. Told the limit, a
+  answer, unless it held most of it: a cap's, whose cut pace is taken back). The window
+  grows by one per window of answers, only while it is what holds senders back. Told the limit, a
   refusal at the ceiling of a request sent with more in flight than that cut's window, the
   window full, is the window's: it goes back to that cut's window (and grows above it again
   only :data:`PROBE_AFTER` seconds after a hold-off), and the pace stays (a refusal at the
@@ -1071,13 +1071,25 @@ class AimdPolicy:
         window of one (every refusal after it at the ceiling then the window's): 5/s at a
         0.2 s round trip where 50/s was told. (A leaky bucket or a token bucket of burst 1
         answering its 429s at once, told 50/s, 40 seeds: 4.70x the ideal and 14 429s of
-        500, now 1.19x and 7; no row of the zoo moved otherwise, told or not.)"""
+        500, now 1.19x and 7; no row of the zoo moved otherwise, told or not.) A window
+        that held that much, its 429 at once, was a cap's: the cut's pace (0.95 of what the
+        first buckets took, with no round trip to weigh the count against) and its no-burst
+        mark are taken back, as for a cap's first refusal after an answer (see
+        ``_cap_refused_first``). (A cap of 10 in flight answering at once, told 50/s, 40
+        seeds 0-39 and 40-79: 1.045x and 1.047x the ideal, now 1.032x and 1.031x, as when
+        its 429s come after the latency; live, the first buckets read 40-45/s, the pace
+        was cut to 38-43/s and took 3 s to climb back. No other row moved, told or not.)"""
         state = self.state
         if self.configured is None or state.window_cut == math.inf:
             return
         needed = self.rate(now) * state.rtt
         if state.window_cut >= _CAP_HELD * needed:
-            return  # (a cap's: it refused once the pace had about a round trip in flight)
+            # (A cap's: it refused once the pace had about a round trip in flight.) Its 429
+            # at once, the count was the server's: the pace and late sends' catch-up are back.
+            if state.cut_at - state.cut_sent < _INSTANT_SHARE * state.rtt:
+                state.rate = state.cut_rate = max(self.rate(now), self.ceiling * state.headroom)
+                state.burstless = math.inf
+            return
         needed = float(math.ceil(needed))
         state.window = max(state.window, needed)
         state.window_cut = max(state.window_cut, needed)

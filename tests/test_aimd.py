@@ -586,6 +586,29 @@ def test_told_the_limit_a_429_at_once_before_any_answer_leaves_the_window_a_roun
         assert len(sent) >= 0.9 * 3.0 * PACED * BACKOFF
 
 
+@pytest.mark.parametrize(("refuse", "kept"), [("cap", True), ("early send", False)])
+def test_told_the_limit_a_cap_s_429_at_once_before_any_answer_gives_the_pace_back(
+    refuse: str, kept: bool
+) -> None:
+    # A cap of 10 in flight refuses the 11th send at once, before any answer (the first one
+    # came late: it opened the connection). With no round trip to weigh the count against,
+    # that refusal cuts the pace (to 0.95 of what the first buckets took) and marks a server
+    # that allows no burst. At the first answer the cut's window (the 10 it held) is about a
+    # round trip of the pace: a cap's, so the pace goes back to the told rate and late sends
+    # are caught up again (left cut, the pace took 1.2 s to climb back, 3 s live, where the
+    # first sends' buckets read 40/s). A server that allows no burst refusing the second
+    # send at once held one: that cut stands.
+    policy = AimdPolicy(50.0)
+
+    def refused(number: int, in_flight: int) -> bool:
+        return number == 1 if refuse == "early send" else _at_cap(number, in_flight)
+
+    ((_, cut), *_) = _instant_run(policy, 100.0, 100.3, latency=0.24, refused=refused)
+    assert cut
+    assert (policy.rate(100.3) == pytest.approx(PACED)) is kept
+    assert (policy.state.burstless == math.inf) is kept
+
+
 def test_not_told_a_429_at_once_with_the_window_full_at_the_limit_found_is_the_window_s() -> None:
     # The same cap, run on: the limit found at slow start's end (~54/s: the pace, 53/s,
     # keeps ~10.6 in flight), the window (10, all the server held at that cut) holds the
