@@ -645,14 +645,14 @@ def test_not_told_a_429_at_once_with_fewer_in_flight_than_the_window_shows_no_ca
 
 
 def test_told_the_limit_a_refusal_above_the_window_a_cut_set_is_the_window_s_alone() -> None:
-    # A server that caps requests in flight at 10, answering in 0.21 s: told 50/s, the pace
-    # (49.25/s) keeps 10.3 in flight there. The first 429 cuts (the window to the 10 held);
+    # A server that caps requests in flight at 10, answering in 0.22 s: told 50/s, the pace
+    # (49.25/s) keeps 10.8 in flight there. The first 429 cuts (the window to the 10 held);
     # the window holds senders back, grows, and an 11th request in flight is refused: that
     # is the window's, not the pace's. The window goes back to 10 (and grows again only
     # PROBE_AFTER seconds after a hold-off: one probe in about 3.5 s), the pace stays at the
     # told rate, with no lesson in headroom and late sends caught up again.
     policy = AimdPolicy(50.0)
-    refusals = _capped_run(policy, 100.0, 110.0, latency=0.21, cap=10)
+    refusals = _capped_run(policy, 100.0, 110.0, latency=0.22, cap=10)
     (_, first_cut, first_window), *probes = refusals
     assert first_cut
     assert first_window == 10.0
@@ -662,6 +662,22 @@ def test_told_the_limit_a_refusal_above_the_window_a_cut_set_is_the_window_s_alo
     assert policy.state.headroom == 1.0
     assert policy.state.burstless == math.inf
     assert policy.rate(110.0) == pytest.approx(PACED)
+
+
+@pytest.mark.parametrize(("latency", "probes"), [(0.205, False), (0.25, True)])
+def test_told_the_limit_a_cap_that_keeps_nearly_the_pace_s_round_trip_is_not_probed_above(
+    latency: float, probes: bool
+) -> None:
+    # A cap of 10 in flight answering in 0.205 s, told 50/s: the pace (49.25/s) needs 10.1
+    # in flight, and the cap's first refusal sets a window of the 10 it held. A window of
+    # 11 could take at most 1 % more: it does not grow above 10, and nothing more is
+    # refused (it grew every 3.5 s or so, and each probe cost a 429 and its retry's wait).
+    # Answering in 0.25 s, the pace needs 12.3 in flight: the cap holds it back by a fifth,
+    # and is probed above now and then, a cap that rose being found again.
+    policy = AimdPolicy(50.0)
+    (_, first_cut, _), *later = _capped_run(policy, 100.0, 115.0, latency=latency, cap=10)
+    assert first_cut
+    assert bool(later) is probes
 
 
 @pytest.mark.parametrize(("refuse", "marked"), [("cap", False), ("early send", True)])
