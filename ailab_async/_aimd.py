@@ -558,6 +558,10 @@ _FIRST_RTT_LONGER = 0.93
 # first round trip if it held at least this share of what the pace needs at it (a cap on
 # requests in flight's); else the window is raised to that (see _window_at_first_round_trip).
 _CAP_HELD = 0.8
+# ... and such a cut is a cap's, its pace given back, if it held at least this share of what
+# the told pace needs at the shortest round trip seen over the round trip it held (see
+# _cap_given_back).
+_CAP_HELD_FLOOR = 0.9
 # Told the limit, a cap on requests in flight that keeps at least this share of what the pace
 # needs at the round trip in flight is not probed above (see _cap_enough).
 _CAP_ENOUGH = 0.95
@@ -721,6 +725,9 @@ class AimdState:
     #: Told the limit: whether the server refused a request above a window, a cap on
     #: requests in flight (see ``_cap_enough``).
     capped: bool = False
+    #: Told the limit, a cut before any answer: the requests it held, until the round trip
+    #: they make is answered (``0``: none; see ``_cap_given_back``).
+    held_unanswered: float = 0.0
     #: Not told, the limit found: whether the server refused a request with fewer in flight
     #: than the last cut's window, its 429 at once (see ``_cap_refused_at_once``).
     below_window: bool = False
@@ -1032,6 +1039,8 @@ class AimdPolicy:
         else:
             state.rtt += _RTT_GAIN * (sample - state.rtt)
         state.rtt_floor = min(state.rtt_floor, sample)
+        if state.held_unanswered:
+            self._cap_given_back(sent_at, now)
         if state.reread and sent_at >= self._reread_end():
             self._reread_first_cut(now)
         self._count_reread(sent_at, refused=False)
@@ -1079,29 +1088,50 @@ class AimdPolicy:
         window of one (every refusal after it at the ceiling then the window's): 5/s at a
         0.2 s round trip where 50/s was told. (A leaky bucket or a token bucket of burst 1
         answering its 429s at once, told 50/s, 40 seeds: 4.70x the ideal and 14 429s of
-        500, now 1.19x and 7; no row of the zoo moved otherwise, told or not.) A window
-        that held that much, its 429 at once, was a cap's: the cut's pace (0.95 of what the
-        first buckets took, with no round trip to weigh the count against) and its no-burst
-        mark are taken back, as for a cap's first refusal after an answer (see
-        ``_cap_refused_first``). (A cap of 10 in flight answering at once, told 50/s, 40
-        seeds 0-39 and 40-79: 1.045x and 1.047x the ideal, now 1.032x and 1.031x, as when
-        its 429s come after the latency; live, the first buckets read 40-45/s, the pace
-        was cut to 38-43/s and took 3 s to climb back. No other row moved, told or not.)"""
+        500, now 1.19x and 7; no row of the zoo moved otherwise, told or not.) Whether
+        such a cut was a cap's, its pace given back, is judged over the round trip it held
+        (see ``_cap_given_back``)."""
         state = self.state
         if self.configured is None or state.window_cut == math.inf:
             return
         needed = self.rate(now) * state.rtt
         if state.window_cut >= _CAP_HELD * needed:
-            # (A cap's: it refused once the pace had about a round trip in flight.) Its 429
-            # at once, the count was the server's: the pace and late sends' catch-up are back.
-            if state.cut_at - state.cut_sent < _INSTANT_SHARE * state.rtt:
-                state.rate = state.cut_rate = max(self.rate(now), self.ceiling * state.headroom)
-                state.burstless = math.inf
-                state.capped = True
-            return
+            return  # (a cap's: it refused once the pace had about a round trip in flight)
         needed = float(math.ceil(needed))
         state.window = max(state.window, needed)
         state.window_cut = max(state.window_cut, needed)
+
+    def _cap_given_back(self, sent_at: float, now: float) -> None:
+        """Told the limit, an answer at ``now`` to a request sent at ``sent_at``, after a cut
+        before any answer (``held_unanswered``): if that cut's 429 came back at once and it
+        held at least ``_CAP_HELD_FLOOR`` of what the told pace needs at the shortest round
+        trip seen, it was a cap's on requests in flight: the pace it cut (to 0.95 of what
+        the first buckets took, with no round trip to weigh the count against) and its
+        no-burst mark are taken back, and the window is what it held, as for a cap's first
+        refusal after an answer (see ``_cap_refused_first``). Judged at every answer to the
+        requests it held, on the shortest round trip, not the first alone: the first answers
+        open connections, and come late (live, up to 50 ms, more on a busy machine), so a
+        cap seemed to hold under a round trip. Once an answer to a request sent at the cut
+        or after comes back, no more. (A cap of 10 in flight answering at once, told 50/s,
+        40 seeds 0-39 and 40-79: 1.032x and 1.031x the ideal, now 1.028x and 1.027x with
+        the window kept from being probed above (see ``_cap_enough``); with the clock
+        starting anywhere in a bucket, as live, 1.065x and 1.067x. Live, the first
+        buckets read 40-45/s, and the pace was cut to 38-43/s and took 3 s to climb back.
+        No other row moved, told or not.)"""
+        state = self.state
+        if sent_at >= state.cut_sent:
+            state.held_unanswered = 0.0  # (the round trip it held is answered: no cap's)
+            return
+        rtt = state.rtt_floor
+        if (
+            state.cut_at - state.cut_sent < _INSTANT_SHARE * rtt
+            and state.held_unanswered >= _CAP_HELD_FLOOR * self.ceiling * state.headroom * rtt
+        ):
+            state.rate = state.cut_rate = max(self.rate(now), self.ceiling * state.headroom)
+            state.burstless = math.inf
+            state.capped = True
+            state.window = state.window_cut = state.held_unanswered
+            state.held_unanswered = 0.0
 
     def _first_round_trip_was_longer(self, sample: float) -> bool:
         """Not told, in slow start: whether the round trip estimate is still the only one
@@ -1240,6 +1270,8 @@ class AimdPolicy:
         if state.window_cut == math.inf:
             state.crowded[:] = _ring()  # (the most in flight per bucket, until this first cut)
         state.window = state.window_cut = min(state.window, float(max(1, held, needed)))
+        if self.configured is not None and state.rtt == 0.0:
+            state.held_unanswered = state.window_cut  # (judged by _cap_given_back)
         if self._books_ahead and fresh and not state.marginal_cut:
             self._wait_for_refill(sent_at, retry_after)
         return True

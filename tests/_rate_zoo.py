@@ -19,7 +19,8 @@ millisecond), and a request reaches the server up to ``send_jitter`` seconds aft
 (plus, with ``send_tail``, an exponentially distributed delay of that mean: now and then
 much later); with ``stall_share``, that share of the wake-ups and of the sends is held up
 by a stall of ``stall`` seconds on average (exponentially distributed); and the first
-request's answer comes ``first_latency`` later (it opens the connection). With
+request's answer comes ``first_latency`` later (it opens the connection; with
+``connections``, so do that many first requests: each opens one of its own). With
 ``start_phase``, the clock reads a seeded draw in ``[0, start_phase)`` at the batch's start,
 not zero: a live clock is at any point of the policy's send-time buckets (``BUCKET``) when
 a batch starts, and what the first buckets took is measured over whole buckets. :data:`LIVE` is
@@ -198,6 +199,7 @@ def run_zoo(
     latency: float = 0.2,
     latency_jitter: float = 0.0,
     first_latency: float = 0.0,
+    connections: int = 1,
     send_jitter: float = 0.0,
     send_tail: float = 0.0,
     wake_jitter: float = 0.0,
@@ -317,8 +319,9 @@ def run_zoo(
 
     def send(t: float, worker: int, slot: float | None = None) -> None:
         nonlocal first_send, in_flight
-        # The first request also opens the client's connection: its answer comes later.
-        setup = first_latency if first_send is None else 0.0
+        # The first request also opens the client's connection: its answer comes later (so do
+        # the first ``connections``: sent before any answer, each opens one).
+        setup = first_latency if run.sent < connections else 0.0
         first_send = t if first_send is None else first_send
         run.sent += 1
         sent_at = t if slot is None else slot  # the send time the policy hears of

@@ -590,23 +590,53 @@ def test_told_the_limit_a_429_at_once_before_any_answer_leaves_the_window_a_roun
 def test_told_the_limit_a_cap_s_429_at_once_before_any_answer_gives_the_pace_back(
     refuse: str, kept: bool
 ) -> None:
-    # A cap of 10 in flight refuses the 11th send at once, before any answer (the first one
-    # came late: it opened the connection). With no round trip to weigh the count against,
-    # that refusal cuts the pace (to 0.95 of what the first buckets took) and marks a server
-    # that allows no burst. At the first answer the cut's window (the 10 it held) is about a
-    # round trip of the pace: a cap's, so the pace goes back to the told rate and late sends
-    # are caught up again (left cut, the pace took 1.2 s to climb back, 3 s live, where the
-    # first sends' buckets read 40/s). A server that allows no burst refusing the second
-    # send at once held one: that cut stands.
+    # A cap of 10 in flight answering in 0.21 s refuses the 11th send at once, before any
+    # answer. With no round trip to weigh the count against, that refusal cuts the pace (to
+    # 0.95 of what the first buckets took) and marks a server that allows no burst. As the
+    # answers come, the cut's window (the 10 it held) is about a round trip of the told
+    # pace: a cap's, so the pace goes back to the told rate and late sends are caught up
+    # again (left cut, the pace took 1.2 s to climb back, 3 s live, where the first sends'
+    # buckets read 40/s). A server that allows no burst refusing the second send at once
+    # held one: that cut stands.
     policy = AimdPolicy(50.0)
 
     def refused(number: int, in_flight: int) -> bool:
         return number == 1 if refuse == "early send" else _at_cap(number, in_flight)
 
-    ((_, cut), *_) = _instant_run(policy, 100.0, 100.3, latency=0.24, refused=refused)
+    ((_, cut), *_) = _instant_run(policy, 100.0, 100.5, latency=0.21, refused=refused)
     assert cut
-    assert (policy.rate(100.3) == pytest.approx(PACED)) is kept
+    assert (policy.rate(100.5) == pytest.approx(PACED)) is kept
     assert (policy.state.burstless == math.inf) is kept
+
+
+def test_told_the_limit_a_cap_s_429_at_once_is_judged_on_the_shortest_round_trip_it_held() -> None:
+    # A cap of 10 in flight answering in 0.205 s, but the first answers come late, in
+    # order (each opened a connection; live 10-50 ms, the first the latest, more on a busy
+    # machine): here 0.1 s, 0.08 s, ... Judged on the first answer's round trip alone
+    # (0.305 s), the 10 it held were under what the cut pace needs at it, and the cut
+    # stood; judged on the shortest round trip of the answers to what it held, the window
+    # was a cap's: the pace goes back to the told rate.
+    policy = AimdPolicy(50.0)
+    due: list[tuple[float, float]] = []  # (answer at, sent at) of the accepted requests
+    now, sends = 100.0, 0
+    while now < 100.6:
+        for answer, sent in sorted(due):
+            if answer <= now:
+                due.remove((answer, sent))
+                policy.release(answer)
+                policy.on_success(sent, answer)
+        wait = policy.claim(now)
+        if wait == 0:
+            if len(due) >= 10:
+                policy.release(now)
+                policy.on_rate_limited(now, now)
+            else:
+                due.append((now + 0.205 + max(0.0, 0.1 - 0.02 * sends), now))
+            sends += 1
+            continue
+        now = min(now + (wait if wait < math.inf else 0.001), min(due)[0] if due else math.inf)
+    assert policy.rate(now) == pytest.approx(PACED)
+    assert policy.state.window == 10.0
 
 
 def test_not_told_a_429_at_once_with_the_window_full_at_the_limit_found_is_the_window_s() -> None:

@@ -384,6 +384,28 @@ def test_the_zoo_s_clock_starts_anywhere_in_a_send_time_bucket_as_a_live_one_doe
     assert policy.state.first_sent == 0.0
 
 
+def test_the_zoo_s_first_connections_answer_late() -> None:
+    # With connections, the first that many requests each open a connection: their answers
+    # come first_latency late; the rest after the latency alone.
+    round_trips: dict[float, float] = {}
+
+    class Recording(AimdPolicy):
+        def on_success(self, sent_at: float, now: float) -> None:
+            round_trips[sent_at] = now - sent_at
+            super().on_success(sent_at, now)
+
+    run_zoo(
+        RateLimit(LIMIT, burst=100),
+        policy=Recording(LIMIT),
+        requests=20,
+        first_latency=0.1,
+        connections=3,
+    )
+    ordered = [round_trips[sent] for sent in sorted(round_trips)]
+    assert ordered[:3] == pytest.approx([0.3] * 3)
+    assert ordered[3:] == pytest.approx([0.2] * 17)
+
+
 @pytest.mark.parametrize("shape", ["10 in flight", "10 in flight, instant 429"])
 def test_told_the_true_limit_a_cap_in_flight_costs_one_429_wherever_the_clock_starts(
     shape: str,
