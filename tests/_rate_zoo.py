@@ -19,7 +19,11 @@ millisecond), and a request reaches the server up to ``send_jitter`` seconds aft
 (plus, with ``send_tail``, an exponentially distributed delay of that mean: now and then
 much later); with ``stall_share``, that share of the wake-ups and of the sends is held up
 by a stall of ``stall`` seconds on average (exponentially distributed); and the first
-request's answer comes ``first_latency`` later (it opens the connection). :data:`LIVE` is
+request's answer comes ``first_latency`` later (it opens the connection; with
+``connections``, so do that many first requests: each opens one of its own). With
+``start_phase``, the clock reads a seeded draw in ``[0, start_phase)`` at the batch's start,
+not zero: a live clock is at any point of the policy's send-time buckets (``BUCKET``) when
+a batch starts, and what the first buckets took is measured over whole buckets. :data:`LIVE` is
 the live benchmark's machine, :data:`LIVE_MEASURED` the same measured at the server. With
 ``booking``, senders do as the Redis store's do: each books its own slot up to ``booking``
 seconds ahead (no queue), sleeps until it and reports the booked time as the send time (the
@@ -44,7 +48,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 
-from ailab_async._aimd import AimdPolicy
+from ailab_async._aimd import BUCKET, AimdPolicy
 from ailab_async.testing.simulator import RateLimit
 from ailab_async.testing.simulator._limits import server_limit
 
@@ -205,6 +209,7 @@ def run_zoo(
     latency: float = 0.2,
     latency_jitter: float = 0.0,
     first_latency: float = 0.0,
+    connections: int = 1,
     send_jitter: float = 0.0,
     send_tail: float = 0.0,
     wake_jitter: float = 0.0,
@@ -212,6 +217,7 @@ def run_zoo(
     wake_round: float = 0.0,
     stall_share: float = 0.0,
     stall: float = 0.0,
+    start_phase: float = 0.0,
     booking: float = 0.0,
     report_delay: float = 0.0,
     configured: float | None = None,
@@ -231,6 +237,8 @@ def run_zoo(
     queue: deque[int] = deque()  # workers waiting for a slot, in arrival order
     waiting_release = False
     pacer_due = math.inf
+    # The clock at the batch's start (its own draw: the machine's other draws stay as they are).
+    start = random.Random(f"{seed}:phase").uniform(0, start_phase) if start_phase else 0.0
     remaining = requests
     in_flight = 0
     first_send: float | None = None
@@ -322,8 +330,9 @@ def run_zoo(
 
     def send(t: float, worker: int, slot: float | None = None) -> None:
         nonlocal first_send, in_flight
-        # The first request also opens the client's connection: its answer comes later.
-        setup = first_latency if first_send is None else 0.0
+        # The first request also opens the client's connection: its answer comes later (so do
+        # the first ``connections``: sent before any answer, each opens one).
+        setup = first_latency if run.sent < connections else 0.0
         first_send = t if first_send is None else first_send
         run.sent += 1
         sent_at = t if slot is None else slot  # the send time the policy hears of
@@ -411,14 +420,14 @@ def run_zoo(
                 policy.wind_down(t, remaining)
                 note_pace(t)
 
-    note_pace(0.0)
+    note_pace(start)
     # A clump is ``senders`` requests; otherwise ``items`` are in progress at once.
     at_once = senders if clumps else 2 * senders if items is None else items
     for worker in range(min(at_once, requests + 1)):
-        next_item(0.0, worker)
+        next_item(start, worker)
     while events and remaining > 0:
         t, _, action = heapq.heappop(events)
-        if t > until:
+        if t - start > until:
             break
         action(t)
     return run
@@ -546,11 +555,12 @@ def family_table(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m tests._rate_zoo [--seeds N] [--first-seed K] [--rows NAME ...] [--told]
-    [--family] [--family-seeds N] [--measured] [--instant] [--breakdown]``: the zoo table on the
-    live benchmark's machine (:data:`LIVE`; with ``--measured``, :data:`LIVE_MEASURED`), and
-    with ``--family`` the drop/return family's mean on two sets of seeds (0 to N-1 and N to
-    2N-1); with ``--breakdown``, where each row's seconds go (:func:`breakdown_table`) instead
-    of the table. Clock-free: the whole table takes seconds."""
+    [--family] [--family-seeds N] [--measured] [--instant] [--phase] [--breakdown]``: the zoo
+    table on the live benchmark's machine (:data:`LIVE`; with ``--measured``,
+    :data:`LIVE_MEASURED`; with ``--phase``, its clock starting at any point of a send-time
+    bucket, as live), and with ``--family`` the drop/return family's mean on two sets of seeds
+    (0 to N-1 and N to 2N-1); with ``--breakdown``, where each row's seconds go
+    (:func:`breakdown_table`) instead of the table. Clock-free: the whole table takes seconds."""
     parser = argparse.ArgumentParser(prog="python -m tests._rate_zoo")
     parser.add_argument("--seeds", type=int, default=40, help="runs per row (default 40)")
     parser.add_argument("--first-seed", type=int, default=0, help="the first run's seed")
@@ -576,8 +586,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--measured", action="store_true", help="on LIVE_MEASURED, not LIVE (the machine)"
     )
+    parser.add_argument(
+        "--phase", action="store_true", help="the clock starts anywhere in a bucket (as live)"
+    )
     args = parser.parse_args(argv)
     machine = LIVE_MEASURED if args.measured else LIVE
+    if args.phase:
+        machine = {**machine, "start_phase": BUCKET}
     if args.seeds < 1 or args.family_seeds < 1:
         parser.error("--seeds and --family-seeds must be at least 1")
     seeds = range(args.first_seed, args.first_seed + args.seeds)

@@ -586,6 +586,59 @@ def test_told_the_limit_a_429_at_once_before_any_answer_leaves_the_window_a_roun
         assert len(sent) >= 0.9 * 3.0 * PACED * BACKOFF
 
 
+@pytest.mark.parametrize(("refuse", "kept"), [("cap", True), ("early send", False)])
+def test_told_the_limit_a_cap_s_429_at_once_before_any_answer_gives_the_pace_back(
+    refuse: str, kept: bool
+) -> None:
+    # A cap of 10 in flight answering in 0.21 s refuses the 11th send at once, before any
+    # answer. With no round trip to weigh the count against, that refusal cuts the pace (to
+    # 0.95 of what the first buckets took) and marks a server that allows no burst. As the
+    # answers come, the cut's window (the 10 it held) is about a round trip of the told
+    # pace: a cap's, so the pace goes back to the told rate and late sends are caught up
+    # again (left cut, the pace took 1.2 s to climb back, 3 s live, where the first sends'
+    # buckets read 40/s). A server that allows no burst refusing the second send at once
+    # held one: that cut stands.
+    policy = AimdPolicy(50.0)
+
+    def refused(number: int, in_flight: int) -> bool:
+        return number == 1 if refuse == "early send" else _at_cap(number, in_flight)
+
+    ((_, cut), *_) = _instant_run(policy, 100.0, 100.5, latency=0.21, refused=refused)
+    assert cut
+    assert (policy.rate(100.5) == pytest.approx(PACED)) is kept
+    assert (policy.state.burstless == math.inf) is kept
+
+
+def test_told_the_limit_a_cap_s_429_at_once_is_judged_on_the_shortest_round_trip_it_held() -> None:
+    # A cap of 10 in flight answering in 0.205 s, but the first answers come late, in
+    # order (each opened a connection; live 10-50 ms, the first the latest, more on a busy
+    # machine): here 0.1 s, 0.08 s, ... Judged on the first answer's round trip alone
+    # (0.305 s), the 10 it held were under what the cut pace needs at it, and the cut
+    # stood; judged on the shortest round trip of the answers to what it held, the window
+    # was a cap's: the pace goes back to the told rate.
+    policy = AimdPolicy(50.0)
+    due: list[tuple[float, float]] = []  # (answer at, sent at) of the accepted requests
+    now, sends = 100.0, 0
+    while now < 100.6:
+        for answer, sent in sorted(due):
+            if answer <= now:
+                due.remove((answer, sent))
+                policy.release(answer)
+                policy.on_success(sent, answer)
+        wait = policy.claim(now)
+        if wait == 0:
+            if len(due) >= 10:
+                policy.release(now)
+                policy.on_rate_limited(now, now)
+            else:
+                due.append((now + 0.205 + max(0.0, 0.1 - 0.02 * sends), now))
+            sends += 1
+            continue
+        now = min(now + (wait if wait < math.inf else 0.001), min(due)[0] if due else math.inf)
+    assert policy.rate(now) == pytest.approx(PACED)
+    assert policy.state.window == 10.0
+
+
 def test_not_told_a_429_at_once_with_the_window_full_at_the_limit_found_is_the_window_s() -> None:
     # The same cap, run on: the limit found at slow start's end (~54/s: the pace, 53/s,
     # keeps ~10.6 in flight), the window (10, all the server held at that cut) holds the
@@ -622,14 +675,14 @@ def test_not_told_a_429_at_once_with_fewer_in_flight_than_the_window_shows_no_ca
 
 
 def test_told_the_limit_a_refusal_above_the_window_a_cut_set_is_the_window_s_alone() -> None:
-    # A server that caps requests in flight at 10, answering in 0.21 s: told 50/s, the pace
-    # (49.25/s) keeps 10.3 in flight there. The first 429 cuts (the window to the 10 held);
+    # A server that caps requests in flight at 10, answering in 0.22 s: told 50/s, the pace
+    # (49.25/s) keeps 10.8 in flight there. The first 429 cuts (the window to the 10 held);
     # the window holds senders back, grows, and an 11th request in flight is refused: that
     # is the window's, not the pace's. The window goes back to 10 (and grows again only
     # PROBE_AFTER seconds after a hold-off: one probe in about 3.5 s), the pace stays at the
     # told rate, with no lesson in headroom and late sends caught up again.
     policy = AimdPolicy(50.0)
-    refusals = _capped_run(policy, 100.0, 110.0, latency=0.21, cap=10)
+    refusals = _capped_run(policy, 100.0, 110.0, latency=0.22, cap=10)
     (_, first_cut, first_window), *probes = refusals
     assert first_cut
     assert first_window == 10.0
@@ -639,6 +692,22 @@ def test_told_the_limit_a_refusal_above_the_window_a_cut_set_is_the_window_s_alo
     assert policy.state.headroom == 1.0
     assert policy.state.burstless == math.inf
     assert policy.rate(110.0) == pytest.approx(PACED)
+
+
+@pytest.mark.parametrize(("latency", "probes"), [(0.205, False), (0.25, True)])
+def test_told_the_limit_a_cap_that_keeps_nearly_the_pace_s_round_trip_is_not_probed_above(
+    latency: float, probes: bool
+) -> None:
+    # A cap of 10 in flight answering in 0.205 s, told 50/s: the pace (49.25/s) needs 10.1
+    # in flight, and the cap's first refusal sets a window of the 10 it held. A window of
+    # 11 could take at most 1 % more: it does not grow above 10, and nothing more is
+    # refused (it grew every 3.5 s or so, and each probe cost a 429 and its retry's wait).
+    # Answering in 0.25 s, the pace needs 12.3 in flight: the cap holds it back by a fifth,
+    # and is probed above now and then, a cap that rose being found again.
+    policy = AimdPolicy(50.0)
+    (_, first_cut, _), *later = _capped_run(policy, 100.0, 115.0, latency=latency, cap=10)
+    assert first_cut
+    assert bool(later) is probes
 
 
 @pytest.mark.parametrize(("refuse", "marked"), [("cap", False), ("early send", True)])
