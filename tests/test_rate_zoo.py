@@ -597,6 +597,24 @@ def test_told_a_probe_refused_just_before_a_dropped_limit_returns_holds_off_brie
         assert run.ratio <= 1.095
 
 
+def test_told_a_dropped_limit_that_comes_back_is_taken_back_up_to_at_once() -> None:
+    # Once the limit is back, the quick curve climbed from the last probe's pace to what
+    # the server took before the drop one answer at a time, and the window of requests in
+    # flight one per window of answers: 45/s was reached 0.85-1.11 s after the limit came
+    # back (mean 0.98 s). Once the server takes more over a second than the dropped limit
+    # allows, the pace and the window go straight back: 0.63-0.87 s (mean 0.73 s). (The
+    # pace alone, the window climbing: 42-46/s taken from 8.75 s to 9.25 s, now 46-50/s.)
+    backs = []
+    for seed in range(8):
+        run = run_zoo(DROPPED, configured=LIMIT, seed=seed, **LIVE)
+        backs.append(
+            next(t / 100 for t in range(800, 2000) if run.pace_at(t / 100) >= 0.9 * LIMIT) - 8.0
+        )
+        assert run.accepted_rate(8.75, 9.25) >= 0.9 * LIMIT
+    assert max(backs) <= 0.95
+    assert sum(backs) / len(backs) <= 0.85
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_told_the_limit_once_a_dropped_limit_is_back_late_sends_are_caught_up_again(
     seed: int,
