@@ -6,7 +6,9 @@ its first poll" is the interval ``(0, t]``, and a task still pending says ``(las
 (so a burst's slow tasks count before they finish). Newer tasks weigh more: the weight halves
 every ``half_life`` tasks after a change of durations (recent tasks that disagree with the
 plan's estimate), so a drift is followed, and every ``5 x half_life`` while they hold, so a
-long tail's schedule rests on enough tasks. From these interval-censored data the
+long tail's schedule rests on enough tasks; at such a change the old tasks' completion times
+are moved by as much as the recent tasks say durations moved, until the new ones have
+finished. From these interval-censored data the
 planner estimates the completion-time distribution on a grid with Turnbull's
 self-consistency (EM) rounds (each sharing an interval's weight by a smoothed estimate;
 once durations have held for long, as smoothed as each half of the evidence says predicts
@@ -699,6 +701,9 @@ class PollPlanner:
         short when they do not: ``half_life`` from the last time they disagreed (a change)
         until ``_SETTLE`` tasks have finished since (the tasks in flight when it came), then
         growing by one for each task finished, up to ``_LONG_MEMORY`` times ``half_life``.
+        A change after durations had held moves the old durations' evidence to where the
+        recent tasks say they now are (:func:`_carry_over`), so the plan does not wait for
+        the new durations' slowest tasks to finish before reaching past the old ones.
         While more than three quarters of a window are pending (a batch), its tasks (all of
         one age, seen together) are most of the recent evidence, and the plan follows them
         as closely as before: ``half_life``. (With the long memory through a batch of 300
@@ -709,10 +714,15 @@ class PollPlanner:
         config = self.config
         policy = self._policy
         recent = evidence[-_RECENT:]
+        batch = len(self._cohort) - self._finished > config.window * 3 // 4
         if policy is not None and _changed(recent, policy):
+            if self._half_life > config.half_life and not batch:
+                # The durations had held (the memory had grown): carry them over to where
+                # the recent tasks say they now are (see _carry_over).
+                _carry_over(evidence[: len(evidence) - len(recent)], recent, policy)
             self._calm_since = self._finished_ever
             self._change_mark = recent[0]
-        if len(self._cohort) - self._finished > config.window * 3 // 4:
+        if batch:
             return config.half_life
         calm = self._finished_ever - self._calm_since - _SETTLE
         return min(config.half_life * _LONG_MEMORY, config.half_life + max(0, calm))
@@ -913,6 +923,25 @@ _RECENT = 40
 _CHANGE_Z = 3.0
 _SETTLE = 100
 _LONG_MEMORY = 5.0
+# At a change after durations had held, the finished tasks before it are moved by the shift
+# under which the recent tasks agree with the plan's estimate (``_carry_over``; bisected in
+# _SHIFT_ROUNDS halvings), unless more than one in _CARRY_RUNNING + 1 of them are still
+# running (a batch draining). Without it, tasks of 1-6 s then 3-9 s (the change at task
+# 200) were planned for 1-6 s until 3-9 s tasks had finished: the first 50 of the new ones
+# spent 3.4 polls each (polled at the old plan's ages up to 6 s, then stepped past it), and
+# the budget correction paid that back at about 1.6 polls per task, where 3-9 s tasks can
+# only be polled about every ``fallback_interval``. Measured with ``python -m
+# tests._planner_sim --seeds 8`` (seeds 0-7 | 8-15): 0.53x of fixed polling's lag at 2.15
+# polls -> 0.52x at 2.06 | 0.50x at 2.14 -> 0.47x at 2.06 (at exactly 2.0 polls, by
+# ``--at-budget``: 0.62x -> 0.56x | 0.56x -> 0.51x); 3-9 s then 1-6 s 0.46x at 1.77 -> 0.44x
+# at 1.81 | 0.45x at 1.79 -> 0.43x at 1.83; tasks after the change until the plan's first two
+# polls are half-way to where they settle (600 tasks, seeds 0-7) 151 -> 113 and 154 -> 139;
+# the other shapes, and long runs, unchanged (it never fires there). A scale instead of a
+# shift over-reached on the upward drift (3-9 s is no 1-6 s stretched: 1.5-3.5 times, by
+# which the plans stayed too sparse to see their error); a queue's batch (its later tasks
+# wait longer) is one batch, not a change to carry over (0.54x -> 0.75x unguarded).
+_SHIFT_ROUNDS = 16
+_CARRY_RUNNING = 4
 
 
 def _cells(horizon: float) -> int:
@@ -1102,6 +1131,17 @@ def _edge(observations: list[tuple[float, float, float]], points: list[float]) -
     return start if running > finished else math.inf
 
 
+def _estimated_below(policy: _Policy, offset: float) -> float:
+    """The share of tasks ``policy``'s estimate has finished by ``offset``; past its horizon
+    (the longest completion seen) what it left unknown thins out as a tail would."""
+    if offset == math.inf:
+        return 1.0
+    horizon = policy.points[-1]
+    if offset <= horizon:
+        return policy.mass_at(offset)[0]
+    return 1.0 - (1.0 - policy.mass_below[-1]) * horizon / offset
+
+
 def _changed(recent: list[list[float]], policy: _Policy) -> bool:
     """Whether the tasks of ``recent`` (``[low, high]`` intervals, ``high`` infinite while
     pending) disagree with the completion times ``policy`` was planned for.
@@ -1115,19 +1155,51 @@ def _changed(recent: list[list[float]], policy: _Policy) -> bool:
     change."""
     if len(recent) < _RECENT // 2:
         return False
-    points, below = policy.points, policy.mass_below
-    horizon, known = points[-1], below[-1]
-
-    def cdf(offset: float) -> float:
-        if offset == math.inf:
-            return 1.0
-        if offset <= horizon:
-            return policy.mass_at(offset)[0]
-        return 1.0 - (1.0 - known) * horizon / offset  # past the horizon: some tail
-
-    total = sum((cdf(low) + cdf(high)) / 2.0 for low, high in recent)
+    total = sum(
+        (_estimated_below(policy, low) + _estimated_below(policy, high)) / 2.0
+        for low, high in recent
+    )
     spread = math.sqrt(len(recent) / 12.0)
     return abs(total - len(recent) / 2.0) > _CHANGE_Z * spread
+
+
+def _shift(recent: list[list[float]], policy: _Policy) -> float:
+    """The shift ``c`` (seconds, below zero: shorter) under which the tasks of ``recent``
+    agree with ``policy``'s estimate moved by it, ``F(t - c)``: the mean of :func:`_changed`'s
+    middles is 1/2 again (bisection; the mean falls as ``c`` grows)."""
+    horizon = policy.points[-1]
+    low, high = -horizon, 2.0 * horizon
+
+    def below(offset: float) -> float:
+        return 0.0 if offset <= 0.0 else _estimated_below(policy, offset)
+
+    for _ in range(_SHIFT_ROUNDS):
+        shift = (low + high) / 2.0
+        total = sum((below(start - shift) + below(end - shift)) / 2.0 for start, end in recent)
+        if total > len(recent) / 2.0:
+            low = shift  # still longer than the moved estimate says: move it further
+        else:
+            high = shift
+    return (low + high) / 2.0
+
+
+def _carry_over(before: list[list[float]], recent: list[list[float]], policy: _Policy) -> None:
+    """At a change of durations, move the tasks that finished before it (``before``, in
+    place) by the :func:`_shift` under which the ``recent`` tasks agree with ``policy``'s
+    estimate: until the new durations' own tasks have finished, their shape comes from the
+    old ones, moved to where the recent tasks say they now are. Without it, a drift to
+    longer tasks is planned as if its tasks finished by the longest completion seen before
+    it, and its tasks in flight are polled there, again and again, each poll "not done".
+    Not when the tasks before the change are few (a plan still learning), or many of them
+    still running (a batch draining, whose later tasks wait longer in the provider's
+    queue: one batch, not old durations to carry over)."""
+    finished = [record for record in before if record[1] != math.inf]
+    if (len(before) - len(finished)) * _CARRY_RUNNING > len(finished):
+        return
+    shift = _shift(recent, policy)
+    for record in finished:
+        record[0] = max(0.0, record[0] + shift)
+        record[1] = max(record[0] + 1e-6, record[1] + shift)
 
 
 def _windows(points: list[float], longest_gap: float, shortest_gap: float) -> list[range]:

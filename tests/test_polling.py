@@ -736,10 +736,10 @@ def test_the_memory_is_long_while_durations_hold_and_short_after_a_change() -> N
     for _ in range(60):
         _polled_every_half_second(planner, rng, 3.0, 9.0)
     assert planner.memory == 40.0
-    for _ in range(90):
+    for _ in range(60):
         _polled_every_half_second(planner, rng, 3.0, 9.0)
-    assert planner.memory == 40.0  # the tasks in flight at the change
-    for _ in range(200):
+    assert planner.memory == 40.0  # the tasks in flight at the change (_SETTLE since it)
+    for _ in range(230):
         _polled_every_half_second(planner, rng, 3.0, 9.0)
     assert planner.memory > 100.0
 
@@ -817,6 +817,46 @@ def test_tasks_before_a_change_do_not_come_back_as_the_memory_grows() -> None:
     policy = planner._policy
     assert policy is not None
     assert policy.mass_at(3.0)[0] < 0.02
+
+
+def test_a_change_to_longer_tasks_moves_the_old_evidence_to_where_they_now_are() -> None:
+    """Tasks seen still running at 5 s where the plan expected most of them done: before
+    any of them has finished (no completion seen past 6.5 s), the plan reaches past the old
+    tasks' longest completion, its first poll later than before, instead of polling them at
+    the old plan's ages, each poll "not done"."""
+    rng = random.Random(8)
+    planner = PollPlanner()
+    for _ in range(400):
+        _polled_every_half_second(planner, rng, 1.0, 6.0)
+    old_plan = planner.plan
+    assert old_plan[-1] <= 6.5
+    for index in range(40):
+        planner.submitted(f"longer-{index}")
+        planner.not_done(f"longer-{index}", 5.0)
+    for _ in range(10):  # the quick ones among them finish: a re-plan
+        _polled_every_half_second(planner, rng, 3.0, 6.0)
+    assert planner.memory == 40.0  # a change
+    assert planner.plan[-1] > 7.5
+    assert planner.plan[0] > old_plan[0] + 0.5
+
+
+def test_a_batch_still_running_is_not_old_evidence_to_move() -> None:
+    """Among the tasks before a change, more than one in five still running: one batch
+    whose later tasks take longer, not old durations to carry over."""
+    rng = random.Random(9)
+    evidence = [(a, b, 1.0) for a, b in _intervals(rng, 1.0, 6.0, 200)]
+    solved = solve_schedules(evidence, 2.0, PollingConfig())
+    assert solved is not None
+    recent = [[5.0, math.inf] for _ in range(40)]
+    finished = _intervals(rng, 1.0, 6.0, 100)
+    draining = [*(list(record) for record in finished), *([[2.0, math.inf]] * 30)]
+    _polling._carry_over(draining, recent, solved[4])
+    assert draining[:100] == finished
+    moved = [*(list(record) for record in finished), *([[2.0, math.inf]] * 20)]
+    _polling._carry_over(moved, recent, solved[4])
+    assert all(
+        after[0] > before[0] + 1.0 for after, before in zip(moved[:100], finished, strict=True)
+    )
 
 
 def test_the_memory_is_short_while_a_batch_of_most_of_a_window_is_pending() -> None:
