@@ -65,6 +65,8 @@ class Outcome:
     polls: int
     expected: float | None = None
     past_horizon: int | None = None
+    #: Why each of its polls went where it did, in order (:data:`REASONS`).
+    reasons: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -94,6 +96,69 @@ class _Task:
     polls: int = 0
     past_horizon: int = 0  # polls that went out past ``horizon``
     next_poll_at: float = math.inf
+    reason: str = ""  # why its next poll goes at next_poll_at
+    reasons: list[str] = attrs.Factory(list)  # why each poll sent so far went
+
+
+#: Why a poll went where it did: the plan placed it (a first poll, or the optimal
+#: continuation from the last one); it explored before the plan's first poll; it stepped
+#: geometrically at the edge of what the plan knows, or in the tail past it (the frontier
+#: included); the fallback guarantee moved it earlier (``fallback_interval`` after the last
+#: poll: the plan, the edge or the tail asked for later); or no plan was learned yet.
+PLAN, EXPLORE, EDGE, TAIL, FALLBACK, WARM_UP = (
+    "plan",
+    "explore",
+    "edge",
+    "tail",
+    "fallback",
+    "warm-up",
+)
+REASONS = (PLAN, EXPLORE, EDGE, TAIL, FALLBACK, WARM_UP)
+
+
+@attrs.define
+class _Placer:
+    """Asks the planner where a task's next poll goes, and tells why (:data:`REASONS`): the
+    geometric steps it took (at the edge, in the tail) are seen through its ``_grow``,
+    watched while :meth:`watching` is active, so the planner's own branches decide."""
+
+    planner: PollPlanner
+    _grown: list[tuple[float, float]] = attrs.Factory(list)
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        grow = _polling._grow
+
+        def watched(last: float, growth: float, config: PollingConfig) -> float:
+            step = grow(last, growth, config)
+            self._grown.append((growth, step))
+            return step
+
+        with mock.patch.object(_polling, "_grow", watched):
+            yield
+
+    def place(self, age: float, last_not_done: float | None, lane: float) -> tuple[float, str]:
+        """``planner.next_poll``'s answer, and why."""
+        self._grown.clear()
+        planner = self.planner
+        offset = planner.next_poll(age, last_not_done, lane)
+        if not planner.has_plan:
+            return offset, WARM_UP
+        config = planner.config
+        last = 0.0 if last_not_done is None else last_not_done
+        floor = age if last_not_done is None else max(age, last + config.min_interval)
+        latest = max(floor, last + config.fallback_interval - config.min_interval)
+        growths = dict(self._grown)
+        if last_not_done is None and _polling._fraction(lane, 0.1) < config.explore_share:
+            return offset, EXPLORE
+        if offset == latest and latest > floor:
+            return offset, FALLBACK
+        if _polling._TAIL_GROWTH in growths:
+            return offset, TAIL
+        edge_step = growths.get(_polling._EDGE_GROWTH)
+        if edge_step is not None and offset == max(floor, edge_step):
+            return offset, EDGE
+        return offset, PLAN
 
 
 def simulate(
@@ -160,6 +225,7 @@ def _simulate(
 ) -> tuple[list[Outcome], PollPlanner]:
     rng = random.Random(seed)
     planner = PollPlanner(config)
+    placer = _Placer(planner)
     tasks: dict[int, _Task] = {}
     outcomes: list[Outcome | None] = [None] * len(arrivals)
     heap: list[tuple[float, int, int]] = []  # (time, sequence, task index), -1: a submit
@@ -167,71 +233,81 @@ def _simulate(
     for index, at in enumerate(arrivals):
         heapq.heappush(heap, (at, next(sequence), -1 - index))
 
-    def place(index: int, task: _Task, offset: float) -> None:
+    def place(index: int, task: _Task, placed: tuple[float, str]) -> None:
+        offset, task.reason = placed
         task.next_poll_at = task.submitted_at + offset
         heapq.heappush(heap, (task.next_poll_at, next(sequence), index))
 
-    group_start = group_end = -math.inf  # the group of polls going out now, and its reach
-    while heap:
-        due, _, index = heapq.heappop(heap)
-        now = due
-        if index >= 0 and slack > 0.0:
-            if due <= group_end:
-                now = group_start  # due within the slack of the group's first: sent with it
-            else:
-                group_start, group_end = due, due + slack
-        if index < 0:  # a submit
-            index = -1 - index
-            duration = sampler(rng, index, len(tasks))
-            lane = rng.random()
-            key = str(index)
-            planner.submitted(key)
-            horizon = planner.plan[-1] if planner.has_plan else None
-            task = tasks[index] = _Task(now, duration, lane, planner.expected_polls(lane), horizon)
-            place(index, task, planner.next_poll(0.0, None, lane))
-            continue
-        task_or_none = tasks.get(index)
-        if task_or_none is None or task_or_none.next_poll_at != due:
-            continue  # finished, or re-placed since
-        task = task_or_none
-        task.polls += 1
-        if task.horizon is not None and now - task.submitted_at > task.horizon:
-            task.past_horizon += 1
-        seen_at = now + round_trip / 2
-        answered = now + round_trip
-        done_at = task.submitted_at + task.duration
-        if seen_at >= done_at:
-            past = None if task.horizon is None else task.past_horizon
-            outcomes[index] = Outcome(
-                task.duration, seen_at - done_at, task.polls, task.expected, past
-            )
-            del tasks[index]
-            evidence = completion_evidence(
-                answered - task.submitted_at, task.last_not_done, fresh=True
-            )
-            assert evidence is not None
-            if planner.finished(str(index), evidence[1], task.polls, task.expected):
-                if plans is not None and planner._policy is not None:
-                    plans.append((len(arrivals) - len(tasks), planner._policy))
-                for other_index, other in tasks.items():  # the tracker's _replace_pending
-                    if other.next_poll_at == math.inf or other.next_poll_at < answered:
-                        # Due before this answer came back: the tracker has sent it, and
-                        # re-places only polls still waiting. Re-placed from the answer's
-                        # age, it was pushed past its time by each re-plan of a burst.
-                        continue
-                    offset = planner.next_poll(
-                        answered - other.submitted_at, other.last_not_done, other.lane
-                    )
-                    if other.submitted_at + offset != other.next_poll_at:
-                        place(other_index, other, offset)
-            continue
-        task.last_not_done = now - task.submitted_at
-        planner.not_done(str(index), task.last_not_done)
-        age = answered - task.submitted_at
-        place(index, task, planner.next_poll(age, task.last_not_done, task.lane))
-    finished = [outcome for outcome in outcomes if outcome is not None]
-    assert len(finished) == len(arrivals)
-    return finished, planner
+    with placer.watching():  # the planner's geometric steps say why a poll went there
+        group_start = group_end = -math.inf  # the group of polls going out now, and its reach
+        while heap:
+            due, _, index = heapq.heappop(heap)
+            now = due
+            if index >= 0 and slack > 0.0:
+                if due <= group_end:
+                    now = group_start  # due within the slack of the group's first: sent with it
+                else:
+                    group_start, group_end = due, due + slack
+            if index < 0:  # a submit
+                index = -1 - index
+                duration = sampler(rng, index, len(tasks))
+                lane = rng.random()
+                key = str(index)
+                planner.submitted(key)
+                horizon = planner.plan[-1] if planner.has_plan else None
+                task = tasks[index] = _Task(
+                    now, duration, lane, planner.expected_polls(lane), horizon
+                )
+                place(index, task, placer.place(0.0, None, lane))
+                continue
+            task_or_none = tasks.get(index)
+            if task_or_none is None or task_or_none.next_poll_at != due:
+                continue  # finished, or re-placed since
+            task = task_or_none
+            task.polls += 1
+            task.reasons.append(task.reason)
+            if task.horizon is not None and now - task.submitted_at > task.horizon:
+                task.past_horizon += 1
+            seen_at = now + round_trip / 2
+            answered = now + round_trip
+            done_at = task.submitted_at + task.duration
+            if seen_at >= done_at:
+                past = None if task.horizon is None else task.past_horizon
+                outcomes[index] = Outcome(
+                    task.duration,
+                    seen_at - done_at,
+                    task.polls,
+                    task.expected,
+                    past,
+                    tuple(task.reasons),
+                )
+                del tasks[index]
+                evidence = completion_evidence(
+                    answered - task.submitted_at, task.last_not_done, fresh=True
+                )
+                assert evidence is not None
+                if planner.finished(str(index), evidence[1], task.polls, task.expected):
+                    if plans is not None and planner._policy is not None:
+                        plans.append((len(arrivals) - len(tasks), planner._policy))
+                    for other_index, other in tasks.items():  # the tracker's _replace_pending
+                        if other.next_poll_at == math.inf or other.next_poll_at < answered:
+                            # Due before this answer came back: the tracker has sent it, and
+                            # re-places only polls still waiting. Re-placed from the answer's
+                            # age, it was pushed past its time by each re-plan of a burst.
+                            continue
+                        placed = placer.place(
+                            answered - other.submitted_at, other.last_not_done, other.lane
+                        )
+                        if other.submitted_at + placed[0] != other.next_poll_at:
+                            place(other_index, other, placed)
+                continue
+            task.last_not_done = now - task.submitted_at
+            planner.not_done(str(index), task.last_not_done)
+            age = answered - task.submitted_at
+            place(index, task, placer.place(age, task.last_not_done, task.lane))
+        finished = [outcome for outcome in outcomes if outcome is not None]
+        assert len(finished) == len(arrivals)
+        return finished, planner
 
 
 def fixed_polling_lag(durations: Sequence[float], interval: float = 5.0) -> float:
@@ -313,6 +389,8 @@ class Block:
     #: went out there. A kind of task not seen yet, or a drift, spends its surprise there.
     past_share: float = math.nan
     past_polls: float = math.nan
+    #: Polls per task for each of :data:`REASONS`, in that order (they sum to ``polls``).
+    by_reason: tuple[float, ...] = ()
 
 
 def blocks(
@@ -341,6 +419,9 @@ def blocks(
                 lag=statistics.fmean(o.lag for o in block),
                 past_share=statistics.fmean(p > 0 for p in past) if past else math.nan,
                 past_polls=statistics.fmean(past) if past else math.nan,
+                by_reason=tuple(
+                    sum(o.reasons.count(reason) for o in block) / len(block) for reason in REASONS
+                ),
             )
         )
     return found
@@ -366,6 +447,39 @@ def attribution_table(
             for b in blocks(arrivals, sampler, config, size=size, skip=skip, seeds=seeds)
         ]
         lines.append(f"{name:<26} " + " | ".join(cells))
+    return "\n".join(lines)
+
+
+def reasons_table(
+    config: PollingConfig | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    size: int = 50,
+    *,
+    tasks: int = 400,
+    skip: int = 100,
+) -> str:
+    """Per shape, one line per block of ``size`` steady-state tasks: polls per task, what
+    their plans expected, mean lag, and the polls per task for each of :data:`REASONS` (why
+    each went where it did: the plan, exploring, the edge's or the tail's steps, the fallback
+    guarantee), then the same over the whole steady state. Runs of ``tasks`` tasks, the
+    steady state after ``skip``."""
+    head = " ".join(f"{reason:>8}" for reason in REASONS)
+    lines = []
+    for name, (arrivals, sampler) in shapes(tasks).items():
+        lines.append(f"{name}\n  {'first':>5} {'polls':>6} {'planned':>7} {'lag s':>6} {head}")
+        found = blocks(arrivals, sampler, config, size=size, skip=skip, seeds=seeds)
+        whole = Block(
+            first=skip,
+            polls=statistics.fmean(b.polls for b in found),
+            expected=statistics.fmean(b.expected for b in found),
+            lag=statistics.fmean(b.lag for b in found),
+            by_reason=tuple(map(statistics.fmean, zip(*(b.by_reason for b in found), strict=True))),
+        )
+        for label, block in [*((str(b.first), b) for b in found), ("all", whole)]:
+            lines.append(
+                f"  {label:>5} {block.polls:>6.3f} {block.expected:>7.3f} {block.lag:>6.3f} "
+                + " ".join(f"{share:>8.3f}" for share in block.by_reason)
+            )
     return "\n".join(lines)
 
 
@@ -688,9 +802,11 @@ def steady_durations(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m tests._planner_sim [--seeds N] [--first-seed K] [--tasks T --skip S]
-    [--attribute | --at-budget SHAPE]``: the shape table in seconds, or (``--attribute``)
-    where each shape's polls go, block by block, or (``--at-budget``) one shape's ratio to
-    fixed polling at exactly 2.0 polls per task (:func:`ratio_at_budget`).
+    [--attribute | --reasons | --at-budget SHAPE]``: the shape table in seconds, or
+    (``--attribute``) where each shape's polls go, block by block, or (``--reasons``) why
+    each went there (the plan, exploring, the edge's or the tail's steps, the fallback),
+    or (``--at-budget``) one shape's ratio to fixed polling at exactly 2.0 polls per task
+    (:func:`ratio_at_budget`).
     Three seeds (the tests' own) move by a few hundredths with any change
     to the planner; judge a change on more, and check it on seeds it was not tuned on
     (``--first-seed 8``). Runs of 400 tasks reach the steady state a client sees for its
@@ -740,6 +856,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="per block of 50 steady-state tasks: polls / what their plans expected, lag,"
         " [share of tasks past their plan's horizon, polls per task spent there]",
     )
+    parser.add_argument(
+        "--reasons",
+        action="store_true",
+        help="per block of 50 steady-state tasks: polls / what their plans expected, lag, and"
+        " the polls per task by why each went where it did (plan, explore, edge, tail,"
+        " fallback, warm-up)",
+    )
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
@@ -772,6 +895,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         for run in runs:
             print(f"{run.polls_per_task:.3f} polls  {run.mean_lag:.3f} s  {run.ratio:.4f}x")
         print(f"at 2.0 polls: {ratio:.4f}x")
+    elif args.reasons:
+        print(reasons_table(**run))
     elif args.attribute:
         if args.slack:
             parser.error("--slack is for the shape table")

@@ -32,7 +32,12 @@ from benchmarks.bench_tracker import IMAGE_SIDE, _simulator_config, burst_arriva
 
 from . import _planner_sim as planner_sim
 from ._planner_sim import (
+    EDGE,
+    FALLBACK,
+    PLAN,
+    REASONS,
     SHAPES,
+    TAIL,
     Figures,
     best_fixed,
     blocks,
@@ -250,6 +255,31 @@ def test_the_attribution_shows_where_a_plan_runs_out_of_knowledge() -> None:
     # harness moved polls already sent (see the test above).
     assert all(b.past_share <= 0.06 for b in learned), learned
     assert all(b.past_polls <= b.past_share + 1e-9 for b in learned), learned
+
+
+def test_the_reasons_account_for_every_poll_and_show_a_horizon_outgrown_by_later_plans() -> None:
+    """Why each poll went where it did (``python -m tests._planner_sim --reasons``): every
+    poll has one reason. The first tasks a learned plan places on log-normal durations
+    outlive that plan's horizon (two in five: no long task had finished yet), but what they
+    spend past it the later plans placed, which had learned the longer tasks: the tail's
+    and the edge's steps and the fallback guarantee spend a fraction of the block's
+    overspend, its plans' polls all of it (three seeds: 2.21 polls per task where their
+    plans counted 2.00, 0.93 of them past the horizon, 0.05 by steps or the fallback)."""
+    learning, *_ = parts = blocks(*SHAPES["log-normal, median 3 s"])
+    for block in parts:
+        assert sum(block.by_reason) == pytest.approx(block.polls), block
+    share = dict(zip(REASONS, learning.by_reason, strict=True))
+    overspend = learning.polls - learning.expected
+    assert overspend >= 0.1, learning
+    assert learning.past_polls >= 3 * overspend, learning
+    assert share[EDGE] + share[TAIL] + share[FALLBACK] <= overspend / 2, learning
+    assert share[PLAN] >= learning.expected, learning
+    # A growing queue's tasks outlive every plan: what they spend beyond it is the tail's
+    # steps (1.83 polls per task in its last block), and the fallback guarantee's.
+    last = dict(zip(REASONS, blocks(*SHAPES[QUEUE])[-1].by_reason, strict=True))
+    assert last[TAIL] >= 1.0, last
+    assert last[FALLBACK] >= 0.1, last
+    assert last[PLAN] <= TARGET_POLLS, last
 
 
 def test_a_slow_mode_not_seen_yet_is_not_stepped_through_at_each_1_25x_of_its_age() -> None:
