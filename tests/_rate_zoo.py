@@ -536,20 +536,33 @@ def family_table(
     *,
     slow: float = 1.2,
     machine: Mapping[str, float] = LIVE,
+    told: bool = False,
 ) -> str:
     """The drop/return family (:data:`DROP_RETURN_FAMILY`) on the ``machine`` (:data:`LIVE`): per
     set of seeds, the mean wall/ideal and 429s per 500 over its 21 timings, and how many
-    runs took more than ``slow`` times the ideal."""
-    lines = [f"{'family seeds':14} {'wall/ideal':>10} {'429s/500':>8} {f'runs > {slow}x':>12}"]
+    runs took more than ``slow`` times the ideal; with ``told``, the same again told the
+    limit the family starts at (:data:`LIMIT`)."""
+    header = f"{'family seeds':14} {'wall/ideal':>10} {'429s/500':>8} {f'runs > {slow}x':>12}"
+    if told:
+        header += f"  {'told: wall':>10} {'429s':>6} {f'> {slow}x':>8}"
+    lines = [header]
     for seeds in seed_sets:
-        runs = [
-            run_zoo(limit, seed=seed, **machine) for limit in DROP_RETURN_FAMILY for seed in seeds
-        ]
-        ratio = statistics.fmean(run.ratio for run in runs)
-        refused = statistics.fmean(500 * run.refused / run.requests for run in runs)
-        over = sum(run.ratio > slow for run in runs)
         name = f"{seeds[0]}-{seeds[-1]}"
-        lines.append(f"{name:14} {ratio:10.4f} {refused:8.1f} {f'{over}/{len(runs)}':>12}")
+        line = f"{name:14} "
+        for configured in (None, LIMIT) if told else (None,):
+            runs = [
+                run_zoo(limit, configured=configured, seed=seed, **machine)
+                for limit in DROP_RETURN_FAMILY
+                for seed in seeds
+            ]
+            ratio = statistics.fmean(run.ratio for run in runs)
+            refused = statistics.fmean(500 * run.refused / run.requests for run in runs)
+            over = f"{sum(run.ratio > slow for run in runs)}/{len(runs)}"
+            if configured is None:
+                line += f"{ratio:10.4f} {refused:8.1f} {over:>12}"
+            else:
+                line += f"  {ratio:10.4f} {refused:6.1f} {over:>8}"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -559,8 +572,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     table on the live benchmark's machine (:data:`LIVE`; with ``--measured``,
     :data:`LIVE_MEASURED`; with ``--phase``, its clock starting at any point of a send-time
     bucket, as live), and with ``--family`` the drop/return family's mean on two sets of seeds
-    (0 to N-1 and N to 2N-1); with ``--breakdown``, where each row's seconds go
-    (:func:`breakdown_table`) instead of the table. Clock-free: the whole table takes seconds."""
+    (0 to N-1 and N to 2N-1, with ``--told`` told the limit too); with ``--breakdown``,
+    where each row's seconds go (:func:`breakdown_table`) instead of the table. Clock-free:
+    the whole table takes seconds."""
     parser = argparse.ArgumentParser(prog="python -m tests._rate_zoo")
     parser.add_argument("--seeds", type=int, default=40, help="runs per row (default 40)")
     parser.add_argument("--first-seed", type=int, default=0, help="the first run's seed")
@@ -601,7 +615,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(table(seeds, args.rows, told=args.told, machine=machine, instant=args.instant))
     if args.family or args.family_only:
         count = args.family_seeds
-        print(family_table([range(count), range(count, 2 * count)], machine=machine))
+        print(
+            family_table([range(count), range(count, 2 * count)], machine=machine, told=args.told)
+        )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from ailab_async._aimd import SLOW_START_LEAD, AimdPolicy
 from ailab_async.testing.simulator import RateLimit
 
 from ._rate_zoo import (
+    DROP_RETURN_FAMILY,
     LIMIT,
     LIVE,
     TABLE_ROWS,
@@ -1098,6 +1099,18 @@ def test_the_zoo_table_prints_every_row_asked_for_and_the_family() -> None:
     family = family_table([range(1), range(1, 2)]).splitlines()
     assert [line.split()[0] for line in family[1:]] == ["0-0", "1-1"]
     assert all(line.split()[-1].endswith("/21") for line in family[1:])
+
+
+def test_the_family_told_the_limit_is_the_mean_of_its_told_runs() -> None:
+    # ``python -m tests._rate_zoo --family --told``: the told family that changes to the told
+    # paths are judged on, beside the untold one (which it leaves as it was).
+    plain = family_table([range(1)]).splitlines()
+    both = family_table([range(1)], told=True).splitlines()
+    assert both[1].startswith(plain[1])
+    runs = [run_zoo(limit, configured=LIMIT, seed=0, **LIVE) for limit in DROP_RETURN_FAMILY]
+    told = both[1][len(plain[1]) :].split()
+    assert float(told[0]) == pytest.approx(sum(run.ratio for run in runs) / len(runs), abs=1e-4)
+    assert told[2] == f"{sum(run.ratio > 1.2 for run in runs)}/21"
 
 
 def test_the_breakdown_tells_the_start_the_steady_state_and_the_end_apart() -> None:
