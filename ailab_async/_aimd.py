@@ -621,6 +621,11 @@ def certain_retry_after(retry_after: object) -> float:
     return max(0.0, capped - 1.0) if capped.is_integer() else capped
 
 
+def _bucket_start(time: float) -> float:
+    """The start of the send-time bucket (:data:`BUCKET` seconds wide) ``time`` falls in."""
+    return math.floor(time / BUCKET) * BUCKET
+
+
 def _ring() -> list[int]:
     return [0] * BUCKETS
 
@@ -975,8 +980,8 @@ class AimdPolicy:
         # climbed back faster than the server took comes down too. (Over the second since
         # the last cut, or only when more than a tenth was refused, the drop/return family
         # came to 1.174x, as with no coming down at all; this way 1.172x.)
-        end = math.floor((now - state.rtt) / BUCKET) * BUCKET
-        start = math.floor(max(end - MEASURE_SPAN, state.first_sent) / BUCKET) * BUCKET
+        end = _bucket_start(now - state.rtt)
+        start = _bucket_start(max(end - MEASURE_SPAN, state.first_sent))
         if end - start < _MIN_SPAN:
             return
         took = self._took(start, end)
@@ -1112,11 +1117,11 @@ class AimdPolicy:
         target = min(ceiling, state.took)
         if state.rate >= _PEAK_MARGIN * target or state.cut_sent == -math.inf:
             return
-        low_end = math.floor(state.cut_sent / BUCKET) * BUCKET
+        low_end = _bucket_start(state.cut_sent)
         if low_end - 1.0 < max(state.first_bucket * BUCKET, state.first_sent):
             return  # (that second is forgotten, or was before the first send)
         low = self._took(low_end - 1.0, low_end)
-        end = math.floor(sent_at / BUCKET) * BUCKET
+        end = _bucket_start(sent_at)
         if (
             low >= _PEAK_MARGIN * target
             or self._took(end - 1.0, end) <= _BACK_ABOVE * low
@@ -1530,8 +1535,8 @@ class AimdPolicy:
         state = self.state
         if self.configured is not None or state.burstless == math.inf:
             return
-        start = math.floor((sent_at - _MARGINAL_SPAN) / BUCKET) * BUCKET
-        end = math.floor(sent_at / BUCKET) * BUCKET
+        start = _bucket_start(sent_at - _MARGINAL_SPAN)
+        end = _bucket_start(sent_at)
         if start < max(state.cut_at, state.first_sent) or self._sum(state.refused, start, end):
             return
         if self._took(start, end) >= _BURST_TAKEN * state.burstless * (end - start):
@@ -1915,8 +1920,8 @@ class AimdPolicy:
         if not _WINDOW_KEPT_LOW * before <= accepted <= _WINDOW_KEPT_HIGH * before:
             return
         start = state.cut_sent - _LEAD_SPAN
-        low = math.floor(max(start, state.first_sent) / BUCKET) * BUCKET
-        high = math.floor(state.cut_sent / BUCKET) * BUCKET
+        low = _bucket_start(max(start, state.first_sent))
+        high = _bucket_start(state.cut_sent)
         if high - low < _MIN_SPAN:
             return
         count = self._took(low, high) / (high - low)
@@ -2043,7 +2048,7 @@ class AimdPolicy:
         buckets that span covers."""
         state = self.state
         start, end = state.cut_sent - _LEAD_SPAN, state.cut_at - _LEAD_SPAN
-        low, high = math.floor(start / BUCKET) * BUCKET, math.ceil(end / BUCKET) * BUCKET
+        low, high = _bucket_start(start), math.ceil(end / BUCKET) * BUCKET
         return self._took(low, high) / (high - low)
 
     def _took(self, start: float, end: float) -> int:
@@ -2077,8 +2082,8 @@ class AimdPolicy:
         if start >= before:
             return None  # nothing sent since (a 429 for a request this state never saw)
         # Whole buckets only: the one holding ``before`` is still being filled.
-        start = math.floor(start / BUCKET) * BUCKET
-        end = math.floor(before / BUCKET) * BUCKET
+        start = _bucket_start(start)
+        end = _bucket_start(before)
         span = end - start
         if span < _MIN_SPAN:
             return None
@@ -2094,8 +2099,8 @@ class AimdPolicy:
         four processes told 60/s were back at it within three seconds, and filled a 40/s
         window again.)"""
         state = self.state
-        start = math.floor(max(sent_at - MEASURE_SPAN, state.first_sent) / BUCKET) * BUCKET
-        end = math.floor(sent_at / BUCKET) * BUCKET
+        start = _bucket_start(max(sent_at - MEASURE_SPAN, state.first_sent))
+        end = _bucket_start(sent_at)
         if end - start < _MIN_SPAN:
             return peak
         took = self._took(start, end)
@@ -2124,7 +2129,7 @@ class AimdPolicy:
         if elapsed < 0 or (not state.marginal_cut and elapsed < span):
             return False
         sent, refused = self._since_cut(sent_at, start)
-        first = math.floor(state.cut_at / BUCKET) * BUCKET
+        first = _bucket_start(state.cut_at)
         if self.configured is not None and state.cut_sent >= first:
             # Told the limit, the cut's own refused request in the first bucket counted (a
             # server that answers in milliseconds) is not one sent since. Counted, with five
