@@ -15,6 +15,13 @@ every ``fallback_interval`` spends fewer) and :func:`optimum` (the least lag any
 knows the durations' distribution, not each task's, can reach at a budget); beside them,
 :func:`best_fixed` (the planner's own solver told the true durations) says what its grid
 and solver leave on the table. ``python -m tests._planner_sim`` prints the whole table.
+
+The shapes draw fresh durations for each seed; a live shape table
+(``python -m benchmarks.bench_tracker --shapes``) polls one draw, the durations its
+simulator gives its images. :func:`live_shapes` are those very tasks
+(``python -m tests._planner_sim --live-shapes``): a live table is set beside the harness on
+them, not beside the shapes' means, which another draw of 400 tasks moves by up to a tenth
+of a poll per task.
 """
 
 from __future__ import annotations
