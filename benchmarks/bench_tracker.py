@@ -173,12 +173,30 @@ async def _drive(run_one: RunOne, images: Sequence[bytes], arrivals: Sequence[fl
     return run
 
 
+def lane_source(lane_seed: int | None) -> Callable[[], float] | None:
+    """The tracker's random source for ``--lane-seed``: ``None`` (the client's own, a fresh
+    draw each run), or the draws the planner harness gives its tasks' lanes under that seed
+    (``random.Random(seed)``, one a task in submit order): a live shape table run with
+    ``--lane-seed K`` polls the tasks of ``python -m tests._planner_sim --live-shapes
+    --first-seed K --seeds 1`` with their lanes, so what the two differ by is what the live
+    clock adds, not another draw of lanes (one run's lanes move its polls per task by up to
+    0.05 (sd) on a burst). In a run without faults the lanes are its only draws."""
+    return None if lane_seed is None else random.Random(lane_seed).random
+
+
 async def tracker_side(
-    url: str, key: str, images: Sequence[bytes], arrivals: Sequence[float]
+    url: str,
+    key: str,
+    images: Sequence[bytes],
+    arrivals: Sequence[float],
+    lane_seed: int | None = None,
 ) -> SideRun:
-    """ailab-async as users drive it: submit, then await the handle."""
+    """ailab-async as users drive it: submit, then await the handle (``lane_seed``: see
+    :func:`lane_source`)."""
     planned: list[int] = []  # indexes of the tasks placed by a learned plan, not the warm-up
-    async with AILabClient(api_key=key, base_url=url, max_concurrency=16) as client:
+    async with AILabClient(
+        api_key=key, base_url=url, max_concurrency=16, random=lane_source(lane_seed)
+    ) as client:
 
         async def run_one(index: int, image: bytes) -> str:
             handle = await client.submit_smart_beauty(image)
@@ -516,11 +534,14 @@ class ShapeRow:
 
 
 async def _both(
-    sims: dict[str, SimulatorProcess], images: Sequence[bytes], arrivals: Sequence[float]
+    sims: dict[str, SimulatorProcess],
+    images: Sequence[bytes],
+    arrivals: Sequence[float],
+    lane_seed: int | None = None,
 ) -> tuple[SideRun, SideRun]:
     """The same tasks through the tracker and through fixed 5 s polling, at once."""
     ours, fixed = await asyncio.gather(
-        tracker_side(sims[TRACKER].url, sims[TRACKER].api_key, images, arrivals),
+        tracker_side(sims[TRACKER].url, sims[TRACKER].api_key, images, arrivals, lane_seed),
         fixed_side(sims[FIXED].url, sims[FIXED].api_key, images, arrivals),
     )
     return ours, fixed
@@ -534,9 +555,10 @@ def run_shapes(
     seed: int = 0,
     shapes: Sequence[tuple[str, str, bool]] = SHAPES,
     progress: Progress | None = None,
+    lane_seed: int | None = None,
 ) -> list[ShapeRow]:
     """Each shape through the tracker and through fixed 5 s polling (each to its own
-    simulator, same seed: the same tasks); blocking."""
+    simulator, same seed: the same tasks); blocking. ``lane_seed``: see :func:`lane_source`."""
     if tasks <= learning or rate <= 0:
         raise ValueError("tasks must exceed learning, and rate must be positive")
     say = progress or (lambda _line: None)
@@ -554,7 +576,7 @@ def run_shapes(
                 for side in (TRACKER, FIXED)
             }
 
-            ours, fixed = asyncio.run(_both(sims, images, arrivals))
+            ours, fixed = asyncio.run(_both(sims, images, arrivals, lane_seed))
             stats = {side: sims[side].stats() for side in (TRACKER, FIXED)}
         mine = side_report(TRACKER, ours, stats[TRACKER], learning)
         theirs = side_report(FIXED, fixed, stats[FIXED], learning)
@@ -670,6 +692,7 @@ def run_benchmark(
     window: float = 10.0,
     seed: int = 0,
     progress: Progress | None = None,
+    lane_seed: int | None = None,
 ) -> Result:
     """Run the lag comparison, then the scale part; blocking (each has its own event loop)."""
     if tasks < 1 or rate <= 0 or interval <= 0 or window <= 0 or scale_tasks < 0:
@@ -685,11 +708,12 @@ def run_benchmark(
         "scale_duration": scale_duration,
         "window": window,
         "seed": seed,
+        "lane_seed": lane_seed,
     }
     images = sample_portraits(tasks, IMAGE_SIDE)
     arrivals = poisson_arrivals(tasks, rate, seed)
     drivers: dict[str, Driver] = {
-        TRACKER: tracker_side,
+        TRACKER: functools.partial(tracker_side, lane_seed=lane_seed),
         FIXED: functools.partial(fixed_side, interval=interval),
         OFFICIAL: functools.partial(official_side, interval=interval),
     }
@@ -833,6 +857,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--window", type=float, default=10.0, help="seconds of CPU measured per regime")
     add("--seed", type=int, default=0, help="seed of arrivals and simulators")
     add(
+        "--lane-seed",
+        type=int,
+        default=None,
+        help="seed of the tracker's lanes (default: a fresh draw each run); with --shapes, the"
+        " lanes of python -m tests._planner_sim --live-shapes --first-seed N --seeds 1",
+    )
+    add(
         "--shapes",
         action="store_true",
         help="run the task-duration table instead (uniform, burst, log-normal, bimodal, "
@@ -865,13 +896,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             shapes=chosen,
             progress=progress_printer(args.quiet),
+            lane_seed=args.lane_seed,
         )
         print(format_shapes(rows, args.shape_tasks, args.shape_learning, args.rate))
         if args.json:
             payload = [
                 {**asdict(row), "ratio": row.ratio, "meets": row.meets_target()} for row in rows
             ]
-            write_json(args.json, {"benchmark": "tracker-shapes", "shapes": payload})
+            write_json(
+                args.json,
+                {"benchmark": "tracker-shapes", "lane_seed": args.lane_seed, "shapes": payload},
+            )
         return 1 if args.check and not all(row.meets_target() for row in rows) else 0
     result = run_benchmark(
         tasks=args.tasks,
@@ -885,6 +920,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         window=args.window,
         seed=args.seed,
         progress=progress_printer(args.quiet),
+        lane_seed=args.lane_seed,
     )
     print(format_table(result))
     if args.json:

@@ -15,6 +15,13 @@ every ``fallback_interval`` spends fewer) and :func:`optimum` (the least lag any
 knows the durations' distribution, not each task's, can reach at a budget); beside them,
 :func:`best_fixed` (the planner's own solver told the true durations) says what its grid
 and solver leave on the table. ``python -m tests._planner_sim`` prints the whole table.
+
+The shapes draw fresh durations for each seed; a live shape table
+(``python -m benchmarks.bench_tracker --shapes``) polls one draw, the durations its
+simulator gives its images. :func:`live_shapes` are those very tasks
+(``python -m tests._planner_sim --live-shapes``): a live table is set beside the harness on
+them, not beside the shapes' means, which another draw of 400 tasks moves by up to a tenth
+of a poll per task.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import numpy as np
 
 from ailab_async import PollingConfig, _polling
 from ailab_async._polling import PollPlanner, _Policy, completion_evidence, solve_schedules
+from ailab_async._tracker import _LAUNCH_SLACK
 from ailab_async.testing.simulator import (
     Distribution,
     Drift,
@@ -630,17 +638,20 @@ def shape_table(
     tasks: int = 400,
     skip: int = 100,
     slack: float = 0.0,
+    live: bool = False,
 ) -> str:
     """The benchmark's distribution table, from the harness: one line per shape, with the
     bounds on the same tasks: the fewest polls any schedule keeping the fallback guarantee
     spends ("least"), and the lag of the best fixed schedule for them at the budget. Runs
-    of ``tasks`` tasks, the steady state after the first ``skip`` of each."""
+    of ``tasks`` tasks, the steady state after the first ``skip`` of each; with ``live``,
+    the live shape table's own tasks (:func:`live_shapes`), one run per seed of lanes."""
     config = config or PollingConfig()
     lines = [
         f"{'shape':<26} {'lag s':>6} {'polls':>6} {'fixed s':>7} {'ratio':>6} {'max s':>6}"
         f" | {'least':>5} {'best s':>6} {'polls':>6} {'ratio':>6} | {'opt s':>6} {'ratio':>6}",
     ]
-    for name, (arrivals, sampler) in shapes(tasks).items():
+    table = live_shapes(tasks) if live else shapes(tasks)
+    for name, (arrivals, sampler) in table.items():
         result = figures(arrivals, sampler, config, skip=skip, seeds=seeds, slack=slack)
         durations = steady_durations(arrivals, sampler, skip, seeds)
         least = statistics.fmean(least_polls(d, config) for d in durations)
@@ -661,23 +672,62 @@ def shape_table(
     return "\n".join(lines)
 
 
-def live_durations(tasks: int = 1100, spec: str = "1:6", seed: int = 0) -> list[float]:
+def live_durations(
+    tasks: int = 1100, spec: str = "1:6", seed: int = 0, arrivals: Sequence[float] | None = None
+) -> list[float]:
     """The durations of the live benchmark's own tasks (``python -m benchmarks.bench_tracker``,
     its defaults: 1,100 images, ``spec`` 1:6, ``seed`` 0), in submit order: the simulator
     draws each from its seed and the image's digest (``SimulatorState.create_task``), so
     every live run has these tasks; only the tracker's lanes and the clock's noise differ.
     The harness on them says what a live run can expect, and live figures apart from it are
-    what the harness does not model."""
+    what the harness does not model. With ``arrivals`` (seconds, one per task), a duration
+    that reads the server's state at the submit (a growing queue, a drift) reads it as the
+    simulator would with the tasks submitted at those times."""
     duration = parse_task_duration(spec)
     seen: dict[str, int] = {}
-    durations = []
-    for image in sample_portraits(tasks, IMAGE_SIDE):
+    durations: list[float] = []
+    ends: list[float] = []  # completion times of the tasks submitted so far (a heap)
+    for index, image in enumerate(sample_portraits(tasks, IMAGE_SIDE)):
         digest = hashlib.sha256(image).hexdigest()
         occurrence = seen.get(digest, 0)
         seen[digest] = occurrence + 1
         rng = random.Random(f"{seed}:task:{digest}:{occurrence}")
-        durations.append(sample_task_duration(duration, rng, TaskContext()))
+        context = TaskContext()
+        if arrivals is not None:
+            at = arrivals[index]
+            while ends and ends[0] <= at:  # finished by this submit (the simulator's count)
+                heapq.heappop(ends)
+            context = TaskContext(index, at - arrivals[0], len(ends))
+        durations.append(sample_task_duration(duration, rng, context))
+        if arrivals is not None:
+            heapq.heappush(ends, arrivals[index] + durations[-1])
     return durations
+
+
+def live_shapes(tasks: int = 400, seed: int = 0) -> dict[str, tuple[list[float], Sampler]]:
+    """name -> (arrivals, sampler), as :func:`shapes`, but with the very tasks the live shape
+    table (``python -m benchmarks.bench_tracker --shapes``, its ``--seed``) polls: the
+    durations its simulator gives its images (:func:`live_durations`), not fresh draws of
+    the shape. Each run of the harness then differs only in the tracker's lanes (its seed).
+
+    One draw of 400 tasks is not the shape's mean: on seeds 0-7 of the harness's own draws
+    the polls per task of one run spread by 0.04-0.10 (sd), so a live table is compared
+    with these tasks, not with :func:`shape_table`'s means over fresh draws."""
+    table: dict[str, tuple[list[float], Sampler]] = {}
+    for name, spec, is_burst in BENCH_SHAPES:
+        if is_burst:
+            arrivals = burst_arrivals(tasks, 100, 20.0, seed)
+        else:
+            arrivals = poisson_arrivals(tasks, 20.0, seed)
+        durations = live_durations(tasks, spec, seed, arrivals)
+
+        def sampler(
+            _rng: random.Random, index: int, _pending: int, durations: list[float] = durations
+        ) -> float:
+            return durations[index]
+
+        table[name] = (arrivals, sampler)
+    return table
 
 
 def live_figures(
@@ -851,6 +901,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         " (--slack, default here 0.05): what a live run can expect",
     )
     parser.add_argument(
+        "--live-shapes",
+        action="store_true",
+        help="the shape table on the live shape table's own tasks (bench_tracker --shapes,"
+        " seed 0: the durations its simulator gives its images) once per seed (the"
+        " tracker's lanes), polls grouped as the tracker sends them (--slack, default here"
+        " 0.05): what a live shape table can expect, to set beside it",
+    )
+    parser.add_argument(
         "--attribute",
         action="store_true",
         help="per block of 50 steady-state tasks: polls / what their plans expected, lag,"
@@ -901,6 +959,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.slack:
             parser.error("--slack is for the shape table")
         print(attribution_table(**run))
+    elif args.live_shapes:
+        print(shape_table(**run, slack=args.slack or _LAUNCH_SLACK, live=True))
     else:
         print(shape_table(**run, slack=args.slack))
 

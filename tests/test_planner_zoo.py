@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 import statistics
+from unittest import mock
 
 import pytest
 
@@ -28,7 +29,14 @@ from ailab_async._tracker import _LAUNCH_SLACK
 from ailab_async.testing.simulator import ManualClock
 from ailab_async.testing.simulator._state import SimulatorState
 from benchmarks._common import sample_portraits
-from benchmarks.bench_tracker import IMAGE_SIDE, _simulator_config, burst_arrivals, poisson_arrivals
+from benchmarks.bench_tracker import (
+    IMAGE_SIDE,
+    _simulator_config,
+    burst_arrivals,
+    lane_source,
+    poisson_arrivals,
+)
+from benchmarks.bench_tracker import SHAPES as BENCH_SHAPES
 
 from . import _planner_sim as planner_sim
 from ._planner_sim import (
@@ -457,6 +465,49 @@ def test_the_live_benchmarks_tasks_are_the_simulators() -> None:
     images = sample_portraits(30, IMAGE_SIDE)
     drawn = [state.create_task("key", state.digest(image), image, 0.5).duration for image in images]
     assert planner_sim.live_durations()[:30] == drawn
+
+
+@pytest.mark.parametrize(
+    "name", ["log-normal, median 3 s", "queue-growing", "drift 3-9 s -> 1-6 s"]
+)
+def test_the_live_shape_tables_tasks_are_the_simulators(name: str) -> None:
+    """``live_shapes`` (``python -m tests._planner_sim --live-shapes``) are the tasks the live
+    shape table's simulator gives its images, submitted at its arrivals: durations that read
+    the server's state at a submit (a growing queue, a drift after 200 tasks) included."""
+    spec = {shape: spec for shape, spec, _ in BENCH_SHAPES}[name]
+    tasks = 250
+    arrivals, sampler = planner_sim.live_shapes(tasks)[name]
+    clock = ManualClock()
+    state = SimulatorState(_simulator_config(spec, 0), clock)
+    drawn = []
+    for image, at in zip(sample_portraits(tasks, IMAGE_SIDE), arrivals, strict=True):
+        clock.advance(at - clock.now())
+        drawn.append(state.create_task("key", state.digest(image), image, 0.5).duration)
+    rng = random.Random(0)
+    assert [sampler(rng, index, 0) for index in range(tasks)] == drawn
+
+
+def test_a_live_run_with_a_lane_seed_draws_the_harness_runs_lanes() -> None:
+    """``bench_tracker --shapes --lane-seed K`` gives the tracker the lanes the harness gives
+    the same tasks under seed ``K`` (``--live-shapes --first-seed K``), in submit order, so
+    a live run and the harness differ by what the live clock adds, not by a draw of lanes."""
+    arrivals, sampler = planner_sim.live_shapes(120)["uniform 1-6 s"]
+    lanes: list[float] = []
+    place = planner_sim._Placer.place
+
+    def placing(
+        placer: planner_sim._Placer, age: float, last_not_done: float | None, lane: float
+    ) -> tuple[float, str]:
+        if last_not_done is None and age == 0.0:
+            lanes.append(lane)  # a task's first placement: at its submit
+        return place(placer, age, last_not_done, lane)
+
+    with mock.patch.object(planner_sim._Placer, "place", placing):
+        simulate(arrivals, sampler, seed=3)
+    draw = lane_source(3)
+    assert draw is not None
+    assert lane_source(None) is None
+    assert lanes == [draw() for _ in arrivals]
 
 
 def test_the_ratio_at_a_budget_is_read_off_the_line_through_three_runs() -> None:
