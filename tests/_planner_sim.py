@@ -179,6 +179,7 @@ def simulate(
     slack: float = 0.0,
     plans: list[tuple[int, _Policy]] | None = None,
     told: int = 0,
+    told_once: bool = False,
 ) -> tuple[list[Outcome], PollPlanner]:
     """Run tasks submitted at ``arrivals`` (seconds, ascending) with durations drawn by
     ``sampler`` through a fresh planner; each poll takes ``round_trip`` seconds and the
@@ -188,24 +189,30 @@ def simulate(
     order; each re-plan's policy goes to ``plans`` (if given), with how many tasks had
     finished. With ``told``, every plan is solved on that many fresh draws of ``sampler``
     (exact completion times, alike in weight) instead of the planner's estimate
-    (:func:`told_truth`); all else is the planner's own."""
-    with told_truth(sampler, told, seed):
+    (:func:`told_truth`; with ``told_once``, the same draws at every plan); all else is the
+    planner's own."""
+    with told_truth(sampler, told, seed, once=told_once):
         return _simulate(arrivals, sampler, config, seed, round_trip, slack, plans)
 
 
 @contextlib.contextmanager
-def told_truth(sampler: Sampler, draws: int, seed: int = 0) -> Iterator[None]:
+def told_truth(
+    sampler: Sampler, draws: int, seed: int = 0, *, once: bool = False
+) -> Iterator[None]:
     """While active (``draws`` above 0), every plan's solver is told ``draws`` fresh
     durations from ``sampler`` (of a shape whose durations do not change: its index and
     pending count are not given) as exact completion times instead of the evidence's
     estimate: what the planner reaches when its estimate is as good as that many tasks
     seen finishing exactly. Beside the planner's own figure, it says how much of what is
-    left is the estimate's noise."""
+    left is the estimate's noise. With ``once``, the ``draws`` are drawn once and every
+    plan is told the same ones: with many draws, what the planner reaches told the
+    distribution itself (no estimate, and no plan-to-plan noise either)."""
     if draws <= 0:
         yield
         return
     rng = random.Random(f"told:{seed}")
     solve = _polling.solve_schedules
+    fixed = [sampler(rng, 0, 0) for _ in range(draws)] if once else None
 
     def told(
         _observations: list[tuple[float, float, float]],
@@ -214,7 +221,7 @@ def told_truth(sampler: Sampler, draws: int, seed: int = 0) -> Iterator[None]:
         *,
         smoothing: float | None = None,
     ) -> tuple[list[float], list[float], float, tuple[float, float], _Policy] | None:
-        durations = [sampler(rng, 0, 0) for _ in range(draws)]
+        durations = fixed if fixed is not None else [sampler(rng, 0, 0) for _ in range(draws)]
         exact = [(d - 1e-6, d, 1.0) for d in durations]
         return solve(exact, budget, config, smoothing=smoothing)
 
@@ -332,14 +339,17 @@ def figures(
     seeds: Sequence[int] = (0, 1, 2),
     slack: float = 0.0,
     told: int = 0,
+    told_once: bool = False,
 ) -> Figures:
     """Run the tasks once per seed (durations and lanes) and sum up, over all runs, the
-    tasks after the first ``skip`` of each (the steady state); ``slack`` and ``told`` as in
-    :func:`simulate`."""
+    tasks after the first ``skip`` of each (the steady state); ``slack``, ``told`` and
+    ``told_once`` as in :func:`simulate`."""
     steady: list[Outcome] = []
     worst = 0.0
     for seed in seeds:
-        outcomes, _ = simulate(arrivals, sampler, config, seed=seed, slack=slack, told=told)
+        outcomes, _ = simulate(
+            arrivals, sampler, config, seed=seed, slack=slack, told=told, told_once=told_once
+        )
         steady += outcomes[skip:]
         worst = max([worst, *(o.lag for o in outcomes)])
     return Figures(
@@ -360,13 +370,14 @@ def ratio_at_budget(
     skip: int = 100,
     seeds: Sequence[int] = (0, 1, 2),
     told: int = 0,
+    told_once: bool = False,
 ) -> tuple[float, list[Figures]]:
     """The lag as a share of fixed polling's at exactly ``budget`` polls per task: the
     runs' spending lands a little off their budget (and a change that spends less looks
     worse by that alone), so the tasks are run at budgets ``budget - spread``, ``budget``
     and ``budget + spread`` and the ratio read off the least-squares line through the three
-    (polls, ratio) figures (``told`` as in :func:`simulate`). Returns that ratio and the
-    three figures."""
+    (polls, ratio) figures (``told`` and ``told_once`` as in :func:`simulate`). Returns that
+    ratio and the three figures."""
     runs = [
         figures(
             arrivals,
@@ -375,6 +386,7 @@ def ratio_at_budget(
             skip=skip,
             seeds=seeds,
             told=told,
+            told_once=told_once,
         )
         for offset in (-spread, 0.0, spread)
     ]
@@ -894,6 +906,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         " planner's own figure is the estimate's noise (a shape whose durations do not change)",
     )
     parser.add_argument(
+        "--told-once",
+        action="store_true",
+        help="with --told: the N draws are drawn once and every plan is told the same ones"
+        " (with N large: the planner told the distribution itself, no plan-to-plan noise)",
+    )
+    parser.add_argument(
         "--live",
         action="store_true",
         help="the live benchmark's own tasks (bench_tracker's 1,100 uniform 1-6 s tasks,"
@@ -926,6 +944,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--seeds must be at least 1")
     if not 0 <= args.skip < args.tasks:
         parser.error("--skip must be at least 0 and below --tasks")
+    if args.told_once and not args.told:
+        parser.error("--told-once: with --told N")
     if args.told:
         phases = _phases(args.at_budget) if args.at_budget in SHAPES else None
         if args.told < 0 or phases is None or len(phases[0]) != 1:
@@ -948,7 +968,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error(f"--at-budget: one of {', '.join(sorted(SHAPES))}")
         arrivals, sampler = shapes(args.tasks)[args.at_budget]
         ratio, runs = ratio_at_budget(
-            arrivals, sampler, skip=args.skip, seeds=seeds, told=args.told
+            arrivals,
+            sampler,
+            skip=args.skip,
+            seeds=seeds,
+            told=args.told,
+            told_once=args.told_once,
         )
         for run in runs:
             print(f"{run.polls_per_task:.3f} polls  {run.mean_lag:.3f} s  {run.ratio:.4f}x")

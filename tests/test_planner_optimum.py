@@ -10,12 +10,15 @@ from __future__ import annotations
 import pytest
 
 from ailab_async import PollingConfig
+from ailab_async._polling import _Policy
 
 from ._planner_sim import (
+    SHAPES,
     best_fixed,
     fixed_polling_lag,
     optimum,
     population_groups,
+    simulate,
     steady_groups,
 )
 
@@ -81,3 +84,18 @@ def test_a_drift_is_two_groups_in_the_shares_of_a_run() -> None:
     assert [len(group) for group in groups] == [100, 200]
     assert max(groups[0]) <= 6.0
     assert min(groups[1]) >= 3.0
+
+
+def test_told_once_every_plan_is_told_the_same_durations() -> None:
+    """``told_once``: the harness's planner told the distribution itself (one sample, the
+    same at every plan), so no plan differs from the next by its draws: every plan rests on
+    the same grid and the same estimate; told fresh draws at each plan, they differ."""
+    arrivals, sampler = SHAPES["uniform 1-6 s"]
+    estimates = {}
+    for once in (False, True):
+        plans: list[tuple[int, _Policy]] = []
+        simulate(arrivals[:120], sampler, seed=0, plans=plans, told=200, told_once=once)
+        estimates[once] = {(tuple(p.points), tuple(p.mass_below)) for _, p in plans}
+        assert len(plans) > 5
+    assert len(estimates[True]) == 1
+    assert len(estimates[False]) > 1
