@@ -382,9 +382,53 @@ def redis_server_version() -> str:
 
 # --- OS processes of clients calling query-credits flat out -------------------------------------
 
-#: The modes of a :class:`CreditWorkload`: one Redis-shared budget, or a limit per process.
+#: The modes of a :class:`CreditWorkload`: one Redis-shared budget, a limit per process, or
+#: a fixed shared schedule (:class:`FixedPace`, no adaptation: the oracle of a fixed pace).
 SHARED_BUDGET = "shared"
 OWN_LIMIT = "per-process"
+FIXED_PACE = "fixed-pace"
+
+
+class FixedPace:
+    """A fixed shared schedule, without Redis and without adaptation: slot ``n`` of all
+    ``processes`` together is at ``start_at + n / pace``, and process ``index`` owns the
+    slots ``n = index, index + processes, ...`` (one machine, one wall clock, so the
+    processes agree on the schedule without talking).
+
+    What the best any shared client could do at a constant pace: no booking round trip, no
+    slow-down, no pause; a 429 is only counted (the client waits its ``Retry-After`` and
+    takes the next free slot). A slot already past when asked for is skipped, never sent
+    late (a late send crowds the next process's slot).
+    """
+
+    def __init__(self, start_at: float, pace: float, index: int, processes: int) -> None:
+        self._pace = pace
+        self._interval = processes / pace
+        self._next = start_at + index / pace
+        self.rate_limited_count = 0
+
+    @property
+    def configured_rate(self) -> float | None:
+        return self._pace
+
+    def current_rate(self) -> float | None:
+        return self._pace
+
+    async def acquire(self) -> float:
+        now = time.time()
+        if self._next < now:
+            self._next += self._interval * -(-(now - self._next) // self._interval)
+        slot = self._next
+        self._next += self._interval
+        await asyncio.sleep(max(0.0, slot - time.time()))
+        return slot
+
+    def on_success(self, sent_at: float) -> None:
+        del sent_at
+
+    def on_rate_limited(self, sent_at: float, retry_after: float | None = None) -> None:
+        del sent_at, retry_after
+        self.rate_limited_count += 1
 
 
 @dataclass(frozen=True)
@@ -394,7 +438,9 @@ class CreditWorkload:
     has made that many calls, ``seconds`` then being only a time limit).
 
     ``mode`` :data:`SHARED_BUDGET`: the client uses ``RedisRateLimiter(redis_url,
-    name=budget_name, rate=rate)``; :data:`OWN_LIMIT`: it has ``rate_limit=rate`` of its own.
+    name=budget_name, rate=rate)``; :data:`OWN_LIMIT`: it has ``rate_limit=rate`` of its own;
+    :data:`FIXED_PACE`: all processes keep to one fixed schedule of ``rate`` in total
+    (:class:`FixedPace`, ``redis_url`` unused).
     """
 
     mode: str
@@ -423,11 +469,13 @@ async def run_credit_workers(
         await asyncio.create_subprocess_exec(
             *command,
             json.dumps(asdict(workload)),
+            str(index),
+            str(processes),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             cwd=REPO_ROOT,
         )
-        for _ in range(processes)
+        for index in range(processes)
     ]
     try:
         for worker in workers:
@@ -448,8 +496,11 @@ async def run_credit_workers(
     return [json.loads(out.splitlines()[-1]) for out, _ in outputs], start_at
 
 
-async def _call_credits_flat_out(work: CreditWorkload, start_at: float) -> dict[str, Any]:
-    """Child side of :func:`run_credit_workers`: one client, ``work.concurrency`` loops."""
+async def _call_credits_flat_out(
+    work: CreditWorkload, start_at: float, index: int, processes: int
+) -> dict[str, Any]:
+    """Child side of :func:`run_credit_workers`: one client, ``work.concurrency`` loops
+    (``index`` of ``processes``)."""
     from ailab_async import AILabClient, AILabError, RateLimiter  # noqa: PLC0415
     from ailab_async.contrib.redis import RedisRateLimiter  # noqa: PLC0415
 
@@ -462,6 +513,8 @@ async def _call_credits_flat_out(work: CreditWorkload, start_at: float) -> dict[
         if work.mode == SHARED_BUDGET:
             limiter = RedisRateLimiter(work.redis_url, name=work.budget_name, rate=work.rate)
             rate_limit = await stack.enter_async_context(limiter)
+        elif work.mode == FIXED_PACE:
+            rate_limit = FixedPace(start_at, work.rate, index, processes)
         client = await stack.enter_async_context(
             AILabClient(
                 api_key=work.api_key,
@@ -495,7 +548,7 @@ async def _call_credits_flat_out(work: CreditWorkload, start_at: float) -> dict[
         }
 
 
-def _credits_worker(workload_json: str) -> None:
+def _credits_worker(workload_json: str, index: str = "0", processes: str = "1") -> None:
     work = CreditWorkload(**json.loads(workload_json))
     # The SDK is imported before this process says it is ready: the wall time runs from the
     # agreed start (0.2 s after the last "ready"), and four processes importing it after
@@ -504,7 +557,8 @@ def _credits_worker(workload_json: str) -> None:
 
     print("ready", flush=True)
     start_at = float(sys.stdin.readline())
-    print(json.dumps(asyncio.run(_call_credits_flat_out(work, start_at))), flush=True)
+    report = asyncio.run(_call_credits_flat_out(work, start_at, int(index), int(processes)))
+    print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":

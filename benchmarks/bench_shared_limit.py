@@ -12,7 +12,13 @@ agreed start, in each phase:
 * ``shared, told 1.5x``: the same, every process told ``rate=1.5 * RATE`` (a wrong figure
   the shared policy must correct from the server's 429s); target: within 1.20x;
 * ``per-process limit``: every client has ``rate_limit=RATE`` of its own, what a deployment
-  gets without sharing: together they ask for ``processes * RATE`` (no target: the contrast).
+  gets without sharing: together they ask for ``processes * RATE`` (no target: the contrast);
+* ``fixed pace P/s`` (``--phases pace``, one row per pace of ``--paces``): no Redis and no
+  adaptation, the processes keep to one fixed schedule of P requests/s in total, slots dealt
+  in turn, by the wall clock they share (``FixedPace`` in ``benchmarks/_common.py``): what the
+  best constant pace any shared client could keep does on this machine, the oracle to read
+  the shared rows against (a server with no burst refuses sends a millisecond early, and
+  the processes' send times jitter by about that; no target).
 
 The ideal is ``processes * calls / RATE`` seconds. The wall time runs from the agreed start to
 the last call's answer (start-up, which each process does before the start, excluded). For
@@ -22,7 +28,8 @@ machine, one wall clock) and merged here.
 
     python -m benchmarks.bench_shared_limit [--processes 4] [--rate 40] [--calls 100]
                                             [--concurrency 4] [--shapes bucket,sliding,...]
-                                            [--phases shared,wrong,per-process]
+                                            [--phases shared,wrong,per-process,pace]
+                                            [--paces 38,37,36]
                                             [--redis-url URL] [--json out.json] [--check]
 """
 
@@ -38,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from ._common import (
+    FIXED_PACE,
     OWN_LIMIT,
     SHARED_BUDGET,
     CreditWorkload,
@@ -67,6 +75,8 @@ class Phase:
     mode: str
     told: float
     target: float | None
+    #: A fixed phase's pace in requests/s (``told`` is then unused).
+    pace: float | None = None
 
 
 PHASES = {
@@ -75,8 +85,19 @@ PHASES = {
         Phase("shared", "shared, told the limit", SHARED_BUDGET, 1.0, 1.10),
         Phase("wrong", "shared, told 1.5x", SHARED_BUDGET, 1.5, 1.20),
         Phase("per-process", "per-process limit", OWN_LIMIT, 1.0, None),
+        Phase("pace", "fixed pace", FIXED_PACE, 1.0, None),
     )
 }
+#: The fixed paces of ``--phases pace``, in requests/s at the default rate of 40/s
+#: (``--paces``; scaled with ``--rate``).
+DEFAULT_PACES = (38.0, 37.0, 36.0)
+
+
+def fixed_phases(paces: Sequence[float]) -> list[Phase]:
+    """One fixed-pace phase per pace (requests/s, all processes together)."""
+    return [Phase("pace", f"fixed pace {pace:g}/s", FIXED_PACE, 1.0, None, pace) for pace in paces]
+
+
 #: The simulator's limiter shapes this benchmark runs (``--shapes``).
 SHAPES: dict[str, RateShape] = {
     "bucket": "token-bucket",
@@ -136,6 +157,7 @@ def run_phase(
 
     config = SimulatorConfig(rate_limit=RateLimit(rate, shape=SHAPES[shape]))
     ideal = processes * calls / rate
+    told_rate = phase.pace if phase.pace is not None else phase.told * rate
     with SimulatorProcess(config) as sim:
         workload = CreditWorkload(
             mode=phase.mode,
@@ -143,7 +165,7 @@ def run_phase(
             base_url=sim.url,
             api_key=sim.api_key,
             budget_name=f"bench-{uuid.uuid4().hex[:12]}",
-            rate=phase.told * rate,
+            rate=told_rate,
             seconds=4 * ideal + 10,  # a time limit only: each process stops after its calls
             concurrency=concurrency,
             calls=calls,
@@ -159,7 +181,7 @@ def run_phase(
         phase=phase.label,
         processes=processes,
         rate=rate,
-        told_rate=phase.told * rate,
+        told_rate=told_rate,
         calls=processes * calls,
         wall_seconds=max(done, default=start_at) - start_at,
         rejected_429=rejected,
@@ -179,12 +201,18 @@ def run_benchmark(
     phases: Sequence[str],
     redis_url: str | None,
     progress: Progress | None = None,
+    paces: Sequence[float] = DEFAULT_PACES,
 ) -> list[PhaseResult]:
+    chosen = [
+        phase
+        for key in phases
+        for phase in (fixed_phases(paces) if key == "pace" else [PHASES[key]])
+    ]
+
     def run_all(url: str) -> list[PhaseResult]:
         results = []
         for shape in shapes:
-            for key in phases:
-                phase = PHASES[key]
+            for phase in chosen:
                 if progress:
                     progress(f"{shape} / {phase.label}: {processes} processes x {calls} calls ...")
                 result = run_phase(
@@ -247,6 +275,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=4, help="calls in flight per process")
     parser.add_argument("--redis-url", help="use this Redis instead of starting redis-server")
     parser.add_argument(
+        "--paces",
+        help="comma-separated total paces in req/s for --phases pace "
+        "(default 38,37,36 at 40/s, scaled with --rate)",
+    )
+    parser.add_argument(
         "--shapes",
         default=",".join(SHAPES),
         help=f"comma-separated subset of {', '.join(SHAPES)} (default all)",
@@ -266,6 +299,16 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         setattr(args, option, chosen)
     if args.calls < 1:
         parser.error("--calls must be at least 1")
+    try:
+        args.paces = (
+            [float(p) for p in args.paces.split(",") if p.strip()]
+            if args.paces
+            else [pace * args.rate / 40.0 for pace in DEFAULT_PACES]
+        )
+    except ValueError:
+        parser.error(f"--paces must be numbers, got {args.paces!r}")
+    if not args.paces or any(not 0 < p < float("inf") for p in args.paces):
+        parser.error("--paces must be positive")
     return args
 
 
@@ -280,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         phases=args.phases,
         redis_url=args.redis_url,
         progress=progress_printer(args.quiet),
+        paces=args.paces,
     )
     print(format_table(results))
     if args.json:
