@@ -28,6 +28,7 @@ import base64
 import collections
 import contextlib
 import json
+import math
 import os
 import pickle
 import platform
@@ -39,7 +40,7 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -387,6 +388,8 @@ def redis_server_version() -> str:
 SHARED_BUDGET = "shared"
 OWN_LIMIT = "per-process"
 FIXED_PACE = "fixed-pace"
+#: How often a worker of a shared budget notes the pace it sees (seconds).
+PACE_SAMPLE = 0.5
 
 
 class FixedPace:
@@ -398,13 +401,26 @@ class FixedPace:
     What the best any shared client could do at a constant pace: no booking round trip, no
     slow-down, no pause; a 429 is only counted (the client waits its ``Retry-After`` and
     takes the next free slot). A slot already past when asked for is skipped, never sent
-    late (a late send crowds the next process's slot).
+    late (a late send crowds the next process's slot). ``clock`` and ``sleep`` are for tests.
     """
 
-    def __init__(self, start_at: float, pace: float, index: int, processes: int) -> None:
+    def __init__(
+        self,
+        start_at: float,
+        pace: float,
+        index: int,
+        processes: int,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if not 0 <= index < processes or not pace > 0:
+            raise ValueError(f"process {index} of {processes} at {pace}/s")
         self._pace = pace
         self._interval = processes / pace
         self._next = start_at + index / pace
+        self._clock = clock
+        self._sleep = sleep
         self.rate_limited_count = 0
 
     @property
@@ -415,12 +431,12 @@ class FixedPace:
         return self._pace
 
     async def acquire(self) -> float:
-        now = time.time()
-        if self._next < now:
-            self._next += self._interval * -(-(now - self._next) // self._interval)
+        now = self._clock()
+        if self._next < now:  # skip the slots already past
+            self._next += self._interval * math.ceil((now - self._next) / self._interval)
         slot = self._next
         self._next += self._interval
-        await asyncio.sleep(max(0.0, slot - time.time()))
+        await self._sleep(max(0.0, slot - self._clock()))
         return slot
 
     def on_success(self, sent_at: float) -> None:
@@ -461,8 +477,10 @@ async def run_credit_workers(
     report and that start (``time.time()``).
 
     A report holds ``done`` (completion times: one machine, one wall clock), ``errors`` (what
-    callers saw, by type), ``rate_limited`` (429s met, retried inside the client), and
-    ``using_redis`` and ``degraded`` (the shared budget's state at the end).
+    callers saw, by type), ``rate_limited`` (429s met, retried inside the client),
+    ``using_redis`` and ``degraded`` (the shared budget's state at the end), and ``paces``
+    (the shared budget's pace as the process saw it, ``(seconds from the start, req/s)``
+    every :data:`PACE_SAMPLE` s; empty without one).
     """
     command = [sys.executable, "-m", "benchmarks._common", "credits-worker"]
     workers = [
@@ -538,8 +556,23 @@ async def _call_credits_flat_out(
                 else:
                     done.append(time.time())
 
+        paces: list[tuple[float, float]] = []
+
+        async def sample_pace() -> None:
+            # The shared pace this process last saw, every PACE_SAMPLE s from the start.
+            assert limiter is not None
+            while True:
+                paces.append((round(time.time() - start_at, 3), round(limiter.current_rate(), 2)))
+                await asyncio.sleep(PACE_SAMPLE)
+
+        sampler = asyncio.ensure_future(sample_pace()) if limiter is not None else None
         await asyncio.gather(*(calls() for _ in range(work.concurrency)))
+        if sampler is not None:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
         return {
+            "paces": paces,
             "done": done,
             "errors": dict(errors),
             "rate_limited": client.stats.rate_limited,

@@ -23,13 +23,15 @@ agreed start, in each phase:
 The ideal is ``processes * calls / RATE`` seconds. The wall time runs from the agreed start to
 the last call's answer (start-up, which each process does before the start, excluded). For
 each phase: the ratio to the ideal, the 429s the simulator answered, the errors callers saw
-(target: none), and each process's share. Completion times are recorded in each worker (one
+(target: none), and each process's share; with ``--seconds``, where the seconds went: the
+requests the simulator accepted and refused in each second, and the shared pace the first
+process saw every half second. Completion times are recorded in each worker (one
 machine, one wall clock) and merged here.
 
     python -m benchmarks.bench_shared_limit [--processes 4] [--rate 40] [--calls 100]
                                             [--concurrency 4] [--shapes bucket,sliding,...]
                                             [--phases shared,wrong,per-process,pace]
-                                            [--paces 38,37,36]
+                                            [--paces 38,37,36] [--seconds]
                                             [--redis-url URL] [--json out.json] [--check]
 """
 
@@ -123,6 +125,12 @@ class PhaseResult:
     caller_errors: dict[str, int]
     target: float | None
     per_process: list[int] = field(default_factory=list)
+    #: Requests the simulator accepted and refused in each second from the first arrival.
+    accepted_per_second: list[int] = field(default_factory=list)
+    refused_per_second: list[int] = field(default_factory=list)
+    #: The shared pace the first process saw, ``(seconds from the start, req/s)`` every
+    #: half second (shared phases only).
+    paces: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def ideal_seconds(self) -> float:
@@ -171,7 +179,8 @@ def run_phase(
             calls=calls,
         )
         results, start_at = asyncio.run(run_credit_workers(workload, processes))
-        rejected = sim.stats().count(outcome="EXCEEDING_LIMITS")
+        stats = sim.stats()
+        rejected = stats.count(outcome="EXCEEDING_LIMITS")
     done = [t for result in results for t in result["done"]]
     errors: collections.Counter[str] = collections.Counter()
     for result in results:
@@ -188,7 +197,22 @@ def run_phase(
         caller_errors=dict(errors),
         target=phase.target,
         per_process=[len(result["done"]) for result in results],
+        accepted_per_second=per_second(stats.admitted_at, stats.refused_at),
+        refused_per_second=per_second(stats.refused_at, stats.admitted_at),
+        paces=[(t, rate) for t, rate in results[0].get("paces", [])] if results else [],
     )
+
+
+def per_second(times: Sequence[float], others: Sequence[float]) -> list[int]:
+    """How many of ``times`` fall in each second from the first of ``times`` and ``others``
+    (the simulator's clock: arrival times, accepted and refused)."""
+    if not times:
+        return []
+    first = min(times[0], others[0]) if others else times[0]
+    counts = [0] * (int(times[-1] - first) + 1)
+    for t in times:
+        counts[int(t - first)] += 1
+    return counts
 
 
 def run_benchmark(
@@ -259,6 +283,19 @@ def format_table(results: Sequence[PhaseResult]) -> str:
     return "\n".join(lines)
 
 
+def format_seconds(results: Sequence[PhaseResult]) -> str:
+    """Where each phase's seconds went: accepted and refused per second at the simulator,
+    and the shared pace the first process saw every half second."""
+    lines = []
+    for r in results:
+        lines.append(f"{r.shape} / {r.phase}: {r.ratio:.2f}x, {r.rejected_429} x 429")
+        lines.append(f"  accepted per second: {r.accepted_per_second}")
+        lines.append(f"  refused per second:  {r.refused_per_second}")
+        if r.paces:
+            lines.append(f"  shared pace every 0.5 s: {[round(rate, 1) for _, rate in r.paces]}")
+    return "\n".join(lines)
+
+
 def _environment() -> dict[str, str]:
     return {
         **environment(),
@@ -288,6 +325,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--phases",
         default=",".join(PHASES),
         help=f"comma-separated subset of {', '.join(PHASES)} (default all)",
+    )
+    parser.add_argument(
+        "--seconds",
+        action="store_true",
+        help="also print where each phase's seconds went (per second, and the shared pace)",
     )
     add_output_options(parser, check="exit 1 if a target is missed")
     args = parser.parse_args(argv)
@@ -326,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         paces=args.paces,
     )
     print(format_table(results))
+    if args.seconds:
+        print(format_seconds(results))
     if args.json:
         payload = {
             "settings": {
