@@ -74,3 +74,8 @@ def test_arrivals_are_counted_per_second_from_the_first_of_either_kind() -> None
     assert per_second(accepted, refused) == [2, 1, 0, 1]
     assert per_second(refused, accepted) == [1, 0, 1]
     assert per_second([], refused) == []
+
+
+def test_the_fixed_paces_run_only_when_asked_for() -> None:
+    assert _parse_args([]).phases == ["shared", "wrong", "per-process"]
+    assert _parse_args(["--phases", "shared,pace"]).phases == ["shared", "pace"]
