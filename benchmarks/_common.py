@@ -28,6 +28,7 @@ import base64
 import collections
 import contextlib
 import json
+import math
 import os
 import pickle
 import platform
@@ -39,7 +40,7 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -382,9 +383,68 @@ def redis_server_version() -> str:
 
 # --- OS processes of clients calling query-credits flat out -------------------------------------
 
-#: The modes of a :class:`CreditWorkload`: one Redis-shared budget, or a limit per process.
+#: The modes of a :class:`CreditWorkload`: one Redis-shared budget, a limit per process, or
+#: a fixed shared schedule (:class:`FixedPace`, no adaptation: the oracle of a fixed pace).
 SHARED_BUDGET = "shared"
 OWN_LIMIT = "per-process"
+FIXED_PACE = "fixed-pace"
+#: How often a worker of a shared budget notes the pace it sees (seconds).
+PACE_SAMPLE = 0.5
+
+
+class FixedPace:
+    """A fixed shared schedule, without Redis and without adaptation: slot ``n`` of all
+    ``processes`` together is at ``start_at + n / pace``, and process ``index`` owns the
+    slots ``n = index, index + processes, ...`` (one machine, one wall clock, so the
+    processes agree on the schedule without talking).
+
+    What the best any shared client could do at a constant pace: no booking round trip, no
+    slow-down, no pause; a 429 is only counted (the client waits its ``Retry-After`` and
+    takes the next free slot). A slot already past when asked for is skipped, never sent
+    late (a late send crowds the next process's slot). ``clock`` and ``sleep`` are for tests.
+    """
+
+    def __init__(
+        self,
+        start_at: float,
+        pace: float,
+        index: int,
+        processes: int,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if not 0 <= index < processes or not pace > 0:
+            raise ValueError(f"process {index} of {processes} at {pace}/s")
+        self._pace = pace
+        self._interval = processes / pace
+        self._next = start_at + index / pace
+        self._clock = clock
+        self._sleep = sleep
+        self.rate_limited_count = 0
+
+    @property
+    def configured_rate(self) -> float | None:
+        return self._pace
+
+    def current_rate(self) -> float | None:
+        return self._pace
+
+    async def acquire(self) -> float:
+        now = self._clock()
+        if self._next < now:  # skip the slots already past
+            self._next += self._interval * math.ceil((now - self._next) / self._interval)
+        slot = self._next
+        self._next += self._interval
+        await self._sleep(max(0.0, slot - self._clock()))
+        return slot
+
+    def on_success(self, sent_at: float) -> None:
+        del sent_at
+
+    def on_rate_limited(self, sent_at: float, retry_after: float | None = None) -> None:
+        del sent_at, retry_after
+        self.rate_limited_count += 1
 
 
 @dataclass(frozen=True)
@@ -394,7 +454,9 @@ class CreditWorkload:
     has made that many calls, ``seconds`` then being only a time limit).
 
     ``mode`` :data:`SHARED_BUDGET`: the client uses ``RedisRateLimiter(redis_url,
-    name=budget_name, rate=rate)``; :data:`OWN_LIMIT`: it has ``rate_limit=rate`` of its own.
+    name=budget_name, rate=rate)``; :data:`OWN_LIMIT`: it has ``rate_limit=rate`` of its own;
+    :data:`FIXED_PACE`: all processes keep to one fixed schedule of ``rate`` in total
+    (:class:`FixedPace`, ``redis_url`` unused).
     """
 
     mode: str
@@ -415,19 +477,23 @@ async def run_credit_workers(
     report and that start (``time.time()``).
 
     A report holds ``done`` (completion times: one machine, one wall clock), ``errors`` (what
-    callers saw, by type), ``rate_limited`` (429s met, retried inside the client), and
-    ``using_redis`` and ``degraded`` (the shared budget's state at the end).
+    callers saw, by type), ``rate_limited`` (429s met, retried inside the client),
+    ``using_redis`` and ``degraded`` (the shared budget's state at the end), and ``paces``
+    (the shared budget's pace as the process saw it, ``(seconds from the start, req/s)``
+    every :data:`PACE_SAMPLE` s; empty without one).
     """
     command = [sys.executable, "-m", "benchmarks._common", "credits-worker"]
     workers = [
         await asyncio.create_subprocess_exec(
             *command,
             json.dumps(asdict(workload)),
+            str(index),
+            str(processes),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             cwd=REPO_ROOT,
         )
-        for _ in range(processes)
+        for index in range(processes)
     ]
     try:
         for worker in workers:
@@ -448,8 +514,11 @@ async def run_credit_workers(
     return [json.loads(out.splitlines()[-1]) for out, _ in outputs], start_at
 
 
-async def _call_credits_flat_out(work: CreditWorkload, start_at: float) -> dict[str, Any]:
-    """Child side of :func:`run_credit_workers`: one client, ``work.concurrency`` loops."""
+async def _call_credits_flat_out(
+    work: CreditWorkload, start_at: float, index: int, processes: int
+) -> dict[str, Any]:
+    """Child side of :func:`run_credit_workers`: one client, ``work.concurrency`` loops
+    (``index`` of ``processes``)."""
     from ailab_async import AILabClient, AILabError, RateLimiter  # noqa: PLC0415
     from ailab_async.contrib.redis import RedisRateLimiter  # noqa: PLC0415
 
@@ -462,6 +531,8 @@ async def _call_credits_flat_out(work: CreditWorkload, start_at: float) -> dict[
         if work.mode == SHARED_BUDGET:
             limiter = RedisRateLimiter(work.redis_url, name=work.budget_name, rate=work.rate)
             rate_limit = await stack.enter_async_context(limiter)
+        elif work.mode == FIXED_PACE:
+            rate_limit = FixedPace(start_at, work.rate, index, processes)
         client = await stack.enter_async_context(
             AILabClient(
                 api_key=work.api_key,
@@ -485,8 +556,23 @@ async def _call_credits_flat_out(work: CreditWorkload, start_at: float) -> dict[
                 else:
                     done.append(time.time())
 
+        paces: list[tuple[float, float]] = []
+
+        async def sample_pace() -> None:
+            # The shared pace this process last saw, every PACE_SAMPLE s from the start.
+            assert limiter is not None
+            while True:
+                paces.append((round(time.time() - start_at, 3), round(limiter.current_rate(), 2)))
+                await asyncio.sleep(PACE_SAMPLE)
+
+        sampler = asyncio.ensure_future(sample_pace()) if limiter is not None else None
         await asyncio.gather(*(calls() for _ in range(work.concurrency)))
+        if sampler is not None:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
         return {
+            "paces": paces,
             "done": done,
             "errors": dict(errors),
             "rate_limited": client.stats.rate_limited,
@@ -495,7 +581,7 @@ async def _call_credits_flat_out(work: CreditWorkload, start_at: float) -> dict[
         }
 
 
-def _credits_worker(workload_json: str) -> None:
+def _credits_worker(workload_json: str, index: str = "0", processes: str = "1") -> None:
     work = CreditWorkload(**json.loads(workload_json))
     # The SDK is imported before this process says it is ready: the wall time runs from the
     # agreed start (0.2 s after the last "ready"), and four processes importing it after
@@ -504,7 +590,8 @@ def _credits_worker(workload_json: str) -> None:
 
     print("ready", flush=True)
     start_at = float(sys.stdin.readline())
-    print(json.dumps(asyncio.run(_call_credits_flat_out(work, start_at))), flush=True)
+    report = asyncio.run(_call_credits_flat_out(work, start_at, int(index), int(processes)))
+    print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":

@@ -676,7 +676,8 @@ def _shared_budget(
     """Four processes of four senders sharing one budget, as the Redis store runs them (one
     state, every sender booking its own slot ahead), told ``told`` against a limit of
     40/s; answers reach the shared state up to ``report_delay`` late. Four seeds unless
-    ``seeds``."""
+    ``seeds``. Never told to wind down: the store has no ``wind_down`` (one process's end
+    is not the batch's)."""
     return [
         run_zoo(
             RateLimit(40, shape=shape),
@@ -688,6 +689,7 @@ def _shared_budget(
             latency=latency,
             configured=told,
             seed=seed,
+            wind_down=False,
             **LIVE,
         )
         for seed in seeds
