@@ -183,11 +183,11 @@ from what the server *accepted*, by send time:
   second).
   Told, a cut on that climb (a probe refused under what the server took) holds off half
   a second, not :data:`HOLD`: one probe was refused, and the limit may be back any moment.
-  And once the server takes over a second more than the dropped limit allows (a tenth
-  above what it took over the second before the last refused probe), none refused, the
-  limit is back: the pace goes straight to what the server took before the drop, and the
-  window of requests in flight to what that pace needs, rather than the quick curve's last
-  stretch one answer at a time.
+  And once the server takes over a second more than the dropped limit allows (more than
+  one request above what it took over the second before the last refused probe, or a
+  tenth above it if that is fewer), none refused, the limit is back: the pace goes straight
+  to what the server took before the drop, and the window of requests in flight to what
+  that pace needs, rather than the quick curve's last stretch one answer at a time.
 * **A window beside the rate.** A cut also caps the requests in flight at the number in
   flight when the 429 came (a server that limits requests in flight refused the one above
   its cap), at least what the new pace needs at the usual round trip (told the limit, a cut
