@@ -48,6 +48,8 @@ def test_fidelity_test_skips_cleanly_without_the_official_sdk(how: str, tmp_path
             "ailab_block_sdk",
             "-p",
             "no:cacheprovider",
+            "-p",
+            "no:xdist",  # one test: in this process, not on workers of its own
             "-q",
             str(FIDELITY),
         ],
