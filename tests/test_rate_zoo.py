@@ -33,6 +33,7 @@ from ._rate_zoo import (
     TABLE_ROWS,
     ZOO,
     ZooRun,
+    at_rate,
     breakdown_table,
     family_table,
     run_zoo,
@@ -1136,3 +1137,23 @@ def test_the_end_wait_is_what_the_last_answer_owes_to_retries() -> None:
     assert clean.refused == 0
     assert clean.end_wait == 0.0
     assert clean.fresh_done == clean.wall
+
+
+def test_the_zoo_moves_every_row_to_another_rate_as_the_live_benchmark_does() -> None:
+    # ``python -m tests._rate_zoo --rate 100``: the rows at twice the limit, as
+    # ``bench_batch --rps 100`` builds them (a cap in flight holds 0.2 s of the rate, a
+    # burst of more than one and a schedule scale with it), told that rate.
+    assert at_rate(TABLE_ROWS["10 in flight"], 100.0).max_in_flight == 20
+    assert at_rate(TABLE_ROWS["token bucket, burst 2x rate"], 100.0).burst == 200
+    assert at_rate(TABLE_ROWS["token bucket, burst 1"], 100.0).burst == 1
+    moved = at_rate(TABLE_ROWS["50 -> 20 -> 50, at 3 s and 8 s"], 100.0)
+    assert (moved.requests_per_second, moved.schedule) == (100.0, ((3.0, 40.0), (8.0, 100.0)))
+    assert at_rate(TABLE_ROWS["sliding window"], LIMIT) is TABLE_ROWS["sliding window"]
+    table = zoo_table(range(1), ["sliding window"], told=True, rate=100.0).splitlines()
+    told = run_zoo(RateLimit(100.0, shape="sliding-window"), configured=100.0, seed=0, **LIVE)
+    assert float(table[1].split()[-2]) == pytest.approx(told.ratio, abs=1e-3)
+    # ``--senders``: attempts at once (``max_concurrency``); 5 cannot fill a cap of 10.
+    few = zoo_table(range(1), ["10 in flight"], senders=5).splitlines()
+    five = run_zoo(RateLimit.concurrency(10), seed=0, senders=5, **LIVE)
+    assert float(few[1].split()[3]) == pytest.approx(five.ratio, abs=1e-3)
+    assert five.ratio > 1.9
