@@ -163,6 +163,37 @@ def test_a_rate_limiter_answering_429s_at_once_is_not_taken_for_a_cap_in_flight(
     assert sum(run.ratio for run in batches) / len(batches) <= 1.12
 
 
+def test_not_told_a_cap_above_the_zoo_answering_at_once_is_told_from_a_window_later() -> None:
+    # 20 in flight at 0.2 s (100/s), its 429s at once: slow start's end, re-read over the
+    # round trip after the cut, took every send at the cut's pace (about half the limit),
+    # and nothing at the first refusal tells a cap from a sliding window the ramp filled.
+    # The pace goes back to what the server took in full before it, the window pinned at
+    # the cut's: a cap refuses none of that, and its later refusals (the window grown above
+    # the cut's) are the window's, no cut. Held at the cut's pace for the hold-off and cut
+    # again at the cap's next refusal, 1.56x the ideal.
+    limit = RateLimit.concurrency(20, instant_429=True)
+    batches = [run_zoo(limit, seed=seed, **LIVE) for seed in range(3)]
+    assert sum(run.ratio for run in batches) / len(batches) <= 1.3
+    assert [run.cuts for run in batches] == [1, 1, 1]
+
+
+@pytest.mark.parametrize(("rate", "at_most"), [(70.0, 1.175), (100.0, 1.3)])
+def test_not_told_a_sliding_window_above_the_zoo_answering_at_once_refuses_the_trial(
+    rate: float, at_most: float
+) -> None:
+    # The same reading at a sliding window (70/s and 100/s, 429s at once): the window
+    # refuses the pace taken back (up to 1.4 times its count, after a ramp that went that
+    # far before its first refusal), and that refusal (a cap refuses none while the window
+    # stays at what it held) ends the reading: cut to BACKOFF of what the server took over
+    # the second before (the window's count), not of what it took since the first cut.
+    # (40 seeds: held at the cut's pace for the hold-off, 1.20x and 1.34x; cut from what it
+    # took since the first cut, 1.19x and 1.29x; now 1.16x and 1.27x.)
+    limit = RateLimit(rate, shape="sliding-window", instant_429=True)
+    batches = [run_zoo(limit, seed=seed, **LIVE) for seed in range(3)]
+    assert sum(run.ratio for run in batches) / len(batches) <= at_most
+    assert all(run.refused_share <= 0.1 for run in batches)
+
+
 @pytest.mark.parametrize(
     ("shape", "at_most"), [("fixed window", 1.12), ("50 -> 20 -> 50 per second", 1.16)]
 )
