@@ -138,6 +138,34 @@ DROP_RETURN_FAMILY: list[RateLimit] = [
     for low in (15.0, 20.0, 30.0)
 ]
 
+#: The round trip the zoo's rows are played at (``run_zoo``'s ``latency``): a cap on requests
+#: in flight at :func:`at_rate` ``rate`` holds ``rate`` times this many.
+ZOO_LATENCY = 0.2
+
+
+def at_rate(limit: RateLimit, rate: float) -> RateLimit:
+    """``limit`` (a row at :data:`LIMIT`) moved to ``rate`` requests per second, as the live
+    benchmark's ``--rps`` moves its shapes: a rate limit's rate, schedule and burst (a burst
+    of more than one) scaled by ``rate / LIMIT``, a cap on requests in flight to ``rate``
+    times :data:`ZOO_LATENCY` (at least one).
+
+    >>> at_rate(RateLimit.concurrency(10), 100.0).max_in_flight
+    20
+    >>> at_rate(RateLimit(50.0, shape="sliding-window", schedule=[(3, 20)]), 100.0).schedule
+    ((3.0, 40.0),)
+    """
+    if rate == LIMIT:
+        return limit
+    if limit.shape == "concurrency":
+        return attrs.evolve(limit, max_in_flight=max(1, round(rate * ZOO_LATENCY)))
+    scale = rate / LIMIT
+    burst = limit.burst
+    if burst is not None and burst > 1:
+        burst = max(1, round(burst * scale))
+    schedule = [(at, scheduled * scale) for at, scheduled in limit.schedule]
+    return attrs.evolve(limit, requests_per_second=rate, burst=burst, schedule=schedule)
+
+
 # A sender waiting for the pace looks again at least this often (as the limiter does) ...
 _RECHECK = 0.05
 # ... or, booking its own slot (as the Redis store does), at least this long after asking.
@@ -439,10 +467,14 @@ def _row_figures(
     *,
     configured: float | None = None,
     machine: Mapping[str, float] = LIVE,
+    senders: int = 32,
 ) -> tuple[float, float, int, ZooRun]:
     """Over ``seeds`` on the ``machine`` (:data:`LIVE`): the mean wall/ideal, the mean 429s
     per 500 requests, the worst seed and its run (the largest wall/ideal)."""
-    runs = {seed: run_zoo(limit, configured=configured, seed=seed, **machine) for seed in seeds}
+    runs = {
+        seed: run_zoo(limit, configured=configured, seed=seed, senders=senders, **machine)
+        for seed in seeds
+    }
     worst = max(runs, key=lambda seed: runs[seed].ratio)
     ratio = statistics.fmean(run.ratio for run in runs.values())
     refused = statistics.fmean(500 * run.refused / run.requests for run in runs.values())
@@ -456,27 +488,31 @@ def zoo_table(
     told: bool = False,
     machine: Mapping[str, float] = LIVE,
     instant: bool = False,
+    rate: float = LIMIT,
+    senders: int = 32,
 ) -> str:
     """The zoo on the ``machine`` (:data:`LIVE`), one line per row of :data:`TABLE_ROWS`: the
     mean wall/ideal over ``seeds``, the mean 429s per 500 requests, and the worst seed; with
     ``told``, the same told the true limit; with ``instant``, every row's server answers
-    its 429s at once."""
+    its 429s at once; every row moved to ``rate`` (:func:`at_rate`), played with
+    ``senders`` attempts at once (``max_concurrency``: a cap of more in flight is out of
+    the client's reach)."""
     header = f"{'row':32} {'wall/ideal':>10} {'429s/500':>8}  {'worst seed':>19}"
     if told:
         header += f"  {'told: wall':>10} {'429s':>6}"
     lines = [header]
     for name in rows or list(TABLE_ROWS):
-        limit = TABLE_ROWS[name]
+        limit = at_rate(TABLE_ROWS[name], rate)
         if instant:
             limit = attrs.evolve(limit, instant_429=True)
-        ratio, refused, worst, run = _row_figures(limit, seeds, machine=machine)
+        ratio, refused, worst, run = _row_figures(limit, seeds, machine=machine, senders=senders)
         line = (
             f"{name:32} {ratio:10.3f} {refused:8.1f}  "
             f"{f'{worst}: {run.ratio:.3f}x, {run.refused}':>19}"
         )
         if told:
             told_ratio, told_refused, _, _ = _row_figures(
-                limit, seeds, configured=LIMIT, machine=machine
+                limit, seeds, configured=rate, machine=machine, senders=senders
             )
             line += f"  {told_ratio:10.3f} {told_refused:6.1f}"
         lines.append(line)
@@ -496,6 +532,8 @@ def breakdown_table(
     told: bool = False,
     machine: Mapping[str, float] = LIVE,
     instant: bool = False,
+    rate: float = LIMIT,
+    senders: int = 32,
 ) -> str:
     """Where the seconds go, one line per row of :data:`TABLE_ROWS` (and with ``told``, one
     more told the true limit), means over ``seeds`` on the ``machine``: the wall time over
@@ -503,7 +541,8 @@ def breakdown_table(
     seconds (the start: slow start, the first cut); the requests accepted per second, and
     the pace, over :data:`BREAKDOWN_SPAN` (by send time: the steady state); and the seconds
     the batch's last answer came after the last answer to a request accepted at its first
-    attempt (the end: retries waiting out their ``Retry-After``)."""
+    attempt (the end: retries waiting out their ``Retry-After``). ``rate`` and ``senders``
+    as for :func:`zoo_table`."""
     low, high = BREAKDOWN_SPAN
     header = (
         f"{'row':40} {'wall/ideal':>10} {f'start {BREAKDOWN_START:g} s':>11} "
@@ -511,11 +550,14 @@ def breakdown_table(
     )
     lines = [header]
     for name in rows or list(TABLE_ROWS):
-        limit = TABLE_ROWS[name]
+        limit = at_rate(TABLE_ROWS[name], rate)
         if instant:
             limit = attrs.evolve(limit, instant_429=True)
-        for configured in (None, LIMIT) if told else (None,):
-            runs = [run_zoo(limit, configured=configured, seed=seed, **machine) for seed in seeds]
+        for configured in (None, rate) if told else (None,):
+            runs = [
+                run_zoo(limit, configured=configured, seed=seed, senders=senders, **machine)
+                for seed in seeds
+            ]
             steps = [low + (high - low) * step / 100 for step in range(100)]
             label = name if configured is None else f"{name}, told"
             ratio = statistics.fmean(run.ratio for run in runs)
@@ -568,12 +610,15 @@ def family_table(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m tests._rate_zoo [--seeds N] [--first-seed K] [--rows NAME ...] [--told]
-    [--family] [--family-seeds N] [--measured] [--instant] [--phase] [--breakdown]``: the zoo
-    table on the live benchmark's machine (:data:`LIVE`; with ``--measured``,
-    :data:`LIVE_MEASURED`; with ``--phase``, its clock starting at any point of a send-time
-    bucket, as live), and with ``--family`` the drop/return family's mean on two sets of seeds
-    (0 to N-1 and N to 2N-1, with ``--told`` told the limit too); with ``--breakdown``,
-    where each row's seconds go (:func:`breakdown_table`) instead of the table. Clock-free:
+    [--family] [--family-seeds N] [--measured] [--instant] [--phase] [--breakdown] [--rate R]
+    [--senders N]``: the zoo table on the live benchmark's machine (:data:`LIVE`; with
+    ``--measured``, :data:`LIVE_MEASURED`; with ``--phase``, its clock starting at any point
+    of a send-time bucket, as live; with ``--rate``, every row moved to that many requests per
+    second, a cap in flight to what that rate holds at 0.2 s, as the live benchmark's
+    ``--rps``: see :func:`at_rate`; with ``--senders``, that many attempts at once), and with
+    ``--family`` the drop/return family's mean on two sets of seeds (0 to N-1 and N to 2N-1,
+    with ``--told`` told the limit too); with ``--breakdown``, where each row's seconds go
+    (:func:`breakdown_table`) instead of the table. Clock-free:
     the whole table takes seconds."""
     parser = argparse.ArgumentParser(prog="python -m tests._rate_zoo")
     parser.add_argument("--seeds", type=int, default=40, help="runs per row (default 40)")
@@ -603,16 +648,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--phase", action="store_true", help="the clock starts anywhere in a bucket (as live)"
     )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=LIMIT,
+        help=f"every row at this many requests per second (default {LIMIT:g}; a cap in flight"
+        f" holds {ZOO_LATENCY:g} s of it)",
+    )
+    parser.add_argument(
+        "--senders", type=int, default=32, help="attempts at once (max_concurrency, default 32)"
+    )
     args = parser.parse_args(argv)
     machine = LIVE_MEASURED if args.measured else LIVE
     if args.phase:
         machine = {**machine, "start_phase": BUCKET}
-    if args.seeds < 1 or args.family_seeds < 1:
-        parser.error("--seeds and --family-seeds must be at least 1")
+    if args.seeds < 1 or args.family_seeds < 1 or args.senders < 1:
+        parser.error("--seeds, --family-seeds and --senders must be at least 1")
+    if not (args.rate > 0 and math.isfinite(args.rate)):
+        parser.error("--rate must be a positive number")
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     table = breakdown_table if args.breakdown else zoo_table
     if not args.family_only:
-        print(table(seeds, args.rows, told=args.told, machine=machine, instant=args.instant))
+        print(
+            table(
+                seeds,
+                args.rows,
+                told=args.told,
+                machine=machine,
+                instant=args.instant,
+                rate=args.rate,
+                senders=args.senders,
+            )
+        )
     if args.family or args.family_only:
         count = args.family_seeds
         print(

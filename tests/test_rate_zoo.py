@@ -33,6 +33,7 @@ from ._rate_zoo import (
     TABLE_ROWS,
     ZOO,
     ZooRun,
+    at_rate,
     breakdown_table,
     family_table,
     run_zoo,
@@ -160,6 +161,37 @@ def test_a_rate_limiter_answering_429s_at_once_is_not_taken_for_a_cap_in_flight(
     limit = RateLimit(LIMIT, shape="leaky-bucket", instant_429=True)
     batches = [run_zoo(limit, seed=seed, latency_jitter=JITTER) for seed in SEEDS]
     assert sum(run.ratio for run in batches) / len(batches) <= 1.12
+
+
+def test_not_told_a_cap_above_the_zoo_answering_at_once_is_told_from_a_window_later() -> None:
+    # 20 in flight at 0.2 s (100/s), its 429s at once: slow start's end, re-read over the
+    # round trip after the cut, took every send at the cut's pace (about half the limit),
+    # and nothing at the first refusal tells a cap from a sliding window the ramp filled.
+    # The pace goes back to what the server took in full before it, the window pinned at
+    # the cut's: a cap refuses none of that, and its later refusals (the window grown above
+    # the cut's) are the window's, no cut. Held at the cut's pace for the hold-off and cut
+    # again at the cap's next refusal, 1.56x the ideal.
+    limit = RateLimit.concurrency(20, instant_429=True)
+    batches = [run_zoo(limit, seed=seed, **LIVE) for seed in range(3)]
+    assert sum(run.ratio for run in batches) / len(batches) <= 1.3
+    assert [run.cuts for run in batches] == [1, 1, 1]
+
+
+@pytest.mark.parametrize(("rate", "at_most"), [(70.0, 1.175), (100.0, 1.3)])
+def test_not_told_a_sliding_window_above_the_zoo_answering_at_once_refuses_the_trial(
+    rate: float, at_most: float
+) -> None:
+    # The same reading at a sliding window (70/s and 100/s, 429s at once): the window
+    # refuses the pace taken back (up to 1.4 times its count, after a ramp that went that
+    # far before its first refusal), and that refusal (a cap refuses none while the window
+    # stays at what it held) ends the reading: cut to BACKOFF of what the server took over
+    # the second before (the window's count), not of what it took since the first cut.
+    # (40 seeds: held at the cut's pace for the hold-off, 1.20x and 1.34x; cut from what it
+    # took since the first cut, 1.19x and 1.29x; now 1.16x and 1.27x.)
+    limit = RateLimit(rate, shape="sliding-window", instant_429=True)
+    batches = [run_zoo(limit, seed=seed, **LIVE) for seed in range(3)]
+    assert sum(run.ratio for run in batches) / len(batches) <= at_most
+    assert all(run.refused_share <= 0.1 for run in batches)
 
 
 @pytest.mark.parametrize(
@@ -1155,3 +1187,23 @@ def test_the_end_wait_is_what_the_last_answer_owes_to_retries() -> None:
     assert clean.refused == 0
     assert clean.end_wait == 0.0
     assert clean.fresh_done == clean.wall
+
+
+def test_the_zoo_moves_every_row_to_another_rate_as_the_live_benchmark_does() -> None:
+    # ``python -m tests._rate_zoo --rate 100``: the rows at twice the limit, as
+    # ``bench_batch --rps 100`` builds them (a cap in flight holds 0.2 s of the rate, a
+    # burst of more than one and a schedule scale with it), told that rate.
+    assert at_rate(TABLE_ROWS["10 in flight"], 100.0).max_in_flight == 20
+    assert at_rate(TABLE_ROWS["token bucket, burst 2x rate"], 100.0).burst == 200
+    assert at_rate(TABLE_ROWS["token bucket, burst 1"], 100.0).burst == 1
+    moved = at_rate(TABLE_ROWS["50 -> 20 -> 50, at 3 s and 8 s"], 100.0)
+    assert (moved.requests_per_second, moved.schedule) == (100.0, ((3.0, 40.0), (8.0, 100.0)))
+    assert at_rate(TABLE_ROWS["sliding window"], LIMIT) is TABLE_ROWS["sliding window"]
+    table = zoo_table(range(1), ["sliding window"], told=True, rate=100.0).splitlines()
+    told = run_zoo(RateLimit(100.0, shape="sliding-window"), configured=100.0, seed=0, **LIVE)
+    assert float(table[1].split()[-2]) == pytest.approx(told.ratio, abs=1e-3)
+    # ``--senders``: attempts at once (``max_concurrency``); 5 cannot fill a cap of 10.
+    few = zoo_table(range(1), ["10 in flight"], senders=5).splitlines()
+    five = run_zoo(RateLimit.concurrency(10), seed=0, senders=5, **LIVE)
+    assert float(few[1].split()[3]) == pytest.approx(five.ratio, abs=1e-3)
+    assert five.ratio > 1.9
