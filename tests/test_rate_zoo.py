@@ -242,6 +242,24 @@ def test_not_told_a_sliding_window_filled_by_slow_start_is_cut_from_its_count(sh
         assert 0.9 * LIMIT <= run.pace_at(cut_at + 0.5) <= LIMIT
 
 
+def test_not_told_a_window_s_count_at_100_per_second_takes_in_the_refused_send_s_bucket() -> None:
+    # The window's count is what it took over the second up to the first refused send, and
+    # the sends of that send's bucket before it are part of what filled the window. Read
+    # over the whole buckets before that one, the count missed the ramp's last and fastest
+    # stretch (about 92/s of a 100/s window, where it is now about 96/s): the pace 0.5 s
+    # after the cut averaged 88/s over these seeds, where it is now over 90/s.
+    limit = at_rate(ZOO["sliding window"][0], 100.0)
+    paces = []
+    for seed in range(10):
+        run = run_zoo(limit, seed=seed, until=4.0, **LIVE)
+        cut_at = next(
+            at for (_, before), (at, pace) in itertools.pairwise(run.trace) if pace < before
+        )
+        paces.append(run.pace_at(cut_at + 0.5))
+    assert 90.0 <= sum(paces) / len(paces) <= 100.0
+    assert max(paces) <= 100.0
+
+
 def test_not_told_a_window_s_count_read_at_slow_start_s_end_is_climbed_back_to() -> None:
     # The live benchmark's changing limit (50/s, 20/s from 3 s, 50/s again from 8 s): what
     # the server took over the second before the drop is what the climb after it aims at
