@@ -83,8 +83,9 @@ from what the server *accepted*, by send time:
   until it drains): the cut is raised to what it accepted, or to the pace it accepted all
   of just before the first refusal, instead of the ramp's average. Not told, if it refused
   most of them but took about what it took of the sends a second before, a sliding window
-  the ramp filled is rolling: the cut is raised to :data:`BACKOFF` of its count (what it
-  took over the second before the first refusal), not left at the ramp's average.
+  the ramp filled is rolling: its count (what it took over the second before the first
+  refusal) is the limit found (see below), and the cut is raised to
+  :data:`LEARNED_HEADROOM` of it, not left at the ramp's average.
   A 429 that came back at once (before any answer to the sends around it: a cap on
   requests in flight, a gateway) has no sends from it to the cut: those re-read run on to
   a round trip past the cut, and a cap that refuses none of them is read as when its 429s
@@ -124,10 +125,10 @@ from what the server *accepted*, by send time:
 * **Not told, the limit found is held as if told.** Two marginal refusals at nearly one
   pace (within 5 %), the server having taken at least 90 % of it over the second before
   the second one, find the limit: what the server took (a window's count, not the pace it
-  refused). So does the end of slow start read twice (a server that refuses only what is
-  over its rate): what it accepted. From then on the limit found is a ceiling as a
-  configured one is: a refusal near it teaches headroom (a lesson of 2 %, given back by
-  the requests accepted after it) instead of a cut to 95 % and a climb back over the
+  refused). So does the end of slow start read twice: what a server that refuses only what
+  is over its rate accepted, a sliding window's count. From then on the limit found is a
+  ceiling as a configured one is: a refusal near it teaches headroom (a lesson of 2 %, given
+  back by the requests accepted after it) instead of a cut to 95 % and a climb back over the
   cubic, and a limit that drops is followed as told (a cut that was not enough, below).
   :data:`PROBE_AFTER` seconds after each hold-off the pace probes above the limit found,
   along the recovery's cubic; a refused probe goes back to it, unless the server took
@@ -440,8 +441,9 @@ _BURST_SPENT = 0.7
 # ... and when what the server took of them is between _WINDOW_KEPT_LOW and _WINDOW_KEPT_HIGH
 # times what it took of the sends one second before, a sliding window the ramp filled is
 # rolling (it takes, once full, what it took a window before): its count is what it took
-# over the second before the first refusal, and the cut comes up to BACKOFF of that, from
-# the ramp's average over up to two seconds (_reread_full_window). Measured as above:
+# over the second before the first refusal, found, and the cut comes up to
+# LEARNED_HEADROOM of that, from the ramp's average over up to two seconds
+# (_reread_full_window). Measured as above:
 # sliding windows 0.71-1.84 (0.92-1.09 at 50/s and 0.2 s), token buckets of burst = rate
 # 0.62-0.84, deeper ones under 0.75, fixed windows nothing or 1.7 times and more.
 _WINDOW_KEPT_LOW = 0.85
@@ -2032,15 +2034,21 @@ class AimdPolicy:
         filled, taking as its sends of a second before leave it. Its count is what it took
         over the second before the first refusal; the cut, from what it took over the
         whole ramp (up to two seconds, its slow first part included: about 0.84 of the
-        count), comes up to ``BACKOFF`` of that count. (Cut from the ramp, the pace sat
-        near 40/s for a second at a 50/s window, and a limit that dropped then was climbed
-        back to that 41-43/s, not to 50.) That second ends with the first refused send's
-        bucket: its sends before that one filled the window, and are the ramp's fastest.
-        (Ended before that bucket, a 100/s window's count read about 92/s, now about 96/s:
-        40 seeds 0-39 and 40-79, 1.412x and 1.409x the ideal, now 1.384x and 1.372x; that
-        limit dropping to 40/s at 3 s, 1.569x and 1.568x, now 1.579x and 1.575x; at 50/s
-        and 30/s every row of the zoo within 0.001x, the drop/return family 1.1607x and
-        1.1599x, now 1.1594x and 1.1585x.)"""
+        count), comes up to ``LEARNED_HEADROOM`` of that count, found (held as if told: from
+        ``BACKOFF`` of it, the recovery's cubic beyond it was refused about 5 s in at 100/s,
+        and the retries of its 429s, a whole second's ``Retry-After``, were the batch's last
+        answers: 40 seeds 0-39 and 40-79, 1.384x and 1.372x the ideal, now 1.263x and
+        1.255x; that limit dropping to 40/s at 3 s, 1.579x and 1.575x, now 1.548x and
+        1.545x; at 50/s 1.094x, now 1.076x; the drop/return family 1.1594x and 1.1585x, now
+        1.1568x and 1.1587x; at 30/s, at once, and told, byte-identical or within 0.001x).
+        (Cut from the ramp, the pace sat near 40/s for a second at a 50/s window, and a
+        limit that dropped then was climbed back to that 41-43/s, not to 50.) That second
+        ends with the first refused send's bucket: its sends before that one filled the
+        window, and are the ramp's fastest. (Ended before that bucket, a 100/s window's
+        count read about 92/s, now about 96/s: 40 seeds 0-39 and 40-79, 1.412x and 1.409x
+        the ideal, now 1.384x and 1.372x; that limit dropping to 40/s at 3 s, 1.569x and
+        1.568x, now 1.579x and 1.575x; at 50/s and 30/s every row of the zoo within 0.001x,
+        the drop/return family 1.1607x and 1.1599x, now 1.1594x and 1.1585x.)"""
         state = self.state
         before = self._took_a_second_before()
         if not _WINDOW_KEPT_LOW * before <= accepted <= _WINDOW_KEPT_HIGH * before:
@@ -2052,12 +2060,16 @@ class AimdPolicy:
         if high - low < _MIN_SPAN:
             return
         count = self._took(low, high) / (high - low)
-        rate = self._backoff * count
-        if rate > self.rate(now):
-            state.rate = state.cut_rate = rate
+        if self._backoff * count > self.rate(now):
+            # Found: held as if told, one lesson of headroom under it (as a server that
+            # refuses only over its rate is, but sends may still catch up: a window allows
+            # bursts within its count).
+            state.found = count
+            state.headroom = LEARNED_HEADROOM
+            state.rate = state.cut_rate = LEARNED_HEADROOM * count
             state.refused_pace = max(state.refused_pace, _PEAK_MARGIN * count)
             state.aim = max(state.aim, _PEAK_MARGIN * count)
-            state.aim_cap = max(state.aim_cap, rate)
+            state.aim_cap = max(state.aim_cap, state.rate)
 
     def _slow_start_cap(self, sent_at: float) -> float:
         """How far slow start may take the pace on an answer to a request sent at

@@ -260,6 +260,19 @@ def test_not_told_a_window_s_count_at_100_per_second_takes_in_the_refused_send_s
     assert max(paces) <= 100.0
 
 
+def test_not_told_a_window_s_count_read_at_slow_start_s_end_is_held_as_if_told() -> None:
+    # A sliding window the ramp filled, re-read: its count is the limit found, and the pace
+    # holds 98 % of it (probing above it only PROBE_AFTER seconds after the hold-off), not
+    # 95 % of it with the recovery's cubic beyond: at 100/s that cubic was refused about
+    # 5.2 s in, and the retries of its 429s (a whole second's Retry-After) came back after
+    # the batch's other answers (40 seeds: 1.384x the ideal, 0.62 s of it that wait; now
+    # 1.263x, none).
+    limit = at_rate(ZOO["sliding window"][0], 100.0)
+    runs = [run_zoo(limit, seed=seed, **LIVE) for seed in range(10)]
+    assert all(not [at for at in run.refused_at if at >= 3.0] for run in runs)
+    assert sum(run.ratio for run in runs) / len(runs) <= 1.3
+
+
 def test_not_told_a_window_s_count_read_at_slow_start_s_end_is_climbed_back_to() -> None:
     # The live benchmark's changing limit (50/s, 20/s from 3 s, 50/s again from 8 s): what
     # the server took over the second before the drop is what the climb after it aims at
@@ -328,18 +341,20 @@ def test_slow_start_s_end_is_re_read_from_the_answers_not_from_whole_buckets() -
     # is counted from their answers. Over whole 50 ms buckets of send time it was off by up
     # to a tenth either way: a sliding window at 100/s (which refuses 0.56-0.59 of them)
     # was read as a server refusing only over its rate on 5 seeds of these 8 (a "limit" of
-    # 142-146/s held as found), and a token bucket of burst 1 at 30/s was found on 5.
+    # 142-146/s held as found), and a token bucket of burst 1 at 30/s was found on 5. (Read
+    # as a sliding window the ramp filled, its count is found: at most its limit.)
     window = RateLimit(2 * LIMIT, shape="sliding-window")
     bucket = RateLimit(30, burst=1)
     found_window, found_bucket = [], []
     for seed in range(8):
         policy = AimdPolicy(None)
         run_zoo(window, seed=seed, policy=policy, until=3.0, **LIVE)
+        assert not policy.state.found_by_rate
         found_window.append(policy.state.found)
         policy = AimdPolicy(None)
         run_zoo(bucket, seed=seed, policy=policy, until=3.0, **LIVE)
         found_bucket.append(policy.state.found)
-    assert all(found == math.inf for found in found_window)
+    assert all(found <= 2 * LIMIT for found in found_window)
     assert sum(found <= 30 for found in found_bucket) >= 6
 
 
@@ -1121,11 +1136,12 @@ def test_not_told_a_limit_found_after_it_dropped_in_slow_start_s_hold_off_is_pro
     # more 429s (a limit lowered for good pays one probe's). 40 seeds, 0-39 and 40-79, with
     # slow start's cut re-read from a sliding window's count (the drop at 2 s then meets a
     # higher pace: 35 429s of 500 where 30): 1.188x and 1.184x without the sooner probe,
-    # 1.171x and 1.176x with it.
+    # 1.171x and 1.176x with it. With that count found (held as if told, at 98 % of it:
+    # 39 429s of 500 where 36), 1.188x and 1.192x without it, 1.151x and 1.156x with it.
     limit = RateLimit(LIMIT, shape="sliding-window", schedule=[(2, 30), (8, LIMIT)])
     runs = [run_zoo(limit, seed=seed, **LIVE) for seed in range(40)]
-    assert sum(run.ratio for run in runs) / len(runs) <= 1.18
-    assert sum(run.refused for run in runs) / len(runs) <= 37
+    assert sum(run.ratio for run in runs) / len(runs) <= 1.165
+    assert sum(run.refused for run in runs) / len(runs) <= 40
 
 
 @pytest.mark.parametrize(("back", "mean_ratio"), [(10, 1.175), (12, 1.17)])
