@@ -699,7 +699,7 @@ class _JumpsBack(AimdPolicy):
 def test_told_a_sliding_window_lowered_for_good_is_not_taken_to_be_back(low: int) -> None:
     # Read over the one second before the last refused probe's bucket alone, with no margin,
     # the count of a window lowered for good came out one under it now and then, and the
-    # pace jumped back to the told limit, refused in a burst (in 6 and 4 of these runs);
+    # pace jumped back to the told limit, refused in a burst (in 6 and 5 of these runs);
     # read as the most over the seconds around that probe, in none.
     limit = RateLimit(LIMIT, shape="sliding-window", schedule=[(3, low)])
     for seed in range(8):
