@@ -944,6 +944,8 @@ class AimdPolicy:
             else:
                 gap = CATCH_UP * spacing
             slot = max(state.last_slot + spacing, state.last_sent + gap)
+            if self._window_paces():
+                slot = now  # (a cap's window: see _window_paces)
         slot = max(slot, state.paused_until)
         if slot > now + horizon:
             state.pace_bound_at = now
@@ -1511,6 +1513,24 @@ class AimdPolicy:
         state.window_grows_at = now + max(HOLD, 2 * state.rtt) + PROBE_AFTER
         state.capped = True
         state.burstless = math.inf
+
+    def _window_paces(self) -> bool:
+        """Told the limit, whether the window alone paces the sends: the server refused a
+        request above a window (a cap on requests in flight: ``capped``), the last cut kept
+        the told pace (a cap's: no lesson of headroom, no lower limit since), and the window,
+        each of its requests out for at least the shortest round trip seen, carries no more
+        than the told limit. A send the window allows then goes at once: the cap is what the
+        server counts, and the pace's spacing only kept a place the cap had freed empty
+        until its next slot (answers come back unevenly, and the pace, 1.5 % under the
+        told limit, is about what the cap carries: 10 in flight at a 0.2-0.21 s latency
+        took 48.4/s of the 48.8/s they carry)."""
+        state = self.state
+        return (
+            self.configured is not None
+            and state.capped
+            and state.cut_rate >= self.ceiling
+            and state.window <= self.configured * state.rtt_floor
+        )
 
     def _grow_window(self, now: float) -> None:
         """The window held senders back: one more per window of answers, but not above the
