@@ -210,7 +210,11 @@ from what the server *accepted*, by send time:
   ceiling taken for a server that allows no burst was the cap's too: late sends catch up
   again). Nor is a first refusal in the run's first round trip, of a request sent with
   more in flight than the pace sends in a round trip (the first answer came late), taken
-  for one: a cap refuses the request above it however evenly the sends went. Not told,
+  for one: a cap refuses the request above it however evenly the sends went. From such a
+  refusal on, while the last cut kept the told pace and the window, each request out for
+  the shortest round trip seen, carries no more than the told limit, the window alone
+  paces the sends: a place it frees goes at once, not at the pace's next slot (answers
+  come back unevenly, and a freed place waited for it). Not told,
   once the limit is found, a 429 that came back at once (the count in flight is then the
   server's) for a request sent at the ceiling with at least the last cut's window in
   flight, the window full, is the window's as well, and a pace probing above the limit
