@@ -785,10 +785,11 @@ def test_told_the_limit_a_cap_s_window_paces_the_sends_alone(
     window: float, lesson: bool, at_once: bool
 ) -> None:
     # A cap of 10 in flight answering in 0.21 s, told 50/s: its first refusal set a window
-    # of the 10 it held. A place the cap frees goes at once, not at the pace's next slot
-    # (answers come back unevenly, and the pace held a freed place empty until its slot:
-    # 10 in flight took 48.4/s of the 48.8/s they carry). Not when the window, each of
-    # its requests out for the round trip, would carry more than the told limit (11 at
+    # of the 10 it held. A place the cap frees goes without waiting for the pace's next
+    # slot (answers come back unevenly, and the pace held a freed place empty until its
+    # slot: 10 in flight took 48.4/s of the 48.8/s they carry), half a spacing after the
+    # last send (sent together, requests are answered later). Not when the window, each
+    # of its requests out for the round trip, would carry more than the told limit (11 at
     # 0.21 s: 52/s), nor once a lesson of headroom lowered the pace below the told one.
     policy = AimdPolicy(50.0)
     _capped_run(policy, 100.0, 102.0, latency=0.21, cap=10)
@@ -801,11 +802,14 @@ def test_told_the_limit_a_cap_s_window_paces_the_sends_alone(
         state.rate = state.cut_rate = PACED * LEARNED_HEADROOM
     state.last_slot = state.last_sent = 103.0  # a send just went, on its slot
     assert policy.claim(103.001) == math.inf  # the window is full
-    policy.release(103.005)
-    wait = policy.claim(103.005)
+    policy.release(103.002)
+    if at_once:
+        assert policy.claim(103.002) == pytest.approx(CATCH_UP / PACED - 0.002)  # kept apart
+    policy.release(103.012)
+    wait = policy.claim(103.012)
     assert (wait == 0.0) is at_once
     if not at_once:
-        assert wait > 0.01  # the pace's next slot
+        assert wait > 0.005  # the pace's next slot
 
 
 def test_told_the_limit_a_cut_that_was_not_enough_takes_back_the_burstless_mark() -> None:
