@@ -211,7 +211,14 @@ from what the server *accepted*, by send time:
   ceiling taken for a server that allows no burst was the cap's too: late sends catch up
   again). Nor is a first refusal in the run's first round trip, of a request sent with
   more in flight than the pace sends in a round trip (the first answer came late), taken
-  for one: a cap refuses the request above it however evenly the sends went. Not told,
+  for one: a cap refuses the request above it however evenly the sends went. From such a
+  refusal on, while the last cut kept the told pace and the window, each request out for
+  the shortest round trip seen, carries no more than the told limit, the window alone
+  paces the sends: a place it frees goes without waiting for the pace's next slot
+  (answers come back unevenly, and a freed place waited for it), only kept
+  :data:`CATCH_UP` of a spacing after the last send (requests sent together were
+  answered later, the server working on them at once, and a cap's clumps never spread
+  again). Not told,
   once the limit is found, a 429 that came back at once (the count in flight is then the
   server's) for a request sent at the ceiling with at least the last cut's window in
   flight, the window full, is the window's as well, and a pace probing above the limit
@@ -938,7 +945,9 @@ class AimdPolicy:
                 gap = min(spacing, max(HEADROOM * spacing, 1.0 / state.burstless))
             else:
                 gap = CATCH_UP * spacing
-            slot = max(state.last_slot + spacing, state.last_sent + gap)
+            slot = state.last_sent + gap
+            if not self._window_paces():  # (a cap's window paces alone, sends kept apart)
+                slot = max(slot, state.last_slot + spacing)
         slot = max(slot, state.paused_until)
         if slot > now + horizon:
             state.pace_bound_at = now
@@ -1520,6 +1529,39 @@ class AimdPolicy:
         state.window_grows_at = now + max(HOLD, 2 * state.rtt) + PROBE_AFTER
         state.capped = True
         state.burstless = math.inf
+
+    def _window_paces(self) -> bool:
+        """Told the limit, whether the window alone paces the sends: the server refused a
+        request above a window (a cap on requests in flight: ``capped``), the last cut kept
+        the told pace (a cap's: no lesson of headroom, no lower limit since), and the window,
+        each of its requests out for at least the shortest round trip seen, carries no more
+        than the told limit. A send the window allows then goes without waiting for the
+        pace's next slot, only :data:`CATCH_UP` of a spacing after the last send: the cap is
+        what the server counts, and the pace's schedule kept a place the cap had freed
+        empty until its slot (answers come back unevenly, and the pace, 1.5 % under the
+        told limit, is about what the cap carries: 10 in flight at a 0.2-0.21 s latency
+        took 48.4/s of the 48.8/s they carry, now 48.6/s). Sends still go apart: live,
+        sent at once (a place freed goes with no gap), 5-55 % of the requests left within
+        3 ms of another, came back 1.5-8 ms later than the rest (the simulator working on
+        them together), and a cap's clumps never spread again (each send follows an
+        answer): the round trip grew by up to 3 ms and took back all the gain. On the
+        simulated clock (told, 40 seeds 0-39 and 40-79): 10 in flight 1.029x and 1.029x
+        the ideal, now 1.024x and 1.024x; answering at once 1.028x and 1.027x, now 1.020x
+        and 1.021x; 20 in flight at 100/s 1.051x and 1.051x, now 1.045x and 1.045x (at
+        once 1.050x, now 1.042x); no other row moved, told or not, nor the drop/return
+        family, and no more 429s (with no gap: 1.021x, 1.018x and 1.042x).
+        Live, six traced runs each alternated with the code before: a freed place waited
+        0.5-1.1 ms for the pace on average, and the batch took 0.05-0.11 s more than the
+        round trip and the paced start allow (10.52-10.61 s); now 0.02-0.06 s
+        (10.51-10.55 s)."""
+        state = self.state
+        return (
+            self.configured is not None
+            and state.capped
+            and state.cut_rate >= self.ceiling
+            and state.rtt_floor < math.inf  # (a round trip seen)
+            and state.window <= self.configured * state.rtt_floor
+        )
 
     def _grow_window(self, now: float) -> None:
         """The window held senders back: one more per window of answers, but not above the

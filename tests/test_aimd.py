@@ -777,6 +777,41 @@ def test_told_the_limit_only_a_refusal_at_the_ceiling_can_be_the_window_s(
     assert (policy.rate(103.21) == pace) is window_s
 
 
+@pytest.mark.parametrize(
+    ("window", "lesson", "at_once"),
+    [(10.0, False, True), (11.0, False, False), (10.0, True, False)],
+)
+def test_told_the_limit_a_cap_s_window_paces_the_sends_alone(
+    window: float, lesson: bool, at_once: bool
+) -> None:
+    # A cap of 10 in flight answering in 0.21 s, told 50/s: its first refusal set a window
+    # of the 10 it held. A place the cap frees goes without waiting for the pace's next
+    # slot (answers come back unevenly, and the pace held a freed place empty until its
+    # slot: 10 in flight took 48.4/s of the 48.8/s they carry), half a spacing after the
+    # last send (sent together, requests are answered later). Not when the window, each
+    # of its requests out for the round trip, would carry more than the told limit (11 at
+    # 0.21 s: 52/s), nor once a lesson of headroom lowered the pace below the told one.
+    policy = AimdPolicy(50.0)
+    _capped_run(policy, 100.0, 102.0, latency=0.21, cap=10)
+    state = policy.state
+    assert state.capped
+    assert state.window == 10.0
+    state.window, state.in_flight = window, int(window)
+    if lesson:
+        state.headroom = LEARNED_HEADROOM
+        state.rate = state.cut_rate = PACED * LEARNED_HEADROOM
+    state.last_slot = state.last_sent = 103.0  # a send just went, on its slot
+    assert policy.claim(103.001) == math.inf  # the window is full
+    policy.release(103.002)
+    if at_once:
+        assert policy.claim(103.002) == pytest.approx(CATCH_UP / PACED - 0.002)  # kept apart
+    policy.release(103.012)
+    wait = policy.claim(103.012)
+    assert (wait == 0.0) is at_once
+    if not at_once:
+        assert wait > 0.005  # the pace's next slot
+
+
 def test_told_the_limit_a_cut_that_was_not_enough_takes_back_the_burstless_mark() -> None:
     # Seconds at the told limit accepted, then everything refused for half a second (the
     # limit dropped): the first 429, at the ceiling, looks like a send that caught up too
