@@ -455,6 +455,15 @@ _BURST_SPENT = 0.7
 # 0.62-0.84, deeper ones under 0.75, fixed windows nothing or 1.7 times and more.
 _WINDOW_KEPT_LOW = 0.85
 _WINDOW_KEPT_HIGH = 1.6
+# A sliding window the ramp filled refused, counted so, 0.54-0.60 of those sends at 70/s and
+# 100/s: read as a server that refuses only over its rate (under _REREAD_SHARE), its limit
+# was found at about 70 % of its count (2 seeds in 40 at 100/s, 1.57x the ideal). So half of
+# them refused or more, what the server took of them between _WINDOW_KEPT_LOW and this
+# times what it took of the sends one second before is a window's too: in that band it
+# took 1.02-1.04 times as much, a token bucket of burst 1 or a leaky bucket (a ramp a
+# second before well under its rate) 1.3 times and more, nothing before at 30/s (40 seeds,
+# 30-100/s; a fixed window at 30/s 2.4 times).
+_WINDOW_HALF_KEPT_HIGH = 1.2
 # A 429 that came back in under this share of the shortest round trip of an accepted request
 # came back at once (before any answer to the sends around it): the re-read then runs on over
 # the sends of a round trip past the cut (see _instant_reread_until).
@@ -1952,6 +1961,9 @@ class AimdPolicy:
             return
         span = end - start
         accepted = (sent - refused) / span
+        if self._reread_half_window(refused, sent, accepted):
+            self._reread_full_window(now, accepted)
+            return
         if refused >= _REREAD_SHARE * sent:
             # (Not after a 429 that came back at once: those re-reads weigh the ramp's own
             # sends after the first refused one, and these went at the cut's pace.)
@@ -1977,6 +1989,22 @@ class AimdPolicy:
                 self._hold(limit, limit)
                 state.found_by_rate = True
                 state.rate = state.cut_rate = LEARNED_HEADROOM * limit
+
+    def _reread_half_window(self, refused: int, sent: int, accepted: float) -> bool:
+        """Not told, slow start's end re-read: whether the server, refusing half of the
+        sends from the first refused one to the cut or more but under ``_REREAD_SHARE`` of
+        them, is still a sliding window the ramp filled: what it took of them (``accepted``)
+        is ``_WINDOW_KEPT_LOW`` to ``_WINDOW_HALF_KEPT_HIGH`` times what it took of the sends
+        one second before. A server that refuses only over its rate took 1.3 times as much
+        and more there (its ramp a second before was well under its rate); a window, about
+        as much, and read as the former it was held at about 70 % of its count."""
+        state = self.state
+        if self.configured is not None or state.reread_until > state.cut_at:
+            return False
+        if not 2 * refused >= sent or refused >= _REREAD_SHARE * sent:
+            return False
+        before = self._took_a_second_before()
+        return _WINDOW_KEPT_LOW * before <= accepted <= _WINDOW_HALF_KEPT_HIGH * before
 
     def _reread_took_all_at_once(
         self, now: float, refused: int, accepted: float, before: float
