@@ -85,7 +85,10 @@ from what the server *accepted*, by send time:
   most of them but took about what it took of the sends a second before, a sliding window
   the ramp filled is rolling: its count (what it took over the second before the first
   refusal) is the limit found (see below), and the cut is raised to
-  :data:`LEARNED_HEADROOM` of it, not left at the ramp's average.
+  :data:`LEARNED_HEADROOM` of it, not left at the ramp's average. So is one that refused
+  half of them or a little more and took 0.85-1.2 times what it took a second before (a
+  server that refuses only over its rate takes well more: its ramp a second before was
+  under its rate).
   A 429 that came back at once (before any answer to the sends around it: a cap on
   requests in flight, a gateway) has no sends from it to the cut: those re-read run on to
   a round trip past the cut, and a cap that refuses none of them is read as when its 429s
