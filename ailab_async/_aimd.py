@@ -1964,9 +1964,6 @@ class AimdPolicy:
             return
         span = end - start
         accepted = (sent - refused) / span
-        if self._reread_half_window(refused, sent, accepted):
-            self._reread_full_window(now, accepted)
-            return
         if refused >= _REREAD_SHARE * sent:
             # (Not after a 429 that came back at once: those re-reads weigh the ramp's own
             # sends after the first refused one, and these went at the cut's pace.)
@@ -1982,6 +1979,9 @@ class AimdPolicy:
         if self._reread_took_all_at_once(now, refused, accepted, before):
             return
         limit = before if accepted < before <= 2 * accepted else accepted
+        if self._reread_half_window(refused, sent, accepted, limit):
+            self._reread_full_window(now, accepted)
+            return
         rate = min(self.ceiling * state.headroom, self._backoff * limit)
         if rate > self.rate(end):
             state.rate = state.cut_rate = rate
@@ -1993,21 +1993,41 @@ class AimdPolicy:
                 state.found_by_rate = True
                 state.rate = state.cut_rate = LEARNED_HEADROOM * limit
 
-    def _reread_half_window(self, refused: int, sent: int, accepted: float) -> bool:
+    def _reread_half_window(self, refused: int, sent: int, accepted: float, limit: float) -> bool:
         """Not told, slow start's end re-read: whether the server, refusing half of the
         sends from the first refused one to the cut or more but under ``_REREAD_SHARE`` of
-        them, is still a sliding window the ramp filled: what it took of them (``accepted``)
-        is ``_WINDOW_KEPT_LOW`` to ``_WINDOW_HALF_KEPT_HIGH`` times what it took of the sends
-        one second before. A server that refuses only over its rate took 1.3 times as much
-        and more there (its ramp a second before was well under its rate); a window, about
-        as much, and read as the former it was held at about 70 % of its count."""
+        them, is still a sliding window the ramp filled, whose count is above ``limit`` (what
+        reading it as a server that refuses only over its rate would find): what it took of
+        them (``accepted``) is ``_WINDOW_KEPT_LOW`` to ``_WINDOW_HALF_KEPT_HIGH`` times what
+        it took of the sends one second before. At 0.2 s round trips a server that refuses
+        only over its rate took 1.3 times as much and more there (its ramp a second before
+        was well under its rate); a window, about as much, and read as the former at 100/s it
+        was held at about 70 % of its count, refusing nothing: a limit found too low is never
+        contradicted, one found too high is by the next refusal that is no lesson.
+        (At 0.3 s round trips a token bucket of burst 1 at 50/s also took about as much: its
+        count over the ramp's second is under the pace it took in full, and it is not read
+        as a window.)"""
         state = self.state
         if self.configured is not None or state.reread_until > state.cut_at:
             return False
         if not 2 * refused >= sent or refused >= _REREAD_SHARE * sent:
             return False
         before = self._took_a_second_before()
-        return _WINDOW_KEPT_LOW * before <= accepted <= _WINDOW_HALF_KEPT_HIGH * before
+        if not _WINDOW_KEPT_LOW * before <= accepted <= _WINDOW_HALF_KEPT_HIGH * before:
+            return False
+        return self._window_count() > limit
+
+    def _window_count(self) -> float:
+        """What the server took over the second before the first refusal that ended slow
+        start, per second (whole buckets, the refused send's bucket included: its sends
+        before that one filled a sliding window); 0 with too little history."""
+        state = self.state
+        start = state.cut_sent + BUCKET - _LEAD_SPAN
+        low = _bucket_start(max(start, state.first_sent))
+        high = _bucket_start(state.cut_sent) + BUCKET
+        if high - low < _MIN_SPAN:
+            return 0.0
+        return self._took(low, high) / (high - low)
 
     def _reread_took_all_at_once(
         self, now: float, refused: int, accepted: float, before: float
@@ -2133,14 +2153,8 @@ class AimdPolicy:
         before = self._took_a_second_before()
         if not _WINDOW_KEPT_LOW * before <= accepted <= _WINDOW_KEPT_HIGH * before:
             return
-        # (The refused send's bucket included: its sends before it filled the window.)
-        start = state.cut_sent + BUCKET - _LEAD_SPAN
-        low = _bucket_start(max(start, state.first_sent))
-        high = _bucket_start(state.cut_sent) + BUCKET
-        if high - low < _MIN_SPAN:
-            return
-        count = self._took(low, high) / (high - low)
-        if self._backoff * count > self.rate(now):
+        count = self._window_count()
+        if count > 0 and self._backoff * count > self.rate(now):
             # Found: held as if told, one lesson of headroom under it (as a server that
             # refuses only over its rate is, but sends may still catch up: a window allows
             # bursts within its count).
