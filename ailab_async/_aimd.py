@@ -88,7 +88,8 @@ from what the server *accepted*, by send time:
   :data:`LEARNED_HEADROOM` of it, not left at the ramp's average. So is one that refused
   half of them or a little more and took 0.85-1.2 times what it took a second before (a
   server that refuses only over its rate takes well more: its ramp a second before was
-  under its rate).
+  under its rate), if its count is above what the other reading would find: a limit found
+  too low is never refused, one found too high is forgotten at the next refusal.
   A 429 that came back at once (before any answer to the sends around it: a cap on
   requests in flight, a gateway) has no sends from it to the cut: those re-read run on to
   a round trip past the cut, and a cap that refuses none of them is read as when its 429s
@@ -465,7 +466,10 @@ _WINDOW_KEPT_HIGH = 1.6
 # times what it took of the sends one second before is a window's too: in that band it
 # took 1.02-1.04 times as much, a token bucket of burst 1 or a leaky bucket (a ramp a
 # second before well under its rate) 1.3 times and more, nothing before at 30/s (40 seeds,
-# 30-100/s; a fixed window at 30/s 2.4 times).
+# 30-100/s; a fixed window at 30/s 2.4 times), and only if its count is above the limit
+# read the other way (answering after 0.3 s, a token bucket of burst 1 at 50/s took 1.0-1.17
+# times as much there, and its count was under the pace it took in full: read as a window,
+# 1.27x -> 1.32x the ideal).
 _WINDOW_HALF_KEPT_HIGH = 1.2
 # A 429 that came back in under this share of the shortest round trip of an accepted request
 # came back at once (before any answer to the sends around it): the re-read then runs on over
@@ -2006,7 +2010,10 @@ class AimdPolicy:
         contradicted, one found too high is by the next refusal that is no lesson.
         (At 0.3 s round trips a token bucket of burst 1 at 50/s also took about as much: its
         count over the ramp's second is under the pace it took in full, and it is not read
-        as a window.)"""
+        as a window.) A sliding window at 100/s, 40 seeds 0-39 and 40-79: 1.263x and 1.255x
+        the ideal, now 1.248x and 1.248x (seeds 21, 31 and 52 1.565x, now 1.24-1.25x); at
+        30/s, 50/s (told or not, at once or not, the drop/return family) and 70/s, and at
+        0.1-0.35 s round trips, byte-identical."""
         state = self.state
         if self.configured is not None or state.reread_until > state.cut_at:
             return False
