@@ -2012,8 +2012,8 @@ class AimdPolicy:
         count over the ramp's second is under the pace it took in full, and it is not read
         as a window.) A sliding window at 100/s, 40 seeds 0-39 and 40-79: 1.263x and 1.255x
         the ideal, now 1.248x and 1.248x (seeds 21, 31 and 52 1.565x, now 1.24-1.25x); at
-        30/s, 50/s (told or not, at once or not, the drop/return family) and 70/s, and at
-        0.1-0.35 s round trips, byte-identical."""
+        30/s, 50/s (told or not, at once or not, the drop/return family) and 70/s, and
+        answering after 0.1 s or 0.25-0.35 s (50/s and 100/s, 20 seeds), the same."""
         state = self.state
         if self.configured is not None or state.reread_until > state.cut_at:
             return False
