@@ -741,6 +741,36 @@ def test_told_a_dropped_limit_is_known_back_once_its_window_takes_more_than_its_
     assert sum(backs) / len(backs) <= 0.95
 
 
+def test_told_a_dropped_limit_is_probed_often_enough_to_be_found_back_soon() -> None:
+    # The probe of the lower limit refused just before it comes back holds the pace under it
+    # for its hold-off, and the climb after that is where the return is seen: climbing back
+    # to what the server took before the drop within 0.7 s of the refused pace, 45/s came
+    # 0.91 s after the limit was back at 10 s (mean over these seeds), within 0.6 s, 0.74 s.
+    limit = ZOO["50 -> 20 -> 50 per second"][0]
+    backs = []
+    for seed in range(8):
+        run = run_zoo(limit, configured=LIMIT, seed=seed, **LIVE)
+        backs.append(
+            next(t / 100 for t in range(1000, 2000) if run.pace_at(t / 100) >= 0.9 * LIMIT) - 10.0
+        )
+    assert sum(backs) / len(backs) <= 0.8
+
+
+@pytest.mark.parametrize("drop", [2.0, 2.5])
+def test_told_a_limit_low_for_six_seconds_is_still_probed_quickly_when_it_comes_back(
+    drop: float,
+) -> None:
+    # The faster climb refuses more probes in a low phase, and three quick probes spent as
+    # they came were gone before a limit low from 2-2.5 s to 8 s came back: 45/s 3.2-3.6 s
+    # after it (mean over these seeds; 4.2-4.6 s at worst). Spent one a 1.5 s at most, they
+    # last: within 1.3 s every time.
+    limit = RateLimit(LIMIT, shape="sliding-window", schedule=[(drop, 15), (8, LIMIT)])
+    for seed in range(8):
+        run = run_zoo(limit, configured=LIMIT, seed=seed, **LIVE)
+        back = next(t / 100 for t in range(800, 3000) if run.pace_at(t / 100) >= 0.9 * LIMIT)
+        assert back - 8.0 <= 1.3
+
+
 class _JumpsBack(AimdPolicy):
     """A policy that counts the times a dropped limit was taken to be back."""
 
