@@ -801,6 +801,25 @@ def test_told_the_limit_once_a_dropped_limit_is_back_late_sends_are_caught_up_ag
     assert run.accepted_rate(12.0, 14.0) >= 48.0
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_told_once_a_dropped_limit_is_back_the_drops_lesson_in_headroom_is_taken_back(
+    seed: int,
+) -> None:
+    # The drop's first 429 comes at the ceiling, the server having taken every send before
+    # it, and teaches a lesson in headroom (2 %) before the cut proves not enough. The
+    # limit back, the pace went to 98 % of the told one and gave that back one accepted
+    # request at a time (48.6/s a second later); the server took 49/s before the drop.
+    policy = AimdPolicy(LIMIT)
+    run = run_zoo(
+        TABLE_ROWS["50 -> 20 -> 50, at 3 s and 8 s"],
+        configured=LIMIT,
+        seed=seed,
+        policy=policy,
+        **LIVE,
+    )
+    assert run.pace_at(9.2) >= 0.995 * policy.ceiling
+
+
 def test_not_told_once_a_dropped_limit_is_back_late_sends_are_caught_up_again() -> None:
     # Not told, the probes of the lower limit (20/s from 3 s) are refused at 30-45/s, and
     # each marginal refusal marks a server that allows no burst: no late send caught up.
