@@ -35,12 +35,15 @@ finished there: a slow kind of task not seen yet). A small share of tasks
 (``explore_share``) polls once before the plan's first poll, and every task's schedule is
 stretched by a small per-task factor (``jitter``): the evidence keeps measuring what the plan
 would otherwise never look at. The expected polls of a schedule count what it really
-spends: its own polls, the exploratory ones, and one more for each task expected past its
-last poll; what tasks still spend beyond that (polls re-placed by a newer plan, late timers)
-lowers the budget of the next plans (down to one poll per task). That correction counts
-tasks in the order they were submitted, not as they finish (a batch's quick tasks finish
-first, its slow ones last), and only tasks placed once the plan has learned (what learning
-costs is over once learned). While a burst runs, the
+spends: its own polls, the exploratory ones, and for each task expected past its last poll
+as many as the tasks past their plans' last polls were seen to spend there for each one
+expected (at least one: while a long tail is still being learned, more tasks outlive a
+plan than it expects, and each is polled a few times out there, which the correction
+below would learn only once they finish); what tasks still spend beyond that (polls
+re-placed by a newer plan, late timers) lowers the budget of the next plans (down to one
+poll per task). That correction counts tasks in the order they were submitted, not as they
+finish (a batch's quick tasks finish first, its slow ones last), and only tasks placed once
+the plan has learned (what learning costs is over once learned). While a burst runs, the
 tasks that finished before it stay in the evidence, so its slow part is planned from what
 they said. Two polls of one task are never more than ``fallback_interval - min_interval``
 apart, so no task is found more than ``fallback_interval`` after it finished (while polls go
@@ -392,6 +395,8 @@ class _Policy:
     #: How far past the horizon tasks were seen still running: the latest age at which at
     #: least ``_AT_RISK`` of them were (0.0 when fewer are past the horizon).
     frontier: float = 0.0
+    #: The share of tasks the plan expects past its horizon, where it counts one poll each.
+    past: float = 0.0
 
     def mass_at(self, offset: float) -> tuple[float, float]:
         """(P(D <= offset), E[D; D <= offset]), interpolated inside a grid cell."""
@@ -463,6 +468,13 @@ class PollPlanner:
         # from it (see _settle); only tasks placed by a plan that had learned.
         self._ledger: dict[str, _Spending] = {}
         self._ledger_done = 0  # entries of the ledger whose task has finished
+        # What the plans' horizons cost (see _count_past): task id -> [the horizon of the
+        # plan that placed it, the share of tasks that plan expected past it, the task's
+        # polls past it so far]; and, smoothed over the tasks finished, the polls per task
+        # past their plan's horizon and the share the plans expected there.
+        self._past: dict[str, list[float]] = {}
+        self._spent_past = 0.0
+        self._counted_past = 0.0
         # Finished tasks ever, and how many had when recent evidence last disagreed with the
         # plan (a change of durations): the evidence's memory grows with the tasks since.
         self._finished_ever = 0
@@ -502,6 +514,9 @@ class PollPlanner:
         self._cohort.pop(task_id, None)
         self._cohort[task_id] = [0.0, math.inf]
         self._forget_spending(task_id)
+        self._past.pop(task_id, None)
+        if self._plan and self._policy is not None:
+            self._past[task_id] = [self._policy.points[-1], self._policy.past, 0.0]
         # A task placed while the plan still rests on few tasks spends what learning costs
         # (a kind of task not seen yet): that is over once learned, not the plan's miscount.
         learning = max(self.config.min_observations, self.config.window // _LEARNING_SHARE)
@@ -513,6 +528,9 @@ class PollPlanner:
         record = self._cohort.get(task_id)
         if record is not None and record[1] == math.inf:
             record[0] = max(record[0], offset)
+            past = self._past.get(task_id)
+            if past is not None and offset > past[0] + 1e-6:  # past it, not on it
+                past[2] += 1.0
             spending = self._ledger.get(task_id)
             if spending is not None:
                 spending.polls += 1
@@ -529,6 +547,7 @@ class PollPlanner:
         if record is None or record[1] != math.inf:
             return False
         record[1] = max(offset, record[0] + 1e-6)
+        self._count_past(task_id, offset)
         self._finished += 1
         self._finished_ever += 1
         self._new_since_plan += 1
@@ -552,6 +571,7 @@ class PollPlanner:
     def dropped(self, task_id: str) -> None:
         """``task_id`` ended without a completion time (it failed, or tracking stopped)."""
         record = self._cohort.pop(task_id, None)
+        self._past.pop(task_id, None)
         if record is not None and record[1] != math.inf:
             self._finished -= 1
         self._forget_spending(task_id)
@@ -603,6 +623,37 @@ class PollPlanner:
             surprise = min(_MAX_SURPRISE, max(-_MAX_SURPRISE, surprise))
             moved = self._surprise + config.budget_gain * (surprise - self._surprise)
             self._surprise = min(config.target_polls - 1.0, max(-_MAX_SURPRISE, moved))
+
+    def _count_past(self, task_id: str, offset: float) -> None:
+        """Learn what the plans' horizons cost from ``task_id``, seen finished at ``offset``.
+
+        A plan counts one poll for each task it expects past its horizon (the longest
+        completion seen), but while it is still learning a long tail more tasks outlive it
+        than it expects (its longest tasks have not finished yet), and each of them is
+        polled a few times out there (by the later plans that learned them, or the tail's
+        steps). Counted one poll each, log-normal tasks placed by the first learned plans
+        spent 2.2 polls where their plans counted 2.0, and the budget correction learns
+        that only once they finish, in the order they were submitted: behind the slow
+        ones, long after the plans that overspent. This learns it from the tasks that
+        finish first, as the polls per task spent past the horizon of the plan that placed
+        each task against the share of tasks that plan expected there, and the next plans
+        count that many (between one and ``_MAX_PAST_POLLS``) for each task they expect
+        past their horizon. Once the tail has been learned, a plan expects few tasks out
+        there, and what it counts for them moves its schedule little."""
+        past = self._past.pop(task_id, None)
+        if past is None:
+            return
+        horizon, expected, spent = past
+        spent += offset > horizon + 1e-6  # the poll that found it finished
+        self._spent_past += _PAST_GAIN * (spent - self._spent_past)
+        self._counted_past += _PAST_GAIN * (expected - self._counted_past)
+
+    @property
+    def past_polls(self) -> float:
+        """Polls the plans count for each task they expect past their horizon: what such
+        tasks were seen to spend there for each one expected (see :meth:`_count_past`)."""
+        ratio = self._spent_past / max(self._counted_past, _PAST_FLOOR)
+        return min(_MAX_PAST_POLLS, max(1.0, ratio))
 
     @property
     def overspend(self) -> float:
@@ -787,7 +838,9 @@ class PollPlanner:
             if self._plans_made % _CHOOSE_EVERY == 0:
                 self._smoothing = _choose_smoothing(weighted)
             self._plans_made += 1
-        solved = solve_schedules(weighted, budget, config, smoothing=self._smoothing)
+        solved = solve_schedules(
+            weighted, budget, config, smoothing=self._smoothing, past_polls=self.past_polls
+        )
         if solved is not None:
             self._plan, self._dense_plan, self._dense_share, self._plan_polls, self._policy = solved
 
@@ -813,6 +866,27 @@ _PAST_HORIZON = 0.5
 # The budget correction learns from each task's polls beyond what its plan expected,
 # clipped to this many.
 _MAX_SURPRISE = 3.0
+# What a plan's horizon costs (``PollPlanner._count_past``): smoothed over about
+# 1 / _PAST_GAIN finished tasks; the share expected past the horizon floored at _PAST_FLOOR
+# (a learned plan expects next to no task there, and the few just past its last poll must
+# not multiply that by a hundred); at most _MAX_PAST_POLLS polls counted for each task.
+# Measured with ``python -m tests._planner_sim --seeds 8`` (tasks 100-400; seeds 0-7 |
+# 8-15 | 16-31): log-normal 2.06 polls at 0.47x fixed polling's lag -> 2.00 at 0.49x |
+# 2.05 at 0.48x -> 2.01 at 0.49x | 2.07 at 0.49x -> 2.02 at 0.52x; at exactly 2.0 polls
+# (``--at-budget``) 0.495x -> 0.495x | 0.503x -> 0.502x: the same lag for the polls, now
+# within the budget. Shapes that overspent while learning a slow part now spend less and
+# wait a little longer: bimodal 0.80 s at 2.00 polls -> 0.82 s at 1.98 | 0.78 at 2.04 ->
+# 0.81 at 2.01 | 0.78 at 2.03 -> 0.83 at 2.00 (at exactly 2.0 polls 0.233x -> 0.238x |
+# 0.236x -> 0.237x); a batch of 1-6 s tasks 0.77 s at 2.01 -> 0.78 at 1.99 | 0.76 at 2.03
+# -> 0.79 at 1.98; steady 1-6 s tasks unchanged. Long runs of log-normal tasks (1,000,
+# counted from the 300th): 0.503x at 1.98 -> 0.509x at 1.97 | 0.479x at 2.00 -> 0.490x at
+# 2.00 (at exactly 2.0: 0.497x -> 0.495x). Floored at 0.01, log-normal 2.00 | 2.02 polls and
+# the long run 0.505x; so floored and at most 10 polls counted, 1.96 polls at 0.52x (bimodal
+# 0.88 s); one poll for each task that outlives the horizon, not against the share
+# expected, 2.02 | 2.03 polls.
+_PAST_GAIN = 0.1
+_PAST_FLOOR = 0.05
+_MAX_PAST_POLLS = 3.0
 # Tasks placed before the plan rests on a 1/_LEARNING_SHARE of the window teach the budget
 # correction nothing. Measured with ``python -m tests._planner_sim --seeds 8``: counting
 # them all, the bimodal shape paid back its learning for the rest of the run (1.09 s lag at
@@ -1273,11 +1347,12 @@ def solve_schedules(
     config: PollingConfig,
     *,
     smoothing: float | None = None,
+    past_polls: float = 1.0,
 ) -> tuple[list[float], list[float], float, tuple[float, float], _Policy] | None:
     """The lag-minimising schedules just within and just over ``budget`` polls per task,
     the share of tasks to put on the denser one so that the mean meets the budget, their
     expected polls, and the policy that continues either from any poll (``None``: no
-    evidence)."""
+    evidence); each task expected past the schedules' last poll counts ``past_polls``."""
     if not any(high != math.inf for _, high, _ in observations):
         return None
     longest = max(high for _, high, _ in observations if high != math.inf)
@@ -1297,8 +1372,9 @@ def solve_schedules(
     windows = _windows(points, config.fallback_interval - config.min_interval, config.min_interval)
     # Polls every schedule spends that the dynamic programme does not see: the exploratory
     # ones, and at least one more for each task past the schedule's last poll (the mass
-    # trimmed off the grid, and tasks still running past the longest completion seen).
-    unseen = config.explore_share + trimmed + beyond
+    # trimmed off the grid, and tasks still running past the longest completion seen):
+    # ``past_polls`` each, as many as such tasks were seen to spend (PollPlanner._past).
+    unseen = config.explore_share + (trimmed + beyond) * past_polls
 
     def solve(cost: float) -> tuple[list[float], float, list[float]]:
         schedule, polls, value = _best_schedule(points, below, moment, cost, windows)
@@ -1345,5 +1421,7 @@ def solve_schedules(
         _AT_RISK, (low for low, high, _ in observations if high == math.inf and low > points[-1])
     )
     frontier = seen_running[-1] if len(seen_running) == _AT_RISK else 0.0
-    policy = _Policy(points, below, moment, sparse_value, dense_value, edge, frontier)
+    policy = _Policy(
+        points, below, moment, sparse_value, dense_value, edge, frontier, trimmed + beyond
+    )
     return sparse_plan, dense_plan, share, (sparse_polls, dense_polls), policy

@@ -220,10 +220,11 @@ def told_truth(
         config: PollingConfig,
         *,
         smoothing: float | None = None,
+        past_polls: float = 1.0,
     ) -> tuple[list[float], list[float], float, tuple[float, float], _Policy] | None:
         durations = fixed if fixed is not None else [sampler(rng, 0, 0) for _ in range(draws)]
         exact = [(d - 1e-6, d, 1.0) for d in durations]
-        return solve(exact, budget, config, smoothing=smoothing)
+        return solve(exact, budget, config, smoothing=smoothing, past_polls=past_polls)
 
     with mock.patch.object(_polling, "solve_schedules", told):
         yield

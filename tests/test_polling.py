@@ -505,6 +505,55 @@ def test_a_task_seen_running_at_the_horizon_counts_wholly_beyond_it() -> None:
     assert policy.mass_below[-1] == pytest.approx(0.5, abs=0.01)
 
 
+def test_each_task_expected_past_the_horizon_counts_the_polls_given() -> None:
+    """Half the tasks still running past the longest completion seen: counted three polls
+    each instead of one, the schedule has that much less to spend on what it knows."""
+    finished = [(1.0 + index / 10, 1.1 + index / 10, 1.0) for index in range(50)]
+    running = [(5.95, math.inf, 1.0)] * 50
+    once = solve_schedules(finished + running, 3.0, PollingConfig())
+    thrice = solve_schedules(finished + running, 3.0, PollingConfig(), past_polls=3.0)
+    assert once is not None
+    assert thrice is not None
+    assert thrice[-1].past == pytest.approx(0.5, abs=0.01)
+    assert min(thrice[3]) >= 0.5 * 3.0  # the polls it counts include three for each
+    assert thrice[0][0] > once[0][0]  # its first poll later: fewer polls before the horizon
+
+
+def _planner_of_quick_tasks() -> PollPlanner:
+    """A plan learned from 80 tasks of 1-1.9 s (the longest first), each seen finished 0.1 s
+    after a poll."""
+    planner = PollPlanner()
+    for index in range(80):
+        done = 1.9 - (index % 10) / 10
+        planner.observe(done - 0.1, done)
+    return planner
+
+
+def test_tasks_outliving_their_plan_teach_what_its_horizon_costs() -> None:
+    """A batch of 8 s tasks placed by a plan that knows only 1-2 s ones, each polled four
+    times past its horizon, where the plan expected next to no task: the next plans count
+    three polls (the most) for each task they expect past their horizon."""
+    planner = _planner_of_quick_tasks()
+    assert planner.past_polls == 1.0  # every task finished within its plan's horizon
+    for index in range(20):
+        planner.submitted(f"slow-{index}")
+    for index in range(20):
+        for offset in (3.0, 5.0, 7.0):
+            planner.not_done(f"slow-{index}", offset)
+    for index in range(20):
+        planner.finished(f"slow-{index}", 8.0)
+    assert planner.past_polls == 3.0
+
+
+def test_dropped_tasks_teach_nothing_about_the_horizon() -> None:
+    planner = _planner_of_quick_tasks()
+    planner.submitted("slow")
+    planner.not_done("slow", 7.0)
+    planner.dropped("slow")
+    assert planner.past_polls == 1.0
+    assert planner._past == {}
+
+
 def _planner_with_tasks_running_past_the_horizon(running: int, oldest: float) -> PollPlanner:
     """Quick tasks (1-2 s) have finished; ``running`` others were last seen running at ages
     spread from 2.2 s up to ``oldest``, past everything seen finish (a slow kind of task
