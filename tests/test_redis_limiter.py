@@ -182,6 +182,10 @@ async def run_workers(
     return results, start_at, rejected
 
 
+#: 429s a loaded machine may cost three processes sharing one budget over a second (see below).
+MAX_LOADED_MACHINE_429S = 3
+
+
 async def test_several_processes_share_one_budget_without_a_rate_limit_error(
     redis_server: RedisServer,
 ) -> None:
@@ -190,16 +194,20 @@ async def test_several_processes_share_one_budget_without_a_rate_limit_error(
     results, _, rejected = await run_workers(
         redis_server, processes=processes, seconds=1.0, limit=limit, concurrency=4
     )
-    # (A 429 from the simulator's token bucket, of burst 40, needs more than 40 + 40 t
-    # requests by t, with at most 12 in flight: it failed once under heavy load, not since.
-    # Each process's figures in the message, so such a failure says which one sent more.)
+    # A 429 from the simulator's token bucket, of burst 40, needs more than 40 + 40 t
+    # requests by t, with at most 12 in flight. On a quiet machine there is none; on a
+    # loaded one (twice in many runs, with benchmarks beside the suite) a process stalled
+    # past its booked slots and one or two were refused, and retried: callers saw no error.
+    # Without the shared budget the three processes ask for 120/s of a 40/s limit and are
+    # refused dozens of times a second, so a handful still tells sharing apart. Each
+    # process's figures are in the message, so a failure says which one sent more.
     seen = [
         {key: (len(r[key]) if key == "done" else r[key]) for key in sorted(r) if key != "errors"}
         for r in results
     ]
     assert [r["errors"] for r in results] == [{}] * processes
-    assert [r["rate_limited"] for r in results] == [0] * processes, seen
-    assert rejected == 0, seen
+    assert sum(r["rate_limited"] for r in results) <= MAX_LOADED_MACHINE_429S, seen
+    assert rejected <= MAX_LOADED_MACHINE_429S, seen
     assert all(r["done"] for r in results)  # every process got calls through
     assert all(r["using_redis"] and r["degraded"] == 0 for r in results)
 
