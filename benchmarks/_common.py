@@ -82,6 +82,17 @@ def environment() -> dict[str, str]:
     }
 
 
+def run_record(started: float) -> dict[str, Any]:
+    """When a run started and finished (UTC, from ``time.time()`` values) and the load average
+    as it finished: a run beside other CPU-heavy work reads slower, and the report says so."""
+    stamp = "%Y-%m-%dT%H:%M:%SZ"
+    return {
+        "started": time.strftime(stamp, time.gmtime(started)),
+        "finished": time.strftime(stamp, time.gmtime()),
+        "load_average": [round(value, 2) for value in os.getloadavg()],
+    }
+
+
 # --- output -------------------------------------------------------------------------------------
 
 

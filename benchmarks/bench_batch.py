@@ -84,6 +84,7 @@ from ._common import (
     png_chunk,
     png_head,
     progress_printer,
+    run_record,
     sample_portraits,
     write_json,
 )
@@ -851,6 +852,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = asyncio.run(rss_child_run(url, key, args.rss_photos, args.concurrency))
         print(json.dumps(report))
         return 0
+    started = time.time()
     result = run_benchmark(
         photos=args.photos,
         rps=args.rps,
@@ -864,7 +866,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(format_table(result))
     if args.json:
-        write_json(args.json, result.to_json())
+        write_json(args.json, {**result.to_json(), "run": run_record(started)})
     return 1 if args.check and result.misses() else 0
 
 

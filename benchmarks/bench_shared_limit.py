@@ -41,6 +41,7 @@ import argparse
 import asyncio
 import collections
 import sys
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -60,6 +61,7 @@ from ._common import (
     progress_printer,
     redis_server_version,
     run_credit_workers,
+    run_record,
     write_json,
 )
 
@@ -358,6 +360,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
+    started = time.time()
     results = run_benchmark(
         processes=args.processes,
         rate=args.rate,
@@ -374,6 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_seconds(results))
     if args.json:
         payload = {
+            "benchmark": "shared-limit",
+            "run": run_record(started),
             "settings": {
                 "processes": args.processes,
                 "rate": args.rate,
@@ -382,7 +387,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
             "environment": _environment(),
             "phases": [
-                {**asdict(r), "ideal_seconds": r.ideal_seconds, "ratio": r.ratio} for r in results
+                {
+                    **asdict(r),
+                    "ideal_seconds": r.ideal_seconds,
+                    "ratio": r.ratio,
+                    "meets_target": r.meets_target,
+                }
+                for r in results
             ],
         }
         write_json(args.json, payload)

@@ -80,6 +80,7 @@ from ._common import (
     official_sdk,
     progress_printer,
     rss_bytes,
+    run_record,
     sample_portraits,
     write_json,
 )
@@ -887,6 +888,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
+    started = time.time()
     if args.shapes:
         chosen = [shape for shape in SHAPES if args.shape_filter in shape[0]]
         rows = run_shapes(
@@ -905,7 +907,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
             write_json(
                 args.json,
-                {"benchmark": "tracker-shapes", "lane_seed": args.lane_seed, "shapes": payload},
+                {
+                    "benchmark": "tracker-shapes",
+                    "lane_seed": args.lane_seed,
+                    "environment": environment(),
+                    "run": run_record(started),
+                    "shapes": payload,
+                },
             )
         return 1 if args.check and not all(row.meets_target() for row in rows) else 0
     result = run_benchmark(
@@ -924,7 +932,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(format_table(result))
     if args.json:
-        write_json(args.json, result.to_json())
+        write_json(args.json, {**result.to_json(), "run": run_record(started)})
     if args.check and not result.meets_target():
         return 1
     return 0

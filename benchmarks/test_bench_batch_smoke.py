@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import report
 from benchmarks.bench_batch import (
     SCENARIO_ADAPTIVE,
     SCENARIO_OFFICIAL,
@@ -71,3 +72,7 @@ def test_batch_benchmark_cli_writes_json(tmp_path: Path) -> None:
     assert run["timeline"][-1]["pace"] > 0  # the pace is sampled (the plot reads it)
     assert run["ratio"] > 0
     assert "rate_limited" in run["client_stats"]
+    # The latest-run page reads the file: when it ran, and the shape's row.
+    assert written["run"]["finished"] >= written["run"]["started"]
+    page = report.render({report.kind_of(written): written})
+    assert "| sliding window 1 s | 0.2 |" in page

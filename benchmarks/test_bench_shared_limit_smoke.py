@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench_shared_limit import PHASES, main
+from benchmarks import report
+from benchmarks.bench_shared_limit import DEFAULT_PHASES, PHASES, main
 
 
 @pytest.mark.benchmark
@@ -25,7 +26,7 @@ def test_shared_limit_benchmark_reports_every_phase(
 
     written = json.loads(out.read_text(encoding="utf-8"))
     phases = {phase["phase"]: phase for phase in written["phases"]}
-    assert set(phases) == {phase.label for phase in PHASES.values()}
+    assert set(phases) == {PHASES[key].label for key in DEFAULT_PHASES}
     for phase in phases.values():
         assert phase["rate"] == 20
         assert len(phase["per_process"]) == 2
@@ -35,6 +36,8 @@ def test_shared_limit_benchmark_reports_every_phase(
     assert phases["shared, told 1.5x"]["told_rate"] == 30
     assert phases["shared, told the limit"]["caller_errors"] == {}
     assert written["environment"]["redis-server"] != "not installed"
+    page = report.render({report.kind_of(written): written})  # the latest-run page reads it
+    assert "| sliding | shared, told the limit | 20 |" in page
 
     table = capsys.readouterr().out
     for text in ("shared, told the limit", "per-process limit", "x ideal", "429s"):

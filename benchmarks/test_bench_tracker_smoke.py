@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import report
 from benchmarks.bench_tracker import FIXED, OFFICIAL, TRACKER, main
 
 TINY = [
@@ -27,6 +28,8 @@ def test_tracker_benchmark_reports_lag_polls_cpu_and_memory(
 
     assert code == 0  # no --check: the figures never decide the exit status
     written = json.loads(out.read_text(encoding="utf-8"))
+    page = report.render({report.kind_of(written): written})  # the latest-run page reads it
+    assert f"| {TRACKER} | 16 |" in page
     for name in (TRACKER, FIXED):
         side = written["sides"][name]
         assert side["unavailable"] is None
@@ -71,7 +74,10 @@ def test_tracker_shapes_table_reports_every_column(
     code = main([*SHAPES_TINY, "--json", str(out)])
 
     assert code == 0  # no --check: the figures never decide the exit status
-    rows = json.loads(out.read_text(encoding="utf-8"))["shapes"]
+    written = json.loads(out.read_text(encoding="utf-8"))
+    rows = written["shapes"]
+    page = report.render({report.kind_of(written): written})  # the latest-run page reads it
+    assert "| uniform 1-6 s, burst |" in page
     assert [row["shape"] for row in rows] == ["uniform 1-6 s", "uniform 1-6 s, burst"]
     for row in rows:
         assert row["failed"] == 0

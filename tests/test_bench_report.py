@@ -1,0 +1,175 @@
+"""The latest-run page: one Markdown page from the benchmarks' ``--json`` files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import report
+from benchmarks.bench_batch import SCENARIO_ADAPTIVE, SCENARIO_OFFICIAL, SCENARIO_RATE_LIMIT
+
+RUN = {"started": "2026-12-04T07:47:01Z", "finished": "2026-12-04T07:54:12Z"}
+ENV = {"python": "3.11.7", "aiohttp": "3.14.5", "cpus": "2"}
+
+
+def _batch_run(scenario: str, shape: str, ratio: float, **extra: Any) -> dict[str, Any]:
+    target = {SCENARIO_ADAPTIVE: 1.15, SCENARIO_RATE_LIMIT: 1.05}.get(scenario)
+    run = {
+        "scenario": scenario,
+        "shape": shape,
+        "photos": 500,
+        "succeeded": 500,
+        "ideal_seconds": 10.0,
+        "ratio": ratio,
+        "rate_limited": 12,
+        "rate_limited_share": 0.024,
+        "target_ratio": target,
+        "recovered_rate": None,
+        "unavailable": None,
+        "meets_target": None if target is None else ratio <= target,
+    }
+    return {**run, **extra}
+
+
+def _batch() -> dict[str, Any]:
+    return {
+        "benchmark": "batch",
+        "photos": 500,
+        "rps": 50.0,
+        "latency": 0.2,
+        "concurrency": 32,
+        "environment": ENV,
+        "run": {**RUN, "load_average": [0.31, 0.52, 0.47]},
+        "runs": [
+            _batch_run(SCENARIO_ADAPTIVE, "sliding window 1 s", 1.12),
+            _batch_run(SCENARIO_RATE_LIMIT, "sliding window 1 s", 1.03),
+            _batch_run(SCENARIO_OFFICIAL, "sliding window 1 s", 0.37, succeeded=193),
+            _batch_run(SCENARIO_ADAPTIVE, "10 in flight", 1.12),
+            # 1.0501 rounds to the target: the page must not print "1.05x (≤ 1.05x)" as a miss.
+            _batch_run(SCENARIO_RATE_LIMIT, "10 in flight", 1.0501),
+            _batch_run(SCENARIO_OFFICIAL, "10 in flight", 0.0, unavailable="not installed"),
+        ],
+        "rss": None,
+    }
+
+
+def _shared(*, with_verdict: bool) -> dict[str, Any]:
+    phases = []
+    cases = (("shared, told the limit", 1.11, 1.10), ("per-process", 3.2, None))
+    for phase, ratio, target in cases:
+        entry = {
+            "shape": "leaky",
+            "phase": phase,
+            "told_rate": 40.0,
+            "calls": 400,
+            "per_process": [100, 100, 100, 100],
+            "ratio": ratio,
+            "target": target,
+            "rejected_429": 10,
+            "caller_errors": {},
+        }
+        if with_verdict:
+            entry["meets_target"] = None if target is None else ratio <= target
+        phases.append(entry)
+    data = {
+        "settings": {"processes": 4, "rate": 40.0, "calls": 100, "concurrency": 4},
+        "environment": ENV,
+        "phases": phases,
+    }
+    return {"benchmark": "shared-limit", "run": RUN, **data} if with_verdict else data
+
+
+def _shape(name: str, spec: str, lag: float, polls: float, ratio: float) -> dict[str, Any]:
+    return {
+        "shape": name,
+        "spec": spec,
+        "tracker": {"tasks": 300, "mean_lag": lag, "mean_polls": polls},
+        "fixed": {"tasks": 300, "mean_lag": lag / ratio, "mean_polls": 2.2},
+        "max_wait": 3.9,
+        "failed": 0,
+        "ratio": ratio,
+        "meets": False,
+    }
+
+
+def _shapes() -> dict[str, Any]:
+    return {
+        "benchmark": "tracker-shapes",
+        "environment": ENV,
+        "run": RUN,
+        "shapes": [
+            _shape("uniform 1-6 s", "1:6", 0.79, 2.01, 0.31),
+            _shape("log-normal, median 3 s", "lognormal:3:0.8:120", 1.3, 1.99, 0.51),
+            {**_shape("queue-growing", "queue:0.02/1:6", 1.2, 2.58, 0.49), "meets": False},
+        ],
+    }
+
+
+def test_a_batch_row_shows_both_scenarios_the_official_sdk_and_only_real_misses() -> None:
+    page = report.render({"batch": _batch()})
+
+    assert "| sliding window 1 s | 10.0 | 1.12x (≤ 1.15x) | 1.03x (≤ 1.05x) |" in page
+    assert "61% of photos lost to 429s" in page  # 307 of 500 lost by the official SDK
+    assert "not run: not installed" in page
+    # A miss by a hair is printed with the digit that shows it, in bold, and listed on top.
+    assert "**missed: 1.050x (≤ 1.05x)**" in page
+    assert "- batch, 10 in flight: `rate_limit` set 1.050x" in page
+    assert "sliding window 1 s: " not in page.split("## ")[0]  # met: not in the list
+    assert "Run 2026-12-04 07:47:01-07:54:12 UTC, load average at the end 0.31 / 0.52" in page
+
+
+def test_every_target_met_is_said_so() -> None:
+    data = _batch()
+    data["runs"] = [run for run in data["runs"] if run["shape"] == "sliding window 1 s"]
+
+    assert "Every target was met in this run." in report.render({"batch": data})
+
+
+@pytest.mark.parametrize("with_verdict", [True, False], ids=["verdict", "older file"])
+def test_shared_budget_misses_are_judged_like_the_benchmark(with_verdict: bool) -> None:
+    data = _shared(with_verdict=with_verdict)
+
+    assert report.kind_of(data) == "shared-limit"  # older files name no benchmark
+    page = report.render({"shared-limit": data})
+    assert "| leaky | shared, told the limit | 40 | **missed: 1.11x (≤ 1.10x)** | 10 | none |" in (
+        page
+    )
+    assert "| leaky | per-process | 40 | 3.20x | 10 | none |" in page
+    assert "- shared budget, leaky, shared, told the limit: 1.11x" in page
+
+
+def test_a_shape_row_marks_the_half_of_its_target_it_missed() -> None:
+    page = report.render({"tracker-shapes": _shapes()})
+
+    # Uniform tasks are judged on their lag (0.79 s meets 0.8 s), the others on the ratio.
+    assert "| uniform 1-6 s | 0.79 s | **missed: 2.01** | 2.55 s | 0.31x | ≤ 0.8 s |" in page
+    assert "| log-normal, median 3 s | 1.30 s | 1.99 | 2.55 s | **missed: 0.51x** |" in page
+    assert "- tracker, uniform 1-6 s: polls 2.01" in page
+    assert "- tracker, log-normal, median 3 s: ratio 0.51x" in page
+    assert "no schedule that keeps that guarantee spends under 2.14" in page
+
+
+def test_the_cli_writes_the_page_from_files_and_refuses_what_it_cannot_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = []
+    for name, data in (("batch", _batch()), ("shapes", _shapes())):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(data), encoding="utf-8")
+        paths.append(str(path))
+    out = tmp_path / "latest-run.md"
+
+    assert report.main([*paths, "--out", str(out)]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert page.startswith("# Latest benchmark run")
+    assert page.index("## A batch") < page.index("## Detection lag on other")
+
+    assert report.main([paths[0], paths[0]]) == 2  # the same benchmark twice
+    assert "two files of the same benchmark" in capsys.readouterr().err
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"benchmark": "overhead"}), encoding="utf-8")
+    assert report.main([str(other)]) == 2
+    assert "not the JSON of" in capsys.readouterr().err
