@@ -155,6 +155,7 @@ def _batch(data: Json, misses: list[str]) -> list[str]:
         f"429s and failed: with no configuration / with `rate_limit`; target ≤ "
         f"{BATCH_429_SHARE:.0%} of requests refused and none failed.",
     ]
+    lines += [BATCH_NOTES[shape] for shape in by_shape if shape in BATCH_NOTES]
     rss = data.get("rss")
     if rss:
         met = rss.get("meets_target")
@@ -171,6 +172,16 @@ def _batch(data: Json, misses: list[str]) -> list[str]:
         if met is False:
             misses.append(f"batch memory: peak RSS {rss['peak_rss_mib']:.1f} MiB")
     return lines
+
+
+BATCH_NOTES = {
+    "50 -> 20 -> 50/s (3 s, 8 s)": (
+        "\nTold the limit, the changing limit cannot reach 1.05x: a client told the schedule that "
+        "learns of each change as soon as any client that reacts can (at the first answer to a "
+        "request sent after it) reads about 1.055x on the simulated clock "
+        "(`python -m tests._rate_zoo --told`)."
+    ),
+}
 
 
 def _ideal(runs: dict[str, Json]) -> float:

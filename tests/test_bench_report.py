@@ -118,6 +118,7 @@ def test_a_batch_row_shows_both_scenarios_the_official_sdk_and_only_real_misses(
     assert "**missed: 1.050x (≤ 1.05x)**" in page
     assert "- batch, 10 in flight: `rate_limit` set 1.050x" in page
     assert "sliding window 1 s: " not in page.split("## ")[0]  # met: not in the list
+    assert "cannot reach 1.05x" not in page  # said only where the changing limit was run
     assert "Run 2026-12-04 07:47:01-07:54:12 UTC, load average at the end 0.31 / 0.52" in page
 
 
@@ -173,3 +174,14 @@ def test_the_cli_writes_the_page_from_files_and_refuses_what_it_cannot_read(
     other.write_text(json.dumps({"benchmark": "overhead"}), encoding="utf-8")
     assert report.main([str(other)]) == 2
     assert "not the JSON of" in capsys.readouterr().err
+
+
+def test_the_changing_limit_row_says_how_close_a_reacting_client_can_come() -> None:
+    data = _batch()
+    shape = "50 -> 20 -> 50/s (3 s, 8 s)"
+    data["runs"] = [_batch_run(SCENARIO_RATE_LIMIT, shape, 1.064, recovered_rate=49.0)]
+
+    page = report.render({"batch": data})
+    assert "**missed: 1.06x (≤ 1.05x), 49/s accepted 5 s after the return**" in page
+    assert "cannot reach 1.05x" in page
+    assert "reads about 1.055x on the simulated clock" in page
