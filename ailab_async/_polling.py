@@ -7,8 +7,8 @@ its first poll" is the interval ``(0, t]``, and a task still pending says ``(las
 every ``half_life`` tasks after a change of durations (recent tasks that disagree with the
 plan's estimate), so a drift is followed, and every ``5 x half_life`` while they hold, so a
 long tail's schedule rests on enough tasks; at such a change the old tasks' completion times
-are moved by as much as the recent tasks say durations moved, until the new ones have
-finished. From these interval-censored data the
+are moved by as much as the tasks since the change say durations moved, until the new ones
+have finished. From these interval-censored data the
 planner estimates the completion-time distribution on a grid with Turnbull's
 self-consistency (EM) rounds (each sharing an interval's weight by a smoothed estimate;
 once durations have held for long, as smoothed as each half of the evidence says predicts
@@ -753,7 +753,8 @@ class PollPlanner:
         until ``_SETTLE`` tasks have finished since (the tasks in flight when it came), then
         growing by one for each task finished, up to ``_LONG_MEMORY`` times ``half_life``.
         A change after durations had held moves the old durations' evidence to where the
-        recent tasks say they now are (:func:`_carry_over`), so the plan does not wait for
+        tasks since the change say they now are (:func:`_carry_over`, from
+        :func:`_change_start`), so the plan does not wait for
         the new durations' slowest tasks to finish before reaching past the old ones.
         While more than three quarters of a window are pending (a batch), its tasks (all of
         one age, seen together) are most of the recent evidence, and the plan follows them
@@ -769,8 +770,9 @@ class PollPlanner:
         if policy is not None and _changed(recent, policy):
             if self._half_life > config.half_life and not batch:
                 # The durations had held (the memory had grown): carry them over to where
-                # the recent tasks say they now are (see _carry_over).
-                _carry_over(evidence[: len(evidence) - len(recent)], recent, policy)
+                # the tasks since the change say they now are (see _carry_over).
+                start = _change_start(evidence, policy)
+                _carry_over(evidence[:start], evidence[start:], policy)
             self._calm_since = self._finished_ever
             self._change_mark = recent[0]
         if batch:
@@ -1014,8 +1016,23 @@ _LONG_MEMORY = 5.0
 # shift over-reached on the upward drift (3-9 s is no 1-6 s stretched: 1.5-3.5 times, by
 # which the plans stayed too sparse to see their error); a queue's batch (its later tasks
 # wait longer) is one batch, not a change to carry over (0.54x -> 0.75x unguarded).
+# The shift is measured on the tasks since the change (``_change_start``: where, within the
+# last _CHANGE_REACH tasks, the evidence starts to disagree with the plan), not on the last
+# _RECENT: those are the youngest, most seen running once or twice, and when the change is
+# seen (about 95 tasks after it on the upward drift) the tasks before them since the change
+# were moved with the old ones as if they were old durations. Found from the last 40, the
+# shift read 1.4-2.3 s on the upward drift (seeds 0-3; the medians moved by 2.5 s), from
+# the change's start 1.6-3.0 s. Measured with the harness (``python -m tests._planner_sim``,
+# seeds 0-7 | 8-15 | 16-31): 1-6 s then 3-9 s 2.046 polls at 0.512x -> 2.036 at 0.507x |
+# 2.060 at 0.497x -> 2.057 at 0.485x | 2.054 at 0.491x -> 2.040 at 0.496x (at exactly 2.0,
+# ``--at-budget``: 0.545x -> 0.532x | 0.530x -> 0.506x | 0.532x -> 0.526x); 3-9 s then 1-6 s
+# 1.802 at 0.441x -> 1.815 at 0.437x | 1.812 at 0.432x -> 1.818 at 0.427x | 1.810 at 0.446x
+# -> 1.815 at 0.446x; every other shape, and long log-normal runs, the same to the last
+# digit. Reaching 150 or 250 tasks back finds the same starts on the drifts, but moves a
+# growing queue (0.543x -> 0.549x on seeds 16-31).
 _SHIFT_ROUNDS = 16
 _CARRY_RUNNING = 4
+_CHANGE_REACH = 2 * _RECENT
 
 
 def _cells(horizon: float) -> int:
@@ -1257,13 +1274,38 @@ def _shift(recent: list[list[float]], policy: _Policy) -> float:
     return (low + high) / 2.0
 
 
+def _change_start(evidence: list[list[float]], policy: _Policy) -> int:
+    """Where the change of durations that :func:`_changed` found in the last ``_RECENT``
+    tasks of ``evidence`` began: of the indexes from ``_CHANGE_REACH`` tasks back to
+    ``_RECENT // 2`` from the end, the one from which on the tasks disagree most with
+    ``policy``'s estimate (:func:`_changed`'s middles, their excess over 1/2 summed, in
+    standard errors of that sum).
+
+    The last ``_RECENT`` tasks are the youngest, most of them seen running once or twice;
+    the tasks submitted since the change before them (older: some finished, the others seen
+    running for longer) say more of how far the durations moved, and left among the tasks
+    before the change, they were moved by it as if they were old durations."""
+    total = len(evidence)
+    first = max(0, total - _CHANGE_REACH)
+    best, start = -1.0, max(0, total - _RECENT)
+    excess = 0.0
+    for index in range(total - 1, first - 1, -1):
+        low, high = evidence[index]
+        excess += (_estimated_below(policy, low) + _estimated_below(policy, high)) / 2.0 - 0.5
+        score = abs(excess) / math.sqrt(total - index)
+        if total - index >= _RECENT // 2 and score > best:
+            best, start = score, index
+    return start
+
+
 def _carry_over(before: list[list[float]], recent: list[list[float]], policy: _Policy) -> None:
     """At a change of durations, move the tasks that finished before it (``before``, in
-    place) by the :func:`_shift` under which the ``recent`` tasks agree with ``policy``'s
-    estimate: until the new durations' own tasks have finished, their shape comes from the
-    old ones, moved to where the recent tasks say they now are. Without it, a drift to
-    longer tasks is planned as if its tasks finished by the longest completion seen before
-    it, and its tasks in flight are polled there, again and again, each poll "not done".
+    place) by the :func:`_shift` under which the ``recent`` tasks (those since the change)
+    agree with ``policy``'s estimate: until the new durations' own tasks have finished,
+    their shape comes from the old ones, moved to where the recent tasks say they now are.
+    Without it, a drift to longer tasks is planned as if its tasks finished by the longest
+    completion seen before it, and its tasks in flight are polled there, again and again,
+    each poll "not done".
     Not when the tasks before the change are few (a plan still learning), or many of them
     still running (a batch draining, whose later tasks wait longer in the provider's
     queue: one batch, not old durations to carry over)."""

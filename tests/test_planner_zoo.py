@@ -73,11 +73,12 @@ DRIFT_UP = "drift 1-6 s -> 3-9 s"
 #: Where the planner misses a target today, with the harness's figures (eight seeds).
 MISSES_POLLS = {
     QUEUE: "2.62 polls: no schedule keeping the fallback guarantee spends under 2.14 here",
-    # The tasks placed by the old plan spend 2.7 polls each (tasks 200-250; 3.4 before the
-    # old durations were carried over at the change); the new durations leave the budget
-    # almost no room to pay that back (the sparsest schedule keeping the fallback guarantee
-    # spends about 1.8), so the lag rises instead.
-    DRIFT_UP: "2.05 polls at 0.51x fixed polling's lag",
+    # The tasks placed by the old plan spend 2.65 polls each (tasks 200-250; 3.4 before the
+    # old durations were carried over at the change, 2.7 while the shift was measured on the
+    # last 40 tasks only); the new durations leave the budget almost no room to pay that
+    # back (the sparsest schedule keeping the fallback guarantee spends about 1.8), so the
+    # lag rises instead. Seeds 8-15: 2.06 polls at 0.49x; 16-31: 2.04 at 0.50x.
+    DRIFT_UP: "2.04 polls at 0.51x fixed polling's lag",
     # (Log-normal keeps to it since its plans count what the tasks past their horizon spend
     # there: 2.00 polls at 0.49x, seeds 8-15 2.01 at 0.49x, 16-31 2.02 at 0.52x; it was 2.06
     # at 0.47x, learning the long part: tasks 100-200 were placed before their slow ones had
@@ -86,7 +87,7 @@ MISSES_POLLS = {
 }
 MISSES_RATIO = {
     QUEUE: "0.55x at 2.62 polls",
-    DRIFT_UP: "0.51x at 2.05 polls",
+    DRIFT_UP: "0.51x at 2.04 polls (at exactly 2.0 polls: 0.53x)",
 }
 
 
@@ -242,7 +243,9 @@ def test_the_blocks_split_the_steady_state_without_losing_a_task() -> None:
     assert sum(b.polls for b in parts) / len(parts) == pytest.approx(whole.polls_per_task)
     assert sum(b.lag for b in parts) / len(parts) == pytest.approx(whole.mean_lag)
     drifted = parts[2]  # tasks 200-250: the first 3-9 s ones
-    assert drifted.polls > drifted.expected + 0.5, drifted
+    # 2.45 polls where their plans counted 2.00 (2.69 while the old durations were moved by
+    # what the last 40 tasks said, not by every task since the change).
+    assert drifted.polls > drifted.expected + 0.4, drifted
 
 
 def test_the_attribution_shows_where_a_plan_runs_out_of_knowledge() -> None:

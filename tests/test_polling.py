@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import statistics
 from typing import Any
 
 import pytest
@@ -887,6 +888,29 @@ def test_a_change_to_longer_tasks_moves_the_old_evidence_to_where_they_now_are()
     assert planner.memory == 40.0  # a change
     assert planner.plan[-1] > 7.5
     assert planner.plan[0] > old_plan[0] + 0.5
+
+
+def test_a_change_is_measured_on_every_task_since_it_not_only_the_last_forty() -> None:
+    """Durations move from 1-6 s to 3-9 s: the change is seen some 20-30 tasks after it,
+    when the last 40 tasks are still partly the old durations. The old tasks are moved by
+    as much as the tasks since the change say (where the evidence starts to disagree with
+    the plan), not by the last 40 mixed: the plan then expects next to none of the new
+    tasks finished by 3 s (0.034 of them over six seeds, where the last 40 said 0.121; the
+    median 5.65 s, not 5.02 s: the new durations' is 6 s)."""
+    early, medians = [], []
+    for seed in range(6):
+        rng = random.Random(seed)
+        planner = PollPlanner()
+        for _ in range(400):
+            _polled_every_half_second(planner, rng, 1.0, 6.0)
+        while planner.memory > planner.config.half_life:  # until the change is seen
+            _polled_every_half_second(planner, rng, 3.0, 9.0)
+        policy = planner._policy
+        assert policy is not None
+        early.append(policy.mass_at(3.0)[0])
+        medians.append(next(point for point in policy.points if policy.mass_at(point)[0] >= 0.5))
+    assert statistics.fmean(early) <= 0.06, early
+    assert statistics.fmean(medians) >= 5.4, medians
 
 
 def test_a_batch_still_running_is_not_old_evidence_to_move() -> None:
