@@ -29,7 +29,9 @@ the live benchmark's machine, :data:`LIVE_MEASURED` the same measured at the ser
 seconds ahead (no queue), sleeps until it and reports the booked time as the send time (the
 policy knows it books ahead, as the store's does); with ``report_delay``, the shared state
 hears of an accepted request's answer up to that long after it (the store reports answers
-with the process's next call), and counts it in flight meanwhile. When the input runs out (a
+with the process's next call), and counts it in flight meanwhile; a booking sender that
+wakes later after its slot than the policy's ``late_limit`` gives it back and books again,
+as the store's does. When the input runs out (a
 sender asks for an item after the last one), the policy is told to wind down, as
 ``client.map`` tells the limiter (``wind_down=False``: not). It records what the tests
 assert on: the wall time against the ideal, the 429s, the cuts, and the pace over time.
@@ -351,10 +353,19 @@ def run_zoo(
             policy.state.window_bound_at = noted
         if booked:
             slot = t + wait
-            at(slot + late(), lambda now: send(now, worker, slot))
+            at(slot + late(), lambda now: send_booked(now, worker, slot))
         else:
             again = _RECHECK_BOOKING if math.isinf(wait) else wait - booking / 2
             at(t + max(_RECHECK_BOOKING, again) + late(), lambda now: book(now, worker))
+
+    def send_booked(t: float, worker: int, slot: float) -> None:
+        # The store's sender, woken later than the policy's limit after its slot, gives the
+        # slot back (not in flight: released now) and books another.
+        if t - slot > policy.late_limit():
+            policy.release(t)
+            book(t, worker)
+            return
+        send(t, worker, slot)
 
     def send(t: float, worker: int, slot: float | None = None) -> None:
         nonlocal first_send, in_flight

@@ -1348,3 +1348,14 @@ def test_told_the_limit_a_server_refusing_from_the_first_sends_refuses_more_as_j
     _leaky_run(in_process, 100.0, 101.3, rate=1000.0, refuse=refuse)
     assert not in_process.state.no_burst
     assert in_process.rate(101.3) < 0.8 * pace
+
+
+def test_a_late_sender_gives_its_slot_back_only_at_a_server_known_to_allow_no_burst() -> None:
+    # A store that books ahead, told the limit: a sender woken late takes the room of the
+    # next process's send only at a server that allows no burst (once the shared state
+    # knows it: AimdState.no_burst); elsewhere a late send costs nothing, and giving its
+    # slot back would waste it.
+    policy = AimdPolicy(40.0, books_ahead=True)
+    assert policy.late_limit() == math.inf
+    policy.state.no_burst = True
+    assert 0 < policy.late_limit() < 1 / 40

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -426,6 +427,53 @@ async def test_a_sender_sleeps_till_its_slot_by_the_clock_not_from_the_booking_s
     # sleeping the booked wait itself is what the upper bound rules out.
     assert booked.wait > 0.05
     assert booked.wait - 0.08 <= sleeps.sleeps[-1] <= booked.wait - 0.025
+
+
+class WokenLate:
+    """A sleeper that moves ``limiter``'s local clock on by the sleep, and by each of
+    ``late`` more (one a sleep, in turn): a sender woken that late after its slot."""
+
+    def __init__(self) -> None:
+        self.limiter: RedisRateLimiter | None = None
+        self.late: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        assert self.limiter is not None
+        self.limiter._clock_offset += seconds + (self.late.pop(0) if self.late else 0.0)
+
+
+async def test_a_sender_woken_too_late_for_its_slot_gives_it_back_and_books_another(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Once the shared state knows the server allows no burst (told the limit, refused from
+    # the first sends), a sender woken more than the policy's late_limit after its slot
+    # would take the room of the next process's send, on time, and the server would refuse
+    # that one: it gives the slot back (not in flight on Redis) and books another.
+    monkeypatch.setattr(redis_limiter_module, "_HORIZON", 5.0)
+    sleeper = WokenLate()
+    decisions: list[Decision] = []
+    async with RedisRateLimiter(
+        redis_server.url, name=budget_name(), rate=10, sleep=sleeper
+    ) as limiter:
+        sleeper.limiter = limiter
+        budget = limiter._budget
+        reserve = budget.reserve
+
+        async def no_burst_known(*args: Any, **kwargs: Any) -> Decision:
+            decision = await reserve(*args, **kwargs)
+            decisions.append(decision)
+            return attrs.evolve(decision, late_limit=0.05)
+
+        budget.reserve = no_burst_known  # type: ignore[method-assign]
+        await limiter.acquire()
+        sleeper.late = [0.2]  # the next sender wakes 0.2 s after its slot, then on time
+        sent = await limiter.acquire()
+        await limiter.flush()
+        booked = [decision.send_at for decision in decisions if decision.booked]
+        assert limiter.late_slots_given_back == 1
+        assert len(booked) == 3
+        assert sent == booked[2] > booked[1]  # the slot it woke too late for, given back
+        assert await in_flight(redis_server, limiter.key) == 2
 
 
 @pytest.mark.parametrize(

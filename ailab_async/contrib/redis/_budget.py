@@ -84,6 +84,9 @@ class Decision:
     #: hand-off to the sender, takes nothing off the sleep otherwise).
     read_at: float | None = None
     read_error: float = math.inf
+    #: How late (seconds) a sender may still send on its booked slot; one that wakes later
+    #: gives it back and books another (see :meth:`~ailab_async._aimd.AimdPolicy.late_limit`).
+    late_limit: float = math.inf
 
     @property
     def send_at(self) -> float:
@@ -262,7 +265,16 @@ class SharedBudget:
     ) -> Decision:
         policy = self._policy
         known = policy.configured is not None or policy.state.cut
-        return Decision(wait, booked, policy.rate(at), at, cut, known, policy.state.window_bound_at)
+        return Decision(
+            wait,
+            booked,
+            policy.rate(at),
+            at,
+            cut,
+            known,
+            policy.state.window_bound_at,
+            late_limit=policy.late_limit(),
+        )
 
     async def _reading(
         self, pipe: Pipeline | None = None

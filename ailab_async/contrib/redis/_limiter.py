@@ -203,6 +203,8 @@ class RedisRateLimiter:
         )
         self._using_redis = True
         self._shared_rate = self._rate
+        # How late a sender may send on its slot, as last seen (see Decision.late_limit).
+        self._late_limit = math.inf
         # When the shared window last held a sender back, as last seen (Redis's clock).
         self._window_bound_at = -math.inf
         # Answers not yet told to Redis: (sent_at, answered_at) successes, release times.
@@ -227,6 +229,8 @@ class RedisRateLimiter:
         #: Times Redis became unreachable / reachable again (for health checks and tests).
         self.degraded_count = 0
         self.recovered_count = 0
+        #: Slots given back by senders that woke too late for them (see Decision.late_limit).
+        self.late_slots_given_back = 0
 
     # -- the RateLimiter protocol ----------------------------------------------------------
 
@@ -268,23 +272,33 @@ class RedisRateLimiter:
         """Wait for the next send slot; return its time on Redis's clock (seconds)."""
         if self._closed:
             raise ClientClosedError("the Redis rate limiter is closed")
-        if self._using_redis:
-            send_at = await self._queue_for_slot()
-            if send_at is not None:
-                wait = send_at - self._local_clock()  # see _ClockOffset
-                if wait > 0:
-                    try:
-                        await self._sleep(wait)
-                    except asyncio.CancelledError:
-                        self._unbook()  # booked, never sent: not in flight
-                        raise
-                self._booked[send_at] += 1
-                if self._keeper is None:
-                    self._keeper = asyncio.get_running_loop().create_task(self._keep_alive())
-                    self._keeper.add_done_callback(self._report_done)  # a bug in it is logged
-                return send_at
-            if self._closed:
-                raise ClientClosedError("the Redis rate limiter is closed")
+        late = False
+        while self._using_redis:
+            send_at = await self._queue_for_slot(first=late)
+            if send_at is None:
+                break
+            wait = send_at - self._local_clock()  # see _ClockOffset
+            if wait > 0:
+                try:
+                    await self._sleep(wait)
+                except asyncio.CancelledError:
+                    self._unbook()  # booked, never sent: not in flight
+                    raise
+            late = self._local_clock() - send_at > self._late_limit
+            if late:
+                # Woke too late for it (a server that allows no burst would refuse the next
+                # process's send, on time, after this one): given back, and booked again,
+                # first in this process's queue.
+                self.late_slots_given_back += 1
+                self._unbook()
+                continue
+            self._booked[send_at] += 1
+            if self._keeper is None:
+                self._keeper = asyncio.get_running_loop().create_task(self._keep_alive())
+                self._keeper.add_done_callback(self._report_done)  # a bug in it is logged
+            return send_at
+        if self._closed:
+            raise ClientClosedError("the Redis rate limiter is closed")
         return await self._fallback.acquire()
 
     def on_success(self, sent_at: float) -> None:
@@ -384,11 +398,15 @@ class RedisRateLimiter:
 
     # -- internals ---------------------------------------------------------------------------
 
-    async def _queue_for_slot(self) -> _Slot:
-        """Wait in this process's queue for the booker to reserve a slot for this sender."""
+    async def _queue_for_slot(self, *, first: bool = False) -> _Slot:
+        """Wait in this process's queue (at its head if ``first``: a sender that gave its
+        slot back) for the booker to reserve a slot for this sender."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[_Slot] = loop.create_future()
-        self._waiting.append(waiter)
+        if first:
+            self._waiting.appendleft(waiter)
+        else:
+            self._waiting.append(waiter)
         if self._booker is None:
             self._booker = loop.create_task(self._book())
             self._booker.add_done_callback(self._report_done)  # a bug in it is logged
@@ -476,6 +494,7 @@ class RedisRateLimiter:
 
     def _observe(self, decision: Decision) -> None:
         self._shared_rate = decision.rate
+        self._late_limit = decision.late_limit
         self._window_bound_at = max(self._window_bound_at, decision.window_bound_at)
         if decision.read_at is None:  # Redis's clock given (tests): read at its answer
             now = time.time()
