@@ -358,13 +358,17 @@ def run_zoo(
             again = _RECHECK_BOOKING if math.isinf(wait) else wait - booking / 2
             at(t + max(_RECHECK_BOOKING, again) + late(), lambda now: book(now, worker))
 
+    gave_back: set[int] = set()  # workers whose request gave a slot back already
+
     def send_booked(t: float, worker: int, slot: float) -> None:
         # The store's sender, woken later than the policy's limit after its slot, gives the
-        # slot back (not in flight: released now) and books another.
-        if t - slot > policy.late_limit():
+        # slot back (not in flight: released now) and books another, once per request.
+        if worker not in gave_back and t - slot > policy.late_limit():
+            gave_back.add(worker)
             policy.release(t)
             book(t, worker)
             return
+        gave_back.discard(worker)
         send(t, worker, slot)
 
     def send(t: float, worker: int, slot: float | None = None) -> None:

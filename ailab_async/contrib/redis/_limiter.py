@@ -272,9 +272,9 @@ class RedisRateLimiter:
         """Wait for the next send slot; return its time on Redis's clock (seconds)."""
         if self._closed:
             raise ClientClosedError("the Redis rate limiter is closed")
-        late = False
+        given_back = False
         while self._using_redis:
-            send_at = await self._queue_for_slot(first=late)
+            send_at = await self._queue_for_slot(first=given_back)
             if send_at is None:
                 break
             wait = send_at - self._local_clock()  # see _ClockOffset
@@ -284,11 +284,12 @@ class RedisRateLimiter:
                 except asyncio.CancelledError:
                     self._unbook()  # booked, never sent: not in flight
                     raise
-            late = self._local_clock() - send_at > self._late_limit
-            if late:
+            if not given_back and self._local_clock() - send_at > self._late_limit:
                 # Woke too late for it (a server that allows no burst would refuse the next
                 # process's send, on time, after this one): given back, and booked again,
-                # first in this process's queue.
+                # first in this process's queue. Once per send: an event loop too busy to
+                # wake on time for any slot would otherwise never send at all.
+                given_back = True
                 self.late_slots_given_back += 1
                 self._unbook()
                 continue
