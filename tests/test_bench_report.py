@@ -148,8 +148,8 @@ def test_a_shape_row_marks_the_half_of_its_target_it_missed() -> None:
     # Uniform tasks are judged on their lag (0.79 s meets 0.8 s), the others on the ratio.
     assert "| uniform 1-6 s | 0.79 s | **missed: 2.01** | 2.55 s | 0.31x | ≤ 0.8 s |" in page
     assert "| log-normal, median 3 s | 1.30 s | 1.99 | 2.55 s | **missed: 0.51x** |" in page
-    assert "- tracker, uniform 1-6 s: polls 2.01" in page
-    assert "- tracker, log-normal, median 3 s: ratio 0.51x" in page
+    assert "- tracker shapes, uniform 1-6 s: polls 2.01" in page
+    assert "- tracker shapes, log-normal, median 3 s: ratio 0.51x" in page
     assert "no schedule that keeps that guarantee spends under 2.14" in page
 
 
@@ -185,3 +185,25 @@ def test_the_changing_limit_row_says_how_close_a_reacting_client_can_come() -> N
     assert "**missed: 1.06x (≤ 1.05x), 49/s accepted 5 s after the return**" in page
     assert "cannot reach 1.05x" in page
     assert "reads about 1.055x on the simulated clock" in page
+
+
+def test_a_tracker_run_over_its_target_is_listed_with_its_figures() -> None:
+    steady = {"tasks": 1000, "mean_lag": 0.8031, "lag_error": 0.019, "p95_lag": 1.98}
+    data = {
+        "benchmark": "tracker",
+        "settings": {"tasks": 1100, "rate": 20.0, "duration": "1:6", "learning": 100},
+        "environment": ENV,
+        "run": RUN,
+        "target": {"mean_lag": 0.8, "mean_polls": 2.0},
+        "meets_target": False,
+        "sides": {
+            "ailab-async tracker": {"unavailable": None, "steady": {**steady, "mean_polls": 1.969}},
+            "ailabtools-sdk": {"unavailable": "not installed"},
+        },
+    }
+
+    page = report.render({"tracker": data})
+    assert "- tracker, 1100 tasks of 1-6 s: mean lag 0.803 s at 1.97 polls per task" in page
+    assert "| ailab-async tracker | 1000 | 0.803 s ± 0.019 | 1.98 s | 1.97 |" in page
+    assert "| ailabtools-sdk | not run: not installed |" in page
+    assert "polls per task: **missed**." in page
