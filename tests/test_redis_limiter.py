@@ -442,8 +442,17 @@ class WokenLate:
         self.limiter._clock_offset += seconds + (self.late.pop(0) if self.late else 0.0)
 
 
-async def test_a_sender_woken_too_late_for_its_slot_gives_it_back_and_books_another(
-    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "late",
+    [
+        pytest.param([0.2], id="late once"),
+        # On an event loop too busy to wake on time for any slot, giving every late slot
+        # back would never send: the second slot is used however late the sender wakes.
+        pytest.param([0.2, 0.2, 0.2], id="late for every slot"),
+    ],
+)
+async def test_a_sender_woken_too_late_for_its_slot_gives_it_back_once_and_books_another(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, late: list[float]
 ) -> None:
     # Once the shared state knows the server allows no burst (told the limit, refused from
     # the first sends), a sender woken more than the policy's late_limit after its slot
@@ -466,45 +475,13 @@ async def test_a_sender_woken_too_late_for_its_slot_gives_it_back_and_books_anot
 
         budget.reserve = no_burst_known  # type: ignore[method-assign]
         await limiter.acquire()
-        sleeper.late = [0.2]  # the next sender wakes 0.2 s after its slot, then on time
+        sleeper.late = late  # the next sender wakes 0.2 s after its slot (then maybe on time)
         sent = await limiter.acquire()
         await limiter.flush()
         booked = [decision.send_at for decision in decisions if decision.booked]
         assert limiter.late_slots_given_back == 1
         assert len(booked) == 3
         assert sent == booked[2] > booked[1]  # the slot it woke too late for, given back
-        assert await in_flight(redis_server, limiter.key) == 2
-
-
-async def test_a_sender_gives_a_slot_back_once_then_sends_even_if_late_again(
-    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # On an event loop too busy to wake on time for any slot, giving every late slot back
-    # would never send: the second slot is used however late the sender wakes for it.
-    monkeypatch.setattr(redis_limiter_module, "_HORIZON", 5.0)
-    sleeper = WokenLate()
-    decisions: list[Decision] = []
-    async with RedisRateLimiter(
-        redis_server.url, name=budget_name(), rate=10, sleep=sleeper
-    ) as limiter:
-        sleeper.limiter = limiter
-        budget = limiter._budget
-        reserve = budget.reserve
-
-        async def no_burst_known(*args: Any, **kwargs: Any) -> Decision:
-            decision = await reserve(*args, **kwargs)
-            decisions.append(decision)
-            return attrs.evolve(decision, late_limit=0.05)
-
-        budget.reserve = no_burst_known  # type: ignore[method-assign]
-        await limiter.acquire()
-        sleeper.late = [0.2, 0.2, 0.2]  # late for every slot
-        sent = await limiter.acquire()
-        await limiter.flush()
-        booked = [decision.send_at for decision in decisions if decision.booked]
-        assert limiter.late_slots_given_back == 1
-        assert len(booked) == 3
-        assert sent == booked[2]
         assert await in_flight(redis_server, limiter.key) == 2
 
 
