@@ -62,7 +62,7 @@ def test_tracker_benchmark_reports_lag_polls_cpu_and_memory(
 
 SHAPES_TINY = [
     *("--shapes", "--shape-filter", "uniform 1-6 s", "--shape-tasks", "16"),
-    *("--shape-learning", "6", "--rate", "40", "--quiet"),
+    *("--shape-learning", "6", "--rate", "40", "--quiet", "--shape-draws", "1"),
 ]
 
 
@@ -86,6 +86,49 @@ def test_tracker_shapes_table_reports_every_column(
         assert row["fixed"]["mean_lag"] > 0
         assert 0 <= row["max_wait"] <= 5.0
         assert isinstance(row["meets"], bool)
+        assert [draw["seed"] for draw in row["draws"]] == [0]
+        assert row["lag_error"] is None  # one draw: no spread
+        assert row["polls_error"] is None
     table = capsys.readouterr().out
     for text in ("mean lag", "polls/task", "fixed 5 s", "ratio", "max wait", "uniform 1-6 s"):
         assert text in table
+    assert "1 draw of 16 tasks (seed 0)" in table
+    assert "±" not in table
+
+
+@pytest.mark.benchmark
+def test_tracker_shapes_pool_their_draws(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "shapes.json"
+    code = main(
+        [
+            *("--shapes", "--shape-filter", "burst", "--shape-tasks", "16"),
+            *("--shape-learning", "6", "--rate", "40", "--quiet"),
+            *("--shape-draws", "2", "--seed", "5", "--lane-seed", "11", "--json", str(out)),
+        ]
+    )
+
+    assert code == 0
+    written = json.loads(out.read_text(encoding="utf-8"))
+    assert written["draws"] == 2
+    (row,) = written["shapes"]
+    draws = row["draws"]
+    # Each draw has its own seeds: other arrivals, other durations, other lanes.
+    assert [(draw["seed"], draw["lane_seed"]) for draw in draws] == [(5, 11), (6, 12)]
+    assert [draw["tasks"] for draw in draws] == [10, 10]
+    assert row["tracker"]["tasks"] == row["fixed"]["tasks"] == 20
+    # The row pools the draws' tasks: each draw weighs by its tasks.
+    weighted = sum(d["tasks"] * d["mean_polls"] for d in draws) / sum(d["tasks"] for d in draws)
+    assert row["tracker"]["mean_polls"] == pytest.approx(weighted)
+    lag = sum(d["tasks"] * d["mean_lag"] for d in draws) / sum(d["tasks"] for d in draws)
+    assert row["tracker"]["mean_lag"] == pytest.approx(lag)
+    assert row["max_wait"] == max(d["max_wait"] for d in draws)
+    assert row["lag_error"] is not None
+    assert row["polls_error"] is not None
+    page = report.render({report.kind_of(written): written})
+    assert "2 draws of 16 tasks each per shape (seeds 5-6)" in page
+    assert f"{draws[0]['mean_polls']:.2f}/{draws[0]['mean_lag']:.2f} · " in page
+    table = capsys.readouterr().out
+    assert "2 draws of 16 tasks each (seeds 5..6, lanes 11..12)" in table
+    assert f"{row['tracker']['mean_polls']:.2f} ± {row['polls_error']:.2f}" in table

@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks import report
 from benchmarks.bench_batch import SCENARIO_ADAPTIVE, SCENARIO_OFFICIAL, SCENARIO_RATE_LIMIT
+from benchmarks.bench_tracker import DrawSamples, pool_draws, shapes_json
 
 RUN = {"started": "2026-12-04T07:47:01Z", "finished": "2026-12-04T07:54:12Z"}
 ENV = {"python": "3.11.7", "aiohttp": "3.14.5", "cpus": "2"}
@@ -207,3 +208,78 @@ def test_a_tracker_run_over_its_target_is_listed_with_its_figures() -> None:
     assert "| ailab-async tracker | 1000 | 0.803 s ± 0.019 | 1.98 s | 1.97 |" in page
     assert "| ailabtools-sdk | not run: not installed |" in page
     assert "polls per task: **missed**." in page
+
+
+def _draw(seed: int, lags: list[float], polls: list[int], fixed_lag: float) -> DrawSamples:
+    return DrawSamples(
+        seed=seed,
+        lane_seed=None,
+        tracker_lags=lags,
+        tracker_polls=polls,
+        fixed_lags=[fixed_lag] * len(lags),
+        fixed_polls=[2] * len(lags),
+        max_wait=max(lags) + 2.0,
+        failed=0,
+    )
+
+
+def test_pooled_shape_rows_render_their_standard_error_and_their_draws() -> None:
+    # Two draws of unequal size: pooled, each weighs by its tasks (2 and 4), not as one mean.
+    lognormal = pool_draws(
+        "log-normal, median 3 s",
+        "lognormal:3:0.8:120",
+        False,
+        [_draw(4, [0.6, 1.0], [2, 2], 2.0), _draw(5, [0.4, 0.6, 0.8, 0.6], [1, 2, 2, 1], 2.4)],
+    )
+    # One draw over 2.0 polls, one under: judged on the pooled 2.0, the row meets its target.
+    uniform = pool_draws(
+        "uniform 1-6 s",
+        "1:6",
+        False,
+        [_draw(4, [0.7, 0.7], [2, 3], 2.5), _draw(5, [0.7], [1], 2.5)],
+    )
+    data = shapes_json(
+        [lognormal, uniform], tasks=8, learning=2, rate=20.0, seed=4, draws=2, lane_seed=None
+    )
+
+    assert lognormal.tracker.tasks == 6
+    assert lognormal.tracker.mean_polls == pytest.approx(10 / 6)  # not (2.0 + 1.5) / 2
+    assert lognormal.tracker.mean_lag == pytest.approx(4.0 / 6)
+    assert lognormal.ratio == pytest.approx((4.0 / 6) / ((4.0 + 9.6) / 6))
+    assert lognormal.polls_error == pytest.approx(0.25)  # stdev(2.0, 1.5) / sqrt(2)
+    assert lognormal.lag_error == pytest.approx(0.1)  # stdev(0.8, 0.6) / sqrt(2)
+    assert lognormal.max_wait == pytest.approx(3.0)
+    assert uniform.meets_target()
+    assert [row["draws"][1]["seed"] for row in data["shapes"]] == [5, 5]
+    page = report.render({report.kind_of(data): data})
+    assert "2 draws of 8 tasks each per shape (seeds 4-5)" in page
+    assert "| draws (polls, lag) |" in page
+    assert (
+        "| log-normal, median 3 s | 0.67 s ± 0.10 | 1.67 ± 0.25 | 2.27 s | 0.29x | ≤ 0.5x "
+        "| 3.00 s | 0 | 2.00/0.80 · 1.50/0.60 |"
+    ) in page
+    assert "| uniform 1-6 s | 0.70 s ± 0.00 | 2.00 ± 0.75 |" in page
+    assert "| 2.50/0.70 · 1.00/0.70 |" in page
+    assert "Every target was met in this run." in page
+
+
+def test_a_shapes_file_written_before_the_draws_renders_as_it_did() -> None:
+    page = report.render({"tracker-shapes": _shapes()})
+
+    assert "300 tasks of each shape after the first ones the planner learns from" in page
+    assert "draws (polls, lag)" not in page
+    assert "±" not in page
+    assert (
+        "| queue-growing | 1.20 s | **missed: 2.58** | 2.45 s | 0.49x | ≤ 0.5x | 3.90 s | 0 |"
+        in (page)
+    )
+    assert "- tracker shapes, queue-growing: polls 2.58" in page
+
+
+def test_a_shape_figure_missed_by_a_hair_is_printed_with_the_digit_that_shows_it() -> None:
+    data = _shapes()
+    data["shapes"] = [_shape("uniform 1-6 s, burst", "1:6", 0.8038, 2.004, 0.33)]
+
+    page = report.render({"tracker-shapes": data})
+    assert "| uniform 1-6 s, burst | **missed: 0.804 s** | **missed: 2.004** |" in page
+    assert "- tracker shapes, uniform 1-6 s, burst: lag 0.804 s, polls 2.004" in page
