@@ -17,11 +17,12 @@ knows the durations' distribution, not each task's, can reach at a budget); besi
 and solver leave on the table. ``python -m tests._planner_sim`` prints the whole table.
 
 The shapes draw fresh durations for each seed; a live shape table
-(``python -m benchmarks.bench_tracker --shapes``) polls one draw, the durations its
-simulator gives its images. :func:`live_shapes` are those very tasks
-(``python -m tests._planner_sim --live-shapes``): a live table is set beside the harness on
-them, not beside the shapes' means, which another draw of 400 tasks moves by up to a tenth
-of a poll per task.
+(``python -m benchmarks.bench_tracker --shapes``) polls a few draws (three by default: seeds
+0, 1 and 2), the durations its simulator gives its images. :func:`live_shapes` are those
+very tasks (``python -m tests._planner_sim --live-shapes [--draws N]``, pooled over the
+draws as the live table pools them): a live table is set beside the harness on them, not
+beside the shapes' means, which another draw of 400 tasks moves by up to a tenth of a poll
+per task.
 """
 
 from __future__ import annotations
@@ -660,21 +661,27 @@ def shape_table(
     skip: int = 100,
     slack: float = 0.0,
     live: bool = False,
+    draws: int = 1,
 ) -> str:
     """The benchmark's distribution table, from the harness: one line per shape, with the
     bounds on the same tasks: the fewest polls any schedule keeping the fallback guarantee
     spends ("least"), and the lag of the best fixed schedule for them at the budget. Runs
     of ``tasks`` tasks, the steady state after the first ``skip`` of each; with ``live``,
-    the live shape table's own tasks (:func:`live_shapes`), one run per seed of lanes."""
+    the live shape table's own tasks (:func:`live_shapes`), one run per seed of lanes, for
+    each of its first ``draws`` draws (seeds 0, 1, ...: the tasks the live table's draws
+    poll, ``bench_tracker --shapes --shape-draws``), pooled over the draws as it pools them."""
     config = config or PollingConfig()
     lines = [
         f"{'shape':<26} {'lag s':>6} {'polls':>6} {'fixed s':>7} {'ratio':>6} {'max s':>6}"
         f" | {'least':>5} {'best s':>6} {'polls':>6} {'ratio':>6} | {'opt s':>6} {'ratio':>6}",
     ]
-    table = live_shapes(tasks) if live else shapes(tasks)
-    for name, (arrivals, sampler) in table.items():
-        result = figures(arrivals, sampler, config, skip=skip, seeds=seeds, slack=slack)
-        durations = steady_durations(arrivals, sampler, skip, seeds)
+    tables = [live_shapes(tasks, seed=draw) for draw in range(draws)] if live else [shapes(tasks)]
+    for name in tables[0]:
+        runs = [
+            figures(*table[name], config, skip=skip, seeds=seeds, slack=slack) for table in tables
+        ]
+        result = _pooled(runs)
+        durations = [d for table in tables for d in steady_durations(*table[name], skip, seeds)]
         least = statistics.fmean(least_polls(d, config) for d in durations)
         best_lag, best_polls = best_fixed(durations, config.target_polls)
         fixed = fixed_polling_lag(durations)
@@ -691,6 +698,18 @@ def shape_table(
             f"{bound}"
         )
     return "\n".join(lines)
+
+
+def _pooled(runs: Sequence[Figures]) -> Figures:
+    """Figures over the tasks of several runs together (each weighs by its tasks)."""
+    tasks = sum(run.tasks for run in runs)
+    return Figures(
+        tasks=tasks,
+        mean_lag=sum(run.mean_lag * run.tasks for run in runs) / tasks,
+        polls_per_task=sum(run.polls_per_task * run.tasks for run in runs) / tasks,
+        max_lag=max(run.max_lag for run in runs),
+        fixed_lag=sum(run.fixed_lag * run.tasks for run in runs) / tasks,
+    )
 
 
 def live_durations(
@@ -948,6 +967,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         " 0.05): what a live shape table can expect, to set beside it",
     )
     parser.add_argument(
+        "--draws",
+        type=int,
+        default=3,
+        help="with --live-shapes: the live table's first N draws of tasks (seeds 0..N-1, as"
+        " bench_tracker --shapes --shape-draws N polls them), pooled (default 3)",
+    )
+    parser.add_argument(
         "--attribute",
         action="store_true",
         help="per block of 50 steady-state tasks: polls / what their plans expected, lag,"
@@ -965,6 +991,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--seeds must be at least 1")
     if not 0 <= args.skip < args.tasks:
         parser.error("--skip must be at least 0 and below --tasks")
+    if args.draws < 1:
+        parser.error("--draws must be at least 1")
     if args.told_once and not args.told:
         parser.error("--told-once: with --told N")
     if args.told:
@@ -1006,7 +1034,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error("--slack is for the shape table")
         print(attribution_table(**run))
     elif args.live_shapes:
-        print(shape_table(**run, slack=args.slack or _LAUNCH_SLACK, live=True))
+        print(shape_table(**run, slack=args.slack or _LAUNCH_SLACK, live=True, draws=args.draws))
     else:
         print(shape_table(**run, slack=args.slack))
 

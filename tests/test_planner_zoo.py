@@ -506,23 +506,52 @@ def test_the_live_benchmarks_tasks_are_the_simulators() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["log-normal, median 3 s", "queue-growing", "drift 3-9 s -> 1-6 s"]
+    ("name", "draw"),
+    [
+        ("log-normal, median 3 s", 0),
+        ("queue-growing", 0),
+        ("drift 3-9 s -> 1-6 s", 0),
+        ("log-normal, median 3 s", 2),
+        ("uniform 1-6 s, burst", 1),
+    ],
 )
-def test_the_live_shape_tables_tasks_are_the_simulators(name: str) -> None:
+def test_the_live_shape_tables_tasks_are_the_simulators(name: str, draw: int) -> None:
     """``live_shapes`` (``python -m tests._planner_sim --live-shapes``) are the tasks the live
     shape table's simulator gives its images, submitted at its arrivals: durations that read
-    the server's state at a submit (a growing queue, a drift after 200 tasks) included."""
+    the server's state at a submit (a growing queue, a drift after 200 tasks) included; for
+    each of its draws (seed ``draw``: arrivals and durations)."""
     spec = {shape: spec for shape, spec, _ in BENCH_SHAPES}[name]
     tasks = 250
-    arrivals, sampler = planner_sim.live_shapes(tasks)[name]
+    arrivals, sampler = planner_sim.live_shapes(tasks, seed=draw)[name]
     clock = ManualClock()
-    state = SimulatorState(_simulator_config(spec, 0), clock)
+    state = SimulatorState(_simulator_config(spec, draw), clock)
     drawn = []
     for image, at in zip(sample_portraits(tasks, IMAGE_SIDE), arrivals, strict=True):
         clock.advance(at - clock.now())
         drawn.append(state.create_task("key", state.digest(image), image, 0.5).duration)
     rng = random.Random(0)
     assert [sampler(rng, index, 0) for index in range(tasks)] == drawn
+
+
+def test_the_harness_pools_the_live_tables_draws_as_it_does() -> None:
+    """``--live-shapes --draws N`` sets the live table's pooled row beside the harness's: every
+    figure over the draws' tasks together, each draw weighing by its tasks (the benchmark's
+    ``pool_draws``), the longest wait the longest of any draw."""
+    runs = [
+        planner_sim.Figures(
+            tasks=300, mean_lag=0.7, polls_per_task=2.1, max_lag=2.0, fixed_lag=2.5
+        ),
+        planner_sim.Figures(
+            tasks=100, mean_lag=1.1, polls_per_task=1.7, max_lag=3.0, fixed_lag=2.1
+        ),
+    ]
+    pooled = planner_sim._pooled(runs)
+    assert pooled.tasks == 400
+    assert pooled.mean_lag == pytest.approx(0.8)
+    assert pooled.polls_per_task == pytest.approx(2.0)
+    assert pooled.fixed_lag == pytest.approx(2.4)
+    assert pooled.max_lag == 3.0
+    assert pooled.ratio == pytest.approx(0.8 / 2.4)
 
 
 def test_a_live_run_with_a_lane_seed_draws_the_harness_runs_lanes() -> None:
