@@ -146,6 +146,16 @@ def test_shared_budget_misses_are_judged_like_the_benchmark(with_verdict: bool) 
     )
     assert "| leaky | per-process | 40 | 3.20x | 10 | none |" in page
     assert "- shared budget, leaky, shared, told the limit: 1.11x" in page
+    # The leaky bucket's note says what pacing can reach there, once, under the table.
+    assert page.count("--pace-floor") == 1
+    assert page.index("--pace-floor") > page.index("| leaky | per-process")
+
+
+def test_a_shared_run_without_a_leaky_bucket_has_no_note_about_it() -> None:
+    data = _shared(with_verdict=True)
+    for phase in data["phases"]:
+        phase["shape"] = "bucket"
+    assert "--pace-floor" not in report.render({"shared-limit": data})
 
 
 def test_a_shape_row_marks_the_half_of_its_target_it_missed() -> None:
