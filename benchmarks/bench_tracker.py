@@ -71,7 +71,7 @@ import statistics
 import sys
 import time
 import tracemalloc
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -774,9 +774,9 @@ def _with_error(value: float | None, error: float | None, unit: str = "") -> str
     return f"{_fmt(value)} ± {error:.2f}{unit}"
 
 
-def draw_cell(draws: Sequence[ShapeDraw]) -> str:
-    """Each draw's polls per task / mean lag: ``1.97/0.78 · 2.05/0.83 · 1.99/0.80``."""
-    return " · ".join(f"{_fmt(d.mean_polls)}/{_fmt(d.mean_lag)}" for d in draws)
+def draw_cell(draws: Iterable[tuple[float | None, float | None]]) -> str:
+    """Each draw's (polls per task, mean lag): ``1.97/0.78 · 2.05/0.83 · 1.99/0.80``."""
+    return " · ".join(f"{_fmt(polls)}/{_fmt(lag)}" for polls, lag in draws)
 
 
 def format_shapes(rows: Sequence[ShapeRow], tasks: int, learning: int, rate: float) -> str:
@@ -795,12 +795,13 @@ def format_shapes(rows: Sequence[ShapeRow], tasks: int, learning: int, rate: flo
         f"{'ratio':>6} {'max wait':>9} {'failed':>6}  {'target':<6}  draws (polls/lag)",
     ]
     for row in rows:
+        per_draw = draw_cell((draw.mean_polls, draw.mean_lag) for draw in row.draws)
         lines.append(
             f"{row.shape:<26} {_with_error(row.tracker.mean_lag, row.lag_error, ' s'):>13} "
             f"{_with_error(row.tracker.mean_polls, row.polls_error):>12} "
             f"{_fmt(row.fixed.mean_lag):>8} s {_fmt(row.fixed.mean_polls):>7} "
             f"{_fmt(row.ratio):>6} {_fmt(row.max_wait):>7} s {row.failed:>6}  "
-            f"{'meets' if row.meets_target() else 'MISSES':<6}  {draw_cell(row.draws)}"
+            f"{'meets' if row.meets_target() else 'MISSES':<6}  {per_draw}"
         )
     lines.append(
         f"targets (on the pooled figures): uniform 1-6 s mean lag <= {TARGET_UNIFORM_LAG} s, "

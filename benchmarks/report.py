@@ -34,6 +34,7 @@ from benchmarks.bench_tracker import (
     TARGET_SHAPE_RATIO,
     TARGET_UNIFORM_LAG,
     TRACKER,
+    draw_cell,
 )
 
 KINDS = ("batch", "shared-limit", "tracker", "tracker-shapes")
@@ -333,17 +334,6 @@ def _with_error(text: str, error: float | None) -> str:
     return text if error is None else f"{text} ± {error:.2f}"
 
 
-def _draws_cell(draws: Sequence[Json]) -> str:
-    """Each draw's polls per task / mean lag: ``1.97/0.78 · 2.05/0.83 · 1.99/0.80``."""
-    return " · ".join(
-        f"{_two(draw.get('mean_polls'))}/{_two(draw.get('mean_lag'))}" for draw in draws
-    )
-
-
-def _two(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
 def _shapes_intro(data: Json) -> str:
     """How many draws of how many tasks the rows pool; the older wording for a file of one
     run per shape (written before the draws)."""
@@ -415,7 +405,10 @@ def _shapes(data: Json, misses: list[str]) -> list[str]:
             str(row["failed"]),
         ]
         if with_draws:
-            cells_of_row.append(_draws_cell(row.get("draws") or []) or "-")
+            cells_of_row.append(
+                draw_cell((d.get("mean_polls"), d.get("mean_lag")) for d in row.get("draws") or [])
+                or "-"
+            )
         rows.append(cells_of_row)
     header = [
         "task durations",
