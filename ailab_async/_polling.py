@@ -765,9 +765,9 @@ class PollPlanner:
         short too: 0.512 of fixed polling's lag at 2.0 polls instead of 0.509.)"""
         config = self.config
         policy = self._policy
-        recent = evidence[-_RECENT:]
         batch = len(self._cohort) - self._finished > config.window * 3 // 4
-        if policy is not None and _changed(recent, policy):
+        recent = None if policy is None else _disagreeing(evidence, policy)
+        if policy is not None and recent is not None:
             if self._half_life > config.half_life and not batch:
                 # The durations had held (the memory had grown): carry them over to where
                 # the tasks since the change say they now are (see _carry_over).
@@ -997,6 +997,18 @@ _PROBE_COST = 10.0
 # 1-6 s, 162, 205 and 157; 1-6 s -> 8-12 s, 96 each.
 _RECENT = 40
 _CHANGE_Z = 3.0
+# A run of the last _CHANGE_REACH tasks (at least _RECENT // 2) that disagrees with the plan
+# beyond _SCAN_Z standard errors is a change too (``_disagreeing``), each task's middle
+# spread by what its interval tells (``_agreement``; a whole uniform draw's 1/12 before).
+# The harness's lag at exactly 2.0 polls per task (``--at-budget``, 400 tasks from the
+# 100th, seeds 0-31 | 32-63), 1-6 s then 3-9 s: 0.523x | 0.524x with the last _RECENT
+# alone, each task counted 1/12; 0.514x | 0.517x spread by its interval; 0.498x | 0.511x
+# with the runs at 3.5 (3.25: 0.509x on seeds 32-63, 3.75: 0.514x, 4.0: 0.505x | -);
+# 3-9 s then 1-6 s 0.365x | 0.367x -> 0.361x | 0.370x; uniform (a batch too), log-normal
+# and bimodal tasks within 0.0003x of before. At 3.0, uniform tasks read 0.313x for 0.310x
+# (a run of one plan's young tasks disagrees by chance).
+_SCAN_Z = 3.5
+_MIN_VARIANCE = 1e-9
 _SETTLE = 100
 _LONG_MEMORY = 5.0
 # At a change after durations had held, the finished tasks before it are moved by the shift
@@ -1233,25 +1245,65 @@ def _estimated_below(policy: _Policy, offset: float) -> float:
     return 1.0 - (1.0 - policy.mass_below[-1]) * horizon / offset
 
 
-def _changed(recent: list[list[float]], policy: _Policy) -> bool:
-    """Whether the tasks of ``recent`` (``[low, high]`` intervals, ``high`` infinite while
-    pending) disagree with the completion times ``policy`` was planned for.
+def _agreement(record: list[float], policy: _Policy) -> tuple[float, float]:
+    """How one task (``[low, high]``, ``high`` infinite while pending) sits with the
+    completion times ``policy`` was planned for: its middle's excess over 1/2, and what
+    its interval leaves of the variance of a uniform's draw.
 
     Under the policy's estimate ``F``, each task's ``F(completion)`` would be uniform on
     [0, 1]; known only to lie in its interval, its expectation is the middle of ``[F(low),
     F(high)]`` (a task still running: of ``[F(low), 1]``), and the mean of those over tasks
     alike is 1/2 (the polls that made the intervals stop at each task's completion, which
     its interval already says). Tasks that take longer than planned push the mean up,
-    shorter ones down: more than ``_CHANGE_Z`` standard errors of a uniform's mean is a
-    change."""
+    shorter ones down. What the interval tells spreads that middle by ``1/12`` less the
+    variance left within the interval, ``(F(high) - F(low))**2 / 12``: a task found in a
+    narrow interval says as much as a uniform's draw, one polled once, early, and still
+    running next to nothing (counted a whole draw's worth, the young tasks that are most of
+    the recent ones drowned the others' disagreement)."""
+    below = _estimated_below(policy, record[0])
+    above = _estimated_below(policy, record[1])
+    return (below + above) / 2.0 - 0.5, (1.0 - (above - below) ** 2) / 12.0
+
+
+def _changed(recent: list[list[float]], policy: _Policy) -> bool:
+    """Whether the tasks of ``recent`` (``[low, high]`` intervals, ``high`` infinite while
+    pending) disagree with the completion times ``policy`` was planned for: their middles'
+    excess (:func:`_agreement`) beyond ``_CHANGE_Z`` standard errors."""
     if len(recent) < _RECENT // 2:
         return False
-    total = sum(
-        (_estimated_below(policy, low) + _estimated_below(policy, high)) / 2.0
-        for low, high in recent
-    )
-    spread = math.sqrt(len(recent) / 12.0)
-    return abs(total - len(recent) / 2.0) > _CHANGE_Z * spread
+    excess = variance = 0.0
+    for record in recent:
+        more, spread = _agreement(record, policy)
+        excess += more
+        variance += spread
+    return abs(excess) > _CHANGE_Z * math.sqrt(max(variance, _MIN_VARIANCE))
+
+
+def _disagreeing(evidence: list[list[float]], policy: _Policy) -> list[list[float]] | None:
+    """The recent tasks of ``evidence`` that disagree with ``policy`` (a change of
+    durations), or ``None``: the last ``_RECENT``, or else the shortest run of at least
+    ``_RECENT // 2`` at the end of the last ``_CHANGE_REACH`` that disagrees beyond
+    ``_SCAN_Z`` standard errors.
+
+    After a drift to longer tasks, the tasks since the change are the youngest, and each
+    says something only once it has been polled where the plan expected many done: among
+    the last ``_RECENT`` they are too few to tell for seconds after they could, and a run
+    of them alone says it sooner. Tested from every start, such a run disagrees by chance
+    more often than one window does, so it must disagree further."""
+    recent = evidence[-_RECENT:]
+    if _changed(recent, policy):
+        return recent
+    tail = evidence[-_CHANGE_REACH:]
+    excess = variance = 0.0
+    for index in range(len(tail) - 1, -1, -1):
+        more, spread = _agreement(tail[index], policy)
+        excess += more
+        variance += spread
+        if len(tail) - index >= _RECENT // 2 and abs(excess) > _SCAN_Z * math.sqrt(
+            max(variance, _MIN_VARIANCE)
+        ):
+            return tail[index:]
+    return None
 
 
 def _shift(recent: list[list[float]], policy: _Policy) -> float:
@@ -1275,8 +1327,8 @@ def _shift(recent: list[list[float]], policy: _Policy) -> float:
 
 
 def _change_start(evidence: list[list[float]], policy: _Policy) -> int:
-    """Where the change of durations that :func:`_changed` found in the last ``_RECENT``
-    tasks of ``evidence`` began: of the indexes from ``_CHANGE_REACH`` tasks back to
+    """Where the change of durations that :func:`_disagreeing` found at the end of
+    ``evidence`` began: of the indexes from ``_CHANGE_REACH`` tasks back to
     ``_RECENT // 2`` from the end, the one from which on the tasks disagree most with
     ``policy``'s estimate (:func:`_changed`'s middles, their excess over 1/2 summed, in
     standard errors of that sum).

@@ -772,6 +772,59 @@ def test_a_task_still_running_past_the_plan_counts_towards_a_change() -> None:
     assert not _polling._changed(_intervals(rng, 1.0, 6.0, 10), solved[4])  # too few to say
 
 
+def _uniform_plan() -> _polling._Policy:
+    """A plan solved for 1-6 s tasks polled every half second (the tests' intervals)."""
+    rng = random.Random(4)
+    evidence = [(a, b, 1.0) for a, b in _intervals(rng, 1.0, 6.0, 200)]
+    solved = solve_schedules(evidence, 2.0, PollingConfig())
+    assert solved is not None
+    return solved[4]
+
+
+def test_young_tasks_still_running_do_not_hide_a_change() -> None:
+    """Twenty tasks all still running at 3.5 s, where the plan has half of them done, are a
+    change beside twenty tasks seen running once at 0.5 s, which say next to nothing of the
+    durations (counted a whole uniform draw's worth each, they hid it: 2.8 standard errors
+    for 4.5)."""
+    policy = _uniform_plan()
+    recent = [[3.5, math.inf] for _ in range(20)] + [[0.5, math.inf] for _ in range(20)]
+    assert _polling._changed(recent, policy)
+
+
+def test_tasks_alike_to_the_plans_are_seldom_a_change() -> None:
+    """The same ages, the same kind of young tasks, but durations the plan was made for:
+    about as often a change as three standard errors say (0.3 %), in one window of the
+    last tasks or in a run at the end of them."""
+    policy = _uniform_plan()
+    rng = random.Random(7)
+    windows = runs = 0
+    for _ in range(300):
+        recent = [
+            [0.0, 3.5] if rng.uniform(1.0, 6.0) <= 3.5 else [3.5, math.inf] for _ in range(20)
+        ]
+        recent += [[0.5, math.inf] for _ in range(20)]
+        windows += _polling._changed(recent, policy)
+        runs += _polling._disagreeing(_intervals(rng, 1.0, 6.0, 60) + recent, policy) is not None
+    assert windows <= 3
+    assert runs <= 3
+
+
+def test_a_run_of_the_youngest_tasks_alone_can_be_a_change() -> None:
+    """The twenty tasks since a change, all still running at 3 s where the plan has 41 %
+    done, are a change on their own (3.9 standard errors), though not among the last forty
+    (2.4): the run is what changed."""
+    policy = _uniform_plan()
+    older = _intervals(random.Random(0), 1.0, 6.0, 60)
+    since = [[3.0, math.inf] for _ in range(20)]
+    evidence = older + since
+    assert not _polling._changed(evidence[-40:], policy)
+    found = _polling._disagreeing(evidence, policy)
+    assert found is not None
+    assert found[0] is since[0]
+    assert len(found) == len(since)
+    assert _polling._disagreeing(older, policy) is None
+
+
 def test_the_memory_is_long_while_durations_hold_and_short_after_a_change() -> None:
     """While the tasks keep to the durations the plan was made for, its evidence's half-life
     grows to five times ``half_life`` (a long tail's schedule rests on more tasks); when
