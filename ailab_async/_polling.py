@@ -1007,7 +1007,8 @@ _RECENT = 40
 # uniform (a batch too), log-normal and bimodal tasks within 0.0003x of before. Spread by
 # its interval, a task says less, so the test is surer: at 3.0, the live benchmark's 1,100
 # uniform tasks (``--live``, lanes 0-7) found changes that were not in three lanes of eight
-# (0.798 s for 0.789 s), and runs tested at 3.0 did in uniform tasks (0.313x for 0.310x).
+# (0.798 s for 0.789 s; at 3.5 0.791 s, lanes 0-15 0.792 s for 0.793 s), and runs tested at
+# 3.0 did in uniform tasks (0.313x for 0.310x).
 _CHANGE_Z = 3.5
 _MIN_VARIANCE = 1e-9
 _SETTLE = 100
@@ -1270,11 +1271,16 @@ def _changed(recent: list[list[float]], policy: _Policy) -> bool:
     """Whether the tasks of ``recent`` (``[low, high]`` intervals, ``high`` infinite while
     pending) disagree with the completion times ``policy`` was planned for: their middles'
     excess (:func:`_agreement`) beyond ``_CHANGE_Z`` standard errors."""
-    if len(recent) < _RECENT // 2:
+    return _beyond([_agreement(record, policy) for record in recent])
+
+
+def _beyond(agreements: list[tuple[float, float]]) -> bool:
+    """Whether tasks of these :func:`_agreement` figures, in order, disagree with the plan
+    beyond ``_CHANGE_Z`` standard errors (never fewer than ``_RECENT // 2`` tasks)."""
+    if len(agreements) < _RECENT // 2:
         return False
     excess = variance = 0.0
-    for record in recent:
-        more, spread = _agreement(record, policy)
+    for more, spread in agreements:
         excess += more
         variance += spread
     return abs(excess) > _CHANGE_Z * math.sqrt(max(variance, _MIN_VARIANCE))
@@ -1289,13 +1295,13 @@ def _disagreeing(evidence: list[list[float]], policy: _Policy) -> list[list[floa
     says something only once it has been polled where the plan expected many done: among
     the last ``_RECENT`` they are too few to tell for seconds after they could, and a run
     of them alone says it sooner."""
-    recent = evidence[-_RECENT:]
-    if _changed(recent, policy):
-        return recent
-    tail = evidence[-_CHANGE_REACH:]
+    tail = evidence[-_CHANGE_REACH:]  # the last _RECENT are its last
+    agreements = [_agreement(record, policy) for record in tail]
+    if _beyond(agreements[-_RECENT:]):
+        return tail[-_RECENT:]
     excess = variance = 0.0
     for index in range(len(tail) - 1, -1, -1):
-        more, spread = _agreement(tail[index], policy)
+        more, spread = agreements[index]
         excess += more
         variance += spread
         if len(tail) - index >= _RECENT // 2 and abs(excess) > _CHANGE_Z * math.sqrt(
