@@ -1043,7 +1043,11 @@ _LONG_MEMORY = 5.0
 # 1.802 at 0.441x -> 1.815 at 0.437x | 1.812 at 0.432x -> 1.818 at 0.427x | 1.810 at 0.446x
 # -> 1.815 at 0.446x; every other shape, and long log-normal runs, the same to the last
 # digit. Reaching 150 or 250 tasks back finds the same starts on the drifts, but moves a
-# growing queue (0.543x -> 0.549x on seeds 16-31).
+# growing queue (0.543x -> 0.549x on seeds 16-31). Scoring each task by what its interval
+# tells (``_agreement``, as the change tests do) rather than a whole uniform draw each:
+# 1-6 s then 3-9 s at exactly 2.0 polls 0.4998x -> 0.4972x (seeds 0-31), 0.5111x ->
+# 0.5077x (32-63); at the default budget and the tracker's launch slack (seeds 0-31) 2.033
+# polls at 1.129 s -> 2.031 at 1.128 s; every other shape the same to the last digit.
 _SHIFT_ROUNDS = 16
 _CARRY_RUNNING = 4
 _CHANGE_REACH = 2 * _RECENT
@@ -1335,21 +1339,25 @@ def _change_start(evidence: list[list[float]], policy: _Policy) -> int:
     """Where the change of durations that :func:`_disagreeing` found at the end of
     ``evidence`` began: of the indexes from ``_CHANGE_REACH`` tasks back to
     ``_RECENT // 2`` from the end, the one from which on the tasks disagree most with
-    ``policy``'s estimate (:func:`_changed`'s middles, their excess over 1/2 summed, in
-    standard errors of that sum).
+    ``policy``'s estimate (:func:`_agreement`'s middles, their excess over 1/2 summed, in
+    standard errors of that sum: each task spread by what its interval tells, as the
+    change tests count it).
 
     The last ``_RECENT`` tasks are the youngest, most of them seen running once or twice;
     the tasks submitted since the change before them (older: some finished, the others seen
     running for longer) say more of how far the durations moved, and left among the tasks
-    before the change, they were moved by it as if they were old durations."""
+    before the change, they were moved by it as if they were old durations. (Counted a
+    whole uniform draw each, the young tasks, which say next to nothing, diluted the run
+    since the change, and taking in old tasks on the long side scored higher.)"""
     total = len(evidence)
     first = max(0, total - _CHANGE_REACH)
     best, start = -1.0, max(0, total - _RECENT)
-    excess = 0.0
+    excess = variance = 0.0
     for index in range(total - 1, first - 1, -1):
-        low, high = evidence[index]
-        excess += (_estimated_below(policy, low) + _estimated_below(policy, high)) / 2.0 - 0.5
-        score = abs(excess) / math.sqrt(total - index)
+        more, spread = _agreement(evidence[index], policy)
+        excess += more
+        variance += spread
+        score = abs(excess) / math.sqrt(max(variance, _MIN_VARIANCE))
         if total - index >= _RECENT // 2 and score > best:
             best, start = score, index
     return start

@@ -825,6 +825,22 @@ def test_a_run_of_the_youngest_tasks_alone_can_be_a_change() -> None:
     assert _polling._disagreeing(older, policy) is None
 
 
+def test_young_tasks_do_not_pull_where_a_change_began_back_among_the_old_ones() -> None:
+    """Since a change: twenty tasks found late (5.5-6 s, where the plan has 90 % done),
+    then the twenty youngest, each seen running once at 0.5 s, which say nothing. Before
+    it, the old durations, the last ten on the long side (4-4.5 s). The change began at
+    the first late task. Counted a whole uniform draw each, the young tasks diluted the
+    run so much that taking in the long-side ten and two older tasks scored higher (index
+    58, not 70), and those twelve were then moved with the old durations."""
+    policy = _uniform_plan()
+    older = _intervals(random.Random(0), 1.0, 6.0, 60) + [[4.0, 4.5] for _ in range(10)]
+    late = [[5.5, 6.0] for _ in range(20)]
+    young = [[0.5, math.inf] for _ in range(20)]
+    evidence = older + late + young
+    assert _polling._disagreeing(evidence, policy) is not None
+    assert _polling._change_start(evidence, policy) == len(older)
+
+
 def test_the_memory_is_long_while_durations_hold_and_short_after_a_change() -> None:
     """While the tasks keep to the durations the plan was made for, its evidence's half-life
     grows to five times ``half_life`` (a long tail's schedule rests on more tasks); when
