@@ -179,10 +179,12 @@ def _batch(data: Json, misses: list[str]) -> list[str]:
 
 BATCH_NOTES = {
     "50 -> 20 -> 50/s (3 s, 8 s)": (
-        "\nTold the limit, the changing limit cannot reach 1.05x: a client told the schedule that "
-        "learns of each change as soon as any client that reacts can (at the first answer to a "
-        "request sent after it) reads about 1.055x on the simulated clock "
-        "(`python -m tests._rate_zoo --told`)."
+        "\nTold the limit, a client that paces at a rate cannot bring the changing limit to "
+        "1.05x: one told the schedule that learns of each change as soon as any client that "
+        "reacts can (at the first answer to a request sent after it) reads about 1.055x on the "
+        "simulated clock (`python -m tests._rate_zoo --told`). Only one that fills a sliding "
+        "window's free count in bursts at the return could do better, and limiters that allow "
+        "no burst refuse such bursts."
     ),
 }
 

@@ -666,9 +666,11 @@ class ReactingOracle(AimdPolicy):
     1.0553x the ideal, 18 429s of 500, that way 1.0553x and 1.0554x, 36); with the policy's
     own reaction to the drop and this jump at the return, 1.0547x and 1.0541x, 34 429s; the
     drop/return family 1.0558x and 1.0561x here, 1.0619x and 1.0620x that way. So the row's
-    1.0625x (and the issue's target of 1.05x) is measured against about 1.055x, not 1.0x:
+    1.0625x (and the target of 1.05x) is measured against about 1.055x, not 1.0x:
     the told headroom, the last answer's round trip, a round trip at the dropped pace after
-    the return, and a window that drains at the drop cost a client that reacts that much.
+    the return, and a window that drains at the drop cost a client that reacts and paces
+    that much. (A client sending by a sliding window's count, bursting into its free room at
+    the return, is not bounded by it; the policy is not told the shape.)
 
     >>> limit = TABLE_ROWS["50 -> 20 -> 50, at 3 s and 8 s"]
     >>> 1.05 < run_zoo(limit, policy=ReactingOracle(limit), **LIVE).ratio < 1.06
