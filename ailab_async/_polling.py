@@ -1287,6 +1287,12 @@ def _beyond(agreements: list[tuple[float, float]]) -> bool:
     for more, spread in agreements:
         excess += more
         variance += spread
+    return _significant(excess, variance)
+
+
+def _significant(excess: float, variance: float) -> bool:
+    """Whether a summed excess of :func:`_agreement`'s middles is beyond ``_CHANGE_Z``
+    standard errors of the summed ``variance``."""
     return abs(excess) > _CHANGE_Z * math.sqrt(max(variance, _MIN_VARIANCE))
 
 
@@ -1308,9 +1314,7 @@ def _disagreeing(evidence: list[list[float]], policy: _Policy) -> list[list[floa
         more, spread = agreements[index]
         excess += more
         variance += spread
-        if len(tail) - index >= _RECENT // 2 and abs(excess) > _CHANGE_Z * math.sqrt(
-            max(variance, _MIN_VARIANCE)
-        ):
+        if len(tail) - index >= _RECENT // 2 and _significant(excess, variance):
             return tail[index:]
     return None
 
